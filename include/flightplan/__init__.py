@@ -1,0 +1,1 @@
+"""flightplan: the library behind the flightplan Airflow DAGs. It never imports Airflow."""

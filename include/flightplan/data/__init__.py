@@ -1,0 +1,1 @@
+"""Data engineering stages: ingest, profile, validate, wrangle, label, split."""

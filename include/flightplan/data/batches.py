@@ -1,0 +1,31 @@
+"""Read the date partitions of a stage into pandas for the small-batch steps (profile, validate)."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from flightplan.data.partitions import existing_partitions
+
+NULLABLE = {pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
+
+
+def read_partitions(root: Path, column: str, days: list[date], columns: list[str] | None = None) -> pa.Table:
+    folders = existing_partitions(root, column, days)
+    files = [str(f) for folder in folders for f in sorted(folder.glob("*.parquet"))]
+    if not files:
+        raise FileNotFoundError(f"no data under {root} for {days[0]}..{days[-1]}")
+    tables = []
+    for folder in folders:
+        part = pads.dataset([str(f) for f in sorted(folder.glob("*.parquet"))]).to_table(columns=columns)
+        tables.append(part.append_column(column, pa.array([folder.name.split("=", 1)[1]] * part.num_rows)))
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def to_pandas(table: pa.Table) -> pd.DataFrame:
+    """pandas with nullable integers and booleans, so a null never turns an int column into floats."""
+    return table.to_pandas(types_mapper=NULLABLE.get)

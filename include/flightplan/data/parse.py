@@ -1,0 +1,233 @@
+"""Parse one chunk of a landing file into typed rows and quarantined rows, with pyarrow only.
+
+A chunk is a byte range of a CSV file that starts and ends on a line boundary. Every line of it ends
+either as a typed row or as a quarantine record naming the file, the line and the reason; blank lines
+are the only lines that end in neither.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+
+from flightplan.config import ColumnSpec
+from flightplan.spark import ARROW_TYPES
+
+QUARANTINE_SCHEMA = pa.schema(
+    [("source_file", pa.string()), ("line", pa.int64()), ("reason", pa.string()), ("raw", pa.string())]
+)
+
+INTEGER = r"^\s*[+-]?\d+(\.0*)?\s*$"
+FINITE_NUMBER = r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$"
+TRUE_WORDS = ["true", "t", "yes", "y", "1"]
+FALSE_WORDS = ["false", "f", "no", "n", "0"]
+INTEGER_BOUNDS = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A line-aligned byte range of one landing file. ``first_line`` is the file line number of its
+    first byte (the header is line 1), or None when it is not known yet (it is then counted on demand)."""
+
+    path: str
+    day: str
+    start: int
+    end: int
+    first_line: int | None
+    header: tuple[str, ...]
+    index: int
+    rejected_because: str | None = None
+
+
+@dataclass(frozen=True)
+class ParsedChunk:
+    rows: pa.Table
+    quarantine: pa.Table
+    blank_lines: int
+
+
+def parse_chunk(
+    data: bytes, chunk: Chunk, columns: list[ColumnSpec], delimiter: str, null_values: list[str]
+) -> ParsedChunk:
+    """Typed rows (``columns`` in order) and quarantine records for the lines in ``data``."""
+    first_line = chunk.first_line if chunk.first_line is not None else 1
+    rejected: list[tuple[int, str, str]] = []
+    data = _blank_out_undecodable_lines(data, first_line, rejected)
+    blanked = len(rejected)
+    malformed: dict[int, tuple[str, str]] = {}
+
+    def on_invalid_row(row: pcsv.InvalidRow) -> str:
+        reason = f"expected {row.expected_columns} fields, found {row.actual_columns}"
+        malformed[row.number] = (reason, row.text)
+        return "skip"
+
+    header = list(chunk.header)
+    strings = pcsv.read_csv(
+        io.BytesIO(data),
+        read_options=pcsv.ReadOptions(column_names=header, use_threads=False, block_size=1 << 26),
+        parse_options=pcsv.ParseOptions(
+            delimiter=delimiter, invalid_row_handler=on_invalid_row, ignore_empty_lines=False
+        ),
+        convert_options=pcsv.ConvertOptions(
+            column_types={name: pa.string() for name in header}, strings_can_be_null=False, quoted_strings_can_be_null=False
+        ),
+    )
+    for number, (reason, text) in malformed.items():
+        rejected.append((first_line + number - 1, reason, text))
+    # Row numbers count every record the reader saw, malformed ones included; the kept rows are the others.
+    total = strings.num_rows + len(malformed)
+    kept_numbers = pa.array([n for n in range(1, total + 1) if n not in malformed], pa.int64())
+    lines = pc.add(kept_numbers, first_line - 1)
+
+    blank = _all_empty(strings)
+    blank_count = pc.sum(blank).as_py() or 0
+    if blank_count:
+        keep = pc.invert(blank)
+        strings, lines = strings.filter(keep), lines.filter(keep)
+
+    typed: dict[str, pa.Array] = {}
+    failures: list[tuple[ColumnSpec, pa.Array, pa.Array]] = []
+    null_set = pa.array(null_values, pa.string())
+    for column in columns:
+        if column.name not in strings.column_names:
+            typed[column.name] = pa.nulls(strings.num_rows, ARROW_TYPES[column.type])
+            continue
+        raw = strings.column(column.name).combine_chunks()
+        values, failed = convert(raw, column, null_set)
+        typed[column.name] = values
+        if failed is not None:
+            failures.append((column, failed, raw))
+    rows = pa.table(typed)
+    if failures:
+        bad = failures[0][1]
+        for _, failed, _ in failures[1:]:
+            bad = pc.or_(bad, failed)
+        per_column = [
+            (column, failed.filter(bad).to_pylist(), raw.filter(bad).to_pylist()) for column, failed, raw in failures
+        ]
+        raw_lines = pc.binary_join_element_wise(*strings.filter(bad).columns, delimiter).to_pylist()
+        for i, (line, text) in enumerate(zip(lines.filter(bad).to_pylist(), raw_lines, strict=True)):
+            reason = "; ".join(
+                f"{column.name}: expected {column.type}, got '{values[i]}'"
+                for column, flags, values in per_column
+                if flags[i]
+            )
+            rejected.append((line, reason, text))
+        rows = rows.filter(pc.invert(bad))
+    rejected.sort()
+    quarantine = pa.table(
+        {
+            "source_file": pa.array([chunk.path] * len(rejected), pa.string()),
+            "line": pa.array([r[0] for r in rejected], pa.int64()),
+            "reason": pa.array([r[1] for r in rejected], pa.string()),
+            "raw": pa.array([r[2] for r in rejected], pa.string()),
+        },
+        schema=QUARANTINE_SCHEMA,
+    )
+    return ParsedChunk(rows=rows, quarantine=quarantine, blank_lines=blank_count - blanked)
+
+
+def quarantine_every_line(data: bytes, chunk: Chunk) -> ParsedChunk:
+    """A chunk of a file that cannot be read as the source (its header is unusable): every line is kept
+    in quarantine with the reason, none is parsed."""
+    first_line = chunk.first_line if chunk.first_line is not None else 1
+    lines = data.decode("utf-8", errors="replace").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    kept = [(first_line + i, text) for i, text in enumerate(lines) if text.strip()]
+    quarantine = pa.table(
+        {
+            "source_file": pa.array([chunk.path] * len(kept), pa.string()),
+            "line": pa.array([line for line, _ in kept], pa.int64()),
+            "reason": pa.array([chunk.rejected_because] * len(kept), pa.string()),
+            "raw": pa.array([text for _, text in kept], pa.string()),
+        },
+        schema=QUARANTINE_SCHEMA,
+    )
+    return ParsedChunk(rows=pa.table({}), quarantine=quarantine, blank_lines=len(lines) - len(kept))
+
+
+def convert(raw: pa.Array, column: ColumnSpec, null_set: pa.Array) -> tuple[pa.Array, pa.Array | None]:
+    """Cast a string column to the column's type. Returns the values (null where absent or invalid)
+    and a boolean mask of values that were present but invalid (None when all were valid)."""
+    target = ARROW_TYPES[column.type]
+    present = pc.invert(pc.is_in(pc.utf8_trim_whitespace(raw), value_set=null_set))
+    text = pc.if_else(present, raw, pa.scalar(None, pa.string()))
+    if column.type == "string":
+        return text, None
+    if column.type in ("int", "long", "double"):
+        clean = _cast_if_all_valid(text, target)
+        if clean is not None:
+            return clean, None
+    if column.type in ("int", "long"):
+        looks_right = pc.match_substring_regex(text, INTEGER)
+        digits = pc.replace_substring_regex(pc.utf8_trim_whitespace(text), r"\.0*$", "")
+        wide = pc.cast(pc.if_else(looks_right, digits, pa.scalar(None, pa.string())), pa.int64())
+        low, high = INTEGER_BOUNDS[column.type]
+        in_range = pc.and_(pc.greater_equal(wide, low), pc.less_equal(wide, high))
+        ok = pc.and_kleene(looks_right, in_range)
+        values = pc.cast(pc.if_else(ok, wide, pa.scalar(None, pa.int64())), target)
+    elif column.type == "double":
+        ok = pc.match_substring_regex(text, FINITE_NUMBER)
+        values = pc.cast(pc.if_else(ok, pc.utf8_trim_whitespace(text), pa.scalar(None, pa.string())), target)
+    elif column.type == "boolean":
+        lowered = pc.utf8_lower(pc.utf8_trim_whitespace(text))
+        is_true = pc.is_in(lowered, value_set=pa.array(TRUE_WORDS))
+        ok = pc.or_(is_true, pc.is_in(lowered, value_set=pa.array(FALSE_WORDS)))
+        values = pc.if_else(ok, is_true, pa.scalar(None, pa.bool_()))
+    else:
+        default = "%Y-%m-%d" if column.type == "date" else "%Y-%m-%d %H:%M:%S"
+        parsed = pc.strptime(
+            pc.utf8_trim_whitespace(text), format=column.format or default, unit="us", error_is_null=True
+        )
+        ok = pc.is_valid(parsed)
+        if column.type == "date":
+            values = pc.cast(parsed, pa.date32())
+        else:
+            values = parsed if parsed.type.tz else pc.assume_timezone(parsed, "UTC")
+            values = pc.cast(values, target)
+    failed = pc.and_(pc.is_valid(text), pc.invert(pc.fill_null(ok, False)))
+    return values, failed if pc.any(failed).as_py() else None
+
+
+def _cast_if_all_valid(text: pa.Array, target: pa.DataType) -> pa.Array | None:
+    """The common case, a column with no bad value, in one vectorised cast; None sends it the slow way."""
+    try:
+        values = pc.cast(text, target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    if pa.types.is_floating(target) and pc.any(pc.invert(pc.is_finite(values))).as_py():
+        return None  # nan or inf: the slow path names them
+    return values
+
+
+def _all_empty(strings: pa.Table) -> pa.Array:
+    """Rows whose every field is empty: what the reader makes of a blank line."""
+    if strings.num_columns == 0 or strings.num_rows == 0:
+        return pa.array([False] * strings.num_rows)
+    mask = pc.equal(strings.column(0), "")
+    for name in strings.column_names[1:]:
+        mask = pc.and_(mask, pc.equal(strings.column(name), ""))
+    return mask.combine_chunks() if isinstance(mask, pa.ChunkedArray) else mask
+
+
+def _blank_out_undecodable_lines(data: bytes, first_line: int, rejected: list[tuple[int, str, str]]) -> bytes:
+    """Quarantine lines that are not UTF-8 and blank them, so the reader keeps counting lines right."""
+    try:
+        data.decode("utf-8")
+        return data
+    except UnicodeDecodeError:
+        pass
+    lines = data.split(b"\n")
+    for offset, line in enumerate(lines):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            reason = f"not valid UTF-8: byte 0x{line[err.start]:02x} at column {err.start + 1}"
+            rejected.append((first_line + offset, reason, line.decode("utf-8", errors="replace")))
+            lines[offset] = b""
+    return b"\n".join(lines)

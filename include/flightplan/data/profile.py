@@ -1,0 +1,127 @@
+"""Profile: per-column statistics and counts per label class for a batch, as JSON and as a page to read."""
+
+from __future__ import annotations
+
+import html
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flightplan.config import PipelineConfig
+from flightplan.data.partitions import write_json_atomic
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+NUMERIC = ("int", "long", "double")
+TOP_VALUES = 10
+
+
+def label_expression(config: PipelineConfig) -> str:
+    """The Spark SQL expression that yields the label of a row."""
+    label = config.label
+    if label.rule is None:
+        return f"`{label.column}`"
+    return f"CAST(({label.rule}) AS INT)" if label.task == "binary" else f"({label.rule})"
+
+
+def profile_frame(frame: DataFrame, config: PipelineConfig) -> dict[str, Any]:
+    """Statistics of every configured column of ``frame`` in two Spark passes plus one per text column."""
+    from pyspark.sql import functions as F
+
+    aggregates = [F.count(F.lit(1)).alias("__rows")]
+    for column in config.all_columns:
+        c = F.col(column.name)
+        aggregates += [
+            F.count(c).alias(f"{column.name}__count"),
+            F.approx_count_distinct(c).alias(f"{column.name}__distinct"),
+        ]
+        if column.type in NUMERIC:
+            aggregates += [
+                F.min(c).alias(f"{column.name}__min"),
+                F.max(c).alias(f"{column.name}__max"),
+                F.mean(c).alias(f"{column.name}__mean"),
+                F.stddev(c).alias(f"{column.name}__stddev"),
+                F.percentile_approx(c, [0.05, 0.25, 0.5, 0.75, 0.95]).alias(f"{column.name}__quantiles"),
+            ]
+        elif column.type in ("date", "timestamp"):
+            aggregates += [F.min(c).cast("string").alias(f"{column.name}__min"), F.max(c).cast("string").alias(f"{column.name}__max")]
+    totals = frame.agg(*aggregates).first().asDict()
+    rows = totals["__rows"]
+    columns: dict[str, Any] = {}
+    for column in config.all_columns:
+        stats: dict[str, Any] = {"type": column.type, "count": totals[f"{column.name}__count"]}
+        stats["nulls"] = rows - stats["count"]
+        stats["null_fraction"] = stats["nulls"] / rows if rows else 0.0
+        stats["distinct"] = totals[f"{column.name}__distinct"]
+        for stat in ("min", "max", "mean", "stddev"):
+            if f"{column.name}__{stat}" in totals:
+                stats[stat] = totals[f"{column.name}__{stat}"]
+        if column.type in NUMERIC:
+            quantiles = totals[f"{column.name}__quantiles"] or [None] * 5
+            stats["quantiles"] = dict(zip(("p05", "p25", "p50", "p75", "p95"), quantiles, strict=True))
+        if column.type in ("string", "boolean"):
+            top = frame.groupBy(column.name).count().orderBy(F.desc("count"), F.asc(column.name)).limit(TOP_VALUES)
+            stats["top_values"] = [[r[0], r[1]] for r in top.collect()]
+        columns[column.name] = stats
+    classes = frame.groupBy(F.expr(label_expression(config)).alias("label")).count().orderBy("label").collect()
+    return {
+        "rows": rows,
+        "label": {"name": config.label.name, "rule": config.label.rule or config.label.column,
+                  "counts": {("unknown" if r["label"] is None else str(r["label"])): r["count"] for r in classes}},
+        "columns": columns,
+    }
+
+
+def write_profile(profile: dict[str, Any], folder: Path, title: str) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path = write_json_atomic(profile, folder / "profile.json")
+    html_path = folder / "profile.html"
+    html_path.write_text(render_html(profile, title))
+    return json_path, html_path
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:,.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return html.escape(str(value))
+
+
+def render_html(profile: dict[str, Any], title: str) -> str:
+    rows = profile["rows"]
+    label = profile["label"]
+    total = sum(label["counts"].values()) or 1
+    class_rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td><td>{v / total:.1%}</td>"
+        f"<td><div class='bar' style='width:{200 * v / total:.0f}px'></div></td></tr>"
+        for k, v in label["counts"].items()
+    )
+    column_rows = []
+    for name, s in profile["columns"].items():
+        quantiles = s.get("quantiles") or {}
+        top = ", ".join(f"{html.escape(str(v))} ({_fmt(n)})" for v, n in s.get("top_values", [])[:5])
+        warn = " class='warn'" if s["null_fraction"] > 0.2 else ""
+        column_rows.append(
+            f"<tr><td><b>{html.escape(name)}</b></td><td>{s['type']}</td><td{warn}>{s['null_fraction']:.1%}</td>"
+            f"<td>{_fmt(s['distinct'])}</td><td>{_fmt(s.get('min'))}</td><td>{_fmt(quantiles.get('p25'))}</td>"
+            f"<td>{_fmt(quantiles.get('p50'))}</td><td>{_fmt(quantiles.get('p75'))}</td><td>{_fmt(s.get('max'))}</td>"
+            f"<td>{_fmt(s.get('mean'))}</td><td>{top}</td></tr>"
+        )
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border-bottom:1px solid #ddd;padding:4px 10px;text-align:right}}td:first-child,th:first-child,td:last-child{{text-align:left}}
+th{{background:#f3f5f7}}.bar{{height:12px;background:#3b82f6}}.warn{{color:#b45309;font-weight:bold}}</style></head><body>
+<h1>{html.escape(title)}</h1><p>{_fmt(rows)} rows.</p>
+<h2>Label <code>{html.escape(label['name'])}</code> = <code>{html.escape(str(label['rule']))}</code></h2>
+<table><tr><th>class</th><th>rows</th><th>share</th><th></th></tr>{class_rows}</table>
+<h2>Columns</h2><table><tr><th>column</th><th>type</th><th>nulls</th><th>distinct</th><th>min</th><th>p25</th>
+<th>median</th><th>p75</th><th>max</th><th>mean</th><th>most frequent</th></tr>{''.join(column_rows)}</table>
+</body></html>"""
+
+
+def profile_title(config: PipelineConfig, start: date, end: date) -> str:
+    return f"Profile of {config.name}, {start.isoformat()} to {end.isoformat()} (end excluded)"

@@ -1,0 +1,112 @@
+"""Split: reproducible train / validation / test sets with a manifest a person and a DAG can trust.
+
+Time-based by default (the latest rows are the test set, as production will see them); stratified
+random as an option, where a row's side is fixed by a seeded hash of its key, not by partitioning."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flightplan.config import PipelineConfig
+from flightplan.data.partitions import exchange, fresh_dir, write_json_atomic
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame
+
+SPLITS = ("train", "validation", "test")
+
+
+def assign_split(frame: DataFrame, config: PipelineConfig) -> DataFrame:
+    """``frame`` with a ``split`` column."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    spec = config.split
+    train_end = spec.fractions.train
+    validation_end = train_end + spec.fractions.validation
+    if spec.strategy == "time":
+        moment = F.col(config.source.time_column).cast("double")
+        low, high = _time_cuts(frame, config, train_end, validation_end)
+        return frame.withColumn("split", _side(moment, low, high))
+    key = config.source.key or [c.name for c in config.all_columns]
+    order = F.xxhash64(F.lit(spec.seed), *[F.col(k) for k in key])
+    rank = F.percent_rank().over(Window.partitionBy(config.label.name).orderBy(order))
+    return frame.withColumn("split", _side(rank, train_end, validation_end))
+
+
+def _time_cuts(frame: DataFrame, config: PipelineConfig, train_end: float, validation_end: float) -> tuple[float, float]:
+    """Exact quantiles of the time column; rows at a cut go to the later side so no moment straddles two sides."""
+    from pyspark.sql import functions as F
+
+    seconds = frame.select(F.col(config.source.time_column).cast("double").alias("t"))
+    low, high = seconds.approxQuantile("t", [train_end, validation_end], 0.0)
+    return low, high
+
+
+def _side(value: Column, low: float, high: float) -> Column:
+    from pyspark.sql import functions as F
+
+    return F.when(value < low, "train").when(value < high, "validation").otherwise("test")
+
+
+def describe(frame: DataFrame, config: PipelineConfig) -> dict[str, Any]:
+    """Counts, class balance, time range and an order-independent content fingerprint per side."""
+    from pyspark.sql import functions as F
+
+    columns = [c.name for c in config.all_columns] + [config.label.name]
+    row_hash = F.xxhash64(*[F.col(c) for c in columns])
+    time = F.col(config.source.time_column)
+    sides = {
+        r["split"]: r.asDict()
+        for r in frame.groupBy("split").agg(
+            F.count(F.lit(1)).alias("rows"),
+            F.min(time).cast("string").alias("from"),
+            F.max(time).cast("string").alias("to"),
+            F.sum(row_hash.cast("decimal(38,0)")).cast("string").alias("hash_sum"),
+        ).collect()
+    }
+    classes = frame.groupBy("split", config.label.name).count().collect()
+    manifest: dict[str, Any] = {}
+    for side in SPLITS:
+        stats = sides.get(side, {"rows": 0, "from": None, "to": None, "hash_sum": "0"})
+        balance = {str(r[config.label.name]): r["count"] for r in classes if r["split"] == side}
+        fingerprint = hashlib.sha256(f"{stats['rows']}:{stats['hash_sum']}".encode()).hexdigest()[:16]
+        manifest[side] = {"rows": stats["rows"], "from": stats["from"], "to": stats["to"], "classes": balance, "fingerprint": fingerprint}
+    return manifest
+
+
+def write_splits(frame: DataFrame, config: PipelineConfig, root: Path, split_id: str, staging: Path, window: tuple[date, date]) -> Path:
+    """Write the three sides and the manifest under ``root/split_id``, replacing an earlier run whole."""
+    staging = fresh_dir(staging)
+    data = staging / "data"
+    frame.write.partitionBy("split").parquet(str(data))
+    sides = describe(frame, config)
+    fingerprint = hashlib.sha256("".join(sides[s]["fingerprint"] for s in SPLITS).encode()).hexdigest()[:16]
+    target = root / split_id
+    manifest = {
+        "pipeline": config.name,
+        "split_id": split_id,
+        "strategy": config.split.strategy,
+        "fractions": config.split.fractions.model_dump(),
+        "seed": config.split.seed,
+        "window": {"start": window[0].isoformat(), "end": window[1].isoformat()},
+        "label": config.label.name,
+        "time_column": config.source.time_column,
+        "sides": sides,
+        "paths": {s: str(target / "data" / f"split={s}") for s in SPLITS},
+        "fingerprint": fingerprint,
+        "config_hash": config.fingerprint(),
+    }
+    write_json_atomic(manifest, staging / "manifest.json")
+    if target.exists():
+        exchange(staging, target)
+        shutil.rmtree(staging)
+    else:
+        root.mkdir(parents=True, exist_ok=True)
+        staging.rename(target)
+    write_json_atomic({"split_id": split_id, "manifest": str(target / "manifest.json")}, root / "latest.json")
+    return target / "manifest.json"

@@ -1,0 +1,49 @@
+"""Where each dataset of a pipeline lives. Every stage reads and writes through here, so the folder
+structure is written down once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from flightplan.config import DimensionSpec, PipelineConfig
+from flightplan.settings import Settings
+
+
+@dataclass(frozen=True)
+class Layout:
+    settings: Settings
+    config: PipelineConfig
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def landing(self) -> Path:
+        return self.settings.data_root / self.config.landing_dir
+
+    def dimension(self, dimension: DimensionSpec) -> Path:
+        return self.settings.data_root / dimension.path.format(pipeline=self.name)
+
+    def dataset(self, stage: str) -> Path:
+        """A date-partitioned dataset written by one stage: curated, wrangled or labeled."""
+        return self.settings.data_root / stage / self.name
+
+    def quarantine(self, stage: str) -> Path:
+        return self.settings.data_root / "quarantine" / self.name / stage
+
+    def staging(self, stage: str, key: str) -> Path:
+        """Scratch space for one stage and interval, on the same file system as the datasets so that
+        finished partitions move into place by rename."""
+        return self.settings.data_root / "_staging" / self.name / stage / key
+
+    @property
+    def splits(self) -> Path:
+        return self.settings.data_root / "splits" / self.name
+
+    def manifest(self, stage: str, key: str) -> Path:
+        return self.settings.data_root / "manifests" / self.name / stage / f"{key}.json"
+
+    def reports(self, kind: str) -> Path:
+        return self.settings.reports_root / self.name / kind

@@ -1,0 +1,70 @@
+"""Where the runtime keeps its state and which engines it talks to.
+
+Everything lives under one home folder (``FLIGHTPLAN_HOME``); every endpoint can be pointed elsewhere
+by its own environment variable so the production stack is a matter of configuration only.
+Reading settings has no side effects: folders are created by the code that writes into them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+PACKAGE_PIPELINES_DIR = Path(__file__).resolve().parents[1] / "pipelines"
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    data_root: Path
+    pipelines_dir: Path
+    spark_master: str
+    spark_driver_memory: str
+    mlflow_tracking_uri: str
+    mlflow_artifact_root: str
+    airflow_home: Path
+    airflow_database_url: str
+
+    @property
+    def gx_root(self) -> Path:
+        return self.home / "gx"
+
+    @property
+    def reports_root(self) -> Path:
+        return self.home / "reports"
+
+
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    env = os.environ if environ is None else environ
+    home = Path(env.get("FLIGHTPLAN_HOME", Path.home() / ".flightplan")).expanduser().resolve()
+    airflow_home = Path(env.get("AIRFLOW_HOME", home / "airflow"))
+    return Settings(
+        home=home,
+        data_root=Path(env.get("FLIGHTPLAN_DATA_ROOT", home / "data")),
+        pipelines_dir=Path(env.get("FLIGHTPLAN_PIPELINES_DIR", PACKAGE_PIPELINES_DIR)),
+        spark_master=env.get("FLIGHTPLAN_SPARK_MASTER", "local[*]"),
+        spark_driver_memory=env.get("FLIGHTPLAN_SPARK_DRIVER_MEMORY", "4g"),
+        mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"),
+        mlflow_artifact_root=env.get("FLIGHTPLAN_MLFLOW_ARTIFACT_ROOT", (home / "mlflow" / "artifacts").as_uri()),
+        airflow_home=airflow_home,
+        airflow_database_url=env.get(
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{airflow_home / 'airflow.db'}"
+        ),
+    )
+
+
+def airflow_environment(settings: Settings, dags_folder: Path, plugins_folder: Path) -> dict[str, str]:
+    """The environment an embedded Airflow (LocalExecutor, SQLite by default) runs with."""
+    return {
+        "AIRFLOW_HOME": str(settings.airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(plugins_folder),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": settings.airflow_database_url,
+        "FLIGHTPLAN_HOME": str(settings.home),
+        "PYSPARK_PYTHON": os.environ.get("PYSPARK_PYTHON", sys.executable),
+        "GX_ANALYTICS_ENABLED": "False",
+    }

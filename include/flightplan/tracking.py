@@ -1,0 +1,97 @@
+"""The one place that talks to MLflow. Every stage of a DAG run logs into a child run of one parent run
+per (dag_id, run_id), so the MLflow UI shows a DAG run as one expandable row, tagged for lineage."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from flightplan.config import PipelineConfig
+from flightplan.settings import Settings
+
+if TYPE_CHECKING:
+    from mlflow import ActiveRun
+    from mlflow.tracking import MlflowClient
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Who asked for this work: the Airflow DAG run and task, or a command line."""
+
+    dag_id: str = "cli"
+    run_id: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("manual__%Y%m%dT%H%M%S"))
+    task_id: str = ""
+
+
+def client(settings: Settings) -> MlflowClient:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    if settings.mlflow_tracking_uri.startswith("sqlite:///"):
+        Path(settings.mlflow_tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    return MlflowClient(settings.mlflow_tracking_uri)
+
+
+def experiment_id(mlflow_client: MlflowClient, settings: Settings, name: str) -> str:
+    existing = mlflow_client.get_experiment_by_name(name)
+    if existing is not None:
+        return existing.experiment_id
+    return mlflow_client.create_experiment(name, artifact_location=f"{settings.mlflow_artifact_root}/{name}")
+
+
+def git_commit() -> str:
+    if "FLIGHTPLAN_GIT_COMMIT" in os.environ:
+        return os.environ["FLIGHTPLAN_GIT_COMMIT"]
+    result = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, check=False
+    )
+    return result.stdout.strip() if result.returncode == 0 else "unknown"
+
+
+def lineage_tags(config: PipelineConfig, context: RunContext) -> dict[str, str]:
+    return {
+        "flightplan.pipeline": config.name,
+        "flightplan.config_hash": config.fingerprint(),
+        "airflow.dag_id": context.dag_id,
+        "airflow.run_id": context.run_id,
+        "git.commit": git_commit(),
+    }
+
+
+@contextmanager
+def stage_run(
+    settings: Settings, config: PipelineConfig, context: RunContext, experiment: str, stage: str
+) -> Iterator[ActiveRun]:
+    """An MLflow run for one stage, nested under the DAG run's parent run (created by the first stage)."""
+    import mlflow
+
+    mlflow_client = client(settings)
+    exp_id = experiment_id(mlflow_client, settings, experiment)
+    tags = lineage_tags(config, context)
+    query = (
+        f"tags.`airflow.dag_id` = '{context.dag_id}' and tags.`airflow.run_id` = '{context.run_id}' "
+        "and tags.`flightplan.role` = 'dag_run'"
+    )
+    parents = mlflow_client.search_runs([exp_id], filter_string=query, max_results=1)
+    if parents:
+        parent_id = parents[0].info.run_id
+    else:
+        parent = mlflow_client.create_run(
+            exp_id, run_name=f"{context.dag_id} {context.run_id}", tags={**tags, "flightplan.role": "dag_run"}
+        )
+        parent_id = parent.info.run_id
+    stage_tags = {**tags, "airflow.task_id": context.task_id or stage, "flightplan.stage": stage,
+                  "mlflow.parentRunId": parent_id}
+    with mlflow.start_run(experiment_id=exp_id, run_name=stage, tags=stage_tags) as run:
+        yield run
+
+
+def data_experiment(config: PipelineConfig) -> str:
+    return f"{config.name}-data-engineering"

@@ -1,0 +1,196 @@
+"""The data-engineering stages as a DAG task (or a command) calls them: each takes the pipeline, the
+interval and who is asking, does its work through the library, logs to MLflow, and returns the path of
+the manifest it wrote, which is all that travels between tasks."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+from flightplan.config import PipelineConfig, load_pipeline
+from flightplan.data.partitions import days_in, interval_key, write_json_atomic
+from flightplan.layout import Layout
+from flightplan.settings import Settings, load_settings
+from flightplan.tracking import RunContext, data_experiment, stage_run
+
+
+class ValidationFailed(RuntimeError):
+    """The batch broke expectations; the message names each one with what was observed."""
+
+
+@dataclass(frozen=True)
+class StageInput:
+    pipeline: str
+    start: date
+    end: date
+    context: RunContext = RunContext()
+    overrides: dict[str, Any] | None = None
+
+    def open(self) -> tuple[Settings, PipelineConfig, Layout]:
+        settings = load_settings()
+        config = load_pipeline(self.pipeline, settings.pipelines_dir, self.overrides)
+        return settings, config, Layout(settings, config)
+
+    @property
+    def key(self) -> str:
+        return interval_key(self.start, self.end)
+
+    @property
+    def days(self) -> list[date]:
+        return days_in(self.start, self.end)
+
+
+def _log_counts(prefix: str, manifest: dict[str, Any]) -> None:
+    import mlflow
+
+    mlflow.log_metrics({f"{prefix}_rows": manifest["rows_total"], f"{prefix}_quarantined": manifest["quarantined_total"]})
+
+
+def ingest(job: StageInput) -> Path:
+    import mlflow
+
+    from flightplan.data.ingest import ingest as ingest_interval
+
+    settings, config, layout = job.open()
+    with stage_run(settings, config, job.context, data_experiment(config), "ingest"):
+        mlflow.log_params({"interval_start": job.start.isoformat(), "interval_end": job.end.isoformat()})
+        path = ingest_interval(layout, job.start, job.end)
+        manifest = json.loads(path.read_text())
+        _log_counts("ingest", manifest)
+        mlflow.log_metric("landing_files", len(manifest["files"]))
+        mlflow.log_artifact(str(path))
+    return path
+
+
+def profile(job: StageInput) -> Path:
+    import mlflow
+
+    from flightplan.data.profile import profile_frame, profile_title, write_profile
+    from flightplan.data.rewrite import read_days
+    from flightplan.spark import get_spark
+
+    settings, config, layout = job.open()
+    with stage_run(settings, config, job.context, data_experiment(config), "profile"):
+        frame = read_days(get_spark(settings), layout, "curated", job.days)
+        stats = profile_frame(frame, config)
+        json_path, html_path = write_profile(stats, layout.reports("profile") / job.key, profile_title(config, job.start, job.end))
+        mlflow.log_metric("rows", stats["rows"])
+        for label, count in stats["label"]["counts"].items():
+            mlflow.log_metric(f"class_{label}", count)
+        mlflow.log_artifact(str(json_path))
+        mlflow.log_artifact(str(html_path))
+    return html_path
+
+
+def validate(job: StageInput) -> Path:
+    """Run the expectation suite on the ingested batch. Raises ValidationFailed, after the result and the
+    Data Docs are written and logged, when any expectation fails or a landing file lacks columns."""
+    import mlflow
+
+    from flightplan.data.batches import read_partitions, to_pandas
+    from flightplan.quality import validate_frame
+
+    settings, config, layout = job.open()
+    part = config.source.partition_column
+    ingest_manifest = json.loads(layout.manifest("ingest", job.key).read_text())
+    with stage_run(settings, config, job.context, data_experiment(config), "validate"):
+        table = read_partitions(layout.dataset("curated"), part, job.days)
+        report = validate_frame(to_pandas(table.drop_columns([part])), config, settings.gx_root, job.key)
+        problems = [
+            f"landing file {f['path']} lacks column(s) {f['missing_columns']}"
+            for f in ingest_manifest["files"]
+            if f.get("missing_columns")
+        ] + [f"{o.expectation} on column '{o.column}': {o.observed}" if o.column else f"{o.expectation}: {o.observed}" for o in report.failures]
+        result_path = write_json_atomic(
+            {"success": report.success and not problems, "problems": problems, "data_docs": str(report.data_docs),
+             "gx_result": report.raw},
+            layout.manifest("validate", job.key),
+        )
+        mlflow.log_metrics({
+            "expectations": len(report.outcomes),
+            "expectations_failed": len(report.failures),
+            "success": float(report.success and not problems),
+        })
+        mlflow.set_tag("data_docs", report.data_docs.as_uri())
+        mlflow.log_artifact(str(result_path))
+    if problems:
+        raise ValidationFailed(
+            f"{config.name} {job.key}: {len(problems)} problem(s); Data Docs: {report.data_docs}\n  - " + "\n  - ".join(problems)
+        )
+    return result_path
+
+
+def wrangle(job: StageInput) -> Path:
+    import mlflow
+
+    from flightplan.data.rewrite import rewrite_days
+    from flightplan.data.wrangle import wrangle_frame
+    from flightplan.spark import get_spark
+
+    settings, config, layout = job.open()
+    with stage_run(settings, config, job.context, data_experiment(config), "wrangle"):
+        used: dict[str, Any] = {}
+
+        def mark(frame: Any) -> Any:
+            marked, values = wrangle_frame(frame, config)
+            used.update(values)
+            return marked
+
+        manifest = rewrite_days(get_spark(settings), layout, "curated", "wrangled", job.days, job.key, mark)
+        manifest.update({"stage": "wrangle", "imputed_with": used})
+        path = write_json_atomic(manifest, layout.manifest("wrangle", job.key))
+        _log_counts("wrangle", manifest)
+        mlflow.log_artifact(str(path))
+    return path
+
+
+def label(job: StageInput) -> Path:
+    import mlflow
+
+    from flightplan.data.label import label_frame
+    from flightplan.data.rewrite import rewrite_days
+    from flightplan.spark import get_spark
+
+    settings, config, layout = job.open()
+    with stage_run(settings, config, job.context, data_experiment(config), "label"):
+        manifest = rewrite_days(
+            get_spark(settings), layout, "wrangled", "labeled", job.days, job.key, lambda f: label_frame(f, config)
+        )
+        manifest["stage"] = "label"
+        path = write_json_atomic(manifest, layout.manifest("label", job.key))
+        _log_counts("label", manifest)
+        mlflow.log_artifact(str(path))
+    return path
+
+
+def split(job: StageInput) -> Path:
+    """Split the labeled data of the training window that ends with this interval."""
+    import mlflow
+
+    from flightplan.data.split import assign_split, write_splits
+    from flightplan.spark import get_spark
+
+    settings, config, layout = job.open()
+    part = config.source.partition_column
+    root = layout.dataset("labeled")
+    if config.split.window_days:
+        window_start = job.end - timedelta(days=config.split.window_days)
+    else:
+        known = sorted(date.fromisoformat(p.name.split("=", 1)[1]) for p in root.glob(f"{part}=*") if p.is_dir())
+        window_start = min(known[0], job.start) if known else job.start
+    with stage_run(settings, config, job.context, data_experiment(config), "split"):
+        spark = get_spark(settings)
+        from flightplan.data.rewrite import read_days
+
+        frame = read_days(spark, layout, "labeled", days_in(window_start, job.end))
+        split_id = interval_key(window_start, job.end)
+        path = write_splits(assign_split(frame, config), config, layout.splits, split_id, layout.staging("split", split_id), (window_start, job.end))
+        manifest = json.loads(path.read_text())
+        for side, stats in manifest["sides"].items():
+            mlflow.log_metric(f"{side}_rows", stats["rows"])
+        mlflow.set_tag("flightplan.data_fingerprint", manifest["fingerprint"])
+        mlflow.log_artifact(str(path))
+    return path
