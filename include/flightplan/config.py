@@ -144,7 +144,9 @@ class SplitFractions(Strict):
 class SplitSpec(Strict):
     strategy: Literal["time", "stratified"] = "time"
     fractions: SplitFractions = SplitFractions()
-    window_days: Annotated[int, Field(gt=0)] | None = Field(None, description="days of labeled data to split; all if unset")
+    window_days: Annotated[int, Field(gt=0)] | None = Field(
+        None, description="days of labeled data to split; all if unset"
+    )
     seed: int = 42
 
 

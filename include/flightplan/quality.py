@@ -82,9 +82,13 @@ def validate_frame(frame: pd.DataFrame, config: PipelineConfig, gx_root: Path, b
     name = config.name
     source = context.data_sources.add_or_update_pandas(name=name)
     asset = next((a for a in source.assets if a.name == name), None) or source.add_dataframe_asset(name=name)
-    batch = next((b for b in asset.batch_definitions if b.name == "batch"), None) or asset.add_batch_definition_whole_dataframe("batch")
+    batch = next(
+        (b for b in asset.batch_definitions if b.name == "batch"), None
+    ) or asset.add_batch_definition_whole_dataframe("batch")
     suite = context.suites.add_or_update(gx.ExpectationSuite(name=name, expectations=build_expectations(config)))
-    definition = context.validation_definitions.add_or_update(gx.ValidationDefinition(name=name, data=batch, suite=suite))
+    definition = context.validation_definitions.add_or_update(
+        gx.ValidationDefinition(name=name, data=batch, suite=suite)
+    )
     checkpoint = context.checkpoints.add_or_update(
         gx.Checkpoint(name=name, validation_definitions=[definition], actions=[UpdateDataDocsAction(name="data_docs")])
     )
@@ -92,7 +96,9 @@ def validate_frame(frame: pd.DataFrame, config: PipelineConfig, gx_root: Path, b
     validation = next(iter(result.run_results.values()))
     outcomes = [_outcome(r) for r in validation.results]
     docs = gx_root / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
-    return ValidationReport(success=bool(result.success), outcomes=outcomes, data_docs=docs, raw=validation.to_json_dict())
+    return ValidationReport(
+        success=bool(result.success), outcomes=outcomes, data_docs=docs, raw=validation.to_json_dict()
+    )
 
 
 def _outcome(result: Any) -> ExpectationOutcome:

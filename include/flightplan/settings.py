@@ -49,9 +49,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"),
         mlflow_artifact_root=env.get("FLIGHTPLAN_MLFLOW_ARTIFACT_ROOT", (home / "mlflow" / "artifacts").as_uri()),
         airflow_home=airflow_home,
-        airflow_database_url=env.get(
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{airflow_home / 'airflow.db'}"
-        ),
+        airflow_database_url=env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{airflow_home / 'airflow.db'}"),
     )
 
 

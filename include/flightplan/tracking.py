@@ -8,7 +8,7 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,7 +25,7 @@ class RunContext:
     """Who asked for this work: the Airflow DAG run and task, or a command line."""
 
     dag_id: str = "cli"
-    run_id: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("manual__%Y%m%dT%H%M%S"))
+    run_id: str = field(default_factory=lambda: datetime.now(UTC).strftime("manual__%Y%m%dT%H%M%S"))
     task_id: str = ""
 
 
@@ -87,8 +87,12 @@ def stage_run(
             exp_id, run_name=f"{context.dag_id} {context.run_id}", tags={**tags, "flightplan.role": "dag_run"}
         )
         parent_id = parent.info.run_id
-    stage_tags = {**tags, "airflow.task_id": context.task_id or stage, "flightplan.stage": stage,
-                  "mlflow.parentRunId": parent_id}
+    stage_tags = {
+        **tags,
+        "airflow.task_id": context.task_id or stage,
+        "flightplan.stage": stage,
+        "mlflow.parentRunId": parent_id,
+    }
     with mlflow.start_run(experiment_id=exp_id, run_name=stage, tags=stage_tags) as run:
         yield run
 

@@ -5,7 +5,7 @@ the manifest it wrote, which is all that travels between tasks."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ class StageInput:
     pipeline: str
     start: date
     end: date
-    context: RunContext = RunContext()
+    context: RunContext = field(default_factory=RunContext)
     overrides: dict[str, Any] | None = None
 
     def open(self) -> tuple[Settings, PipelineConfig, Layout]:
@@ -46,7 +46,9 @@ class StageInput:
 def _log_counts(prefix: str, manifest: dict[str, Any]) -> None:
     import mlflow
 
-    mlflow.log_metrics({f"{prefix}_rows": manifest["rows_total"], f"{prefix}_quarantined": manifest["quarantined_total"]})
+    mlflow.log_metrics(
+        {f"{prefix}_rows": manifest["rows_total"], f"{prefix}_quarantined": manifest["quarantined_total"]}
+    )
 
 
 def ingest(job: StageInput) -> Path:
@@ -76,7 +78,9 @@ def profile(job: StageInput) -> Path:
     with stage_run(settings, config, job.context, data_experiment(config), "profile"):
         frame = read_days(get_spark(settings), layout, "curated", job.days)
         stats = profile_frame(frame, config)
-        json_path, html_path = write_profile(stats, layout.reports("profile") / job.key, profile_title(config, job.start, job.end))
+        json_path, html_path = write_profile(
+            stats, layout.reports("profile") / job.key, profile_title(config, job.start, job.end)
+        )
         mlflow.log_metric("rows", stats["rows"])
         for label, count in stats["label"]["counts"].items():
             mlflow.log_metric(f"class_{label}", count)
@@ -103,22 +107,32 @@ def validate(job: StageInput) -> Path:
             f"landing file {f['path']} lacks column(s) {f['missing_columns']}"
             for f in ingest_manifest["files"]
             if f.get("missing_columns")
-        ] + [f"{o.expectation} on column '{o.column}': {o.observed}" if o.column else f"{o.expectation}: {o.observed}" for o in report.failures]
+        ] + [
+            f"{o.expectation} on column '{o.column}': {o.observed}" if o.column else f"{o.expectation}: {o.observed}"
+            for o in report.failures
+        ]
         result_path = write_json_atomic(
-            {"success": report.success and not problems, "problems": problems, "data_docs": str(report.data_docs),
-             "gx_result": report.raw},
+            {
+                "success": report.success and not problems,
+                "problems": problems,
+                "data_docs": str(report.data_docs),
+                "gx_result": report.raw,
+            },
             layout.manifest("validate", job.key),
         )
-        mlflow.log_metrics({
-            "expectations": len(report.outcomes),
-            "expectations_failed": len(report.failures),
-            "success": float(report.success and not problems),
-        })
+        mlflow.log_metrics(
+            {
+                "expectations": len(report.outcomes),
+                "expectations_failed": len(report.failures),
+                "success": float(report.success and not problems),
+            }
+        )
         mlflow.set_tag("data_docs", report.data_docs.as_uri())
         mlflow.log_artifact(str(result_path))
     if problems:
         raise ValidationFailed(
-            f"{config.name} {job.key}: {len(problems)} problem(s); Data Docs: {report.data_docs}\n  - " + "\n  - ".join(problems)
+            f"{config.name} {job.key}: {len(problems)} problem(s); Data Docs: {report.data_docs}\n  - "
+            + "\n  - ".join(problems)
         )
     return result_path
 
@@ -187,7 +201,14 @@ def split(job: StageInput) -> Path:
 
         frame = read_days(spark, layout, "labeled", days_in(window_start, job.end))
         split_id = interval_key(window_start, job.end)
-        path = write_splits(assign_split(frame, config), config, layout.splits, split_id, layout.staging("split", split_id), (window_start, job.end))
+        path = write_splits(
+            assign_split(frame, config),
+            config,
+            layout.splits,
+            split_id,
+            layout.staging("split", split_id),
+            (window_start, job.end),
+        )
         manifest = json.loads(path.read_text())
         for side, stats in manifest["sides"].items():
             mlflow.log_metric(f"{side}_rows", stats["rows"])

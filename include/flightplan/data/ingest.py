@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from flightplan.config import ColumnSpec, DimensionSpec, PipelineConfig
+from flightplan.config import ColumnSpec, DimensionSpec
 from flightplan.data.parse import Chunk, parse_chunk, quarantine_every_line
 from flightplan.data.partitions import (
     count_rows,
@@ -54,7 +54,9 @@ def ingest(layout: Layout, start: date, end: date, spark: SparkSession | None = 
     days = days_in(start, end)
     plan = plan_chunks(layout, days)
     if not plan["chunks"] and not plan["files"]:
-        raise NoLandingData(f"no landing files for {start}..{end} under {layout.landing} (one YYYY-MM-DD folder per day)")
+        raise NoLandingData(
+            f"no landing files for {start}..{end} under {layout.landing} (one YYYY-MM-DD folder per day)"
+        )
     spark = spark or get_spark(layout.settings)
     key = interval_key(start, end)
     staging = fresh_dir(layout.staging(STAGE, key))
@@ -63,14 +65,15 @@ def ingest(layout: Layout, start: date, end: date, spark: SparkSession | None = 
 
     chunks: list[Chunk] = plan["chunks"]
     parsed_schema = spark_schema([(c.name, c.type) for c in config.source.columns] + [(part, "string")])
-    task = _ChunkParser(config.source.columns, config.source.delimiter, config.source.null_values, part, str(quarantine_dir))
+    task = _ChunkParser(
+        config.source.columns, config.source.delimiter, config.source.null_values, part, str(quarantine_dir)
+    )
     if chunks:
         slices = min(len(chunks), spark.sparkContext.defaultParallelism * 4)
         chunk_rows = [(c.index, json.dumps(asdict(c))) for c in chunks]
-        parsed = (
-            spark.createDataFrame(spark.sparkContext.parallelize(chunk_rows, slices), "index int, chunk string")
-            .mapInArrow(task, parsed_schema)
-        )
+        parsed = spark.createDataFrame(
+            spark.sparkContext.parallelize(chunk_rows, slices), "index int, chunk string"
+        ).mapInArrow(task, parsed_schema)
         joined, dimension_notes = join_dimensions(spark, layout, parsed)
         output = [c.name for c in config.all_columns] + [part]
         joined.select(*output).write.mode("overwrite").partitionBy(part).parquet(str(rows_dir))
@@ -110,7 +113,11 @@ def plan_chunks(layout: Layout, days: list[date]) -> dict[str, Any]:
     missing_days = []
     for day in days:
         folder = layout.landing / day.isoformat()
-        paths = sorted(p for p in folder.glob("*") if p.is_file() and not p.name.startswith((".", "_"))) if folder.is_dir() else []
+        paths = (
+            sorted(p for p in folder.glob("*") if p.is_file() and not p.name.startswith((".", "_")))
+            if folder.is_dir()
+            else []
+        )
         if not folder.is_dir():
             missing_days.append(day.isoformat())
         for path in paths:
@@ -195,7 +202,12 @@ class _ChunkParser:
     yield the typed rows."""
 
     def __init__(
-        self, columns: list[ColumnSpec], delimiter: str, null_values: list[str], partition_column: str, quarantine_dir: str
+        self,
+        columns: list[ColumnSpec],
+        delimiter: str,
+        null_values: list[str],
+        partition_column: str,
+        quarantine_dir: str,
     ) -> None:
         self.columns_json = json.dumps([c.model_dump() for c in columns])
         self.delimiter = delimiter
@@ -221,7 +233,11 @@ class _ChunkParser:
                         shift = count_newlines_before(chunk.path, chunk.start)
                         lines = pa.compute.add(quarantine.column("line"), shift)
                         quarantine = quarantine.set_column(1, "line", lines)
-                    target = Path(self.quarantine_dir) / f"{self.partition_column}={chunk.day}" / f"chunk-{chunk.index:06d}.parquet"
+                    target = (
+                        Path(self.quarantine_dir)
+                        / f"{self.partition_column}={chunk.day}"
+                        / f"chunk-{chunk.index:06d}.parquet"
+                    )
                     write_parquet_atomic(quarantine, target)
                 rows = parsed.rows
                 if rows.num_rows:
@@ -249,7 +265,12 @@ def read_dimension(layout: Layout, dimension: DimensionSpec) -> tuple[pa.Table, 
     keys = list(dimension.keys.values())
     frame = table.to_pandas()
     unique = frame.drop_duplicates(subset=keys, keep="first")
-    notes = {"path": str(path), "rows": len(frame), "unparsable_rows": dropped, "duplicate_keys": len(frame) - len(unique)}
+    notes = {
+        "path": str(path),
+        "rows": len(frame),
+        "unparsable_rows": dropped,
+        "duplicate_keys": len(frame) - len(unique),
+    }
     return pa.Table.from_pandas(unique, preserve_index=False).cast(table.schema), notes
 
 
@@ -259,7 +280,9 @@ def join_dimensions(spark: SparkSession, layout: Layout, rows: DataFrame) -> tup
     notes = {}
     for dimension in layout.config.dimensions:
         table, notes[dimension.name] = read_dimension(layout, dimension)
-        renamed = {c.name: dimension.prefix + c.name for c in dimension.columns if c.name not in dimension.keys.values()}
+        renamed = {
+            c.name: dimension.prefix + c.name for c in dimension.columns if c.name not in dimension.keys.values()
+        }
         key_alias = {dim_col: f"__key_{src_col}" for src_col, dim_col in dimension.keys.items()}
         frame = spark.createDataFrame(table).select(
             *[F.col(name).alias(key_alias.get(name) or renamed[name]) for name in table.column_names]

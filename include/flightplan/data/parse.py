@@ -73,7 +73,9 @@ def parse_chunk(
             delimiter=delimiter, invalid_row_handler=on_invalid_row, ignore_empty_lines=False
         ),
         convert_options=pcsv.ConvertOptions(
-            column_types={name: pa.string() for name in header}, strings_can_be_null=False, quoted_strings_can_be_null=False
+            column_types={name: pa.string() for name in header},
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
         ),
     )
     for number, (reason, text) in malformed.items():

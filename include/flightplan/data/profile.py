@@ -45,7 +45,10 @@ def profile_frame(frame: DataFrame, config: PipelineConfig) -> dict[str, Any]:
                 F.percentile_approx(c, [0.05, 0.25, 0.5, 0.75, 0.95]).alias(f"{column.name}__quantiles"),
             ]
         elif column.type in ("date", "timestamp"):
-            aggregates += [F.min(c).cast("string").alias(f"{column.name}__min"), F.max(c).cast("string").alias(f"{column.name}__max")]
+            aggregates += [
+                F.min(c).cast("string").alias(f"{column.name}__min"),
+                F.max(c).cast("string").alias(f"{column.name}__max"),
+            ]
     totals = frame.agg(*aggregates).first().asDict()
     rows = totals["__rows"]
     columns: dict[str, Any] = {}
@@ -67,8 +70,11 @@ def profile_frame(frame: DataFrame, config: PipelineConfig) -> dict[str, Any]:
     classes = frame.groupBy(F.expr(label_expression(config)).alias("label")).count().orderBy("label").collect()
     return {
         "rows": rows,
-        "label": {"name": config.label.name, "rule": config.label.rule or config.label.column,
-                  "counts": {("unknown" if r["label"] is None else str(r["label"])): r["count"] for r in classes}},
+        "label": {
+            "name": config.label.name,
+            "rule": config.label.rule or config.label.column,
+            "counts": {("unknown" if r["label"] is None else str(r["label"])): r["count"] for r in classes},
+        },
         "columns": columns,
     }
 
@@ -113,13 +119,14 @@ def render_html(profile: dict[str, Any], title: str) -> str:
         )
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border-bottom:1px solid #ddd;padding:4px 10px;text-align:right}}td:first-child,th:first-child,td:last-child{{text-align:left}}
+td,th{{border-bottom:1px solid #ddd;padding:4px 10px;text-align:right}}
+td:first-child,th:first-child,td:last-child{{text-align:left}}
 th{{background:#f3f5f7}}.bar{{height:12px;background:#3b82f6}}.warn{{color:#b45309;font-weight:bold}}</style></head><body>
 <h1>{html.escape(title)}</h1><p>{_fmt(rows)} rows.</p>
-<h2>Label <code>{html.escape(label['name'])}</code> = <code>{html.escape(str(label['rule']))}</code></h2>
+<h2>Label <code>{html.escape(label["name"])}</code> = <code>{html.escape(str(label["rule"]))}</code></h2>
 <table><tr><th>class</th><th>rows</th><th>share</th><th></th></tr>{class_rows}</table>
 <h2>Columns</h2><table><tr><th>column</th><th>type</th><th>nulls</th><th>distinct</th><th>min</th><th>p25</th>
-<th>median</th><th>p75</th><th>max</th><th>mean</th><th>most frequent</th></tr>{''.join(column_rows)}</table>
+<th>median</th><th>p75</th><th>max</th><th>mean</th><th>most frequent</th></tr>{"".join(column_rows)}</table>
 </body></html>"""
 
 

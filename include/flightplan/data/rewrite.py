@@ -20,7 +20,9 @@ def read_days(spark: SparkSession, layout: Layout, stage: str, days: list[date])
     root = layout.dataset(stage)
     folders = existing_partitions(root, layout.config.source.partition_column, days)
     if not folders:
-        raise FileNotFoundError(f"no {stage} data under {root} for {days[0]}..{days[-1]}: run the stage before it first")
+        raise FileNotFoundError(
+            f"no {stage} data under {root} for {days[0]}..{days[-1]}: run the stage before it first"
+        )
     return spark.read.option("basePath", str(root)).parquet(*map(str, folders))
 
 

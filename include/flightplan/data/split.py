@@ -38,7 +38,9 @@ def assign_split(frame: DataFrame, config: PipelineConfig) -> DataFrame:
     return frame.withColumn("split", _side(rank, train_end, validation_end))
 
 
-def _time_cuts(frame: DataFrame, config: PipelineConfig, train_end: float, validation_end: float) -> tuple[float, float]:
+def _time_cuts(
+    frame: DataFrame, config: PipelineConfig, train_end: float, validation_end: float
+) -> tuple[float, float]:
     """Exact quantiles of the time column; rows at a cut go to the later side so no moment straddles two sides."""
     from pyspark.sql import functions as F
 
@@ -62,12 +64,14 @@ def describe(frame: DataFrame, config: PipelineConfig) -> dict[str, Any]:
     time = F.col(config.source.time_column)
     sides = {
         r["split"]: r.asDict()
-        for r in frame.groupBy("split").agg(
+        for r in frame.groupBy("split")
+        .agg(
             F.count(F.lit(1)).alias("rows"),
             F.min(time).cast("string").alias("from"),
             F.max(time).cast("string").alias("to"),
             F.sum(row_hash.cast("decimal(38,0)")).cast("string").alias("hash_sum"),
-        ).collect()
+        )
+        .collect()
     }
     classes = frame.groupBy("split", config.label.name).count().collect()
     manifest: dict[str, Any] = {}
@@ -75,11 +79,19 @@ def describe(frame: DataFrame, config: PipelineConfig) -> dict[str, Any]:
         stats = sides.get(side, {"rows": 0, "from": None, "to": None, "hash_sum": "0"})
         balance = {str(r[config.label.name]): r["count"] for r in classes if r["split"] == side}
         fingerprint = hashlib.sha256(f"{stats['rows']}:{stats['hash_sum']}".encode()).hexdigest()[:16]
-        manifest[side] = {"rows": stats["rows"], "from": stats["from"], "to": stats["to"], "classes": balance, "fingerprint": fingerprint}
+        manifest[side] = {
+            "rows": stats["rows"],
+            "from": stats["from"],
+            "to": stats["to"],
+            "classes": balance,
+            "fingerprint": fingerprint,
+        }
     return manifest
 
 
-def write_splits(frame: DataFrame, config: PipelineConfig, root: Path, split_id: str, staging: Path, window: tuple[date, date]) -> Path:
+def write_splits(
+    frame: DataFrame, config: PipelineConfig, root: Path, split_id: str, staging: Path, window: tuple[date, date]
+) -> Path:
     """Write the three sides and the manifest under ``root/split_id``, replacing an earlier run whole."""
     staging = fresh_dir(staging)
     data = staging / "data"

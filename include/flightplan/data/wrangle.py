@@ -27,7 +27,9 @@ def mark_duplicates(frame: DataFrame, config: PipelineConfig) -> DataFrame:
         return frame.withColumn(REASON, F.lit(None).cast("string"))
     others = [c.name for c in config.all_columns if c.name not in key]
     order = Window.partitionBy(*key).orderBy(*[F.col(c).asc_nulls_last() for c in others])
-    described = F.concat_ws(", ", *[F.concat(F.lit(f"{k}="), F.coalesce(F.col(k).cast("string"), F.lit("null"))) for k in key])
+    described = F.concat_ws(
+        ", ", *[F.concat(F.lit(f"{k}="), F.coalesce(F.col(k).cast("string"), F.lit("null"))) for k in key]
+    )
     rank = F.row_number().over(order)
     return frame.withColumn(
         REASON, F.when(rank > 1, F.concat(F.lit("duplicate of the record with "), described)).otherwise(None)
@@ -45,7 +47,9 @@ def imputation_values(frame: DataFrame, config: PipelineConfig) -> dict[str, Any
         elif rule.strategy == "median":
             values[name] = frame.agg(F.percentile_approx(name, 0.5, 10000)).first()[0]
         else:
-            top = frame.where(F.col(name).isNotNull()).groupBy(name).count().orderBy(F.desc("count"), F.asc(name)).first()
+            top = (
+                frame.where(F.col(name).isNotNull()).groupBy(name).count().orderBy(F.desc("count"), F.asc(name)).first()
+            )
             values[name] = top[0] if top else None
     return values
 

@@ -1,0 +1,49 @@
+# The two set-up commands: `make demo` and `make test`. Both create the environment when it is missing.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+UV_VERSION := 0.13.8
+VENV := .venv
+BIN := $(VENV)/bin
+UV := .tools/bin/uv
+export UV_PYTHON_DOWNLOADS := never
+export FLIGHTPLAN_HOME ?= $(CURDIR)/.flightplan
+export PYSPARK_PYTHON := $(CURDIR)/$(BIN)/python
+DEMO_START ?= 2013-01-01
+DEMO_END ?= 2013-02-01
+
+.PHONY: env demo test lint format clean
+
+$(UV):
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet uv==$(UV_VERSION)
+
+$(BIN)/flightplan: $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen --python $(PYTHON)
+	touch $@
+
+env: $(BIN)/flightplan
+
+demo: env
+	$(BIN)/flightplan replay --pipeline flights --start $(DEMO_START) --end $(DEMO_END)
+	eval "$$($(BIN)/flightplan airflow-env)" && export PATH="$(CURDIR)/$(BIN):$$PATH" && \
+	  airflow db migrate > "$$FLIGHTPLAN_HOME/airflow-db-migrate.log" && \
+	  airflow dags test data_engineering \
+	    -c '{"pipeline": "flights", "start": "$(DEMO_START)", "end": "$(DEMO_END)"}' \
+	    > "$$FLIGHTPLAN_HOME/demo-data-engineering.log" 2>&1 || \
+	  { tail -50 "$$FLIGHTPLAN_HOME/demo-data-engineering.log"; exit 1; }
+	$(BIN)/flightplan summary --pipeline flights --start $(DEMO_START) --end $(DEMO_END)
+
+test: env
+	$(BIN)/pytest
+
+lint: env
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+format: env
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf .flightplan

@@ -1,0 +1,115 @@
+"""
+### data_engineering
+
+Turns the nightly landing files of a pipeline into validated, labeled, reproducible splits:
+
+**ingest** (Spark: typed Parquet per day, bad rows to quarantine with file, line and reason) →
+**profile** (statistics page) → **validate** (Great Expectations; a failure stops the run) →
+**wrangle** (tidy, deduplicate, impute) → **label** → **split** (train / validation / test + manifest).
+
+Runs nightly on the day that just ended. To backfill, trigger it with a `start` and an `end` date
+(end excluded). Re-running an interval replaces its partitions: no duplicates.
+The split task updates the `flightplan_splits` asset, with the manifest path in the event's extra,
+which schedules model engineering.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pendulum
+from airflow.sdk import Asset, Param, dag, get_current_context, task
+from flightplan.settings import load_settings
+
+SPLITS = Asset(name="flightplan_splits", uri="file:///flightplan/splits")
+PIPELINES = sorted(p.stem for p in Path(load_settings().pipelines_dir).glob("*.yaml"))
+
+
+def stage_input() -> Any:
+    """The pipeline, the interval (Params first, else the run's data interval) and the run's identity."""
+    from datetime import date
+
+    from flightplan.tracking import RunContext
+    from flightplan.workflow import StageInput
+
+    context = get_current_context()
+    params = context["params"]
+    if params.get("start") and params.get("end"):
+        start, end = date.fromisoformat(params["start"]), date.fromisoformat(params["end"])
+    elif context.get("data_interval_start") and context.get("data_interval_end"):
+        start, end = context["data_interval_start"].date(), context["data_interval_end"].date()
+    else:
+        raise ValueError("this run has no data interval: trigger it with both 'start' and 'end' dates")
+    run = RunContext(dag_id=context["dag"].dag_id, run_id=context["run_id"], task_id=context["task"].task_id)
+    return StageInput(pipeline=params["pipeline"], start=start, end=end, context=run)
+
+
+@dag(
+    dag_id="data_engineering",
+    schedule="@daily",
+    start_date=pendulum.datetime(2013, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["flightplan", "data-engineering"],
+    default_args={"owner": "flightplan", "retries": 2, "retry_delay": timedelta(minutes=1)},
+    params={
+        "pipeline": Param(PIPELINES[0] if PIPELINES else "", enum=PIPELINES, description="Pipeline config to run"),
+        "start": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            description="First day to (re)ingest; empty: the run's data interval",
+        ),
+        "end": Param(None, type=["null", "string"], format="date", description="Day after the last day to (re)ingest"),
+    },
+)
+def data_engineering() -> None:
+    @task
+    def ingest() -> str:
+        from flightplan import workflow
+
+        return str(workflow.ingest(stage_input()))
+
+    @task
+    def profile(_ingested: str) -> str:
+        from flightplan import workflow
+
+        return str(workflow.profile(stage_input()))
+
+    @task(retries=0)
+    def validate(_ingested: str) -> str:
+        from flightplan import workflow
+
+        return str(workflow.validate(stage_input()))
+
+    @task
+    def wrangle(_validated: str) -> str:
+        from flightplan import workflow
+
+        return str(workflow.wrangle(stage_input()))
+
+    @task
+    def label(_wrangled: str) -> str:
+        from flightplan import workflow
+
+        return str(workflow.label(stage_input()))
+
+    @task(outlets=[SPLITS])
+    def split(_labeled: str) -> str:
+        from flightplan import workflow
+
+        job = stage_input()
+        manifest = workflow.split(job)
+        get_current_context()["outlet_events"][SPLITS].extra = {"pipeline": job.pipeline, "manifest": str(manifest)}
+        return str(manifest)
+
+    ingested = ingest()
+    validated = validate(ingested)
+    profile(ingested) >> validated
+    split(label(wrangle(validated)))
+
+
+data_engineering()

@@ -1,0 +1,110 @@
+"""The `flightplan` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from datetime import date
+from pathlib import Path
+
+from flightplan.config import ConfigError, available_pipelines, load_pipeline
+from flightplan.data.partitions import interval_key
+from flightplan.layout import Layout
+from flightplan.settings import airflow_environment, load_settings
+
+
+def _layout(pipeline: str) -> Layout:
+    settings = load_settings()
+    return Layout(settings, load_pipeline(pipeline, settings.pipelines_dir))
+
+
+def replay(args: argparse.Namespace) -> int:
+    from flightplan.replay import replay as replay_days
+
+    layout = _layout(args.pipeline)
+    counts = replay_days(layout, args.start, args.end)
+    print(f"replayed {sum(counts.values()):,} rows over {len(counts)} days into {layout.landing}")
+    return 0
+
+
+def check(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    names = args.pipelines or available_pipelines(settings.pipelines_dir)
+    failed = 0
+    for name in names:
+        try:
+            config = load_pipeline(name, settings.pipelines_dir)
+        except ConfigError as err:
+            print(err, file=sys.stderr)
+            failed += 1
+            continue
+        features = len(config.features.numeric) + len(config.features.categorical) + len(config.features.derived)
+        label = f"label '{config.label.name}' ({config.label.task})"
+        print(f"{config.name}: {len(config.all_columns)} columns, {features} features, {label}, {config.fingerprint()}")
+    return 1 if failed else 0
+
+
+def airflow_env(args: argparse.Namespace) -> int:
+    for key, value in airflow_environment(load_settings(), args.dags.resolve(), args.plugins.resolve()).items():
+        print(f"export {key}={shlex.quote(value)}")
+    return 0
+
+
+def summary(args: argparse.Namespace) -> int:
+    """Where a data-engineering run left its results, and what they say."""
+    layout = _layout(args.pipeline)
+    key = interval_key(args.start, args.end)
+    ingest = json.loads(layout.manifest("ingest", key).read_text())
+    validation = json.loads(layout.manifest("validate", key).read_text())
+    labeled = json.loads(layout.manifest("label", key).read_text())
+    latest = json.loads((layout.splits / "latest.json").read_text())
+    split = json.loads(Path(latest["manifest"]).read_text())
+    print(f"\n{layout.name}: {args.start} to {args.end} (end excluded)")
+    files, quarantined = len(ingest["files"]), ingest["quarantined_total"]
+    print(f"  ingested      {ingest['rows_total']:>9,} rows from {files} files, {quarantined:,} quarantined")
+    print(f"  validated     {'passed' if validation['success'] else 'FAILED'}")
+    unlabeled = labeled["quarantined_total"]
+    print(f"  labeled       {labeled['rows_total']:>9,} rows, {unlabeled:,} without a label (quarantined)")
+    for side, stats in split["sides"].items():
+        print(f"  {side:<13} {stats['rows']:>9,} rows  {stats['from']} .. {stats['to']}  classes {stats['classes']}")
+    print(f"\n  Data Docs       {validation['data_docs']}")
+    print(f"  profile page    {layout.reports('profile') / key / 'profile.html'}")
+    print(f"  split manifest  {latest['manifest']}")
+    print(f"  quarantine      {ingest['quarantine']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="flightplan", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def with_interval(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--pipeline", required=True)
+        command.add_argument("--start", type=date.fromisoformat, required=True, help="first day, YYYY-MM-DD")
+        command.add_argument("--end", type=date.fromisoformat, required=True, help="day after the last day")
+
+    cmd = commands.add_parser("replay", help="drop a dataset into the landing zone as daily CSV files")
+    with_interval(cmd)
+    cmd.set_defaults(run=replay)
+    cmd = commands.add_parser("check", help="validate pipeline configs")
+    cmd.add_argument("pipelines", nargs="*")
+    cmd.set_defaults(run=check)
+    cmd = commands.add_parser("airflow-env", help="print the environment of the embedded Airflow")
+    cmd.add_argument("--dags", type=Path, default=Path("dags"))
+    cmd.add_argument("--plugins", type=Path, default=Path("plugins"))
+    cmd.set_defaults(run=airflow_env)
+    cmd = commands.add_parser("summary", help="print where a data-engineering run left its results")
+    with_interval(cmd)
+    cmd.set_defaults(run=summary)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Every DAG imports, follows the house rules, and keeps heavy libraries out of parse time."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DAGS = Path(__file__).resolve().parents[2] / "dags"
+HEAVY = (
+    "pyspark",
+    "mlflow",
+    "great_expectations",
+    "xgboost",
+    "pandas",
+    "pyarrow",
+    "evidently",
+    "onnxruntime",
+    "optuna",
+)
+
+
+@pytest.fixture(scope="module")
+def dagbag(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    import os
+
+    os.environ.setdefault("AIRFLOW_HOME", str(tmp_path_factory.mktemp("airflow-home")))
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(DAGS))
+
+
+def test_every_dag_imports(dagbag) -> None:  # type: ignore[no-untyped-def]
+    assert dagbag.import_errors == {}
+    assert "data_engineering" in dagbag.dag_ids
+
+
+def test_dags_follow_house_rules(dagbag) -> None:  # type: ignore[no-untyped-def]
+    for dag_id, dag in dagbag.dags.items():
+        assert dag.doc_md and len(dag.doc_md) > 100, f"{dag_id} needs a doc_md"
+        assert "flightplan" in dag.tags, f"{dag_id} needs the flightplan tag"
+        assert dag.catchup is False, f"{dag_id} must not catch up by default"
+        for task in dag.tasks:
+            assert task.owner == "flightplan", f"{dag_id}.{task.task_id} owner"
+            assert task.retries >= 0
+        assert any(t.retries > 0 for t in dag.tasks), f"{dag_id} must retry transient failures"
+
+
+def test_data_engineering_shape(dagbag) -> None:  # type: ignore[no-untyped-def]
+    dag = dagbag.dags["data_engineering"]
+    assert set(dag.task_ids) == {"ingest", "profile", "validate", "wrangle", "label", "split"}
+    assert dag.get_task("validate").retries == 0  # a broken expectation is not transient
+    assert dag.get_task("wrangle").upstream_task_ids == {"validate"}
+    assert [o.name for o in dag.get_task("split").outlets] == ["flightplan_splits"]
+    assert {"pipeline", "start", "end"} <= set(dag.params.keys())
+
+
+@pytest.mark.parametrize("dag_file", sorted(DAGS.glob("*.py")), ids=lambda p: p.name)
+def test_no_heavy_import_at_parse_time(dag_file: Path) -> None:
+    script = (
+        "import runpy, sys\n"
+        f"runpy.run_path({str(dag_file)!r})\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"

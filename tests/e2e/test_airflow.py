@@ -1,0 +1,112 @@
+"""data_engineering under a real Airflow: once through `airflow dags test`, once through the scheduler,
+the dag-processor and the API server, triggered with a conf over the REST API v2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from flightplan.layout import Layout
+
+from tests.conftest import END_DAY, FIRST_DAY
+from tests.e2e.conftest import AIRFLOW, free_port
+
+CONF = {"pipeline": "flights", "start": FIRST_DAY.isoformat(), "end": END_DAY.isoformat()}
+pytestmark = pytest.mark.airflow
+
+
+def test_dags_test_runs_the_whole_dag(airflow_env: dict[str, str], layout: Layout, replayed: dict[str, int]) -> None:
+    result = subprocess.run(
+        [AIRFLOW, "dags", "test", "data_engineering", "-c", json.dumps(CONF)],
+        env=airflow_env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+    )
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    for task in ("ingest", "profile", "validate", "wrangle", "label", "split"):
+        assert f"[DAG TEST] end task task_id={task}" in log
+    latest = json.loads((layout.splits / "latest.json").read_text())
+    manifest = json.loads(Path(latest["manifest"]).read_text())
+    assert manifest["window"] == {"start": CONF["start"], "end": CONF["end"]}
+
+
+@pytest.fixture(scope="module")
+def live_airflow(airflow_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    env = {
+        **airflow_env,
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+    }
+    logs = tmp_path_factory.mktemp("airflow-logs")
+    processes = [
+        subprocess.Popen(
+            [AIRFLOW, *command], env=env, stdout=(logs / f"{command[0]}.log").open("w"), stderr=subprocess.STDOUT
+        )
+        for command in (["api-server", "--port", str(port)], ["scheduler"], ["dag-processor"])
+    ]
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/api/v2/monitor/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(2)
+        else:
+            raise RuntimeError(f"the API server did not come up; see {logs}")
+        yield base
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def test_trigger_through_rest_api_runs_to_success(live_airflow: str, airflow_env: dict[str, str]) -> None:
+    password_file = Path(airflow_env["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated"
+    password = json.loads(password_file.read_text())["admin"]
+    token = httpx.post(f"{live_airflow}/auth/token", json={"username": "admin", "password": password}, timeout=30)
+    token.raise_for_status()
+    api = httpx.Client(
+        base_url=f"{live_airflow}/api/v2",
+        headers={"Authorization": f"Bearer {token.json()['access_token']}"},
+        timeout=30,
+    )
+    assert api.get("/dags/data_engineering").status_code in (200, 404)
+    assert httpx.get(f"{live_airflow}/api/v2/dags", timeout=30).status_code == 401
+
+    deadline = time.monotonic() + 180
+    while api.get("/dags/data_engineering").status_code != 200:
+        assert time.monotonic() < deadline, "the dag-processor never parsed data_engineering"
+        time.sleep(3)
+    api.patch("/dags/data_engineering", json={"is_paused": False}).raise_for_status()
+    created = api.post("/dags/data_engineering/dagRuns", json={"logical_date": None, "conf": CONF})
+    created.raise_for_status()
+    run_id = created.json()["dag_run_id"]
+
+    deadline = time.monotonic() + 900
+    state = "queued"
+    while state not in ("success", "failed") and time.monotonic() < deadline:
+        time.sleep(5)
+        state = api.get(f"/dags/data_engineering/dagRuns/{run_id}").json()["state"]
+    tasks = api.get(f"/dags/data_engineering/dagRuns/{run_id}/taskInstances").json()["task_instances"]
+    assert state == "success", {t["task_id"]: t["state"] for t in tasks}
+    assert {t["task_id"]: t["state"] for t in tasks} == dict.fromkeys(
+        ["ingest", "profile", "validate", "wrangle", "label", "split"], "success"
+    )
+    events = api.get("/assets/events", params={"source_dag_id": "data_engineering", "source_run_id": run_id}).json()
+    assert [e["extra"]["pipeline"] for e in events["asset_events"]] == ["flights"]

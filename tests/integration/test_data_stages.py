@@ -1,0 +1,167 @@
+"""The data-engineering stages on real days of the demo data and on bad landing files, with real Spark,
+Great Expectations and MLflow (no Airflow here)."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+
+import pyarrow.dataset as pads
+import pytest
+from flightplan import workflow
+from flightplan.layout import Layout
+
+from tests.conftest import END_DAY, FIRST_DAY
+
+BAD_DAY, AFTER_BAD_DAY = date(2013, 1, 20), date(2013, 1, 21)
+
+
+def data_lines(path: Path) -> int:
+    """Lines after the header that are not blank: the records a file offers."""
+    lines = path.read_bytes().split(b"\n")[1:]
+    return sum(1 for line in lines if line.strip())
+
+
+def dataset_rows(root: Path, day: date) -> list[dict]:
+    folder = root / f"ds={day.isoformat()}"
+    if not folder.exists():
+        return []
+    rows = pads.dataset(str(folder)).to_table().to_pylist()
+    return sorted(rows, key=lambda r: json.dumps(r, sort_keys=True, default=str))
+
+
+@pytest.fixture(scope="session")
+def bad_landing(layout: Layout, replayed: dict[str, int]) -> Path:
+    """A day of landing files with every kind of bad input, built from real rows."""
+    good = (layout.landing / FIRST_DAY.isoformat()).glob("*.csv").__next__().read_text().splitlines()
+    header, rows = good[0], good[1:]
+    folder = layout.landing / BAD_DAY.isoformat()
+    folder.mkdir(parents=True, exist_ok=True)
+    columns = header.split(",")
+    delay = columns.index("dep_delay")
+    wrong_type = rows[5].split(",")
+    wrong_type[delay] = "soon"
+    (folder / "a-mixed.csv").write_text(
+        "\n".join([header, *rows[:5], "2013,1,1,517", ",".join(wrong_type), "", *rows[6:10]]) + "\n"
+    )
+    without_delay = [",".join(v for i, v in enumerate(r.split(",")) if i != delay) for r in [header, *rows[10:13]]]
+    (folder / "b-missing-column.csv").write_text("\n".join(without_delay) + "\n")
+    (folder / "c-empty.csv").write_bytes(b"")
+    latin = rows[13].replace(",EWR,", ",EWR\xe9,") if ",EWR," in rows[13] else rows[13] + "\xe9"
+    (folder / "d-latin1.csv").write_bytes(("\n".join([header, rows[14], latin, rows[15]]) + "\n").encode("latin-1"))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def bad_day_ingest(layout: Layout, bad_landing: Path) -> dict:
+    path = workflow.ingest(workflow.StageInput("flights", BAD_DAY, AFTER_BAD_DAY))
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="session")
+def good_days(replayed: dict[str, int]) -> dict[str, dict]:
+    """The whole chain on the three real days, as the DAG runs it."""
+    job = workflow.StageInput("flights", FIRST_DAY, END_DAY)
+    manifests = {}
+    for stage in (
+        workflow.ingest,
+        workflow.profile,
+        workflow.validate,
+        workflow.wrangle,
+        workflow.label,
+        workflow.split,
+    ):
+        path = stage(job)
+        manifests[stage.__name__] = json.loads(path.read_text()) if path.suffix == ".json" else {"path": str(path)}
+    return manifests
+
+
+def test_every_input_row_is_in_output_or_quarantine(layout: Layout, bad_landing: Path, bad_day_ingest: dict) -> None:
+    offered = sum(data_lines(f) for f in bad_landing.glob("*.csv"))
+    assert bad_day_ingest["rows_total"] + bad_day_ingest["quarantined_total"] == offered
+    assert bad_day_ingest["quarantined_total"] == 3
+    quarantine = pads.dataset(str(layout.quarantine("ingest") / f"ds={BAD_DAY}")).to_table().to_pylist()
+    found = {(Path(r["source_file"]).name, r["line"]): r["reason"] for r in quarantine}
+    assert found == {
+        ("a-mixed.csv", 7): "expected 19 fields, found 4",
+        ("a-mixed.csv", 8): "dep_delay: expected double, got 'soon'",
+        ("d-latin1.csv", 3): found[("d-latin1.csv", 3)],
+    }
+    assert found[("d-latin1.csv", 3)].startswith("not valid UTF-8: byte 0xe9")
+    files = {Path(f["path"]).name: f for f in bad_day_ingest["files"]}
+    assert files["c-empty.csv"]["problem"] == "empty file"
+    assert files["b-missing-column.csv"]["missing_columns"] == ["dep_delay"]
+
+
+def test_rerunning_an_interval_replaces_it(layout: Layout, bad_day_ingest: dict) -> None:
+    before = dataset_rows(layout.dataset("curated"), BAD_DAY)
+    quarantine_before = dataset_rows(layout.quarantine("ingest"), BAD_DAY)
+    again = json.loads(workflow.ingest(workflow.StageInput("flights", BAD_DAY, AFTER_BAD_DAY)).read_text())
+    assert again["rows"] == bad_day_ingest["rows"]
+    assert dataset_rows(layout.dataset("curated"), BAD_DAY) == before
+    assert dataset_rows(layout.quarantine("ingest"), BAD_DAY) == quarantine_before
+    assert not any((layout.settings.data_root / "_staging").rglob("*.parquet"))
+
+
+def test_missing_column_fails_validation_clearly(bad_day_ingest: dict) -> None:
+    with pytest.raises(workflow.ValidationFailed) as caught:
+        workflow.validate(workflow.StageInput("flights", BAD_DAY, AFTER_BAD_DAY))
+    message = str(caught.value)
+    assert "b-missing-column.csv lacks column(s) ['dep_delay']" in message
+    assert "expect_table_row_count_to_be_between(min_value=100" in message
+    assert "Data Docs:" in message
+
+
+def test_no_landing_files_is_a_clear_error() -> None:
+    from flightplan.data.ingest import NoLandingData
+
+    with pytest.raises(NoLandingData, match="no landing files for 2014-06-01"):
+        workflow.ingest(workflow.StageInput("flights", date(2014, 6, 1), date(2014, 6, 2)))
+
+
+def test_good_days_flow_through_every_stage(good_days: dict, replayed: dict[str, int], layout: Layout) -> None:
+    ingest, label = good_days["ingest"], good_days["label"]
+    assert ingest["rows"] == replayed and ingest["quarantined_total"] == 0
+    assert good_days["validate"]["success"] is True
+    assert Path(good_days["validate"]["data_docs"]).exists()
+    assert good_days["wrangle"]["rows_total"] + good_days["wrangle"]["quarantined_total"] == ingest["rows_total"]
+    assert label["rows_total"] + label["quarantined_total"] == good_days["wrangle"]["rows_total"]
+    assert label["quarantined_total"] > 0  # cancelled flights have no arrival delay, so no label
+    split = good_days["split"]
+    assert sum(s["rows"] for s in split["sides"].values()) == label["rows_total"]
+    assert split["sides"]["train"]["to"] < split["sides"]["validation"]["from"] <= split["sides"]["validation"]["to"]
+    assert split["sides"]["validation"]["to"] < split["sides"]["test"]["from"]
+    profile = Path(good_days["profile"]["path"])
+    assert "Label <code>delayed</code>" in profile.read_text()
+    assert set(json.loads((profile.parent / "profile.json").read_text())["label"]["counts"]) == {"0", "1", "unknown"}
+
+
+def test_split_is_reproducible(good_days: dict) -> None:
+    again = json.loads(workflow.split(workflow.StageInput("flights", FIRST_DAY, END_DAY)).read_text())
+    assert again["fingerprint"] == good_days["split"]["fingerprint"]
+    assert again["sides"] == good_days["split"]["sides"]
+
+
+def test_stratified_split_keeps_class_balance(good_days: dict) -> None:
+    job = workflow.StageInput("flights", FIRST_DAY, END_DAY, overrides={"split.strategy": "stratified"})
+    manifest = json.loads(workflow.split(job).read_text())
+    shares = {side: stats["classes"]["1"] / stats["rows"] for side, stats in manifest["sides"].items()}
+    assert max(shares.values()) - min(shares.values()) < 0.01
+    assert abs(manifest["sides"]["train"]["rows"] / sum(s["rows"] for s in manifest["sides"].values()) - 0.7) < 0.01
+
+
+def test_stages_are_tracked_in_mlflow(good_days: dict, layout: Layout) -> None:
+    from flightplan.tracking import client, data_experiment
+
+    mlflow_client = client(layout.settings)
+    experiment = mlflow_client.get_experiment_by_name(data_experiment(layout.config))
+    runs = mlflow_client.search_runs([experiment.experiment_id], max_results=200)
+    stages = {r.data.tags.get("flightplan.stage") for r in runs}
+    assert {"ingest", "profile", "validate", "wrangle", "label", "split"} <= stages
+    split_run = next(
+        r for r in runs if r.data.tags.get("flightplan.data_fingerprint") == good_days["split"]["fingerprint"]
+    )
+    assert split_run.data.tags["flightplan.stage"] == "split"
+    assert split_run.data.tags["flightplan.config_hash"] == layout.config.fingerprint()
+    assert "mlflow.parentRunId" in split_run.data.tags

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import pyarrow as pa
+from flightplan.config import ColumnSpec
+from flightplan.data.parse import Chunk, parse_chunk, quarantine_every_line
+
+COLUMNS = [
+    ColumnSpec(name="n", type="int"),
+    ColumnSpec(name="x", type="double"),
+    ColumnSpec(name="at", type="timestamp", format="%Y-%m-%dT%H:%M:%S%z"),
+    ColumnSpec(name="name", type="string"),
+    ColumnSpec(name="ok", type="boolean"),
+]
+HEADER = ("n", "x", "at", "name", "ok")
+NULLS = ["", "NA"]
+
+
+def chunk(data: bytes, header: tuple[str, ...] = HEADER, **extra) -> Chunk:  # type: ignore[no-untyped-def]
+    return Chunk(
+        path="drop.csv", day="2013-01-01", start=0, end=len(data), first_line=2, header=header, index=0, **extra
+    )
+
+
+def test_good_rows_are_typed() -> None:
+    data = b"1,2.5,2013-01-01T10:00:00Z,a,true\n2,NA,2013-01-01T11:00:00Z,,no\n"
+    parsed = parse_chunk(data, chunk(data), COLUMNS, ",", NULLS)
+    assert parsed.quarantine.num_rows == 0
+    assert parsed.rows.schema.field("n").type == pa.int32()
+    assert parsed.rows.column("x").to_pylist() == [2.5, None]
+    assert parsed.rows.column("ok").to_pylist() == [True, False]
+    assert parsed.rows.column("name").to_pylist() == ["a", None]
+    assert str(parsed.rows.column("at").type) == "timestamp[us, tz=UTC]"
+
+
+def test_every_bad_line_is_quarantined_with_its_line_and_reason() -> None:
+    data = (
+        b"1,2.5,2013-01-01T10:00:00Z,a,true\n"  # line 2: good
+        b"2,3.5,2013-01-01T10:00:00Z\n"  # line 3: too few fields
+        b"\n"  # line 4: blank
+        b"3,inf,later,b,no\n"  # line 5: two bad values
+        b"4,1,2013-01-01T10:00:00Z,caf\xe9,1\n"  # line 6: not UTF-8
+        b"99999999999,1,2013-01-01T10:00:00Z,c,maybe\n"  # line 7: int overflow, not a boolean
+        b"5.0, 7 ,2013-01-01T10:00:00Z,d,0\n"  # line 8: good (integral float, padded number)
+    )
+    parsed = parse_chunk(data, chunk(data), COLUMNS, ",", NULLS)
+    assert parsed.rows.column("n").to_pylist() == [1, 5]
+    assert parsed.blank_lines == 1
+    rejected = {r["line"]: r["reason"] for r in parsed.quarantine.to_pylist()}
+    assert rejected == {
+        3: "expected 5 fields, found 3",
+        5: "x: expected double, got 'inf'; at: expected timestamp, got 'later'",
+        6: "not valid UTF-8: byte 0xe9 at column 29",
+        7: "n: expected int, got '99999999999'; ok: expected boolean, got 'maybe'",
+    }
+    assert set(parsed.quarantine.column("source_file").to_pylist()) == {"drop.csv"}
+    assert parsed.rows.num_rows + parsed.quarantine.num_rows + parsed.blank_lines == 7
+
+
+def test_missing_column_is_null_and_extra_column_is_ignored() -> None:
+    data = b"1,a,zzz\n"
+    parsed = parse_chunk(data, chunk(data, header=("n", "name", "extra")), COLUMNS, ",", NULLS)
+    assert parsed.rows.column_names == [c.name for c in COLUMNS]
+    assert parsed.rows.column("x").to_pylist() == [None]
+    assert parsed.quarantine.num_rows == 0
+
+
+def test_other_delimiter() -> None:
+    data = b"1;2,5;2013-01-01T10:00:00Z;a;true\n"
+    parsed = parse_chunk(data, chunk(data), COLUMNS, ";", NULLS)
+    assert parsed.quarantine.column("reason").to_pylist() == ["x: expected double, got '2,5'"]
+
+
+def test_unreadable_file_is_quarantined_whole() -> None:
+    data = b"a;b;c\n\nd;e;f\n"
+    parsed = quarantine_every_line(data, chunk(data, rejected_because="header has none of the expected columns"))
+    assert parsed.quarantine.column("line").to_pylist() == [2, 4]
+    assert parsed.blank_lines == 1
