@@ -11,7 +11,7 @@ export PYSPARK_PYTHON := $(CURDIR)/$(BIN)/python
 DEMO_START ?= 2013-01-01
 DEMO_END ?= 2013-02-01
 
-.PHONY: env demo test lint format clean
+.PHONY: env demo test bench lint format clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -35,6 +35,9 @@ demo: env
 
 test: env
 	$(BIN)/pytest
+
+bench: env
+	$(BIN)/python bench/ingest_bench.py --home "$$FLIGHTPLAN_HOME/bench"
 
 lint: env
 	$(BIN)/ruff format --check .

@@ -67,7 +67,8 @@ def summary(args: argparse.Namespace) -> int:
     print(f"  validated     {'passed' if validation['success'] else 'FAILED'}")
     unlabeled = labeled["quarantined_total"]
     print(f"  labeled       {labeled['rows_total']:>9,} rows, {unlabeled:,} without a label (quarantined)")
-    for side, stats in split["sides"].items():
+    for side in ("train", "validation", "test"):
+        stats = split["sides"][side]
         print(f"  {side:<13} {stats['rows']:>9,} rows  {stats['from']} .. {stats['to']}  classes {stats['classes']}")
     print(f"\n  Data Docs       {validation['data_docs']}")
     print(f"  profile page    {layout.reports('profile') / key / 'profile.html'}")

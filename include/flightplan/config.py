@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 ColumnType = Literal["string", "int", "long", "double", "boolean", "date", "timestamp"]
 IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
+DEFAULT_NULL_VALUES = ("", "NA", "null", "NULL")
 
 
 class ConfigError(ValueError):
@@ -51,6 +52,8 @@ class DimensionSpec(Strict):
     name: Annotated[str, Field(pattern=IDENTIFIER)]
     path: str = Field(description="file under the data root")
     format: Literal["csv", "parquet"] = "csv"
+    delimiter: Annotated[str, Field(min_length=1, max_length=1)] = ","
+    null_values: list[str] = Field(default_factory=lambda: list(DEFAULT_NULL_VALUES))
     keys: dict[str, str] = Field(description="source column -> dimension column")
     columns: list[ColumnSpec] = Field(description="dimension columns to read, keys included")
     prefix: str = ""
@@ -74,7 +77,7 @@ class SourceSpec(Strict):
     format: Literal["csv"] = "csv"
     landing: str = Field("landing/{pipeline}", description="folder of daily drops (one YYYY-MM-DD folder per day)")
     delimiter: Annotated[str, Field(min_length=1, max_length=1)] = ","
-    null_values: list[str] = ["", "NA", "null", "NULL"]
+    null_values: list[str] = Field(default_factory=lambda: list(DEFAULT_NULL_VALUES))
     columns: list[ColumnSpec]
     key: list[str] = Field(default_factory=list, description="columns that identify a record (deduplication)")
     time_column: str
@@ -145,7 +148,7 @@ class SplitSpec(Strict):
     strategy: Literal["time", "stratified"] = "time"
     fractions: SplitFractions = SplitFractions()
     window_days: Annotated[int, Field(gt=0)] | None = Field(
-        None, description="days of labeled data to split; all if unset"
+        default=None, description="days of labeled data to split; all if unset"
     )
     seed: int = 42
 
@@ -210,7 +213,7 @@ class PipelineConfig(Strict):
         leaking = sorted((listed | derived) & set(features.leakage))
         if leaking:
             raise ValueError(f"features: {leaking} are listed as leakage and cannot be features")
-        label_inputs = {self.label.name, self.label.column} - {None}
+        label_inputs = {self.label.name} | ({self.label.column} if self.label.column else set())
         if label_inputs & listed:
             raise ValueError(f"features: the label {sorted(label_inputs & listed)} cannot be a feature")
         imputed = sorted(set(self.wrangle.impute) - known)

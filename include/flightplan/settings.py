@@ -22,6 +22,7 @@ class Settings:
     pipelines_dir: Path
     spark_master: str
     spark_driver_memory: str
+    ingest_engine: str
     mlflow_tracking_uri: str
     mlflow_artifact_root: str
     airflow_home: Path
@@ -46,6 +47,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         pipelines_dir=Path(env.get("FLIGHTPLAN_PIPELINES_DIR", PACKAGE_PIPELINES_DIR)),
         spark_master=env.get("FLIGHTPLAN_SPARK_MASTER", "local[*]"),
         spark_driver_memory=env.get("FLIGHTPLAN_SPARK_DRIVER_MEMORY", "4g"),
+        ingest_engine=env.get("FLIGHTPLAN_INGEST_ENGINE", "spark"),
         mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"),
         mlflow_artifact_root=env.get("FLIGHTPLAN_MLFLOW_ARTIFACT_ROOT", (home / "mlflow" / "artifacts").as_uri()),
         airflow_home=airflow_home,

@@ -104,6 +104,26 @@ def test_rerunning_an_interval_replaces_it(layout: Layout, bad_day_ingest: dict)
     assert not any((layout.settings.data_root / "_staging").rglob("*.parquet"))
 
 
+def test_local_engine_writes_what_spark_writes(layout: Layout, bad_day_ingest: dict) -> None:
+    from flightplan.data.ingest import ingest
+
+    spark_rows = dataset_rows(layout.dataset("curated"), BAD_DAY)
+    spark_quarantine = dataset_rows(layout.quarantine("ingest"), BAD_DAY)
+    local = json.loads(ingest(layout, BAD_DAY, AFTER_BAD_DAY, engine="local").read_text())
+    assert local["engine"] == "local" and bad_day_ingest["engine"] == "spark"
+    assert dataset_rows(layout.dataset("curated"), BAD_DAY) == spark_rows
+    assert dataset_rows(layout.quarantine("ingest"), BAD_DAY) == spark_quarantine
+
+
+def test_dimensions_are_joined(good_days: dict, layout: Layout) -> None:
+    rows = dataset_rows(layout.dataset("curated"), FIRST_DAY)
+    with_weather = sum(r["temp"] is not None for r in rows)
+    with_plane = sum(r["plane_seats"] is not None for r in rows)
+    assert with_weather / len(rows) > 0.95 and 0.5 < with_plane / len(rows) < 1.0
+    notes = good_days["ingest"]["dimensions"]
+    assert notes["weather"]["rows"] > 20_000 and notes["planes"]["duplicate_keys"] == 0
+
+
 def test_missing_column_fails_validation_clearly(bad_day_ingest: dict) -> None:
     with pytest.raises(workflow.ValidationFailed) as caught:
         workflow.validate(workflow.StageInput("flights", BAD_DAY, AFTER_BAD_DAY))

@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pyarrow as pa
+import pytest
 from flightplan.config import ColumnSpec
+from flightplan.data import parse
 from flightplan.data.parse import Chunk, parse_chunk, quarantine_every_line
 
 COLUMNS = [
@@ -75,3 +79,25 @@ def test_unreadable_file_is_quarantined_whole() -> None:
     parsed = quarantine_every_line(data, chunk(data, rejected_because="header has none of the expected columns"))
     assert parsed.quarantine.column("line").to_pylist() == [2, 4]
     assert parsed.blank_lines == 1
+
+
+CLEAN = b"1,2.5,2013-01-01T10:00:00Z,a,true\n2,NA,2013-01-01T06:00:00-0500,,no\n\n-3,1e3,2013-01-01T12:00:00+0000,NA,\n"
+
+
+def test_clean_chunk_takes_one_typed_read_and_matches_the_line_by_line_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    fast = parse_chunk(CLEAN, chunk(CLEAN), COLUMNS, ",", NULLS)
+    monkeypatch.setattr(parse, "_read_clean_chunk", lambda *args: None)
+    slow = parse_chunk(CLEAN, chunk(CLEAN), COLUMNS, ",", NULLS)
+    assert fast.rows.equals(slow.rows)
+    assert fast.rows.schema == slow.rows.schema
+    assert fast.blank_lines == slow.blank_lines == 1
+    assert fast.rows.column("at").to_pylist()[1] == fast.rows.column("at").to_pylist()[0] + timedelta(hours=1)
+
+
+@pytest.mark.parametrize(
+    "dirty",
+    [b"1,nan,2013-01-01T10:00:00Z,a,true\n", b"1.0,1,2013-01-01T10:00:00Z,a,true\n", b",,,,\n", b"1,2\n"],
+    ids=["non-finite", "integral float", "all empty", "short line"],
+)
+def test_anything_unusual_goes_the_line_by_line_way(dirty: bytes) -> None:
+    assert parse._read_clean_chunk(CLEAN + dirty, chunk(CLEAN + dirty), COLUMNS, ",", NULLS) is None

@@ -9,20 +9,20 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from flightplan.data.partitions import existing_partitions
+from flightplan.data.partitions import partition_files
 
 NULLABLE = {pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
 
 
 def read_partitions(root: Path, column: str, days: list[date], columns: list[str] | None = None) -> pa.Table:
-    folders = existing_partitions(root, column, days)
-    files = [str(f) for folder in folders for f in sorted(folder.glob("*.parquet"))]
-    if not files:
-        raise FileNotFoundError(f"no data under {root} for {days[0]}..{days[-1]}")
     tables = []
-    for folder in folders:
-        part = pads.dataset([str(f) for f in sorted(folder.glob("*.parquet"))]).to_table(columns=columns)
-        tables.append(part.append_column(column, pa.array([folder.name.split("=", 1)[1]] * part.num_rows)))
+    for day in days:
+        files = [str(f) for f in partition_files(root, column, [day])]
+        if files:
+            part = pads.dataset(files).to_table(columns=columns)
+            tables.append(part.append_column(column, pa.array([day.isoformat()] * part.num_rows)))
+    if not tables:
+        raise FileNotFoundError(f"no data under {root} for {days[0]}..{days[-1]}")
     return pa.concat_tables(tables, promote_options="default")
 
 

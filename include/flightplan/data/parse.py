@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
@@ -54,6 +55,9 @@ def parse_chunk(
     data: bytes, chunk: Chunk, columns: list[ColumnSpec], delimiter: str, null_values: list[str]
 ) -> ParsedChunk:
     """Typed rows (``columns`` in order) and quarantine records for the lines in ``data``."""
+    clean = _read_clean_chunk(data, chunk, columns, delimiter, null_values)
+    if clean is not None:
+        return clean
     first_line = chunk.first_line if chunk.first_line is not None else 1
     rejected: list[tuple[int, str, str]] = []
     data = _blank_out_undecodable_lines(data, first_line, rejected)
@@ -82,8 +86,8 @@ def parse_chunk(
         rejected.append((first_line + number - 1, reason, text))
     # Row numbers count every record the reader saw, malformed ones included; the kept rows are the others.
     total = strings.num_rows + len(malformed)
-    kept_numbers = pa.array([n for n in range(1, total + 1) if n not in malformed], pa.int64())
-    lines = pc.add(kept_numbers, first_line - 1)
+    kept_numbers = np.delete(np.arange(first_line, first_line + total, dtype=np.int64), [n - 1 for n in malformed])
+    lines = pa.array(kept_numbers)
 
     blank = _all_empty(strings)
     blank_count = pc.sum(blank).as_py() or 0
@@ -131,6 +135,77 @@ def parse_chunk(
         schema=QUARANTINE_SCHEMA,
     )
     return ParsedChunk(rows=rows, quarantine=quarantine, blank_lines=blank_count - blanked)
+
+
+def _read_clean_chunk(
+    data: bytes, chunk: Chunk, columns: list[ColumnSpec], delimiter: str, null_values: list[str]
+) -> ParsedChunk | None:
+    """The common case in one typed read: every line has the right field count and every value its type.
+    Anything else (a malformed line, a bad value, bytes that are not UTF-8, a line of empty fields) returns
+    None, and the chunk is parsed the slow way, which says which line failed and why."""
+    header = set(chunk.header)
+    present = [c for c in columns if c.name in header]
+    formats = {c.format for c in present if c.type in ("date", "timestamp")}
+    # Read natively: numbers, and timestamps when they share one format; the rest converts like the slow path.
+    native = {
+        c.name: ARROW_TYPES[c.type]
+        for c in present
+        if c.type in ("int", "long", "double") or (c.type == "timestamp" and c.format and len(formats) == 1)
+    }
+    malformed = False
+
+    def on_invalid_row(row: pcsv.InvalidRow) -> str:
+        nonlocal malformed
+        malformed = True
+        return "skip"
+
+    try:
+        table = pcsv.read_csv(
+            io.BytesIO(data),
+            read_options=pcsv.ReadOptions(column_names=list(chunk.header), use_threads=False, block_size=1 << 26),
+            parse_options=pcsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid_row),
+            convert_options=pcsv.ConvertOptions(
+                include_columns=[c.name for c in present],
+                column_types={name: native.get(name, pa.string()) for name in header},
+                null_values=null_values,
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+                timestamp_parsers=sorted(f for f in formats if f) if len(formats) == 1 else None,
+            ),
+        )
+    except pa.ArrowInvalid:
+        return None
+    if malformed:
+        return None
+    typed: dict[str, pa.Array] = {}
+    null_set = pa.array(null_values, pa.string())
+    for column in columns:
+        if column.name not in header:
+            typed[column.name] = pa.nulls(table.num_rows, ARROW_TYPES[column.type])
+            continue
+        values = table.column(column.name).combine_chunks()
+        if column.name in native:
+            if column.type == "double" and pc.any(pc.invert(pc.is_finite(values))).as_py():
+                return None
+            typed[column.name] = values
+            continue
+        converted, failed = convert(values, column, null_set)
+        if failed is not None:
+            return None
+        typed[column.name] = converted
+    if present and all(typed[c.name].null_count for c in present) and _any_row_all_null(typed, present):
+        return None
+    lines = data.count(b"\n") + (0 if not data or data.endswith(b"\n") else 1)
+    return ParsedChunk(
+        rows=pa.table(typed), quarantine=QUARANTINE_SCHEMA.empty_table(), blank_lines=lines - table.num_rows
+    )
+
+
+def _any_row_all_null(typed: dict[str, pa.Array], present: list[ColumnSpec]) -> bool:
+    mask = pc.is_null(typed[present[0].name])
+    for column in present[1:]:
+        mask = pc.and_(mask, pc.is_null(typed[column.name]))
+    return bool(pc.any(mask).as_py())
 
 
 def quarantine_every_line(data: bytes, chunk: Chunk) -> ParsedChunk:

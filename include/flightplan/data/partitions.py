@@ -99,11 +99,14 @@ def write_json_atomic(document: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def partition_files(root: Path, column: str, days: Iterable[date]) -> list[Path]:
+    """The Parquet files of the days' partitions, in a stable order."""
+    return [f for folder in existing_partitions(root, column, days) for f in sorted(folder.glob("*.parquet"))]
+
+
 def count_rows(root: Path, column: str, days: Iterable[date]) -> dict[str, int]:
     """Rows per day from the Parquet footers, without reading the data."""
-    counts = {}
-    for day in days:
-        folder = partition_dir(root, column, day)
-        files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
-        counts[day.isoformat()] = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-    return counts
+    return {
+        day.isoformat(): sum(pq.ParquetFile(f).metadata.num_rows for f in partition_files(root, column, [day]))
+        for day in days
+    }

@@ -49,7 +49,7 @@ def profile_frame(frame: DataFrame, config: PipelineConfig) -> dict[str, Any]:
                 F.min(c).cast("string").alias(f"{column.name}__min"),
                 F.max(c).cast("string").alias(f"{column.name}__max"),
             ]
-    totals = frame.agg(*aggregates).first().asDict()
+    totals = frame.agg(*aggregates).collect()[0].asDict()
     rows = totals["__rows"]
     columns: dict[str, Any] = {}
     for column in config.all_columns:

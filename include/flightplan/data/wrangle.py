@@ -45,7 +45,7 @@ def imputation_values(frame: DataFrame, config: PipelineConfig) -> dict[str, Any
         if rule.strategy == "constant":
             values[name] = rule.value
         elif rule.strategy == "median":
-            values[name] = frame.agg(F.percentile_approx(name, 0.5, 10000)).first()[0]
+            values[name] = frame.agg(F.percentile_approx(name, 0.5, 10000)).collect()[0][0]
         else:
             top = (
                 frame.where(F.col(name).isNotNull()).groupBy(name).count().orderBy(F.desc("count"), F.asc(name)).first()
