@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from datetime import date
@@ -50,6 +51,8 @@ def spark(settings: Settings):  # type: ignore[no-untyped-def]
     session = get_spark(settings, "flightplan-tests")
     yield session
     session.stop()
+    # py4j logs at INFO while its connections are collected at exit, after pytest has closed the streams.
+    logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
 @pytest.fixture(scope="session")
