@@ -30,7 +30,10 @@ demo: env
 	  airflow dags test data_engineering \
 	    -c '{"pipeline": "flights", "start": "$(DEMO_START)", "end": "$(DEMO_END)"}' \
 	    > "$$FLIGHTPLAN_HOME/demo-data-engineering.log" 2>&1 || \
-	  { tail -50 "$$FLIGHTPLAN_HOME/demo-data-engineering.log"; exit 1; }
+	  { tail -50 "$$FLIGHTPLAN_HOME/demo-data-engineering.log"; exit 1; } && \
+	  airflow dags test model_engineering -c '{"pipeline": "flights", "reason": "make demo"}' \
+	    > "$$FLIGHTPLAN_HOME/demo-model-engineering.log" 2>&1 || \
+	  { tail -50 "$$FLIGHTPLAN_HOME/demo-model-engineering.log"; exit 1; }
 	$(BIN)/flightplan summary --pipeline flights --start $(DEMO_START) --end $(DEMO_END)
 
 test: env

@@ -16,15 +16,11 @@ which schedules model engineering.
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pendulum
-from airflow.sdk import Asset, Param, dag, get_current_context, task
-from flightplan.settings import load_settings
-
-SPLITS = Asset(name="flightplan_splits", uri="file:///flightplan/splits")
-PIPELINES = sorted(p.stem for p in Path(load_settings().pipelines_dir).glob("*.yaml"))
+from airflow.sdk import Param, dag, get_current_context, task
+from shared import PIPELINES, SPLITS
 
 
 def stage_input() -> Any:

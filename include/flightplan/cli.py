@@ -74,7 +74,32 @@ def summary(args: argparse.Namespace) -> int:
     print(f"  profile page    {layout.reports('profile') / key / 'profile.html'}")
     print(f"  split manifest  {latest['manifest']}")
     print(f"  quarantine      {ingest['quarantine']}")
+    _print_challenger(layout)
     return 0
+
+
+def _print_challenger(layout: Layout) -> None:
+    """The model the last model-engineering run registered, and where to look at it in MLflow."""
+    from flightplan.model.registry import CHALLENGER
+    from flightplan.tracking import client, model_experiment
+
+    mlflow_client = client(layout.settings)
+    name = layout.config.registered_model
+    if not mlflow_client.search_registered_models(f"name = '{name}'"):
+        return
+    version = mlflow_client.get_model_version_by_alias(name, CHALLENGER)
+    run = mlflow_client.get_run(version.tags["flightplan.run_id"])
+    parity = json.loads((layout.model_run(run.info.run_id) / "parity.json").read_text())
+    metrics = run.data.metrics
+    primary = layout.config.primary_metric
+    print(f"\n  model         {name} version {version.version} (alias {CHALLENGER}), MLflow run {run.info.run_id}")
+    print(f"  test {primary:<8} {metrics[f'test_{primary}']:.4f}  (validation {metrics[f'validation_{primary}']:.4f})")
+    print(f"  ONNX parity   max |difference| {parity['max_abs_diff']:.2e} on {parity['rows']:,} test rows")
+    print(
+        f"\n  MLflow UI       {sys.executable.rsplit('/', 1)[0]}/mlflow ui --backend-store-uri "
+        f"{layout.settings.mlflow_tracking_uri} --port 5000  →  http://127.0.0.1:5000"
+    )
+    print(f"  experiment      {model_experiment(layout.config)} (compare runs), model {name} in Models")
 
 
 def main(argv: list[str] | None = None) -> int:

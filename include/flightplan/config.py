@@ -11,6 +11,7 @@ import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -18,6 +19,23 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 ColumnType = Literal["string", "int", "long", "double", "boolean", "date", "timestamp"]
 IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
 DEFAULT_NULL_VALUES = ("", "NA", "null", "NULL")
+# The metrics evaluation reports for each task (flightplan.model.evaluate), and which of them grow with quality.
+TASK_METRICS = {
+    "binary": (
+        "roc_auc",
+        "pr_auc",
+        "log_loss",
+        "brier",
+        "calibration_error",
+        "f1",
+        "precision",
+        "recall",
+        "positive_rate",
+    ),
+    "multiclass": ("log_loss", "accuracy", "f1_macro"),
+    "regression": ("rmse", "mae", "r2"),
+}
+HIGHER_IS_BETTER = frozenset({"roc_auc", "pr_auc", "f1", "precision", "recall", "accuracy", "f1_macro", "r2"})
 
 
 class ConfigError(ValueError):
@@ -99,9 +117,18 @@ class LabelSpec(Strict):
         return self
 
 
+TimePart = Literal["hour", "day_of_week", "day_of_month", "day_of_year", "week", "month", "quarter"]
+
+
 class DerivedFeature(Strict):
+    """A numeric feature taken from a date or timestamp column, in a given time zone (a timestamp is an
+    instant; its hour or weekday depends on where it is read). The same code computes it in batch and in
+    the online service, so training and serving never disagree."""
+
     name: Annotated[str, Field(pattern=IDENTIFIER)]
-    expr: str
+    column: str
+    part: TimePart
+    timezone: str = "UTC"
 
 
 class FeaturesSpec(Strict):
@@ -153,6 +180,73 @@ class SplitSpec(Strict):
     seed: int = 42
 
 
+class SearchDimension(Strict):
+    """One hyperparameter of the search: an int or float range (optionally log-scaled) or a set of choices."""
+
+    type: Literal["int", "float", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[str | int | float] | None = None
+
+    @model_validator(mode="after")
+    def _bounds_or_choices(self) -> SearchDimension:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical dimension needs 'choices'")
+        elif self.low is None or self.high is None or self.low > self.high:
+            raise ValueError(f"a {self.type} dimension needs low <= high")
+        return self
+
+
+class TuningSpec(Strict):
+    trials: Annotated[int, Field(ge=1)] = 20
+    timeout_minutes: Annotated[float, Field(gt=0)] = 10.0
+    num_boost_round: Annotated[int, Field(ge=1)] = 500
+    early_stopping_rounds: Annotated[int, Field(ge=1)] = 30
+    seed: int = 42
+    fixed: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="xgboost parameters every trial and the final model use"
+    )
+    space: dict[str, SearchDimension] = Field(default_factory=dict)
+
+
+class SelectionSpec(Strict):
+    """Features whose share of the total gain of a quick model is below ``min_gain_share`` are dropped."""
+
+    min_gain_share: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    keep_at_least: Annotated[int, Field(ge=1)] = 5
+    rounds: Annotated[int, Field(ge=1)] = 100
+
+
+class AcceptanceSpec(Strict):
+    """Thresholds on test-set metrics, and how much the challenger must beat the champion by (on the
+    primary metric, in its better direction; negative tolerates a small loss)."""
+
+    minimum: dict[str, float] = Field(default_factory=dict)
+    maximum: dict[str, float] = Field(default_factory=dict)
+    champion_margin: float = 0.0
+
+
+class ModelSpec(Strict):
+    registered_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] | None = Field(
+        default=None, description="MLflow registered model; '<pipeline>-<label>' if unset"
+    )
+    engine: Literal["local"] = "local"
+    window_days: Annotated[int, Field(gt=0)] | None = Field(
+        default=None, description="train on the last N days of the train side only; all if unset"
+    )
+    primary_metric: str | None = Field(default=None, description="roc_auc, log_loss or rmse by task if unset")
+    threshold: Annotated[float, Field(gt=0, lt=1)] | None = Field(
+        default=None, description="binary decision threshold; the F1-best on validation if unset"
+    )
+    slices: list[str] = Field(default_factory=list, description="columns whose values get their own metrics")
+    parity_tolerance: Annotated[float, Field(gt=0)] = 1e-5
+    selection: SelectionSpec = SelectionSpec()
+    tuning: TuningSpec = TuningSpec()
+    acceptance: AcceptanceSpec = AcceptanceSpec()
+
+
 class ReplaySpec(Strict):
     """Where `flightplan replay` finds the demo data it drops into the landing zone, one folder per day."""
 
@@ -172,6 +266,7 @@ class PipelineConfig(Strict):
     wrangle: WrangleSpec = WrangleSpec()
     validation: ValidationSpec = ValidationSpec()
     split: SplitSpec = SplitSpec()
+    model: ModelSpec = ModelSpec()
     replay: ReplaySpec | None = None
 
     @field_validator("dimensions")
@@ -216,6 +311,28 @@ class PipelineConfig(Strict):
         label_inputs = {self.label.name} | ({self.label.column} if self.label.column else set())
         if label_inputs & listed:
             raise ValueError(f"features: the label {sorted(label_inputs & listed)} cannot be a feature")
+        times = {c.name for c in self.all_columns if c.type in ("date", "timestamp")}
+        for feature in features.derived:
+            if feature.column not in times:
+                raise ValueError(
+                    f"features.derived.{feature.name}: '{feature.column}' is not a date or timestamp column"
+                )
+            try:
+                ZoneInfo(feature.timezone)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"features.derived.{feature.name}: unknown time zone '{feature.timezone}'") from None
+        absent = sorted(set(self.model.slices) - known - derived)
+        if absent:
+            raise ValueError(f"model.slices: {absent} are not columns")
+        reported = TASK_METRICS[self.label.task]
+        for where, names in (
+            ("model.primary_metric", [self.model.primary_metric] if self.model.primary_metric else []),
+            ("model.acceptance.minimum", list(self.model.acceptance.minimum)),
+            ("model.acceptance.maximum", list(self.model.acceptance.maximum)),
+        ):
+            unknown = sorted(set(names) - set(reported))
+            if unknown:
+                raise ValueError(f"{where}: {unknown} are not {self.label.task} metrics (known: {list(reported)})")
         imputed = sorted(set(self.wrangle.impute) - known)
         if imputed:
             raise ValueError(f"wrangle.impute: {imputed} are not columns")
@@ -225,6 +342,17 @@ class PipelineConfig(Strict):
     def all_columns(self) -> list[ColumnSpec]:
         """Source columns then the columns the dimensions add: the schema of an ingested row."""
         return list(self.source.columns) + [c for d in self.dimensions for c in d.joined_columns]
+
+    @property
+    def registered_model(self) -> str:
+        return self.model.registered_name or f"{self.name}-{self.label.name}"
+
+    @property
+    def primary_metric(self) -> str:
+        return (
+            self.model.primary_metric
+            or {"binary": "roc_auc", "multiclass": "log_loss", "regression": "rmse"}[self.label.task]
+        )
 
     @property
     def column_names(self) -> set[str]:

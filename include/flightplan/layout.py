@@ -42,6 +42,10 @@ class Layout:
     def splits(self) -> Path:
         return self.settings.data_root / "splits" / self.name
 
+    def model_run(self, run_id: str) -> Path:
+        """Working files of one model-engineering run (frames, feature map, booster, reports)."""
+        return self.settings.data_root / "models" / self.name / run_id
+
     def manifest(self, stage: str, key: str) -> Path:
         return self.settings.data_root / "manifests" / self.name / stage / f"{key}.json"
 

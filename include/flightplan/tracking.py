@@ -65,6 +65,19 @@ def lineage_tags(config: PipelineConfig, context: RunContext) -> dict[str, str]:
     }
 
 
+def dag_run_id(mlflow_client: MlflowClient, exp_id: str, config: PipelineConfig, context: RunContext, role: str) -> str:
+    """The one MLflow run of a DAG run in an experiment (created by its first task, found by later ones)."""
+    query = (
+        f"tags.`airflow.dag_id` = '{context.dag_id}' and tags.`airflow.run_id` = '{context.run_id}' "
+        f"and tags.`flightplan.role` = '{role}'"
+    )
+    found = mlflow_client.search_runs([exp_id], filter_string=query, max_results=1)
+    if found:
+        return str(found[0].info.run_id)
+    tags = {**lineage_tags(config, context), "flightplan.role": role}
+    return str(mlflow_client.create_run(exp_id, run_name=f"{context.dag_id} {context.run_id}", tags=tags).info.run_id)
+
+
 @contextmanager
 def stage_run(
     settings: Settings, config: PipelineConfig, context: RunContext, experiment: str, stage: str
@@ -74,27 +87,33 @@ def stage_run(
 
     mlflow_client = client(settings)
     exp_id = experiment_id(mlflow_client, settings, experiment)
-    tags = lineage_tags(config, context)
-    query = (
-        f"tags.`airflow.dag_id` = '{context.dag_id}' and tags.`airflow.run_id` = '{context.run_id}' "
-        "and tags.`flightplan.role` = 'dag_run'"
-    )
-    parents = mlflow_client.search_runs([exp_id], filter_string=query, max_results=1)
-    if parents:
-        parent_id = parents[0].info.run_id
-    else:
-        parent = mlflow_client.create_run(
-            exp_id, run_name=f"{context.dag_id} {context.run_id}", tags={**tags, "flightplan.role": "dag_run"}
-        )
-        parent_id = parent.info.run_id
+    parent_id = dag_run_id(mlflow_client, exp_id, config, context, "dag_run")
     stage_tags = {
-        **tags,
+        **lineage_tags(config, context),
         "airflow.task_id": context.task_id or stage,
         "flightplan.stage": stage,
         "mlflow.parentRunId": parent_id,
     }
     with mlflow.start_run(experiment_id=exp_id, run_name=stage, tags=stage_tags) as run:
         yield run
+
+
+@contextmanager
+def model_run(settings: Settings, config: PipelineConfig, context: RunContext) -> Iterator[ActiveRun]:
+    """The MLflow run of one model-engineering DAG run, resumed by each of its tasks, so that a model's
+    params, metrics and artifacts sit in one row of the compare view."""
+    import mlflow
+
+    mlflow_client = client(settings)
+    exp_id = experiment_id(mlflow_client, settings, model_experiment(config))
+    run_id = dag_run_id(mlflow_client, exp_id, config, context, "model")
+    with mlflow.start_run(run_id=run_id) as run:
+        mlflow.set_tag("airflow.task_id", context.task_id)
+        yield run
+
+
+def model_experiment(config: PipelineConfig) -> str:
+    return f"{config.name}-model-engineering"
 
 
 def data_experiment(config: PipelineConfig) -> str:

@@ -20,10 +20,11 @@ CONF = {"pipeline": "flights", "start": FIRST_DAY.isoformat(), "end": END_DAY.is
 pytestmark = pytest.mark.airflow
 
 
-def test_dags_test_runs_the_whole_dag(airflow_env: dict[str, str], layout: Layout, replayed: dict[str, int]) -> None:
+def dags_test(env: dict[str, str], dag_id: str, conf: dict) -> str:
+    """`airflow dags test` with a conf; its log, after asserting the run succeeded."""
     result = subprocess.run(
-        [AIRFLOW, "dags", "test", "data_engineering", "-c", json.dumps(CONF)],
-        env=airflow_env,
+        [AIRFLOW, "dags", "test", dag_id, "-c", json.dumps(conf)],
+        env=env,
         capture_output=True,
         text=True,
         check=False,
@@ -31,11 +32,39 @@ def test_dags_test_runs_the_whole_dag(airflow_env: dict[str, str], layout: Layou
     )
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]
+    return log
+
+
+def test_dags_test_runs_the_whole_dag(airflow_env: dict[str, str], layout: Layout, replayed: dict[str, int]) -> None:
+    log = dags_test(airflow_env, "data_engineering", CONF)
     for task in ("ingest", "profile", "validate", "wrangle", "label", "split"):
         assert f"[DAG TEST] end task task_id={task}" in log
     latest = json.loads((layout.splits / "latest.json").read_text())
     manifest = json.loads(Path(latest["manifest"]).read_text())
     assert manifest["window"] == {"start": CONF["start"], "end": CONF["end"]}
+
+
+def test_model_engineering_registers_a_challenger_that_loads_by_alias(
+    airflow_env: dict[str, str], layout: Layout
+) -> None:
+    """Runs on the splits the data_engineering test above left, as the asset schedule would."""
+    import mlflow
+    import numpy as np
+    from flightplan.model import package
+    from flightplan.model.registry import load_alias
+
+    conf = {"pipeline": "flights", "trials": 3, "reason": "e2e test"}
+    log = dags_test(airflow_env, "model_engineering", conf)
+    for task in ("features", "tune", "train", "evaluate", "accept", "package", "register"):
+        assert f"[DAG TEST] end task task_id={task}" in log
+    model = load_alias(layout.settings, "flights-delayed", "challenger")
+    assert model is not None
+    onnx_model = mlflow.onnx.load_model("models:/flights-delayed@challenger")
+    assert onnx_model.SerializeToString() == model.onnx
+    rows = np.zeros((2, len(model.feature_map.features)), dtype=np.float32)
+    assert package.predict(package.session(model.onnx), rows, "binary").shape == (2,)
+    version = mlflow.MlflowClient().get_model_version("flights-delayed", model.version)
+    assert version.tags["airflow.dag_id"] == "model_engineering" and version.tags["flightplan.reason"] == "e2e test"
 
 
 @pytest.fixture(scope="module")

@@ -59,24 +59,6 @@ def bad_day_ingest(layout: Layout, bad_landing: Path) -> dict:
     return json.loads(path.read_text())
 
 
-@pytest.fixture(scope="session")
-def good_days(replayed: dict[str, int]) -> dict[str, dict]:
-    """The whole chain on the three real days, as the DAG runs it."""
-    job = workflow.StageInput("flights", FIRST_DAY, END_DAY)
-    manifests = {}
-    for stage in (
-        workflow.ingest,
-        workflow.profile,
-        workflow.validate,
-        workflow.wrangle,
-        workflow.label,
-        workflow.split,
-    ):
-        path = stage(job)
-        manifests[stage.__name__] = json.loads(path.read_text()) if path.suffix == ".json" else {"path": str(path)}
-    return manifests
-
-
 def test_every_input_row_is_in_output_or_quarantine(layout: Layout, bad_landing: Path, bad_day_ingest: dict) -> None:
     offered = sum(data_lines(f) for f in bad_landing.glob("*.csv"))
     assert bad_day_ingest["rows_total"] + bad_day_ingest["quarantined_total"] == offered

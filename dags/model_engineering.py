@@ -1,0 +1,126 @@
+"""
+### model_engineering
+
+From the newest splits of a pipeline to a registered, tested, packaged model:
+
+**features** (from config; selection on gain) → **tune** (Optuna, each trial a nested MLflow run) →
+**train** (XGBoost, per-round metrics live in MLflow) → **evaluate** (metrics, slices, plots, model card) →
+**accept** (thresholds + the champion on the same test set; a rejected model fails this task with its
+reasons and is not registered) → **package** (ONNX, parity on the whole test set) → **register**
+(new version, alias `challenger`).
+
+Scheduled by the `flightplan_splits` asset (data_engineering's split task); trigger it from the UI to
+retrain with other settings. All runs of a pipeline are in the MLflow experiment
+`<pipeline>-model-engineering`, one run per DAG run.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pendulum
+from airflow.sdk import Param, dag, get_current_context, task
+from shared import CHALLENGER, PIPELINES, SPLITS
+
+
+def model_job() -> Any:
+    """The pipeline, the run's Params as config overrides, the split that triggered it and who is asking."""
+    from flightplan.model.stages import ModelJob
+    from flightplan.tracking import RunContext
+
+    context = get_current_context()
+    params = context["params"]
+    overrides = {
+        key: params[name]
+        for name, key in (
+            ("trials", "model.tuning.trials"),
+            ("timeout_minutes", "model.tuning.timeout_minutes"),
+            ("window_days", "model.window_days"),
+            ("engine", "model.engine"),
+        )
+        if params.get(name) is not None
+    }
+    events = [e for events in (context.get("triggering_asset_events") or {}).values() for e in events]
+    manifest = next((e.extra.get("manifest") for e in events if e.extra.get("pipeline") == params["pipeline"]), None)
+    run = RunContext(dag_id=context["dag"].dag_id, run_id=context["run_id"], task_id=context["task"].task_id)
+    reason = params.get("reason") or ("new splits" if events else "manual")
+    return ModelJob(params["pipeline"], run, overrides, manifest, reason)
+
+
+@dag(
+    dag_id="model_engineering",
+    schedule=[SPLITS],
+    start_date=pendulum.datetime(2013, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["flightplan", "model-engineering"],
+    default_args={"owner": "flightplan", "retries": 1, "retry_delay": timedelta(minutes=1)},
+    params={
+        "pipeline": Param(PIPELINES[0] if PIPELINES else "", enum=PIPELINES, description="Pipeline config to run"),
+        "trials": Param(None, type=["null", "integer"], minimum=1, description="Optuna trials; empty: the config's"),
+        "timeout_minutes": Param(
+            None, type=["null", "number"], exclusiveMinimum=0, description="Tuning time budget; empty: the config's"
+        ),
+        "window_days": Param(
+            None, type=["null", "integer"], minimum=1, description="Train on the last N days only; empty: all"
+        ),
+        "engine": Param("local", enum=["local"], description="Training engine"),
+        "reason": Param("", type="string", description="Why this run (kept in MLflow and the registry)"),
+    },
+)
+def model_engineering() -> None:
+    @task
+    def features() -> str:
+        from flightplan.model import stages
+
+        return stages.features(model_job())
+
+    @task
+    def tune(mlflow_run: str) -> str:
+        from flightplan.model import stages
+
+        stages.tune(model_job(), mlflow_run)
+        return mlflow_run
+
+    @task
+    def train(mlflow_run: str) -> str:
+        from flightplan.model import stages
+
+        stages.train(model_job(), mlflow_run)
+        return mlflow_run
+
+    @task
+    def evaluate(mlflow_run: str) -> str:
+        from flightplan.model import stages
+
+        stages.evaluate(model_job(), mlflow_run)
+        return mlflow_run
+
+    @task(retries=0)
+    def accept(mlflow_run: str) -> str:
+        from flightplan.model import stages
+
+        stages.accept(model_job(), mlflow_run)
+        return mlflow_run
+
+    @task(retries=0)
+    def package(mlflow_run: str) -> dict[str, str]:
+        from flightplan.model import stages
+
+        return {"run_id": mlflow_run, "model_uri": stages.package_onnx(model_job(), mlflow_run)}
+
+    @task(outlets=[CHALLENGER])
+    def register(packaged: dict[str, str]) -> dict[str, str]:
+        from flightplan.model import stages
+
+        job = model_job()
+        registered = stages.register(job, packaged["run_id"], packaged["model_uri"])
+        get_current_context()["outlet_events"][CHALLENGER].extra = {"pipeline": job.pipeline, **registered}
+        return registered
+
+    register(package(accept(evaluate(train(tune(features()))))))
+
+
+model_engineering()

@@ -1,0 +1,200 @@
+"""Evaluation: metrics by task, metrics per slice, plots and the model card.
+
+Metric names are the same for every run of every pipeline (``roc_auc``, ``log_loss``, ``rmse``...), prefixed
+by the side they were measured on (``validation_``, ``test_``) when logged, so the MLflow compare view
+lines runs up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
+
+from flightplan.config import HIGHER_IS_BETTER
+
+MIN_SLICE_ROWS = 30
+CALIBRATION_BINS = 10
+
+
+def best_f1_threshold(y: np.ndarray, proba: np.ndarray) -> float:
+    """The probability cut that maximises F1 (on validation, so the test set stays untouched)."""
+    precision, recall, thresholds = skm.precision_recall_curve(y, proba)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    return float(thresholds[int(np.argmax(f1[:-1]))]) if len(thresholds) else 0.5
+
+
+def expected_calibration_error(y: np.ndarray, proba: np.ndarray, bins: int = CALIBRATION_BINS) -> float:
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(proba, edges[1:-1]), 0, bins - 1)
+    error = 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            error += inside.mean() * abs(y[inside].mean() - proba[inside].mean())
+    return float(error)
+
+
+def compute_metrics(task: str, y: np.ndarray, prediction: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """The task's metrics for labels ``y`` and predictions (P(1), class probabilities, or values)."""
+    if task == "regression":
+        return {
+            "rmse": float(np.sqrt(skm.mean_squared_error(y, prediction))),
+            "mae": float(skm.mean_absolute_error(y, prediction)),
+            "r2": float(skm.r2_score(y, prediction)),
+        }
+    if task == "multiclass":
+        labels = list(range(prediction.shape[1]))
+        chosen = prediction.argmax(axis=1)
+        return {
+            "log_loss": float(skm.log_loss(y, prediction, labels=labels)),
+            "accuracy": float(skm.accuracy_score(y, chosen)),
+            "f1_macro": float(skm.f1_score(y, chosen, average="macro", labels=labels, zero_division=0)),
+        }
+    chosen = (prediction >= threshold).astype(int)
+    both_classes = len(np.unique(y)) == 2
+    return {
+        "roc_auc": float(skm.roc_auc_score(y, prediction)) if both_classes else float("nan"),
+        "pr_auc": float(skm.average_precision_score(y, prediction)) if both_classes else float("nan"),
+        "log_loss": float(skm.log_loss(y, prediction, labels=[0, 1])),
+        "brier": float(skm.brier_score_loss(y, prediction)),
+        "calibration_error": expected_calibration_error(y, prediction),
+        "f1": float(skm.f1_score(y, chosen, zero_division=0)),
+        "precision": float(skm.precision_score(y, chosen, zero_division=0)),
+        "recall": float(skm.recall_score(y, chosen, zero_division=0)),
+        "positive_rate": float(np.mean(y)),
+    }
+
+
+def slice_metrics(
+    task: str,
+    frame: pd.DataFrame,
+    y: np.ndarray,
+    prediction: np.ndarray,
+    slices: list[str],
+    threshold: float,
+) -> list[dict[str, Any]]:
+    """Metrics for each value of each slice column with at least MIN_SLICE_ROWS rows, biggest first."""
+    rows = []
+    for column in slices:
+        values = frame[column].astype("string").fillna("(missing)").to_numpy()
+        for value in pd.Series(values).value_counts().index:
+            inside = values == value
+            if inside.sum() < MIN_SLICE_ROWS:
+                continue
+            scores = compute_metrics(task, y[inside], prediction[inside], threshold)
+            rows.append({"slice": column, "value": str(value), "rows": int(inside.sum()), **scores})
+    return rows
+
+
+def better(metric: str, challenger: float, reference: float, margin: float = 0.0) -> bool:
+    """Whether ``challenger`` beats ``reference`` by at least ``margin`` in the metric's better direction."""
+    if metric in HIGHER_IS_BETTER:
+        return challenger >= reference + margin
+    return challenger <= reference - margin
+
+
+def plot_files(
+    task: str,
+    y: np.ndarray,
+    prediction: np.ndarray,
+    threshold: float,
+    importances: dict[str, float],
+    folder: Path,
+) -> list[Path]:
+    """PNG plots of the test-set behaviour: ROC, precision-recall, confusion matrix, calibration (binary),
+    predicted vs actual (regression), and feature importance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    def save(figure: Any, name: str) -> None:
+        path = folder / name
+        figure.tight_layout()
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        written.append(path)
+
+    if task == "binary":
+        figure, axis = plt.subplots(figsize=(5, 5))
+        skm.RocCurveDisplay.from_predictions(y, prediction, ax=axis)
+        save(figure, "roc.png")
+        figure, axis = plt.subplots(figsize=(5, 5))
+        skm.PrecisionRecallDisplay.from_predictions(y, prediction, ax=axis)
+        save(figure, "precision_recall.png")
+        figure, axis = plt.subplots(figsize=(5, 5))
+        skm.ConfusionMatrixDisplay.from_predictions(y, (prediction >= threshold).astype(int), ax=axis)
+        axis.set_title(f"threshold {threshold:.3f}")
+        save(figure, "confusion_matrix.png")
+        figure, axis = plt.subplots(figsize=(5, 5))
+        from sklearn.calibration import CalibrationDisplay
+
+        CalibrationDisplay.from_predictions(y, prediction, n_bins=CALIBRATION_BINS, ax=axis)
+        save(figure, "calibration.png")
+    elif task == "multiclass":
+        figure, axis = plt.subplots(figsize=(6, 6))
+        skm.ConfusionMatrixDisplay.from_predictions(y, prediction.argmax(axis=1), ax=axis)
+        save(figure, "confusion_matrix.png")
+    else:
+        figure, axis = plt.subplots(figsize=(5, 5))
+        axis.scatter(y, prediction, s=2, alpha=0.3)
+        axis.set_xlabel("actual")
+        axis.set_ylabel("predicted")
+        save(figure, "predicted_vs_actual.png")
+    top = sorted(importances.items(), key=lambda item: item[1])[-25:]
+    figure, axis = plt.subplots(figsize=(6, max(3, 0.3 * len(top))))
+    axis.barh([name for name, _ in top], [value for _, value in top])
+    axis.set_xlabel("share of total gain")
+    save(figure, "feature_importance.png")
+    return written
+
+
+def model_card(facts: dict[str, Any]) -> str:
+    """A markdown model card from the facts of a run: data window, features, metrics, slices, limits."""
+    lines = [
+        f"# {facts['registered_model']}: model card",
+        "",
+        f"Pipeline `{facts['pipeline']}`, task **{facts['task']}**, label `{facts['label']}`. "
+        f"MLflow run `{facts['run_id']}`, config hash `{facts['config_hash']}`, git `{facts['git_commit']}`.",
+        "",
+        "## Data",
+        f"- Split `{facts['split_id']}`, strategy {facts['split_strategy']}, "
+        f"fingerprint `{facts['data_fingerprint']}`.",
+    ]
+    for side, stats in facts["sides"].items():
+        lines.append(f"- {side}: {stats['rows']:,} rows, {stats['from']} .. {stats['to']}")
+    lines += ["", "## Features", f"{len(facts['features'])} used: " + ", ".join(f"`{f}`" for f in facts["features"])]
+    if facts["dropped_features"]:
+        lines.append("Dropped by selection (low gain): " + ", ".join(f"`{f}`" for f in facts["dropped_features"]))
+    lines += ["", "## Training", f"XGBoost, {facts['rounds']} rounds, parameters: `{facts['params']}`"]
+    if facts.get("threshold") is not None:
+        lines.append(f"Decision threshold {facts['threshold']:.4f} (best F1 on validation).")
+    lines += ["", "## Metrics", "", "| metric | validation | test |", "|---|---:|---:|"]
+    for name in facts["metrics"]["test"]:
+        lines.append(f"| {name} | {facts['metrics']['validation'][name]:.4f} | {facts['metrics']['test'][name]:.4f} |")
+    if facts["slices"]:
+        primary = facts["primary_metric"]
+        lines += [
+            "",
+            f"## Slices (test, {primary})",
+            "",
+            f"| slice | value | rows | {primary} |",
+            "|---|---|---:|---:|",
+        ]
+        for row in facts["slices"]:
+            lines.append(f"| {row['slice']} | {row['value']} | {row['rows']:,} | {row[primary]:.4f} |")
+    lines += [
+        "",
+        "## Limits",
+        "- Trained on the window above only; behaviour outside it (new seasons, routes, categories) is unknown.",
+        "- Categories not seen in training are treated as missing.",
+        f"- Slices with fewer than {MIN_SLICE_ROWS} test rows are not reported.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,163 @@
+"""Features from the config: the columns a model sees, how they are encoded, and which of them earn their place.
+
+A model's input is a float matrix whose columns are named f0..fN (the names ONNX converters accept);
+categorical values enter as their category code, as a float, and an unseen value as missing. The
+:class:`FeatureMap` records which name and which categories each position stands for; it is saved with
+the model and used by every path that predicts (evaluation, ONNX parity, the online service, batch
+scoring), so they all encode a row the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from flightplan.config import DerivedFeature, PipelineConfig
+
+PART_FUNCTIONS = {
+    "hour": pc.hour,
+    "day_of_week": pc.day_of_week,  # Monday is 0
+    "day_of_month": pc.day,
+    "day_of_year": pc.day_of_year,
+    "week": pc.iso_week,
+    "month": pc.month,
+    "quarter": pc.quarter,
+}
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    kind: str  # "numeric" or "categorical"
+    categories: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FeatureMap:
+    """What each column of the model's input matrix is, and how the label is coded."""
+
+    features: list[Feature]
+    label: str
+    task: str
+    classes: list[str] = field(default_factory=list)  # multiclass: the class of each code
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    @property
+    def model_names(self) -> list[str]:
+        return [f"f{i}" for i in range(len(self.features))]
+
+    @property
+    def model_types(self) -> list[str]:
+        return ["c" if f.kind == "categorical" else "q" for f in self.features]
+
+    def keep(self, names: list[str]) -> FeatureMap:
+        wanted = set(names)
+        return FeatureMap([f for f in self.features if f.name in wanted], self.label, self.task, self.classes)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> FeatureMap:
+        raw = json.loads(text)
+        return cls(
+            features=[Feature(**f) for f in raw["features"]],
+            label=raw["label"],
+            task=raw["task"],
+            classes=raw.get("classes", []),
+        )
+
+    def save(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_json())
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> FeatureMap:
+        return cls.from_json(path.read_text())
+
+
+def derive(table: pa.Table, derived: list[DerivedFeature]) -> pa.Table:
+    """``table`` with the derived features appended (int32), each read in its own time zone."""
+    for feature in derived:
+        values = table.column(feature.column)
+        if pa.types.is_timestamp(values.type):
+            values = pc.cast(values, pa.timestamp(values.type.unit, tz=feature.timezone))
+        part = PART_FUNCTIONS[feature.part](values)
+        table = table.append_column(feature.name, pc.cast(part, pa.int32()))
+    return table
+
+
+def input_columns(config: PipelineConfig) -> list[str]:
+    """The raw columns a prediction needs: the non-derived features and the inputs of the derived ones."""
+    derived = {d.name for d in config.features.derived}
+    listed = [n for n in config.features.numeric + config.features.categorical if n not in derived]
+    return sorted(set(listed) | {d.column for d in config.features.derived})
+
+
+def build_feature_map(train: pd.DataFrame, config: PipelineConfig) -> FeatureMap:
+    """Every configured feature (derived ones as numeric), with categories as seen on the train side,
+    most frequent first, so codes are stable for the same data."""
+    features = [Feature(name, "numeric") for name in config.features.numeric]
+    features += [Feature(d.name, "numeric") for d in config.features.derived if d.name not in config.features.numeric]
+    for name in config.features.categorical:
+        counts = train[name].dropna().astype(str).value_counts()
+        ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+        features.append(Feature(name, "categorical", [value for value, _ in ordered]))
+    classes: list[str] = []
+    if config.label.task == "multiclass":
+        classes = sorted(train[config.label.name].dropna().astype(str).unique().tolist())
+    return FeatureMap(features, config.label.name, config.label.task, classes)
+
+
+def encode(frame: pd.DataFrame, feature_map: FeatureMap) -> np.ndarray:
+    """The model's float32 input matrix for ``frame`` (raw feature values, derived ones included)."""
+    missing = [name for name in feature_map.names if name not in frame.columns]
+    if missing:
+        raise KeyError(f"rows lack feature column(s) {missing}")
+    matrix = np.empty((len(frame), len(feature_map.features)), dtype=np.float32)
+    for position, feature in enumerate(feature_map.features):
+        column = frame[feature.name]
+        if feature.kind == "categorical":
+            codes = pd.Categorical(column.astype("string"), categories=feature.categories).codes
+            matrix[:, position] = np.where(codes < 0, np.nan, codes)
+        else:
+            matrix[:, position] = pd.to_numeric(column, errors="coerce").astype("float64").to_numpy(na_value=np.nan)
+    return matrix
+
+
+def encode_label(frame: pd.DataFrame, feature_map: FeatureMap) -> np.ndarray:
+    values = frame[feature_map.label]
+    if feature_map.task == "multiclass":
+        codes = pd.Categorical(values.astype("string"), categories=feature_map.classes).codes
+        if (codes < 0).any():
+            unseen = sorted(set(values.astype(str)) - set(feature_map.classes))
+            raise ValueError(f"label '{feature_map.label}' has classes not seen in training: {unseen}")
+        return codes.astype(np.float32)
+    return pd.to_numeric(values).astype("float64").to_numpy(dtype=np.float32)
+
+
+def gain_shares(importances: dict[str, float], feature_map: FeatureMap) -> dict[str, float]:
+    """Total gain per feature (by name, zero for unused ones) as a share of the model's total gain."""
+    total = sum(importances.values()) or 1.0
+    return {
+        name: importances.get(model_name, 0.0) / total
+        for name, model_name in zip(feature_map.names, feature_map.model_names, strict=True)
+    }
+
+
+def select(shares: dict[str, float], min_share: float, keep_at_least: int) -> tuple[list[str], list[str]]:
+    """Kept and dropped feature names: drop those under ``min_share``, but never keep fewer than ``keep_at_least``."""
+    ranked = sorted(shares, key=lambda name: (-shares[name], name))
+    kept = [name for name in ranked if shares[name] >= min_share]
+    kept = ranked[: max(len(kept), min(keep_at_least, len(ranked)))]
+    return kept, [name for name in ranked if name not in kept]

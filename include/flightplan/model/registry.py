@@ -1,0 +1,63 @@
+"""The MLflow model registry: a new version with the `challenger` alias and lineage tags, and the current
+`champion` (its ONNX model and feature map) for the comparison the gate makes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from flightplan.model.features import FeatureMap
+from flightplan.settings import Settings
+from flightplan.tracking import client
+
+CHALLENGER, CHAMPION = "challenger", "champion"
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    name: str
+    version: str
+    alias: str
+    onnx: bytes
+    feature_map: FeatureMap
+    metadata: dict[str, Any]
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}@{self.alias}"
+
+
+def register(settings: Settings, name: str, model_uri: str, tags: dict[str, str]) -> str:
+    """Register ``model_uri`` as a new version of ``name`` and point `challenger` at it; returns the version."""
+    import mlflow
+
+    mlflow_client = client(settings)
+    version = mlflow.register_model(model_uri, name, tags=tags)
+    mlflow_client.set_registered_model_alias(name, CHALLENGER, version.version)
+    return str(version.version)
+
+
+def load_alias(settings: Settings, name: str, alias: str) -> RegisteredModel | None:
+    """The model version an alias points at, or None when the model or the alias does not exist."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    mlflow_client = client(settings)
+    try:
+        version = mlflow_client.get_model_version_by_alias(name, alias)
+    except MlflowException as err:
+        if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+    uri = f"models:/{name}@{alias}"
+    metadata = dict(mlflow.models.get_model_info(uri).metadata or {})
+    onnx_model = mlflow.onnx.load_model(uri)
+    return RegisteredModel(
+        name=name,
+        version=str(version.version),
+        alias=alias,
+        onnx=onnx_model.SerializeToString(),
+        feature_map=FeatureMap.from_json(json.dumps(metadata["feature_map"])),
+        metadata=metadata,
+    )

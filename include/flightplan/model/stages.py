@@ -1,0 +1,434 @@
+"""The model-engineering stages as DAG tasks (or a command) call them.
+
+The first stage opens the MLflow run of the DAG run and returns its id; every later stage takes that id,
+works in the run's folder (``Layout.model_run``), logs into the same MLflow run, and returns a path or
+an id. Nothing but those strings travels between tasks."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as pads
+
+from flightplan.config import PipelineConfig, load_pipeline
+from flightplan.data.partitions import fresh_dir, write_json_atomic
+from flightplan.layout import Layout
+from flightplan.model.features import (
+    FeatureMap,
+    build_feature_map,
+    derive,
+    encode,
+    encode_label,
+    gain_shares,
+    input_columns,
+    select,
+)
+from flightplan.settings import Settings, load_settings
+from flightplan.tracking import RunContext, lineage_tags, model_run
+
+log = logging.getLogger(__name__)
+SIDES = ("train", "validation", "test")
+
+
+class ModelRejected(RuntimeError):
+    """The acceptance gate said no; the message lists each reason."""
+
+
+class ParityFailed(RuntimeError):
+    """The ONNX model does not predict what the native model predicts."""
+
+
+@dataclass(frozen=True)
+class ModelJob:
+    pipeline: str
+    context: RunContext = field(default_factory=RunContext)
+    overrides: dict[str, Any] | None = None
+    split_manifest: str | None = None  # from the splits asset event; the latest split when None
+    reason: str = "manual"
+
+    def open(self) -> tuple[Settings, PipelineConfig, Layout]:
+        settings = load_settings()
+        config = load_pipeline(self.pipeline, settings.pipelines_dir, self.overrides)
+        return settings, config, Layout(settings, config)
+
+    def manifest(self, layout: Layout) -> dict[str, Any]:
+        path = self.split_manifest or json.loads((layout.splits / "latest.json").read_text())["manifest"]
+        return dict(json.loads(Path(path).read_text()), manifest_path=str(path))
+
+
+@dataclass(frozen=True)
+class Frames:
+    """The three sides of a run as pandas frames (features, label, slices, time) and the feature map."""
+
+    sides: dict[str, pd.DataFrame]
+    feature_map: FeatureMap
+
+    def matrix(self, side: str) -> tuple[np.ndarray, np.ndarray]:
+        frame = self.sides[side]
+        return encode(frame, self.feature_map), encode_label(frame, self.feature_map)
+
+
+def load_frames(run_dir: Path) -> Frames:
+    feature_map = FeatureMap.load(run_dir / "feature_map.json")
+    sides = {side: pd.read_parquet(run_dir / "frames" / f"{side}.parquet") for side in SIDES}
+    return Frames(sides, feature_map)
+
+
+def _read_side(path: str, config: PipelineConfig) -> pd.DataFrame:
+    wanted = set(input_columns(config)) | {config.label.name, config.source.time_column}
+    wanted |= {s for s in config.model.slices if s in config.column_names}
+    table = pads.dataset(path).to_table(columns=sorted(wanted))
+    return derive(table, config.features.derived).to_pandas()
+
+
+def features(job: ModelJob) -> str:
+    """Read the split, build the feature map, select features on gain; returns the MLflow run id."""
+    import mlflow
+
+    from flightplan.model.train import booster_params, fit, matrices
+
+    settings, config, layout = job.open()
+    manifest = job.manifest(layout)
+    with model_run(settings, config, job.context) as run:
+        run_id = run.info.run_id
+        run_dir = fresh_dir(layout.model_run(run_id))
+        sides = {side: _read_side(manifest["paths"][side], config) for side in SIDES}
+        window = config.model.window_days
+        if window:
+            time_column = sides["train"][config.source.time_column]
+            sides["train"] = sides["train"][time_column >= time_column.max() - timedelta(days=window)]
+        candidates = build_feature_map(sides["train"], config)
+        every = Frames(sides, candidates)
+        spec = config.model
+        dtrain, dval = matrices(candidates, every.matrix("train"), every.matrix("validation"))
+        quick = fit(
+            booster_params(candidates, spec.tuning.fixed, {}, spec.tuning.seed), dtrain, dval, spec.selection.rounds
+        )
+        gains = quick.get_score(importance_type="total_gain")
+        shares = gain_shares({name: float(np.sum(gain)) for name, gain in gains.items()}, candidates)
+        kept, dropped = select(shares, spec.selection.min_gain_share, spec.selection.keep_at_least)
+        feature_map = candidates.keep(kept)
+        for side, frame in sides.items():
+            (run_dir / "frames").mkdir(exist_ok=True)
+            frame.to_parquet(run_dir / "frames" / f"{side}.parquet", index=False)
+        feature_map.save(run_dir / "feature_map.json")
+        selection = {"kept": kept, "dropped": dropped, "gain_share": shares}
+        write_json_atomic(selection, run_dir / "selection.json")
+        mlflow.set_tags(
+            {
+                "flightplan.split_manifest": manifest["manifest_path"],
+                "flightplan.data_fingerprint": manifest["fingerprint"],
+                "flightplan.reason": job.reason,
+            }
+        )
+        mlflow.log_params(
+            {
+                "pipeline": config.name,
+                "task": config.label.task,
+                "split_id": manifest["split_id"],
+                "window_days": window or "all",
+                "engine": spec.engine,
+                "features_candidates": len(candidates.features),
+                "features_kept": len(kept),
+            }
+        )
+        mlflow.log_metrics({f"{side}_rows": len(frame) for side, frame in sides.items()})
+        mlflow.log_artifact(str(run_dir / "selection.json"), "features")
+        mlflow.log_artifact(str(run_dir / "feature_map.json"), "features")
+        log.info("features: kept %d of %d; dropped %s", len(kept), len(candidates.features), dropped)
+    return str(run_id)
+
+
+def tune(job: ModelJob, run_id: str) -> str:
+    """Optuna search, each trial a nested MLflow run; returns the path of best.json."""
+    import mlflow
+    from mlflow.entities import Metric, Param, RunTag
+
+    from flightplan.model.train import matrices, stopping_metric
+    from flightplan.model.tune import TrialResult
+    from flightplan.model.tune import tune as search
+    from flightplan.tracking import client
+
+    settings, config, layout = job.open()
+    run_dir = layout.model_run(run_id)
+    frames = load_frames(run_dir)
+    spec = config.model.tuning
+    mlflow_client = client(settings)
+    search_metric = stopping_metric(frames.feature_map.task)
+    with model_run(settings, config, job.context) as run:
+        experiment = run.info.experiment_id
+        dtrain, dval = matrices(frames.feature_map, frames.matrix("train"), frames.matrix("validation"))
+
+        def record(trial: TrialResult) -> None:
+            child = mlflow_client.create_run(
+                experiment,
+                run_name=f"trial {trial.number}",
+                tags={**lineage_tags(config, job.context), "mlflow.parentRunId": run_id, "flightplan.role": "trial"},
+            )
+            now = int(time.time() * 1000)
+            metrics = [Metric("trial_seconds", trial.seconds, now, 0)]
+            if trial.score is not None:
+                metrics.append(Metric(f"validation_{search_metric}", trial.score, now, 0))
+                metrics.append(Metric("best_rounds", float(trial.rounds or 0), now, 0))
+            mlflow_client.log_batch(
+                child.info.run_id,
+                metrics=metrics,
+                params=[Param(k, str(v)) for k, v in trial.params.items()],
+                tags=[RunTag("flightplan.trial_state", trial.state)],
+            )
+            mlflow_client.set_terminated(child.info.run_id, "FINISHED" if trial.state == "complete" else "KILLED")
+
+        result = search(dtrain, dval, frames.feature_map, spec, spec.trials, spec.timeout_minutes * 60, record)
+        best = {
+            "params": result.best.params,
+            "rounds": result.best.rounds,
+            "metric": result.metric,
+            "score": result.best.score,
+            "trial": result.best.number,
+        }
+        path = write_json_atomic(best, run_dir / "best.json")
+        mlflow.log_metrics(
+            {
+                "tuning_trials": len(result.trials),
+                "tuning_pruned": sum(t.state == "pruned" for t in result.trials),
+                f"tuning_best_validation_{result.metric}": float(result.best.score or 0.0),
+            }
+        )
+        mlflow.log_artifact(str(path), "tuning")
+    return str(path)
+
+
+def train(job: ModelJob, run_id: str) -> str:
+    """The final booster with the best parameters, its per-round metrics streamed to MLflow; returns its path."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    from flightplan.model.train import RoundReporter, booster_params, fit, matrices
+    from flightplan.tracking import client
+
+    settings, config, layout = job.open()
+    run_dir = layout.model_run(run_id)
+    frames = load_frames(run_dir)
+    best = json.loads((run_dir / "best.json").read_text())
+    spec = config.model.tuning
+    params = booster_params(frames.feature_map, spec.fixed, best["params"], spec.seed)
+    mlflow_client = client(settings)
+    with model_run(settings, config, job.context):
+        dtrain, dval = matrices(frames.feature_map, frames.matrix("train"), frames.matrix("validation"))
+
+        def stream(points: list[tuple[str, float, int]]) -> None:
+            now = int(time.time() * 1000)
+            mlflow_client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v, step in points])
+
+        booster = fit(params, dtrain, dval, best["rounds"], callbacks=[RoundReporter(stream)])
+        path = run_dir / "booster.ubj"
+        booster.save_model(path)
+        mlflow.log_params(
+            {**{k: v for k, v in params.items() if k not in ("nthread", "eval_metric")}, "rounds": best["rounds"]}
+        )
+        dataset = mlflow.data.from_pandas(  # type: ignore[attr-defined]
+            frames.sides["train"],
+            source=Path(job.manifest(layout)["paths"]["train"]).as_uri(),
+            name="train",
+            targets=frames.feature_map.label,
+        )
+        mlflow.log_input(dataset, context="training")
+        mlflow.log_artifact(str(path), "booster")
+    return str(path)
+
+
+def evaluate(job: ModelJob, run_id: str) -> str:
+    """Metrics on validation and test, per slice, plots and the model card; returns evaluation.json's path."""
+    import mlflow
+    import xgboost as xgb
+
+    from flightplan.model.evaluate import best_f1_threshold, compute_metrics, model_card, plot_files, slice_metrics
+    from flightplan.model.train import predict
+    from flightplan.tracking import git_commit
+
+    settings, config, layout = job.open()
+    run_dir = layout.model_run(run_id)
+    frames = load_frames(run_dir)
+    task = frames.feature_map.task
+    booster = xgb.Booster(model_file=str(run_dir / "booster.ubj"))
+    predictions = {}
+    labels = {}
+    for side in ("validation", "test"):
+        matrix, labels[side] = frames.matrix(side)
+        predictions[side] = predict(booster, matrix, task)
+    threshold = None
+    if task == "binary":
+        threshold = config.model.threshold or best_f1_threshold(labels["validation"], predictions["validation"])
+    cut = threshold if threshold is not None else 0.5
+    metrics = {side: compute_metrics(task, labels[side], predictions[side], cut) for side in ("validation", "test")}
+    slices = slice_metrics(task, frames.sides["test"], labels["test"], predictions["test"], config.model.slices, cut)
+    importances = json.loads((run_dir / "selection.json").read_text())["gain_share"]
+    kept = {name: importances[name] for name in frames.feature_map.names}
+    with model_run(settings, config, job.context):
+        for side, values in metrics.items():
+            mlflow.log_metrics({f"{side}_{name}": value for name, value in values.items() if np.isfinite(value)})
+        if threshold is not None:
+            mlflow.log_metric("threshold", threshold)
+        plots = plot_files(task, labels["test"], predictions["test"], cut, kept, run_dir / "plots")
+        for plot in plots:
+            mlflow.log_artifact(str(plot), "plots")
+        manifest = job.manifest(layout)
+        selection = json.loads((run_dir / "selection.json").read_text())
+        best = json.loads((run_dir / "best.json").read_text())
+        card = model_card(
+            {
+                "registered_model": config.registered_model,
+                "pipeline": config.name,
+                "task": task,
+                "label": config.label.name,
+                "run_id": run_id,
+                "config_hash": config.fingerprint(),
+                "git_commit": git_commit(),
+                "split_id": manifest["split_id"],
+                "split_strategy": manifest["strategy"],
+                "data_fingerprint": manifest["fingerprint"],
+                "sides": manifest["sides"],
+                "features": frames.feature_map.names,
+                "dropped_features": selection["dropped"],
+                "rounds": best["rounds"],
+                "params": best["params"],
+                "threshold": threshold,
+                "metrics": metrics,
+                "primary_metric": config.primary_metric,
+                "slices": slices,
+            }
+        )
+        (run_dir / "model_card.md").write_text(card)
+        mlflow.log_artifact(str(run_dir / "model_card.md"))
+        path = write_json_atomic(
+            {"metrics": metrics, "threshold": threshold, "slices": slices}, run_dir / "evaluation.json"
+        )
+        mlflow.log_artifact(str(path))
+    return str(path)
+
+
+def accept(job: ModelJob, run_id: str) -> str:
+    """The acceptance gate on the test set; raises ModelRejected (after recording why) when it says no."""
+    import mlflow
+
+    from flightplan.model import package
+    from flightplan.model.evaluate import compute_metrics
+    from flightplan.model.gate import decide
+    from flightplan.model.registry import CHAMPION, load_alias
+
+    settings, config, layout = job.open()
+    run_dir = layout.model_run(run_id)
+    frames = load_frames(run_dir)
+    evaluation = json.loads((run_dir / "evaluation.json").read_text())
+    champion = load_alias(settings, config.registered_model, CHAMPION)
+    champion_metrics = None
+    if champion is not None:
+        test = frames.sides["test"]
+        missing = [name for name in champion.feature_map.names if name not in test.columns]
+        if missing:
+            raise ModelRejected(
+                f"cannot compare with champion version {champion.version}: the test set lacks its features {missing}"
+            )
+        predictions = package.predict(
+            package.session(champion.onnx), encode(test, champion.feature_map), champion.feature_map.task
+        )
+        threshold = champion.metadata.get("threshold") or 0.5
+        champion_metrics = compute_metrics(
+            champion.feature_map.task, encode_label(test, frames.feature_map), predictions, threshold
+        )
+    verdict = decide(evaluation["metrics"]["test"], config.model.acceptance, config.primary_metric, champion_metrics)
+    path = write_json_atomic(
+        {**verdict.to_dict(), "champion_version": champion.version if champion else None}, run_dir / "verdict.json"
+    )
+    with model_run(settings, config, job.context):
+        mlflow.set_tags(
+            {
+                "flightplan.verdict": "accepted" if verdict.accepted else "rejected",
+                "flightplan.verdict_reasons": "; ".join(verdict.reasons) or "-",
+            }
+        )
+        if champion_metrics is not None:
+            mlflow.log_metric(f"champion_test_{config.primary_metric}", champion_metrics[config.primary_metric])
+        mlflow.log_artifact(str(path))
+    if not verdict.accepted:
+        raise ModelRejected(
+            f"{config.registered_model}: model of run {run_id} rejected, not registered:\n  - "
+            + "\n  - ".join(verdict.reasons)
+        )
+    return str(path)
+
+
+def package_onnx(job: ModelJob, run_id: str) -> str:
+    """Convert to ONNX, check parity on the whole test set, log the ONNX model; returns its model URI."""
+    import mlflow
+    import onnx
+    import xgboost as xgb
+    from mlflow.models import infer_signature
+
+    from flightplan.model import package
+    from flightplan.model.train import predict
+
+    settings, config, layout = job.open()
+    run_dir = layout.model_run(run_id)
+    frames = load_frames(run_dir)
+    task = frames.feature_map.task
+    booster = xgb.Booster(model_file=str(run_dir / "booster.ubj"))
+    onnx_bytes = package.to_onnx(booster, len(frames.feature_map.features))
+    matrix, _ = frames.matrix("test")
+    native = predict(booster, matrix, task)
+    converted = package.predict(package.session(onnx_bytes), matrix, task)
+    parity = package.parity(native, converted, config.model.parity_tolerance)
+    (run_dir / "model.onnx").write_bytes(onnx_bytes)
+    report = write_json_atomic({**parity.__dict__, "ok": parity.ok}, run_dir / "parity.json")
+    evaluation = json.loads((run_dir / "evaluation.json").read_text())
+    with model_run(settings, config, job.context):
+        mlflow.log_metrics({"onnx_parity_max_abs_diff": parity.max_abs_diff, "onnx_parity_rows": parity.rows})
+        mlflow.log_artifact(str(report))
+        if not parity.ok:
+            raise ParityFailed(
+                f"ONNX differs from the native model by up to {parity.max_scaled_diff:.3g} (scaled) on "
+                f"{parity.rows:,} test rows; tolerance {parity.tolerance:g}"
+            )
+        example = matrix[:5]
+        info = mlflow.onnx.log_model(
+            onnx.load_from_string(onnx_bytes),
+            name="model",
+            signature=infer_signature(example, package.predict(package.session(onnx_bytes), example, task)),
+            input_example=example,
+            metadata={
+                "feature_map": json.loads(frames.feature_map.to_json()),
+                "threshold": evaluation["threshold"],
+                "pipeline": config.name,
+            },
+        )
+    return str(info.model_uri)
+
+
+def register(job: ModelJob, run_id: str, model_uri: str) -> dict[str, str]:
+    """A new registry version with the `challenger` alias and lineage tags."""
+    import mlflow
+
+    from flightplan.model.registry import CHALLENGER
+    from flightplan.model.registry import register as register_version
+
+    settings, config, layout = job.open()
+    manifest = job.manifest(layout)
+    tags = {
+        **lineage_tags(config, job.context),
+        "flightplan.run_id": run_id,
+        "flightplan.split_manifest": manifest["manifest_path"],
+        "flightplan.data_fingerprint": manifest["fingerprint"],
+        "flightplan.reason": job.reason,
+    }
+    version = register_version(settings, config.registered_model, model_uri, tags)
+    with model_run(settings, config, job.context):
+        mlflow.set_tags({"flightplan.registered_version": version, "flightplan.alias": CHALLENGER})
+    return {"name": config.registered_model, "version": version, "alias": CHALLENGER, "model_uri": model_uri}

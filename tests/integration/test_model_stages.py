@@ -1,0 +1,87 @@
+"""Model engineering on the real splits of the demo days, with real XGBoost, Optuna, MLflow (tracking and
+registry) and onnxruntime; no Airflow here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from flightplan.layout import Layout
+from flightplan.model import stages
+from flightplan.tracking import RunContext
+
+QUICK = {"model.tuning.trials": 3, "model.tuning.num_boost_round": 60, "model.acceptance.minimum": {}}
+WORSE = {
+    **QUICK,
+    "model.tuning.num_boost_round": 1,
+    "model.tuning.space": {"max_depth": {"type": "int", "low": 1, "high": 1}},
+    "model.selection.keep_at_least": 1,
+    "model.selection.min_gain_share": 0.99,
+    "model.acceptance.maximum": {},
+}
+
+
+def run_chain(job: stages.ModelJob) -> tuple[str, dict[str, str]]:
+    run_id = stages.features(job)
+    stages.tune(job, run_id)
+    stages.train(job, run_id)
+    stages.evaluate(job, run_id)
+    stages.accept(job, run_id)
+    return run_id, stages.register(job, run_id, stages.package_onnx(job, run_id))
+
+
+@pytest.fixture(scope="module")
+def challenger(good_days: dict) -> tuple[str, dict[str, str]]:
+    return run_chain(stages.ModelJob("flights", RunContext(dag_id="model_engineering", run_id="it-1"), QUICK))
+
+
+def test_chain_registers_a_challenger_with_lineage(challenger: tuple[str, dict[str, str]], layout: Layout) -> None:
+    from flightplan.model.registry import load_alias
+    from flightplan.tracking import client
+
+    run_id, registered = challenger
+    model = load_alias(layout.settings, "flights-delayed", "challenger")
+    assert model is not None and model.version == registered["version"]
+    run_dir = layout.model_run(run_id)
+    assert json.loads((run_dir / "parity.json").read_text())["ok"] is True
+    saved = json.loads((run_dir / "feature_map.json").read_text())["features"]
+    assert model.feature_map.names == [f["name"] for f in saved]
+    version = client(layout.settings).get_model_version("flights-delayed", model.version)
+    for tag in (
+        "airflow.dag_id",
+        "airflow.run_id",
+        "git.commit",
+        "flightplan.config_hash",
+        "flightplan.data_fingerprint",
+    ):
+        assert version.tags.get(tag), tag
+    run = client(layout.settings).get_run(run_id)
+    assert run.data.metrics["test_roc_auc"] > 0.5
+    assert {"validation_logloss", "train_logloss"} <= set(run.data.metrics)
+    assert len(client(layout.settings).get_metric_history(run_id, "validation_logloss")) > 1
+    assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.name == "train"
+    assert run.data.tags["flightplan.verdict"] == "accepted"
+    card = (run_dir / "model_card.md").read_text()
+    assert "## Slices" in card and "| origin | EWR |" in card
+    assert {p.name for p in (run_dir / "plots").iterdir()} >= {"roc.png", "calibration.png", "confusion_matrix.png"}
+
+
+def test_a_model_worse_than_the_champion_is_rejected_and_not_registered(
+    challenger: tuple[str, dict[str, str]], layout: Layout
+) -> None:
+    from flightplan.tracking import client
+
+    mlflow_client = client(layout.settings)
+    mlflow_client.set_registered_model_alias("flights-delayed", "champion", challenger[1]["version"])
+    before = len(mlflow_client.search_model_versions("name = 'flights-delayed'"))
+    with pytest.raises(stages.ModelRejected, match="vs the champion's") as caught:
+        run_chain(stages.ModelJob("flights", RunContext(dag_id="model_engineering", run_id="it-worse"), WORSE))
+    assert "not registered" in str(caught.value)
+    assert len(mlflow_client.search_model_versions("name = 'flights-delayed'")) == before
+    rejected = mlflow_client.search_runs(
+        [mlflow_client.get_experiment_by_name("flights-model-engineering").experiment_id],
+        filter_string="tags.`airflow.run_id` = 'it-worse' and tags.`flightplan.role` = 'model'",
+    )
+    assert rejected[0].data.tags["flightplan.verdict"] == "rejected"
+    assert Path(layout.model_run(rejected[0].info.run_id) / "verdict.json").exists()
