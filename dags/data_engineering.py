@@ -20,14 +20,13 @@ from typing import Any
 
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
-from shared import PIPELINES, SPLITS
+from shared import SPLITS, pipeline_param, run_context
 
 
 def stage_input() -> Any:
     """The pipeline, the interval (Params first, else the run's data interval) and the run's identity."""
     from datetime import date
 
-    from flightplan.tracking import RunContext
     from flightplan.workflow import StageInput
 
     context = get_current_context()
@@ -38,7 +37,7 @@ def stage_input() -> Any:
         start, end = context["data_interval_start"].date(), context["data_interval_end"].date()
     else:
         raise ValueError("this run has no data interval: trigger it with both 'start' and 'end' dates")
-    run = RunContext(dag_id=context["dag"].dag_id, run_id=context["run_id"], task_id=context["task"].task_id)
+    run = run_context(context)
     return StageInput(pipeline=params["pipeline"], start=start, end=end, context=run)
 
 
@@ -52,7 +51,7 @@ def stage_input() -> Any:
     tags=["flightplan", "data-engineering"],
     default_args={"owner": "flightplan", "retries": 2, "retry_delay": timedelta(minutes=1)},
     params={
-        "pipeline": Param(PIPELINES[0] if PIPELINES else "", enum=PIPELINES, description="Pipeline config to run"),
+        "pipeline": pipeline_param(),
         "start": Param(
             None,
             type=["null", "string"],

@@ -21,13 +21,12 @@ from typing import Any
 
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
-from shared import CHALLENGER, PIPELINES, SPLITS
+from shared import CHALLENGER, SPLITS, pipeline_param, run_context
 
 
 def model_job() -> Any:
     """The pipeline, the run's Params as config overrides, the split that triggered it and who is asking."""
     from flightplan.model.stages import ModelJob
-    from flightplan.tracking import RunContext
 
     context = get_current_context()
     params = context["params"]
@@ -43,7 +42,7 @@ def model_job() -> Any:
     }
     events = [e for events in (context.get("triggering_asset_events") or {}).values() for e in events]
     manifest = next((e.extra.get("manifest") for e in events if e.extra.get("pipeline") == params["pipeline"]), None)
-    run = RunContext(dag_id=context["dag"].dag_id, run_id=context["run_id"], task_id=context["task"].task_id)
+    run = run_context(context)
     reason = params.get("reason") or ("new splits" if events else "manual")
     return ModelJob(params["pipeline"], run, overrides, manifest, reason)
 
@@ -58,7 +57,7 @@ def model_job() -> Any:
     tags=["flightplan", "model-engineering"],
     default_args={"owner": "flightplan", "retries": 1, "retry_delay": timedelta(minutes=1)},
     params={
-        "pipeline": Param(PIPELINES[0] if PIPELINES else "", enum=PIPELINES, description="Pipeline config to run"),
+        "pipeline": pipeline_param(),
         "trials": Param(None, type=["null", "integer"], minimum=1, description="Optuna trials; empty: the config's"),
         "timeout_minutes": Param(
             None, type=["null", "number"], exclusiveMinimum=0, description="Tuning time budget; empty: the config's"

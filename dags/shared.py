@@ -3,11 +3,23 @@ Listed in .airflowignore: it holds no DAG."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
-from airflow.sdk import Asset
+from airflow.sdk import Asset, Param
+from flightplan.config import available_pipelines
 from flightplan.settings import load_settings
 
 SPLITS = Asset(name="flightplan_splits", uri="file:///flightplan/splits")
 CHALLENGER = Asset(name="flightplan_challenger", uri="file:///flightplan/challenger")
-PIPELINES = sorted(p.stem for p in Path(load_settings().pipelines_dir).glob("*.yaml"))
+PIPELINES = available_pipelines(load_settings().pipelines_dir)
+
+
+def pipeline_param() -> Param:
+    return Param(PIPELINES[0] if PIPELINES else "", enum=PIPELINES, description="Pipeline config to run")
+
+
+def run_context(context: Any) -> Any:
+    """Who is asking, for MLflow lineage: this DAG run and task."""
+    from flightplan.tracking import RunContext
+
+    return RunContext(dag_id=context["dag"].dag_id, run_id=context["run_id"], task_id=context["task"].task_id)

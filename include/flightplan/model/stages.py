@@ -76,10 +76,32 @@ class Frames:
         return encode(frame, self.feature_map), encode_label(frame, self.feature_map)
 
 
-def load_frames(run_dir: Path) -> Frames:
+@dataclass(frozen=True)
+class Workspace:
+    """What every stage after ``features`` starts from: the config, the run's folder and its frames."""
+
+    settings: Settings
+    config: PipelineConfig
+    layout: Layout
+    run_dir: Path
+    frames: Frames
+
+    def read(self, name: str) -> dict[str, Any]:
+        """A JSON file an earlier stage wrote into the run's folder."""
+        return dict(json.loads((self.run_dir / name).read_text()))
+
+    def booster(self) -> Any:
+        import xgboost as xgb
+
+        return xgb.Booster(model_file=str(self.run_dir / "booster.ubj"))
+
+
+def open_run(job: ModelJob, run_id: str) -> Workspace:
+    settings, config, layout = job.open()
+    run_dir = layout.model_run(run_id)
     feature_map = FeatureMap.load(run_dir / "feature_map.json")
     sides = {side: pd.read_parquet(run_dir / "frames" / f"{side}.parquet") for side in SIDES}
-    return Frames(sides, feature_map)
+    return Workspace(settings, config, layout, run_dir, Frames(sides, feature_map))
 
 
 def _read_side(path: str, config: PipelineConfig) -> pd.DataFrame:
@@ -157,9 +179,8 @@ def tune(job: ModelJob, run_id: str) -> str:
     from flightplan.model.tune import tune as search
     from flightplan.tracking import client
 
-    settings, config, layout = job.open()
-    run_dir = layout.model_run(run_id)
-    frames = load_frames(run_dir)
+    work = open_run(job, run_id)
+    settings, config, run_dir, frames = work.settings, work.config, work.run_dir, work.frames
     spec = config.model.tuning
     mlflow_client = client(settings)
     search_metric = stopping_metric(frames.feature_map.task)
@@ -214,10 +235,9 @@ def train(job: ModelJob, run_id: str) -> str:
     from flightplan.model.train import RoundReporter, booster_params, fit, matrices
     from flightplan.tracking import client
 
-    settings, config, layout = job.open()
-    run_dir = layout.model_run(run_id)
-    frames = load_frames(run_dir)
-    best = json.loads((run_dir / "best.json").read_text())
+    work = open_run(job, run_id)
+    settings, config, layout, run_dir, frames = work.settings, work.config, work.layout, work.run_dir, work.frames
+    best = work.read("best.json")
     spec = config.model.tuning
     params = booster_params(frames.feature_map, spec.fixed, best["params"], spec.seed)
     mlflow_client = client(settings)
@@ -248,17 +268,15 @@ def train(job: ModelJob, run_id: str) -> str:
 def evaluate(job: ModelJob, run_id: str) -> str:
     """Metrics on validation and test, per slice, plots and the model card; returns evaluation.json's path."""
     import mlflow
-    import xgboost as xgb
 
     from flightplan.model.evaluate import best_f1_threshold, compute_metrics, model_card, plot_files, slice_metrics
     from flightplan.model.train import predict
     from flightplan.tracking import git_commit
 
-    settings, config, layout = job.open()
-    run_dir = layout.model_run(run_id)
-    frames = load_frames(run_dir)
+    work = open_run(job, run_id)
+    settings, config, layout, run_dir, frames = work.settings, work.config, work.layout, work.run_dir, work.frames
     task = frames.feature_map.task
-    booster = xgb.Booster(model_file=str(run_dir / "booster.ubj"))
+    booster = work.booster()
     predictions = {}
     labels = {}
     for side in ("validation", "test"):
@@ -270,8 +288,8 @@ def evaluate(job: ModelJob, run_id: str) -> str:
     cut = threshold if threshold is not None else 0.5
     metrics = {side: compute_metrics(task, labels[side], predictions[side], cut) for side in ("validation", "test")}
     slices = slice_metrics(task, frames.sides["test"], labels["test"], predictions["test"], config.model.slices, cut)
-    importances = json.loads((run_dir / "selection.json").read_text())["gain_share"]
-    kept = {name: importances[name] for name in frames.feature_map.names}
+    selection = work.read("selection.json")
+    kept = {name: selection["gain_share"][name] for name in frames.feature_map.names}
     with model_run(settings, config, job.context):
         for side, values in metrics.items():
             mlflow.log_metrics({f"{side}_{name}": value for name, value in values.items() if np.isfinite(value)})
@@ -281,8 +299,7 @@ def evaluate(job: ModelJob, run_id: str) -> str:
         for plot in plots:
             mlflow.log_artifact(str(plot), "plots")
         manifest = job.manifest(layout)
-        selection = json.loads((run_dir / "selection.json").read_text())
-        best = json.loads((run_dir / "best.json").read_text())
+        best = work.read("best.json")
         card = model_card(
             {
                 "registered_model": config.registered_model,
@@ -324,10 +341,9 @@ def accept(job: ModelJob, run_id: str) -> str:
     from flightplan.model.gate import decide
     from flightplan.model.registry import CHAMPION, load_alias
 
-    settings, config, layout = job.open()
-    run_dir = layout.model_run(run_id)
-    frames = load_frames(run_dir)
-    evaluation = json.loads((run_dir / "evaluation.json").read_text())
+    work = open_run(job, run_id)
+    settings, config, run_dir, frames = work.settings, work.config, work.run_dir, work.frames
+    evaluation = work.read("evaluation.json")
     champion = load_alias(settings, config.registered_model, CHAMPION)
     champion_metrics = None
     if champion is not None:
@@ -370,25 +386,24 @@ def package_onnx(job: ModelJob, run_id: str) -> str:
     """Convert to ONNX, check parity on the whole test set, log the ONNX model; returns its model URI."""
     import mlflow
     import onnx
-    import xgboost as xgb
     from mlflow.models import infer_signature
 
     from flightplan.model import package
     from flightplan.model.train import predict
 
-    settings, config, layout = job.open()
-    run_dir = layout.model_run(run_id)
-    frames = load_frames(run_dir)
+    work = open_run(job, run_id)
+    settings, config, run_dir, frames = work.settings, work.config, work.run_dir, work.frames
     task = frames.feature_map.task
-    booster = xgb.Booster(model_file=str(run_dir / "booster.ubj"))
+    booster = work.booster()
     onnx_bytes = package.to_onnx(booster, len(frames.feature_map.features))
     matrix, _ = frames.matrix("test")
     native = predict(booster, matrix, task)
-    converted = package.predict(package.session(onnx_bytes), matrix, task)
+    onnx_session = package.session(onnx_bytes)
+    converted = package.predict(onnx_session, matrix, task)
     parity = package.parity(native, converted, config.model.parity_tolerance)
     (run_dir / "model.onnx").write_bytes(onnx_bytes)
     report = write_json_atomic({**parity.__dict__, "ok": parity.ok}, run_dir / "parity.json")
-    evaluation = json.loads((run_dir / "evaluation.json").read_text())
+    evaluation = work.read("evaluation.json")
     with model_run(settings, config, job.context):
         mlflow.log_metrics({"onnx_parity_max_abs_diff": parity.max_abs_diff, "onnx_parity_rows": parity.rows})
         mlflow.log_artifact(str(report))
@@ -401,7 +416,7 @@ def package_onnx(job: ModelJob, run_id: str) -> str:
         info = mlflow.onnx.log_model(
             onnx.load_from_string(onnx_bytes),
             name="model",
-            signature=infer_signature(example, package.predict(package.session(onnx_bytes), example, task)),
+            signature=infer_signature(example, package.predict(onnx_session, example, task)),
             input_example=example,
             metadata={
                 "feature_map": json.loads(frames.feature_map.to_json()),
