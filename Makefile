@@ -41,6 +41,7 @@ test: env
 
 bench: env
 	$(BIN)/python bench/ingest_bench.py --home "$$FLIGHTPLAN_HOME/bench"
+	$(BIN)/python bench/train_bench.py --home "$$FLIGHTPLAN_HOME/bench/train"
 
 lint: env
 	$(BIN)/ruff format --check .

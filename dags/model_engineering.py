@@ -65,7 +65,12 @@ def model_job() -> Any:
         "window_days": Param(
             None, type=["null", "integer"], minimum=1, description="Train on the last N days only; empty: all"
         ),
-        "engine": Param("local", enum=["local"], description="Training engine"),
+        "engine": Param(
+            None,
+            type=["null", "string"],
+            enum=[None, "local", "spark"],
+            description="Training engine: xgboost in the task (local) or xgboost.spark; empty: the config's",
+        ),
         "reason": Param("", type="string", description="Why this run (kept in MLflow and the registry)"),
     },
 )

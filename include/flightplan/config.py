@@ -232,7 +232,12 @@ class ModelSpec(Strict):
     registered_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] | None = Field(
         default=None, description="MLflow registered model; '<pipeline>-<label>' if unset"
     )
-    engine: Literal["local"] = "local"
+    engine: Literal["local", "spark"] = Field(
+        default="local", description="train the final model with xgboost in this process or xgboost.spark"
+    )
+    spark_workers: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="xgboost.spark workers (one Spark task each); the session's parallelism if unset"
+    )
     window_days: Annotated[int, Field(gt=0)] | None = Field(
         default=None, description="train on the last N days of the train side only; all if unset"
     )

@@ -16,6 +16,7 @@ from flightplan.config import PipelineConfig
 from flightplan.settings import Settings
 
 if TYPE_CHECKING:
+    import pandas as pd
     from mlflow import ActiveRun
     from mlflow.tracking import MlflowClient
 
@@ -37,6 +38,26 @@ def client(settings: Settings) -> MlflowClient:
         Path(settings.mlflow_tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     return MlflowClient(settings.mlflow_tracking_uri)
+
+
+@dataclass(frozen=True)
+class MetricSink:
+    """Logs (name, value, step) points to one run. Plain data, so a training callback can carry it to a
+    Spark worker and log from there."""
+
+    tracking_uri: str
+    run_id: str
+
+    def __call__(self, points: list[tuple[str, float, int]]) -> None:
+        import time
+
+        from mlflow.entities import Metric
+        from mlflow.tracking import MlflowClient
+
+        now = int(time.time() * 1000)
+        MlflowClient(self.tracking_uri).log_batch(
+            self.run_id, metrics=[Metric(name, value, now, step) for name, value, step in points]
+        )
 
 
 def experiment_id(mlflow_client: MlflowClient, settings: Settings, name: str) -> str:
@@ -118,3 +139,41 @@ def model_experiment(config: PipelineConfig) -> str:
 
 def data_experiment(config: PipelineConfig) -> str:
     return f"{config.name}-data-engineering"
+
+
+# How a frame's column kinds read as MLflow schema types (numpy dtype kinds; the rest are strings).
+MLFLOW_COLUMN_TYPES = {"b": "boolean", "i": "long", "u": "long", "f": "double", "M": "datetime"}
+
+
+def log_dataset(frame: pd.DataFrame, source: str, name: str, digest: str, context: str) -> None:
+    """Logs a dataset input to the active run: where it is, its fingerprint and its schema from the
+    column types, without MLflow hashing and inferring a schema over every value (seconds per 100k rows)."""
+    import json
+    import warnings
+
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.types import ColSpec, DataType, Schema
+
+    class TableDataset(MetaDataset):
+        """A metadata-only dataset that also carries its row count, which the MLflow UI shows."""
+
+        @property
+        def profile(self) -> dict[str, int]:
+            return {"num_rows": len(frame)}
+
+        def to_dict(self) -> dict[str, str]:
+            return {**super().to_dict(), "profile": json.dumps(self.profile)}
+
+    schema = Schema(
+        [
+            ColSpec(DataType[MLFLOW_COLUMN_TYPES.get(dtype.kind, "string")], str(column))
+            for column, dtype in frame.dtypes.items()
+        ]
+    )
+    with warnings.catch_warnings():
+        # MLflow registers its local-file source class twice and warns that the path is ambiguous.
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        dataset_source = resolve_dataset_source(source)
+    mlflow.log_input(TableDataset(dataset_source, name=name, digest=digest, schema=schema), context=context)

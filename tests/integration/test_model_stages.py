@@ -58,9 +58,12 @@ def test_chain_registers_a_challenger_with_lineage(challenger: tuple[str, dict[s
         assert version.tags.get(tag), tag
     run = client(layout.settings).get_run(run_id)
     assert run.data.metrics["test_roc_auc"] > 0.5
-    assert {"validation_logloss", "train_logloss"} <= set(run.data.metrics)
+    assert {"validation_logloss", "validation_auc", "train_roc_auc", "test_log_loss"} <= set(run.data.metrics)
     assert len(client(layout.settings).get_metric_history(run_id, "validation_logloss")) > 1
     assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.name == "train"
+    schema = json.loads(run.inputs.dataset_inputs[0].dataset.schema)
+    assert {"name": "origin", "type": "string", "required": True} in schema["mlflow_colspec"]
+    assert json.loads(run.inputs.dataset_inputs[0].dataset.profile)["num_rows"] == run.data.metrics["train_rows"]
     assert run.data.tags["flightplan.verdict"] == "accepted"
     card = (run_dir / "model_card.md").read_text()
     assert "## Slices" in card and "| origin | EWR |" in card
@@ -85,3 +88,29 @@ def test_a_model_worse_than_the_champion_is_rejected_and_not_registered(
     )
     assert rejected[0].data.tags["flightplan.verdict"] == "rejected"
     assert Path(layout.model_run(rejected[0].info.run_id) / "verdict.json").exists()
+
+
+def test_spark_engine_trains_a_booster_that_packages_with_parity(
+    challenger: tuple[str, dict[str, str]], layout: Layout, spark
+) -> None:  # type: ignore[no-untyped-def]
+    """xgboost.spark on the shared Spark session, two workers, from the same split as the local model."""
+    import xgboost as xgb
+    from flightplan.tracking import client
+
+    overrides = {**QUICK, "model.tuning.trials": 1, "model.engine": "spark", "model.spark_workers": 2}
+    job = stages.ModelJob("flights", RunContext(dag_id="model_engineering", run_id="it-spark"), overrides)
+    run_id = stages.features(job)
+    stages.tune(job, run_id)
+    booster = xgb.Booster(model_file=stages.train(job, run_id))
+    best = json.loads((layout.model_run(run_id) / "best.json").read_text())
+    assert booster.num_boosted_rounds() == best["rounds"]
+    assert booster.feature_types and "c" in booster.feature_types
+    stages.evaluate(job, run_id)
+    model_uri = stages.package_onnx(job, run_id)
+    assert model_uri.startswith("models:/")
+    assert json.loads((layout.model_run(run_id) / "parity.json").read_text())["ok"] is True
+    run = client(layout.settings).get_run(run_id)
+    assert run.data.params["engine"] == "spark"
+    assert run.data.metrics["test_roc_auc"] > 0.5
+    history = client(layout.settings).get_metric_history(run_id, "validation_logloss")
+    assert len(history) == best["rounds"] and "train_logloss" not in run.data.metrics

@@ -175,9 +175,10 @@ def model_card(facts: dict[str, Any]) -> str:
     lines += ["", "## Training", f"XGBoost, {facts['rounds']} rounds, parameters: `{facts['params']}`"]
     if facts.get("threshold") is not None:
         lines.append(f"Decision threshold {facts['threshold']:.4f} (best F1 on validation).")
-    lines += ["", "## Metrics", "", "| metric | validation | test |", "|---|---:|---:|"]
+    sides = list(facts["metrics"])
+    lines += ["", "## Metrics", "", "| metric | " + " | ".join(sides) + " |", "|---|" + "---:|" * len(sides)]
     for name in facts["metrics"]["test"]:
-        lines.append(f"| {name} | {facts['metrics']['validation'][name]:.4f} | {facts['metrics']['test'][name]:.4f} |")
+        lines.append(f"| {name} | " + " | ".join(f"{facts['metrics'][side][name]:.4f}" for side in sides) + " |")
     if facts["slices"]:
         primary = facts["primary_metric"]
         lines += [

@@ -105,9 +105,13 @@ def open_run(job: ModelJob, run_id: str) -> Workspace:
 
 
 def _read_side(path: str, config: PipelineConfig) -> pd.DataFrame:
+    """One side of the split in a fixed row order (time, then every column), so that the same split
+    always gives the same model whatever order the files were written in."""
     wanted = set(input_columns(config)) | {config.label.name, config.source.time_column}
     wanted |= {s for s in config.model.slices if s in config.column_names}
-    table = pads.dataset(path).to_table(columns=sorted(wanted))
+    order = [config.source.time_column, *sorted(wanted - {config.source.time_column})]
+    table = pads.dataset(path).to_table(columns=order)
+    table = table.sort_by([(column, "ascending") for column in order])
     return derive(table, config.features.derived).to_pandas()
 
 
@@ -230,37 +234,43 @@ def tune(job: ModelJob, run_id: str) -> str:
 def train(job: ModelJob, run_id: str) -> str:
     """The final booster with the best parameters, its per-round metrics streamed to MLflow; returns its path."""
     import mlflow
-    from mlflow.entities import Metric
 
     from flightplan.model.train import RoundReporter, booster_params, fit, matrices
-    from flightplan.tracking import client
+    from flightplan.tracking import MetricSink, log_dataset
 
     work = open_run(job, run_id)
     settings, config, layout, run_dir, frames = work.settings, work.config, work.layout, work.run_dir, work.frames
     best = work.read("best.json")
-    spec = config.model.tuning
-    params = booster_params(frames.feature_map, spec.fixed, best["params"], spec.seed)
-    mlflow_client = client(settings)
+    spec = config.model
+    params = booster_params(frames.feature_map, spec.tuning.fixed, best["params"], spec.tuning.seed)
+    sink = MetricSink(settings.mlflow_tracking_uri, run_id)
     with model_run(settings, config, job.context):
-        dtrain, dval = matrices(frames.feature_map, frames.matrix("train"), frames.matrix("validation"))
+        started = time.perf_counter()
+        if spec.engine == "spark":
+            from flightplan.model.spark_train import fit_on_spark
+            from flightplan.spark import get_spark
 
-        def stream(points: list[tuple[str, float, int]]) -> None:
-            now = int(time.time() * 1000)
-            mlflow_client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v, step in points])
-
-        booster = fit(params, dtrain, dval, best["rounds"], callbacks=[RoundReporter(stream)])
+            booster = fit_on_spark(
+                get_spark(settings),
+                run_dir / "frames",
+                frames.feature_map,
+                params,
+                best["rounds"],
+                spec.spark_workers,
+                [RoundReporter(sink)],
+            )
+        else:
+            dtrain, dval = matrices(frames.feature_map, frames.matrix("train"), frames.matrix("validation"))
+            booster = fit(params, dtrain, dval, best["rounds"], callbacks=[RoundReporter(sink)])
+        mlflow.log_metric("train_seconds", time.perf_counter() - started)
         path = run_dir / "booster.ubj"
         booster.save_model(path)
         mlflow.log_params(
             {**{k: v for k, v in params.items() if k not in ("nthread", "eval_metric")}, "rounds": best["rounds"]}
         )
-        dataset = mlflow.data.from_pandas(  # type: ignore[attr-defined]
-            frames.sides["train"],
-            source=Path(job.manifest(layout)["paths"]["train"]).as_uri(),
-            name="train",
-            targets=frames.feature_map.label,
-        )
-        mlflow.log_input(dataset, context="training")
+        manifest = job.manifest(layout)
+        train_side = manifest["sides"]["train"]
+        log_dataset(frames.sides["train"], manifest["paths"]["train"], "train", train_side["fingerprint"], "training")
         mlflow.log_artifact(str(path), "booster")
     return str(path)
 
@@ -279,14 +289,14 @@ def evaluate(job: ModelJob, run_id: str) -> str:
     booster = work.booster()
     predictions = {}
     labels = {}
-    for side in ("validation", "test"):
+    for side in SIDES:
         matrix, labels[side] = frames.matrix(side)
         predictions[side] = predict(booster, matrix, task)
     threshold = None
     if task == "binary":
         threshold = config.model.threshold or best_f1_threshold(labels["validation"], predictions["validation"])
     cut = threshold if threshold is not None else 0.5
-    metrics = {side: compute_metrics(task, labels[side], predictions[side], cut) for side in ("validation", "test")}
+    metrics = {side: compute_metrics(task, labels[side], predictions[side], cut) for side in SIDES}
     slices = slice_metrics(task, frames.sides["test"], labels["test"], predictions["test"], config.model.slices, cut)
     selection = work.read("selection.json")
     kept = {name: selection["gain_share"][name] for name in frames.feature_map.names}

@@ -14,7 +14,7 @@ import xgboost as xgb
 
 from flightplan.config import SearchDimension, TuningSpec
 from flightplan.model.features import FeatureMap
-from flightplan.model.train import booster_params, fit, latest, stopping_metric
+from flightplan.model.train import VALIDATION, booster_params, fit, latest, stopping_metric
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class _PruneBehind(xgb.callback.TrainingCallback):
     def after_iteration(
         self, model: xgb.Booster, epoch: int, evals_log: xgb.callback.TrainingCallback.EvalsLog
     ) -> bool:
-        self.trial.report(latest(evals_log["validation"][self.metric]), epoch)
+        self.trial.report(latest(evals_log[VALIDATION][self.metric]), epoch)
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"behind the median at round {epoch}")
         return False
