@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -15,6 +16,12 @@ from flightplan.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 FIRST_DAY, END_DAY = date(2013, 1, 1), date(2013, 1, 4)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

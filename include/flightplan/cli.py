@@ -102,6 +102,30 @@ def _print_challenger(layout: Layout) -> None:
     print(f"  experiment      {model_experiment(layout.config)} (compare runs), model {name} in Models")
 
 
+def serve(args: argparse.Namespace) -> int:
+    """Runs the inference API until SIGTERM/SIGINT (in-flight requests finish and are logged first)."""
+    import logging
+    import os
+
+    import uvicorn
+
+    from flightplan.serving.app import ServiceOptions, create_app
+
+    token = os.environ.get("FLIGHTPLAN_API_TOKEN") or None
+    if token is None and not args.no_auth:
+        print(
+            "set FLIGHTPLAN_API_TOKEN to the bearer token clients must send, "
+            "or pass --no-auth to serve without authentication (local use only)",
+            file=sys.stderr,
+        )
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    options = ServiceOptions(args.pipeline, None if args.no_auth else token, args.poll_seconds)
+    app = create_app(load_settings(), options)
+    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="info", timeout_graceful_shutdown=30)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="flightplan", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -124,6 +148,13 @@ def main(argv: list[str] | None = None) -> int:
     cmd = commands.add_parser("summary", help="print where a data-engineering run left its results")
     with_interval(cmd)
     cmd.set_defaults(run=summary)
+    cmd = commands.add_parser("serve", help="serve the champion model of pipelines over HTTP")
+    cmd.add_argument("--pipeline", action="append", required=True, help="repeat to serve several pipelines")
+    cmd.add_argument("--host", default="127.0.0.1")
+    cmd.add_argument("--port", type=int, default=8000)
+    cmd.add_argument("--poll-seconds", type=float, default=10.0, help="how often to check the champion alias")
+    cmd.add_argument("--no-auth", action="store_true", help="serve without a bearer token (local use only)")
+    cmd.set_defaults(run=serve)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))

@@ -27,6 +27,7 @@ class Settings:
     mlflow_artifact_root: str
     airflow_home: Path
     airflow_database_url: str
+    predictions_db_url: str
 
     @property
     def gx_root(self) -> Path:
@@ -52,6 +53,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         mlflow_artifact_root=env.get("FLIGHTPLAN_MLFLOW_ARTIFACT_ROOT", (home / "mlflow" / "artifacts").as_uri()),
         airflow_home=airflow_home,
         airflow_database_url=env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{airflow_home / 'airflow.db'}"),
+        predictions_db_url=env.get("FLIGHTPLAN_PREDICTIONS_DB", f"sqlite:///{home / 'serving' / 'predictions.db'}"),
     )
 
 

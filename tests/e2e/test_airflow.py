@@ -13,8 +13,8 @@ import httpx
 import pytest
 from flightplan.layout import Layout
 
-from tests.conftest import END_DAY, FIRST_DAY
-from tests.e2e.conftest import AIRFLOW, free_port
+from tests.conftest import END_DAY, FIRST_DAY, free_port
+from tests.e2e.conftest import AIRFLOW
 
 CONF = {"pipeline": "flights", "start": FIRST_DAY.isoformat(), "end": END_DAY.isoformat()}
 pytestmark = pytest.mark.airflow

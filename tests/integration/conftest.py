@@ -6,6 +6,8 @@ import json
 
 import pytest
 from flightplan import workflow
+from flightplan.model import stages
+from flightplan.tracking import RunContext
 
 from tests.conftest import END_DAY, FIRST_DAY
 
@@ -26,3 +28,29 @@ def good_days(replayed: dict[str, int]) -> dict[str, dict]:
         path = stage(job)
         manifests[stage.__name__] = json.loads(path.read_text()) if path.suffix == ".json" else {"path": str(path)}
     return manifests
+
+
+QUICK = {"model.tuning.trials": 3, "model.tuning.num_boost_round": 60, "model.acceptance.minimum": {}}
+WORSE = {
+    **QUICK,
+    "model.tuning.num_boost_round": 1,
+    "model.tuning.space": {"max_depth": {"type": "int", "low": 1, "high": 1}},
+    "model.selection.keep_at_least": 1,
+    "model.selection.min_gain_share": 0.99,
+    "model.acceptance.maximum": {},
+}
+
+
+def run_chain(job: stages.ModelJob) -> tuple[str, dict[str, str]]:
+    run_id = stages.features(job)
+    stages.tune(job, run_id)
+    stages.train(job, run_id)
+    stages.evaluate(job, run_id)
+    stages.accept(job, run_id)
+    return run_id, stages.register(job, run_id, stages.package_onnx(job, run_id))
+
+
+@pytest.fixture(scope="session")
+def challenger(good_days: dict) -> tuple[str, dict[str, str]]:
+    """A registered challenger (alias `challenger`) of the demo days, quickly tuned."""
+    return run_chain(stages.ModelJob("flights", RunContext(dag_id="model_engineering", run_id="it-1"), QUICK))

@@ -11,29 +11,7 @@ from flightplan.layout import Layout
 from flightplan.model import stages
 from flightplan.tracking import RunContext
 
-QUICK = {"model.tuning.trials": 3, "model.tuning.num_boost_round": 60, "model.acceptance.minimum": {}}
-WORSE = {
-    **QUICK,
-    "model.tuning.num_boost_round": 1,
-    "model.tuning.space": {"max_depth": {"type": "int", "low": 1, "high": 1}},
-    "model.selection.keep_at_least": 1,
-    "model.selection.min_gain_share": 0.99,
-    "model.acceptance.maximum": {},
-}
-
-
-def run_chain(job: stages.ModelJob) -> tuple[str, dict[str, str]]:
-    run_id = stages.features(job)
-    stages.tune(job, run_id)
-    stages.train(job, run_id)
-    stages.evaluate(job, run_id)
-    stages.accept(job, run_id)
-    return run_id, stages.register(job, run_id, stages.package_onnx(job, run_id))
-
-
-@pytest.fixture(scope="module")
-def challenger(good_days: dict) -> tuple[str, dict[str, str]]:
-    return run_chain(stages.ModelJob("flights", RunContext(dag_id="model_engineering", run_id="it-1"), QUICK))
+from tests.integration.conftest import QUICK, WORSE, run_chain
 
 
 def test_chain_registers_a_challenger_with_lineage(challenger: tuple[str, dict[str, str]], layout: Layout) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -46,6 +47,8 @@ class FeatureMap:
     label: str
     task: str
     classes: list[str] = field(default_factory=list)  # multiclass: the class of each code
+    # What wrangling fills a missing raw input with, as on the train side; serving fills the same.
+    fill: dict[str, Any] = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:
@@ -61,7 +64,9 @@ class FeatureMap:
 
     def keep(self, names: list[str]) -> FeatureMap:
         wanted = set(names)
-        return FeatureMap([f for f in self.features if f.name in wanted], self.label, self.task, self.classes)
+        return FeatureMap(
+            [f for f in self.features if f.name in wanted], self.label, self.task, self.classes, self.fill
+        )
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -74,6 +79,7 @@ class FeatureMap:
             label=raw["label"],
             task=raw["task"],
             classes=raw.get("classes", []),
+            fill=raw.get("fill", {}),
         )
 
     def save(self, path: Path) -> Path:
@@ -116,7 +122,25 @@ def build_feature_map(train: pd.DataFrame, config: PipelineConfig) -> FeatureMap
     classes: list[str] = []
     if config.label.task == "multiclass":
         classes = sorted(train[config.label.name].dropna().astype(str).unique().tolist())
-    return FeatureMap(features, config.label.name, config.label.task, classes)
+    return FeatureMap(features, config.label.name, config.label.task, classes, fill_values(train, config))
+
+
+def fill_values(train: pd.DataFrame, config: PipelineConfig) -> dict[str, Any]:
+    """The value each imputation rule of the raw inputs stands for on the train side (a median or mode there
+    is the one a prediction should get)."""
+    values: dict[str, Any] = {}
+    for name, rule in config.wrangle.impute.items():
+        if name not in train.columns:
+            continue
+        column = train[name].dropna()
+        if rule.strategy == "constant" or column.empty:
+            values[name] = rule.value
+        elif rule.strategy == "median":
+            values[name] = float(column.median())
+        else:
+            counts = column.astype(str).value_counts()
+            values[name] = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[0][0]
+    return values
 
 
 def encode(frame: pd.DataFrame, feature_map: FeatureMap) -> np.ndarray:

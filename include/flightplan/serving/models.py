@@ -1,0 +1,129 @@
+"""The model a pipeline serves: the registry version an alias points at, ready to answer, and the swap to a
+new version that only happens once the new one has loaded and answered a smoke test."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from flightplan.config import PipelineConfig
+from flightplan.model import package
+from flightplan.model.registry import CHAMPION, load_alias
+from flightplan.serving.inputs import RowEncoder
+from flightplan.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Answer:
+    prediction: Any  # binary: 0/1 at the model's threshold; multiclass: the class; regression: the value
+    probability: float | None  # binary: P(1); multiclass: P(predicted class); regression: None
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str
+    version: str
+    task: str
+    threshold: float
+    classes: list[str]
+    encoder: RowEncoder
+    session: Any
+
+    def predict(self, records: list[dict[str, Any]]) -> list[Answer]:
+        outputs = package.predict(self.session, self.encoder.encode(records), self.task)
+        if self.task == "binary":
+            return [Answer(int(p >= self.threshold), float(p)) for p in outputs]
+        if self.task == "multiclass":
+            best = outputs.argmax(axis=1)
+            return [Answer(self.classes[i], float(row[i])) for i, row in zip(best, outputs, strict=True)]
+        return [Answer(float(value), None) for value in outputs]
+
+
+class ModelRefused(RuntimeError):
+    """A registry version that cannot serve: it failed to load, to encode the pipeline's inputs or to answer."""
+
+
+def load_served(settings: Settings, config: PipelineConfig, alias: str = CHAMPION) -> ServedModel | None:
+    """The version ``alias`` points at, loaded and smoke-tested; None when there is no such alias yet."""
+    registered = load_alias(settings, config.registered_model, alias)
+    if registered is None:
+        return None
+    try:
+        feature_map = registered.feature_map
+        model = ServedModel(
+            name=registered.name,
+            version=registered.version,
+            task=feature_map.task,
+            threshold=float(registered.metadata.get("threshold") or 0.5),
+            classes=feature_map.classes,
+            encoder=RowEncoder(config, feature_map),
+            session=package.session(registered.onnx, threads=1),
+        )
+        smoke_test(model)
+    except ModelRefused:
+        raise
+    except Exception as err:
+        raise ModelRefused(f"{registered.name} version {registered.version}: {err}") from err
+    return model
+
+
+def smoke_test(model: ServedModel) -> None:
+    """The model answers a record with every field missing (time parts aside) with finite outputs."""
+    width = len(model.encoder.steps)
+    outputs = package.predict(model.session, np.full((2, width), np.nan, dtype=np.float32), model.task)
+    if len(outputs) != 2 or not np.isfinite(outputs).all():
+        raise ModelRefused(f"{model.name} version {model.version} gave {outputs!r} on the smoke-test rows")
+
+
+class ModelSlot:
+    """The model serving one pipeline. Requests take ``current`` once and use it to the end, so a swap
+    never changes the model under a request in flight."""
+
+    def __init__(self, settings: Settings, config: PipelineConfig, alias: str = CHAMPION) -> None:
+        self.settings = settings
+        self.config = config
+        self.alias = alias
+        self.current: ServedModel | None = None
+        self.last_error: str | None = None
+        self.reloads = 0
+        self.failures = 0
+        self._lock = threading.Lock()  # one load at a time; serving never waits on it
+
+    def refresh(self) -> dict[str, Any]:
+        """Load the version the alias points at if it is not the one serving; keep the old one on failure."""
+        with self._lock:
+            before = self.current.version if self.current else None
+            try:
+                target = self._alias_version()
+                if target is not None and target != before:
+                    loaded = load_served(self.settings, self.config, self.alias)
+                    if loaded is not None:
+                        self.current = loaded
+                        self.reloads += 1
+                        log.info("%s: now serving version %s (was %s)", self.config.name, loaded.version, before)
+                self.last_error = None
+            except Exception as err:
+                self.failures += 1
+                self.last_error = str(err)
+                log.error("%s: reload refused, still serving version %s: %s", self.config.name, before, err)
+            now = self.current.version if self.current else None
+            return {"pipeline": self.config.name, "before": before, "serving": now, "error": self.last_error}
+
+    def _alias_version(self) -> str | None:
+        from mlflow.exceptions import MlflowException
+
+        from flightplan.tracking import client
+
+        try:
+            version = client(self.settings).get_model_version_by_alias(self.config.registered_model, self.alias)
+        except MlflowException as err:
+            if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
+        return str(version.version)

@@ -1,0 +1,312 @@
+"""The inference API on the registered model of the demo days: real MLflow registry, onnxruntime, SQLite
+prediction log; in-process through FastAPI's test client, and as a real server process over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from flightplan.config import PipelineConfig
+from flightplan.layout import Layout
+from flightplan.model.features import FeatureMap, encode
+from flightplan.serving.inputs import RowEncoder, request_fields
+from flightplan.settings import Settings
+
+from tests.conftest import free_port
+
+TOKEN = "test-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def client_records(layout: Layout, run_id: str, rows: int | None = None) -> list[dict[str, Any]]:
+    """Rows of the run's test side as a client would send them: the raw request fields only."""
+    frame = pd.read_parquet(layout.model_run(run_id) / "frames" / "test.parquet")
+    fields = list(request_fields(layout.config))
+    frame = frame[fields].head(rows) if rows else frame[fields]
+    records = json.loads(frame.to_json(orient="records", date_format="iso"))
+    return [{k: v for k, v in record.items() if v is not None} for record in records]
+
+
+def predictions_in_log(settings: Settings, request_ids: list[str] | None = None) -> int:
+    engine = sa.create_engine(settings.predictions_db_url)
+    with engine.connect() as connection:
+        query = "select count(*) from predictions"
+        if request_ids is None:
+            return int(connection.execute(sa.text(query)).scalar_one())
+        found = 0
+        for start in range(0, len(request_ids), 500):
+            chunk = request_ids[start : start + 500]
+            marks = ",".join(f"'{r}'" for r in chunk)
+            found += int(connection.execute(sa.text(f"{query} where request_id in ({marks})")).scalar_one())
+    engine.dispose()
+    return found
+
+
+@pytest.fixture(scope="module")
+def champion(challenger: tuple[str, dict[str, str]], settings: Settings) -> str:
+    from flightplan.tracking import client
+
+    version = challenger[1]["version"]
+    client(settings).set_registered_model_alias("flights-delayed", "champion", version)
+    return version
+
+
+def test_row_encoder_matches_the_training_encoder(
+    challenger: tuple[str, dict[str, str]], layout: Layout, config: PipelineConfig
+) -> None:
+    """No training/serving skew: JSON records of the test side encode to the training matrix exactly."""
+    run_id = challenger[0]
+    feature_map = FeatureMap.load(layout.model_run(run_id) / "feature_map.json")
+    frame = pd.read_parquet(layout.model_run(run_id) / "frames" / "test.parquet")
+    served = RowEncoder(config, feature_map).encode(client_records(layout, run_id))
+    assert np.array_equal(served, encode(frame, feature_map), equal_nan=True)
+
+
+def test_row_encoder_trims_and_fills_as_wrangling_does(config: PipelineConfig) -> None:
+    feature_map = FeatureMap.from_json(
+        json.dumps(
+            {
+                "features": [
+                    {"name": "origin", "kind": "categorical", "categories": ["EWR", "JFK"]},
+                    {"name": "precip", "kind": "numeric"},
+                    {"name": "dep_hour", "kind": "numeric"},
+                ],
+                "label": "delayed",
+                "task": "binary",
+                "fill": {"precip": 0.0},
+            }
+        )
+    )
+    from datetime import datetime
+
+    matrix = RowEncoder(config, feature_map).encode(
+        [{"origin": " JFK ", "time_hour": datetime.fromisoformat("2013-06-01T12:00:00+00:00")}]
+    )
+    assert matrix.tolist() == [[1.0, 0.0, 8.0]]  # 12:00 UTC is 08:00 in New York (summer time)
+
+
+@pytest.fixture(scope="module")
+def api(champion: str, settings: Settings) -> Iterator[Any]:
+    from fastapi.testclient import TestClient
+    from flightplan.serving.app import ServiceOptions, create_app
+
+    app = create_app(settings, ServiceOptions(["flights"], TOKEN, poll_seconds=3600))
+    with TestClient(app) as client:
+        yield client
+
+
+def test_predict_answers_with_version_and_logs_every_row(
+    api: Any, champion: str, layout: Layout, challenger: tuple[str, dict[str, str]]
+) -> None:
+    records = client_records(layout, challenger[0], 40)
+    assert api.get("/ready").json()["pipelines"]["flights"]["version"] == champion
+    one = api.post("/v1/flights/predict", json=records[0], headers=AUTH)
+    assert one.status_code == 200, one.text
+    body = one.json()
+    assert body["model_version"] == champion and body["prediction"] in (0, 1) and 0 <= body["probability"] <= 1
+    batch = api.post("/v1/flights/predict/batch", json={"records": records}, headers=AUTH)
+    assert batch.status_code == 200, batch.text
+    answers = batch.json()["predictions"]
+    assert len(answers) == 40 and len({a["id"] for a in answers}) == 40
+    assert predictions_in_log(layout.settings, [body["request_id"], batch.json()["request_id"]]) == 41
+    same = api.post("/v1/flights/predict", json=records[5], headers=AUTH).json()
+    assert same["probability"] == pytest.approx(answers[5]["probability"], abs=1e-6)
+
+    feedback = api.post(
+        "/v1/flights/feedback",
+        json={"labels": [{"id": body["id"], "label": 1}, {"id": "no-such-id", "label": 0}]},
+        headers=AUTH,
+    )
+    assert feedback.json() == {"stored": [body["id"]], "unknown": ["no-such-id"]}
+    metrics = api.get("/metrics").text
+    assert 'flightplan_predicted_rows_total{pipeline="flights"} 42.0' in metrics
+    assert f'flightplan_model_version{{model="champion",pipeline="flights"}} {float(champion)}' in metrics
+
+
+def test_requests_without_the_token_or_with_bad_fields_are_refused(
+    api: Any, layout: Layout, challenger: tuple[str, dict[str, str]]
+) -> None:
+    record = client_records(layout, challenger[0], 1)[0]
+    before = predictions_in_log(layout.settings)
+    missing = api.post("/v1/flights/predict", json=record)
+    assert missing.status_code == 401 and "Bearer" in missing.json()["detail"]
+    wrong = api.post("/v1/flights/predict", json=record, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    unknown = api.post("/v1/flights/predict", json={**record, "arr_delay": 3}, headers=AUTH)
+    assert unknown.status_code == 422 and "arr_delay" in unknown.text
+    no_time = api.post("/v1/flights/predict", json={k: v for k, v in record.items() if k != "time_hour"}, headers=AUTH)
+    assert no_time.status_code == 422 and "time_hour" in no_time.text
+    assert api.post("/admin/reload").status_code == 401
+    assert predictions_in_log(layout.settings) == before
+
+
+def test_a_model_that_cannot_serve_is_refused_and_the_old_one_keeps_answering(
+    api: Any, champion: str, layout: Layout, settings: Settings, challenger: tuple[str, dict[str, str]]
+) -> None:
+    """A version whose feature map needs an input the pipeline does not take: the reload reports it."""
+    import mlflow
+    import onnx
+    from flightplan.model.registry import load_alias
+    from flightplan.tracking import client
+
+    good = load_alias(settings, "flights-delayed", "champion")
+    assert good is not None
+    broken_map = json.loads(good.feature_map.to_json())
+    broken_map["features"][0]["name"] = "not_an_input"
+    mlflow_client = client(settings)
+    with mlflow.start_run(
+        experiment_id=mlflow_client.get_experiment_by_name("flights-model-engineering").experiment_id
+    ):
+        info = mlflow.onnx.log_model(
+            onnx.load_from_string(good.onnx), name="model", metadata={**good.metadata, "feature_map": broken_map}
+        )
+    broken = str(mlflow.register_model(info.model_uri, "flights-delayed").version)
+    mlflow_client.set_registered_model_alias("flights-delayed", "champion", broken)
+    try:
+        result = api.post("/admin/reload", headers=AUTH).json()[0]
+        assert result["serving"] == champion and "not_an_input" in result["error"]
+        record = client_records(layout, challenger[0], 1)[0]
+        answer = api.post("/v1/flights/predict", json=record, headers=AUTH).json()
+        assert answer["model_version"] == champion
+        assert "not_an_input" in api.get("/ready").json()["pipelines"]["flights"]["last_error"]
+    finally:
+        mlflow_client.set_registered_model_alias("flights-delayed", "champion", champion)
+
+
+def test_openapi_fuzzing_finds_no_server_error(api: Any) -> None:
+    """Schemathesis over every operation of the OpenAPI document: no 5xx, responses match the schema."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+
+    schema = schemathesis.openapi.from_asgi("/openapi.json", api.app)
+    for operation in schema.get_all_operations():
+        op = operation.ok()
+
+        @given(case=op.as_strategy())
+        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+        def check(case: Any) -> None:
+            case.call_and_validate(headers=AUTH)
+
+        check()
+
+
+@pytest.fixture(scope="module")
+def server(champion: str, settings: Settings) -> Iterator[dict[str, Any]]:
+    """``flightplan serve`` as its own process, polling the alias every second."""
+    port = free_port()
+    env = {**os.environ, "FLIGHTPLAN_API_TOKEN": TOKEN, "FLIGHTPLAN_HOME": str(settings.home)}
+    command = [str(Path(sys.executable).with_name("flightplan")), "serve", "--pipeline", "flights"]
+    output = settings.home / "serve-test.log"
+    with output.open("w") as sink:
+        process = subprocess.Popen(
+            [*command, "--port", str(port), "--poll-seconds", "1"], env=env, stdout=sink, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        assert process.poll() is None, output.read_text()
+        try:
+            if httpx.get(f"{url}/ready").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "the server never became ready"
+        time.sleep(0.5)
+    yield {"url": url, "process": process, "output": output}
+    if process.poll() is None:
+        process.terminate()
+        process.wait(30)
+
+
+class Load:
+    """Client threads sending single and batch requests until stopped; every answer is kept."""
+
+    def __init__(self, url: str, records: list[dict[str, Any]], threads: int = 6) -> None:
+        self.url, self.records = url, records
+        self.answers: list[dict[str, Any]] = []
+        self.failures: list[str] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self.run, args=(i,)) for i in range(threads)]
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join()
+
+    def run(self, worker: int) -> None:
+        with httpx.Client(base_url=self.url, headers=AUTH, timeout=30) as http:
+            i = worker
+            while not self.stop.is_set():
+                i += 1
+                try:
+                    if i % 5 == 0:
+                        response = http.post("/v1/flights/predict/batch", json={"records": self.records[:20]})
+                    else:
+                        response = http.post("/v1/flights/predict", json=self.records[i % len(self.records)])
+                except httpx.TransportError as err:
+                    self.failures.append(f"transport: {err!r}")
+                    continue
+                if response.status_code == 200:
+                    self.answers.append(response.json())
+                else:
+                    self.failures.append(f"{response.status_code}: {response.text[:200]}")
+
+
+def test_hot_reload_under_load_fails_no_request(
+    server: dict[str, Any], champion: str, layout: Layout, settings: Settings, challenger: tuple[str, dict[str, str]]
+) -> None:
+    """A new version behind the alias is picked up by the poller while clients keep sending."""
+    import mlflow
+    from flightplan.tracking import client
+
+    mlflow_client = client(settings)
+    source = mlflow_client.get_model_version("flights-delayed", champion).source
+    newer = str(mlflow.register_model(source, "flights-delayed").version)
+    records = client_records(layout, challenger[0], 200)
+    with Load(server["url"], records) as load:
+        time.sleep(2)
+        mlflow_client.set_registered_model_alias("flights-delayed", "champion", newer)
+        deadline = time.monotonic() + 30
+        while not any(a["model_version"] == newer for a in load.answers[-50:]):
+            assert time.monotonic() < deadline, server["output"].read_text()[-2000:]
+            time.sleep(0.2)
+        time.sleep(1)
+    assert load.failures == []
+    versions = {a["model_version"] for a in load.answers}
+    assert versions == {champion, newer}
+    mlflow_client.set_registered_model_alias("flights-delayed", "champion", champion)
+
+
+def test_sigterm_under_load_loses_no_answered_prediction(
+    server: dict[str, Any], layout: Layout, challenger: tuple[str, dict[str, str]]
+) -> None:
+    """Every request answered before or during a SIGTERM is in the prediction log."""
+    records = client_records(layout, challenger[0], 200)
+    with Load(server["url"], records) as load:
+        time.sleep(2)
+        server["process"].send_signal(signal.SIGTERM)
+        server["process"].wait(60)
+    # uvicorn shuts down gracefully, then re-raises the SIGTERM it caught, so the exit status is -15.
+    assert "Application shutdown complete" in server["output"].read_text()
+    answered = load.answers
+    assert len(answered) > 50
+    rows = sum(len(a.get("predictions", [a])) for a in answered)
+    assert predictions_in_log(layout.settings, [a["request_id"] for a in answered]) == rows
