@@ -11,6 +11,7 @@ from flightplan.settings import load_settings
 
 SPLITS = Asset(name="flightplan_splits", uri="file:///flightplan/splits")
 CHALLENGER = Asset(name="flightplan_challenger", uri="file:///flightplan/challenger")
+CHAMPION = Asset(name="flightplan_champion", uri="file:///flightplan/champion")
 PIPELINES = available_pipelines(load_settings().pipelines_dir)
 
 

@@ -5,10 +5,15 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
+import httpx
 import pytest
 from flightplan.config import PipelineConfig, load_pipeline
 from flightplan.layout import Layout
@@ -22,6 +27,37 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextmanager
+def service_process(settings: Settings, token: str, poll_seconds: float, wait_ready: bool) -> Iterator[dict]:
+    """`flightplan serve` for the flights pipeline as its own process, on a free port; stopped at exit."""
+    port = free_port()
+    env = {**os.environ, "FLIGHTPLAN_API_TOKEN": token, "FLIGHTPLAN_HOME": str(settings.home)}
+    output = settings.home / f"serve-{port}.log"
+    command = [str(Path(sys.executable).with_name("flightplan")), "serve", "--pipeline", "flights"]
+    with output.open("w") as sink:
+        process = subprocess.Popen(
+            [*command, "--port", str(port), "--poll-seconds", str(poll_seconds)],
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        assert process.poll() is None, output.read_text()
+        try:
+            if httpx.get(f"{url}/ready").status_code == 200 or not wait_ready:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, output.read_text()
+        time.sleep(0.5)
+    yield {"url": url, "process": process, "output": output}
+    if process.poll() is None:
+        process.terminate()
+        process.wait(30)
 
 
 @pytest.fixture(scope="session")

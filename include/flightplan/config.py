@@ -252,6 +252,22 @@ class ModelSpec(Strict):
     acceptance: AcceptanceSpec = AcceptanceSpec()
 
 
+class DeploymentSpec(Strict):
+    """How the deployment DAG decides and checks a promotion."""
+
+    recent_days: Annotated[int, Field(ge=1)] = Field(
+        default=7, description="the challenger and the champion are compared on the newest N days of labeled data"
+    )
+    min_rows: Annotated[int, Field(ge=1)] = Field(default=100, description="fewer recent rows: no comparison")
+    margin: float = Field(
+        default=0.0, description="how much the challenger must beat the champion on the primary metric"
+    )
+    require_approval: bool = Field(default=False, description="a person approves each promotion in the Airflow UI")
+    smoke_rows: Annotated[int, Field(ge=1, le=1000)] = Field(
+        default=20, description="recent records sent through the live API after a promotion"
+    )
+
+
 class ReplaySpec(Strict):
     """Where `flightplan replay` finds the demo data it drops into the landing zone, one folder per day."""
 
@@ -272,6 +288,7 @@ class PipelineConfig(Strict):
     validation: ValidationSpec = ValidationSpec()
     split: SplitSpec = SplitSpec()
     model: ModelSpec = ModelSpec()
+    deployment: DeploymentSpec = DeploymentSpec()
     replay: ReplaySpec | None = None
 
     @field_validator("dimensions")

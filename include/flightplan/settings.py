@@ -28,6 +28,7 @@ class Settings:
     airflow_home: Path
     airflow_database_url: str
     predictions_db_url: str
+    service_url: str
 
     @property
     def gx_root(self) -> Path:
@@ -53,6 +54,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         mlflow_artifact_root=env.get("FLIGHTPLAN_MLFLOW_ARTIFACT_ROOT", (home / "mlflow" / "artifacts").as_uri()),
         airflow_home=airflow_home,
         airflow_database_url=env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{airflow_home / 'airflow.db'}"),
+        service_url=env.get("FLIGHTPLAN_SERVICE_URL", "http://127.0.0.1:8000"),
         predictions_db_url=env.get("FLIGHTPLAN_PREDICTIONS_DB", f"sqlite:///{home / 'serving' / 'predictions.db'}"),
     )
 

@@ -20,8 +20,8 @@ CONF = {"pipeline": "flights", "start": FIRST_DAY.isoformat(), "end": END_DAY.is
 pytestmark = pytest.mark.airflow
 
 
-def dags_test(env: dict[str, str], dag_id: str, conf: dict) -> str:
-    """`airflow dags test` with a conf; its log, after asserting the run succeeded."""
+def run_dags_test(env: dict[str, str], dag_id: str, conf: dict) -> tuple[bool, str]:
+    """`airflow dags test` with a conf: whether the run succeeded, and its log."""
     result = subprocess.run(
         [AIRFLOW, "dags", "test", dag_id, "-c", json.dumps(conf)],
         env=env,
@@ -31,7 +31,18 @@ def dags_test(env: dict[str, str], dag_id: str, conf: dict) -> str:
         timeout=900,
     )
     log = result.stdout + result.stderr
-    assert result.returncode == 0, log[-4000:]
+    return result.returncode == 0 and "state=failed" not in log, log
+
+
+def dags_test(env: dict[str, str], dag_id: str, conf: dict) -> str:
+    succeeded, log = run_dags_test(env, dag_id, conf)
+    assert succeeded, log[-4000:]
+    return log
+
+
+def dags_test_failing(env: dict[str, str], dag_id: str, conf: dict) -> str:
+    succeeded, log = run_dags_test(env, dag_id, conf)
+    assert not succeeded, log[-4000:]
     return log
 
 

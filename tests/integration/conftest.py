@@ -30,9 +30,16 @@ def good_days(replayed: dict[str, int]) -> dict[str, dict]:
     return manifests
 
 
-QUICK = {"model.tuning.trials": 3, "model.tuning.num_boost_round": 60, "model.acceptance.minimum": {}}
+# Other tests may have left a champion in the shared registry: a quick model is accepted whatever it is.
+QUICK = {
+    "model.tuning.trials": 3,
+    "model.tuning.num_boost_round": 60,
+    "model.acceptance.minimum": {},
+    "model.acceptance.champion_margin": -1.0,
+}
 WORSE = {
     **QUICK,
+    "model.acceptance.champion_margin": 0.0,
     "model.tuning.num_boost_round": 1,
     "model.tuning.space": {"max_depth": {"type": "int", "low": 1, "high": 1}},
     "model.selection.keep_at_least": 1,

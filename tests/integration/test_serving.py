@@ -4,14 +4,10 @@ prediction log; in-process through FastAPI's test client, and as a real server p
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,10 +18,10 @@ import sqlalchemy as sa
 from flightplan.config import PipelineConfig
 from flightplan.layout import Layout
 from flightplan.model.features import FeatureMap, encode
-from flightplan.serving.inputs import RowEncoder, request_fields
+from flightplan.serving.inputs import RowEncoder, json_records, request_fields
 from flightplan.settings import Settings
 
-from tests.conftest import free_port
+from tests.conftest import service_process
 
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -34,10 +30,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 def client_records(layout: Layout, run_id: str, rows: int | None = None) -> list[dict[str, Any]]:
     """Rows of the run's test side as a client would send them: the raw request fields only."""
     frame = pd.read_parquet(layout.model_run(run_id) / "frames" / "test.parquet")
-    fields = list(request_fields(layout.config))
-    frame = frame[fields].head(rows) if rows else frame[fields]
-    records = json.loads(frame.to_json(orient="records", date_format="iso"))
-    return [{k: v for k, v in record.items() if v is not None} for record in records]
+    return json_records(frame.head(rows) if rows else frame, list(request_fields(layout.config)))
 
 
 def predictions_in_log(settings: Settings, request_ids: list[str] | None = None) -> int:
@@ -205,30 +198,9 @@ def test_openapi_fuzzing_finds_no_server_error(api: Any) -> None:
 
 @pytest.fixture(scope="module")
 def server(champion: str, settings: Settings) -> Iterator[dict[str, Any]]:
-    """``flightplan serve`` as its own process, polling the alias every second."""
-    port = free_port()
-    env = {**os.environ, "FLIGHTPLAN_API_TOKEN": TOKEN, "FLIGHTPLAN_HOME": str(settings.home)}
-    command = [str(Path(sys.executable).with_name("flightplan")), "serve", "--pipeline", "flights"]
-    output = settings.home / "serve-test.log"
-    with output.open("w") as sink:
-        process = subprocess.Popen(
-            [*command, "--port", str(port), "--poll-seconds", "1"], env=env, stdout=sink, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        assert process.poll() is None, output.read_text()
-        try:
-            if httpx.get(f"{url}/ready").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the server never became ready"
-        time.sleep(0.5)
-    yield {"url": url, "process": process, "output": output}
-    if process.poll() is None:
-        process.terminate()
-        process.wait(30)
+    """The service as its own process, polling the alias every second."""
+    with service_process(settings, TOKEN, poll_seconds=1, wait_ready=True) as running:
+        yield running
 
 
 class Load:

@@ -24,9 +24,10 @@ def decide(
     acceptance: AcceptanceSpec,
     primary_metric: str,
     champion_metrics: dict[str, float] | None,
+    side: str = "test",
 ) -> Verdict:
     """Accept when every threshold holds and, if there is a champion, the challenger beats its primary
-    metric on the same test set by the margin."""
+    metric on the same rows (``side``) by the margin."""
     checks, reasons = [], []
 
     def check(name: str, passed: bool, value: float, bound: float, rule: str) -> None:
@@ -36,16 +37,16 @@ def decide(
 
     for metric, bound in sorted(acceptance.minimum.items()):
         value = test_metrics[metric]
-        check(f"test {metric}", value >= bound, value, bound, ">=")
+        check(f"{side} {metric}", value >= bound, value, bound, ">=")
     for metric, bound in sorted(acceptance.maximum.items()):
         value = test_metrics[metric]
-        check(f"test {metric}", value <= bound, value, bound, "<=")
+        check(f"{side} {metric}", value <= bound, value, bound, "<=")
     if champion_metrics is not None:
         value, reference = test_metrics[primary_metric], champion_metrics[primary_metric]
         margin = acceptance.champion_margin
         higher = better(primary_metric, 1.0, 0.0)
         check(
-            f"test {primary_metric} vs the champion's {reference:.4f} (margin {margin:g})",
+            f"{side} {primary_metric} vs the champion's {reference:.4f} (margin {margin:g})",
             better(primary_metric, value, reference, margin),
             value,
             reference + margin if higher else reference - margin,

@@ -11,7 +11,7 @@ from flightplan.model.features import FeatureMap
 from flightplan.settings import Settings
 from flightplan.tracking import client
 
-CHALLENGER, CHAMPION = "challenger", "champion"
+CHALLENGER, CHAMPION, PREVIOUS = "challenger", "champion", "previous"
 
 
 @dataclass(frozen=True)
@@ -22,10 +22,6 @@ class RegisteredModel:
     onnx: bytes
     feature_map: FeatureMap
     metadata: dict[str, Any]
-
-    @property
-    def uri(self) -> str:
-        return f"models:/{self.name}@{self.alias}"
 
 
 def register(settings: Settings, name: str, model_uri: str, tags: dict[str, str]) -> str:
@@ -40,22 +36,32 @@ def register(settings: Settings, name: str, model_uri: str, tags: dict[str, str]
 
 def load_alias(settings: Settings, name: str, alias: str) -> RegisteredModel | None:
     """The model version an alias points at, or None when the model or the alias does not exist."""
-    import mlflow
+    version = alias_version(settings, name, alias)
+    return None if version is None else load_version(settings, name, version, alias)
+
+
+def alias_version(settings: Settings, name: str, alias: str) -> str | None:
     from mlflow.exceptions import MlflowException
 
-    mlflow_client = client(settings)
     try:
-        version = mlflow_client.get_model_version_by_alias(name, alias)
+        return str(client(settings).get_model_version_by_alias(name, alias).version)
     except MlflowException as err:
         if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None
         raise
-    uri = f"models:/{name}@{alias}"
+
+
+def load_version(settings: Settings, name: str, version: str, alias: str = "") -> RegisteredModel:
+    """One registry version's ONNX model, feature map and metadata (``alias``: how it was found)."""
+    import mlflow
+
+    client(settings)
+    uri = f"models:/{name}/{version}"
     metadata = dict(mlflow.models.get_model_info(uri).metadata or {})
     onnx_model = mlflow.onnx.load_model(uri)
     return RegisteredModel(
         name=name,
-        version=str(version.version),
+        version=version,
         alias=alias,
         onnx=onnx_model.SerializeToString(),
         feature_map=FeatureMap.from_json(json.dumps(metadata["feature_map"])),

@@ -110,7 +110,7 @@ class Service:
 
     def start(self) -> None:
         self.log = PredictionLog(self.engine)
-        self.reload_all()
+        self.reload_all(retry_refused=True)
         self._poller = threading.Thread(target=self._poll, name="alias-poller", daemon=True)
         self._poller.start()
 
@@ -122,8 +122,8 @@ class Service:
             self.log.close()
         self.engine.dispose()
 
-    def reload_all(self) -> list[dict[str, Any]]:
-        results = [slot.refresh() for slot in self.slots.values()]
+    def reload_all(self, retry_refused: bool = False) -> list[dict[str, Any]]:
+        results = [slot.refresh(retry_refused) for slot in self.slots.values()]
         for result in results:
             self.metrics.observe_reload(result)
         return results
@@ -222,8 +222,9 @@ def create_app(settings: Settings, options: ServiceOptions) -> FastAPI:
 
     @app.post("/admin/reload", tags=["service"], dependencies=auth, response_model=list[ReloadResult])
     def reload() -> list[dict[str, Any]]:
-        """Load now the version each alias points at (the poller does it every few seconds)."""
-        return service.reload_all()
+        """Load now the version each alias points at (the poller does it every few seconds), retrying a
+        version refused before."""
+        return service.reload_all(retry_refused=True)
 
     for name, config in service.configs.items():
         add_pipeline_routes(app, service, name, config, auth)

@@ -9,12 +9,14 @@ training encoder's matrix bit for bit.
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
+import pandas as pd
 from pydantic import BaseModel, ConfigDict, create_model
 
 from flightplan.config import ColumnType, PipelineConfig
@@ -53,6 +55,12 @@ def _part(value: datetime, part: str) -> int:
 def request_fields(config: PipelineConfig) -> dict[str, ColumnType]:
     """The raw fields of a request and their types; a derived feature's source column is required."""
     return {name: config.column(name).type for name in input_columns(config)}
+
+
+def json_records(frame: pd.DataFrame, fields: list[str]) -> list[dict[str, Any]]:
+    """Rows as a client sends them: the request fields as JSON values, missing ones left out."""
+    rows = json.loads(frame[fields].to_json(orient="records", date_format="iso", date_unit="us"))
+    return [{k: v for k, v in row.items() if v is not None} for row in rows]
 
 
 def record_model(config: PipelineConfig) -> type[BaseModel]:

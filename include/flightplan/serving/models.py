@@ -12,7 +12,7 @@ import numpy as np
 
 from flightplan.config import PipelineConfig
 from flightplan.model import package
-from flightplan.model.registry import CHAMPION, load_alias
+from flightplan.model.registry import CHAMPION, alias_version, load_version
 from flightplan.serving.inputs import RowEncoder
 from flightplan.settings import Settings
 
@@ -49,12 +49,10 @@ class ModelRefused(RuntimeError):
     """A registry version that cannot serve: it failed to load, to encode the pipeline's inputs or to answer."""
 
 
-def load_served(settings: Settings, config: PipelineConfig, alias: str = CHAMPION) -> ServedModel | None:
-    """The version ``alias`` points at, loaded and smoke-tested; None when there is no such alias yet."""
-    registered = load_alias(settings, config.registered_model, alias)
-    if registered is None:
-        return None
+def load_served(settings: Settings, config: PipelineConfig, version: str) -> ServedModel:
+    """A registry version of the pipeline's model, loaded and smoke-tested."""
     try:
+        registered = load_version(settings, config.registered_model, version)
         feature_map = registered.feature_map
         model = ServedModel(
             name=registered.name,
@@ -69,7 +67,7 @@ def load_served(settings: Settings, config: PipelineConfig, alias: str = CHAMPIO
     except ModelRefused:
         raise
     except Exception as err:
-        raise ModelRefused(f"{registered.name} version {registered.version}: {err}") from err
+        raise ModelRefused(f"{config.registered_model} version {version}: {err}") from err
     return model
 
 
@@ -91,39 +89,25 @@ class ModelSlot:
         self.alias = alias
         self.current: ServedModel | None = None
         self.last_error: str | None = None
-        self.reloads = 0
-        self.failures = 0
+        self.refused: str | None = None  # the version last refused: polling does not retry it
         self._lock = threading.Lock()  # one load at a time; serving never waits on it
 
-    def refresh(self) -> dict[str, Any]:
-        """Load the version the alias points at if it is not the one serving; keep the old one on failure."""
+    def refresh(self, retry_refused: bool = False) -> dict[str, Any]:
+        """Load the version the alias points at if it is not the one serving; keep the old one on failure.
+        Returns what happened, with ``error`` set when the version was refused by this call."""
         with self._lock:
             before = self.current.version if self.current else None
+            target = None
             try:
-                target = self._alias_version()
+                target = alias_version(self.settings, self.config.registered_model, self.alias)
+                if target == self.refused and not retry_refused:
+                    return {"pipeline": self.config.name, "before": before, "serving": before, "error": None}
                 if target is not None and target != before:
-                    loaded = load_served(self.settings, self.config, self.alias)
-                    if loaded is not None:
-                        self.current = loaded
-                        self.reloads += 1
-                        log.info("%s: now serving version %s (was %s)", self.config.name, loaded.version, before)
-                self.last_error = None
+                    self.current = load_served(self.settings, self.config, target)
+                    log.info("%s: now serving version %s (was %s)", self.config.name, target, before)
+                self.last_error, self.refused = None, None
             except Exception as err:
-                self.failures += 1
-                self.last_error = str(err)
+                self.last_error, self.refused = str(err), target
                 log.error("%s: reload refused, still serving version %s: %s", self.config.name, before, err)
             now = self.current.version if self.current else None
             return {"pipeline": self.config.name, "before": before, "serving": now, "error": self.last_error}
-
-    def _alias_version(self) -> str | None:
-        from mlflow.exceptions import MlflowException
-
-        from flightplan.tracking import client
-
-        try:
-            version = client(self.settings).get_model_version_by_alias(self.config.registered_model, self.alias)
-        except MlflowException as err:
-            if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-                return None
-            raise
-        return str(version.version)

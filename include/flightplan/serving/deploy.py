@@ -1,0 +1,251 @@
+"""Promotion and rollback of a pipeline's served model, as the deployment DAG's tasks call them.
+
+A candidate (the `challenger`, or a version asked for) is compared with the `champion` on the newest
+labeled data; if it wins, `champion` moves to it and the old champion keeps the alias `previous`; the
+service is told to reload and a few recent records go through the live API. When the service cannot load
+it or answers wrongly, `champion` moves back. Every decision is an MLflow run of the
+``<pipeline>-deployment`` experiment."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+import pandas as pd
+
+from flightplan.config import AcceptanceSpec, PipelineConfig, load_pipeline
+from flightplan.data.partitions import write_json_atomic
+from flightplan.layout import Layout
+from flightplan.model.registry import CHALLENGER, CHAMPION, PREVIOUS, RegisteredModel, alias_version
+from flightplan.settings import Settings, load_settings
+from flightplan.tracking import RunContext, stage_run
+
+log = logging.getLogger(__name__)
+
+
+class ChallengerRefused(RuntimeError):
+    """The candidate does not beat the champion on recent data; nothing was changed."""
+
+
+class ServiceCheckFailed(RuntimeError):
+    """The service did not load the promoted version or did not answer correctly with it."""
+
+
+class RolledBack(RuntimeError):
+    """The champion was moved back after a failed check; the message says from what to what and why."""
+
+
+@dataclass(frozen=True)
+class DeployJob:
+    pipeline: str
+    context: RunContext = field(default_factory=RunContext)
+    version: str | None = None  # a registry version to deploy; the `challenger` when None
+    reason: str = "manual"
+
+    def open(self) -> tuple[Settings, PipelineConfig, Layout]:
+        settings = load_settings()
+        config = load_pipeline(self.pipeline, settings.pipelines_dir)
+        return settings, config, Layout(settings, config)
+
+
+def deployment_experiment(config: PipelineConfig) -> str:
+    return f"{config.name}-deployment"
+
+
+def recent_labeled(layout: Layout, days: int) -> tuple[pd.DataFrame, list[date]]:
+    """The newest ``days`` day partitions of the labeled data, with derived features, in a fixed order."""
+    from flightplan.data.batches import read_partitions
+    from flightplan.model.features import derive
+
+    column = layout.config.source.partition_column
+    root = layout.dataset("labeled")
+    found = sorted(date.fromisoformat(p.name.split("=", 1)[1]) for p in root.glob(f"{column}=*") if p.is_dir())
+    chosen = found[-days:]
+    table = read_partitions(root, column, chosen)
+    order = [layout.config.source.time_column, *sorted(c for c in table.column_names if c != column)]
+    table = table.sort_by([(name, "ascending") for name in order if name in table.column_names])
+    return derive(table, layout.config.features.derived).to_pandas(), chosen
+
+
+def _metrics(model: RegisteredModel, frame: pd.DataFrame) -> dict[str, float]:
+    from flightplan.model import package
+    from flightplan.model.evaluate import compute_metrics
+    from flightplan.model.features import encode, encode_label
+
+    feature_map = model.feature_map
+    predictions = package.predict(package.session(model.onnx), encode(frame, feature_map), feature_map.task)
+    threshold = float(model.metadata.get("threshold") or 0.5)
+    return compute_metrics(feature_map.task, encode_label(frame, feature_map), predictions, threshold)
+
+
+def candidate_version(job: DeployJob, settings: Settings, config: PipelineConfig) -> str:
+    version = job.version or alias_version(settings, config.registered_model, CHALLENGER)
+    if version is None:
+        raise ChallengerRefused(f"{config.registered_model} has no `{CHALLENGER}` version to deploy")
+    return version
+
+
+def compare(job: DeployJob) -> dict[str, Any]:
+    """The candidate against the champion on recent labeled data; raises ChallengerRefused when it loses.
+    Returns the decision (also written next to the data and logged to MLflow)."""
+    import mlflow
+
+    from flightplan.model.gate import decide
+    from flightplan.model.registry import load_version
+
+    settings, config, layout = job.open()
+    spec = config.deployment
+    name = config.registered_model
+    version = candidate_version(job, settings, config)
+    champion_version = alias_version(settings, name, CHAMPION)
+    decision: dict[str, Any] = {"pipeline": config.name, "candidate": version, "champion": champion_version}
+    if champion_version == version:
+        decision.update(accepted=True, reasons=[], note=f"version {version} is already the champion")
+    elif champion_version is None:
+        decision.update(accepted=True, reasons=[], note="no champion yet: the first model is deployed")
+    else:
+        frame, days = recent_labeled(layout, spec.recent_days)
+        if len(frame) < spec.min_rows:
+            raise ChallengerRefused(
+                f"only {len(frame)} labeled rows in the newest {spec.recent_days} days (need {spec.min_rows}): "
+                "cannot compare the candidate with the champion"
+            )
+        candidate_metrics = _metrics(load_version(settings, name, version), frame)
+        champion_metrics = _metrics(load_version(settings, name, champion_version), frame)
+        verdict = decide(
+            candidate_metrics,
+            AcceptanceSpec(champion_margin=spec.margin),
+            config.primary_metric,
+            champion_metrics,
+            side="recent",
+        )
+        decision.update(
+            accepted=verdict.accepted,
+            reasons=verdict.reasons,
+            checks=verdict.checks,
+            rows=len(frame),
+            days=[d.isoformat() for d in days],
+            candidate_metrics=candidate_metrics,
+            champion_metrics=champion_metrics,
+        )
+    path = write_json_atomic(decision, layout.reports("deployment") / f"{job.context.run_id}.json")
+    with stage_run(settings, config, job.context, deployment_experiment(config), "compare"):
+        mlflow.set_tags(
+            {
+                "flightplan.candidate_version": version,
+                "flightplan.champion_version": champion_version or "-",
+                "flightplan.decision": "promote" if decision["accepted"] else "refused",
+                "flightplan.reason": job.reason,
+            }
+        )
+        for prefix in ("candidate", "champion"):
+            metrics = decision.get(f"{prefix}_metrics") or {}
+            mlflow.log_metrics({f"{prefix}_recent_{k}": v for k, v in metrics.items() if math.isfinite(v)})
+        mlflow.log_artifact(str(path))
+    if not decision["accepted"]:
+        raise ChallengerRefused(
+            f"{name} version {version} not promoted over champion version {champion_version}:\n  - "
+            + "\n  - ".join(decision["reasons"])
+        )
+    return decision
+
+
+def promote(job: DeployJob) -> dict[str, str | None]:
+    """`champion` → the candidate, `previous` → the old champion. Running it again changes nothing."""
+    from flightplan.tracking import client
+
+    settings, config, _ = job.open()
+    name = config.registered_model
+    version = candidate_version(job, settings, config)
+    mlflow_client = client(settings)
+    champion = alias_version(settings, name, CHAMPION)
+    if champion != version:
+        if champion is not None:
+            mlflow_client.set_registered_model_alias(name, PREVIOUS, champion)
+        mlflow_client.set_registered_model_alias(name, CHAMPION, version)
+        mlflow_client.set_model_version_tag(name, version, "flightplan.promoted_by", job.context.run_id)
+    result = {"champion": version, "previous": alias_version(settings, name, PREVIOUS)}
+    log.info("%s: champion is version %s (previous %s)", name, result["champion"], result["previous"])
+    return result
+
+
+def rollback(job: DeployJob, why: str, promoted: str | None = None) -> dict[str, str | None]:
+    """`champion` → `previous` (which is then cleared, so a second rollback cannot go further back by accident).
+    With ``promoted``, only if the champion is still that version (someone may have moved it since)."""
+    from flightplan.tracking import client
+
+    settings, config, _ = job.open()
+    name = config.registered_model
+    previous = alias_version(settings, name, PREVIOUS)
+    current = alias_version(settings, name, CHAMPION)
+    if promoted is not None and current != promoted:
+        raise RolledBack(f"{name}: champion is version {current}, not {promoted} as promoted; left as it is ({why})")
+    if previous is None:
+        raise RolledBack(f"{name}: no `{PREVIOUS}` version to roll back to; champion stays {current} ({why})")
+    mlflow_client = client(settings)
+    mlflow_client.set_registered_model_alias(name, CHAMPION, previous)
+    mlflow_client.delete_registered_model_alias(name, PREVIOUS)
+    if current is not None:
+        mlflow_client.set_model_version_tag(name, current, "flightplan.rolled_back", why)
+    log.warning("%s: champion moved back from version %s to %s: %s", name, current, previous, why)
+    return {"champion": previous, "rolled_back_from": current}
+
+
+def _service(settings: Settings) -> Any:
+    import httpx
+
+    token = os.environ.get("FLIGHTPLAN_API_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=settings.service_url, headers=headers, timeout=60)
+
+
+def reload_service(job: DeployJob) -> str:
+    """Asks the service to load the champion now; returns the version it serves, which must be the champion."""
+    settings, config, _ = job.open()
+    expected = alias_version(settings, config.registered_model, CHAMPION)
+    try:
+        with _service(settings) as http:
+            response = http.post("/admin/reload")
+    except Exception as err:
+        raise ServiceCheckFailed(f"the service at {settings.service_url} cannot be reached: {err}") from err
+    if response.status_code != 200:
+        raise ServiceCheckFailed(f"reload at {settings.service_url}: HTTP {response.status_code} {response.text}")
+    result = next((r for r in response.json() if r["pipeline"] == config.name), None)
+    if result is None:
+        raise ServiceCheckFailed(f"the service at {settings.service_url} does not serve pipeline '{config.name}'")
+    if result["serving"] != expected:
+        raise ServiceCheckFailed(
+            f"the service serves version {result['serving']}, not the champion {expected}: {result['error']}"
+        )
+    return str(expected)
+
+
+def smoke_test(job: DeployJob) -> dict[str, Any]:
+    """Recent records through the live API: every one answered by the champion with a sane output."""
+    from flightplan.serving.inputs import json_records, request_fields
+
+    settings, config, layout = job.open()
+    expected = alias_version(settings, config.registered_model, CHAMPION)
+    frame, _ = recent_labeled(layout, config.deployment.recent_days)
+    records = json_records(frame.tail(config.deployment.smoke_rows), list(request_fields(config)))
+    with _service(settings) as http:
+        response = http.post(f"/v1/{config.name}/predict/batch", json={"records": records})
+    problems = []
+    if response.status_code != 200:
+        problems.append(f"HTTP {response.status_code}: {response.text[:500]}")
+    else:
+        body = response.json()
+        if body["model_version"] != expected:
+            problems.append(f"answered by version {body['model_version']}, not the champion {expected}")
+        if len(body["predictions"]) != len(records):
+            problems.append(f"{len(body['predictions'])} answers for {len(records)} records")
+        probabilities = [p["probability"] for p in body["predictions"] if p["probability"] is not None]
+        if any(not (0.0 <= p <= 1.0) for p in probabilities):
+            problems.append("probabilities outside [0, 1]")
+    if problems:
+        raise ServiceCheckFailed(f"smoke test of version {expected} failed: " + "; ".join(problems))
+    return {"version": expected, "records": len(records)}

@@ -1,0 +1,97 @@
+"""The deployment and rollback DAGs through `airflow dags test`, against a real inference service process:
+promotion of the first and of a new version, a rollback on demand, a refused worse challenger, and an
+automatic rollback when the service cannot take the new champion."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from flightplan.layout import Layout
+from flightplan.settings import Settings
+
+from tests.conftest import free_port, service_process
+from tests.e2e.test_airflow import dags_test, dags_test_failing
+
+TOKEN = "e2e-deployment-token"
+pytestmark = pytest.mark.airflow
+
+
+@pytest.fixture(scope="module")
+def service(settings: Settings) -> Iterator[str]:
+    """A service that reloads only when told to (the deployment DAG does)."""
+    with service_process(settings, TOKEN, poll_seconds=3600, wait_ready=False) as running:
+        yield running["url"]
+
+
+def aliases(settings: Settings) -> dict[str, str]:
+    from flightplan.tracking import client
+
+    return {k: str(v) for k, v in client(settings).get_registered_model("flights-delayed").aliases.items()}
+
+
+def serving(url: str) -> str | None:
+    return httpx.get(f"{url}/ready").json()["pipelines"]["flights"]["version"]
+
+
+def copy_as_challenger(settings: Settings, version: str) -> str:
+    """A new registry version of the same model (as good as the original), with the challenger alias."""
+    import mlflow
+    from flightplan.tracking import client
+
+    mlflow_client = client(settings)
+    source = mlflow_client.get_model_version("flights-delayed", version).source
+    new = str(mlflow.register_model(source, "flights-delayed").version)
+    mlflow_client.set_registered_model_alias("flights-delayed", "challenger", new)
+    return new
+
+
+def test_promote_rollback_refuse_and_automatic_rollback(
+    airflow_env: dict[str, str], service: str, settings: Settings, layout: Layout
+) -> None:
+    env = {**airflow_env, "FLIGHTPLAN_SERVICE_URL": service, "FLIGHTPLAN_API_TOKEN": TOKEN}
+    first = aliases(settings)["challenger"]  # registered by the model_engineering test
+
+    log = dags_test(env, "deployment", {"pipeline": "flights", "reason": "first model"})
+    assert "[DAG TEST] end task task_id=smoke_test" in log
+    assert aliases(settings)["champion"] == first and serving(service) == first
+
+    second = copy_as_challenger(settings, first)
+    dags_test(env, "deployment", {"pipeline": "flights"})
+    assert {k: aliases(settings)[k] for k in ("champion", "previous")} == {"champion": second, "previous": first}
+    assert serving(service) == second
+
+    dags_test(env, "rollback", {"pipeline": "flights", "reason": "e2e rollback"})
+    assert aliases(settings)["champion"] == first and "previous" not in aliases(settings)
+    assert serving(service) == first
+
+    worse = register_worse_challenger()
+    log = dags_test_failing(env, "deployment", {"pipeline": "flights"})
+    assert "ChallengerRefused" in log and f"version {worse} not promoted" in log
+    assert aliases(settings)["champion"] == first
+
+    unreachable = {**env, "FLIGHTPLAN_SERVICE_URL": f"http://127.0.0.1:{free_port()}"}
+    log = dags_test_failing(unreachable, "deployment", {"pipeline": "flights", "version": second})
+    assert "cannot be reached" in log and "RolledBack" in log
+    assert aliases(settings)["champion"] == first
+
+
+def register_worse_challenger() -> str:
+    """A one-split-deep, one-round model of the same data, registered as challenger without its gate."""
+    from flightplan.model import stages
+    from flightplan.tracking import RunContext
+
+    overrides = {
+        "model.tuning.trials": 1,
+        "model.tuning.num_boost_round": 1,
+        "model.tuning.space": {"max_depth": {"type": "int", "low": 1, "high": 1}},
+        "model.selection.keep_at_least": 1,
+        "model.selection.min_gain_share": 0.99,
+    }
+    job = stages.ModelJob("flights", RunContext(dag_id="e2e", run_id="worse"), overrides)
+    run_id = stages.features(job)
+    stages.tune(job, run_id)
+    stages.train(job, run_id)
+    stages.evaluate(job, run_id)
+    return stages.register(job, run_id, stages.package_onnx(job, run_id))["version"]
