@@ -11,7 +11,7 @@ export PYSPARK_PYTHON := $(CURDIR)/$(BIN)/python
 DEMO_START ?= 2013-01-01
 DEMO_END ?= 2013-02-01
 
-.PHONY: env demo test bench lint format clean
+.PHONY: env demo down test bench lint format clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -33,8 +33,15 @@ demo: env
 	  { tail -50 "$$FLIGHTPLAN_HOME/demo-data-engineering.log"; exit 1; } && \
 	  airflow dags test model_engineering -c '{"pipeline": "flights", "reason": "make demo"}' \
 	    > "$$FLIGHTPLAN_HOME/demo-model-engineering.log" 2>&1 || \
-	  { tail -50 "$$FLIGHTPLAN_HOME/demo-model-engineering.log"; exit 1; }
+	  { tail -50 "$$FLIGHTPLAN_HOME/demo-model-engineering.log"; exit 1; } && \
+	  $(BIN)/flightplan service start --pipeline flights && \
+	  airflow dags test deployment -c '{"pipeline": "flights", "reason": "make demo"}' \
+	    > "$$FLIGHTPLAN_HOME/demo-deployment.log" 2>&1 || \
+	  { tail -50 "$$FLIGHTPLAN_HOME/demo-deployment.log"; exit 1; }
 	$(BIN)/flightplan summary --pipeline flights --start $(DEMO_START) --end $(DEMO_END)
+
+down:
+	$(BIN)/flightplan service stop
 
 test: env
 	$(BIN)/pytest
@@ -53,4 +60,5 @@ format: env
 	$(BIN)/ruff check --fix .
 
 clean:
+	if [ -x $(BIN)/flightplan ]; then $(BIN)/flightplan service stop; fi
 	rm -rf .flightplan

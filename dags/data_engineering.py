@@ -15,12 +15,10 @@ which schedules model engineering.
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
-import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
-from shared import SPLITS, pipeline_param, run_context
+from shared import SPLITS, dag_options, pipeline_param, run_context
 
 
 def stage_input() -> Any:
@@ -44,12 +42,8 @@ def stage_input() -> Any:
 @dag(
     dag_id="data_engineering",
     schedule="@daily",
-    start_date=pendulum.datetime(2013, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
     doc_md=__doc__,
-    tags=["flightplan", "data-engineering"],
-    default_args={"owner": "flightplan", "retries": 2, "retry_delay": timedelta(minutes=1)},
+    **dag_options("data-engineering", retries=2),
     params={
         "pipeline": pipeline_param(),
         "start": Param(

@@ -19,10 +19,9 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-import pendulum
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, get_current_context, task
-from shared import CHALLENGER, CHAMPION, pipeline_param, run_context
+from shared import CHALLENGER, CHAMPION, dag_options, pipeline_param, run_context
 
 
 def deploy_job() -> Any:
@@ -43,12 +42,8 @@ def deploy_job() -> Any:
 @dag(
     dag_id="deployment",
     schedule=[CHALLENGER],
-    start_date=pendulum.datetime(2013, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
     doc_md=__doc__,
-    tags=["flightplan", "deployment"],
-    default_args={"owner": "flightplan", "retries": 0},
+    **dag_options("deployment", retries=0),
     params={
         "pipeline": pipeline_param(),
         "version": Param(

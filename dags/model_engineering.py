@@ -16,12 +16,10 @@ retrain with other settings. All runs of a pipeline are in the MLflow experiment
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
-import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
-from shared import CHALLENGER, SPLITS, pipeline_param, run_context
+from shared import CHALLENGER, SPLITS, dag_options, pipeline_param, run_context
 
 
 def model_job() -> Any:
@@ -50,12 +48,8 @@ def model_job() -> Any:
 @dag(
     dag_id="model_engineering",
     schedule=[SPLITS],
-    start_date=pendulum.datetime(2013, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
     doc_md=__doc__,
-    tags=["flightplan", "model-engineering"],
-    default_args={"owner": "flightplan", "retries": 1, "retry_delay": timedelta(minutes=1)},
+    **dag_options("model-engineering", retries=1),
     params={
         "pipeline": pipeline_param(),
         "trials": Param(None, type=["null", "integer"], minimum=1, description="Optuna trials; empty: the config's"),

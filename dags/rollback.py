@@ -8,20 +8,15 @@ further back by accident.
 
 from __future__ import annotations
 
-import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
-from shared import CHAMPION, pipeline_param, run_context
+from shared import CHAMPION, dag_options, pipeline_param, run_context
 
 
 @dag(
     dag_id="rollback",
     schedule=None,
-    start_date=pendulum.datetime(2013, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
     doc_md=__doc__,
-    tags=["flightplan", "deployment"],
-    default_args={"owner": "flightplan", "retries": 0},
+    **dag_options("deployment", retries=0),
     params={
         "pipeline": pipeline_param(),
         "reason": Param("manual rollback", type="string", description="Why (kept on the registry version)"),

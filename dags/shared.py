@@ -3,8 +3,10 @@ Listed in .airflowignore: it holds no DAG."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
+import pendulum
 from airflow.sdk import Asset, Param
 from flightplan.config import available_pipelines
 from flightplan.settings import load_settings
@@ -13,6 +15,17 @@ SPLITS = Asset(name="flightplan_splits", uri="file:///flightplan/splits")
 CHALLENGER = Asset(name="flightplan_challenger", uri="file:///flightplan/challenger")
 CHAMPION = Asset(name="flightplan_champion", uri="file:///flightplan/champion")
 PIPELINES = available_pipelines(load_settings().pipelines_dir)
+
+
+def dag_options(stage: str, retries: int) -> dict[str, Any]:
+    """What every flightplan DAG sets alike: one run at a time, no catch-up, tags, owner and retries."""
+    return {
+        "start_date": pendulum.datetime(2013, 1, 1, tz="UTC"),
+        "catchup": False,
+        "max_active_runs": 1,
+        "tags": ["flightplan", stage],
+        "default_args": {"owner": "flightplan", "retries": retries, "retry_delay": timedelta(minutes=1)},
+    }
 
 
 def pipeline_param() -> Param:

@@ -12,7 +12,7 @@ from pathlib import Path
 from flightplan.config import ConfigError, available_pipelines, load_pipeline
 from flightplan.data.partitions import interval_key
 from flightplan.layout import Layout
-from flightplan.settings import airflow_environment, load_settings
+from flightplan.settings import airflow_environment, api_token, load_settings, token_file
 
 
 def _layout(pipeline: str) -> Layout:
@@ -75,7 +75,47 @@ def summary(args: argparse.Namespace) -> int:
     print(f"  split manifest  {latest['manifest']}")
     print(f"  quarantine      {ingest['quarantine']}")
     _print_challenger(layout)
+    _print_service(layout)
     return 0
+
+
+def _print_service(layout: Layout) -> None:
+    """The champion the service answers with, three recent records through it, and where its docs are."""
+    import httpx
+
+    from flightplan.model.registry import CHAMPION, alias_version
+    from flightplan.serving.deploy import recent_labeled
+    from flightplan.serving.inputs import json_records, request_fields
+
+    settings = layout.settings
+    champion = alias_version(settings, layout.config.registered_model, CHAMPION)
+    if champion is None:
+        return
+    print(f"\n  champion      version {champion}, served at {settings.service_url}")
+    frame, _ = recent_labeled(layout, layout.config.deployment.recent_days)
+    records = json_records(frame.tail(3), list(request_fields(layout.config)))
+    token = api_token(settings)
+    try:
+        response = httpx.post(
+            f"{settings.service_url}/v1/{layout.name}/predict/batch",
+            json={"records": records},
+            headers={"Authorization": f"Bearer {token}"} if token else {},
+            timeout=30,
+        )
+        response.raise_for_status()
+    except httpx.HTTPError as err:
+        print(f"  (the service does not answer: {err}; start it with `flightplan service start --pipeline ...`)")
+        return
+    answer = response.json()
+    truth = frame[layout.config.label.name].tail(3).tolist()
+    for record, prediction, label in zip(records, answer["predictions"], truth, strict=True):
+        shown = ", ".join(f"{k}={record[k]}" for k in list(record)[:4])
+        print(
+            f"  {shown} → {prediction['prediction']} (p={prediction['probability']:.3f}, "
+            f"version {answer['model_version']}, true {label})"
+        )
+    print(f"\n  API docs        {settings.service_url}/docs   (bearer token in {token_file(settings)})")
+    print("  stop it with    make down")
 
 
 def _print_challenger(layout: Layout) -> None:
@@ -105,24 +145,83 @@ def _print_challenger(layout: Layout) -> None:
 def serve(args: argparse.Namespace) -> int:
     """Runs the inference API until SIGTERM/SIGINT (in-flight requests finish and are logged first)."""
     import logging
-    import os
 
     import uvicorn
 
     from flightplan.serving.app import ServiceOptions, create_app
 
-    token = os.environ.get("FLIGHTPLAN_API_TOKEN") or None
+    settings = load_settings()
+    token = api_token(settings)
     if token is None and not args.no_auth:
         print(
-            "set FLIGHTPLAN_API_TOKEN to the bearer token clients must send, "
-            "or pass --no-auth to serve without authentication (local use only)",
+            "set FLIGHTPLAN_API_TOKEN to the bearer token clients must send (or run `flightplan service start`, "
+            f"which generates one in {token_file(settings)}), or pass --no-auth to serve without authentication "
+            "(local use only)",
             file=sys.stderr,
         )
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = ServiceOptions(args.pipeline, None if args.no_auth else token, args.poll_seconds)
-    app = create_app(load_settings(), options)
+    app = create_app(settings, options)
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="info", timeout_graceful_shutdown=30)
+    return 0
+
+
+def service(args: argparse.Namespace) -> int:
+    """Starts `flightplan serve` in the background (a token generated if none is set), or stops it."""
+    import os
+    import secrets
+    import signal
+    import subprocess
+    import time
+
+    import httpx
+
+    settings = load_settings()
+    folder = settings.home / "serving"
+    pid_file = folder / "service.pid"
+    running = int(pid_file.read_text()) if pid_file.exists() else None
+    if running is not None:
+        try:
+            os.kill(running, 0)
+        except ProcessLookupError:
+            running = None
+    if args.action == "stop":
+        if running is not None:
+            os.kill(running, signal.SIGTERM)
+            for _ in range(300):
+                try:
+                    os.kill(running, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.1)
+            print(f"stopped the inference service (pid {running})")
+        pid_file.unlink(missing_ok=True)
+        return 0
+    if running is not None:
+        print(f"the inference service is already running (pid {running}) at {settings.service_url}")
+        return 0
+    folder.mkdir(parents=True, exist_ok=True)
+    if api_token(settings) is None:
+        token_file(settings).write_text(secrets.token_urlsafe(32))
+        token_file(settings).chmod(0o600)
+    port = str(httpx.URL(settings.service_url).port or 80)
+    command = [sys.executable, "-m", "flightplan.cli", "serve", "--port", port]
+    for pipeline in args.pipeline:
+        command += ["--pipeline", pipeline]
+    with (folder / "service.log").open("a") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    pid_file.write_text(str(process.pid))
+    for _ in range(600):
+        if process.poll() is not None:
+            print((folder / "service.log").read_text()[-3000:], file=sys.stderr)
+            return 1
+        try:
+            httpx.get(f"{settings.service_url}/health", timeout=1)
+            break
+        except httpx.TransportError:
+            time.sleep(0.2)
+    print(f"inference service running (pid {process.pid}) at {settings.service_url}, log {folder / 'service.log'}")
     return 0
 
 
@@ -155,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     cmd.add_argument("--poll-seconds", type=float, default=10.0, help="how often to check the champion alias")
     cmd.add_argument("--no-auth", action="store_true", help="serve without a bearer token (local use only)")
     cmd.set_defaults(run=serve)
+    cmd = commands.add_parser("service", help="start or stop the inference service in the background")
+    cmd.add_argument("action", choices=["start", "stop"])
+    cmd.add_argument("--pipeline", action="append", default=[], help="pipelines to serve (start)")
+    cmd.set_defaults(run=service)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))

@@ -5,9 +5,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from flightplan.config import DimensionSpec, PipelineConfig
-from flightplan.settings import Settings
+from flightplan.config import DimensionSpec, PipelineConfig, load_pipeline
+from flightplan.settings import Settings, load_settings
+
+
+def open_pipeline(pipeline: str, overrides: dict[str, Any] | None = None) -> tuple[Settings, PipelineConfig, Layout]:
+    """The settings of this process, a pipeline's config (with overrides) and its layout: where a stage starts."""
+    settings = load_settings()
+    config = load_pipeline(pipeline, settings.pipelines_dir, overrides)
+    return settings, config, Layout(settings, config)
 
 
 @dataclass(frozen=True)

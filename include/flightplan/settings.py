@@ -72,3 +72,17 @@ def airflow_environment(settings: Settings, dags_folder: Path, plugins_folder: P
         "PYSPARK_PYTHON": os.environ.get("PYSPARK_PYTHON", sys.executable),
         "GX_ANALYTICS_ENABLED": "False",
     }
+
+
+def api_token(settings: Settings) -> str | None:
+    """The inference API's bearer token: ``FLIGHTPLAN_API_TOKEN``, else the one `flightplan service start`
+    generated under the home folder (readable by its owner only)."""
+    token = os.environ.get("FLIGHTPLAN_API_TOKEN")
+    if token:
+        return token
+    stored = token_file(settings)
+    return stored.read_text().strip() if stored.exists() else None
+
+
+def token_file(settings: Settings) -> Path:
+    return settings.home / "serving" / "api-token"

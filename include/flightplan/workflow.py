@@ -10,10 +10,10 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from flightplan.config import PipelineConfig, load_pipeline
+from flightplan.config import PipelineConfig
 from flightplan.data.partitions import days_in, interval_key, write_json_atomic
-from flightplan.layout import Layout
-from flightplan.settings import Settings, load_settings
+from flightplan.layout import Layout, open_pipeline
+from flightplan.settings import Settings
 from flightplan.tracking import RunContext, data_experiment, stage_run
 
 
@@ -30,9 +30,7 @@ class StageInput:
     overrides: dict[str, Any] | None = None
 
     def open(self) -> tuple[Settings, PipelineConfig, Layout]:
-        settings = load_settings()
-        config = load_pipeline(self.pipeline, settings.pipelines_dir, self.overrides)
-        return settings, config, Layout(settings, config)
+        return open_pipeline(self.pipeline, self.overrides)
 
     @property
     def key(self) -> str:

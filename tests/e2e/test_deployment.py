@@ -13,6 +13,7 @@ from flightplan.settings import Settings
 
 from tests.conftest import free_port, service_process
 from tests.e2e.test_airflow import dags_test, dags_test_failing
+from tests.integration.conftest import WORSE, run_chain
 
 TOKEN = "e2e-deployment-token"
 pytestmark = pytest.mark.airflow
@@ -82,16 +83,5 @@ def register_worse_challenger() -> str:
     from flightplan.model import stages
     from flightplan.tracking import RunContext
 
-    overrides = {
-        "model.tuning.trials": 1,
-        "model.tuning.num_boost_round": 1,
-        "model.tuning.space": {"max_depth": {"type": "int", "low": 1, "high": 1}},
-        "model.selection.keep_at_least": 1,
-        "model.selection.min_gain_share": 0.99,
-    }
-    job = stages.ModelJob("flights", RunContext(dag_id="e2e", run_id="worse"), overrides)
-    run_id = stages.features(job)
-    stages.tune(job, run_id)
-    stages.train(job, run_id)
-    stages.evaluate(job, run_id)
-    return stages.register(job, run_id, stages.package_onnx(job, run_id))["version"]
+    job = stages.ModelJob("flights", RunContext(dag_id="e2e", run_id="worse"), {**WORSE, "model.tuning.trials": 1})
+    return run_chain(job, gate=False)[1]["version"]

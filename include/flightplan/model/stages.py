@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as pads
 
-from flightplan.config import PipelineConfig, load_pipeline
+from flightplan.config import PipelineConfig
 from flightplan.data.partitions import fresh_dir, write_json_atomic
-from flightplan.layout import Layout
+from flightplan.layout import Layout, open_pipeline
 from flightplan.model.features import (
     FeatureMap,
     build_feature_map,
@@ -31,7 +31,7 @@ from flightplan.model.features import (
     input_columns,
     select,
 )
-from flightplan.settings import Settings, load_settings
+from flightplan.settings import Settings
 from flightplan.tracking import RunContext, lineage_tags, model_run
 
 log = logging.getLogger(__name__)
@@ -55,9 +55,7 @@ class ModelJob:
     reason: str = "manual"
 
     def open(self) -> tuple[Settings, PipelineConfig, Layout]:
-        settings = load_settings()
-        config = load_pipeline(self.pipeline, settings.pipelines_dir, self.overrides)
-        return settings, config, Layout(settings, config)
+        return open_pipeline(self.pipeline, self.overrides)
 
     def manifest(self, layout: Layout) -> dict[str, Any]:
         path = self.split_manifest or json.loads((layout.splits / "latest.json").read_text())["manifest"]

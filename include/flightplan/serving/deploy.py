@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
 import pandas as pd
 
-from flightplan.config import AcceptanceSpec, PipelineConfig, load_pipeline
+from flightplan.config import AcceptanceSpec, PipelineConfig
 from flightplan.data.partitions import write_json_atomic
-from flightplan.layout import Layout
+from flightplan.layout import Layout, open_pipeline
 from flightplan.model.registry import CHALLENGER, CHAMPION, PREVIOUS, RegisteredModel, alias_version
-from flightplan.settings import Settings, load_settings
+from flightplan.settings import Settings, api_token
 from flightplan.tracking import RunContext, stage_run
 
 log = logging.getLogger(__name__)
@@ -47,9 +46,7 @@ class DeployJob:
     reason: str = "manual"
 
     def open(self) -> tuple[Settings, PipelineConfig, Layout]:
-        settings = load_settings()
-        config = load_pipeline(self.pipeline, settings.pipelines_dir)
-        return settings, config, Layout(settings, config)
+        return open_pipeline(self.pipeline)
 
 
 def deployment_experiment(config: PipelineConfig) -> str:
@@ -198,7 +195,7 @@ def rollback(job: DeployJob, why: str, promoted: str | None = None) -> dict[str,
 def _service(settings: Settings) -> Any:
     import httpx
 
-    token = os.environ.get("FLIGHTPLAN_API_TOKEN")
+    token = api_token(settings)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return httpx.Client(base_url=settings.service_url, headers=headers, timeout=60)
 
