@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field, create_model
 from starlette.concurrency import run_in_threadpool
 
 from flightplan.config import PipelineConfig, load_pipeline
-from flightplan.serving.inputs import record_model
+from flightplan.serving.inputs import InvalidRecord, record_model
 from flightplan.serving.metrics import ServiceMetrics
 from flightplan.serving.models import ModelSlot, ServedModel
 from flightplan.serving.store import PredictionLog, PredictionRecord, create_store_engine, record_feedback
@@ -144,7 +144,10 @@ class Service:
         """Predict, commit every row to the log, then return; a row that cannot be logged is not answered."""
         model = self.model(pipeline)
         started = time.perf_counter()
-        answers = await run_in_threadpool(model.predict, records) if batch else model.predict(records)
+        try:
+            answers = await run_in_threadpool(model.predict, records) if batch else model.predict(records)
+        except InvalidRecord as err:
+            raise HTTPException(status_code=422, detail=str(err)) from err
         request_id = uuid.uuid4().hex
         ids = [f"{request_id}-{row}" for row in range(len(records))] if batch else [request_id]
         logged = [

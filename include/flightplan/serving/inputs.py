@@ -78,6 +78,10 @@ def record_model(config: PipelineConfig) -> type[BaseModel]:
     )
 
 
+class InvalidRecord(ValueError):
+    """A record that passed its schema but cannot be encoded; the message names the record and field."""
+
+
 class RowEncoder:
     """Encodes records (dicts of raw fields) into the model's float32 matrix, one pass per record."""
 
@@ -122,7 +126,10 @@ class RowEncoder:
                 if kind == "numeric":
                     value = self.value(record, spec)
                     if value is not None:
-                        number = float(value)
+                        try:
+                            number = float(value)
+                        except OverflowError as err:
+                            raise InvalidRecord(f"record {row}: {spec}={value} is out of range") from err
                         matrix[row, position] = number if math.isfinite(number) else np.nan
                 elif kind == "categorical":
                     value = self.value(record, spec[0])
@@ -134,4 +141,8 @@ class RowEncoder:
                     if moment is not None:
                         if moment.tzinfo is None:  # timestamps are UTC instants everywhere in the pipeline
                             moment = moment.replace(tzinfo=UTC)
-                        matrix[row, position] = _part(moment.astimezone(zone), part)
+                        try:
+                            local = moment.astimezone(zone)
+                        except OverflowError as err:
+                            raise InvalidRecord(f"record {row}: {column}={moment.isoformat()} is out of range") from err
+                        matrix[row, position] = _part(local, part)
