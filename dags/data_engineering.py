@@ -15,28 +15,8 @@ which schedules model engineering.
 
 from __future__ import annotations
 
-from typing import Any
-
-from airflow.sdk import Param, dag, get_current_context, task
-from shared import SPLITS, dag_options, pipeline_param, run_context
-
-
-def stage_input() -> Any:
-    """The pipeline, the interval (Params first, else the run's data interval) and the run's identity."""
-    from datetime import date
-
-    from flightplan.workflow import StageInput
-
-    context = get_current_context()
-    params = context["params"]
-    if params.get("start") and params.get("end"):
-        start, end = date.fromisoformat(params["start"]), date.fromisoformat(params["end"])
-    elif context.get("data_interval_start") and context.get("data_interval_end"):
-        start, end = context["data_interval_start"].date(), context["data_interval_end"].date()
-    else:
-        raise ValueError("this run has no data interval: trigger it with both 'start' and 'end' dates")
-    run = run_context(context)
-    return StageInput(pipeline=params["pipeline"], start=start, end=end, context=run)
+from airflow.sdk import dag, get_current_context, task
+from shared import SPLITS, dag_options, interval_params, pipeline_param, stage_input
 
 
 @dag(
@@ -46,13 +26,7 @@ def stage_input() -> Any:
     **dag_options("data-engineering", retries=2),
     params={
         "pipeline": pipeline_param(),
-        "start": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            description="First day to (re)ingest; empty: the run's data interval",
-        ),
-        "end": Param(None, type=["null", "string"], format="date", description="Day after the last day to (re)ingest"),
+        **interval_params("(re)ingest"),
     },
 )
 def data_engineering() -> None:

@@ -37,3 +37,33 @@ def run_context(context: Any) -> Any:
     from flightplan.tracking import RunContext
 
     return RunContext(dag_id=context["dag"].dag_id, run_id=context["run_id"], task_id=context["task"].task_id)
+
+
+def interval_params(verb: str) -> dict[str, Param]:
+    return {
+        "start": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            description=f"First day to {verb}; empty: the run's data interval",
+        ),
+        "end": Param(None, type=["null", "string"], format="date", description=f"Day after the last day to {verb}"),
+    }
+
+
+def stage_input() -> Any:
+    """The pipeline, the interval (Params first, else the run's data interval) and the run's identity."""
+    from datetime import date
+
+    from airflow.sdk import get_current_context
+    from flightplan.workflow import StageInput
+
+    context = get_current_context()
+    params = context["params"]
+    if params.get("start") and params.get("end"):
+        start, end = date.fromisoformat(params["start"]), date.fromisoformat(params["end"])
+    elif context.get("data_interval_start") and context.get("data_interval_end"):
+        start, end = context["data_interval_start"].date(), context["data_interval_end"].date()
+    else:
+        raise ValueError("this run has no data interval: trigger it with both 'start' and 'end' dates")
+    return StageInput(pipeline=params["pipeline"], start=start, end=end, context=run_context(context))

@@ -7,6 +7,7 @@ import json
 import pytest
 from flightplan import workflow
 from flightplan.model import stages
+from flightplan.settings import Settings
 from flightplan.tracking import RunContext
 
 from tests.conftest import END_DAY, FIRST_DAY
@@ -63,3 +64,13 @@ def run_chain(job: stages.ModelJob, gate: bool = True) -> tuple[str, dict[str, s
 def challenger(good_days: dict) -> tuple[str, dict[str, str]]:
     """A registered challenger (alias `challenger`) of the demo days, quickly tuned."""
     return run_chain(stages.ModelJob("flights", RunContext(dag_id="model_engineering", run_id="it-1"), QUICK))
+
+
+@pytest.fixture(scope="session")
+def champion(challenger: tuple[str, dict[str, str]], settings: Settings) -> str:
+    """The quick challenger promoted to `champion`."""
+    from flightplan.tracking import client
+
+    version = challenger[1]["version"]
+    client(settings).set_registered_model_alias("flights-delayed", "champion", version)
+    return version

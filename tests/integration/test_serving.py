@@ -48,15 +48,6 @@ def predictions_in_log(settings: Settings, request_ids: list[str] | None = None)
     return found
 
 
-@pytest.fixture(scope="module")
-def champion(challenger: tuple[str, dict[str, str]], settings: Settings) -> str:
-    from flightplan.tracking import client
-
-    version = challenger[1]["version"]
-    client(settings).set_registered_model_alias("flights-delayed", "champion", version)
-    return version
-
-
 def test_row_encoder_matches_the_training_encoder(
     challenger: tuple[str, dict[str, str]], layout: Layout, config: PipelineConfig
 ) -> None:
