@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -281,3 +282,28 @@ def test_sigterm_under_load_loses_no_answered_prediction(
     assert len(answered) > 50
     rows = sum(len(a.get("predictions", [a])) for a in answered)
     assert predictions_in_log(layout.settings, [a["request_id"] for a in answered]) == rows
+
+
+def test_collected_records_are_ingested_by_the_next_run_and_bad_ones_refused(api: Any, layout: Layout) -> None:
+    """Good raw records become a landing file of today that ingestion reads; bad ones come back with reasons."""
+    from datetime import UTC, datetime, timedelta
+
+    from flightplan import workflow
+
+    landing_day = sorted(p for p in layout.landing.iterdir() if p.is_dir())[0]
+    raw = pd.read_csv(next(landing_day.glob("*.csv"))).head(4)
+    good = json.loads(raw.to_json(orient="records"))
+    bad = [{**good[0], "carrier": "ZZ"}, {**good[1], "month": 13, "surprise": 1}, {"year": 2013}]
+    response = api.post("/v1/flights/records", json={"records": [*good[:3], *bad, good[3]]}, headers=AUTH)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["accepted"] == 4 and [r["record"] for r in body["refused"]] == [3, 4, 5]
+    assert "carrier: Value error, must be one of" in body["refused"][0]["reason"]
+    assert "month" in body["refused"][1]["reason"] and "surprise" in body["refused"][1]["reason"]
+    assert "origin: Field required" in body["refused"][2]["reason"]
+    assert api.post("/v1/flights/records", json={"records": bad}, headers=AUTH).status_code == 422
+
+    today = datetime.now(UTC).date()
+    assert Path(body["file"]).parent.name == today.isoformat()
+    manifest = json.loads(workflow.ingest(workflow.StageInput("flights", today, today + timedelta(days=1))).read_text())
+    assert manifest["rows_total"] == 4 and manifest["quarantined_total"] == 0

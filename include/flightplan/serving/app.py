@@ -21,6 +21,8 @@ from pydantic import BaseModel, Field, create_model
 from starlette.concurrency import run_in_threadpool
 
 from flightplan.config import PipelineConfig, load_pipeline
+from flightplan.layout import Layout
+from flightplan.serving.collect import collect
 from flightplan.serving.inputs import InvalidRecord, record_model
 from flightplan.serving.metrics import ServiceMetrics
 from flightplan.serving.models import ModelSlot, ServedModel
@@ -69,6 +71,21 @@ class FeedbackRequest(BaseModel):
 class FeedbackResponse(BaseModel):
     stored: list[str]
     unknown: list[str] = Field(description="ids not in the prediction log of this pipeline (not stored)")
+
+
+class RawRecords(BaseModel):
+    records: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=MAX_BATCH_ROWS)]
+
+
+class Refusal(BaseModel):
+    record: int = Field(description="index of the record in the request")
+    reason: str
+
+
+class CollectResponse(BaseModel):
+    accepted: int
+    refused: list[Refusal]
+    file: str | None = Field(description="the landing file the accepted records were written to")
 
 
 class ReloadResult(BaseModel):
@@ -258,18 +275,20 @@ def add_pipeline_routes(app: FastAPI, service: Service, name: str, config: Pipel
         service.metrics.feedback.labels(name).inc(len(stored))
         return FeedbackResponse(stored=stored, unknown=unknown)
 
-    app.post(f"/v1/{name}/predict", tags=[f"pipeline {name}"], dependencies=auth, summary=f"Predict one {name} record")(
-        predict
-    )
-    app.post(
-        f"/v1/{name}/predict/batch",
-        tags=[f"pipeline {name}"],
-        dependencies=auth,
-        summary=f"Predict up to {MAX_BATCH_ROWS:,} records",
-    )(predict_batch)
-    app.post(
-        f"/v1/{name}/feedback",
-        tags=[f"pipeline {name}"],
-        dependencies=auth,
-        summary="True labels of answered predictions",
-    )(feedback)
+    def collect_records(body: RawRecords, response: Response) -> CollectResponse:
+        """Raw source records for the next ingestion run: the good ones are written as a landing file of
+        today, the bad ones refused with the reason."""
+        result = collect(Layout(service.settings, config), body.records)
+        if result.accepted == 0:
+            response.status_code = 422
+        refused = [Refusal(**refusal) for refusal in result.refused]
+        return CollectResponse(accepted=result.accepted, refused=refused, file=result.file)
+
+    routes: list[tuple[str, Callable[..., Any], str]] = [
+        ("predict", predict, f"Predict one {name} record"),
+        ("predict/batch", predict_batch, f"Predict up to {MAX_BATCH_ROWS:,} records"),
+        ("feedback", feedback, "True labels of answered predictions"),
+        ("records", collect_records, "Collect raw records for the next ingestion run"),
+    ]
+    for path, endpoint, summary in routes:
+        app.post(f"/v1/{name}/{path}", tags=[f"pipeline {name}"], dependencies=auth, summary=summary)(endpoint)
