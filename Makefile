@@ -49,6 +49,7 @@ test: env
 bench: env
 	$(BIN)/python bench/ingest_bench.py --home "$$FLIGHTPLAN_HOME/bench"
 	$(BIN)/python bench/train_bench.py --home "$$FLIGHTPLAN_HOME/bench/train"
+	$(BIN)/python bench/serve_bench.py --home "$$FLIGHTPLAN_HOME/bench/train"
 
 lint: env
 	$(BIN)/ruff format --check .

@@ -60,7 +60,8 @@ def timed(action: Any) -> float:
     return time.perf_counter() - started
 
 
-def bench_training(rounds: int, repeats: int) -> tuple[dict[str, Any], Any]:
+def bench_training(rounds: int, repeats: int, with_spark: bool = True) -> tuple[dict[str, Any], Any, str]:
+    """Times the train task against bare xgboost.train; returns the figures, the job and its MLflow run id."""
     import xgboost as xgb
     from flightplan.data.partitions import write_json_atomic
     from flightplan.model import stages
@@ -81,13 +82,14 @@ def bench_training(rounds: int, repeats: int) -> tuple[dict[str, Any], Any]:
         xgb.train(params, dtrain, num_boost_round=rounds, evals=[(dval, "validation")], verbose_eval=False)
 
     on_spark = replace(job, overrides={"model.engine": "spark"})
-    get_spark(work.settings)
+    if with_spark:
+        get_spark(work.settings)
     ours, peer, spark = [], [], []
     for _ in range(repeats):
         peer.append(timed(bare))
-        ours.append(timed(lambda: stages.train(job, run_id)))
-        spark.append(timed(lambda: stages.train(on_spark, run_id)))
-    stages.train(job, run_id)  # the local model is the one the inference figures use
+        if with_spark:
+            spark.append(timed(lambda: stages.train(on_spark, run_id)))
+        ours.append(timed(lambda: stages.train(job, run_id)))  # last: the local model is the one kept
     figures = {
         "rows_train": len(train[1]),
         "rows_validation": len(validation[1]),
@@ -96,12 +98,12 @@ def bench_training(rounds: int, repeats: int) -> tuple[dict[str, Any], Any]:
         "train_task_s": min(ours),
         "bare_xgboost_s": min(peer),
         "ratio": min(ours) / min(peer),
-        "train_task_spark_engine_s": min(spark),
-        "spark_ratio": min(spark) / min(peer),
+        "train_task_spark_engine_s": min(spark) if spark else None,
+        "spark_ratio": min(spark) / min(peer) if spark else None,
         "all_train_task_s": ours,
         "all_bare_s": peer,
     }
-    return figures, work
+    return figures, job, run_id
 
 
 def bench_inference(work: Any, single_rows: int) -> dict[str, float]:
@@ -140,14 +142,16 @@ def main() -> int:
     parser.add_argument("--single-rows", type=int, default=2000)
     args = parser.parse_args()
     prepare_split(args.home.resolve())
-    training, work = bench_training(args.rounds, args.repeats)
+    training, job, run_id = bench_training(args.rounds, args.repeats)
     print(
         f"train task vs bare xgboost.train: {training['rows_train']:,} train + {training['rows_validation']:,} "
         f"validation rows, {training['features']} features, {training['rounds']} rounds: "
         f"{training['train_task_s']:.2f} s vs {training['bare_xgboost_s']:.2f} s = {training['ratio']:.2f}x; "
         f"spark engine (warm session) {training['train_task_spark_engine_s']:.2f} s = {training['spark_ratio']:.2f}x"
     )
-    inference = bench_inference(work, args.single_rows)
+    from flightplan.model import stages
+
+    inference = bench_inference(stages.open_run(job, run_id), args.single_rows)
     print(
         f"inference on {inference['test_rows']:,.0f} test rows: 1 row p50 onnx {inference['onnx_1row_p50_us']:.0f} us "
         f"vs xgboost {inference['xgboost_1row_p50_us']:.0f} us ({inference['onnx_vs_xgboost_1row_speedup']:.1f}x); "

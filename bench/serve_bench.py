@@ -1,0 +1,183 @@
+"""Serving benchmark: our inference API against `mlflow models serve` on the same registered model, on
+loopback, driven by wrk in the same run; then batch scoring on Spark against the bare booster.
+
+The model is the one `train_bench.py` trains on the demo year (300 rounds, depth 6), registered and
+promoted to `champion`. Our service gets raw records (it encodes them and logs every answer durably before
+replying); `mlflow models serve` gets the already encoded float matrix of the same rows (its ONNX pyfunc
+has no encoder and logs nothing). Each cell runs ``--seconds`` after a warm-up. Run with ``make bench``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_bench import PIPELINE, bench_training, prepare_split
+
+TOKEN = "bench-token"
+LUA = """
+local f = assert(io.open(os.getenv("BODY_FILE"), "rb"))
+wrk.method = "POST"; wrk.body = f:read("*a"); f:close()
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_TOKEN")
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('JSON {"requests":%d,"rps":%.2f,"p50_ms":%.3f,"p99_ms":%.3f,"errors":%d}\\n',
+    summary.requests, summary.requests / (summary.duration / 1e6), latency:percentile(50) / 1000,
+    latency:percentile(99) / 1000, e.status + e.connect + e.read + e.write + e.timeout))
+end
+"""
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    print("installing wrk (apt-get)", flush=True)
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "wrk"],
+        check=True,
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+    )
+    return shutil.which("wrk") or "wrk"
+
+
+def wait_for(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 180
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(log.read_text()[-3000:])
+        try:
+            httpx.get(url, timeout=2)
+            return
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(log.read_text()[-3000:]) from None
+            time.sleep(0.5)
+
+
+def start(command: list[str], log: Path, url: str) -> subprocess.Popen[bytes]:
+    with log.open("w") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=os.environ.copy())
+    wait_for(url, process, log)
+    return process
+
+
+def load(wrk: str, url: str, body: Any, connections: int, seconds: int, folder: Path) -> dict[str, float]:
+    body_file = folder / "body.json"
+    body_file.write_text(json.dumps(body))
+    script = folder / "post.lua"
+    script.write_text(LUA)
+    threads = min(2, connections)
+    env = {**os.environ, "BODY_FILE": str(body_file), "BENCH_TOKEN": TOKEN}
+    command = [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url]
+    output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    line = next(line for line in output.splitlines() if line.startswith("JSON "))
+    return dict(json.loads(line[5:]))
+
+
+def promote_bench_model(job: Any, run_id: str) -> tuple[str, list[dict[str, Any]], Any]:
+    """Packages and registers the benchmark's booster as `champion`; returns its version, sample records
+    and their encoded matrix."""
+    from flightplan.model import stages
+    from flightplan.serving.inputs import json_records, request_fields
+    from flightplan.tracking import client
+
+    stages.evaluate(job, run_id)
+    registered = stages.register(job, run_id, stages.package_onnx(job, run_id))
+    work = stages.open_run(job, run_id)
+    client(work.settings).set_registered_model_alias(registered["name"], "champion", registered["version"])
+    test = work.frames.sides["test"].head(1000)
+    records = json_records(test, list(request_fields(work.config)))
+    matrix = work.frames.matrix("test")[0][:1000]
+    return registered["version"], records, matrix
+
+
+def work_model_name() -> str:
+    from flightplan.config import load_pipeline
+    from flightplan.settings import load_settings
+
+    return load_pipeline(PIPELINE, load_settings().pipelines_dir).registered_model
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--home", type=Path, required=True)
+    parser.add_argument("--seconds", type=int, default=8)
+    args = parser.parse_args()
+    home = args.home.resolve()
+    prepare_split(home)
+    wrk = ensure_wrk()
+    _, job, run_id = bench_training(rounds=300, repeats=1, with_spark=False)
+    version, records, matrix = promote_bench_model(job, run_id)
+    folder = Path(tempfile.mkdtemp(prefix="serve-bench-"))
+    ours_port, peer_port = 8791, 8792
+    os.environ.update({"FLIGHTPLAN_HOME": str(home), "FLIGHTPLAN_API_TOKEN": TOKEN})
+    # `mlflow models serve` runs `uvicorn` from PATH: the venv's, also when the venv is not activated.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    flightplan = str(Path(sys.executable).with_name("flightplan"))
+    mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
+    peer_model = f"models:/{work_model_name()}/{version}"
+    contenders = {
+        "flightplan": (
+            [flightplan, "serve", "--pipeline", PIPELINE, "--port", str(ours_port), "--poll-seconds", "3600"],
+            f"http://127.0.0.1:{ours_port}",
+            {1: ("/v1/flights/predict", records[0]), 1000: ("/v1/flights/predict/batch", {"records": records})},
+        ),
+        "mlflow models serve": (
+            [mlflow_bin, "models", "serve", "-m", peer_model, "--env-manager", "local", "--port", str(peer_port)],
+            f"http://127.0.0.1:{peer_port}",
+            {1: ("/invocations", {"inputs": matrix[:1].tolist()}), 1000: ("/invocations", {"inputs": matrix.tolist()})},
+        ),
+    }
+    results: list[dict[str, Any]] = []
+    for name, (command, url, payloads) in contenders.items():
+        process = start(
+            command, folder / f"{name.split()[0]}.log", f"{url}/health" if name == "flightplan" else f"{url}/ping"
+        )
+        try:
+            for rows, (path, body) in payloads.items():
+                load(wrk, url + path, body, 8, 3, folder)  # warm-up
+                for connections in (1, 8, 32):
+                    figures = load(wrk, url + path, body, connections, args.seconds, folder)
+                    figures.update(contender=name, rows=rows, connections=connections)
+                    figures["rows_per_s"] = figures["rps"] * rows
+                    results.append(figures)
+                    print(json.dumps(figures), flush=True)
+        finally:
+            process.terminate()
+            process.wait(60)
+    print_table(results)
+    return 0
+
+
+def print_table(results: list[dict[str, Any]]) -> None:
+    peer = {(r["rows"], r["connections"]): r for r in results if r["contender"] != "flightplan"}
+    print(
+        "\n| rows/request | connections | flightplan req/s | p50 ms | p99 ms | mlflow req/s | p50 ms | p99 ms | ratio |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        if r["contender"] != "flightplan":
+            continue
+        p = peer[(r["rows"], r["connections"])]
+        print(
+            f"| {r['rows']} | {r['connections']} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+            f"{p['rps']:,.0f} | {p['p50_ms']:.2f} | {p['p99_ms']:.2f} | {r['rps'] / p['rps']:.1f}x |"
+        )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
