@@ -275,12 +275,11 @@ def add_pipeline_routes(app: FastAPI, service: Service, name: str, config: Pipel
         service.metrics.feedback.labels(name).inc(len(stored))
         return FeedbackResponse(stored=stored, unknown=unknown)
 
-    def collect_records(body: RawRecords, response: Response) -> CollectResponse:
+    def collect_records(body: RawRecords) -> CollectResponse:
         """Raw source records for the next ingestion run: the good ones are written as a landing file of
-        today, the bad ones refused with the reason."""
+        today, the bad ones refused with the reason (the request succeeds even when all are refused: the
+        answer says which and why, record by record)."""
         result = collect(Layout(service.settings, config), body.records)
-        if result.accepted == 0:
-            response.status_code = 422
         refused = [Refusal(**refusal) for refusal in result.refused]
         return CollectResponse(accepted=result.accepted, refused=refused, file=result.file)
 
