@@ -84,30 +84,23 @@ def _print_service(layout: Layout) -> None:
     import httpx
 
     from flightplan.model.registry import CHAMPION, alias_version
-    from flightplan.serving.deploy import recent_labeled
-    from flightplan.serving.inputs import json_records, request_fields
+    from flightplan.serving.deploy import recent_records, service_client
 
     settings = layout.settings
     champion = alias_version(settings, layout.config.registered_model, CHAMPION)
     if champion is None:
         return
     print(f"\n  champion      version {champion}, served at {settings.service_url}")
-    frame, _ = recent_labeled(layout, layout.config.deployment.recent_days)
-    records = json_records(frame.tail(3), list(request_fields(layout.config)))
-    token = api_token(settings)
+    recent, records = recent_records(layout, 3)
     try:
-        response = httpx.post(
-            f"{settings.service_url}/v1/{layout.name}/predict/batch",
-            json={"records": records},
-            headers={"Authorization": f"Bearer {token}"} if token else {},
-            timeout=30,
-        )
+        with service_client(settings) as http:
+            response = http.post(f"/v1/{layout.name}/predict/batch", json={"records": records})
         response.raise_for_status()
     except httpx.HTTPError as err:
         print(f"  (the service does not answer: {err}; start it with `flightplan service start --pipeline ...`)")
         return
     answer = response.json()
-    truth = frame[layout.config.label.name].tail(3).tolist()
+    truth = recent[layout.config.label.name].tolist()
     for record, prediction, label in zip(records, answer["predictions"], truth, strict=True):
         shown = ", ".join(f"{k}={record[k]}" for k in list(record)[:4])
         print(
@@ -167,6 +160,16 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def service(args: argparse.Namespace) -> int:
     """Starts `flightplan serve` in the background (a token generated if none is set), or stops it."""
     import os
@@ -181,18 +184,13 @@ def service(args: argparse.Namespace) -> int:
     folder = settings.home / "serving"
     pid_file = folder / "service.pid"
     running = int(pid_file.read_text()) if pid_file.exists() else None
-    if running is not None:
-        try:
-            os.kill(running, 0)
-        except ProcessLookupError:
-            running = None
+    if running is not None and not _alive(running):
+        running = None
     if args.action == "stop":
         if running is not None:
             os.kill(running, signal.SIGTERM)
             for _ in range(300):
-                try:
-                    os.kill(running, 0)
-                except ProcessLookupError:
+                if not _alive(running):
                     break
                 time.sleep(0.1)
             print(f"stopped the inference service (pid {running})")
@@ -203,8 +201,10 @@ def service(args: argparse.Namespace) -> int:
         return 0
     folder.mkdir(parents=True, exist_ok=True)
     if api_token(settings) is None:
-        token_file(settings).write_text(secrets.token_urlsafe(32))
-        token_file(settings).chmod(0o600)
+        # Created readable by its owner only, never for a moment by anyone else.
+        handle = os.open(token_file(settings), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(handle, "w") as out:
+            out.write(secrets.token_urlsafe(32))
     port = str(httpx.URL(settings.service_url).port or 80)
     command = [sys.executable, "-m", "flightplan.cli", "serve", "--port", port]
     for pipeline in args.pipeline:

@@ -81,7 +81,7 @@ def api_token(settings: Settings) -> str | None:
     if token:
         return token
     stored = token_file(settings)
-    return stored.read_text().strip() if stored.exists() else None
+    return (stored.read_text().strip() or None) if stored.exists() else None
 
 
 def token_file(settings: Settings) -> Path:

@@ -204,7 +204,6 @@ def create_app(settings: Settings, options: ServiceOptions) -> FastAPI:
         version="1",
         lifespan=lifespan,
     )
-    app.state.service = service
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

@@ -192,7 +192,17 @@ def rollback(job: DeployJob, why: str, promoted: str | None = None) -> dict[str,
     return {"champion": previous, "rolled_back_from": current}
 
 
-def _service(settings: Settings) -> Any:
+def recent_records(layout: Layout, rows: int) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """The newest ``rows`` labeled rows, and the same rows as a client sends them to the API."""
+    from flightplan.serving.inputs import json_records, request_fields
+
+    frame, _ = recent_labeled(layout, layout.config.deployment.recent_days)
+    recent = frame.tail(rows)
+    return recent, json_records(recent, list(request_fields(layout.config)))
+
+
+def service_client(settings: Settings) -> Any:
+    """An HTTP client of the inference API, with its bearer token when one is set."""
     import httpx
 
     token = api_token(settings)
@@ -205,7 +215,7 @@ def reload_service(job: DeployJob) -> str:
     settings, config, _ = job.open()
     expected = alias_version(settings, config.registered_model, CHAMPION)
     try:
-        with _service(settings) as http:
+        with service_client(settings) as http:
             response = http.post("/admin/reload")
     except Exception as err:
         raise ServiceCheckFailed(f"the service at {settings.service_url} cannot be reached: {err}") from err
@@ -223,13 +233,10 @@ def reload_service(job: DeployJob) -> str:
 
 def smoke_test(job: DeployJob) -> dict[str, Any]:
     """Recent records through the live API: every one answered by the champion with a sane output."""
-    from flightplan.serving.inputs import json_records, request_fields
-
     settings, config, layout = job.open()
     expected = alias_version(settings, config.registered_model, CHAMPION)
-    frame, _ = recent_labeled(layout, config.deployment.recent_days)
-    records = json_records(frame.tail(config.deployment.smoke_rows), list(request_fields(config)))
-    with _service(settings) as http:
+    _, records = recent_records(layout, config.deployment.smoke_rows)
+    with service_client(settings) as http:
         response = http.post(f"/v1/{config.name}/predict/batch", json={"records": records})
     problems = []
     if response.status_code != 200:
