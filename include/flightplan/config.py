@@ -109,6 +109,12 @@ class LabelSpec(Strict):
     task: Literal["binary", "multiclass", "regression"] = "binary"
     rule: str | None = None
     column: str | None = None
+    feedback: Literal["fill", "override", "ignore"] = Field(
+        "fill",
+        description="ground truth posted to the inference API's /feedback for a prediction whose record carried "
+        "the source key: 'fill' labels the rows the rule leaves unknown, 'override' replaces the rule's label, "
+        "'ignore' leaves labels to the rule",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> LabelSpec:

@@ -162,16 +162,30 @@ def wrangle(job: StageInput) -> Path:
 def label(job: StageInput) -> Path:
     import mlflow
 
-    from flightplan.data.label import label_frame
-    from flightplan.data.rewrite import rewrite_days
+    from flightplan.data.label import label_frame, truth_frame
+    from flightplan.data.rewrite import read_days, rewrite_days
+    from flightplan.serving.store import ground_truth
     from flightplan.spark import get_spark
 
     settings, config, layout = job.open()
     with stage_run(settings, config, job.context, data_experiment(config), "label"):
+        spark = get_spark(settings)
+        truth_rows = (
+            []
+            if config.label.feedback == "ignore"
+            else ground_truth(settings.predictions_db_url, config.name, config.source.key)
+        )
+        wrangled = read_days(spark, layout, "wrangled", job.days)
+        truth = truth_frame(wrangled, config, truth_rows).cache() if truth_rows else None
         manifest = rewrite_days(
-            get_spark(settings), layout, "wrangled", "labeled", job.days, job.key, lambda f: label_frame(f, config)
+            spark, layout, "wrangled", "labeled", job.days, job.key, lambda f: label_frame(f, config, truth)
         )
         manifest["stage"] = "label"
+        manifest["ground_truth_matched"] = 0
+        if truth is not None:
+            manifest["ground_truth_matched"] = wrangled.join(truth, on=config.source.key, how="left_semi").count()
+            truth.unpersist()
+        mlflow.log_metric("label_ground_truth_matched", manifest["ground_truth_matched"])
         path = write_json_atomic(manifest, layout.manifest("label", job.key))
         _log_counts("label", manifest)
         mlflow.log_artifact(str(path))

@@ -19,8 +19,9 @@ import sqlalchemy as sa
 from flightplan.config import PipelineConfig
 from flightplan.layout import Layout
 from flightplan.model.features import FeatureMap, encode
-from flightplan.serving.inputs import InvalidRecord, RowEncoder, json_records, record_model, request_fields
+from flightplan.serving.inputs import InvalidRecord, RowEncoder, json_records, record_type, request_fields
 from flightplan.settings import Settings
+from pydantic import TypeAdapter
 
 from tests.conftest import service_process
 
@@ -56,8 +57,8 @@ def test_row_encoder_matches_the_training_encoder(
     run_id = challenger[0]
     feature_map = FeatureMap.load(layout.model_run(run_id) / "feature_map.json")
     frame = pd.read_parquet(layout.model_run(run_id) / "frames" / "test.parquet")
-    validated = record_model(config)  # what the API does with a request body before encoding it
-    records = [validated(**record).model_dump() for record in client_records(layout, run_id)]
+    # What the API does with a request body before encoding it.
+    records = TypeAdapter(list[record_type(config)]).validate_python(client_records(layout, run_id))
     served = RowEncoder(config, feature_map).encode(records)
     assert np.array_equal(served, encode(frame, feature_map), equal_nan=True)
 
@@ -308,3 +309,39 @@ def test_collected_records_are_ingested_by_the_next_run_and_bad_ones_refused(api
     assert Path(body["file"]).parent.name == today.isoformat()
     manifest = json.loads(workflow.ingest(workflow.StageInput("flights", today, today + timedelta(days=1))).read_text())
     assert manifest["rows_total"] == 4 and manifest["quarantined_total"] == 0
+
+
+def test_ground_truth_sent_back_labels_rows_in_the_label_step(api: Any, layout: Layout) -> None:
+    """Predictions whose records carry the source key get their true label from /feedback in the next label
+    run: 'fill' labels a row the rule could not, 'override' also replaces the rule's label."""
+    from flightplan import workflow
+
+    from tests.conftest import END_DAY, FIRST_DAY
+
+    config, part = layout.config, layout.config.source.partition_column
+    fields = list(dict.fromkeys([*request_fields(config), *config.source.key]))
+    unknown = pd.read_parquet(layout.quarantine("labeled")).drop(columns=[part]).head(1)
+    labeled = pd.read_parquet(layout.dataset("labeled")).drop(columns=[part])
+    on_time = labeled[labeled[config.label.name] == 0].head(1)
+    ids = [
+        api.post("/v1/flights/predict", json=json_records(frame, fields)[0], headers=AUTH).json()["id"]
+        for frame in (unknown, on_time)
+    ]
+    sent = api.post("/v1/flights/feedback", json={"labels": [{"id": i, "label": 1} for i in ids]}, headers=AUTH).json()
+    assert sent["stored"] == ids
+
+    def label_of(frame: pd.DataFrame, feedback: str) -> tuple[dict[str, Any], list[float]]:
+        job = workflow.StageInput("flights", FIRST_DAY, END_DAY, overrides={"label.feedback": feedback})
+        manifest = json.loads(workflow.label(job).read_text())
+        rows = pd.read_parquet(layout.dataset("labeled")).merge(frame[config.source.key], on=config.source.key)
+        return manifest, rows[config.label.name].tolist()
+
+    try:
+        baseline, _ = label_of(unknown, "ignore")
+        filled, labels = label_of(unknown, "fill")
+        assert labels == [1] and filled["ground_truth_matched"] == 2
+        assert filled["quarantined_total"] == baseline["quarantined_total"] - 1
+        assert label_of(on_time, "fill")[1] == [0]  # the rule knew it: 'fill' keeps the rule's label
+        assert label_of(on_time, "override")[1] == [1]
+    finally:
+        label_of(unknown, "ignore")  # the labeled data the other tests share, as the rule alone makes it

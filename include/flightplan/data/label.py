@@ -1,9 +1,10 @@
-"""Label: the label column from the config rule (or an existing column); rows whose label cannot be
-known (the rule yields null) are kept in quarantine."""
+"""Label: the label column from the config rule (or an existing column), and the ground truth sent back to
+the inference API for predictions whose records carried the source key; rows whose label cannot be known
+are kept in quarantine."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flightplan.config import PipelineConfig
 from flightplan.data.profile import label_expression
@@ -12,13 +13,40 @@ from flightplan.data.rewrite import REASON
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
+TRUTH = "__ground_truth"
 
-def label_frame(frame: DataFrame, config: PipelineConfig) -> DataFrame:
+
+def truth_frame(frame: DataFrame, config: PipelineConfig, truth: list[dict[str, Any]]) -> DataFrame:
+    """Ground-truth rows (key columns and ``label``) typed as ``frame``'s key and label columns; a label that
+    does not convert to the label's type is dropped (null)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    key = config.source.key
+    label_type = frame.select(F.expr(label_expression(config)).alias("label")).schema["label"].dataType
+    rows = [[None if row[k] is None else str(row[k]) for k in key] + [_text(row["label"])] for row in truth]
+    schema = T.StructType([T.StructField(name, T.StringType()) for name in [*key, TRUTH]])
+    raw = frame.sparkSession.createDataFrame(rows, schema)
+    typed = [F.col(name).try_cast(frame.schema[name].dataType).alias(name) for name in key]
+    return raw.select(*typed, F.col(TRUTH).try_cast(label_type).alias(TRUTH)).where(F.col(TRUTH).isNotNull())
+
+
+def _text(label: Any) -> str:
+    return str(int(label)) if isinstance(label, bool) else str(label)
+
+
+def label_frame(frame: DataFrame, config: PipelineConfig, truth: DataFrame | None = None) -> DataFrame:
     from pyspark.sql import functions as F
 
     label = config.label
     source = f"rule '{label.rule}'" if label.rule else f"column '{label.column}'"
+    reason = f"label unknown: {source} is null"
     labeled = frame.withColumn(label.name, F.expr(label_expression(config)))
-    return labeled.withColumn(
-        REASON, F.when(F.col(label.name).isNull(), F.lit(f"label unknown: {source} is null")).otherwise(None)
-    )
+    if truth is not None and label.feedback != "ignore":
+        labeled = labeled.join(F.broadcast(truth), on=config.source.key, how="left")
+        known = [F.col(label.name), F.col(TRUTH)]
+        labeled = labeled.withColumn(
+            label.name, F.coalesce(*known) if label.feedback == "fill" else F.coalesce(*reversed(known))
+        ).drop(TRUTH)
+        reason += " and no ground truth was sent back"
+    return labeled.withColumn(REASON, F.when(F.col(label.name).isNull(), F.lit(reason)).otherwise(None))

@@ -15,18 +15,21 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import pydantic_core
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flightplan.config import PipelineConfig, load_pipeline
 from flightplan.layout import Layout
 from flightplan.serving.collect import collect
-from flightplan.serving.inputs import InvalidRecord, record_model
+from flightplan.serving.inputs import InvalidRecord, record_type
 from flightplan.serving.metrics import ServiceMetrics
 from flightplan.serving.models import ModelSlot, ServedModel
-from flightplan.serving.store import PredictionLog, PredictionRecord, create_store_engine, record_feedback
+from flightplan.serving.store import AnsweredRequest, PredictionLog, create_store_engine, record_feedback
 from flightplan.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -157,8 +160,9 @@ class Service:
 
     async def answer(
         self, pipeline: str, records: list[dict[str, Any]], batch: bool
-    ) -> tuple[str, ServedModel, list[Prediction]]:
-        """Predict, commit every row to the log, then return; a row that cannot be logged is not answered."""
+    ) -> tuple[str, str, list[dict[str, Any]]]:
+        """Predict, commit every row to the log, then return (request id, model version, one answer per
+        record); a row that cannot be logged is not answered."""
         model = self.model(pipeline)
         started = time.perf_counter()
         try:
@@ -167,25 +171,80 @@ class Service:
             raise HTTPException(status_code=422, detail=str(err)) from err
         request_id = uuid.uuid4().hex
         ids = [f"{request_id}-{row}" for row in range(len(records))] if batch else [request_id]
-        logged = [
-            PredictionRecord(i, request_id, pipeline, model.version, record, a.prediction, a.probability)
-            for i, record, a in zip(ids, records, answers, strict=True)
-        ]
+        answered = AnsweredRequest(
+            request_id,
+            pipeline,
+            model.version,
+            ids,
+            inputs=[pydantic_core.to_json(record).decode() for record in records],  # times as ISO 8601
+            predictions=[pydantic_core.to_json(a.prediction).decode() for a in answers],
+            probabilities=[a.probability for a in answers],
+        )
         assert self.log is not None
         try:
-            await asyncio.wrap_future(self.log.submit(logged))
+            await asyncio.wrap_future(self.log.submit(answered))
         except Exception as err:
             self.metrics.errors.labels(pipeline, "log").inc()
             raise HTTPException(status_code=503, detail=f"prediction not logged, so not answered: {err}") from err
         self.metrics.observe_predictions(pipeline, model.task, answers, time.perf_counter() - started)
         return (
             request_id,
-            model,
+            model.version,
             [
-                Prediction(id=i, prediction=a.prediction, probability=a.probability)
+                {"id": i, "prediction": a.prediction, "probability": a.probability}
                 for i, a in zip(ids, answers, strict=True)
             ],
         )
+
+
+def json_response(content: Any) -> Response:
+    """JSON serialized by pydantic-core straight from plain data: the predict routes skip FastAPI's response
+    model pass (the models still document the routes)."""
+    return Response(pydantic_core.to_json(content), media_type="application/json")
+
+
+async def parse_body(request: Request, adapter: TypeAdapter[Any]) -> Any:
+    """The request body validated from its JSON bytes in one pydantic-core pass (three times faster than
+    FastAPI's json.loads then validation for a 1000-record batch); errors answer 422 as FastAPI's do."""
+    try:
+        return adapter.validate_json(await request.body())
+    except ValidationError as err:
+        raise RequestValidationError(
+            [{**error, "loc": ("body", *error["loc"])} for error in err.errors(include_url=False)]
+        ) from None
+
+
+def openapi_body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+class RequestMetrics:
+    """Counts requests and their latency per route. A plain ASGI middleware: Starlette's ``BaseHTTPMiddleware``
+    (``@app.middleware("http")``) cost about a fifth of a one-row request."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            path = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(path, str(status)).inc()
+            self.metrics.latency.labels(path).observe(time.perf_counter() - started)
 
 
 def create_app(settings: Settings, options: ServiceOptions) -> FastAPI:
@@ -205,15 +264,7 @@ def create_app(settings: Settings, options: ServiceOptions) -> FastAPI:
         lifespan=lifespan,
     )
 
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        service.metrics.requests.labels(path, str(response.status_code)).inc()
-        service.metrics.latency.labels(path).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(RequestMetrics, metrics=service.metrics)
 
     @app.get("/health", tags=["service"])
     def health() -> dict[str, str]:
@@ -251,21 +302,34 @@ def create_app(settings: Settings, options: ServiceOptions) -> FastAPI:
 
 
 def add_pipeline_routes(app: FastAPI, service: Service, name: str, config: PipelineConfig, auth: list[Any]) -> None:
-    # Built from the pipeline config at start-up, so typed as Any for the checker; FastAPI sees the classes.
-    record: Any = record_model(config)
-    records: Any = Annotated[list[record], Field(min_length=1, max_length=MAX_BATCH_ROWS)]
-    batch_model: Any = create_model(f"{record.__name__}Batch", records=(records, ...))
-
-    async def predict(body: record) -> PredictionResponse:  # type: ignore[valid-type]
-        request_id, model, (answer,) = await service.answer(name, [body.model_dump()], batch=False)
-        return PredictionResponse(
-            request_id=request_id, pipeline=name, model_version=model.version, **answer.model_dump()
+    record: Any = record_type(config)  # built from the config at start-up: typed as Any for the checker
+    one: TypeAdapter[Any] = TypeAdapter(record)
+    batch: TypeAdapter[Any] = TypeAdapter(
+        create_model(
+            f"{record.__name__}Batch",
+            __config__=ConfigDict(extra="forbid"),
+            records=(Annotated[list[record], Field(min_length=1, max_length=MAX_BATCH_ROWS)], ...),
         )
+    )
+    record_schema = one.json_schema()
+    batch_schema = {
+        "title": f"{record.__name__}Batch",
+        "type": "object",
+        "properties": {"records": {"type": "array", "items": record_schema, "minItems": 1, "maxItems": MAX_BATCH_ROWS}},
+        "required": ["records"],
+        "additionalProperties": False,
+    }
 
-    async def predict_batch(body: batch_model) -> BatchResponse:  # type: ignore[valid-type]
-        records = [r.model_dump() for r in body.records]
-        request_id, model, answers = await service.answer(name, records, batch=True)
-        return BatchResponse(request_id=request_id, pipeline=name, model_version=model.version, predictions=answers)
+    async def predict(request: Request) -> Response:
+        request_id, version, (answer,) = await service.answer(name, [await parse_body(request, one)], batch=False)
+        return json_response({"request_id": request_id, "pipeline": name, "model_version": version, **answer})
+
+    async def predict_batch(request: Request) -> Response:
+        records = (await parse_body(request, batch)).records
+        request_id, version, answers = await service.answer(name, records, batch=True)
+        return json_response(
+            {"request_id": request_id, "pipeline": name, "model_version": version, "predictions": answers}
+        )
 
     def feedback(body: FeedbackRequest) -> FeedbackResponse:
         stored, unknown = record_feedback(
@@ -282,11 +346,23 @@ def add_pipeline_routes(app: FastAPI, service: Service, name: str, config: Pipel
         refused = [Refusal(**refusal) for refusal in result.refused]
         return CollectResponse(accepted=result.accepted, refused=refused, file=result.file)
 
-    routes: list[tuple[str, Callable[..., Any], str]] = [
-        ("predict", predict, f"Predict one {name} record"),
-        ("predict/batch", predict_batch, f"Predict up to {MAX_BATCH_ROWS:,} records"),
-        ("feedback", feedback, "True labels of answered predictions"),
-        ("records", collect_records, "Collect raw records for the next ingestion run"),
+    routes: list[tuple[str, Callable[..., Any], str, dict[str, Any]]] = [
+        (
+            "predict",
+            predict,
+            f"Predict one {name} record",
+            {"response_model": PredictionResponse, "openapi_extra": openapi_body(record_schema)},
+        ),
+        (
+            "predict/batch",
+            predict_batch,
+            f"Predict up to {MAX_BATCH_ROWS:,} records",
+            {"response_model": BatchResponse, "openapi_extra": openapi_body(batch_schema)},
+        ),
+        ("feedback", feedback, "True labels of answered predictions", {}),
+        ("records", collect_records, "Collect raw records for the next ingestion run", {}),
     ]
-    for path, endpoint, summary in routes:
-        app.post(f"/v1/{name}/{path}", tags=[f"pipeline {name}"], dependencies=auth, summary=summary)(endpoint)
+    for path, endpoint, summary, documented in routes:
+        app.post(f"/v1/{name}/{path}", tags=[f"pipeline {name}"], dependencies=auth, summary=summary, **documented)(
+            endpoint
+        )

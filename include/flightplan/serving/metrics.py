@@ -49,11 +49,13 @@ class ServiceMetrics:
         self.rows.labels(pipeline).inc(len(answers))
         self.predict_seconds.labels(pipeline).observe(seconds)
         if task == "regression":
+            values = self.value.labels(pipeline)
             for answer in answers:
-                self.value.labels(pipeline).observe(answer.prediction)
+                values.observe(answer.prediction)
         else:
+            probabilities = self.probability.labels(pipeline)
             for answer in answers:
-                self.probability.labels(pipeline).observe(answer.probability or 0.0)
+                probabilities.observe(answer.probability or 0.0)
 
     def observe_reload(self, result: dict[str, Any]) -> None:
         pipeline = result["pipeline"]
