@@ -220,7 +220,8 @@ def openapi_body(schema: dict[str, Any]) -> dict[str, Any]:
 
 class RequestMetrics:
     """Counts requests and their latency per route. A plain ASGI middleware: Starlette's ``BaseHTTPMiddleware``
-    (``@app.middleware("http")``) cost about a fifth of a one-row request."""
+    (``@app.middleware("http")``) runs the app in a task of its own and streams the response through a queue,
+    on every request."""
 
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
         self.app = app
