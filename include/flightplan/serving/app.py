@@ -313,13 +313,9 @@ def add_pipeline_routes(app: FastAPI, service: Service, name: str, config: Pipel
         )
     )
     record_schema = one.json_schema()
-    batch_schema = {
-        "title": f"{record.__name__}Batch",
-        "type": "object",
-        "properties": {"records": {"type": "array", "items": record_schema, "minItems": 1, "maxItems": MAX_BATCH_ROWS}},
-        "required": ["records"],
-        "additionalProperties": False,
-    }
+    # The batch model's schema, its record inlined: an operation's schema cannot point into its own $defs.
+    batch_schema = batch.json_schema()
+    batch_schema["properties"]["records"]["items"] = batch_schema.pop("$defs")[record.__name__]
 
     async def predict(request: Request) -> Response:
         request_id, version, (answer,) = await service.answer(name, [await parse_body(request, one)], batch=False)

@@ -71,9 +71,8 @@ def json_records(frame: pd.DataFrame, fields: list[str]) -> list[dict[str, Any]]
 def record_type(config: PipelineConfig) -> type:
     """The typed dict of one record (documented in OpenAPI): the request fields and the source key's columns;
     unknown fields are refused, a missing field is a missing value, except the columns time parts are derived
-    from, which are required. A typed dict rather
-    than a model: pydantic validates it from the request's JSON bytes into the plain dicts the encoder and
-    the log take, with no model object per record."""
+    from, which are required. A typed dict rather than a model: pydantic validates it from the request's
+    JSON bytes into the plain dicts the encoder and the log take, with no model object per record."""
     required = {d.column for d in config.features.derived}
     fields = {
         name: Required[PYTHON_TYPES[kind]] if name in required else NotRequired[PYTHON_TYPES[kind] | None]
