@@ -105,19 +105,28 @@ class PredictionLog:
         time_type = predictions.c.created_at.type.dialect_impl(engine.dialect)
         self._time_value = time_type.bind_processor(engine.dialect) or (lambda moment: moment)
         self._connection: sa.Connection | None = None
+        self._closing = threading.Lock()  # nothing is queued behind the writer's stop
+        self._closed = False
         self._queue: queue.Queue[tuple[AnsweredRequest, Future[None]] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
     def submit(self, answered: AnsweredRequest) -> Future[None]:
-        """A future resolved once the rows are committed (or failed with the reason they are not)."""
+        """A future resolved once the rows are committed (or failed with the reason they are not): at once
+        with an error after ``close``, when no writer is left to resolve it."""
         done: Future[None] = Future()
-        self._queue.put((answered, done))
+        with self._closing:
+            if self._closed:
+                done.set_exception(RuntimeError("the prediction log is closed (the service is stopping)"))
+            else:
+                self._queue.put((answered, done))
         return done
 
     def close(self) -> None:
         """Commit what is queued, then stop the writer."""
-        self._queue.put(None)
+        with self._closing:
+            self._closed = True
+            self._queue.put(None)
         self._thread.join()
 
     def _run(self) -> None:
