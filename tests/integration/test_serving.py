@@ -128,6 +128,20 @@ def test_predict_answers_with_version_and_logs_every_row(
     assert f'flightplan_model_version{{model="champion",pipeline="flights"}} {float(champion)}' in metrics
 
 
+def test_a_closed_log_refuses_rows_at_once(tmp_path: Path) -> None:
+    """After the writer stops (service shutdown), a request's rows fail at once instead of waiting forever."""
+    from flightplan.serving.store import AnsweredRequest, PredictionLog, create_store_engine
+
+    engine = create_store_engine(f"sqlite:///{tmp_path / 'log.db'}")
+    log = PredictionLog(engine)
+    answered = AnsweredRequest("r", "flights", "1", ["r"], ["{}"], ["1"], [0.5])
+    assert log.submit(answered).result(timeout=10) is None
+    log.close()
+    with pytest.raises(RuntimeError, match="prediction log is closed"):
+        log.submit(answered).result(timeout=1)
+    engine.dispose()
+
+
 def test_requests_without_the_token_or_with_bad_fields_are_refused(
     api: Any, layout: Layout, challenger: tuple[str, dict[str, str]]
 ) -> None:
@@ -180,17 +194,21 @@ def test_a_model_that_cannot_serve_is_refused_and_the_old_one_keeps_answering(
         mlflow_client.set_registered_model_alias("flights-delayed", "champion", champion)
 
 
-def test_openapi_fuzzing_finds_no_server_error(api: Any) -> None:
-    """Schemathesis over every operation of the OpenAPI document: no 5xx, responses match the schema."""
+def test_openapi_fuzzing_finds_no_server_error(champion: str, settings: Settings) -> None:
+    """Schemathesis over every operation of the OpenAPI document: no 5xx, responses match the schema.
+    It runs an app of its own: schemathesis starts the app's lifespan and ends it after the test."""
     import schemathesis
-    from hypothesis import HealthCheck, given, settings
+    from flightplan.serving.app import ServiceOptions, create_app
+    from hypothesis import HealthCheck, given
+    from hypothesis import settings as examples
 
-    schema = schemathesis.openapi.from_asgi("/openapi.json", api.app)
+    app = create_app(settings, ServiceOptions(["flights"], TOKEN, poll_seconds=3600))
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     for operation in schema.get_all_operations():
         op = operation.ok()
 
         @given(case=op.as_strategy())
-        @settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+        @examples(max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
         def check(case: Any) -> None:
             case.call_and_validate(headers=AUTH)
 
