@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,8 +12,8 @@ import httpx
 import pytest
 from flightplan.layout import Layout
 
-from tests.conftest import END_DAY, FIRST_DAY, free_port
-from tests.e2e.conftest import AIRFLOW
+from tests.conftest import END_DAY, FIRST_DAY
+from tests.e2e.conftest import AIRFLOW, airflow_api, running_airflow, task_states, wait_for_run, wait_until_parsed
 
 CONF = {"pipeline": "flights", "start": FIRST_DAY.isoformat(), "end": END_DAY.isoformat()}
 pytestmark = pytest.mark.airflow
@@ -80,72 +79,24 @@ def test_model_engineering_registers_a_challenger_that_loads_by_alias(
 
 @pytest.fixture(scope="module")
 def live_airflow(airflow_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    env = {
-        **airflow_env,
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-    }
-    logs = tmp_path_factory.mktemp("airflow-logs")
-    processes = [
-        subprocess.Popen(
-            [AIRFLOW, *command], env=env, stdout=(logs / f"{command[0]}.log").open("w"), stderr=subprocess.STDOUT
-        )
-        for command in (["api-server", "--port", str(port)], ["scheduler"], ["dag-processor"])
-    ]
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/api/v2/monitor/health", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(2)
-        else:
-            raise RuntimeError(f"the API server did not come up; see {logs}")
+    with running_airflow(airflow_env, tmp_path_factory.mktemp("airflow-logs")) as base:
         yield base
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
 
 
 def test_trigger_through_rest_api_runs_to_success(live_airflow: str, airflow_env: dict[str, str]) -> None:
-    password_file = Path(airflow_env["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated"
-    password = json.loads(password_file.read_text())["admin"]
-    token = httpx.post(f"{live_airflow}/auth/token", json={"username": "admin", "password": password}, timeout=30)
-    token.raise_for_status()
-    api = httpx.Client(
-        base_url=f"{live_airflow}/api/v2",
-        headers={"Authorization": f"Bearer {token.json()['access_token']}"},
-        timeout=30,
-    )
+    api = airflow_api(live_airflow, airflow_env)
     assert api.get("/dags/data_engineering").status_code in (200, 404)
     assert httpx.get(f"{live_airflow}/api/v2/dags", timeout=30).status_code == 401
 
-    deadline = time.monotonic() + 180
-    while api.get("/dags/data_engineering").status_code != 200:
-        assert time.monotonic() < deadline, "the dag-processor never parsed data_engineering"
-        time.sleep(3)
+    wait_until_parsed(api, "data_engineering")
     api.patch("/dags/data_engineering", json={"is_paused": False}).raise_for_status()
     created = api.post("/dags/data_engineering/dagRuns", json={"logical_date": None, "conf": CONF})
     created.raise_for_status()
     run_id = created.json()["dag_run_id"]
 
-    deadline = time.monotonic() + 900
-    state = "queued"
-    while state not in ("success", "failed") and time.monotonic() < deadline:
-        time.sleep(5)
-        state = api.get(f"/dags/data_engineering/dagRuns/{run_id}").json()["state"]
-    tasks = api.get(f"/dags/data_engineering/dagRuns/{run_id}/taskInstances").json()["task_instances"]
-    assert state == "success", {t["task_id"]: t["state"] for t in tasks}
-    assert {t["task_id"]: t["state"] for t in tasks} == dict.fromkeys(
+    state = wait_for_run(api, "data_engineering", run_id)
+    assert state == "success", task_states(api, "data_engineering", run_id)
+    assert task_states(api, "data_engineering", run_id) == dict.fromkeys(
         ["ingest", "profile", "validate", "wrangle", "label", "split"], "success"
     )
     events = api.get("/assets/events", params={"source_dag_id": "data_engineering", "source_run_id": run_id}).json()

@@ -1,9 +1,11 @@
-"""The deployment and rollback DAGs through `airflow dags test`, against a real inference service process:
+"""The deployment and rollback DAGs against a real inference service process. Through `airflow dags test`:
 promotion of the first and of a new version, a rollback on demand, a refused worse challenger, and an
-automatic rollback when the service cannot take the new champion."""
+automatic rollback when the service cannot take the new champion. Through the scheduler and the API
+server: a promotion that waits for a person's answer, approved once and rejected once."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 
 import httpx
@@ -12,6 +14,7 @@ from flightplan.layout import Layout
 from flightplan.settings import Settings
 
 from tests.conftest import free_port, service_process
+from tests.e2e.conftest import airflow_api, running_airflow, task_states, wait_for_run, wait_for_task, wait_until_parsed
 from tests.e2e.test_airflow import dags_test, dags_test_failing
 from tests.integration.conftest import WORSE, run_chain
 
@@ -85,3 +88,64 @@ def register_worse_challenger() -> str:
 
     job = stages.ModelJob("flights", RunContext(dag_id="e2e", run_id="worse"), {**WORSE, "model.tuning.trials": 1})
     return run_chain(job, gate=False)[1]["version"]
+
+
+@pytest.fixture(scope="module")
+def approving_airflow(
+    airflow_env: dict[str, str], service: str, settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[httpx.Client]:
+    """A live Airflow whose flights pipeline requires a person's approval before each promotion."""
+    pipelines = tmp_path_factory.mktemp("pipelines-with-approval")
+    shutil.copytree(settings.pipelines_dir, pipelines, dirs_exist_ok=True)
+    config = pipelines / "flights.yaml"
+    config.write_text(config.read_text() + "\ndeployment:\n  require_approval: true\n")
+    env = {
+        **airflow_env,
+        "FLIGHTPLAN_PIPELINES_DIR": str(pipelines),
+        "FLIGHTPLAN_SERVICE_URL": service,
+        "FLIGHTPLAN_API_TOKEN": TOKEN,
+    }
+    with running_airflow(env, tmp_path_factory.mktemp("approval-airflow-logs")) as base:
+        api = airflow_api(base, env)
+        wait_until_parsed(api, "deployment")
+        api.patch("/dags/deployment", json={"is_paused": False}).raise_for_status()
+        yield api
+
+
+def deploy_with_answer(api: httpx.Client, version: str, answer: str) -> tuple[str, dict[str, str | None]]:
+    """Triggers a deployment of ``version``, answers its approval task, and returns the run's end state."""
+    created = api.post(
+        "/dags/deployment/dagRuns",
+        json={"logical_date": None, "conf": {"pipeline": "flights", "version": version, "reason": answer}},
+    )
+    created.raise_for_status()
+    run_id = created.json()["dag_run_id"]
+    wait_for_task(api, "deployment", run_id, "approve", "awaiting_input")
+    assert task_states(api, "deployment", run_id)["promote"] is None
+    details = api.get(f"/dags/deployment/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails")
+    details.raise_for_status()
+    assert details.json()["options"] == ["Approve", "Reject"] and "flights" in details.json()["subject"]
+    api.patch(
+        f"/dags/deployment/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails",
+        json={"chosen_options": [answer], "params_input": {}},
+    ).raise_for_status()
+    return wait_for_run(api, "deployment", run_id), task_states(api, "deployment", run_id)
+
+
+def test_a_promotion_waits_for_a_persons_approval(
+    approving_airflow: httpx.Client, service: str, settings: Settings
+) -> None:
+    """Runs after the test above, with its champion in place."""
+    champion = aliases(settings)["champion"]
+    rejected = copy_as_challenger(settings, champion)
+    state, tasks = deploy_with_answer(approving_airflow, rejected, "Reject")
+    assert state == "success", tasks
+    assert {tasks[t] for t in ("promote", "reload_service", "smoke_test", "roll_back")} == {"skipped"}
+    assert aliases(settings)["champion"] == champion and serving(service) == champion
+
+    approved = copy_as_challenger(settings, champion)
+    state, tasks = deploy_with_answer(approving_airflow, approved, "Approve")
+    assert state == "success", tasks
+    assert tasks["smoke_test"] == "success" and tasks["roll_back"] == "skipped"
+    assert {k: aliases(settings)[k] for k in ("champion", "previous")} == {"champion": approved, "previous": champion}
+    assert serving(service) == approved
