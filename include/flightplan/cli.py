@@ -29,6 +29,18 @@ def replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def traffic(args: argparse.Namespace) -> int:
+    from flightplan.replay import replay_traffic
+
+    layout = _layout(args.pipeline)
+    sent = replay_traffic(layout, args.start, args.end, args.batch_rows, args.feedback_share)
+    print(
+        f"{sent['answered']:,} of {sent['rows']:,} labeled rows answered by {layout.settings.service_url}, "
+        f"{sent['labeled']:,} true labels sent back"
+    )
+    return 0
+
+
 def check(args: argparse.Namespace) -> int:
     settings = load_settings()
     names = args.pipelines or available_pipelines(settings.pipelines_dir)
@@ -237,6 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     cmd = commands.add_parser("replay", help="drop a dataset into the landing zone as daily CSV files")
     with_interval(cmd)
     cmd.set_defaults(run=replay)
+    cmd = commands.add_parser("traffic", help="send labeled days to the inference API, then their true labels")
+    with_interval(cmd)
+    cmd.add_argument("--batch-rows", type=int, default=500, help="records per request")
+    cmd.add_argument("--feedback-share", type=float, default=1.0, help="share of answers whose label is sent back")
+    cmd.set_defaults(run=traffic)
     cmd = commands.add_parser("check", help="validate pipeline configs")
     cmd.add_argument("pipelines", nargs="*")
     cmd.set_defaults(run=check)

@@ -274,6 +274,40 @@ class DeploymentSpec(Strict):
     )
 
 
+class MonitoringSpec(Strict):
+    """How the monitoring DAG judges the served model on its logged traffic, and when it asks for retraining.
+
+    Per-column drift uses Evidently's default tests and thresholds. The defaults below retrain when half of
+    the model's features drift (Evidently's own dataset-drift rule) or when the primary metric on ground
+    truth falls 0.05 below what the champion scored on its test split, and never on a thin window."""
+
+    window_hours: Annotated[int, Field(ge=1)] = Field(
+        default=24, description="a manual run checks the predictions answered in the last N hours"
+    )
+    min_rows: Annotated[int, Field(ge=1)] = Field(
+        default=1000, description="fewer answered rows in the window: the run reports but does not decide"
+    )
+    min_labeled_rows: Annotated[int, Field(ge=1)] = Field(
+        default=200, description="fewer rows with ground truth: performance is not judged"
+    )
+    drift_share: Annotated[float, Field(gt=0, le=1)] = Field(
+        default=0.5, description="retrain when at least this share of the model's features drift"
+    )
+    max_metric_drop: Annotated[float, Field(ge=0)] = Field(
+        default=0.05,
+        description="retrain when the primary metric on ground truth is worse than the champion's test score by more",
+    )
+    cooldown_hours: Annotated[float, Field(ge=0)] = Field(
+        default=24, description="after a retraining trigger, no other one for this pipeline for N hours"
+    )
+    retrain_window_days: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="model_engineering trains on the last N days of its split; all when unset"
+    )
+    report_rows: Annotated[int, Field(ge=1000)] = Field(
+        default=50_000, description="rows per side drawn into the Evidently report (the verdicts use every row)"
+    )
+
+
 class ReplaySpec(Strict):
     """Where `flightplan replay` finds the demo data it drops into the landing zone, one folder per day."""
 
@@ -295,6 +329,7 @@ class PipelineConfig(Strict):
     split: SplitSpec = SplitSpec()
     model: ModelSpec = ModelSpec()
     deployment: DeploymentSpec = DeploymentSpec()
+    monitoring: MonitoringSpec = MonitoringSpec()
     replay: ReplaySpec | None = None
 
     @field_validator("dimensions")

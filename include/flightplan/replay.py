@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from flightplan.data.partitions import days_in
@@ -49,3 +50,49 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> int:
     frame.to_csv(partial, index=False)
     partial.replace(path)
     return len(frame)
+
+
+def replay_traffic(
+    layout: Layout, start: date, end: date, batch_rows: int = 500, feedback_share: float = 1.0
+) -> dict[str, int]:
+    """Send the labeled rows of the days in [start, end), in time order, to the inference API as a client
+    would (the request fields and the source key), then send their true labels back as feedback for a
+    seeded ``feedback_share`` of them, as ground truth that arrives after the answer; returns the counts."""
+    from flightplan.serving.deploy import service_client
+    from flightplan.serving.inputs import json_records, request_fields
+
+    config = layout.config
+    frame = labeled_days(layout, start, end)
+    fields = list(dict.fromkeys([*request_fields(config), *config.source.key]))
+    records = json_records(frame, fields)
+    labels = frame[config.label.name].tolist()
+    chosen = np.random.default_rng(0).random(len(frame)) < feedback_share
+    answered = labeled = 0
+    with service_client(layout.settings) as http:
+        for first in range(0, len(records), batch_rows):
+            response = http.post(
+                f"/v1/{config.name}/predict/batch", json={"records": records[first : first + batch_rows]}
+            )
+            response.raise_for_status()
+            ids = [p["id"] for p in response.json()["predictions"]]
+            answered += len(ids)
+            truth = [
+                {"id": prediction_id, "label": labels[first + offset]}
+                for offset, prediction_id in enumerate(ids)
+                if chosen[first + offset]
+            ]
+            if truth:
+                sent = http.post(f"/v1/{config.name}/feedback", json={"labels": truth})
+                sent.raise_for_status()
+                labeled += len(sent.json()["stored"])
+    return {"rows": len(frame), "answered": answered, "labeled": labeled}
+
+
+def labeled_days(layout: Layout, start: date, end: date) -> pd.DataFrame:
+    """The labeled rows of the days in [start, end) in time order (the data-engineering run of those days
+    must have run)."""
+    from flightplan.data.batches import read_partitions
+
+    config = layout.config
+    table = read_partitions(layout.dataset("labeled"), config.source.partition_column, days_in(start, end))
+    return table.sort_by([(config.source.time_column, "ascending")]).to_pandas()

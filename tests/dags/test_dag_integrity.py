@@ -73,6 +73,17 @@ def test_model_engineering_shape(dagbag) -> None:  # type: ignore[no-untyped-def
     assert type(dag.timetable).__name__ == "AssetTriggeredTimetable"
 
 
+def test_monitoring_shape(dagbag) -> None:  # type: ignore[no-untyped-def]
+    dag = dagbag.dags["monitoring"]
+    assert dag.get_task("retrain").upstream_task_ids == {"retrain_needed"}
+    assert dag.get_task("retrain_needed").upstream_task_ids == {"check"}
+    assert dag.get_task("retrain").trigger_dag_id == "model_engineering"
+    assert {"pipeline", "start", "end", "window_hours", "drift_share", "max_metric_drop", "min_rows"} <= set(
+        dag.params.keys()
+    )
+    assert dag.render_template_as_native_obj  # the conf reaches model_engineering as a dict
+
+
 @pytest.mark.parametrize("dag_file", sorted(DAGS.glob("*.py")), ids=lambda p: p.name)
 def test_no_heavy_import_at_parse_time(dag_file: Path) -> None:
     script = (

@@ -69,13 +69,18 @@ def load_version(settings: Settings, name: str, version: str, alias: str = "") -
     )
 
 
+def training_run_id(settings: Settings, name: str, version: str) -> str:
+    """The model-engineering run that trained a registry version (its lineage tag)."""
+    return str(client(settings).get_model_version(name, version).tags["flightplan.run_id"])
+
+
 def load_booster(settings: Settings, name: str, version: str) -> bytes:
     """The native XGBoost booster behind a registry version (its ONNX model's parity was proven on the
     whole test set), for paths where xgboost is faster than onnxruntime: large batches."""
     import mlflow
 
-    mlflow_client = client(settings)
-    run_id = mlflow_client.get_model_version(name, version).tags["flightplan.run_id"]
-    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="booster/booster.ubj")
+    local = mlflow.artifacts.download_artifacts(
+        run_id=training_run_id(settings, name, version), artifact_path="booster/booster.ubj"
+    )
     with open(local, "rb") as booster_file:
         return booster_file.read()

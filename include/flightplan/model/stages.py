@@ -102,7 +102,7 @@ def open_run(job: ModelJob, run_id: str) -> Workspace:
     return Workspace(settings, config, layout, run_dir, Frames(sides, feature_map))
 
 
-def _read_side(path: str, config: PipelineConfig) -> pd.DataFrame:
+def read_side(path: str, config: PipelineConfig) -> pd.DataFrame:
     """One side of the split in a fixed row order (time, then every column), so that the same split
     always gives the same model whatever order the files were written in."""
     wanted = set(input_columns(config)) | {config.label.name, config.source.time_column}
@@ -124,7 +124,7 @@ def features(job: ModelJob) -> str:
     with model_run(settings, config, job.context) as run:
         run_id = run.info.run_id
         run_dir = fresh_dir(layout.model_run(run_id))
-        sides = {side: _read_side(manifest["paths"][side], config) for side in SIDES}
+        sides = {side: read_side(manifest["paths"][side], config) for side in SIDES}
         window = config.model.window_days
         if window:
             time_column = sides["train"][config.source.time_column]

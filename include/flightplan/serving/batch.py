@@ -30,6 +30,17 @@ PREDICTION, PROBABILITY, VERSION = "prediction", "probability", "model_version"
 _boosters: dict[str, Any] = {}  # per Python worker: the booster of each version, loaded once
 
 
+def outputs(scores: np.ndarray, feature_map: FeatureMap, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """The prediction and probability columns of a model's raw scores (one row of class probabilities per row
+    for multiclass): binary, 0/1 at the threshold and P(1); multiclass, the most likely class and its
+    probability; regression, the value and no probability."""
+    if feature_map.task == "binary":
+        return (scores >= threshold).astype("int32"), scores
+    if feature_map.task == "multiclass":
+        return np.asarray(feature_map.classes, dtype=object)[scores.argmax(axis=1)], scores.max(axis=1)
+    return scores, np.full(len(scores), np.nan)
+
+
 @dataclass(frozen=True)
 class BatchScorer:
     """Everything a Spark task needs to score rows (plain data, shipped to the executors)."""
@@ -54,16 +65,7 @@ class BatchScorer:
             frame = derive(pa.Table.from_batches([batch]), self.derived).to_pandas()
             scores = np.asarray(booster.inplace_predict(encode(frame, feature_map)), dtype=np.float64)
             output = frame[self.passthrough].copy()
-            if feature_map.task == "binary":
-                output[PREDICTION] = (scores >= self.threshold).astype("int32")
-                output[PROBABILITY] = scores
-            elif feature_map.task == "multiclass":
-                scores = scores.reshape(len(frame), -1)
-                output[PREDICTION] = np.asarray(feature_map.classes, dtype=object)[scores.argmax(axis=1)]
-                output[PROBABILITY] = scores.max(axis=1)
-            else:
-                output[PREDICTION] = scores
-                output[PROBABILITY] = np.nan
+            output[PREDICTION], output[PROBABILITY] = outputs(scores, feature_map, self.threshold)
             output[VERSION] = self.version
             yield pa.RecordBatch.from_pandas(output, preserve_index=False)
 

@@ -232,3 +232,41 @@ def ground_truth(url: str, pipeline: str, key: list[str]) -> list[dict[str, Any]
     finally:
         engine.dispose()
     return list(latest.values())
+
+
+def answered_rows(url: str, pipeline: str, start: datetime, end: datetime) -> dict[str, list[Any]]:
+    """The predictions answered for ``pipeline`` in [start, end) (UTC), each with the latest true label sent
+    back for it (None where none was), as columns: inputs, prediction and label stay JSON text."""
+    columns = ("inputs", "prediction", "probability", "model_version", "label")
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return {column: [] for column in columns}
+    latest = (
+        sa.select(feedback.c.prediction_id, sa.func.max(feedback.c.id).label("feedback_id"))
+        .where(feedback.c.pipeline == pipeline)
+        .group_by(feedback.c.prediction_id)
+        .subquery()
+    )
+    query = (
+        sa.select(
+            predictions.c.inputs,
+            predictions.c.prediction,
+            predictions.c.probability,
+            predictions.c.model_version,
+            feedback.c.label,
+        )
+        .select_from(
+            predictions.outerjoin(latest, latest.c.prediction_id == predictions.c.id).outerjoin(
+                feedback, feedback.c.id == latest.c.feedback_id
+            )
+        )
+        .where(predictions.c.pipeline == pipeline, predictions.c.created_at >= start, predictions.c.created_at < end)
+        .order_by(predictions.c.created_at, predictions.c.id)
+    )
+    engine = create_store_engine(url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(query).all()
+    finally:
+        engine.dispose()
+    found = list(zip(*rows, strict=True)) if rows else [() for _ in columns]
+    return {column: list(values) for column, values in zip(columns, found, strict=True)}

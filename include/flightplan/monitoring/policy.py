@@ -1,0 +1,81 @@
+"""The retrain decision: from what a monitoring run measured, the pipeline's thresholds and the time of the
+last retraining it asked for, whether to ask for another one, and why (in words a person reads)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from flightplan.config import MonitoringSpec
+from flightplan.model.evaluate import better
+
+RETRAIN, HOLD, UNDECIDED = "retrain", "hold", "undecided"
+
+
+@dataclass(frozen=True)
+class Evidence:
+    rows: int
+    labeled_rows: int
+    drift_share: float  # of the model's features
+    drifted: list[str]
+    metric: str  # the pipeline's primary metric
+    live_score: float | None  # on the window's rows with ground truth
+    champion_score: float | None  # what the model scored on its own test split
+
+
+@dataclass(frozen=True)
+class Decision:
+    outcome: str  # retrain, hold or undecided (too few rows to judge)
+    reason: str
+
+    @property
+    def retrain(self) -> bool:
+        return self.outcome == RETRAIN
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "retrain": self.retrain}
+
+
+def triggers(evidence: Evidence, spec: MonitoringSpec) -> list[str]:
+    """The reasons to retrain found in the evidence (empty: the model holds)."""
+    found = []
+    if evidence.drift_share >= spec.drift_share:
+        found.append(
+            f"{evidence.drift_share:.0%} of the features drift (at least {spec.drift_share:.0%}): "
+            + ", ".join(evidence.drifted)
+        )
+    live, champion = evidence.live_score, evidence.champion_score
+    enough = evidence.labeled_rows >= spec.min_labeled_rows
+    if (
+        enough
+        and live is not None
+        and champion is not None
+        and not better(evidence.metric, live, champion, -spec.max_metric_drop)
+    ):
+        found.append(
+            f"{evidence.metric} on {evidence.labeled_rows} rows with ground truth is {live:.4f}, "
+            f"worse than the model's test score {champion:.4f} by more than {spec.max_metric_drop}"
+        )
+    return found
+
+
+def decide(evidence: Evidence, spec: MonitoringSpec, last_retrain: datetime | None, now: datetime) -> Decision:
+    if evidence.rows < spec.min_rows:
+        return Decision(UNDECIDED, f"only {evidence.rows} answered rows in the window, fewer than {spec.min_rows}")
+    reasons = triggers(evidence, spec)
+    if not reasons:
+        performance = (
+            f"{evidence.metric} {evidence.live_score:.4f} on {evidence.labeled_rows} rows with ground truth"
+            if evidence.live_score is not None and evidence.labeled_rows >= spec.min_labeled_rows
+            else f"{evidence.labeled_rows} rows with ground truth, fewer than {spec.min_labeled_rows}: not judged"
+        )
+        return Decision(HOLD, f"{evidence.drift_share:.0%} of the features drift; {performance}")
+    cooldown = timedelta(hours=spec.cooldown_hours)
+    if last_retrain is not None and now - last_retrain < cooldown:
+        return Decision(
+            HOLD,
+            "; ".join(reasons) + f"; but a retraining was asked for at {last_retrain.isoformat(timespec='seconds')}, "
+            f"within the cooldown of {spec.cooldown_hours:g} h",
+        )
+    return Decision(RETRAIN, "; ".join(reasons))

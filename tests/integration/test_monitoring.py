@@ -1,0 +1,138 @@
+"""The monitoring check on traffic answered by the real inference API (test client, SQLite prediction log)
+against the champion's training split found through the registry: unshifted traffic holds, shifted traffic
+with bad ground truth asks for a retraining once, then the cooldown holds; a thin window does not decide."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from flightplan.layout import Layout
+from flightplan.settings import Settings
+
+TOKEN = "monitoring-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+SMALL = {"monitoring.min_rows": 300, "monitoring.min_labeled_rows": 200, "monitoring.drift_share": 0.3}
+SHIFTED = ("temp", "dewp", "humid", "wind_speed", "visib", "distance")
+
+
+@pytest.fixture(scope="module")
+def api(champion: str, settings: Settings) -> Iterator[Any]:
+    from fastapi.testclient import TestClient
+    from flightplan.serving.app import ServiceOptions, create_app
+
+    with TestClient(create_app(settings, ServiceOptions(["flights"], TOKEN, poll_seconds=3600))) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def training_rows(champion: str, settings: Settings, layout: Layout) -> pd.DataFrame:
+    from flightplan.monitoring.window import reference_frame
+
+    return reference_frame(settings, layout.config, champion)[0]
+
+
+def send(api: Any, layout: Layout, frame: pd.DataFrame, labels: pd.Series | None) -> tuple[datetime, datetime]:
+    """Predicts every row of ``frame`` through the API (and sends ``labels`` back); returns the window that
+    holds exactly these answers."""
+    from flightplan.serving.inputs import json_records, request_fields
+
+    time.sleep(1)  # windows are named to the second
+    start = datetime.now(UTC)
+    records = json_records(frame, list(request_fields(layout.config)))
+    for first in range(0, len(records), 500):
+        answered = api.post("/v1/flights/predict/batch", json={"records": records[first : first + 500]}, headers=AUTH)
+        assert answered.status_code == 200, answered.text[:500]
+        if labels is not None:
+            truth = labels.iloc[first : first + 500].tolist()
+            ids = [p["id"] for p in answered.json()["predictions"]]
+            sent = api.post(
+                "/v1/flights/feedback",
+                json={"labels": [{"id": i, "label": int(v)} for i, v in zip(ids, truth, strict=True)]},
+                headers=AUTH,
+            )
+            assert len(sent.json()["stored"]) == len(ids)
+    time.sleep(0.01)
+    return start, datetime.now(UTC)
+
+
+def shifted(frame: pd.DataFrame, layout: Layout) -> pd.DataFrame:
+    """The same flights on a hotter, windier evening, all from one carrier at one airport."""
+    moved = frame.copy()
+    for column in SHIFTED:
+        moved[column] = moved[column] + 2 * moved[column].std()
+    time_column = layout.config.source.time_column
+    moved[time_column] = moved[time_column].dt.floor("D") + pd.Timedelta(hours=23)
+    moved["carrier"], moved["origin"] = moved["carrier"].iloc[0], moved["origin"].iloc[0]
+    return moved
+
+
+def check(start: datetime, end: datetime, **overrides: Any) -> dict[str, Any]:
+    from flightplan.monitoring.stages import MonitorJob, check
+    from flightplan.tracking import RunContext
+
+    return check(MonitorJob("flights", start, end, RunContext("monitoring", "it"), {**SMALL, **overrides}))
+
+
+def test_unshifted_traffic_holds_shifted_traffic_retrains_once(
+    api: Any, layout: Layout, settings: Settings, training_rows: pd.DataFrame
+) -> None:
+    from flightplan.monitoring.stages import monitoring_experiment
+    from flightplan.tracking import client, experiment_id
+
+    label = layout.config.label.name
+    same = training_rows.sample(n=min(len(training_rows), 1000), random_state=1)
+    calm = check(*send(api, layout, same, same[label]))
+    assert calm["rows"] == len(same) and calm["labeled_rows"] == len(same)
+    assert calm["drift_share"] == 0.0, [c for c in calm["columns"] if c["drifted"]]
+    assert calm["decision"]["outcome"] == "hold", calm["decision"]
+    assert calm["performance"]["roc_auc"] > 0.6
+
+    moved = shifted(same, layout)
+    window = send(api, layout, moved, 1 - moved[label])
+    stormy = check(*window)
+    verdicts = {c["column"]: c["drifted"] for c in stormy["columns"]}
+    moved_features = {*SHIFTED, "dep_hour", "carrier", "origin"} & set(verdicts)
+    assert moved_features and all(verdicts[c] for c in moved_features), verdicts
+    assert stormy["drift_share"] >= 0.3 and stormy["decision"]["outcome"] == "retrain", stormy["decision"]
+    assert "of the features drift" in stormy["decision"]["reason"] and "roc_auc" in stormy["decision"]["reason"]
+    assert stormy["performance"]["roc_auc"] < 0.5
+    assert [c["column"] for c in stormy["prediction_drift"]] == ["probability"]
+    for report in ("drift_html", "drift_json", "performance_html", "performance_json"):
+        assert Path(stormy["reports"][report]).stat().st_size > 1000, report
+    assert json.loads(Path(stormy["summary"]).read_text())["decision"] == stormy["decision"]
+
+    again = check(*window)
+    assert again["decision"]["outcome"] == "hold" and "cooldown" in again["decision"]["reason"]
+    mlflow_client = client(settings)
+    runs = mlflow_client.search_runs(
+        [experiment_id(mlflow_client, settings, monitoring_experiment(layout.config))],
+        filter_string=f"tags.`flightplan.window` = '{window[0]:%Y%m%dT%H%M%S}-{window[1]:%Y%m%dT%H%M%S}'",
+    )
+    assert len(runs) == 1
+    assert runs[0].data.metrics["drift_share"] == pytest.approx(stormy["drift_share"])
+    assert np.isfinite(runs[0].data.metrics["live_roc_auc"])
+
+    later = check(*window, **{"monitoring.cooldown_hours": 0})
+    assert later["decision"]["outcome"] == "retrain"
+
+
+def test_a_thin_window_does_not_decide(api: Any, layout: Layout, training_rows: pd.DataFrame) -> None:
+    few = shifted(training_rows.head(50), layout)
+    result = check(*send(api, layout, few, None))
+    assert result["rows"] == 50 and result["decision"]["outcome"] == "undecided"
+    assert "fewer than 300" in result["decision"]["reason"]
+    assert result["performance"] == {} and "performance_html" not in result["reports"]
+
+
+def test_an_empty_window_reports_no_rows(settings: Settings) -> None:
+    far = datetime(2001, 1, 1, tzinfo=UTC)
+    result = check(far, far + timedelta(hours=1))
+    assert result["rows"] == 0 and result["decision"]["outcome"] == "undecided" and result["reports"] == {}
