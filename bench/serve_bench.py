@@ -124,12 +124,12 @@ def bench_batch_scoring(job: Any, repeats: int = 3) -> dict[str, float]:
     import xgboost as xgb
     from flightplan.data.rewrite import read_days
     from flightplan.model.features import FeatureMap, derive, encode
-    from flightplan.serving.batch import champion_scorer
+    from flightplan.serving.batch import champion_scorer, scored_rows
     from flightplan.spark import get_spark
     from flightplan.workflow import StageInput
 
     stage = StageInput(PIPELINE, START, END, job.context)
-    settings, _, layout = stage.open()
+    settings, config, layout = stage.open()
     scorer = champion_scorer(stage)
     spark = get_spark(settings)
     frame = read_days(spark, layout, "wrangled", stage.days)
@@ -142,7 +142,7 @@ def bench_batch_scoring(job: Any, repeats: int = 3) -> dict[str, float]:
         booster.inplace_predict(encode(derive(table, scorer.derived).to_pandas(), feature_map))
 
     def on_spark() -> None:
-        frame.mapInArrow(scorer, scorer.output_schema(frame.schema)).write.format("noop").mode("overwrite").save()
+        scored_rows(frame, scorer, config).write.format("noop").mode("overwrite").save()
 
     bare_s = min(timed(bare) for _ in range(repeats))
     spark_s = min(timed(on_spark) for _ in range(repeats))

@@ -25,6 +25,7 @@ class Settings:
     ingest_engine: str
     mlflow_tracking_uri: str
     mlflow_artifact_root: str
+    mlflow_ui_url: str  # where people open the MLflow UI (links from the Models page)
     airflow_home: Path
     airflow_database_url: str
     predictions_db_url: str
@@ -43,6 +44,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     env = os.environ if environ is None else environ
     home = Path(env.get("FLIGHTPLAN_HOME", Path.home() / ".flightplan")).expanduser().resolve()
     airflow_home = Path(env.get("AIRFLOW_HOME", home / "airflow"))
+    tracking_uri = env.get("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
     return Settings(
         home=home,
         data_root=Path(env.get("FLIGHTPLAN_DATA_ROOT", home / "data")),
@@ -50,8 +52,11 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         spark_master=env.get("FLIGHTPLAN_SPARK_MASTER", "local[*]"),
         spark_driver_memory=env.get("FLIGHTPLAN_SPARK_DRIVER_MEMORY", "4g"),
         ingest_engine=env.get("FLIGHTPLAN_INGEST_ENGINE", "spark"),
-        mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"),
+        mlflow_tracking_uri=tracking_uri,
         mlflow_artifact_root=env.get("FLIGHTPLAN_MLFLOW_ARTIFACT_ROOT", (home / "mlflow" / "artifacts").as_uri()),
+        mlflow_ui_url=env.get(
+            "FLIGHTPLAN_MLFLOW_UI_URL", tracking_uri if tracking_uri.startswith("http") else "http://127.0.0.1:5000"
+        ),
         airflow_home=airflow_home,
         airflow_database_url=env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{airflow_home / 'airflow.db'}"),
         service_url=env.get("FLIGHTPLAN_SERVICE_URL", "http://127.0.0.1:8000"),

@@ -101,3 +101,35 @@ def test_trigger_through_rest_api_runs_to_success(live_airflow: str, airflow_env
     )
     events = api.get("/assets/events", params={"source_dag_id": "data_engineering", "source_run_id": run_id}).json()
     assert [e["extra"]["pipeline"] for e in events["asset_events"]] == ["flights"]
+
+
+def test_models_page_answers_only_a_logged_in_airflow_user(live_airflow: str, airflow_env: dict[str, str]) -> None:
+    """The plugin's pages inside the API server: refused without Airflow's token, shown with it (the latest
+    version registered above); a deploy from the page starts a deployment run as that user."""
+    from flightplan.model.registry import CHALLENGER, alias_version
+    from flightplan.settings import load_settings
+
+    challenger = alias_version(load_settings(), "flights-delayed", CHALLENGER)
+    assert httpx.get(f"{live_airflow}/flightplan/", timeout=30).status_code == 401
+    assert httpx.get(f"{live_airflow}/flightplan/", cookies={"_token": "forged"}, timeout=30).status_code in (401, 403)
+    api = airflow_api(live_airflow, airflow_env)
+    page = httpx.get(f"{live_airflow}/flightplan/", headers=api.headers, timeout=60)
+    assert page.status_code == 200 and f"<b>challenger</b>: version {challenger}" in page.text
+    assert "Signed in as admin" in page.text
+    plugins = api.get("/plugins").json()["plugins"]
+    assert any(view["href"] == "flightplan/" for p in plugins for view in p.get("external_views", []))
+
+    wait_until_parsed(api, "deployment")
+    deployed = httpx.post(
+        f"{live_airflow}/flightplan/pipelines/flights/deploy",
+        data={"version": challenger, "reason": "e2e"},
+        headers=api.headers,
+        timeout=60,
+    )
+    assert deployed.status_code == 200, deployed.text
+    runs = api.get("/dags/deployment/dagRuns").json()["dag_runs"]
+    started = [r for r in runs if r["conf"].get("reason", "").startswith("e2e (deployed by admin")]
+    assert len(started) == 1 and started[0]["conf"]["version"] == challenger
+    assert started[0]["triggering_user_name"] == "admin"
+    # The deployment DAG stays paused here; the run is removed so that later tests start from none.
+    api.delete(f"/dags/deployment/dagRuns/{started[0]['dag_run_id']}").raise_for_status()

@@ -6,6 +6,7 @@ server: a promotion that waits for a person's answer, approved once and rejected
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -40,13 +41,14 @@ def serving(url: str) -> str | None:
 
 
 def copy_as_challenger(settings: Settings, version: str) -> str:
-    """A new registry version of the same model (as good as the original), with the challenger alias."""
+    """A new registry version of the same model (as good as the original, with its lineage tags), with the
+    challenger alias."""
     import mlflow
     from flightplan.tracking import client
 
     mlflow_client = client(settings)
-    source = mlflow_client.get_model_version("flights-delayed", version).source
-    new = str(mlflow.register_model(source, "flights-delayed").version)
+    original = mlflow_client.get_model_version("flights-delayed", version)
+    new = str(mlflow.register_model(original.source, "flights-delayed", tags=original.tags).version)
     mlflow_client.set_registered_model_alias("flights-delayed", "challenger", new)
     return new
 
@@ -121,6 +123,10 @@ def deploy_with_answer(api: httpx.Client, version: str, answer: str) -> tuple[st
     created.raise_for_status()
     run_id = created.json()["dag_run_id"]
     wait_for_task(api, "deployment", run_id, "approve", "awaiting_input")
+    # As a person would, answer after the scheduler has seen the paused worker exit: in Airflow 3.3.2 an
+    # answer within a second of the pause races it, and the task is marked failed ("finished with state
+    # success, but the task instance's state attribute is queued").
+    time.sleep(5)
     assert task_states(api, "deployment", run_id)["promote"] is None
     details = api.get(f"/dags/deployment/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails")
     details.raise_for_status()

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from flightplan.monitoring.drift import column_drift, drift_share, frame_drift
+from flightplan.monitoring.report import drift_verdicts
 
 NUMERIC = ["wide", "barely_moved", "five_values", "two_values", "with_gaps", "constant"]
 CATEGORICAL = ["four_classes", "two_classes", "new_class"]
@@ -41,17 +42,7 @@ def evidently_verdicts(reference: pd.DataFrame, current: pd.DataFrame) -> dict[s
         Dataset.from_pandas(current, data_definition=definition),
         Dataset.from_pandas(reference, data_definition=definition),
     )
-    result = snapshot.dict()
-    failed = {
-        test["metric_config"]["metric_id"]
-        for test in result["tests"]
-        if test["id"] == "drift" and str(getattr(test["status"], "value", test["status"])).endswith("FAIL")
-    }
-    return {
-        metric["config"]["column"]: (float(metric["value"]), metric["id"] in failed)
-        for metric in result["metrics"]
-        if metric["config"]["type"].endswith(":ValueDrift")
-    }
+    return drift_verdicts(snapshot)
 
 
 @pytest.mark.parametrize(

@@ -105,3 +105,18 @@ def performance_report(
         Dataset.from_pandas(_sample(reference, rows), data_definition=definition),
     )
     return _save(snapshot, folder, "performance")
+
+
+def drift_verdicts(snapshot: Any) -> dict[str, tuple[float, bool]]:
+    """Evidently's own score and verdict of each column of a drift report run with ``include_tests=True``."""
+    result = snapshot.dict()
+    failed = {
+        test["metric_config"]["metric_id"]
+        for test in result["tests"]
+        if test["id"] == "drift" and str(getattr(test["status"], "value", test["status"])).endswith("FAIL")
+    }
+    return {
+        metric["config"]["column"]: (float(metric["value"]), metric["id"] in failed)
+        for metric in result["metrics"]
+        if metric["config"]["type"].endswith(":ValueDrift")
+    }

@@ -181,8 +181,12 @@ def check(job: MonitorJob) -> dict[str, Any]:
         reports |= drift_report(reference, current, roles, drift_columns, folder, spec.report_rows)
     if live:
         roles = Roles(numeric, categorical, config.label.task, target=config.label.name)
-        reference_labeled = reference.assign(**{config.label.name: reference[config.label.name].astype(int)})
-        reports |= performance_report(reference_labeled, labeled, roles, folder, spec.report_rows)
+        label_type = {"binary": int, "regression": float}.get(config.label.task, str)
+        reference_labeled, current_labeled = (
+            side.assign(**{config.label.name: side[config.label.name].astype(label_type)})
+            for side in (reference, labeled)
+        )
+        reports |= performance_report(reference_labeled, current_labeled, roles, folder, spec.report_rows)
     summary = {
         "pipeline": config.name,
         "window": {"start": job.start.isoformat(), "end": job.end.isoformat()},

@@ -22,8 +22,10 @@ from flightplan.model.features import FeatureMap, derive, encode
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from pyspark.sql import DataFrame
     from pyspark.sql.types import StructType
 
+    from flightplan.config import PipelineConfig
     from flightplan.workflow import StageInput
 
 PREDICTION, PROBABILITY, VERSION = "prediction", "probability", "model_version"
@@ -105,6 +107,15 @@ def champion_scorer(job: StageInput) -> BatchScorer:
     )
 
 
+def scored_rows(frame: DataFrame, scorer: BatchScorer, config: PipelineConfig) -> DataFrame:
+    """The rows of ``frame`` with the scorer's outputs. Only the columns a prediction reads and the passthrough
+    columns travel to the Python workers (Arrow carries every column it is given)."""
+    from flightplan.model.features import input_columns
+
+    needed = frame.select(*dict.fromkeys([*scorer.passthrough, *input_columns(config)]))
+    return needed.mapInArrow(scorer, scorer.output_schema(needed.schema))
+
+
 def score(job: StageInput) -> Path:
     """Scores the interval's wrangled rows with the champion; returns the manifest's path."""
     import mlflow
@@ -118,8 +129,7 @@ def score(job: StageInput) -> Path:
     scorer = champion_scorer(job)
     part = config.source.partition_column
     with stage_run(settings, config, job.context, f"{config.name}-batch-inference", "score"):
-        frame = read_days(get_spark(settings), layout, "wrangled", job.days)
-        scored = frame.mapInArrow(scorer, scorer.output_schema(frame.schema))
+        scored = scored_rows(read_days(get_spark(settings), layout, "wrangled", job.days), scorer, config)
         staging = fresh_dir(layout.staging("predictions", job.key))
         scored.write.partitionBy(part).parquet(str(staging / "rows"))
         replace_partitions(staging / "rows", layout.dataset("predictions"), part, job.days)

@@ -270,3 +270,35 @@ def answered_rows(url: str, pipeline: str, start: datetime, end: datetime) -> di
         engine.dispose()
     found = list(zip(*rows, strict=True)) if rows else [() for _ in columns]
     return {column: list(values) for column, values in zip(columns, found, strict=True)}
+
+
+def least_sure_unlabeled(url: str, pipeline: str, task: str, limit: int) -> list[dict[str, Any]]:
+    """Answered predictions without feedback, the least sure first (binary: probability nearest 0.5;
+    multiclass: the lowest probability of the chosen class; regression, which has none: the newest)."""
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return []
+    order = {
+        "binary": sa.func.abs(predictions.c.probability - 0.5),
+        "multiclass": predictions.c.probability,
+    }.get(task, predictions.c.created_at.desc())
+    query = (
+        sa.select(
+            predictions.c.id,
+            predictions.c.created_at,
+            predictions.c.model_version,
+            predictions.c.inputs,
+            predictions.c.prediction,
+            predictions.c.probability,
+        )
+        .outerjoin(feedback, feedback.c.prediction_id == predictions.c.id)
+        .where(predictions.c.pipeline == pipeline, feedback.c.id.is_(None))
+        .order_by(order, predictions.c.id)
+        .limit(limit)
+    )
+    engine = create_store_engine(url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(query).mappings().all()
+    finally:
+        engine.dispose()
+    return [{**row, "inputs": json.loads(row["inputs"]), "prediction": json.loads(row["prediction"])} for row in rows]

@@ -1,0 +1,158 @@
+"""Monitoring benchmark: the monitoring check on 1M logged predictions against plain Evidently.
+
+Ours: the whole `check` task (read the window from the prediction log with the latest feedback joined,
+parse, derive, per-feature and prediction drift on every row, live performance, the Evidently reports on a
+sample, the summary and the MLflow run). Peer, in the same run: Evidently's DataDriftPreset alone on the same
+two frames (the window as `check` reads it, the reference with the model's outputs), run and saved as HTML.
+Both must give the same per-column drift verdicts.
+
+The log is filled once per home, through the service's own log writer: the demo year's labeled rows in time
+order, repeated up to ``--rows``, answered by the bench champion, a fifth of them with their true label sent
+back."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from train_bench import END, PIPELINE, START, bench_training, prepare_split, timed
+
+FEEDBACK_SHARE = 0.2
+WRITE_BATCH = 10_000
+
+
+def ensure_champion() -> str:
+    from flightplan.model.registry import CHAMPION, alias_version
+    from flightplan.settings import load_settings
+    from serve_bench import promote_bench_model, work_model_name
+
+    version = alias_version(load_settings(), work_model_name(), CHAMPION)
+    if version is None:
+        _, job, run_id = bench_training(rounds=300, repeats=1, with_spark=False)
+        version = promote_bench_model(job, run_id)[0]
+    return version
+
+
+def fill_log(rows: int, version: str) -> tuple[datetime, datetime]:
+    """Logs ``rows`` answered predictions (and feedback for a share of them); returns the window holding them."""
+    import numpy as np
+    import pandas as pd
+    from flightplan.layout import open_pipeline
+    from flightplan.monitoring.stages import VersionScores
+    from flightplan.monitoring.window import PREDICTION, PROBABILITY
+    from flightplan.replay import labeled_days
+    from flightplan.serving.inputs import json_records, request_fields
+    from flightplan.serving.store import AnsweredRequest, PredictionLog, create_store_engine, record_feedback
+    from pydantic_core import to_json
+
+    settings, config, layout = open_pipeline(PIPELINE)
+    year = VersionScores(settings, config, version).with_outputs(labeled_days(layout, START, END))
+    frame = pd.concat([year] * -(-rows // len(year)), ignore_index=True).head(rows)
+    print(f"filling the prediction log with {rows:,} rows (once)", flush=True)
+    engine = create_store_engine(settings.predictions_db_url)
+    log = PredictionLog(engine)
+    fields = list(request_fields(config))
+    chosen = np.random.default_rng(0).random(rows) < FEEDBACK_SHARE
+    start = datetime.now(UTC)
+    for first in range(0, rows, WRITE_BATCH):
+        part = frame.iloc[first : first + WRITE_BATCH]
+        ids = [f"bench-{first + i}" for i in range(len(part))]
+        answered = AnsweredRequest(
+            request_id=f"bench-{first}",
+            pipeline=config.name,
+            model_version=version,
+            ids=ids,
+            inputs=[to_json(record).decode() for record in json_records(part, fields)],
+            predictions=[to_json(value).decode() for value in part[PREDICTION].tolist()],
+            probabilities=part[PROBABILITY].tolist(),
+        )
+        log.submit(answered).result()
+        labels = part[config.label.name].tolist()
+        truth = {
+            i: int(label)
+            for i, label, keep in zip(ids, labels, chosen[first : first + WRITE_BATCH], strict=True)
+            if keep
+        }
+        record_feedback(engine, config.name, truth, source="bench")
+    log.close()
+    engine.dispose()
+    return start, datetime.now(UTC) + timedelta(seconds=1)
+
+
+def evidently_alone(current: Any, reference: Any, numeric: list[str], categorical: list[str], folder: Path) -> Any:
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
+    snapshot = Report([DataDriftPreset(columns=numeric + categorical)], include_tests=True).run(
+        Dataset.from_pandas(current[numeric + categorical], data_definition=definition),
+        Dataset.from_pandas(reference[numeric + categorical], data_definition=definition),
+    )
+    snapshot.save_html(str(folder / "evidently.html"))
+    return snapshot
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--home", type=Path, required=True)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    args = parser.parse_args()
+    home = args.home.resolve()
+    prepare_split(home)
+    log_file = home / "monitor-bench" / f"predictions-{args.rows}.db"
+    os.environ.update({"FLIGHTPLAN_HOME": str(home), "FLIGHTPLAN_PREDICTIONS_DB": f"sqlite:///{log_file}"})
+    version = ensure_champion()
+    window_file = log_file.with_suffix(".window")
+    if not window_file.exists():
+        log_file.unlink(missing_ok=True)
+        start, end = fill_log(args.rows, version)
+        window_file.write_text(f"{start.isoformat()} {end.isoformat()}")
+    start, end = (datetime.fromisoformat(moment) for moment in window_file.read_text().split())
+
+    from flightplan.layout import open_pipeline
+    from flightplan.monitoring.report import drift_verdicts
+    from flightplan.monitoring.stages import MonitorJob, VersionScores, check
+    from flightplan.monitoring.window import PREDICTION, PROBABILITY, current_window, reference_frame
+    from flightplan.tracking import RunContext
+
+    job = MonitorJob(PIPELINE, start, end, RunContext(dag_id="bench", run_id=f"monitor-bench-{int(time.time())}"))
+    summary: dict[str, Any] = {}
+    ours_s = timed(lambda: summary.update(check(job)))
+
+    settings, config, _ = open_pipeline(PIPELINE)
+    current = current_window(settings, config, start, end)
+    scorer = VersionScores(settings, config, version)
+    reference = scorer.with_outputs(reference_frame(settings, config, version)[0])
+    features = scorer.model.feature_map.features
+    numeric = [f.name for f in features if f.kind == "numeric"]
+    categorical = [f.name for f in features if f.kind == "categorical"]
+    output = PROBABILITY if config.label.task == "binary" else PREDICTION
+    folder = Path(tempfile.mkdtemp(prefix="monitor-bench-"))
+    snapshot: list[Any] = []
+    peer_s = timed(
+        lambda: snapshot.append(evidently_alone(current, reference, [*numeric, output], categorical, folder))
+    )
+
+    ours = {c["column"]: c["drifted"] for c in [*summary["columns"], *summary["prediction_drift"]]}
+    theirs = {column: drifted for column, (_, drifted) in drift_verdicts(snapshot[0]).items()}
+    differ = sorted(c for c in theirs if ours.get(c) != theirs[c])
+    print(
+        f"\nrows {summary['rows']:,} (labeled {summary['labeled_rows']:,}), reference {len(reference):,}, "
+        f"columns {len(theirs)} ({sum(theirs.values())} drifting)"
+    )
+    print("| contender | seconds | ratio to Evidently |")
+    print("|---|---:|---:|")
+    print(f"| flightplan monitoring check (whole task) | {ours_s:.1f} | {ours_s / peer_s:.2f} |")
+    print(f"| Evidently DataDriftPreset, run + HTML | {peer_s:.1f} | 1.00 |")
+    print(f"same per-column verdicts: {'yes' if not differ else 'NO: ' + ', '.join(differ)}")
+    return 0 if not differ else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

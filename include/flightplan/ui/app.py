@@ -1,0 +1,235 @@
+"""The Models, Data and Label queue pages: a FastAPI app that the Airflow plugin mounts inside the Airflow UI.
+
+The app knows nothing of Airflow: the plugin hands it ``current_user`` (a FastAPI dependency that answers
+the logged-in user's name or refuses the request) and ``trigger_dag`` (which starts a DAG run as that user
+through Airflow's REST API, so every gate of the deployment DAG still applies). Every route, the report and
+Data Docs files included, depends on ``current_user``."""
+
+# No `from __future__ import annotations`: FastAPI reads the route signatures, which name dependencies
+# local to create_ui, and postponed annotations could not be resolved.
+
+import html
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Form, HTTPException, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
+
+from flightplan.layout import Layout
+from flightplan.settings import Settings, load_settings
+
+TriggerDag = Callable[[Request, str, dict[str, Any]], Awaitable[str]]
+PAGE_ROWS = 50
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1b1f24}
+table{border-collapse:collapse;margin:.5rem 0 1.5rem}td,th{border:1px solid #d0d7de;padding:.3rem .6rem;text-align:left}
+th{background:#f6f8fa}.hold{color:#1a7f37}.retrain{color:#cf222e}.undecided{color:#9a6700}
+.card{display:inline-block;vertical-align:top;border:1px solid #d0d7de;border-radius:6px;
+  padding:.6rem 1rem;margin:0 1rem 1rem 0}
+nav a{margin-right:1rem}
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _page(title: str, body: str) -> HTMLResponse:
+    return HTMLResponse(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title><style>{STYLE}</style></head>"
+        f"<body><h1>{_e(title)}</h1>{body}</body></html>"
+    )
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _safe_file(root: Path, relative: str) -> Path:
+    """A file inside ``root``, never outside it."""
+    path = (root / relative).resolve()
+    if not path.is_file() or not path.is_relative_to(root.resolve()):
+        raise HTTPException(404, f"no such file: {relative}")
+    return path
+
+
+def create_ui(current_user: Callable[..., Any], trigger_dag: TriggerDag, settings: Settings | None = None) -> FastAPI:
+    from flightplan.config import available_pipelines, load_pipeline
+    from flightplan.ui import views
+
+    settings = settings or load_settings()
+    app = FastAPI(title="flightplan", dependencies=[Depends(current_user)], docs_url=None, redoc_url=None)
+    User = Annotated[str, Depends(current_user)]
+
+    def layout(pipeline: str) -> Layout:
+        if pipeline not in available_pipelines(settings.pipelines_dir):
+            raise HTTPException(404, f"no pipeline '{pipeline}'")
+        return Layout(settings, load_pipeline(pipeline, settings.pipelines_dir))
+
+    def prefix(request: Request) -> str:
+        return str(request.scope.get("root_path", "")).rstrip("/")
+
+    @app.get("/", response_class=HTMLResponse)
+    def models(request: Request, user: User) -> HTMLResponse:
+        base = prefix(request)
+        parts = [f"<p>Signed in as {_e(user)}.</p>"]
+        for name in available_pipelines(settings.pipelines_dir):
+            found = views.overview(layout(name))
+            parts.append(f"<h2>{_e(name)} <small>({_e(found.model)})</small></h2>")
+            parts.append(
+                f"<nav><a href='{base}/pipelines/{name}/data'>Data</a>"
+                f"<a href='{base}/pipelines/{name}/label-queue'>Label queue</a>"
+                + (f"<a href='{base}/data-docs/index.html'>GX Data Docs</a>" if found.data_docs else "")
+                + "".join(
+                    f"<a href='{base}/files/{_e(p)}'>profile {_e(p.split('/')[-2])}</a>" for p in found.profiles[:3]
+                )
+                + "".join(
+                    f"<a href='{_e(url)}' target='_top'>MLflow: {_e(t)}</a>" for t, url in found.experiments.items()
+                )
+                + "</nav>"
+            )
+            if not found.versions:
+                parts.append("<p>No model registered yet.</p>")
+            for card in found.versions:
+                metrics = "".join(f"<li>{_e(k)}: {v:.4f}</li>" for k, v in card.metrics.items())
+                run = f"<a href='{_e(card.mlflow_url)}' target='_top'>training run</a>" if card.mlflow_url else ""
+                parts.append(
+                    f"<div class='card'><b>{_e(card.alias)}</b>: version {_e(card.version)} {run}"
+                    f"<ul>{metrics}</ul><small>{_e(card.reason)}</small></div>"
+                )
+            if found.all_versions:
+                options = "".join(f"<option>{_e(v)}</option>" for v in found.all_versions)
+                parts.append(
+                    f"<form method='post' action='{base}/pipelines/{name}/deploy'>Deploy version "
+                    f"<select name='version'>{options}</select> because <input name='reason' required> "
+                    "<button>Deploy (through the deployment DAG and its gates)</button></form>"
+                )
+            rows = []
+            for check in found.checks:
+                decision = check["decision"]
+                score = check["performance"].get(found.primary_metric)
+                links = " ".join(
+                    f"<a href='{base}/files/{_e(path)}'>{_e(kind.split('_')[0])}</a>"
+                    for kind, path in check["reports"].items()
+                    if kind.endswith("_html")
+                )
+                rows.append(
+                    [
+                        _e(f"{check['window']['start'][:16]} → {check['window']['end'][:16]}"),
+                        _e(check["model_version"]),
+                        _e(f"{check['rows']:,} ({check['labeled_rows']:,} labeled)"),
+                        _e(
+                            f"{check['drift_share']:.0%}: "
+                            + ", ".join(c["column"] for c in check["columns"] if c["drifted"])
+                        ),
+                        _e("-" if score is None else f"{score:.4f}"),
+                        f"<span class='{_e(decision['outcome'])}'>{_e(decision['outcome'])}</span>: "
+                        + _e(decision["reason"]),
+                        links,
+                    ]
+                )
+            header = ["window", "version", "rows", "drift", found.primary_metric, "decision", "reports"]
+            parts.append("<h3>Monitoring</h3>" + (_table(header, rows) if rows else "<p>No check yet.</p>"))
+        return _page("Models", "".join(parts))
+
+    @app.post("/pipelines/{pipeline}/deploy", response_class=HTMLResponse)
+    async def deploy(
+        request: Request, pipeline: str, user: User, version: Annotated[str, Form()], reason: Annotated[str, Form()]
+    ) -> HTMLResponse:
+        layout(pipeline)
+        conf = {
+            "pipeline": pipeline,
+            "version": version,
+            "reason": f"{reason} (deployed by {user} from the Models page)",
+        }
+        run_id = await trigger_dag(request, "deployment", conf)
+        return _page(
+            "Deployment started",
+            f"<p>Run <b>{_e(run_id)}</b> of the deployment DAG deploys version {_e(version)} of {_e(pipeline)}: "
+            f"its comparison, approval and smoke test decide.</p><a href='{prefix(request)}/'>Back to Models</a>",
+        )
+
+    @app.get("/pipelines/{pipeline}/data", response_class=HTMLResponse)
+    def data(request: Request, pipeline: str, day: str | None = None, page: int = 0) -> HTMLResponse:
+        found = layout(pipeline)
+        base = f"{prefix(request)}/pipelines/{pipeline}/data"
+        counts = views.daily_counts(found)
+        rows = [
+            [f"<a href='{base}?day={_e(index)}'>{_e(index)}</a>", *(_e(f"{v:,}") for v in values)]
+            for index, values in zip(counts.index, counts.to_numpy().tolist(), strict=True)
+        ]
+        body = _table(["day", *counts.columns], rows) if rows else "<p>No curated rows yet.</p>"
+        if day:
+            frame, total = views.curated_rows(found, day, page, PAGE_ROWS)
+            cells = [[_e(v) for v in row] for row in frame.astype(str).to_numpy().tolist()]
+            pages = " ".join(
+                f"<a href='{base}?day={_e(day)}&page={p}'>{p + 1}</a>"
+                for p in range((total + PAGE_ROWS - 1) // PAGE_ROWS)
+            )
+            body += f"<h2>{_e(day)}: {total:,} rows, page {page + 1}</h2><p>{pages}</p>" + _table(
+                list(frame.columns), cells
+            )
+        return _page(f"Data: {pipeline}", body)
+
+    @app.get("/pipelines/{pipeline}/label-queue", response_class=HTMLResponse)
+    def queue(request: Request, pipeline: str) -> HTMLResponse:
+        found = layout(pipeline)
+        config = found.config
+        action = f"{prefix(request)}/pipelines/{pipeline}/label-queue"
+        rows = []
+        for item in views.label_queue(settings, config, PAGE_ROWS):
+            inputs = ", ".join(f"{k}={v}" for k, v in list(item["inputs"].items())[:8])
+            rows.append(
+                [
+                    _e(item["created_at"]),
+                    _e(item["model_version"]),
+                    _e(item["prediction"]),
+                    _e("-" if item["probability"] is None else f"{item['probability']:.3f}"),
+                    f"<small>{_e(inputs)}</small>",
+                    f"<form method='post' action='{action}'><input type='hidden' name='prediction_id' "
+                    f"value='{_e(item['id'])}'><input name='label' size='6' required><button>Set</button></form>",
+                ]
+            )
+        header = ["answered", "version", "prediction", "probability", "inputs", f"true {config.label.name}"]
+        body = (
+            "<p>Answers the model was least sure of, with no ground truth yet. A label set here is stored as feedback "
+            "with your name, and the next label step uses it.</p>"
+        )
+        return _page(f"Label queue: {pipeline}", body + (_table(header, rows) if rows else "<p>Nothing to label.</p>"))
+
+    @app.post("/pipelines/{pipeline}/label-queue")
+    def set_label(
+        request: Request,
+        pipeline: str,
+        user: User,
+        prediction_id: Annotated[str, Form()],
+        label: Annotated[str, Form()],
+    ) -> RedirectResponse:
+        from flightplan.serving.store import create_store_engine, record_feedback
+
+        config = layout(pipeline).config
+        try:
+            value: Any = {"binary": int, "regression": float}.get(config.label.task, str)(label.strip())
+        except ValueError as err:
+            raise HTTPException(422, f"label '{label}' is not a {config.label.task} label: {err}") from err
+        engine = create_store_engine(settings.predictions_db_url)
+        try:
+            stored, _ = record_feedback(engine, pipeline, {prediction_id: value}, source=f"airflow-ui:{user}")
+        finally:
+            engine.dispose()
+        if not stored:
+            raise HTTPException(404, f"no prediction '{prediction_id}' of {pipeline}")
+        return RedirectResponse(f"{prefix(request)}/pipelines/{pipeline}/label-queue", status_code=303)
+
+    @app.get("/files/{relative:path}")
+    def report_file(relative: str) -> FileResponse:
+        return FileResponse(_safe_file(settings.reports_root, relative))
+
+    @app.get("/data-docs/{relative:path}")
+    def data_docs(relative: str) -> FileResponse:
+        return FileResponse(_safe_file(views.data_docs_index(settings).parent, relative))
+
+    return app

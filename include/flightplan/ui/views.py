@@ -1,0 +1,157 @@
+"""What the Models, Data and Label queue pages show, gathered from the registry, the reports folder, the
+curated data and the prediction log (plain data: the pages only lay it out)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from flightplan.config import PipelineConfig
+from flightplan.layout import Layout
+from flightplan.settings import Settings
+
+
+@dataclass(frozen=True)
+class VersionCard:
+    alias: str
+    version: str
+    run_id: str | None
+    metrics: dict[str, float]  # test metrics of its training run
+    reason: str
+    mlflow_url: str | None
+
+
+@dataclass(frozen=True)
+class Overview:
+    pipeline: str
+    model: str
+    primary_metric: str
+    versions: list[VersionCard]
+    all_versions: list[str]
+    checks: list[dict[str, Any]] = field(default_factory=list)  # newest monitoring summaries first
+    profiles: list[str] = field(default_factory=list)  # report-relative paths of profile pages
+    data_docs: bool = False
+    experiments: dict[str, str] = field(default_factory=dict)  # title -> MLflow UI link
+
+
+def _run_url(settings: Settings, experiment_id: str, run_id: str | None = None) -> str:
+    base = f"{settings.mlflow_ui_url.rstrip('/')}/#/experiments/{experiment_id}"
+    return f"{base}/runs/{run_id}" if run_id else base
+
+
+def overview(layout: Layout, checks: int = 10) -> Overview:
+    from flightplan.model.registry import CHALLENGER, CHAMPION, PREVIOUS
+    from flightplan.monitoring.stages import monitoring_experiment
+    from flightplan.tracking import client, data_experiment, model_experiment
+
+    settings, config = layout.settings, layout.config
+    mlflow_client = client(settings)
+    name = config.registered_model
+    cards, known = [], []
+    registered = mlflow_client.search_registered_models(filter_string=f"name = '{name}'")
+    if registered:
+        aliases = registered[0].aliases
+        known = sorted(
+            (v.version for v in mlflow_client.search_model_versions(f"name = '{name}'")), key=int, reverse=True
+        )
+        for alias in (CHAMPION, CHALLENGER, PREVIOUS):
+            if alias in aliases:
+                version = mlflow_client.get_model_version(name, str(aliases[alias]))
+                run_id = version.tags.get("flightplan.run_id")
+                run = mlflow_client.get_run(run_id) if run_id else None
+                metrics = run.data.metrics if run else {}
+                cards.append(
+                    VersionCard(
+                        alias=alias,
+                        version=str(version.version),
+                        run_id=run_id,
+                        metrics={
+                            k.removeprefix("test_"): v for k, v in sorted(metrics.items()) if k.startswith("test_")
+                        },
+                        reason=version.tags.get("flightplan.reason", ""),
+                        mlflow_url=_run_url(settings, run.info.experiment_id, run_id) if run else None,
+                    )
+                )
+    experiments = {}
+    for title, experiment in (
+        ("data engineering", data_experiment(config)),
+        ("model engineering", model_experiment(config)),
+        ("monitoring", monitoring_experiment(config)),
+    ):
+        found = mlflow_client.get_experiment_by_name(experiment)
+        if found is not None:
+            experiments[title] = _run_url(settings, found.experiment_id)
+    reports = settings.reports_root
+    profiles = sorted(
+        (str(p.relative_to(reports)) for p in layout.reports("profile").glob("*/profile.html")), reverse=True
+    )
+    return Overview(
+        pipeline=config.name,
+        model=name,
+        primary_metric=config.primary_metric,
+        versions=cards,
+        all_versions=known,
+        checks=monitoring_checks(layout, checks),
+        profiles=profiles,
+        data_docs=data_docs_index(settings).exists(),
+        experiments=experiments,
+    )
+
+
+def monitoring_checks(layout: Layout, limit: int) -> list[dict[str, Any]]:
+    """The newest monitoring summaries (by window end), with their reports relative to the reports root."""
+    summaries = [json.loads(p.read_text()) for p in layout.reports("monitoring").glob("*/summary.json")]
+    summaries.sort(key=lambda s: s["window"]["end"], reverse=True)
+    root = layout.settings.reports_root
+    return [
+        {**s, "reports": {k: str(Path(v).relative_to(root)) for k, v in s["reports"].items()}}
+        for s in summaries[:limit]
+    ]
+
+
+def data_docs_index(settings: Settings) -> Path:
+    return settings.gx_root / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+
+
+def daily_counts(layout: Layout) -> pd.DataFrame:
+    """Curated (labeled) rows per day and per class: one row per day, one column per class."""
+    import pyarrow.dataset as pads
+
+    config = layout.config
+    root = layout.dataset("labeled")
+    part = config.source.partition_column
+    if not root.exists():
+        return pd.DataFrame()
+    dataset = pads.dataset(root, partitioning="hive")
+    if config.label.task == "regression":
+        table = dataset.to_table(columns=[part]).group_by(part).aggregate([([], "count_all")])
+        return table.to_pandas().rename(columns={"count_all": "rows"}).set_index(part).sort_index()
+    table = dataset.to_table(columns=[part, config.label.name])
+    counts = table.group_by([part, config.label.name]).aggregate([([], "count_all")]).to_pandas()
+    wide = counts.pivot_table(index=part, columns=config.label.name, values="count_all", fill_value=0)
+    wide.columns = [f"{config.label.name}={c}" for c in wide.columns]
+    return wide.assign(rows=wide.sum(axis=1)).sort_index()
+
+
+def curated_rows(layout: Layout, day: str, page: int, size: int) -> tuple[pd.DataFrame, int]:
+    """One page of a day's curated rows with their labels, in time order; and the day's row count."""
+    from datetime import date
+
+    from flightplan.data.batches import read_partitions
+
+    config = layout.config
+    table = read_partitions(layout.dataset("labeled"), config.source.partition_column, [date.fromisoformat(day)])
+    table = table.sort_by([(config.source.time_column, "ascending")])
+    columns = [config.label.name, *[c for c in table.column_names if c != config.label.name]]
+    return table.slice(page * size, size).select(columns).to_pandas(), table.num_rows
+
+
+def label_queue(settings: Settings, config: PipelineConfig, limit: int) -> list[dict[str, Any]]:
+    """The answered predictions the model was least sure of that have no ground truth yet."""
+    from flightplan.serving.store import least_sure_unlabeled
+
+    return least_sure_unlabeled(settings.predictions_db_url, config.name, config.label.task, limit)

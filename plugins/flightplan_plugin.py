@@ -1,0 +1,56 @@
+"""The flightplan pages inside the Airflow UI (Browse → Models): the champion and challenger of each
+pipeline, the monitoring verdicts and reports, a one-click deploy, the curated data and the label queue.
+
+Airflow mounts plugin apps without its authentication: this plugin requires a logged-in Airflow user on
+every route, checked by Airflow's own token validation (the UI's session cookie, or a bearer token). Its
+forms post with that cookie, which Airflow sets SameSite=Lax, so another site cannot post them for a user.
+The pages themselves live in ``flightplan.ui``; this file only wires them to Airflow."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from airflow.api_fastapi.auth.managers.base_auth_manager import COOKIE_NAME_JWT_TOKEN
+from airflow.api_fastapi.core_api.security import GetUserDep
+from airflow.plugins_manager import AirflowPlugin
+from fastapi import HTTPException, Request
+from flightplan.ui.app import create_ui
+
+
+async def current_user(user: GetUserDep) -> str:
+    return str(user.get_name())
+
+
+async def trigger_dag(request: Request, dag_id: str, conf: dict[str, Any]) -> str:
+    """Starts a run through Airflow's REST API in this process, as the user who asked (their permissions,
+    audit log and name on the run); returns the run id."""
+    import httpx
+    from airflow.api_fastapi.main import app as airflow_app
+
+    header = request.headers.get("authorization", "")
+    token = header[7:] if header.lower().startswith("bearer ") else request.cookies.get(COOKIE_NAME_JWT_TOKEN, "")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=airflow_app), base_url="http://airflow") as api:
+        response = await api.post(
+            f"/api/v2/dags/{dag_id}/dagRuns",
+            json={"logical_date": None, "conf": conf},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    if response.status_code != 200:
+        raise HTTPException(response.status_code, f"Airflow refused to start {dag_id}: {response.text}")
+    return str(response.json()["dag_run_id"])
+
+
+class FlightplanPlugin(AirflowPlugin):
+    name = "flightplan"
+    fastapi_apps: ClassVar[list[dict[str, Any]]] = [
+        {"app": create_ui(current_user, trigger_dag), "url_prefix": "/flightplan", "name": "flightplan"}
+    ]
+    external_views: ClassVar[list[dict[str, Any]]] = [
+        {
+            "name": "Models",
+            "href": "flightplan/",
+            "url_route": "flightplan",
+            "destination": "nav",
+            "category": "browse",
+        }
+    ]

@@ -1,0 +1,109 @@
+"""The loop closed through a real Airflow (scheduler, dag-processor, API server) and a real service process:
+three days of July traffic with their true labels reach the champion trained on January, the monitoring DAG finds the
+season's drift and triggers model_engineering, whose challenger goes through the acceptance gate and the
+asset-scheduled deployment DAG, and the service ends up serving the promoted version."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator
+from datetime import date
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from flightplan.layout import Layout
+from flightplan.settings import Settings
+
+from tests.conftest import service_process
+from tests.e2e.conftest import airflow_api, running_airflow, task_states, wait_for_run, wait_until_parsed
+from tests.e2e.test_airflow import dags_test
+
+TOKEN = "e2e-monitoring-token"
+JULY, JULY_END = date(2013, 7, 1), date(2013, 7, 4)
+pytestmark = pytest.mark.airflow
+
+
+@pytest.fixture(scope="module")
+def service(settings: Settings) -> Iterator[str]:
+    with service_process(settings, TOKEN, poll_seconds=3600, wait_ready=True) as running:
+        yield running["url"]
+
+
+@pytest.fixture(scope="module")
+def loop_env(airflow_env: dict[str, str], service: str, settings: Settings, tmp_path_factory: Any) -> dict[str, str]:
+    """The flights pipeline with a small search, the monitoring minimums of a small window, and no absolute
+    acceptance thresholds (they are set for a year of data; here the challenger must still beat the champion
+    on the same test set, and again on the recent days in the deployment DAG)."""
+    pipelines = tmp_path_factory.mktemp("pipelines-small")
+    config = yaml.safe_load((settings.pipelines_dir / "flights.yaml").read_text())
+    config["model"]["tuning"].update({"trials": 2, "num_boost_round": 60})
+    config["model"]["acceptance"].update({"minimum": {}, "maximum": {}})
+    config["monitoring"] = {"min_rows": 300, "min_labeled_rows": 200, "window_hours": 1}
+    (pipelines / "flights.yaml").write_text(yaml.safe_dump(config))
+    return {
+        **airflow_env,
+        "FLIGHTPLAN_PIPELINES_DIR": str(pipelines),
+        "FLIGHTPLAN_SERVICE_URL": service,
+        "FLIGHTPLAN_API_TOKEN": TOKEN,
+    }
+
+
+def newest_run(api: httpx.Client, dag_id: str, after: str) -> dict[str, Any] | None:
+    runs = api.get(f"/dags/{dag_id}/dagRuns", params={"order_by": "-run_after", "limit": 1}).json()["dag_runs"]
+    return runs[0] if runs and runs[0]["run_after"] > after else None
+
+
+def wait_for_new_run(api: httpx.Client, dag_id: str, after: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 600
+    while (run := newest_run(api, dag_id, after)) is None:
+        assert time.monotonic() < deadline, f"no {dag_id} run was started"
+        time.sleep(5)
+    return run
+
+
+def test_drifted_traffic_retrains_and_the_gates_promote(
+    loop_env: dict[str, str],
+    service: str,
+    settings: Settings,
+    layout: Layout,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from flightplan.replay import replay, replay_traffic
+
+    replay(layout, JULY, JULY_END)
+    dags_test(loop_env, "data_engineering", {"pipeline": "flights", "start": str(JULY), "end": str(JULY_END)})
+    monkeypatch.setenv("FLIGHTPLAN_API_TOKEN", TOKEN)
+    served = httpx.get(f"{service}/ready").json()["pipelines"]["flights"]["version"]
+    sent = replay_traffic(Layout(dataclasses.replace(settings, service_url=service), layout.config), JULY, JULY_END)
+    assert sent["answered"] == sent["rows"] == sent["labeled"] > 300
+
+    with running_airflow(loop_env, tmp_path_factory.mktemp("loop-airflow-logs")) as base:
+        api = airflow_api(base, loop_env)
+        for dag_id in ("monitoring", "model_engineering", "deployment"):
+            wait_until_parsed(api, dag_id)
+            api.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
+        started = api.post("/dags/monitoring/dagRuns", json={"logical_date": None, "conf": {"pipeline": "flights"}})
+        started.raise_for_status()
+        monitoring_run = started.json()
+        assert wait_for_run(api, "monitoring", monitoring_run["dag_run_id"]) == "success"
+        assert task_states(api, "monitoring", monitoring_run["dag_run_id"])["retrain"] == "success"
+
+        training = wait_for_new_run(api, "model_engineering", monitoring_run["run_after"])
+        assert training["conf"]["reason"].startswith("monitoring ")
+        assert wait_for_run(api, "model_engineering", training["dag_run_id"]) == "success", task_states(
+            api, "model_engineering", training["dag_run_id"]
+        )
+        deployment = wait_for_new_run(api, "deployment", training["run_after"])
+        assert wait_for_run(api, "deployment", deployment["dag_run_id"]) == "success", task_states(
+            api, "deployment", deployment["dag_run_id"]
+        )
+
+    from flightplan.model.registry import CHAMPION, alias_version
+
+    champion = alias_version(settings, layout.config.registered_model, CHAMPION)
+    assert champion != served
+    assert httpx.get(f"{service}/ready").json()["pipelines"]["flights"]["version"] == champion

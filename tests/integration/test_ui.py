@@ -1,0 +1,117 @@
+"""The Models, Data and Label queue pages on the real registry, reports, curated data and prediction log.
+Here the user comes from a header and DAG runs are recorded instead of started; the plugin's real Airflow
+login and REST trigger are tested through a live Airflow in tests/e2e."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from fastapi import Header, HTTPException, Request
+from flightplan.config import PipelineConfig
+from flightplan.layout import Layout
+from flightplan.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def ui(champion: str, settings: Settings) -> Iterator[tuple[Any, list[tuple[str, dict[str, Any]]]]]:
+    from fastapi.testclient import TestClient
+    from flightplan.ui.app import create_ui
+
+    started: list[tuple[str, dict[str, Any]]] = []
+
+    async def user_from_header(x_user: str | None = Header(default=None)) -> str:
+        if not x_user:
+            raise HTTPException(401, "Not authenticated")
+        return x_user
+
+    async def record_run(request: Request, dag_id: str, conf: dict[str, Any]) -> str:
+        started.append((dag_id, conf))
+        return f"manual__{len(started)}"
+
+    with TestClient(create_ui(user_from_header, record_run, settings)) as client:
+        client.headers["X-User"] = "alice"
+        yield client, started
+
+
+def test_every_page_and_file_needs_a_user(ui: tuple[Any, list]) -> None:
+    client, _ = ui
+    for path in ("/", "/pipelines/flights/data", "/pipelines/flights/label-queue", "/files/x.html", "/data-docs/x"):
+        assert client.get(path, headers={"X-User": ""}).status_code == 401, path
+
+
+def test_models_page_shows_the_champion_and_deploys_through_the_dag(
+    ui: tuple[Any, list], champion: str, settings: Settings
+) -> None:
+    from flightplan.monitoring.stages import MonitorJob, check
+
+    far = datetime(2001, 1, 1, tzinfo=UTC)
+    check(MonitorJob("flights", far, far.replace(hour=1)))
+    client, started = ui
+    page = client.get("/")
+    assert page.status_code == 200
+    assert f"<b>champion</b>: version {champion}" in page.text and "roc_auc" in page.text
+    assert "Signed in as alice" in page.text and "undecided" in page.text
+    deployed = client.post("/pipelines/flights/deploy", data={"version": champion, "reason": "looks good"})
+    assert deployed.status_code == 200 and "manual__1" in deployed.text
+    assert started[-1] == (
+        "deployment",
+        {"pipeline": "flights", "version": champion, "reason": "looks good (deployed by alice from the Models page)"},
+    )
+    assert client.get("/pipelines/nowhere/data").status_code == 404
+
+
+def test_data_view_counts_days_and_pages_rows(ui: tuple[Any, list], layout: Layout) -> None:
+    from flightplan.ui.views import daily_counts
+
+    client, _ = ui
+    counts = daily_counts(layout)
+    day = str(counts.index[0])
+    page = client.get("/pipelines/flights/data")
+    assert page.status_code == 200 and day in page.text and "delayed=1" in page.text
+    rows = client.get("/pipelines/flights/data", params={"day": day, "page": 0})
+    assert f"{int(counts.loc[day, 'rows']):,} rows, page 1" in rows.text
+
+
+def test_a_label_set_in_the_queue_is_stored_as_feedback_with_the_users_name(
+    ui: tuple[Any, list], settings: Settings, config: PipelineConfig, layout: Layout
+) -> None:
+    from fastapi.testclient import TestClient
+    from flightplan.serving.app import ServiceOptions, create_app
+    from flightplan.serving.inputs import json_records, request_fields
+    from flightplan.ui.views import curated_rows, daily_counts, label_queue
+
+    client, _ = ui
+    day = str(daily_counts(layout).index[0])
+    records = json_records(curated_rows(layout, day, 0, 20)[0], list(request_fields(config)))
+    with TestClient(create_app(settings, ServiceOptions(["flights"], None, poll_seconds=3600))) as serving:
+        assert serving.post("/v1/flights/predict/batch", json={"records": records}).status_code == 200
+    queue = label_queue(settings, config, 5)
+    assert queue and all(abs(q["probability"] - 0.5) <= abs(queue[-1]["probability"] - 0.5) for q in queue)
+    page = client.get("/pipelines/flights/label-queue")
+    assert queue[0]["id"] in page.text
+    refused = client.post("/pipelines/flights/label-queue", data={"prediction_id": queue[0]["id"], "label": "maybe"})
+    assert refused.status_code == 422
+    answer = client.post(
+        "/pipelines/flights/label-queue", data={"prediction_id": queue[0]["id"], "label": "1"}, follow_redirects=False
+    )
+    assert answer.status_code == 303
+    engine = sa.create_engine(settings.predictions_db_url)
+    with engine.connect() as connection:
+        stored = connection.execute(
+            sa.text("select label, source from feedback where prediction_id = :id"), {"id": queue[0]["id"]}
+        ).all()
+    engine.dispose()
+    assert [tuple(row) for row in stored] == [("1", "airflow-ui:alice")]
+    assert queue[0]["id"] not in client.get("/pipelines/flights/label-queue").text
+
+
+def test_files_are_served_from_their_folder_only(ui: tuple[Any, list], settings: Settings) -> None:
+    client, _ = ui
+    report = next(settings.reports_root.glob("flights/monitoring/*/summary.json"))
+    relative = report.relative_to(settings.reports_root)
+    assert client.get(f"/files/{relative}").json()["pipeline"] == "flights"
+    assert client.get("/files/%2E%2E/serving/predictions.db").status_code == 404
