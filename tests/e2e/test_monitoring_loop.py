@@ -48,6 +48,9 @@ def loop_env(airflow_env: dict[str, str], service: str, settings: Settings, tmp_
         "FLIGHTPLAN_PIPELINES_DIR": str(pipelines),
         "FLIGHTPLAN_SERVICE_URL": service,
         "FLIGHTPLAN_API_TOKEN": TOKEN,
+        # The scheduler's DAG-run creation, which also turns asset events into runs (deployment needs it);
+        # monitoring's own scheduled run for yesterday finds no traffic and decides nothing.
+        "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "True",
     }
 
 
