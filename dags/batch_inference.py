@@ -10,12 +10,12 @@ score a range of days.
 from __future__ import annotations
 
 from airflow.sdk import dag, task
-from shared import dag_options, interval_params, pipeline_param, stage_input
+from shared import NIGHTLY, dag_options, interval_params, pipeline_param, stage_input
 
 
 @dag(
     dag_id="batch_inference",
-    schedule="@daily",
+    schedule=NIGHTLY,
     doc_md=__doc__,
     **dag_options("batch-inference", retries=2),
     params={"pipeline": pipeline_param(), **interval_params("score")},

@@ -16,12 +16,12 @@ which schedules model engineering.
 from __future__ import annotations
 
 from airflow.sdk import dag, get_current_context, task
-from shared import SPLITS, dag_options, interval_params, pipeline_param, stage_input
+from shared import NIGHTLY, SPLITS, dag_options, interval_params, pipeline_param, stage_input
 
 
 @dag(
     dag_id="data_engineering",
-    schedule="@daily",
+    schedule=NIGHTLY,
     doc_md=__doc__,
     **dag_options("data-engineering", retries=2),
     params={

@@ -21,7 +21,7 @@ from typing import Any
 
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import Param, dag, get_current_context, task
-from shared import dag_options, pipeline_param, run_context
+from shared import NIGHTLY, dag_options, pipeline_param, run_context
 
 
 def monitor_job() -> Any:
@@ -50,7 +50,7 @@ def monitor_job() -> Any:
 
 @dag(
     dag_id="monitoring",
-    schedule="@daily",
+    schedule=NIGHTLY,
     doc_md=__doc__,
     render_template_as_native_obj=True,  # the retrain conf reaches model_engineering as a dict
     **dag_options("monitoring", retries=1),

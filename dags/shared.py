@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 import pendulum
-from airflow.sdk import Asset, Param
+from airflow.sdk import Asset, CronDataIntervalTimetable, Param
 from flightplan.config import available_pipelines
 from flightplan.settings import load_settings
 
@@ -15,6 +15,9 @@ SPLITS = Asset(name="flightplan_splits", uri="file:///flightplan/splits")
 CHALLENGER = Asset(name="flightplan_challenger", uri="file:///flightplan/challenger")
 CHAMPION = Asset(name="flightplan_champion", uri="file:///flightplan/champion")
 PIPELINES = available_pipelines(load_settings().pipelines_dir)
+# Each nightly run covers the UTC day that just ended, [00:00, 24:00): Airflow 3 reads "@daily" as a point in
+# time (CronTriggerTimetable), whose data interval starts where it ends.
+NIGHTLY = CronDataIntervalTimetable("0 0 * * *", timezone="UTC")
 
 
 def dag_options(stage: str, retries: int) -> dict[str, Any]:

@@ -73,6 +73,22 @@ def test_model_engineering_shape(dagbag) -> None:  # type: ignore[no-untyped-def
     assert type(dag.timetable).__name__ == "AssetTriggeredTimetable"
 
 
+@pytest.mark.parametrize("dag_id", ["data_engineering", "batch_inference", "monitoring"])
+def test_nightly_runs_cover_the_day_that_ended(dagbag, dag_id: str) -> None:  # type: ignore[no-untyped-def]
+    """A data interval from midnight to midnight, not the point in time Airflow 3 makes of "@daily"."""
+    import pendulum
+    from airflow.timetables.interval import CronDataIntervalTimetable
+
+    declared = dagbag.dags[dag_id].timetable
+    assert type(declared).__name__ == "CronDataIntervalTimetable"
+    scheduled = CronDataIntervalTimetable(declared.expression, declared.timezone)
+    interval = scheduled.infer_manual_data_interval(run_after=pendulum.datetime(2013, 7, 2, 6, tz="UTC"))
+    assert (interval.start, interval.end) == (
+        pendulum.datetime(2013, 7, 1, tz="UTC"),
+        pendulum.datetime(2013, 7, 2, tz="UTC"),
+    )
+
+
 def test_monitoring_shape(dagbag) -> None:  # type: ignore[no-untyped-def]
     dag = dagbag.dags["monitoring"]
     assert dag.get_task("retrain").upstream_task_ids == {"retrain_needed"}
