@@ -76,6 +76,21 @@ def running_airflow(env: dict[str, str], logs: Path) -> Iterator[str]:
                 process.kill()
 
 
+class RetryingTransport(httpx.HTTPTransport):
+    """Retries a server error: on SQLite, an API write can time out on the database lock (5 s) while the
+    scheduler and the tasks write, and nothing of it is committed; a real client retries such a request."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        for _ in range(4):
+            response = super().handle_request(request)
+            if response.status_code < 500:
+                return response
+            response.read()
+            response.close()
+            time.sleep(2)
+        return super().handle_request(request)
+
+
 def airflow_api(base: str, env: dict[str, str]) -> httpx.Client:
     """A REST API v2 client logged in as the simple auth manager's admin."""
     password_file = Path(env["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated"
@@ -83,7 +98,10 @@ def airflow_api(base: str, env: dict[str, str]) -> httpx.Client:
     token = httpx.post(f"{base}/auth/token", json={"username": "admin", "password": password}, timeout=30)
     token.raise_for_status()
     return httpx.Client(
-        base_url=f"{base}/api/v2", headers={"Authorization": f"Bearer {token.json()['access_token']}"}, timeout=30
+        base_url=f"{base}/api/v2",
+        headers={"Authorization": f"Bearer {token.json()['access_token']}"},
+        timeout=30,
+        transport=RetryingTransport(),
     )
 
 

@@ -86,7 +86,7 @@ def test_drifted_traffic_retrains_and_the_gates_promote(
 
     with running_airflow(loop_env, tmp_path_factory.mktemp("loop-airflow-logs")) as base:
         api = airflow_api(base, loop_env)
-        for dag_id in ("monitoring", "model_engineering", "deployment"):
+        for dag_id in ("model_engineering", "deployment", "monitoring"):  # monitoring's scheduled run last
             wait_until_parsed(api, dag_id)
             api.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
         started = api.post("/dags/monitoring/dagRuns", json={"logical_date": None, "conf": {"pipeline": "flights"}})
