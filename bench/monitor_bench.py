@@ -43,21 +43,26 @@ def fill_log(rows: int, version: str) -> tuple[datetime, datetime]:
     """Logs ``rows`` answered predictions (and feedback for a share of them); returns the window holding them."""
     import numpy as np
     import pandas as pd
+    import pyarrow as pa
     from flightplan.layout import open_pipeline
+    from flightplan.model.features import derive
     from flightplan.monitoring.stages import VersionScores
     from flightplan.monitoring.window import PREDICTION, PROBABILITY
     from flightplan.replay import labeled_days
-    from flightplan.serving.inputs import json_records, request_fields
+    from flightplan.serving.inputs import json_records, record_type, request_fields
     from flightplan.serving.store import AnsweredRequest, PredictionLog, create_store_engine, record_feedback
+    from pydantic import TypeAdapter
     from pydantic_core import to_json
 
     settings, config, layout = open_pipeline(PIPELINE)
-    year = VersionScores(settings, config, version).with_outputs(labeled_days(layout, START, END))
+    labeled = pa.Table.from_pandas(labeled_days(layout, START, END), preserve_index=False)
+    year = VersionScores(settings, config, version).with_outputs(derive(labeled, config.features.derived).to_pandas())
     frame = pd.concat([year] * -(-rows // len(year)), ignore_index=True).head(rows)
     print(f"filling the prediction log with {rows:,} rows (once)", flush=True)
     engine = create_store_engine(settings.predictions_db_url)
     log = PredictionLog(engine)
     fields = list(request_fields(config))
+    records = TypeAdapter(list[record_type(config)])  # as the service validates, and so logs, them
     chosen = np.random.default_rng(0).random(rows) < FEEDBACK_SHARE
     start = datetime.now(UTC)
     for first in range(0, rows, WRITE_BATCH):
@@ -68,7 +73,7 @@ def fill_log(rows: int, version: str) -> tuple[datetime, datetime]:
             pipeline=config.name,
             model_version=version,
             ids=ids,
-            inputs=[to_json(record).decode() for record in json_records(part, fields)],
+            inputs=[to_json(record).decode() for record in records.validate_python(json_records(part, fields))],
             predictions=[to_json(value).decode() for value in part[PREDICTION].tolist()],
             probabilities=part[PROBABILITY].tolist(),
         )
