@@ -14,11 +14,11 @@ import pyarrow as pa
 
 from flightplan.config import ColumnType, PipelineConfig
 from flightplan.model.features import derive
+from flightplan.serving.batch import PREDICTION, PROBABILITY, VERSION
 
 if TYPE_CHECKING:
     from flightplan.settings import Settings
 
-PREDICTION, PROBABILITY, VERSION = "prediction", "probability", "model_version"
 ARROW_TYPES: dict[ColumnType, pa.DataType] = {
     "string": pa.string(),
     "int": pa.int64(),
