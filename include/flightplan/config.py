@@ -304,7 +304,8 @@ class MonitoringSpec(Strict):
         default=None, description="model_engineering trains on the last N days of its split; all when unset"
     )
     report_rows: Annotated[int, Field(ge=1000)] = Field(
-        default=50_000, description="rows per side drawn into the Evidently report (the verdicts use every row)"
+        default=20_000,
+        description="rows per side drawn into the Evidently reports, which people read (the verdicts use every row)",
     )
 
 

@@ -48,6 +48,22 @@ def test_chain_registers_a_challenger_with_lineage(challenger: tuple[str, dict[s
     assert {p.name for p in (run_dir / "plots").iterdir()} >= {"roc.png", "calibration.png", "confusion_matrix.png"}
 
 
+def test_evaluation_leaves_the_monitoring_reference_with_the_models_answers(
+    challenger: tuple[str, dict[str, str]], layout: Layout
+) -> None:
+    import pandas as pd
+    from flightplan.monitoring.window import PROBABILITY, REFERENCE_FILE, VersionScores
+
+    run_id, registered = challenger
+    run_dir = layout.model_run(run_id)
+    reference = pd.read_parquet(run_dir / REFERENCE_FILE)
+    trained_on = pd.read_parquet(run_dir / "frames" / "train.parquet")
+    assert len(reference) == len(trained_on)
+    scorer = VersionScores(layout.settings, layout.config, registered["version"])
+    assert reference[PROBABILITY].to_numpy() == pytest.approx(scorer(trained_on), abs=1e-6)
+    assert set(reference["prediction"]) <= {0, 1}
+
+
 def test_a_model_worse_than_the_champion_is_rejected_and_not_registered(
     challenger: tuple[str, dict[str, str]], layout: Layout
 ) -> None:

@@ -143,3 +143,45 @@ def test_an_empty_window_reports_no_rows(settings: Settings) -> None:
     far = datetime(2001, 1, 1, tzinfo=UTC)
     result = check(far, far + timedelta(hours=1))
     assert result["rows"] == 0 and result["decision"]["outcome"] == "undecided" and result["reports"] == {}
+
+
+def test_the_window_takes_the_latest_label_of_each_answer_in_the_order_answered(tmp_path: Path, layout: Layout) -> None:
+    from flightplan.serving.store import (
+        AnsweredRequest,
+        PredictionLog,
+        answered_chunks,
+        create_store_engine,
+        record_feedback,
+    )
+
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    engine = create_store_engine(url)
+    log = PredictionLog(engine)
+    start = datetime.now(UTC)
+    for request in range(3):
+        ids = [f"r{request}-{row}" for row in range(4)]
+        inputs = [json.dumps({"row": f"{request}.{row}"}) for row in range(4)]
+        log.submit(AnsweredRequest(f"r{request}", "flights", "1", ids, inputs, ["1"] * 4, [0.5] * 4)).result()
+    log.close()
+    record_feedback(engine, "flights", {"r0-1": 0, "r2-3": 1}, source="test")
+    record_feedback(engine, "flights", {"r0-1": 1}, source="test")
+    chunks = list(answered_chunks(url, "flights", start, datetime.now(UTC) + timedelta(seconds=1), rows=5))
+    engine.dispose()
+    assert [len(chunk["inputs"]) for chunk in chunks] == [5, 5, 2]
+    rows = [json.loads(i)["row"] for chunk in chunks for i in chunk["inputs"]]
+    assert rows == [f"{request}.{row}" for request in range(3) for row in range(4)]
+    labels = [label for chunk in chunks for label in chunk["label"]]
+    assert labels[1] == "1" and labels[11] == "1" and labels.count(None) == 10
+
+
+def test_a_report_that_cannot_be_drawn_fails_the_check_with_the_reason(tmp_path: Path) -> None:
+    from flightplan.monitoring.report import ReportFailed, ReportJob, ReportProcess, Roles
+
+    frame = pd.DataFrame({"temp": [1.0, 2.0, 3.0], "probability": [0.1, 0.2, 0.3]})
+    job = ReportJob("drift", frame, frame, Roles(["temp"], [], "binary"), {"temp": "no such test", "probability": "ks"})
+    with ReportProcess() as drawer:
+        drawer.draw([job], tmp_path, rows=1000)
+        with pytest.raises(ReportFailed, match="no such test"):
+            drawer.wait()
+    with ReportProcess() as idle:
+        assert idle.wait() == {}

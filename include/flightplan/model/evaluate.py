@@ -13,8 +13,6 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from flightplan.config import HIGHER_IS_BETTER
-
 MIN_SLICE_ROWS = 30
 CALIBRATION_BINS = 10
 
@@ -87,13 +85,6 @@ def slice_metrics(
             scores = compute_metrics(task, y[inside], prediction[inside], threshold)
             rows.append({"slice": column, "value": str(value), "rows": int(inside.sum()), **scores})
     return rows
-
-
-def better(metric: str, challenger: float, reference: float, margin: float = 0.0) -> bool:
-    """Whether ``challenger`` beats ``reference`` by at least ``margin`` in the metric's better direction."""
-    if metric in HIGHER_IS_BETTER:
-        return challenger >= reference + margin
-    return challenger <= reference - margin
 
 
 def plot_files(

@@ -5,8 +5,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from flightplan.config import AcceptanceSpec
-from flightplan.model.evaluate import better
+from flightplan.config import HIGHER_IS_BETTER, AcceptanceSpec
+
+
+def better(metric: str, challenger: float, reference: float, margin: float = 0.0) -> bool:
+    """Whether ``challenger`` beats ``reference`` by at least ``margin`` in the metric's better direction."""
+    if metric in HIGHER_IS_BETTER:
+        return challenger >= reference + margin
+    return challenger <= reference - margin
 
 
 @dataclass(frozen=True)

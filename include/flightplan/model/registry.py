@@ -55,18 +55,25 @@ def load_version(settings: Settings, name: str, version: str, alias: str = "") -
     """One registry version's ONNX model, feature map and metadata (``alias``: how it was found)."""
     import mlflow
 
-    client(settings)
-    uri = f"models:/{name}/{version}"
-    metadata = dict(mlflow.models.get_model_info(uri).metadata or {})
-    onnx_model = mlflow.onnx.load_model(uri)
+    metadata, feature_map = version_metadata(settings, name, version)
+    onnx_model = mlflow.onnx.load_model(f"models:/{name}/{version}")
     return RegisteredModel(
         name=name,
         version=version,
         alias=alias,
         onnx=onnx_model.SerializeToString(),
-        feature_map=FeatureMap.from_json(json.dumps(metadata["feature_map"])),
+        feature_map=feature_map,
         metadata=metadata,
     )
+
+
+def version_metadata(settings: Settings, name: str, version: str) -> tuple[dict[str, Any], FeatureMap]:
+    """A registry version's metadata and feature map, without loading its model (and onnx, 2 s to import)."""
+    import mlflow
+
+    client(settings)
+    metadata = dict(mlflow.models.get_model_info(f"models:/{name}/{version}").metadata or {})
+    return metadata, FeatureMap.from_json(json.dumps(metadata["feature_map"]))
 
 
 def training_run_id(settings: Settings, name: str, version: str) -> str:

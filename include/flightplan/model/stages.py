@@ -279,6 +279,7 @@ def evaluate(job: ModelJob, run_id: str) -> str:
 
     from flightplan.model.evaluate import best_f1_threshold, compute_metrics, model_card, plot_files, slice_metrics
     from flightplan.model.train import predict
+    from flightplan.monitoring.window import save_reference
     from flightplan.tracking import git_commit
 
     work = open_run(job, run_id)
@@ -295,6 +296,7 @@ def evaluate(job: ModelJob, run_id: str) -> str:
         threshold = config.model.threshold or best_f1_threshold(labels["validation"], predictions["validation"])
     cut = threshold if threshold is not None else 0.5
     metrics = {side: compute_metrics(task, labels[side], predictions[side], cut) for side in SIDES}
+    save_reference(frames.sides["train"], predictions["train"], frames.feature_map, cut, run_dir)
     slices = slice_metrics(task, frames.sides["test"], labels["test"], predictions["test"], config.model.slices, cut)
     selection = work.read("selection.json")
     kept = {name: selection["gain_share"][name] for name in frames.feature_map.names}

@@ -22,13 +22,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 LARGE_SAMPLE = 1000  # reference values above which distances replace p-value tests
 FEW_VALUES = 5  # numeric columns with at most this many distinct values are tested as categories
 DISTANCE_THRESHOLD = 0.1
 P_VALUE_THRESHOLD = 0.05
 MIN_STD = 0.001  # the normed Wasserstein distance divides by the reference's std, at least this
+NO_VALUES = "no values"  # the method of a column without values on a side: not tested, not counted
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,8 @@ def _jensen_shannon(reference_counts: np.ndarray, current_counts: np.ndarray) ->
 
 def _two_proportions(reference: np.ndarray, current: np.ndarray) -> float:
     """p-value of the two-sided z-test that the share of the second value is the same on both sides."""
+    from scipy import stats
+
     first = sorted(set(reference.tolist()) | set(current.tolist()))[0]
     ref_share, cur_share = np.mean(reference != first), np.mean(current != first)
     pooled = (np.sum(reference != first) + np.sum(current != first)) / (reference.size + current.size)
@@ -90,42 +92,78 @@ def _two_proportions(reference: np.ndarray, current: np.ndarray) -> float:
     return float(2 * (1 - stats.norm.cdf(abs(z))))
 
 
-def column_drift(column: str, reference: pd.Series, current: pd.Series, numeric: bool) -> ColumnDrift:
-    """The default Evidently test of one column, on every non-missing value of each side."""
+@dataclass(frozen=True)
+class ColumnValues:
+    """A column's non-missing values on each side and the test Evidently picks for them."""
+
+    column: str
+    reference: np.ndarray
+    current: np.ndarray
+    method: str
+
+
+def column_values(column: str, reference: pd.Series, current: pd.Series, numeric: bool) -> ColumnValues:
     ref, cur = _values(reference, numeric), _values(current, numeric)
     if ref.size == 0 or cur.size == 0:
-        return ColumnDrift(column, "no values", float("nan"), float("nan"), False)
+        return ColumnValues(column, ref, cur, NO_VALUES)
     distinct = len(pd.unique(np.concatenate([ref, cur])))
     continuous = numeric and distinct > FEW_VALUES
     if ref.size > LARGE_SAMPLE:
-        if continuous:
-            score = _cdf_distance(ref, cur) / max(float(np.std(ref)), MIN_STD)
-            return ColumnDrift(column, "wasserstein", score, DISTANCE_THRESHOLD, score >= DISTANCE_THRESHOLD)
-        score = _jensen_shannon(*_frequencies(ref, cur))
-        return ColumnDrift(column, "jensenshannon", score, DISTANCE_THRESHOLD, score >= DISTANCE_THRESHOLD)
-    if continuous:
+        method = "wasserstein" if continuous else "jensenshannon"
+    else:
+        method = "ks" if continuous else "chisquare" if distinct > 2 else "z"
+    return ColumnValues(column, ref, cur, method)
+
+
+def judge(values: ColumnValues) -> ColumnDrift:
+    """The column's verdict by its test, on every value of each side."""
+    column, ref, cur, method = values.column, values.reference, values.current, values.method
+    if method == NO_VALUES:
+        return ColumnDrift(column, method, float("nan"), float("nan"), False)
+    if method in ("wasserstein", "jensenshannon"):
+        score = (
+            _cdf_distance(ref, cur) / max(float(np.std(ref)), MIN_STD)
+            if method == "wasserstein"
+            else _jensen_shannon(*_frequencies(ref, cur))
+        )
+        return ColumnDrift(column, method, score, DISTANCE_THRESHOLD, score >= DISTANCE_THRESHOLD)
+    from scipy import stats  # only the p-value tests of small references need it (1.3 s to import)
+
+    if method == "ks":
         p_value = float(stats.ks_2samp(ref, cur).pvalue)
-        return ColumnDrift(column, "ks", p_value, P_VALUE_THRESHOLD, p_value <= P_VALUE_THRESHOLD)
-    if distinct > 2:
+        return ColumnDrift(column, method, p_value, P_VALUE_THRESHOLD, p_value <= P_VALUE_THRESHOLD)
+    if method == "chisquare":
         ref_counts, cur_counts = _frequencies(ref, cur)
         expected = ref_counts * (cur.size / ref.size)
         p_value = float(stats.chisquare(cur_counts, expected).pvalue)
-        return ColumnDrift(column, "chisquare", p_value, P_VALUE_THRESHOLD, p_value < P_VALUE_THRESHOLD)
-    p_value = _two_proportions(ref, cur)
-    return ColumnDrift(column, "z", p_value, P_VALUE_THRESHOLD, p_value < P_VALUE_THRESHOLD)
+    else:
+        p_value = _two_proportions(ref, cur)
+    return ColumnDrift(column, method, p_value, P_VALUE_THRESHOLD, p_value < P_VALUE_THRESHOLD)
+
+
+def column_drift(column: str, reference: pd.Series, current: pd.Series, numeric: bool) -> ColumnDrift:
+    """The default Evidently test of one column, on every non-missing value of each side."""
+    return judge(column_values(column, reference, current, numeric))
+
+
+def frame_values(
+    reference: pd.DataFrame, current: pd.DataFrame, numeric: list[str], categorical: list[str]
+) -> list[ColumnValues]:
+    """The values and test of each listed column, in the order given (numeric first)."""
+    return [
+        *(column_values(c, reference[c], current[c], numeric=True) for c in numeric),
+        *(column_values(c, reference[c], current[c], numeric=False) for c in categorical),
+    ]
 
 
 def frame_drift(
     reference: pd.DataFrame, current: pd.DataFrame, numeric: list[str], categorical: list[str]
 ) -> list[ColumnDrift]:
     """The drift verdict of each listed column, in the order given (numeric first)."""
-    return [
-        *(column_drift(c, reference[c], current[c], numeric=True) for c in numeric),
-        *(column_drift(c, reference[c], current[c], numeric=False) for c in categorical),
-    ]
+    return [judge(values) for values in frame_values(reference, current, numeric, categorical)]
 
 
 def drift_share(columns: list[ColumnDrift]) -> float:
     """The share of tested columns that drift (columns without values on a side are not counted)."""
-    tested = [c for c in columns if c.method != "no values"]
+    tested = [c for c in columns if c.method != NO_VALUES]
     return sum(c.drifted for c in tested) / len(tested) if tested else 0.0

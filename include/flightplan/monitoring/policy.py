@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from flightplan.config import MonitoringSpec
-from flightplan.model.evaluate import better
+from flightplan.model.gate import better
 
 RETRAIN, HOLD, UNDECIDED = "retrain", "hold", "undecided"
 

@@ -1,18 +1,25 @@
 """The Evidently 0.7 reports of a monitoring run, for people to read: data drift per feature and of the
 prediction, a data summary, and the model's performance on ground truth when there is enough of it.
 
-Drawn on a seeded sample of at most ``rows`` per side (Evidently draws its plots on every row it is given),
-with each column's test pinned to the one the verdicts of record chose on every row."""
+Drawn on a seeded sample of at most ``monitoring.report_rows`` per side (Evidently draws its plots on every
+row it is given), with each column's test pinned to the one the verdicts of record chose on every row.
+
+They are drawn in a child process (``python -m flightplan.monitoring.report``), started when a check starts:
+importing Evidently (about 5 s here) overlaps the reading of the window, and the drawing overlaps the
+verdicts, which do not depend on it. The check waits for the child before it logs the reports."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
-from flightplan.monitoring.drift import ColumnDrift
 
 SAMPLE_SEED = 0
 
@@ -29,82 +36,151 @@ class Roles:
     probability: str = "probability"
 
 
+class ReportFailed(RuntimeError):
+    """The child process drawing the reports failed; the message ends with what it printed."""
+
+
+@dataclass(frozen=True)
+class ReportJob:
+    """One report to draw: its name (the files are ``<name>.html`` and ``<name>.json``), the two frames,
+    the columns' roles and, for a drift report, the test pinned for each column."""
+
+    name: str  # "drift" or "performance"
+    current: pd.DataFrame
+    reference: pd.DataFrame
+    roles: Roles
+    methods: dict[str, str] | None = None
+
+
 def _sample(frame: pd.DataFrame, rows: int) -> pd.DataFrame:
     return frame if len(frame) <= rows else frame.sample(n=rows, random_state=SAMPLE_SEED)
+
+
+def _role_columns(roles: Roles) -> tuple[list[str], list[str]]:
+    """The numeric and the categorical columns of a report: the features, the model's output (a binary
+    model's probability, a multiclass model's class, a regression's value) and the target when set."""
+    numeric, categorical = list(roles.numeric), list(roles.categorical)
+    outputs = numeric if roles.task != "multiclass" else categorical
+    outputs.append(roles.probability if roles.task == "binary" else roles.prediction)
+    if roles.target:
+        (numeric if roles.task == "regression" else categorical).append(roles.target)
+    return numeric, categorical
+
+
+class ReportProcess:
+    """The child process that draws a check's reports: started at once, given its jobs with ``draw``, waited
+    for with ``wait``; a child still running when the context ends (the check failed) is killed."""
+
+    def __init__(self) -> None:
+        self._scratch = Path(tempfile.mkdtemp(prefix="flightplan-reports-"))
+        self._log = self._scratch / "report.log"
+        with self._log.open("w") as log_file:
+            self._child = subprocess.Popen(
+                [sys.executable, "-m", "flightplan.monitoring.report"],
+                stdin=subprocess.PIPE,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        self._expected: dict[str, Path] = {}
+
+    def __enter__(self) -> ReportProcess:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._child.poll() is None:
+            self._child.kill()
+            self._child.wait()
+        shutil.rmtree(self._scratch, ignore_errors=True)
+
+    def draw(self, jobs: list[ReportJob], folder: Path, rows: int) -> None:
+        """Hands the jobs to the child (each frame sampled to ``rows``) and returns while it draws them."""
+        described = []
+        for job in jobs:
+            columns = [column for kind in _role_columns(job.roles) for column in kind]
+            inputs = {}
+            for side in ("current", "reference"):
+                inputs[side] = str(self._scratch / f"{job.name}-{side}.parquet")
+                _sample(getattr(job, side)[columns], rows).to_parquet(inputs[side], index=False)
+            described.append({"name": job.name, **inputs, "roles": asdict(job.roles), "methods": job.methods})
+            self._expected |= {
+                f"{job.name}_html": folder / f"{job.name}.html",
+                f"{job.name}_json": folder / f"{job.name}.json",
+            }
+        job_file = self._scratch / "jobs.json"
+        job_file.write_text(json.dumps({"folder": str(folder), "reports": described}))
+        assert self._child.stdin is not None
+        self._child.stdin.write(f"{job_file}\n")
+        self._child.stdin.close()
+
+    def wait(self, timeout: float = 900) -> dict[str, Path]:
+        """The reports' paths once the child has drawn them all; raises ReportFailed if it could not."""
+        if self._child.stdin is not None and not self._child.stdin.closed:
+            self._child.stdin.close()  # nothing was handed over: the child ends at once
+        try:
+            code = self._child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise ReportFailed(f"the reports were not drawn in {timeout:.0f} s:\n{self._tail()}") from None
+        missing = [str(p) for p in self._expected.values() if not p.exists()]
+        if code != 0 or missing:
+            raise ReportFailed(f"the report process ended with {code} (missing: {missing}):\n{self._tail()}")
+        return dict(self._expected)
+
+    def _tail(self) -> str:
+        return self._log.read_text(errors="replace")[-4000:]
 
 
 def _definition(roles: Roles) -> Any:
     from evidently import BinaryClassification, DataDefinition, MulticlassClassification, Regression
 
-    numeric, categorical = list(roles.numeric), list(roles.categorical)
+    numeric, categorical = _role_columns(roles)
     outcome: dict[str, Any] = {}
-    if roles.task == "binary":
-        numeric.append(roles.probability)
-        if roles.target:
-            categorical.append(roles.target)
-            outcome["classification"] = [
-                BinaryClassification(target=roles.target, prediction_probas=roles.probability, pos_label=1)
-            ]
-    elif roles.task == "multiclass":
-        categorical.append(roles.prediction)
-        if roles.target:
-            categorical.append(roles.target)
-            outcome["classification"] = [
-                MulticlassClassification(target=roles.target, prediction_labels=roles.prediction)
-            ]
-    else:
-        numeric.append(roles.prediction)
-        if roles.target:
-            numeric.append(roles.target)
-            outcome["regression"] = [Regression(target=roles.target, prediction=roles.prediction)]
+    if roles.target and roles.task == "binary":
+        outcome["classification"] = [
+            BinaryClassification(target=roles.target, prediction_probas=roles.probability, pos_label=1)
+        ]
+    elif roles.target and roles.task == "multiclass":
+        outcome["classification"] = [MulticlassClassification(target=roles.target, prediction_labels=roles.prediction)]
+    elif roles.target:
+        outcome["regression"] = [Regression(target=roles.target, prediction=roles.prediction)]
     return DataDefinition(numerical_columns=numeric, categorical_columns=categorical, **outcome)
 
 
-def _save(snapshot: Any, folder: Path, name: str) -> dict[str, Path]:
-    html, json_path = folder / f"{name}.html", folder / f"{name}.json"
-    snapshot.save_html(str(html))  # Evidently writes only to a path given as a str
-    snapshot.save_json(str(json_path))
-    return {f"{name}_html": html, f"{name}_json": json_path}
-
-
-def drift_report(
-    reference: pd.DataFrame, current: pd.DataFrame, roles: Roles, verdicts: list[ColumnDrift], folder: Path, rows: int
-) -> dict[str, Path]:
-    """Data drift of the features and the model's output, and a summary of the current data's quality."""
+def _draw(job: dict[str, Any], folder: Path) -> None:
+    """One report of a job file, run and saved as HTML and JSON."""
     from evidently import Dataset, Report
-    from evidently.presets import DataDriftPreset, DataSummaryPreset
+    from evidently.presets import ClassificationPreset, DataDriftPreset, DataSummaryPreset, RegressionPreset
 
+    roles = Roles(**job["roles"])
     definition = _definition(roles)
-    columns = [v.column for v in verdicts if v.method != "no values"]
-    report = Report(
-        [
-            DataDriftPreset(
-                columns=columns, per_column_method={v.column: v.method for v in verdicts if v.column in columns}
-            ),
-            DataSummaryPreset(columns=columns),
+    if job["name"] == "drift":
+        methods = job["methods"]
+        presets = [
+            DataDriftPreset(columns=list(methods), per_column_method=methods),
+            DataSummaryPreset(columns=list(methods)),
         ]
+    else:
+        presets = [RegressionPreset() if roles.task == "regression" else ClassificationPreset()]
+    snapshot = Report(presets).run(
+        Dataset.from_pandas(pd.read_parquet(job["current"]), data_definition=definition),
+        Dataset.from_pandas(pd.read_parquet(job["reference"]), data_definition=definition),
     )
-    snapshot = report.run(
-        Dataset.from_pandas(_sample(current, rows), data_definition=definition),
-        Dataset.from_pandas(_sample(reference, rows), data_definition=definition),
-    )
-    return _save(snapshot, folder, "drift")
+    snapshot.save_html(str(folder / f"{job['name']}.html"))  # Evidently writes only to a path given as a str
+    snapshot.save_json(str(folder / f"{job['name']}.json"))
 
 
-def performance_report(
-    reference: pd.DataFrame, current: pd.DataFrame, roles: Roles, folder: Path, rows: int
-) -> dict[str, Path]:
-    """The model's quality on the current rows with ground truth, beside its quality on the reference."""
-    from evidently import Dataset, Report
-    from evidently.presets import ClassificationPreset, RegressionPreset
+def main() -> int:
+    """The child: imports Evidently, then draws the jobs of the file whose path arrives on stdin (none when
+    stdin closes empty)."""
+    import evidently.presets  # noqa: F401  (imported while the parent reads the window)
 
-    definition = _definition(roles)
-    preset = RegressionPreset() if roles.task == "regression" else ClassificationPreset()
-    snapshot = Report([preset]).run(
-        Dataset.from_pandas(_sample(current, rows), data_definition=definition),
-        Dataset.from_pandas(_sample(reference, rows), data_definition=definition),
-    )
-    return _save(snapshot, folder, "performance")
+    line = sys.stdin.readline().strip()
+    if not line:
+        return 0
+    jobs = json.loads(Path(line).read_text())
+    for job in jobs["reports"]:
+        _draw(job, Path(jobs["folder"]))
+    return 0
 
 
 def drift_verdicts(snapshot: Any) -> dict[str, tuple[float, bool]]:
@@ -120,3 +196,7 @@ def drift_verdicts(snapshot: Any) -> dict[str, tuple[float, bool]]:
         for metric in result["metrics"]
         if metric["config"]["type"].endswith(":ValueDrift")
     }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,10 +7,8 @@ plots them over time; the decision and its reason as tags."""
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,9 +16,10 @@ import pandas as pd
 
 from flightplan.config import PipelineConfig
 from flightplan.layout import Layout, open_pipeline
+from flightplan.model.features import FeatureMap
 from flightplan.monitoring import policy
-from flightplan.monitoring.drift import drift_share, frame_drift
-from flightplan.monitoring.window import PREDICTION, PROBABILITY, VERSION, current_window, reference_frame
+from flightplan.monitoring.drift import NO_VALUES, drift_share, frame_values, judge
+from flightplan.monitoring.window import PREDICTION, PROBABILITY, VersionScores, current_window, reference_frame
 from flightplan.settings import Settings
 from flightplan.tracking import RunContext
 
@@ -55,49 +54,58 @@ def monitoring_experiment(config: PipelineConfig) -> str:
     return f"{config.name}-monitoring"
 
 
-def serving_version(settings: Settings, config: PipelineConfig, current: pd.DataFrame) -> str:
+def serving_version(settings: Settings, config: PipelineConfig, answered: dict[str, int]) -> str:
     """The version that answered most of the window (the champion when the window is empty)."""
     from flightplan.model.registry import CHAMPION, alias_version
 
-    if len(current):
-        return str(Counter(current[VERSION]).most_common(1)[0][0])
+    if answered:
+        return max(answered, key=lambda version: (answered[version], version))
     version = alias_version(settings, config.registered_model, CHAMPION)
     if version is None:
         raise LookupError(f"{config.registered_model} has no `{CHAMPION}`: nothing is served, nothing to monitor")
     return version
 
 
-class VersionScores:
-    """The scores a registry version gives a frame (its native booster, proven equal to its ONNX model)."""
+@dataclass(frozen=True)
+class Reference:
+    """What a window is compared with: the version that answered most of it, its feature map and threshold,
+    its training data with its answers for them, and the split manifest that data came from."""
 
-    def __init__(self, settings: Settings, config: PipelineConfig, version: str) -> None:
-        import xgboost as xgb
+    answered: dict[str, int]  # rows per version in the window
+    version: str
+    feature_map: FeatureMap
+    threshold: float
+    frame: pd.DataFrame
+    manifest: str
 
-        from flightplan.model.registry import load_booster, load_version
 
-        self.model = load_version(settings, config.registered_model, version)
-        self.threshold = float(self.model.metadata.get("threshold") or 0.5)
-        self._booster = xgb.Booster(model_file=bytearray(load_booster(settings, config.registered_model, version)))
+def window_reference(settings: Settings, config: PipelineConfig, job: MonitorJob) -> Reference:
+    from flightplan.model.registry import version_metadata
+    from flightplan.serving.store import answered_versions
 
-    def __call__(self, frame: pd.DataFrame) -> np.ndarray:
-        from flightplan.model.features import encode
+    answered = answered_versions(settings.predictions_db_url, config.name, job.start, job.end)
+    version = serving_version(settings, config, answered)
+    metadata, feature_map = version_metadata(settings, config.registered_model, version)
+    frame, manifest = reference_frame(settings, config, version)
+    return Reference(answered, version, feature_map, float(metadata.get("threshold") or 0.5), frame, manifest)
 
-        scores = np.asarray(self._booster.inplace_predict(encode(frame, self.model.feature_map)), dtype=np.float64)
-        return scores.reshape(len(frame), -1) if self.model.feature_map.task == "multiclass" else scores
 
-    def with_outputs(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """``frame`` with the answers the service would log for it."""
-        from flightplan.serving.batch import outputs
+def live_metrics(
+    settings: Settings, config: PipelineConfig, reference: Reference, labeled: pd.DataFrame
+) -> dict[str, float]:
+    """The metrics of what the service answered for rows with ground truth: the logged probability or value;
+    a multiclass log holds only the chosen class's probability, so those rows are scored again."""
+    from flightplan.model.evaluate import compute_metrics
+    from flightplan.model.features import encode_label
 
-        prediction, probability = outputs(self(frame), self.model.feature_map, self.threshold)
-        return frame.assign(**{PREDICTION: prediction, PROBABILITY: probability})
-
-    def metrics(self, labeled: pd.DataFrame) -> dict[str, float]:
-        from flightplan.model.evaluate import compute_metrics
-        from flightplan.model.features import encode_label
-
-        feature_map = self.model.feature_map
-        return compute_metrics(feature_map.task, encode_label(labeled, feature_map), self(labeled), self.threshold)
+    feature_map = reference.feature_map
+    if feature_map.task == "binary":
+        answered = labeled[PROBABILITY].to_numpy(dtype=np.float64)
+    elif feature_map.task == "regression":
+        answered = pd.to_numeric(labeled[PREDICTION]).to_numpy(dtype=np.float64)
+    else:
+        answered = VersionScores(settings, config, reference.version)(labeled)
+    return compute_metrics(feature_map.task, encode_label(labeled, feature_map), answered, reference.threshold)
 
 
 def last_retrain(settings: Settings, config: PipelineConfig) -> datetime | None:
@@ -131,67 +139,73 @@ def window_run(settings: Settings, config: PipelineConfig, job: MonitorJob) -> s
 
 def check(job: MonitorJob) -> dict[str, Any]:
     """Drift and performance of the window, the reports, the MLflow run and the retrain decision; returns
-    the summary (also written as ``summary.json`` beside the reports)."""
-    import mlflow
+    the summary (also written as ``summary.json`` beside the reports).
+
+    Three things run at once: the main thread reads the window, a thread reads and scores the reference
+    (Arrow, pandas and XGBoost release the GIL), and a child process imports Evidently, then draws the reports
+    while the verdicts are computed."""
+    from concurrent.futures import ThreadPoolExecutor
 
     from flightplan.data.partitions import fresh_dir, write_json_atomic
     from flightplan.model.registry import training_run_id
-    from flightplan.monitoring.report import Roles, drift_report, performance_report
+    from flightplan.monitoring.report import ReportJob, ReportProcess, Roles
     from flightplan.tracking import client
 
     settings, config, layout = job.open()
     spec = config.monitoring
-    current = current_window(settings, config, job.start, job.end)
-    version = serving_version(settings, config, current)
-    scorer = VersionScores(settings, config, version)
-    reference_inputs, manifest = reference_frame(settings, config, version)
-    reference = scorer.with_outputs(reference_inputs)
-    features = scorer.model.feature_map.features
-    numeric = [f.name for f in features if f.kind == "numeric"]
-    categorical = [f.name for f in features if f.kind == "categorical"]
-    output = PROBABILITY if config.label.task == "binary" else PREDICTION
-    output_numeric = config.label.task != "multiclass"
-    verdicts = frame_drift(reference, current, numeric, categorical) if len(current) else []
-    output_drift = (
-        frame_drift(reference, current, [output] if output_numeric else [], [] if output_numeric else [output])
-        if len(current)
-        else []
-    )
-    labeled = current[current[config.label.name].notna()]
-    live = scorer.metrics(labeled) if len(labeled) >= spec.min_labeled_rows else {}
-    training_run = client(settings).get_run(training_run_id(settings, config.registered_model, version))
-    test_score = training_run.data.metrics.get(f"test_{config.primary_metric}")
-    evidence = policy.Evidence(
-        rows=len(current),
-        labeled_rows=len(labeled),
-        drift_share=drift_share(verdicts),
-        drifted=[v.column for v in verdicts if v.drifted],
-        metric=config.primary_metric,
-        live_score=live.get(config.primary_metric),
-        champion_score=test_score,
-    )
-    now = datetime.now(UTC)
-    decision = policy.decide(evidence, spec, last_retrain(settings, config), now)
+    task, label = config.label.task, config.label.name
+    with ReportProcess() as drawer, ThreadPoolExecutor(1, thread_name_prefix="reference") as side:
+        reference_job = side.submit(window_reference, settings, config, job)
+        current = current_window(settings, config, job.start, job.end)
+        found = reference_job.result()
+        version, reference = found.version, found.frame
+        features = found.feature_map.features
+        numeric = [f.name for f in features if f.kind == "numeric"]
+        categorical = [f.name for f in features if f.kind == "categorical"]
+        output = PROBABILITY if task == "binary" else PREDICTION
+        output_kinds = ([], [output]) if task == "multiclass" else ([output], [])
+        values = frame_values(reference, current, numeric, categorical) if len(current) else []
+        output_values = frame_values(reference, current, *output_kinds) if len(current) else []
+        labeled = current[current[label].notna()]
+        judged = len(labeled) >= spec.min_labeled_rows
 
-    folder = fresh_dir(layout.reports("monitoring") / job.key)
-    reports: dict[str, Path] = {}
-    if len(current):
-        roles = Roles(numeric, categorical, config.label.task)
-        drift_columns = [*verdicts, *output_drift]
-        reports |= drift_report(reference, current, roles, drift_columns, folder, spec.report_rows)
-    if live:
-        roles = Roles(numeric, categorical, config.label.task, target=config.label.name)
-        label_type = {"binary": int, "regression": float}.get(config.label.task, str)
-        reference_labeled, current_labeled = (
-            side.assign(**{config.label.name: side[config.label.name].astype(label_type)})
-            for side in (reference, labeled)
+        folder = fresh_dir(layout.reports("monitoring") / job.key)
+        reports: list[ReportJob] = []
+        if len(current):
+            methods = {v.column: v.method for v in [*values, *output_values] if v.method != NO_VALUES}
+            reports.append(ReportJob("drift", current, reference, Roles(numeric, categorical, task), methods))
+        if judged:
+            label_type = {"binary": int, "regression": float}.get(task, str)
+            reference_labeled, current_labeled = (
+                frame.assign(**{label: frame[label].astype(label_type)}) for frame in (reference, labeled)
+            )
+            roles = Roles(numeric, categorical, task, target=label)
+            reports.append(ReportJob("performance", current_labeled, reference_labeled, roles))
+        drawer.draw(reports, folder, spec.report_rows)
+
+        verdicts = [judge(v) for v in values]
+        output_drift = [judge(v) for v in output_values]
+        live = live_metrics(settings, config, found, labeled) if judged else {}
+        training_run = client(settings).get_run(training_run_id(settings, config.registered_model, version))
+        test_score = training_run.data.metrics.get(f"test_{config.primary_metric}")
+        evidence = policy.Evidence(
+            rows=len(current),
+            labeled_rows=len(labeled),
+            drift_share=drift_share(verdicts),
+            drifted=[v.column for v in verdicts if v.drifted],
+            metric=config.primary_metric,
+            live_score=live.get(config.primary_metric),
+            champion_score=test_score,
         )
-        reports |= performance_report(reference_labeled, current_labeled, roles, folder, spec.report_rows)
+        now = datetime.now(UTC)
+        decision = policy.decide(evidence, spec, last_retrain(settings, config), now)
+        drawn = drawer.wait()
     summary = {
         "pipeline": config.name,
         "window": {"start": job.start.isoformat(), "end": job.end.isoformat()},
         "model_version": version,
-        "reference": manifest,
+        "answered_by": found.answered,
+        "reference": found.manifest,
         "rows": len(current),
         "labeled_rows": len(labeled),
         "drift_share": evidence.drift_share,
@@ -200,19 +214,21 @@ def check(job: MonitorJob) -> dict[str, Any]:
         "performance": live,
         f"champion_test_{config.primary_metric}": test_score,
         "decision": decision.to_dict(),
-        "reports": {name: str(path) for name, path in reports.items()},
+        "reports": {name: str(path) for name, path in drawn.items()},
     }
     path = write_json_atomic(summary, folder / "summary.json")
     stamp = int(job.end.timestamp() * 1000)
-    values = {
+    metrics = {
         "rows": len(current),
         "labeled_rows": len(labeled),
         "drift_share": evidence.drift_share,
         **{f"drift_{v.column}": v.score for v in [*verdicts, *output_drift] if np.isfinite(v.score)},
         **{f"live_{name}": value for name, value in live.items() if np.isfinite(value)},
     }
+    import mlflow
+
     with mlflow.start_run(run_id=window_run(settings, config, job)):
-        for name, value in values.items():
+        for name, value in metrics.items():
             mlflow.log_metric(name, value, timestamp=stamp)
         tags = {
             DECISION_TAG: decision.outcome,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -13,8 +14,8 @@ import pandas as pd
 import pyarrow as pa
 
 from flightplan.config import ColumnType, PipelineConfig
-from flightplan.model.features import derive
-from flightplan.serving.batch import PREDICTION, PROBABILITY, VERSION
+from flightplan.model.features import FeatureMap, derive
+from flightplan.serving.batch import PREDICTION, PROBABILITY, outputs
 
 if TYPE_CHECKING:
     from flightplan.settings import Settings
@@ -45,29 +46,95 @@ def parse_inputs(inputs: list[str], config: PipelineConfig) -> pa.Table:
     return pa_json.read_json(io.BytesIO(text), parse_options=options).select(schema.names)
 
 
+def _json_values(texts: list[str | None]) -> list[Any]:
+    """JSON texts (None: missing) decoded in one call rather than one per value."""
+    return list(json.loads("[" + ",".join("null" if text is None else text for text in texts) + "]"))
+
+
 def current_window(settings: Settings, config: PipelineConfig, start: datetime, end: datetime) -> pd.DataFrame:
     """Every prediction answered for the pipeline in [start, end): the request's fields, the derived features,
-    what was answered and by which version, and the latest true label sent back (missing where none was)."""
-    from flightplan.serving.store import answered_rows
+    what was answered, and the latest true label sent back (missing where none was).
 
-    logged = answered_rows(settings.predictions_db_url, config.name, start, end)
-    frame = derive(parse_inputs(logged["inputs"], config), config.features.derived).to_pandas()
-    frame[PREDICTION] = [json.loads(value) for value in logged["prediction"]]
-    frame[PROBABILITY] = np.asarray(logged["probability"], dtype=np.float64)
-    frame[VERSION] = logged["model_version"]
-    frame[config.label.name] = [None if label is None else json.loads(label) for label in logged["label"]]
+    The log is read in chunks, each parsed by Arrow in a second thread (which releases the GIL) while the
+    next chunk is fetched."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flightplan.serving.store import answered_chunks
+
+    outputs: dict[str, list[Any]] = {"prediction": [], "probability": [], "label": []}
+    with ThreadPoolExecutor(1, thread_name_prefix="parse-inputs") as parser:
+        parsed = []
+        for chunk in answered_chunks(settings.predictions_db_url, config.name, start, end):
+            parsed.append(parser.submit(parse_inputs, chunk["inputs"], config))
+            for name, values in outputs.items():
+                values += chunk[name]
+        tables = [part.result() for part in parsed]
+    inputs = pa.concat_tables(tables) if tables else parse_inputs([], config)
+    frame = derive(inputs, config.features.derived).to_pandas()
+    frame[PREDICTION] = _json_values(outputs["prediction"])
+    frame[PROBABILITY] = np.asarray(outputs["probability"], dtype=np.float64)
+    frame[config.label.name] = _json_values(outputs["label"])
     return frame
 
 
+REFERENCE_FILE = "monitoring-reference.parquet"
+
+
+class VersionScores:
+    """The scores a registry version gives a frame (its native booster, proven equal to its ONNX model)."""
+
+    def __init__(self, settings: Settings, config: PipelineConfig, version: str) -> None:
+        import xgboost as xgb
+
+        from flightplan.model.registry import load_booster, version_metadata
+
+        metadata, self.feature_map = version_metadata(settings, config.registered_model, version)
+        self.threshold = float(metadata.get("threshold") or 0.5)
+        self._booster = xgb.Booster(model_file=bytearray(load_booster(settings, config.registered_model, version)))
+
+    def __call__(self, frame: pd.DataFrame) -> np.ndarray:
+        from flightplan.model.features import encode
+
+        scores = np.asarray(self._booster.inplace_predict(encode(frame, self.feature_map)), dtype=np.float64)
+        return scores.reshape(len(frame), -1) if self.feature_map.task == "multiclass" else scores
+
+
+def with_outputs(frame: pd.DataFrame, scores: np.ndarray, feature_map: FeatureMap, threshold: float) -> pd.DataFrame:
+    """``frame`` with the answers the service gives for a model's ``scores`` of it."""
+    prediction, probability = outputs(scores, feature_map, threshold)
+    return frame.assign(**{PREDICTION: prediction, PROBABILITY: probability})
+
+
+def save_reference(
+    frame: pd.DataFrame, scores: np.ndarray, feature_map: FeatureMap, threshold: float, run_dir: Path
+) -> Path:
+    """The monitoring reference of a model: the frame it was trained on with its answers for it, written once
+    beside the run's frames, so that a monitoring check reads it instead of scoring it every night."""
+    from flightplan.data.partitions import write_parquet_atomic
+
+    path = run_dir / REFERENCE_FILE
+    table = pa.Table.from_pandas(with_outputs(frame, scores, feature_map, threshold), preserve_index=False)
+    write_parquet_atomic(table, path)
+    return path
+
+
 def reference_frame(settings: Settings, config: PipelineConfig, version: str) -> tuple[pd.DataFrame, str]:
-    """The training side of the split the registry version was trained on, found through its lineage tags
-    (version → training run → split manifest), and the manifest's path."""
+    """The monitoring reference of a registry version, found through its lineage tags (version → training
+    run → its folder), and its split manifest's path. A version trained before models kept one is scored
+    once now and its reference kept."""
+    from flightplan.layout import Layout
     from flightplan.model.registry import training_run_id
-    from flightplan.model.stages import read_side
     from flightplan.tracking import client
 
     run_id = training_run_id(settings, config.registered_model, version)
-    manifest_path = client(settings).get_run(run_id).data.tags["flightplan.split_manifest"]
-    with open(manifest_path) as manifest_file:
-        manifest: dict[str, Any] = json.load(manifest_file)
-    return read_side(manifest["paths"]["train"], config), manifest_path
+    manifest_path = str(client(settings).get_run(run_id).data.tags["flightplan.split_manifest"])
+    run_dir = Layout(settings, config).model_run(run_id)
+    path = run_dir / REFERENCE_FILE
+    if not path.exists():
+        trained_on = run_dir / "frames" / "train.parquet"
+        if not trained_on.exists():
+            raise FileNotFoundError(f"version {version}: neither {path} nor its training frame {trained_on} exists")
+        frame = pd.read_parquet(trained_on)
+        scorer = VersionScores(settings, config, version)
+        save_reference(frame, scorer(frame), scorer.feature_map, scorer.threshold, run_dir)
+    return pd.read_parquet(path), manifest_path
