@@ -1,4 +1,5 @@
 # The two set-up commands: `make demo` and `make test`. Both create the environment when it is missing.
+# `make up` starts the embedded stack (Airflow, MLflow UI, inference API) in the background, `make down` stops it.
 SHELL := /bin/bash
 PYTHON ?= python3.11
 UV_VERSION := 0.13.8
@@ -9,9 +10,10 @@ export UV_PYTHON_DOWNLOADS := never
 export FLIGHTPLAN_HOME ?= $(CURDIR)/.flightplan
 export PYSPARK_PYTHON := $(CURDIR)/$(BIN)/python
 DEMO_START ?= 2013-01-01
-DEMO_END ?= 2013-02-01
+DEMO_MIDDLE ?= 2013-07-01
+DEMO_END ?= 2014-01-01
 
-.PHONY: env demo down test bench lint format clean
+.PHONY: env demo up down test bench lint format clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -24,24 +26,13 @@ $(BIN)/flightplan: $(UV) pyproject.toml uv.lock
 env: $(BIN)/flightplan
 
 demo: env
-	$(BIN)/flightplan replay --pipeline flights --start $(DEMO_START) --end $(DEMO_END)
-	eval "$$($(BIN)/flightplan airflow-env)" && export PATH="$(CURDIR)/$(BIN):$$PATH" && \
-	  airflow db migrate > "$$FLIGHTPLAN_HOME/airflow-db-migrate.log" && \
-	  airflow dags test data_engineering \
-	    -c '{"pipeline": "flights", "start": "$(DEMO_START)", "end": "$(DEMO_END)"}' \
-	    > "$$FLIGHTPLAN_HOME/demo-data-engineering.log" 2>&1 || \
-	  { tail -50 "$$FLIGHTPLAN_HOME/demo-data-engineering.log"; exit 1; } && \
-	  airflow dags test model_engineering -c '{"pipeline": "flights", "reason": "make demo"}' \
-	    > "$$FLIGHTPLAN_HOME/demo-model-engineering.log" 2>&1 || \
-	  { tail -50 "$$FLIGHTPLAN_HOME/demo-model-engineering.log"; exit 1; } && \
-	  $(BIN)/flightplan service start --pipeline flights && \
-	  airflow dags test deployment -c '{"pipeline": "flights", "reason": "make demo"}' \
-	    > "$$FLIGHTPLAN_HOME/demo-deployment.log" 2>&1 || \
-	  { tail -50 "$$FLIGHTPLAN_HOME/demo-deployment.log"; exit 1; }
-	$(BIN)/flightplan summary --pipeline flights --start $(DEMO_START) --end $(DEMO_END)
+	$(BIN)/flightplan demo --pipeline flights --start $(DEMO_START) --middle $(DEMO_MIDDLE) --end $(DEMO_END)
+
+up: env
+	$(BIN)/flightplan up
 
 down:
-	$(BIN)/flightplan service stop
+	if [ -x $(BIN)/flightplan ]; then $(BIN)/flightplan down; fi
 
 test: env
 	$(BIN)/pytest
@@ -62,5 +53,5 @@ format: env
 	$(BIN)/ruff check --fix .
 
 clean:
-	if [ -x $(BIN)/flightplan ]; then $(BIN)/flightplan service stop; fi
+	if [ -x $(BIN)/flightplan ]; then $(BIN)/flightplan down; fi
 	rm -rf .flightplan

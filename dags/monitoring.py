@@ -68,7 +68,7 @@ def monitor_job() -> Any:
             type=["null", "number"],
             exclusiveMinimum=0,
             maximum=1,
-            description="Retrain when this share of features drift; empty: config's",
+            description="Retrain when this share of the features and the model's output drift; empty: config's",
         ),
         "max_metric_drop": Param(
             None, type=["null", "number"], minimum=0, description="Allowed fall of the primary metric; empty: config's"

@@ -12,7 +12,8 @@ from pathlib import Path
 from flightplan.config import ConfigError, available_pipelines, load_pipeline
 from flightplan.data.partitions import interval_key
 from flightplan.layout import Layout
-from flightplan.settings import airflow_environment, api_token, load_settings, token_file
+from flightplan.settings import Settings, airflow_environment, api_token, load_settings, token_file
+from flightplan.stack import COMPONENTS
 
 
 def _layout(pipeline: str) -> Layout:
@@ -86,65 +87,10 @@ def summary(args: argparse.Namespace) -> int:
     print(f"  profile page    {layout.reports('profile') / key / 'profile.html'}")
     print(f"  split manifest  {latest['manifest']}")
     print(f"  quarantine      {ingest['quarantine']}")
-    _print_challenger(layout)
-    _print_service(layout)
+    from flightplan.demo import summarize_models
+
+    summarize_models(layout.settings, layout)
     return 0
-
-
-def _print_service(layout: Layout) -> None:
-    """The champion the service answers with, three recent records through it, and where its docs are."""
-    import httpx
-
-    from flightplan.model.registry import CHAMPION, alias_version
-    from flightplan.serving.deploy import recent_records, service_client
-
-    settings = layout.settings
-    champion = alias_version(settings, layout.config.registered_model, CHAMPION)
-    if champion is None:
-        return
-    print(f"\n  champion      version {champion}, served at {settings.service_url}")
-    recent, records = recent_records(layout, 3)
-    try:
-        with service_client(settings) as http:
-            response = http.post(f"/v1/{layout.name}/predict/batch", json={"records": records})
-        response.raise_for_status()
-    except httpx.HTTPError as err:
-        print(f"  (the service does not answer: {err}; start it with `flightplan service start --pipeline ...`)")
-        return
-    answer = response.json()
-    truth = recent[layout.config.label.name].tolist()
-    for record, prediction, label in zip(records, answer["predictions"], truth, strict=True):
-        shown = ", ".join(f"{k}={record[k]}" for k in list(record)[:4])
-        print(
-            f"  {shown} → {prediction['prediction']} (p={prediction['probability']:.3f}, "
-            f"version {answer['model_version']}, true {label})"
-        )
-    print(f"\n  API docs        {settings.service_url}/docs   (bearer token in {token_file(settings)})")
-    print("  stop it with    make down")
-
-
-def _print_challenger(layout: Layout) -> None:
-    """The model the last model-engineering run registered, and where to look at it in MLflow."""
-    from flightplan.model.registry import CHALLENGER
-    from flightplan.tracking import client, model_experiment
-
-    mlflow_client = client(layout.settings)
-    name = layout.config.registered_model
-    if not mlflow_client.search_registered_models(f"name = '{name}'"):
-        return
-    version = mlflow_client.get_model_version_by_alias(name, CHALLENGER)
-    run = mlflow_client.get_run(version.tags["flightplan.run_id"])
-    parity = json.loads((layout.model_run(run.info.run_id) / "parity.json").read_text())
-    metrics = run.data.metrics
-    primary = layout.config.primary_metric
-    print(f"\n  model         {name} version {version.version} (alias {CHALLENGER}), MLflow run {run.info.run_id}")
-    print(f"  test {primary:<8} {metrics[f'test_{primary}']:.4f}  (validation {metrics[f'validation_{primary}']:.4f})")
-    print(f"  ONNX parity   max |difference| {parity['max_abs_diff']:.2e} on {parity['rows']:,} test rows")
-    print(
-        f"\n  MLflow UI       {sys.executable.rsplit('/', 1)[0]}/mlflow ui --backend-store-uri "
-        f"{layout.settings.mlflow_tracking_uri} --port 5000  →  http://127.0.0.1:5000"
-    )
-    print(f"  experiment      {model_experiment(layout.config)} (compare runs), model {name} in Models")
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -159,7 +105,7 @@ def serve(args: argparse.Namespace) -> int:
     token = api_token(settings)
     if token is None and not args.no_auth:
         print(
-            "set FLIGHTPLAN_API_TOKEN to the bearer token clients must send (or run `flightplan service start`, "
+            "set FLIGHTPLAN_API_TOKEN to the bearer token clients must send (or run `flightplan up`, "
             f"which generates one in {token_file(settings)}), or pass --no-auth to serve without authentication "
             "(local use only)",
             file=sys.stderr,
@@ -172,68 +118,79 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _alive(pid: int) -> bool:
-    import os
-
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def service(args: argparse.Namespace) -> int:
-    """Starts `flightplan serve` in the background (a token generated if none is set), or stops it."""
-    import os
-    import secrets
-    import signal
-    import subprocess
-    import time
-
-    import httpx
+def up(args: argparse.Namespace) -> int:
+    """Starts the embedded stack (or the components named) in the background."""
+    from flightplan.stack import StackError, status
+    from flightplan.stack import up as start_stack
 
     settings = load_settings()
-    folder = settings.home / "serving"
-    pid_file = folder / "service.pid"
-    running = int(pid_file.read_text()) if pid_file.exists() else None
-    if running is not None and not _alive(running):
-        running = None
-    if args.action == "stop":
-        if running is not None:
-            os.kill(running, signal.SIGTERM)
-            for _ in range(300):
-                if not _alive(running):
-                    break
-                time.sleep(0.1)
-            print(f"stopped the inference service (pid {running})")
-        pid_file.unlink(missing_ok=True)
-        return 0
-    if running is not None:
-        print(f"the inference service is already running (pid {running}) at {settings.service_url}")
-        return 0
-    folder.mkdir(parents=True, exist_ok=True)
-    if api_token(settings) is None:
-        # Created readable by its owner only, never for a moment by anyone else.
-        handle = os.open(token_file(settings), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(handle, "w") as out:
-            out.write(secrets.token_urlsafe(32))
-    port = str(httpx.URL(settings.service_url).port or 80)
-    command = [sys.executable, "-m", "flightplan.cli", "serve", "--port", port]
-    for pipeline in args.pipeline:
-        command += ["--pipeline", pipeline]
-    with (folder / "service.log").open("a") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-    pid_file.write_text(str(process.pid))
-    for _ in range(600):
-        if process.poll() is not None:
-            print((folder / "service.log").read_text()[-3000:], file=sys.stderr)
-            return 1
-        try:
-            httpx.get(f"{settings.service_url}/health", timeout=1)
-            break
-        except httpx.TransportError:
-            time.sleep(0.2)
-    print(f"inference service running (pid {process.pid}) at {settings.service_url}, log {folder / 'service.log'}")
+    try:
+        start_stack(settings, args.dags.resolve(), args.plugins.resolve(), args.components)
+    except StackError as err:
+        print(err, file=sys.stderr)
+        return 1
+    _print_status(settings, status(settings))
+    return 0
+
+
+def down(args: argparse.Namespace) -> int:
+    from flightplan.stack import StackError
+    from flightplan.stack import down as stop_stack
+
+    try:
+        stopped = stop_stack(load_settings(), args.components)
+    except StackError as err:
+        print(err, file=sys.stderr)
+        return 2
+    for name, pid in stopped.items():
+        print(f"{name:<22} {'stopped (pid ' + str(pid) + ')' if pid else 'was not running'}")
+    return 0
+
+
+def stack_status(args: argparse.Namespace) -> int:
+    from flightplan.stack import status
+
+    found = status(load_settings())
+    _print_status(load_settings(), found)
+    return 0 if all(found.values()) else 1
+
+
+def _print_status(settings: Settings, found: dict[str, int | None]) -> None:
+    from flightplan.stack import stack_dir
+
+    urls = {
+        "airflow-api-server": settings.airflow_url,
+        "mlflow": settings.mlflow_ui_url,
+        "service": settings.service_url,
+    }
+    for name, pid in found.items():
+        where = f"  {urls[name]}" if name in urls and pid else ""
+        print(f"{name:<22} {'running (pid ' + str(pid) + ')' if pid else 'stopped'}{where}")
+    print(f"logs under {stack_dir(settings)}")
+
+
+def demo(args: argparse.Namespace) -> int:
+    """Starts the stack, runs the demo loop through it and prints what happened."""
+    import os
+
+    from flightplan.demo import DemoFailed, DemoPlan, Progress, run_demo, summarize, summarize_models
+    from flightplan.stack import StackError, stack_airflow_environment
+    from flightplan.stack import up as start_stack
+
+    layout = _layout(args.pipeline)
+    settings = layout.settings
+    dags, plugins = args.dags.resolve(), args.plugins.resolve()
+    progress = Progress(lambda line: print(line, flush=True))
+    try:
+        with progress.step("the stack: Airflow, the MLflow UI, the inference service"):
+            start_stack(settings, dags, plugins)
+        env = {**os.environ, **stack_airflow_environment(settings, dags, plugins)}
+        record = run_demo(settings, layout, DemoPlan(args.pipeline, args.start, args.middle, args.end), env, progress)
+    except (StackError, DemoFailed) as err:
+        print(err, file=sys.stderr)
+        return 1
+    summarize(settings, layout, record)
+    summarize_models(settings, layout)
     return 0
 
 
@@ -245,6 +202,10 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--pipeline", required=True)
         command.add_argument("--start", type=date.fromisoformat, required=True, help="first day, YYYY-MM-DD")
         command.add_argument("--end", type=date.fromisoformat, required=True, help="day after the last day")
+
+    def with_folders(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--dags", type=Path, default=Path("dags"), help="the DAGs folder")
+        command.add_argument("--plugins", type=Path, default=Path("plugins"), help="the Airflow plugins folder")
 
     cmd = commands.add_parser("replay", help="drop a dataset into the landing zone as daily CSV files")
     with_interval(cmd)
@@ -258,8 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd.add_argument("pipelines", nargs="*")
     cmd.set_defaults(run=check)
     cmd = commands.add_parser("airflow-env", help="print the environment of the embedded Airflow")
-    cmd.add_argument("--dags", type=Path, default=Path("dags"))
-    cmd.add_argument("--plugins", type=Path, default=Path("plugins"))
+    with_folders(cmd)
     cmd.set_defaults(run=airflow_env)
     cmd = commands.add_parser("summary", help="print where a data-engineering run left its results")
     with_interval(cmd)
@@ -271,10 +231,18 @@ def main(argv: list[str] | None = None) -> int:
     cmd.add_argument("--poll-seconds", type=float, default=10.0, help="how often to check the champion alias")
     cmd.add_argument("--no-auth", action="store_true", help="serve without a bearer token (local use only)")
     cmd.set_defaults(run=serve)
-    cmd = commands.add_parser("service", help="start or stop the inference service in the background")
-    cmd.add_argument("action", choices=["start", "stop"])
-    cmd.add_argument("--pipeline", action="append", default=[], help="pipelines to serve (start)")
-    cmd.set_defaults(run=service)
+    for name, run, text in (("up", up, "start the embedded stack in the background"), ("down", down, "stop it")):
+        cmd = commands.add_parser(name, help=text)
+        cmd.add_argument("components", nargs="*", help=f"some of: {', '.join(COMPONENTS)}; all when none is named")
+        cmd.set_defaults(run=run)
+        with_folders(cmd)
+    cmd = commands.add_parser("status", help="which processes of the embedded stack run")
+    cmd.set_defaults(run=stack_status)
+    cmd = commands.add_parser("demo", help="the whole loop on a pipeline's demo data, through the running stack")
+    with_interval(cmd)
+    cmd.add_argument("--middle", type=date.fromisoformat, required=True, help="first day of the traffic half")
+    with_folders(cmd)
+    cmd.set_defaults(run=demo)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))

@@ -262,7 +262,9 @@ class DeploymentSpec(Strict):
     """How the deployment DAG decides and checks a promotion."""
 
     recent_days: Annotated[int, Field(ge=1)] = Field(
-        default=7, description="the challenger and the champion are compared on the newest N days of labeled data"
+        default=28,
+        description="the challenger and the champion are compared on the newest N days of labeled data (whole "
+        "weeks, and enough of them that one unusual week, a holiday or a storm, does not decide alone)",
     )
     min_rows: Annotated[int, Field(ge=1)] = Field(default=100, description="fewer recent rows: no comparison")
     margin: float = Field(
@@ -278,7 +280,8 @@ class MonitoringSpec(Strict):
     """How the monitoring DAG judges the served model on its logged traffic, and when it asks for retraining.
 
     Per-column drift uses Evidently's default tests and thresholds. The defaults below retrain when half of
-    the model's features drift (Evidently's own dataset-drift rule) or when the primary metric on ground
+    the columns of the drift report drift (the model's features and its output: Evidently's own dataset-drift
+    rule, so the decision agrees with the report a person reads) or when the primary metric on ground
     truth falls 0.05 below what the champion scored on its test split, and never on a thin window."""
 
     window_hours: Annotated[int, Field(ge=1)] = Field(
@@ -291,7 +294,7 @@ class MonitoringSpec(Strict):
         default=200, description="fewer rows with ground truth: performance is not judged"
     )
     drift_share: Annotated[float, Field(gt=0, le=1)] = Field(
-        default=0.5, description="retrain when at least this share of the model's features drift"
+        default=0.5, description="retrain when at least this share of the model's features and output drift"
     )
     max_metric_drop: Annotated[float, Field(ge=0)] = Field(
         default=0.05,

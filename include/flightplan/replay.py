@@ -91,8 +91,8 @@ def replay_traffic(
 def labeled_days(layout: Layout, start: date, end: date) -> pd.DataFrame:
     """The labeled rows of the days in [start, end) in time order (the data-engineering run of those days
     must have run)."""
-    from flightplan.data.batches import read_partitions
+    from flightplan.data.batches import read_in_order
 
-    config = layout.config
-    table = read_partitions(layout.dataset("labeled"), config.source.partition_column, days_in(start, end))
-    return table.sort_by([(config.source.time_column, "ascending")]).to_pandas()
+    source = layout.config.source
+    days = days_in(start, end)
+    return read_in_order(layout.dataset("labeled"), source.partition_column, days, source.time_column).to_pandas()

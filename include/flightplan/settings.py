@@ -26,6 +26,7 @@ class Settings:
     mlflow_tracking_uri: str
     mlflow_artifact_root: str
     mlflow_ui_url: str  # where people open the MLflow UI (links from the Models page)
+    airflow_url: str  # the embedded Airflow's API server and web UI
     airflow_home: Path
     airflow_database_url: str
     predictions_db_url: str
@@ -57,6 +58,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         mlflow_ui_url=env.get(
             "FLIGHTPLAN_MLFLOW_UI_URL", tracking_uri if tracking_uri.startswith("http") else "http://127.0.0.1:5000"
         ),
+        airflow_url=env.get("FLIGHTPLAN_AIRFLOW_URL", "http://127.0.0.1:8080"),
         airflow_home=airflow_home,
         airflow_database_url=env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{airflow_home / 'airflow.db'}"),
         service_url=env.get("FLIGHTPLAN_SERVICE_URL", "http://127.0.0.1:8000"),

@@ -13,7 +13,7 @@ import pytest
 from flightplan.layout import Layout
 
 from tests.conftest import END_DAY, FIRST_DAY
-from tests.e2e.conftest import AIRFLOW, airflow_api, running_airflow, task_states, wait_for_run, wait_until_parsed
+from tests.e2e.conftest import AIRFLOW, airflow_api, running_airflow
 
 CONF = {"pipeline": "flights", "start": FIRST_DAY.isoformat(), "end": END_DAY.isoformat()}
 pytestmark = pytest.mark.airflow
@@ -78,28 +78,28 @@ def test_model_engineering_registers_a_challenger_that_loads_by_alias(
 
 
 @pytest.fixture(scope="module")
-def live_airflow(airflow_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_airflow(airflow_env, tmp_path_factory.mktemp("airflow-logs")) as base:
+def live_airflow(airflow_env: dict[str, str]) -> Iterator[str]:
+    with running_airflow(airflow_env) as base:
         yield base
 
 
 def test_trigger_through_rest_api_runs_to_success(live_airflow: str, airflow_env: dict[str, str]) -> None:
     api = airflow_api(live_airflow, airflow_env)
-    assert api.get("/dags/data_engineering").status_code in (200, 404)
+    assert api.http.get("/dags/data_engineering").status_code in (200, 404)
     assert httpx.get(f"{live_airflow}/api/v2/dags", timeout=30).status_code == 401
 
-    wait_until_parsed(api, "data_engineering")
-    api.patch("/dags/data_engineering", json={"is_paused": False}).raise_for_status()
-    created = api.post("/dags/data_engineering/dagRuns", json={"logical_date": None, "conf": CONF})
-    created.raise_for_status()
-    run_id = created.json()["dag_run_id"]
+    api.wait_until_parsed("data_engineering")
+    api.set_paused("data_engineering", False)
+    run_id = api.trigger("data_engineering", CONF)["dag_run_id"]
 
-    state = wait_for_run(api, "data_engineering", run_id)
-    assert state == "success", task_states(api, "data_engineering", run_id)
-    assert task_states(api, "data_engineering", run_id) == dict.fromkeys(
+    state = api.wait_for_run("data_engineering", run_id)
+    assert state == "success", api.task_states("data_engineering", run_id)
+    assert api.task_states("data_engineering", run_id) == dict.fromkeys(
         ["ingest", "profile", "validate", "wrangle", "label", "split"], "success"
     )
-    events = api.get("/assets/events", params={"source_dag_id": "data_engineering", "source_run_id": run_id}).json()
+    events = api.http.get(
+        "/assets/events", params={"source_dag_id": "data_engineering", "source_run_id": run_id}
+    ).json()
     assert [e["extra"]["pipeline"] for e in events["asset_events"]] == ["flights"]
 
 
@@ -113,23 +113,23 @@ def test_models_page_answers_only_a_logged_in_airflow_user(live_airflow: str, ai
     assert httpx.get(f"{live_airflow}/flightplan/", timeout=30).status_code == 401
     assert httpx.get(f"{live_airflow}/flightplan/", cookies={"_token": "forged"}, timeout=30).status_code in (401, 403)
     api = airflow_api(live_airflow, airflow_env)
-    page = httpx.get(f"{live_airflow}/flightplan/", headers=api.headers, timeout=60)
+    page = httpx.get(f"{live_airflow}/flightplan/", headers=api.http.headers, timeout=60)
     assert page.status_code == 200 and f"<b>challenger</b>: version {challenger}" in page.text
     assert "Signed in as admin" in page.text
-    plugins = api.get("/plugins").json()["plugins"]
+    plugins = api.http.get("/plugins").json()["plugins"]
     assert any(view["href"] == "flightplan/" for p in plugins for view in p.get("external_views", []))
 
-    wait_until_parsed(api, "deployment")
+    api.wait_until_parsed("deployment")
     deployed = httpx.post(
         f"{live_airflow}/flightplan/pipelines/flights/deploy",
         data={"version": challenger, "reason": "e2e"},
-        headers=api.headers,
+        headers=api.http.headers,
         timeout=60,
     )
     assert deployed.status_code == 200, deployed.text
-    runs = api.get("/dags/deployment/dagRuns").json()["dag_runs"]
+    runs = api.http.get("/dags/deployment/dagRuns").json()["dag_runs"]
     started = [r for r in runs if r["conf"].get("reason", "").startswith("e2e (deployed by admin")]
     assert len(started) == 1 and started[0]["conf"]["version"] == challenger
     assert started[0]["triggering_user_name"] == "admin"
     # The deployment DAG stays paused here; the run is removed so that later tests start from none.
-    api.delete(f"/dags/deployment/dagRuns/{started[0]['dag_run_id']}").raise_for_status()
+    api.http.delete(f"/dags/deployment/dagRuns/{started[0]['dag_run_id']}").raise_for_status()

@@ -11,11 +11,12 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from flightplan.airflow_rest import AirflowApi
 from flightplan.layout import Layout
 from flightplan.settings import Settings
 
 from tests.conftest import free_port, service_process
-from tests.e2e.conftest import airflow_api, running_airflow, task_states, wait_for_run, wait_for_task, wait_until_parsed
+from tests.e2e.conftest import airflow_api, running_airflow
 from tests.e2e.test_airflow import dags_test, dags_test_failing
 from tests.integration.conftest import WORSE, run_chain
 
@@ -95,7 +96,7 @@ def register_worse_challenger() -> str:
 @pytest.fixture(scope="module")
 def approving_airflow(
     airflow_env: dict[str, str], service: str, settings: Settings, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[httpx.Client]:
+) -> Iterator[AirflowApi]:
     """A live Airflow whose flights pipeline requires a person's approval before each promotion."""
     pipelines = tmp_path_factory.mktemp("pipelines-with-approval")
     shutil.copytree(settings.pipelines_dir, pipelines, dirs_exist_ok=True)
@@ -107,39 +108,34 @@ def approving_airflow(
         "FLIGHTPLAN_SERVICE_URL": service,
         "FLIGHTPLAN_API_TOKEN": TOKEN,
     }
-    with running_airflow(env, tmp_path_factory.mktemp("approval-airflow-logs")) as base:
+    with running_airflow(env) as base:
         api = airflow_api(base, env)
-        wait_until_parsed(api, "deployment")
-        api.patch("/dags/deployment", json={"is_paused": False}).raise_for_status()
+        api.wait_until_parsed("deployment")
+        api.set_paused("deployment", False)
         yield api
 
 
-def deploy_with_answer(api: httpx.Client, version: str, answer: str) -> tuple[str, dict[str, str | None]]:
+def deploy_with_answer(api: AirflowApi, version: str, answer: str) -> tuple[str, dict[str, str | None]]:
     """Triggers a deployment of ``version``, answers its approval task, and returns the run's end state."""
-    created = api.post(
-        "/dags/deployment/dagRuns",
-        json={"logical_date": None, "conf": {"pipeline": "flights", "version": version, "reason": answer}},
-    )
-    created.raise_for_status()
-    run_id = created.json()["dag_run_id"]
-    wait_for_task(api, "deployment", run_id, "approve", "awaiting_input")
+    run_id = api.trigger("deployment", {"pipeline": "flights", "version": version, "reason": answer})["dag_run_id"]
+    api.wait_for_task("deployment", run_id, "approve", "awaiting_input")
     # As a person would, answer after the scheduler has seen the paused worker exit: in Airflow 3.3.2 an
     # answer within a second of the pause races it, and the task is marked failed ("finished with state
     # success, but the task instance's state attribute is queued").
     time.sleep(5)
-    assert task_states(api, "deployment", run_id)["promote"] is None
-    details = api.get(f"/dags/deployment/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails")
+    assert api.task_states("deployment", run_id)["promote"] is None
+    details = api.http.get(f"/dags/deployment/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails")
     details.raise_for_status()
     assert details.json()["options"] == ["Approve", "Reject"] and "flights" in details.json()["subject"]
-    api.patch(
+    api.http.patch(
         f"/dags/deployment/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails",
         json={"chosen_options": [answer], "params_input": {}},
     ).raise_for_status()
-    return wait_for_run(api, "deployment", run_id), task_states(api, "deployment", run_id)
+    return api.wait_for_run("deployment", run_id), api.task_states("deployment", run_id)
 
 
 def test_a_promotion_waits_for_a_persons_approval(
-    approving_airflow: httpx.Client, service: str, settings: Settings
+    approving_airflow: AirflowApi, service: str, settings: Settings
 ) -> None:
     """Runs after the test above, with its champion in place."""
     champion = aliases(settings)["champion"]

@@ -6,7 +6,6 @@ asset-scheduled deployment DAG, and the service ends up serving the promoted ver
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Iterator
 from datetime import date
 from typing import Any
@@ -18,7 +17,7 @@ from flightplan.layout import Layout
 from flightplan.settings import Settings
 
 from tests.conftest import service_process
-from tests.e2e.conftest import airflow_api, running_airflow, task_states, wait_for_run, wait_until_parsed
+from tests.e2e.conftest import airflow_api, running_airflow
 from tests.e2e.test_airflow import dags_test
 
 TOKEN = "e2e-monitoring-token"
@@ -54,19 +53,6 @@ def loop_env(airflow_env: dict[str, str], service: str, settings: Settings, tmp_
     }
 
 
-def newest_run(api: httpx.Client, dag_id: str, after: str) -> dict[str, Any] | None:
-    runs = api.get(f"/dags/{dag_id}/dagRuns", params={"order_by": "-run_after", "limit": 1}).json()["dag_runs"]
-    return runs[0] if runs and runs[0]["run_after"] > after else None
-
-
-def wait_for_new_run(api: httpx.Client, dag_id: str, after: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 600
-    while (run := newest_run(api, dag_id, after)) is None:
-        assert time.monotonic() < deadline, f"no {dag_id} run was started"
-        time.sleep(5)
-    return run
-
-
 def test_drifted_traffic_retrains_and_the_gates_promote(
     loop_env: dict[str, str],
     service: str,
@@ -84,25 +70,23 @@ def test_drifted_traffic_retrains_and_the_gates_promote(
     sent = replay_traffic(Layout(dataclasses.replace(settings, service_url=service), layout.config), JULY, JULY_END)
     assert sent["answered"] == sent["rows"] == sent["labeled"] > 300
 
-    with running_airflow(loop_env, tmp_path_factory.mktemp("loop-airflow-logs")) as base:
+    with running_airflow(loop_env) as base:
         api = airflow_api(base, loop_env)
         for dag_id in ("model_engineering", "deployment", "monitoring"):  # monitoring's scheduled run last
-            wait_until_parsed(api, dag_id)
-            api.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
-        started = api.post("/dags/monitoring/dagRuns", json={"logical_date": None, "conf": {"pipeline": "flights"}})
-        started.raise_for_status()
-        monitoring_run = started.json()
-        assert wait_for_run(api, "monitoring", monitoring_run["dag_run_id"]) == "success"
-        assert task_states(api, "monitoring", monitoring_run["dag_run_id"])["retrain"] == "success"
+            api.wait_until_parsed(dag_id)
+            api.set_paused(dag_id, False)
+        monitoring_run = api.trigger("monitoring", {"pipeline": "flights"})
+        assert api.wait_for_run("monitoring", monitoring_run["dag_run_id"]) == "success"
+        assert api.task_states("monitoring", monitoring_run["dag_run_id"])["retrain"] == "success"
 
-        training = wait_for_new_run(api, "model_engineering", monitoring_run["run_after"])
+        training = api.wait_for_new_run("model_engineering", monitoring_run["run_after"])
         assert training["conf"]["reason"].startswith("monitoring ")
-        assert wait_for_run(api, "model_engineering", training["dag_run_id"]) == "success", task_states(
-            api, "model_engineering", training["dag_run_id"]
+        assert api.wait_for_run("model_engineering", training["dag_run_id"]) == "success", api.task_states(
+            "model_engineering", training["dag_run_id"]
         )
-        deployment = wait_for_new_run(api, "deployment", training["run_after"])
-        assert wait_for_run(api, "deployment", deployment["dag_run_id"]) == "success", task_states(
-            api, "deployment", deployment["dag_run_id"]
+        deployment = api.wait_for_new_run("deployment", training["run_after"])
+        assert api.wait_for_run("deployment", deployment["dag_run_id"]) == "success", api.task_states(
+            "deployment", deployment["dag_run_id"]
         )
 
     from flightplan.model.registry import CHAMPION, alias_version

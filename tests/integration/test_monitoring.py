@@ -109,7 +109,10 @@ def test_unshifted_traffic_holds_shifted_traffic_retrains_once(
     moved_features = {*SHIFTED, "dep_hour", "carrier", "origin"} & set(verdicts)
     assert moved_features and all(verdicts[c] for c in moved_features), verdicts
     assert stormy["drift_share"] >= 0.3 and stormy["decision"]["outcome"] == "retrain", stormy["decision"]
-    assert "of the features drift" in stormy["decision"]["reason"] and "roc_auc" in stormy["decision"]["reason"]
+    assert (
+        "of the features and the model's output drift" in stormy["decision"]["reason"]
+        and "roc_auc" in stormy["decision"]["reason"]
+    )
     assert stormy["performance"]["roc_auc"] < 0.5
     assert [c["column"] for c in stormy["prediction_drift"]] == ["probability"]
     for report in ("drift_html", "drift_json", "performance_html", "performance_json"):

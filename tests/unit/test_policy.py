@@ -25,7 +25,7 @@ CALM = Evidence(
 def test_a_calm_window_holds_and_says_why() -> None:
     decision = decide(CALM, SPEC, None, NOW)
     assert decision.outcome == "hold" and not decision.retrain
-    assert "10% of the features drift" in decision.reason and "roc_auc 0.7000" in decision.reason
+    assert "10% of the features and the model's output drift" in decision.reason and "roc_auc 0.7000" in decision.reason
 
 
 def test_drift_over_the_share_retrains_and_names_the_features() -> None:

@@ -17,7 +17,7 @@ RETRAIN, HOLD, UNDECIDED = "retrain", "hold", "undecided"
 class Evidence:
     rows: int
     labeled_rows: int
-    drift_share: float  # of the model's features
+    drift_share: float  # of the drift report's columns: the model's features and its output
     drifted: list[str]
     metric: str  # the pipeline's primary metric
     live_score: float | None  # on the window's rows with ground truth
@@ -42,8 +42,8 @@ def triggers(evidence: Evidence, spec: MonitoringSpec) -> list[str]:
     found = []
     if evidence.drift_share >= spec.drift_share:
         found.append(
-            f"{evidence.drift_share:.0%} of the features drift (at least {spec.drift_share:.0%}): "
-            + ", ".join(evidence.drifted)
+            f"{evidence.drift_share:.0%} of the features and the model's output drift "
+            f"(at least {spec.drift_share:.0%}): " + ", ".join(evidence.drifted)
         )
     live, champion = evidence.live_score, evidence.champion_score
     enough = evidence.labeled_rows >= spec.min_labeled_rows
@@ -70,7 +70,7 @@ def decide(evidence: Evidence, spec: MonitoringSpec, last_retrain: datetime | No
             if evidence.live_score is not None and evidence.labeled_rows >= spec.min_labeled_rows
             else f"{evidence.labeled_rows} rows with ground truth, fewer than {spec.min_labeled_rows}: not judged"
         )
-        return Decision(HOLD, f"{evidence.drift_share:.0%} of the features drift; {performance}")
+        return Decision(HOLD, f"{evidence.drift_share:.0%} of the features and the model's output drift; {performance}")
     cooldown = timedelta(hours=spec.cooldown_hours)
     if last_retrain is not None and now - last_retrain < cooldown:
         return Decision(

@@ -191,8 +191,8 @@ def check(job: MonitorJob) -> dict[str, Any]:
         evidence = policy.Evidence(
             rows=len(current),
             labeled_rows=len(labeled),
-            drift_share=drift_share(verdicts),
-            drifted=[v.column for v in verdicts if v.drifted],
+            drift_share=drift_share([*verdicts, *output_drift]),
+            drifted=[v.column for v in [*verdicts, *output_drift] if v.drifted],
             metric=config.primary_metric,
             live_score=live.get(config.primary_metric),
             champion_score=test_score,

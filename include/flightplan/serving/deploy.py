@@ -55,16 +55,15 @@ def deployment_experiment(config: PipelineConfig) -> str:
 
 def recent_labeled(layout: Layout, days: int) -> tuple[pd.DataFrame, list[date]]:
     """The newest ``days`` day partitions of the labeled data, with derived features, in a fixed order."""
-    from flightplan.data.batches import read_partitions
+    from flightplan.data.batches import read_in_order
     from flightplan.model.features import derive
 
-    column = layout.config.source.partition_column
+    source = layout.config.source
     root = layout.dataset("labeled")
+    column = source.partition_column
     found = sorted(date.fromisoformat(p.name.split("=", 1)[1]) for p in root.glob(f"{column}=*") if p.is_dir())
     chosen = found[-days:]
-    table = read_partitions(root, column, chosen)
-    order = [layout.config.source.time_column, *sorted(c for c in table.column_names if c != column)]
-    table = table.sort_by([(name, "ascending") for name in order if name in table.column_names])
+    table = read_in_order(root, column, chosen, source.time_column)
     return derive(table, layout.config.features.derived).to_pandas(), chosen
 
 

@@ -123,7 +123,9 @@ def create_ui(current_user: Callable[..., Any], trigger_dag: TriggerDag, setting
                         _e(f"{check['rows']:,} ({check['labeled_rows']:,} labeled)"),
                         _e(
                             f"{check['drift_share']:.0%}: "
-                            + ", ".join(c["column"] for c in check["columns"] if c["drifted"])
+                            + ", ".join(
+                                c["column"] for c in [*check["columns"], *check["prediction_drift"]] if c["drifted"]
+                            )
                         ),
                         _e("-" if score is None else f"{score:.4f}"),
                         f"<span class='{_e(decision['outcome'])}'>{_e(decision['outcome'])}</span>: "

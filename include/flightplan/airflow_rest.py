@@ -1,0 +1,122 @@
+"""A client of Airflow's REST API v2 for the commands that drive a running Airflow (the demo, the tests):
+log in, pause and unpause DAGs, start runs and follow them. It talks HTTP only: nothing of Airflow is
+imported, so the library stays free of it."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
+ADMIN = "admin"  # the user the embedded stack's simple auth manager is given
+FINISHED = ("success", "failed")
+
+
+class RetryingTransport(httpx.HTTPTransport):
+    """Retries a server error: on SQLite, an API write can time out on the database lock (5 s) while the
+    scheduler and the tasks write, and nothing of it is committed; a real client retries such a request."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        for _ in range(4):
+            response = super().handle_request(request)
+            if response.status_code < 500:
+                return response
+            response.read()
+            response.close()
+            time.sleep(2)
+        return super().handle_request(request)
+
+
+def admin_password(airflow_home: Path, user: str = ADMIN) -> str:
+    """The password Airflow's simple auth manager generated for ``user``."""
+    return str(json.loads((airflow_home / PASSWORDS_FILE).read_text())[user])
+
+
+class AirflowApi:
+    """REST API v2 calls, logged in as one user of the simple auth manager."""
+
+    def __init__(self, base_url: str, airflow_home: Path, user: str = ADMIN) -> None:
+        self.base_url = base_url.rstrip("/")
+        credentials = {"username": user, "password": admin_password(airflow_home, user)}
+        token = httpx.post(f"{self.base_url}/auth/token", json=credentials, timeout=30)
+        token.raise_for_status()
+        self.token = str(token.json()["access_token"])
+        self.http = httpx.Client(
+            base_url=f"{self.base_url}/api/v2",
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=30,
+            transport=RetryingTransport(),
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def wait_until_parsed(self, dag_id: str, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while self.http.get(f"/dags/{dag_id}").status_code != 200:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the dag-processor never parsed {dag_id}")
+            time.sleep(2)
+
+    def set_paused(self, dag_id: str, paused: bool) -> None:
+        self.http.patch(f"/dags/{dag_id}", json={"is_paused": paused}).raise_for_status()
+
+    def trigger(self, dag_id: str, conf: dict[str, Any]) -> dict[str, Any]:
+        """Starts a run now (no logical date: the run's Params carry its interval); returns the run."""
+        started = self.http.post(f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
+        started.raise_for_status()
+        return dict(started.json())
+
+    def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
+        found = self.http.get(f"/dags/{dag_id}/dagRuns/{run_id}")
+        found.raise_for_status()
+        return dict(found.json())
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
+        found = self.http.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances").json()["task_instances"]
+        return {t["task_id"]: t["state"] for t in found}
+
+    def wait_for_run(
+        self,
+        dag_id: str,
+        run_id: str,
+        timeout: float = 900,
+        progress: Callable[[dict[str, str | None]], None] | None = None,
+    ) -> str:
+        """The run's final state (or its state when ``timeout`` seconds have passed); ``progress`` is told the
+        task states on every poll."""
+        deadline = time.monotonic() + timeout
+        state = "queued"
+        while state not in FINISHED and time.monotonic() < deadline:
+            time.sleep(3)
+            state = self.run(dag_id, run_id)["state"]
+            if progress is not None:
+                progress(self.task_states(dag_id, run_id))
+        return state
+
+    def wait_for_task(self, dag_id: str, run_id: str, task_id: str, state: str, timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        while (states := self.task_states(dag_id, run_id)).get(task_id) != state:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{dag_id}.{task_id} never reached {state}: {states}")
+            time.sleep(3)
+
+    def newest_run(self, dag_id: str, after: str) -> dict[str, Any] | None:
+        """The newest run of ``dag_id`` whose ``run_after`` is later than ``after`` (an ISO time), if any."""
+        params: dict[str, str | int] = {"order_by": "-run_after", "limit": 1}
+        runs = self.http.get(f"/dags/{dag_id}/dagRuns", params=params).json()["dag_runs"]
+        return runs[0] if runs and runs[0]["run_after"] > after else None
+
+    def wait_for_new_run(self, dag_id: str, after: str, timeout: float = 600) -> dict[str, Any]:
+        """The first run of ``dag_id`` started after ``after``: one an asset event or another DAG creates."""
+        deadline = time.monotonic() + timeout
+        while (found := self.newest_run(dag_id, after)) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {dag_id} run was started after {after}")
+            time.sleep(3)
+        return found

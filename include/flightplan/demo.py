@@ -1,0 +1,295 @@
+"""The loop `make demo` runs on a pipeline's demo data, through the running stack (`flightplan up`).
+
+1. The year's daily drops land; data_engineering ingests the first half (`airflow dags test`).
+2. Its splits asset starts model_engineering in the scheduler; the challenger asset starts deployment,
+   which promotes the first champion and reloads the service.
+3. The second half is ingested with model_engineering paused, so that the retraining that follows is the
+   one monitoring asks for, not the nightly one new splits would start.
+4. The second half is sent to the inference API as traffic, in time order, with the true labels sent back.
+5. monitoring checks the traffic against the champion's training data and decides; when it retrains, the
+   challenger goes through the acceptance gate and the deployment DAG like any other, and the service
+   ends up serving whatever the gates chose.
+
+Every step is a real DAG run in the Airflow UI and a run in MLflow; the summary says where to look."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from flightplan.airflow_rest import ADMIN, PASSWORDS_FILE, AirflowApi
+from flightplan.layout import Layout
+from flightplan.settings import Settings, token_file
+
+DAGS = ("data_engineering", "model_engineering", "deployment", "monitoring")
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    pipeline: str
+    start: date  # first day of the first half
+    middle: date  # first day of the second half (the traffic)
+    end: date  # day after the last day
+
+
+@dataclass
+class DemoRecord:
+    """What happened, for the summary: each DAG run in order, and the monitoring verdict."""
+
+    runs: list[tuple[str, str, str]] = field(default_factory=list)  # dag_id, run_id, state
+    monitoring: dict[str, Any] | None = None
+    traffic: dict[str, int] | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+class Progress:
+    """One line per step with its duration, and a line whenever a task of a followed run changes state."""
+
+    def __init__(self, write: Callable[[str], None] = print) -> None:
+        self.write = write
+        self._states: dict[str, str | None] = {}
+
+    @contextmanager
+    def step(self, title: str) -> Iterator[None]:
+        started = time.monotonic()
+        self.write(f"▶ {title}")
+        yield
+        self.write(f"  done in {_duration(time.monotonic() - started)}")
+
+    def tasks(self, states: dict[str, str | None]) -> None:
+        changed = [(task, state) for task, state in states.items() if state and state != self._states.get(task)]
+        # Between two polls a task may end and the next start: the ends are told first.
+        for task, state in sorted(changed, key=lambda change: change[1] in ("queued", "running", "scheduled")):
+            self.write(f"    {task}: {state}")
+        self._states = dict(states)
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest:02d} s" if minutes else f"{rest} s"
+
+
+class DemoFailed(RuntimeError):
+    """A step of the loop did not end as it must; the message says which and where its log is."""
+
+
+def dags_test(settings: Settings, env: dict[str, str], dag_id: str, conf: dict[str, Any]) -> None:
+    """One in-process run of a DAG (`airflow dags test`), its output kept under ``<home>/stack/``."""
+    from flightplan.stack import stack_dir
+
+    log_path = stack_dir(settings) / f"demo-{dag_id}-{conf.get('start', '')}-{conf.get('end', '')}.log"
+    with log_path.open("w") as log_file:
+        done = subprocess.run(
+            [str(Path(sys.executable).with_name("airflow")), "dags", "test", dag_id, "-c", json.dumps(conf)],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    output = log_path.read_text(errors="replace")
+    if done.returncode != 0 or "state=failed" in output:
+        raise DemoFailed(f"{dag_id} {conf} failed; its log is {log_path}:\n{output[-3000:]}")
+
+
+def follow(api: AirflowApi, progress: Progress, record: DemoRecord, dag_id: str, run: dict[str, Any]) -> str:
+    state = api.wait_for_run(dag_id, run["dag_run_id"], timeout=1800, progress=progress.tasks)
+    record.runs.append((dag_id, run["dag_run_id"], state))
+    return state
+
+
+def require(state: str, dag_id: str, api: AirflowApi, run: dict[str, Any]) -> None:
+    if state != "success":
+        states = api.task_states(dag_id, run["dag_run_id"])
+        raise DemoFailed(f"{dag_id} run {run['dag_run_id']} ended {state}: {states}")
+
+
+def newest_run(api: AirflowApi, dag_id: str) -> dict[str, Any]:
+    found = api.newest_run(dag_id, after="")
+    if found is None:
+        raise DemoFailed(f"no {dag_id} run is recorded")
+    return found
+
+
+def run_demo(settings: Settings, layout: Layout, plan: DemoPlan, env: dict[str, str], progress: Progress) -> DemoRecord:
+    """The whole loop against the running stack; returns what happened."""
+    from flightplan.monitoring.stages import MonitorJob
+    from flightplan.replay import replay, replay_traffic
+
+    record = DemoRecord()
+    api = AirflowApi(settings.airflow_url, settings.airflow_home)
+    try:
+        with progress.step(f"the daily drops of {plan.start} .. {plan.end} land in {layout.landing}"):
+            counts = replay(layout, plan.start, plan.end)
+            progress.write(f"  {sum(counts.values()):,} rows in {len(counts)} daily folders")
+        for dag_id in DAGS:
+            api.wait_until_parsed(dag_id)
+        for dag_id in ("model_engineering", "deployment"):
+            api.set_paused(dag_id, False)
+
+        first = {"pipeline": plan.pipeline, "start": str(plan.start), "end": str(plan.middle)}
+        with progress.step(f"data_engineering {plan.start} .. {plan.middle} (airflow dags test)"):
+            dags_test(settings, env, "data_engineering", first)
+            ingested = newest_run(api, "data_engineering")
+            record.runs.append(("data_engineering", ingested["dag_run_id"], ingested["state"]))
+        with progress.step("model_engineering, started by the splits asset"):
+            training = api.wait_for_new_run("model_engineering", ingested["run_after"])
+            require(follow(api, progress, record, "model_engineering", training), "model_engineering", api, training)
+        with progress.step("deployment, started by the challenger asset: the first champion"):
+            deployment = api.wait_for_new_run("deployment", training["run_after"])
+            require(follow(api, progress, record, "deployment", deployment), "deployment", api, deployment)
+
+        second = {"pipeline": plan.pipeline, "start": str(plan.middle), "end": str(plan.end)}
+        with progress.step(f"data_engineering {plan.middle} .. {plan.end}, nightly retraining paused meanwhile"):
+            api.set_paused("model_engineering", True)
+            try:
+                dags_test(settings, env, "data_engineering", second)
+            finally:
+                api.set_paused("model_engineering", False)
+            ingested = newest_run(api, "data_engineering")
+            record.runs.append(("data_engineering", ingested["dag_run_id"], ingested["state"]))
+
+        with progress.step(f"traffic: {plan.middle} .. {plan.end} through {settings.service_url}, true labels back"):
+            window_start = datetime.now(UTC).replace(microsecond=0)
+            record.traffic = replay_traffic(layout, plan.middle, plan.end, batch_rows=1000)
+            window_end = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
+            progress.write(
+                f"  {record.traffic['answered']:,} answered, {record.traffic['labeled']:,} true labels sent back"
+            )
+
+        with progress.step(f"monitoring of the traffic window {window_start:%H:%M:%S} .. {window_end:%H:%M:%S} UTC"):
+            api.set_paused("monitoring", False)
+            conf = {"pipeline": plan.pipeline, "start": window_start.isoformat(), "end": window_end.isoformat()}
+            check = api.trigger("monitoring", conf)
+            require(follow(api, progress, record, "monitoring", check), "monitoring", api, check)
+            key = MonitorJob(plan.pipeline, window_start, window_end).key
+            record.monitoring = json.loads((layout.reports("monitoring") / key / "summary.json").read_text())
+            progress.write(f"  decision: {record.monitoring['decision']['outcome']}")
+
+        if record.monitoring["decision"]["retrain"]:
+            with progress.step("model_engineering, started by monitoring"):
+                training = api.wait_for_new_run("model_engineering", check["run_after"])
+                state = follow(api, progress, record, "model_engineering", training)
+            if state == "success":
+                with progress.step("deployment of the new challenger: the gates decide"):
+                    deployment = api.wait_for_new_run("deployment", training["run_after"])
+                    follow(api, progress, record, "deployment", deployment)
+    finally:
+        api.close()
+    return record
+
+
+def summarize(settings: Settings, layout: Layout, record: DemoRecord, write: Callable[[str], None] = print) -> None:
+    """What the loop did: its runs, the traffic, the monitoring verdict and the gate's comparison."""
+    config = layout.config
+    metric = config.primary_metric
+    write(f"\n{config.name}: the loop took {_duration(time.monotonic() - record.started)}")
+    for dag_id, run_id, state in record.runs:
+        write(f"  {dag_id:<18} {state:<8} {run_id}")
+    if record.traffic is not None:
+        write(
+            f"\n  traffic       {record.traffic['answered']:,} predictions logged, "
+            f"{record.traffic['labeled']:,} with their true label"
+        )
+    check = record.monitoring
+    if check is not None:
+        drifted = [c["column"] for c in [*check["columns"], *check["prediction_drift"]] if c["drifted"]]
+        output = ", ".join(f"{c['column']} {c['method']} {c['score']:.3f}" for c in check["prediction_drift"])
+        write(f"  monitoring    {check['rows']:,} rows against version {check['model_version']}'s training data")
+        write(
+            f"  drift         {check['drift_share']:.0%} of the features and the output: {', '.join(drifted) or 'none'}"
+        )
+        write(f"  output drift  {output or '-'}")
+        live = check["performance"].get(metric)
+        champion_test = check.get(f"champion_test_{metric}")
+        if live is not None and champion_test is not None:
+            write(f"  {metric:<13} {live:.4f} on the traffic's ground truth, {champion_test:.4f} on its own test split")
+        write(f"  decision      {check['decision']['outcome']}: {check['decision']['reason']}")
+        write(f"  report        {check['reports'].get('drift_html', '-')}")
+    for dag_id, run_id, _ in record.runs:
+        if dag_id == "model_engineering":
+            _summarize_training(settings, layout, run_id, write)
+        path = layout.reports("deployment") / f"{run_id}.json"
+        if dag_id == "deployment" and path.exists():
+            decision = json.loads(path.read_text())
+            scores = [decision.get(f"{side}_metrics", {}).get(metric) for side in ("candidate", "champion")]
+            if None not in scores:
+                write(
+                    f"  gate          version {decision['candidate']} {scores[0]:.4f} against champion "
+                    f"{decision['champion']} {scores[1]:.4f} ({metric} on {decision['rows']:,} rows of "
+                    f"{decision['days'][0]} .. {decision['days'][-1]}): "
+                    + ("promoted" if decision["accepted"] else "refused")
+                )
+
+
+def _summarize_training(settings: Settings, layout: Layout, dag_run_id: str, write: Callable[[str], None]) -> None:
+    """The acceptance gate of one model_engineering run: its model and the champion on the same test set."""
+    from flightplan.tracking import client, experiment_id, model_experiment
+
+    config, metric = layout.config, layout.config.primary_metric
+    mlflow_client = client(settings)
+    found = mlflow_client.search_runs(
+        [experiment_id(mlflow_client, settings, model_experiment(config))],
+        filter_string=f"tags.`airflow.run_id` = '{dag_run_id}' and tags.`flightplan.role` = 'model'",
+        max_results=1,
+    )
+    if not found:
+        return
+    run = found[0]
+    champion = run.data.metrics.get(f"champion_test_{metric}")
+    against = f"the champion's {champion:.4f} on the same test set" if champion is not None else "no champion yet"
+    write(
+        f"  trained       version {run.data.tags.get('flightplan.registered_version', '-')}: test {metric} "
+        f"{run.data.metrics.get(f'test_{metric}', float('nan')):.4f}, {against}: "
+        f"{run.data.tags.get('flightplan.verdict', '-')}"
+    )
+
+
+def summarize_models(settings: Settings, layout: Layout, write: Callable[[str], None] = print) -> None:
+    """The registry's aliases with their test scores, a few recent records through the served champion, and
+    where each UI is."""
+    import httpx
+
+    from flightplan.model.registry import CHAMPION, alias_version
+    from flightplan.serving.deploy import recent_records, service_client
+    from flightplan.ui.views import overview
+
+    config = layout.config
+    metric = config.primary_metric
+    found = overview(layout)
+    write("")
+    for card in found.versions:
+        score = card.metrics.get(metric, float("nan"))
+        write(f"  {card.alias:<13} version {card.version}: test {metric} {score:.4f}  {card.reason}")
+    served = alias_version(settings, config.registered_model, CHAMPION)
+    if served is not None:
+        recent, records = recent_records(layout, 3)
+        try:
+            with service_client(settings) as http:
+                response = http.post(f"/v1/{config.name}/predict/batch", json={"records": records})
+            response.raise_for_status()
+        except httpx.HTTPError as err:
+            write(f"  the service at {settings.service_url} does not answer ({err}): `flightplan up` starts it")
+        else:
+            answer = response.json()
+            write(f"  served        version {answer['model_version']} at {settings.service_url}; three recent records:")
+            truth = recent[config.label.name].tolist()
+            for record, prediction, label in zip(records, answer["predictions"], truth, strict=True):
+                shown = ", ".join(f"{k}={record[k]}" for k in list(record)[:4])
+                write(f"    {shown} → {prediction['prediction']} (p={prediction['probability']:.3f}, true {label})")
+    password_file = settings.airflow_home / PASSWORDS_FILE
+    write(f"\n  Airflow UI    {settings.airflow_url}  (user {ADMIN}, password in {password_file})")
+    write(f"  Models page   {settings.airflow_url}/flightplan/  (Browse → Models in the Airflow UI)")
+    write(f"  MLflow UI     {settings.mlflow_ui_url}")
+    for title, url in found.experiments.items():
+        write(f"    {title:<18} {url}")
+    write(f"    {'registry':<18} {settings.mlflow_ui_url.rstrip('/')}/#/models/{config.registered_model}")
+    write(f"  API docs      {settings.service_url}/docs  (bearer token in {token_file(settings)})")
+    write(f"  reports       {settings.reports_root / config.name}")
+    write("  stop it all   make down")

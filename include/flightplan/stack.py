@@ -1,0 +1,258 @@
+"""The embedded stack behind `flightplan up` and `make demo`: Airflow (API server, scheduler, dag-processor,
+triggerer; LocalExecutor), the MLflow UI and the inference service, each a background process with its pid
+file and log under ``<home>/stack/``.
+
+Airflow's metadata database is SQLite under the home folder unless ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN``
+names another; the MLflow UI is started only when tracking is local (an ``http`` tracking URI is a server
+someone else runs). Starting what already runs does nothing; stopping sends SIGTERM to the component's
+process group (the scheduler's task processes, the API server's workers) and SIGKILL after a grace period."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from flightplan.airflow_rest import ADMIN
+from flightplan.config import available_pipelines
+from flightplan.settings import Settings, airflow_environment, api_token, token_file
+
+AIRFLOW_PROCESSES = ("api-server", "scheduler", "dag-processor", "triggerer")
+COMPONENTS = ("airflow", "mlflow", "service")
+
+
+class StackError(RuntimeError):
+    """A component did not start; the message names it and ends with the tail of its log."""
+
+
+@dataclass(frozen=True)
+class Process:
+    name: str  # the pid and log file names under <home>/stack/
+    command: list[str]
+    health_url: str | None  # answers 200 once the process serves; None: alive is enough
+
+
+def _bin(name: str) -> str:
+    """A console script of this environment, also when its folder is not on PATH."""
+    return str(Path(sys.executable).with_name(name))
+
+
+def _port(url: str) -> str:
+    return str(httpx.URL(url).port or 80)
+
+
+def _listen(url: str) -> list[str]:
+    """The host and port options of a server that answers at ``url`` (loopback by default: nothing of the
+    embedded stack listens on other interfaces unless its URL says so)."""
+    return ["--host", httpx.URL(url).host, "--port", _port(url)]
+
+
+def stack_dir(settings: Settings) -> Path:
+    return settings.home / "stack"
+
+
+def stack_airflow_environment(settings: Settings, dags_folder: Path, plugins_folder: Path) -> dict[str, str]:
+    """The embedded Airflow's environment, plus what its live services need: the API port its task
+    processes report to, the login of the simple auth manager and the inference service's token."""
+    env = {
+        **airflow_environment(settings, dags_folder, plugins_folder),
+        **airflow_api_environment(settings.airflow_url),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN}:admin",
+        "FLIGHTPLAN_PIPELINES_DIR": str(settings.pipelines_dir),
+        "FLIGHTPLAN_SERVICE_URL": settings.service_url,
+        "FLIGHTPLAN_MLFLOW_UI_URL": settings.mlflow_ui_url,
+        "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+    }
+    token = api_token(settings)
+    if token is not None:
+        env["FLIGHTPLAN_API_TOKEN"] = token
+    return env
+
+
+def airflow_api_environment(url: str) -> dict[str, str]:
+    """Where Airflow's API server listens, and where its task processes report to it."""
+    return {
+        "AIRFLOW__API__PORT": _port(url),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url.rstrip('/')}/execution/",
+    }
+
+
+def processes(settings: Settings, component: str, pipelines: list[str]) -> list[Process]:
+    if component == "airflow":
+        health = f"{settings.airflow_url}/api/v2/monitor/health"
+        return [
+            Process(
+                f"airflow-{name}",
+                [_bin("airflow"), name, *(_listen(settings.airflow_url) if name == "api-server" else [])],
+                health if name == "api-server" else None,
+            )
+            for name in AIRFLOW_PROCESSES
+        ]
+    if component == "mlflow":
+        if settings.mlflow_tracking_uri.startswith("http"):
+            return []
+        command = [
+            _bin("mlflow"),
+            "server",
+            "--backend-store-uri",
+            settings.mlflow_tracking_uri,
+            "--default-artifact-root",
+            settings.mlflow_artifact_root,
+            *_listen(settings.mlflow_ui_url),
+            "--workers",
+            "1",  # a UI for one person: four workers (the default) take 40 s to start on 2 cores
+        ]
+        return [Process("mlflow", command, f"{settings.mlflow_ui_url}/health")]
+    if component == "service":
+        command = [sys.executable, "-m", "flightplan.cli", "serve", *_listen(settings.service_url)]
+        for pipeline in pipelines:
+            command += ["--pipeline", pipeline]
+        return [Process("service", command, f"{settings.service_url}/health")]
+    raise StackError(f"unknown component '{component}' (known: {', '.join(COMPONENTS)})")
+
+
+def running_pid(settings: Settings, name: str) -> int | None:
+    """The pid of a stack process that is still alive (its pid file is stale otherwise)."""
+    pid_file = stack_dir(settings) / f"{name}.pid"
+    if not pid_file.exists():
+        return None
+    pid = int(pid_file.read_text())
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    return pid
+
+
+def ensure_token(settings: Settings) -> None:
+    """Generates the inference API's bearer token once, readable by its owner only from the start."""
+    if api_token(settings) is not None:
+        return
+    path = token_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(handle, "w") as out:
+        out.write(secrets.token_urlsafe(32))
+
+
+def launch(settings: Settings, process: Process, env: dict[str, str]) -> int:
+    """Starts ``process`` in its own session unless it runs already; returns its pid."""
+    folder = stack_dir(settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    running = running_pid(settings, process.name)
+    if running is not None:
+        return running
+    with (folder / f"{process.name}.log").open("a") as log_file:
+        child = subprocess.Popen(
+            process.command, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    (folder / f"{process.name}.pid").write_text(str(child.pid))
+    return child.pid
+
+
+def wait_ready(settings: Settings, started: list[Process], timeout: float = 240) -> None:
+    """Waits until every process with a health URL answers it; raises StackError naming the first that
+    exits or does not answer in time."""
+    waiting = [process for process in started if process.health_url is not None]
+    deadline = time.monotonic() + timeout
+    while waiting:
+        process = waiting[0]
+        log_path = stack_dir(settings) / f"{process.name}.log"
+        if running_pid(settings, process.name) is None:
+            raise StackError(f"{process.name} exited; {log_path}:\n{_tail(log_path)}")
+        try:
+            if httpx.get(str(process.health_url), timeout=2).status_code == 200:
+                waiting.pop(0)
+                continue
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise StackError(
+                f"{process.name} did not answer {process.health_url} in {timeout:.0f} s:\n{_tail(log_path)}"
+            )
+        time.sleep(0.5)
+
+
+def _tail(path: Path, characters: int = 3000) -> str:
+    return path.read_text(errors="replace")[-characters:]
+
+
+def stop(settings: Settings, name: str, grace_seconds: float = 30) -> int | None:
+    """Stops a stack process and what it started; returns the pid it had, or None when it was not running."""
+    pid = running_pid(settings, name)
+    if pid is not None:
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_seconds
+        while running_pid(settings, name) is not None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if running_pid(settings, name) is not None:
+            os.killpg(pid, signal.SIGKILL)
+    (stack_dir(settings) / f"{name}.pid").unlink(missing_ok=True)
+    return pid
+
+
+def migrate_airflow(settings: Settings, env: dict[str, str]) -> None:
+    """Creates or upgrades the Airflow metadata database (and, the first time, ``airflow.cfg`` with its
+    generated secrets, which every Airflow process then shares)."""
+    settings.airflow_home.mkdir(parents=True, exist_ok=True)
+    log_path = stack_dir(settings) / "airflow-db-migrate.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("w") as log_file:
+        done = subprocess.run([_bin("airflow"), "db", "migrate"], env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        raise StackError(f"airflow db migrate failed; {log_path}:\n{_tail(log_path)}")
+
+
+def _chosen(components: list[str] | None) -> list[str]:
+    unknown = sorted(set(components or []) - set(COMPONENTS))
+    if unknown:
+        raise StackError(f"unknown components {unknown} (known: {', '.join(COMPONENTS)})")
+    return list(components or COMPONENTS)
+
+
+def up(
+    settings: Settings, dags_folder: Path, plugins_folder: Path, components: list[str] | None = None
+) -> dict[str, int]:
+    """Starts the components asked for (all by default); returns the pid of each process."""
+    chosen = _chosen(components)
+    pipelines = available_pipelines(settings.pipelines_dir)
+    ensure_token(settings)
+    env = {**os.environ, **stack_airflow_environment(settings, dags_folder, plugins_folder)}
+    if "airflow" in chosen:
+        migrate_airflow(settings, env)
+    started = [
+        process
+        for component in COMPONENTS
+        if component in chosen
+        for process in processes(settings, component, pipelines)
+    ]
+    pids = {process.name: launch(settings, process, env) for process in started}
+    wait_ready(settings, started)
+    return pids
+
+
+def down(settings: Settings, components: list[str] | None = None) -> dict[str, int | None]:
+    """Stops the components asked for (all by default), the service first so that in-flight requests are
+    answered and logged while the rest still runs; returns the pid each had (None: was not running)."""
+    chosen = _chosen(components)
+    stopped = {}
+    for component in reversed(COMPONENTS):
+        if component in chosen:
+            for process in processes(settings, component, []):
+                stopped[process.name] = stop(settings, process.name)
+    return stopped
+
+
+def status(settings: Settings) -> dict[str, int | None]:
+    return {
+        process.name: running_pid(settings, process.name)
+        for component in COMPONENTS
+        for process in processes(settings, component, [])
+    }
