@@ -60,8 +60,9 @@ def stack_dir(settings: Settings) -> Path:
 
 def stack_airflow_environment(settings: Settings, dags_folder: Path, plugins_folder: Path) -> dict[str, str]:
     """The embedded Airflow's environment, plus what its live services need: the API port its task
-    processes report to, the login of the simple auth manager and the inference service's token."""
-    env = {
+    processes report to, and the login of the simple auth manager. (The inference API's token stays in its
+    file, readable by its owner only, where the service and the tasks read it: not in every environment.)"""
+    return {
         **airflow_environment(settings, dags_folder, plugins_folder),
         **airflow_api_environment(settings.airflow_url),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN}:admin",
@@ -70,10 +71,6 @@ def stack_airflow_environment(settings: Settings, dags_folder: Path, plugins_fol
         "FLIGHTPLAN_MLFLOW_UI_URL": settings.mlflow_ui_url,
         "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
     }
-    token = api_token(settings)
-    if token is not None:
-        env["FLIGHTPLAN_API_TOKEN"] = token
-    return env
 
 
 def airflow_api_environment(url: str) -> dict[str, str]:
@@ -118,15 +115,37 @@ def processes(settings: Settings, component: str, pipelines: list[str]) -> list[
     raise StackError(f"unknown component '{component}' (known: {', '.join(COMPONENTS)})")
 
 
+def _started_at(pid: int) -> str | None:
+    """When a process started, in clock ticks since boot (Linux's /proc; None where there is none), so that a
+    pid file left from before a reboot cannot name a stranger that got the same pid."""
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # a child of this process that has ended: reaped now
+            return False
+    except ChildProcessError:
+        pass  # not a child of this process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def running_pid(settings: Settings, name: str) -> int | None:
     """The pid of a stack process that is still alive (its pid file is stale otherwise)."""
     pid_file = stack_dir(settings) / f"{name}.pid"
     if not pid_file.exists():
         return None
-    pid = int(pid_file.read_text())
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    pid_text, _, started = pid_file.read_text().partition(" ")
+    pid = int(pid_text)
+    if not _alive(pid) or (started and _started_at(pid) not in (None, started.strip())):
         return None
     return pid
 
@@ -153,7 +172,7 @@ def launch(settings: Settings, process: Process, env: dict[str, str]) -> int:
         child = subprocess.Popen(
             process.command, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
         )
-    (folder / f"{process.name}.pid").write_text(str(child.pid))
+    (folder / f"{process.name}.pid").write_text(f"{child.pid} {_started_at(child.pid) or ''}".strip())
     return child.pid
 
 
