@@ -229,6 +229,15 @@ def migrate_airflow(settings: Settings, env: dict[str, str]) -> None:
         raise StackError(f"airflow db migrate failed; {log_path}:\n{_tail(log_path)}")
 
 
+def prepare_tracking(settings: Settings) -> None:
+    """Creates or upgrades a local MLflow store before the processes that use it start together: two of them
+    migrating a new SQLite store at once fail ("duplicate column name")."""
+    from flightplan.tracking import client
+
+    if not settings.mlflow_tracking_uri.startswith("http"):
+        client(settings).search_experiments(max_results=1)
+
+
 def _chosen(components: list[str] | None) -> list[str]:
     unknown = sorted(set(components or []) - set(COMPONENTS))
     if unknown:
@@ -246,6 +255,7 @@ def up(
     env = {**os.environ, **stack_airflow_environment(settings, dags_folder, plugins_folder)}
     if "airflow" in chosen:
         migrate_airflow(settings, env)
+    prepare_tracking(settings)
     started = [
         process
         for component in COMPONENTS
