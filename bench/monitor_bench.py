@@ -131,7 +131,7 @@ def write_frames(window: tuple[datetime, datetime], version: str, frames: Path) 
 
     settings, config, _ = open_pipeline(PIPELINE)
     current = current_window(settings, config, *window)
-    reference, _ = reference_frame(settings, config, version)
+    reference, _, _ = reference_frame(settings, config, version)
     features = version_metadata(settings, config.registered_model, version)[1].features
     output = PROBABILITY if config.label.task == "binary" else PREDICTION
     numeric = [f.name for f in features if f.kind == "numeric"] + [output]

@@ -5,8 +5,10 @@ imported, so the library stays free of it."""
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,9 @@ FINISHED = ("success", "failed")
 
 class RetryingTransport(httpx.HTTPTransport):
     """Retries a server error: on SQLite, an API write can time out on the database lock (5 s) while the
-    scheduler and the tasks write, and nothing of it is committed; a real client retries such a request."""
+    scheduler and the tasks write, and a real client retries such a request. Only requests that mean the same
+    when sent twice go through it: a run is started under a run id chosen here, so a second attempt after
+    one that did commit is refused (409), not a second run."""
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         for _ in range(4):
@@ -68,7 +72,11 @@ class AirflowApi:
 
     def trigger(self, dag_id: str, conf: dict[str, Any]) -> dict[str, Any]:
         """Starts a run now (no logical date: the run's Params carry its interval); returns the run."""
-        started = self.http.post(f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
+        run_id = f"manual__{datetime.now(UTC).isoformat()}_{secrets.token_hex(4)}"
+        body = {"dag_run_id": run_id, "logical_date": None, "conf": conf}
+        started = self.http.post(f"/dags/{dag_id}/dagRuns", json=body)
+        if started.status_code == 409:  # an earlier attempt of this very request was committed
+            return self.run(dag_id, run_id)
         started.raise_for_status()
         return dict(started.json())
 
@@ -113,7 +121,8 @@ class AirflowApi:
         return runs[0] if runs and runs[0]["run_after"] > after else None
 
     def wait_for_new_run(self, dag_id: str, after: str, timeout: float = 600) -> dict[str, Any]:
-        """The first run of ``dag_id`` started after ``after``: one an asset event or another DAG creates."""
+        """The newest run of ``dag_id`` once one has started after ``after``: one an asset event or another
+        DAG creates."""
         deadline = time.monotonic() + timeout
         while (found := self.newest_run(dag_id, after)) is None:
             if time.monotonic() > deadline:

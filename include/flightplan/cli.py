@@ -127,7 +127,7 @@ def up(args: argparse.Namespace) -> int:
     try:
         start_stack(settings, args.dags.resolve(), args.plugins.resolve(), args.components)
     except StackError as err:
-        print(err, file=sys.stderr)
+        print(f"{err}\n(what did start still runs: `flightplan down` stops it)", file=sys.stderr)
         return 1
     _print_status(settings, status(settings))
     return 0

@@ -187,6 +187,8 @@ def run_demo(settings: Settings, layout: Layout, plan: DemoPlan, env: dict[str, 
 
 def summarize(settings: Settings, layout: Layout, record: DemoRecord, write: Callable[[str], None] = print) -> None:
     """What the loop did: its runs, the traffic, the monitoring verdict and the gate's comparison."""
+    from flightplan.monitoring.stages import drifted_columns
+
     config = layout.config
     metric = config.primary_metric
     write(f"\n{config.name}: the loop took {_duration(time.monotonic() - record.started)}")
@@ -199,7 +201,7 @@ def summarize(settings: Settings, layout: Layout, record: DemoRecord, write: Cal
         )
     check = record.monitoring
     if check is not None:
-        drifted = [c["column"] for c in [*check["columns"], *check["prediction_drift"]] if c["drifted"]]
+        drifted = drifted_columns(check)
         output = ", ".join(f"{c['column']} {c['method']} {c['score']:.3f}" for c in check["prediction_drift"])
         write(f"  monitoring    {check['rows']:,} rows against version {check['model_version']}'s training data")
         write(

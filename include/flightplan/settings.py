@@ -33,6 +33,11 @@ class Settings:
     service_url: str
 
     @property
+    def tracks_locally(self) -> bool:
+        """MLflow's store is a database or folder of this machine (not a tracking server someone else runs)."""
+        return not self.mlflow_tracking_uri.startswith("http")
+
+    @property
     def gx_root(self) -> Path:
         return self.home / "gx"
 
@@ -82,7 +87,7 @@ def airflow_environment(settings: Settings, dags_folder: Path, plugins_folder: P
 
 
 def api_token(settings: Settings) -> str | None:
-    """The inference API's bearer token: ``FLIGHTPLAN_API_TOKEN``, else the one `flightplan service start`
+    """The inference API's bearer token: ``FLIGHTPLAN_API_TOKEN``, else the one `flightplan up`
     generated under the home folder (readable by its owner only)."""
     token = os.environ.get("FLIGHTPLAN_API_TOKEN")
     if token:

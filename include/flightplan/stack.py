@@ -9,6 +9,7 @@ process group (the scheduler's task processes, the API server's workers) and SIG
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -93,7 +94,7 @@ def processes(settings: Settings, component: str, pipelines: list[str]) -> list[
             for name in AIRFLOW_PROCESSES
         ]
     if component == "mlflow":
-        if settings.mlflow_tracking_uri.startswith("http"):
+        if not settings.tracks_locally:
             return []
         command = [
             _bin("mlflow"),
@@ -138,14 +139,23 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _pid_file(settings: Settings, name: str) -> tuple[int, str] | None:
+    """The pid and start time a pid file holds (None: no file, or not one this module wrote whole)."""
+    pid_file = stack_dir(settings) / f"{name}.pid"
+    try:
+        pid_text, _, started = pid_file.read_text().partition(" ")
+        return int(pid_text), started.strip()
+    except (OSError, ValueError):
+        return None
+
+
 def running_pid(settings: Settings, name: str) -> int | None:
     """The pid of a stack process that is still alive (its pid file is stale otherwise)."""
-    pid_file = stack_dir(settings) / f"{name}.pid"
-    if not pid_file.exists():
+    found = _pid_file(settings, name)
+    if found is None:
         return None
-    pid_text, _, started = pid_file.read_text().partition(" ")
-    pid = int(pid_text)
-    if not _alive(pid) or (started and _started_at(pid) not in (None, started.strip())):
+    pid, started = found
+    if not _alive(pid) or (started and _started_at(pid) not in (None, started)):
         return None
     return pid
 
@@ -172,7 +182,9 @@ def launch(settings: Settings, process: Process, env: dict[str, str]) -> int:
         child = subprocess.Popen(
             process.command, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
         )
-    (folder / f"{process.name}.pid").write_text(f"{child.pid} {_started_at(child.pid) or ''}".strip())
+    partial = folder / f".{process.name}.pid.partial"
+    partial.write_text(f"{child.pid} {_started_at(child.pid) or ''}".strip())
+    partial.replace(folder / f"{process.name}.pid")
     return child.pid
 
 
@@ -203,18 +215,41 @@ def _tail(path: Path, characters: int = 3000) -> str:
     return path.read_text(errors="replace")[-characters:]
 
 
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _signal_group(group: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+        os.killpg(group, signum)
+
+
 def stop(settings: Settings, name: str, grace_seconds: float = 30) -> int | None:
-    """Stops a stack process and what it started; returns the pid it had, or None when it was not running."""
-    pid = running_pid(settings, name)
-    if pid is not None:
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_seconds
-        while running_pid(settings, name) is not None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if running_pid(settings, name) is not None:
-            os.killpg(pid, signal.SIGKILL)
+    """Stops a stack process and every process of its group (it leads one: the scheduler's task processes,
+    the API server's workers), SIGKILL for what is left after the grace period; returns the leader's pid, or
+    None when nothing of it was running. The group is stopped also when its leader has died: Linux does
+    not give a group's number to a new process while a member of the group lives."""
+    found = _pid_file(settings, name)
+    stopped = None
+    if found is not None:
+        group, started = found
+        leader_alive = _alive(group)
+        reused = leader_alive and bool(started) and _started_at(group) not in (None, started)
+        if not reused and _group_alive(group):
+            stopped = group
+            _signal_group(group, signal.SIGTERM)
+            deadline = time.monotonic() + grace_seconds
+            while (_alive(group) or _group_alive(group)) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            _signal_group(group, signal.SIGKILL)
     (stack_dir(settings) / f"{name}.pid").unlink(missing_ok=True)
-    return pid
+    return stopped
 
 
 def migrate_airflow(settings: Settings, env: dict[str, str]) -> None:
@@ -234,7 +269,7 @@ def prepare_tracking(settings: Settings) -> None:
     migrating a new SQLite store at once fail ("duplicate column name")."""
     from flightplan.tracking import client
 
-    if not settings.mlflow_tracking_uri.startswith("http"):
+    if settings.tracks_locally:
         client(settings).search_experiments(max_results=1)
 
 
@@ -274,7 +309,8 @@ def down(settings: Settings, components: list[str] | None = None) -> dict[str, i
     stopped = {}
     for component in reversed(COMPONENTS):
         if component in chosen:
-            for process in processes(settings, component, []):
+            # Airflow's API server last: the tasks the scheduler stops report their end through it.
+            for process in reversed(processes(settings, component, [])):
                 stopped[process.name] = stop(settings, process.name)
     return stopped
 

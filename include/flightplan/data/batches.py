@@ -26,12 +26,16 @@ def read_partitions(root: Path, column: str, days: list[date], columns: list[str
     return pa.concat_tables(tables, promote_options="default")
 
 
+def in_fixed_order(table: pa.Table, time_column: str, ignore: tuple[str, ...] = ()) -> pa.Table:
+    """The rows sorted by time, then by every other column (but ``ignore``): the same rows always come in
+    the same order, whatever order their files were written in."""
+    rest = sorted(c for c in table.column_names if c not in (time_column, *ignore))
+    return table.sort_by([(name, "ascending") for name in [time_column, *rest]])
+
+
 def read_in_order(root: Path, column: str, days: list[date], time_column: str) -> pa.Table:
-    """The days' partitions in a fixed row order (time, then every other column), whatever order the files
-    were written in: the same days always give the same rows in the same order."""
-    table = read_partitions(root, column, days)
-    order = [time_column, *sorted(c for c in table.column_names if c not in (column, time_column))]
-    return table.sort_by([(name, "ascending") for name in order if name in table.column_names])
+    """The days' partitions in a fixed row order (``in_fixed_order``; the partition column aside)."""
+    return in_fixed_order(read_partitions(root, column, days), time_column, ignore=(column,))
 
 
 def to_pandas(table: pa.Table) -> pd.DataFrame:

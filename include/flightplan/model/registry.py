@@ -76,6 +76,11 @@ def version_metadata(settings: Settings, name: str, version: str) -> tuple[dict[
     return metadata, FeatureMap.from_json(json.dumps(metadata["feature_map"]))
 
 
+def decision_threshold(metadata: dict[str, Any]) -> float:
+    """A binary model's cut on P(1), chosen on validation when it was evaluated; 0.5 when none was kept."""
+    return float(metadata.get("threshold") or 0.5)
+
+
 def training_run_id(settings: Settings, name: str, version: str) -> str:
     """The model-engineering run that trained a registry version (its lineage tag)."""
     return str(client(settings).get_model_version(name, version).tags["flightplan.run_id"])

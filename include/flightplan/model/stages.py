@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow.dataset as pads
 
 from flightplan.config import PipelineConfig
+from flightplan.data.batches import in_fixed_order
 from flightplan.data.partitions import fresh_dir, write_json_atomic
 from flightplan.layout import Layout, open_pipeline
 from flightplan.model.features import (
@@ -107,9 +108,9 @@ def read_side(path: str, config: PipelineConfig) -> pd.DataFrame:
     always gives the same model whatever order the files were written in."""
     wanted = set(input_columns(config)) | {config.label.name, config.source.time_column}
     wanted |= {s for s in config.model.slices if s in config.column_names}
-    order = [config.source.time_column, *sorted(wanted - {config.source.time_column})]
-    table = pads.dataset(path).to_table(columns=order)
-    table = table.sort_by([(column, "ascending") for column in order])
+    time_column = config.source.time_column
+    table = pads.dataset(path).to_table(columns=[time_column, *sorted(wanted - {time_column})])
+    table = in_fixed_order(table, time_column)
     return derive(table, config.features.derived).to_pandas()
 
 
@@ -349,7 +350,7 @@ def accept(job: ModelJob, run_id: str) -> str:
     from flightplan.model import package
     from flightplan.model.evaluate import compute_metrics
     from flightplan.model.gate import decide
-    from flightplan.model.registry import CHAMPION, load_alias
+    from flightplan.model.registry import CHAMPION, decision_threshold, load_alias
 
     work = open_run(job, run_id)
     settings, config, run_dir, frames = work.settings, work.config, work.run_dir, work.frames
@@ -366,7 +367,7 @@ def accept(job: ModelJob, run_id: str) -> str:
         predictions = package.predict(
             package.session(champion.onnx), encode(test, champion.feature_map), champion.feature_map.task
         )
-        threshold = champion.metadata.get("threshold") or 0.5
+        threshold = decision_threshold(champion.metadata)
         champion_metrics = compute_metrics(
             champion.feature_map.task, encode_label(test, frames.feature_map), predictions, threshold
         )

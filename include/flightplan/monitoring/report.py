@@ -10,6 +10,7 @@ verdicts, which do not depend on it. The check waits for the child before it log
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from flightplan.serving.batch import PREDICTION, PROBABILITY
 
 SAMPLE_SEED = 0
 
@@ -32,8 +35,6 @@ class Roles:
     categorical: list[str]
     task: str  # binary, multiclass, regression
     target: str | None = None  # set for the performance report
-    prediction: str = "prediction"
-    probability: str = "probability"
 
 
 class ReportFailed(RuntimeError):
@@ -56,12 +57,18 @@ def _sample(frame: pd.DataFrame, rows: int) -> pd.DataFrame:
     return frame if len(frame) <= rows else frame.sample(n=rows, random_state=SAMPLE_SEED)
 
 
+def model_output(task: str) -> tuple[str, bool]:
+    """The column of the model's output that is tested for drift, and whether it is numeric: a binary model's
+    probability, a multiclass model's class, a regression's value."""
+    return (PROBABILITY, True) if task == "binary" else (PREDICTION, task != "multiclass")
+
+
 def _role_columns(roles: Roles) -> tuple[list[str], list[str]]:
-    """The numeric and the categorical columns of a report: the features, the model's output (a binary
-    model's probability, a multiclass model's class, a regression's value) and the target when set."""
+    """The numeric and the categorical columns of a report: the features, the model's output and the target
+    when set."""
     numeric, categorical = list(roles.numeric), list(roles.categorical)
-    outputs = numeric if roles.task != "multiclass" else categorical
-    outputs.append(roles.probability if roles.task == "binary" else roles.prediction)
+    output, output_numeric = model_output(roles.task)
+    (numeric if output_numeric else categorical).append(output)
     if roles.target:
         (numeric if roles.task == "regression" else categorical).append(roles.target)
     return numeric, categorical
@@ -91,6 +98,9 @@ class ReportProcess:
         if self._child.poll() is None:
             self._child.kill()
             self._child.wait()
+        if self._child.stdin is not None:
+            with contextlib.suppress(BrokenPipeError):
+                self._child.stdin.close()
         shutil.rmtree(self._scratch, ignore_errors=True)
 
     def draw(self, jobs: list[ReportJob], folder: Path, rows: int) -> None:
@@ -110,13 +120,17 @@ class ReportProcess:
         job_file = self._scratch / "jobs.json"
         job_file.write_text(json.dumps({"folder": str(folder), "reports": described}))
         assert self._child.stdin is not None
-        self._child.stdin.write(f"{job_file}\n")
-        self._child.stdin.close()
+        try:
+            self._child.stdin.write(f"{job_file}\n")
+            self._child.stdin.close()
+        except BrokenPipeError:
+            raise ReportFailed(f"the report process ended with {self._child.wait()}:\n{self._tail()}") from None
 
     def wait(self, timeout: float = 900) -> dict[str, Path]:
         """The reports' paths once the child has drawn them all; raises ReportFailed if it could not."""
         if self._child.stdin is not None and not self._child.stdin.closed:
-            self._child.stdin.close()  # nothing was handed over: the child ends at once
+            with contextlib.suppress(BrokenPipeError):
+                self._child.stdin.close()  # nothing was handed over: the child ends at once
         try:
             code = self._child.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -137,12 +151,12 @@ def _definition(roles: Roles) -> Any:
     outcome: dict[str, Any] = {}
     if roles.target and roles.task == "binary":
         outcome["classification"] = [
-            BinaryClassification(target=roles.target, prediction_probas=roles.probability, pos_label=1)
+            BinaryClassification(target=roles.target, prediction_probas=PROBABILITY, pos_label=1)
         ]
     elif roles.target and roles.task == "multiclass":
-        outcome["classification"] = [MulticlassClassification(target=roles.target, prediction_labels=roles.prediction)]
+        outcome["classification"] = [MulticlassClassification(target=roles.target, prediction_labels=PREDICTION)]
     elif roles.target:
-        outcome["regression"] = [Regression(target=roles.target, prediction=roles.prediction)]
+        outcome["regression"] = [Regression(target=roles.target, prediction=PREDICTION)]
     return DataDefinition(numerical_columns=numeric, categorical_columns=categorical, **outcome)
 
 

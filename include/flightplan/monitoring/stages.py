@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -59,7 +60,7 @@ def serving_version(settings: Settings, config: PipelineConfig, answered: dict[s
     from flightplan.model.registry import CHAMPION, alias_version
 
     if answered:
-        return max(answered, key=lambda version: (answered[version], version))
+        return max(answered, key=lambda version: (answered[version], int(version)))
     version = alias_version(settings, config.registered_model, CHAMPION)
     if version is None:
         raise LookupError(f"{config.registered_model} has no `{CHAMPION}`: nothing is served, nothing to monitor")
@@ -76,18 +77,19 @@ class Reference:
     feature_map: FeatureMap
     threshold: float
     frame: pd.DataFrame
-    manifest: str
+    path: Path  # the reference's file
+    manifest: str  # the split it was taken from
 
 
 def window_reference(settings: Settings, config: PipelineConfig, job: MonitorJob) -> Reference:
-    from flightplan.model.registry import version_metadata
+    from flightplan.model.registry import decision_threshold, version_metadata
     from flightplan.serving.store import answered_versions
 
     answered = answered_versions(settings.predictions_db_url, config.name, job.start, job.end)
     version = serving_version(settings, config, answered)
     metadata, feature_map = version_metadata(settings, config.registered_model, version)
-    frame, manifest = reference_frame(settings, config, version)
-    return Reference(answered, version, feature_map, float(metadata.get("threshold") or 0.5), frame, manifest)
+    frame, path, manifest = reference_frame(settings, config, version)
+    return Reference(answered, version, feature_map, decision_threshold(metadata), frame, path, manifest)
 
 
 def live_metrics(
@@ -148,7 +150,7 @@ def check(job: MonitorJob) -> dict[str, Any]:
 
     from flightplan.data.partitions import fresh_dir, write_json_atomic
     from flightplan.model.registry import training_run_id
-    from flightplan.monitoring.report import ReportJob, ReportProcess, Roles
+    from flightplan.monitoring.report import ReportJob, ReportProcess, Roles, model_output
     from flightplan.tracking import client
 
     settings, config, layout = job.open()
@@ -162,8 +164,8 @@ def check(job: MonitorJob) -> dict[str, Any]:
         features = found.feature_map.features
         numeric = [f.name for f in features if f.kind == "numeric"]
         categorical = [f.name for f in features if f.kind == "categorical"]
-        output = PROBABILITY if task == "binary" else PREDICTION
-        output_kinds = ([], [output]) if task == "multiclass" else ([output], [])
+        output, output_numeric = model_output(task)
+        output_kinds = ([output], []) if output_numeric else ([], [output])
         values = frame_values(reference, current, numeric, categorical) if len(current) else []
         output_values = frame_values(reference, current, *output_kinds) if len(current) else []
         labeled = current[current[label].notna()]
@@ -205,7 +207,8 @@ def check(job: MonitorJob) -> dict[str, Any]:
         "window": {"start": job.start.isoformat(), "end": job.end.isoformat()},
         "model_version": version,
         "answered_by": found.answered,
-        "reference": found.manifest,
+        "reference": str(found.path),
+        "split_manifest": found.manifest,
         "rows": len(current),
         "labeled_rows": len(labeled),
         "drift_share": evidence.drift_share,
@@ -238,6 +241,11 @@ def check(job: MonitorJob) -> dict[str, Any]:
         mlflow.set_tags({**tags, **({DECIDED_AT_TAG: now.isoformat()} if decision.retrain else {})})
         mlflow.log_artifacts(str(folder), artifact_path="monitoring")
     return {**summary, "summary": str(path)}
+
+
+def drifted_columns(summary: dict[str, Any]) -> list[str]:
+    """The columns a check's summary found drifting: features, then the model's output."""
+    return [c["column"] for c in [*summary["columns"], *summary["prediction_drift"]] if c["drifted"]]
 
 
 def outcome(summary: dict[str, Any]) -> dict[str, Any]:

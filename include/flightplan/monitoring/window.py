@@ -36,7 +36,7 @@ def parse_inputs(inputs: list[str], config: PipelineConfig) -> pa.Table:
     reader rather than a ``json.loads`` per row (1M records: seconds instead of tens of seconds).
 
     Whole numbers are read as floats and then cast, so that a record logged with ``2.0`` for an int field
-    still reads (the cast refuses ``2.5``, naming the field)."""
+    still reads (the cast refuses ``2.5``, naming the field; ints are exact up to 2**53)."""
     from pyarrow import json as pa_json
 
     from flightplan.serving.inputs import request_fields
@@ -72,19 +72,19 @@ def current_window(settings: Settings, config: PipelineConfig, start: datetime, 
 
     from flightplan.serving.store import answered_chunks
 
-    outputs: dict[str, list[Any]] = {"prediction": [], "probability": [], "label": []}
+    answers: dict[str, list[Any]] = {"prediction": [], "probability": [], "label": []}
     with ThreadPoolExecutor(1, thread_name_prefix="parse-inputs") as parser:
         parsed = []
         for chunk in answered_chunks(settings.predictions_db_url, config.name, start, end):
             parsed.append(parser.submit(parse_inputs, chunk["inputs"], config))
-            for name, values in outputs.items():
+            for name, values in answers.items():
                 values += chunk[name]
         tables = [part.result() for part in parsed]
     inputs = pa.concat_tables(tables) if tables else parse_inputs([], config)
     frame = derive(inputs, config.features.derived).to_pandas()
-    frame[PREDICTION] = _json_values(outputs["prediction"])
-    frame[PROBABILITY] = np.asarray(outputs["probability"], dtype=np.float64)
-    frame[config.label.name] = _json_values(outputs["label"])
+    frame[PREDICTION] = _json_values(answers["prediction"])
+    frame[PROBABILITY] = np.asarray(answers["probability"], dtype=np.float64)
+    frame[config.label.name] = _json_values(answers["label"])
     return frame
 
 
@@ -97,10 +97,10 @@ class VersionScores:
     def __init__(self, settings: Settings, config: PipelineConfig, version: str) -> None:
         import xgboost as xgb
 
-        from flightplan.model.registry import load_booster, version_metadata
+        from flightplan.model.registry import decision_threshold, load_booster, version_metadata
 
         metadata, self.feature_map = version_metadata(settings, config.registered_model, version)
-        self.threshold = float(metadata.get("threshold") or 0.5)
+        self.threshold = decision_threshold(metadata)
         self._booster = xgb.Booster(model_file=bytearray(load_booster(settings, config.registered_model, version)))
 
     def __call__(self, frame: pd.DataFrame) -> np.ndarray:
@@ -129,10 +129,10 @@ def save_reference(
     return path
 
 
-def reference_frame(settings: Settings, config: PipelineConfig, version: str) -> tuple[pd.DataFrame, str]:
+def reference_frame(settings: Settings, config: PipelineConfig, version: str) -> tuple[pd.DataFrame, Path, str]:
     """The monitoring reference of a registry version, found through its lineage tags (version → training
-    run → its folder), and its split manifest's path. A version trained before models kept one is scored
-    once now and its reference kept."""
+    run → its folder), its file, and the manifest of the split it was taken from. A version trained before
+    models kept one is scored once now and its reference kept."""
     from flightplan.layout import Layout
     from flightplan.model.registry import training_run_id
     from flightplan.tracking import client
@@ -148,4 +148,4 @@ def reference_frame(settings: Settings, config: PipelineConfig, version: str) ->
         frame = pd.read_parquet(trained_on)
         scorer = VersionScores(settings, config, version)
         save_reference(frame, scorer(frame), scorer.feature_map, scorer.threshold, run_dir)
-    return pd.read_parquet(path), manifest_path
+    return pd.read_parquet(path), path, manifest_path

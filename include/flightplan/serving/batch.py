@@ -88,7 +88,7 @@ class BatchScorer:
 
 
 def champion_scorer(job: StageInput) -> BatchScorer:
-    from flightplan.model.registry import CHAMPION, alias_version, load_booster, load_version
+    from flightplan.model.registry import CHAMPION, alias_version, decision_threshold, load_booster, load_version
 
     settings, config, _ = job.open()
     name = config.registered_model
@@ -102,7 +102,7 @@ def champion_scorer(job: StageInput) -> BatchScorer:
         booster=load_booster(settings, name, version),
         feature_map_json=model.feature_map.to_json(),
         derived=config.features.derived,
-        threshold=float(model.metadata.get("threshold") or 0.5),
+        threshold=decision_threshold(model.metadata),
         passthrough=passthrough,
     )
 

@@ -19,7 +19,14 @@ import pandas as pd
 from flightplan.config import AcceptanceSpec, PipelineConfig
 from flightplan.data.partitions import write_json_atomic
 from flightplan.layout import Layout, open_pipeline
-from flightplan.model.registry import CHALLENGER, CHAMPION, PREVIOUS, RegisteredModel, alias_version
+from flightplan.model.registry import (
+    CHALLENGER,
+    CHAMPION,
+    PREVIOUS,
+    RegisteredModel,
+    alias_version,
+    decision_threshold,
+)
 from flightplan.settings import Settings, api_token
 from flightplan.tracking import RunContext, stage_run
 
@@ -74,7 +81,7 @@ def _metrics(model: RegisteredModel, frame: pd.DataFrame) -> dict[str, float]:
 
     feature_map = model.feature_map
     predictions = package.predict(package.session(model.onnx), encode(frame, feature_map), feature_map.task)
-    threshold = float(model.metadata.get("threshold") or 0.5)
+    threshold = decision_threshold(model.metadata)
     return compute_metrics(feature_map.task, encode_label(frame, feature_map), predictions, threshold)
 
 

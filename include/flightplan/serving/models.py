@@ -12,7 +12,7 @@ import numpy as np
 
 from flightplan.config import PipelineConfig
 from flightplan.model import package
-from flightplan.model.registry import CHAMPION, alias_version, load_booster, load_version
+from flightplan.model.registry import CHAMPION, alias_version, decision_threshold, load_booster, load_version
 from flightplan.serving.inputs import RowEncoder
 from flightplan.settings import Settings
 
@@ -68,7 +68,7 @@ def load_served(settings: Settings, config: PipelineConfig, version: str) -> Ser
             name=registered.name,
             version=registered.version,
             task=feature_map.task,
-            threshold=float(registered.metadata.get("threshold") or 0.5),
+            threshold=decision_threshold(registered.metadata),
             classes=feature_map.classes,
             encoder=RowEncoder(config, feature_map),
             session=package.session(registered.onnx, threads=1),

@@ -268,7 +268,8 @@ ANSWERED_COLUMNS = ("inputs", "prediction", "probability", "label")
 def answered_chunks(
     url: str, pipeline: str, start: datetime, end: datetime, rows: int = 100_000
 ) -> Iterator[dict[str, list[Any]]]:
-    """The predictions answered for ``pipeline`` in [start, end) (UTC) in the order they were committed, each with
+    """The predictions answered for ``pipeline`` in [start, end) (UTC) in the order they were committed (the
+    rows of one commit in the database's order: SQLite's is the order they were written in), each with
     the latest true label sent back for it (None where none was), as chunks of up to ``rows`` rows of columns
     (``ANSWERED_COLUMNS``; inputs, prediction and label stay JSON text).
 
@@ -293,6 +294,9 @@ def answered_chunks(
         if connection is None:
             return
         latest = dict(connection.execute(labels).cursor.fetchall())  # a later label replaces an earlier one
+        # The driver's cursor itself: SQLAlchemy's rows cost more than the fetch. (Not with stream_results,
+        # whose result buffers the first rows out of this cursor's reach; on PostgreSQL the driver holds the
+        # window's rows until they are fetched, as the columns built here do anyway.)
         cursor = connection.execute(query).cursor
         while found := cursor.fetchmany(rows):
             # One comprehension per column: several times faster than zip(*found) on long chunks.

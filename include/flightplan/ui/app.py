@@ -58,6 +58,7 @@ def _safe_file(root: Path, relative: str) -> Path:
 
 def create_ui(current_user: Callable[..., Any], trigger_dag: TriggerDag, settings: Settings | None = None) -> FastAPI:
     from flightplan.config import available_pipelines, load_pipeline
+    from flightplan.monitoring.stages import drifted_columns
     from flightplan.ui import views
 
     settings = settings or load_settings()
@@ -121,12 +122,7 @@ def create_ui(current_user: Callable[..., Any], trigger_dag: TriggerDag, setting
                         _e(f"{check['window']['start'][:16]} → {check['window']['end'][:16]}"),
                         _e(check["model_version"]),
                         _e(f"{check['rows']:,} ({check['labeled_rows']:,} labeled)"),
-                        _e(
-                            f"{check['drift_share']:.0%}: "
-                            + ", ".join(
-                                c["column"] for c in [*check["columns"], *check["prediction_drift"]] if c["drifted"]
-                            )
-                        ),
+                        _e(f"{check['drift_share']:.0%}: " + ", ".join(drifted_columns(check))),
                         _e("-" if score is None else f"{score:.4f}"),
                         f"<span class='{_e(decision['outcome'])}'>{_e(decision['outcome'])}</span>: "
                         + _e(decision["reason"]),
