@@ -30,10 +30,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def service_process(settings: Settings, token: str, poll_seconds: float, wait_ready: bool) -> Iterator[dict]:
-    """`flightplan serve` for the flights pipeline as its own process, on a free port; stopped at exit."""
+def service_process(
+    settings: Settings, token: str, poll_seconds: float, wait_ready: bool, env: dict[str, str] | None = None
+) -> Iterator[dict]:
+    """`flightplan serve` for the flights pipeline as its own process (in ``env``, by default this one's), on a
+    free port; stopped at exit."""
     port = free_port()
-    env = {**os.environ, "FLIGHTPLAN_API_TOKEN": token, "FLIGHTPLAN_HOME": str(settings.home)}
+    env = {**(os.environ if env is None else env), "FLIGHTPLAN_API_TOKEN": token, "FLIGHTPLAN_HOME": str(settings.home)}
     output = settings.home / f"serve-{port}.log"
     command = [str(Path(sys.executable).with_name("flightplan")), "serve", "--pipeline", "flights"]
     with output.open("w") as sink:

@@ -24,7 +24,7 @@ class Settings:
     spark_driver_memory: str
     ingest_engine: str
     mlflow_tracking_uri: str
-    mlflow_artifact_root: str
+    mlflow_artifact_root: str | None  # None: the tracking server keeps the artifacts (it proxies them)
     mlflow_ui_url: str  # where people open the MLflow UI (links from the Models page)
     airflow_url: str  # the embedded Airflow's API server and web UI
     airflow_home: Path
@@ -59,7 +59,10 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         spark_driver_memory=env.get("FLIGHTPLAN_SPARK_DRIVER_MEMORY", "4g"),
         ingest_engine=env.get("FLIGHTPLAN_INGEST_ENGINE", "spark"),
         mlflow_tracking_uri=tracking_uri,
-        mlflow_artifact_root=env.get("FLIGHTPLAN_MLFLOW_ARTIFACT_ROOT", (home / "mlflow" / "artifacts").as_uri()),
+        mlflow_artifact_root=env.get(
+            "FLIGHTPLAN_MLFLOW_ARTIFACT_ROOT",
+            None if tracking_uri.startswith("http") else (home / "mlflow" / "artifacts").as_uri(),
+        ),
         mlflow_ui_url=env.get(
             "FLIGHTPLAN_MLFLOW_UI_URL", tracking_uri if tracking_uri.startswith("http") else "http://127.0.0.1:5000"
         ),
@@ -71,9 +74,18 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     )
 
 
+def async_database_url(url: str) -> str | None:
+    """The asyncio twin of a PostgreSQL metadata URL on psycopg 3, which Airflow needs as well (left to
+    itself it derives an asyncpg URL, a driver this project does not install); None for other URLs."""
+    sync_prefix = "postgresql+psycopg://"
+    return "postgresql+psycopg_async://" + url.removeprefix(sync_prefix) if url.startswith(sync_prefix) else None
+
+
 def airflow_environment(settings: Settings, dags_folder: Path, plugins_folder: Path) -> dict[str, str]:
     """The environment an embedded Airflow (LocalExecutor, SQLite by default) runs with."""
+    async_url = async_database_url(settings.airflow_database_url)
     return {
+        **({"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": async_url} if async_url else {}),
         "AIRFLOW_HOME": str(settings.airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(plugins_folder),

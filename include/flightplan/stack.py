@@ -101,8 +101,7 @@ def processes(settings: Settings, component: str, pipelines: list[str]) -> list[
             "server",
             "--backend-store-uri",
             settings.mlflow_tracking_uri,
-            "--default-artifact-root",
-            settings.mlflow_artifact_root,
+            *(["--default-artifact-root", root] if (root := settings.mlflow_artifact_root) else []),
             *_listen(settings.mlflow_ui_url),
             "--workers",
             "1",  # a UI for one person: four workers (the default) take 40 s to start on 2 cores

@@ -64,7 +64,8 @@ def experiment_id(mlflow_client: MlflowClient, settings: Settings, name: str) ->
     existing = mlflow_client.get_experiment_by_name(name)
     if existing is not None:
         return existing.experiment_id
-    return mlflow_client.create_experiment(name, artifact_location=f"{settings.mlflow_artifact_root}/{name}")
+    root = settings.mlflow_artifact_root
+    return mlflow_client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
 
 
 def git_commit() -> str:

@@ -20,8 +20,8 @@ from tests.conftest import REPO, free_port
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 
 
-@pytest.fixture(scope="session")
-def airflow_env(settings: Settings, replayed: dict[str, int]) -> dict[str, str]:
+def migrated_airflow(settings: Settings, **extra: str) -> dict[str, str]:
+    """The embedded Airflow's environment for ``settings`` (plus ``extra``), its metadata database migrated."""
     env = {
         **os.environ,
         **airflow_environment(settings, REPO / "dags", REPO / "plugins"),
@@ -30,10 +30,16 @@ def airflow_env(settings: Settings, replayed: dict[str, int]) -> dict[str, str]:
         "AIRFLOW__API__SECRET_KEY": secrets.token_hex(16),
         # Only the runs a test triggers: no run for yesterday's interval appears when a DAG is unpaused.
         "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+        **extra,
     }
     Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
     subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True)
     return env
+
+
+@pytest.fixture(scope="session")
+def airflow_env(settings: Settings, replayed: dict[str, int]) -> dict[str, str]:
+    return migrated_airflow(settings)
 
 
 @contextmanager

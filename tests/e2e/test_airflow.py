@@ -1,19 +1,17 @@
-"""data_engineering under a real Airflow: once through `airflow dags test`, once through the scheduler,
-the dag-processor and the API server, triggered with a conf over the REST API v2."""
+"""The DAGs under a real Airflow through `airflow dags test`. (Runs triggered over the REST API v2 and carried out
+by the scheduler, and the Models page inside a running API server: tests/e2e/test_engines.py.)"""
 
 from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from flightplan.layout import Layout
 
 from tests.conftest import END_DAY, FIRST_DAY
-from tests.e2e.conftest import AIRFLOW, airflow_api, running_airflow
+from tests.e2e.conftest import AIRFLOW
 
 CONF = {"pipeline": "flights", "start": FIRST_DAY.isoformat(), "end": END_DAY.isoformat()}
 pytestmark = pytest.mark.airflow
@@ -75,61 +73,3 @@ def test_model_engineering_registers_a_challenger_that_loads_by_alias(
     assert package.predict(package.session(model.onnx), rows, "binary").shape == (2,)
     version = mlflow.MlflowClient().get_model_version("flights-delayed", model.version)
     assert version.tags["airflow.dag_id"] == "model_engineering" and version.tags["flightplan.reason"] == "e2e test"
-
-
-@pytest.fixture(scope="module")
-def live_airflow(airflow_env: dict[str, str]) -> Iterator[str]:
-    with running_airflow(airflow_env) as base:
-        yield base
-
-
-def test_trigger_through_rest_api_runs_to_success(live_airflow: str, airflow_env: dict[str, str]) -> None:
-    api = airflow_api(live_airflow, airflow_env)
-    assert api.http.get("/dags/data_engineering").status_code in (200, 404)
-    assert httpx.get(f"{live_airflow}/api/v2/dags", timeout=30).status_code == 401
-
-    api.wait_until_parsed("data_engineering")
-    api.set_paused("data_engineering", False)
-    run_id = api.trigger("data_engineering", CONF)["dag_run_id"]
-
-    state = api.wait_for_run("data_engineering", run_id)
-    assert state == "success", api.task_states("data_engineering", run_id)
-    assert api.task_states("data_engineering", run_id) == dict.fromkeys(
-        ["ingest", "profile", "validate", "wrangle", "label", "split"], "success"
-    )
-    events = api.http.get(
-        "/assets/events", params={"source_dag_id": "data_engineering", "source_run_id": run_id}
-    ).json()
-    assert [e["extra"]["pipeline"] for e in events["asset_events"]] == ["flights"]
-
-
-def test_models_page_answers_only_a_logged_in_airflow_user(live_airflow: str, airflow_env: dict[str, str]) -> None:
-    """The plugin's pages inside the API server: refused without Airflow's token, shown with it (the latest
-    version registered above); a deploy from the page starts a deployment run as that user."""
-    from flightplan.model.registry import CHALLENGER, alias_version
-    from flightplan.settings import load_settings
-
-    challenger = alias_version(load_settings(), "flights-delayed", CHALLENGER)
-    assert httpx.get(f"{live_airflow}/flightplan/", timeout=30).status_code == 401
-    assert httpx.get(f"{live_airflow}/flightplan/", cookies={"_token": "forged"}, timeout=30).status_code in (401, 403)
-    api = airflow_api(live_airflow, airflow_env)
-    page = httpx.get(f"{live_airflow}/flightplan/", headers=api.http.headers, timeout=60)
-    assert page.status_code == 200 and f"<b>challenger</b>: version {challenger}" in page.text
-    assert "Signed in as admin" in page.text
-    plugins = api.http.get("/plugins").json()["plugins"]
-    assert any(view["href"] == "flightplan/" for p in plugins for view in p.get("external_views", []))
-
-    api.wait_until_parsed("deployment")
-    deployed = httpx.post(
-        f"{live_airflow}/flightplan/pipelines/flights/deploy",
-        data={"version": challenger, "reason": "e2e"},
-        headers=api.http.headers,
-        timeout=60,
-    )
-    assert deployed.status_code == 200, deployed.text
-    runs = api.http.get("/dags/deployment/dagRuns").json()["dag_runs"]
-    started = [r for r in runs if r["conf"].get("reason", "").startswith("e2e (deployed by admin")]
-    assert len(started) == 1 and started[0]["conf"]["version"] == challenger
-    assert started[0]["triggering_user_name"] == "admin"
-    # The deployment DAG stays paused here; the run is removed so that later tests start from none.
-    api.http.delete(f"/dags/deployment/dagRuns/{started[0]['dag_run_id']}").raise_for_status()

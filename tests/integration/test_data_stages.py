@@ -139,6 +139,20 @@ def test_good_days_flow_through_every_stage(good_days: dict, replayed: dict[str,
     assert set(json.loads((profile.parent / "profile.json").read_text())["label"]["counts"]) == {"0", "1", "unknown"}
 
 
+def test_the_profile_lists_the_most_frequent_values_of_each_text_column(good_days: dict, layout: Layout) -> None:
+    profile = json.loads((Path(good_days["profile"]["path"]).parent / "profile.json").read_text())
+    curated = pads.dataset(str(layout.dataset("curated"))).to_table().to_pandas()
+    for name in ("carrier", "tailnum", "plane_manufacturer"):
+        counts = curated[name].value_counts(dropna=False)
+        top = profile["columns"][name]["top_values"]
+        assert len(top) == min(10, len(counts)), name
+        listed = [n for _, n in top]
+        assert listed == sorted(listed, reverse=True) and listed[0] == counts.max(), name
+        for value, n in top:
+            assert n == (curated[name].isna().sum() if value is None else counts[value]), (name, value)
+        assert not (set(counts[counts > listed[-1]].index.dropna()) - {v for v, _ in top}), name
+
+
 def test_split_is_reproducible(good_days: dict) -> None:
     again = json.loads(workflow.split(workflow.StageInput("flights", FIRST_DAY, END_DAY)).read_text())
     assert again["fingerprint"] == good_days["split"]["fingerprint"]

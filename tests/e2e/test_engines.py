@@ -1,0 +1,266 @@
+"""The DAGs on production engines, switched by configuration alone, on a home of their own:
+
+- Airflow's metadata on PostgreSQL, first with the LocalExecutor, then with the CeleryExecutor on Redis and two
+  Celery workers;
+- ingestion and `xgboost.spark` training on a Spark standalone cluster of two workers;
+- every run and model in an MLflow tracking server whose store is PostgreSQL, its artifacts kept by the server;
+- the inference service loading the champion from that server and logging every prediction to PostgreSQL."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from flightplan.airflow_rest import AirflowApi
+from flightplan.config import load_pipeline
+from flightplan.layout import Layout
+from flightplan.settings import Settings, load_settings
+
+from tests.conftest import END_DAY, FIRST_DAY, service_process
+from tests.e2e.conftest import AIRFLOW, airflow_api, migrated_airflow, running_airflow
+from tests.e2e.engines import (
+    SparkCluster,
+    background,
+    mlflow_server,
+    postgres_database,
+    postgres_problem,
+    redis_problem,
+    require,
+    spark_cluster,
+)
+
+TOKEN = "engines-token"
+CONF = {"pipeline": "flights", "start": FIRST_DAY.isoformat(), "end": END_DAY.isoformat()}
+DE_TASKS = ["ingest", "profile", "validate", "wrangle", "label", "split"]
+pytestmark = pytest.mark.airflow
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkCluster]:
+    require("Java (for the Spark cluster)", None if shutil.which("java") else "no `java` on PATH")
+    with spark_cluster(tmp_path_factory.mktemp("spark-cluster"), workers=2) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    require("PostgreSQL", postgres_problem())
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    with (
+        postgres_database("flightplan_engines_mlflow") as store,
+        mlflow_server(store, folder / "artifacts", folder / "server.log") as url,
+    ):
+        yield {"url": url, "artifacts": folder / "artifacts"}
+
+
+@pytest.fixture(scope="module")
+def predictions_db() -> Iterator[str]:
+    require("PostgreSQL", postgres_problem())
+    with postgres_database("flightplan_engines_predictions") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def airflow_db() -> Iterator[str]:
+    require("PostgreSQL", postgres_problem())
+    with postgres_database("flightplan_engines_airflow") as url:
+        yield url
+
+
+def pipelines_with(settings: Settings, folder: Path, model: dict[str, Any]) -> Path:
+    """The flights pipeline with ``model`` settings and a small search (the data is a few days)."""
+    config = yaml.safe_load((settings.pipelines_dir / "flights.yaml").read_text())
+    config["model"].update(model)
+    config["model"]["tuning"].update({"trials": 2, "num_boost_round": 40})
+    config["model"]["acceptance"].update({"minimum": {}, "maximum": {}})
+    (folder / "flights.yaml").write_text(yaml.safe_dump(config))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def engines_env(
+    settings: Settings,
+    cluster: SparkCluster,
+    tracking_server: dict[str, Any],
+    predictions_db: str,
+    airflow_db: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, str]:
+    """The embedded Airflow's environment with every engine swapped for its production one, training with
+    `xgboost.spark` on both workers."""
+    pipelines = pipelines_with(settings, tmp_path_factory.mktemp("pipelines-engines"), {"engine": "spark"})
+    engines = {
+        "FLIGHTPLAN_HOME": str(tmp_path_factory.mktemp("engines-home")),
+        "FLIGHTPLAN_PIPELINES_DIR": str(pipelines),
+        "FLIGHTPLAN_SPARK_MASTER": cluster.master,
+        "FLIGHTPLAN_INGEST_ENGINE": "spark",
+        "MLFLOW_TRACKING_URI": tracking_server["url"],
+        "FLIGHTPLAN_PREDICTIONS_DB": predictions_db,
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_db,
+    }
+    return migrated_airflow(load_settings(engines), **engines)
+
+
+@pytest.fixture(scope="module")
+def engines_layout(engines_env: dict[str, str]) -> Layout:
+    settings = load_settings(engines_env)
+    return Layout(settings, load_pipeline("flights", settings.pipelines_dir))
+
+
+def applications_per_worker(cluster: SparkCluster) -> dict[str, int]:
+    """Per worker, how many Spark applications ran executors there (each leaves a folder in its work dir)."""
+    return {d.name: len(list(d.glob("app-*"))) if d.exists() else 0 for d in cluster.work_dirs}
+
+
+def test_the_dags_run_on_postgres_a_spark_cluster_and_a_tracking_server(
+    engines_env: dict[str, str], engines_layout: Layout, cluster: SparkCluster, tracking_server: dict[str, Any]
+) -> None:
+    """Triggered over the REST API with the LocalExecutor: data engineering, then model engineering, whose
+    challenger the Models page then shows."""
+    from flightplan.replay import replay
+    from flightplan.tracking import client
+
+    replay(engines_layout, FIRST_DAY, END_DAY)
+    with running_airflow(engines_env) as base:
+        assert httpx.get(f"{base}/api/v2/dags", timeout=30).status_code == 401
+        api = airflow_api(base, engines_env)
+        for dag_id in ("data_engineering", "model_engineering"):
+            api.wait_until_parsed(dag_id)
+            api.set_paused(dag_id, False)
+        data_run = api.trigger("data_engineering", CONF)["dag_run_id"]
+        assert api.wait_for_run("data_engineering", data_run) == "success", api.task_states(
+            "data_engineering", data_run
+        )
+        assert api.task_states("data_engineering", data_run) == dict.fromkeys(DE_TASKS, "success")
+        events = api.http.get("/assets/events", params={"source_dag_id": "data_engineering", "source_run_id": data_run})
+        assert [e["extra"]["pipeline"] for e in events.json()["asset_events"]] == ["flights"]
+        after_data = applications_per_worker(cluster)
+        assert after_data["worker-0"] == after_data["worker-1"] >= 1, after_data  # every task's executors on both
+
+        model_run = api.trigger("model_engineering", {"pipeline": "flights", "trials": 2, "reason": "engines"})
+        run_id = model_run["dag_run_id"]
+        assert api.wait_for_run("model_engineering", run_id) == "success", api.task_states("model_engineering", run_id)
+        models_page_answers_only_a_logged_in_airflow_user(base, api, engines_layout.settings)
+    after_model = applications_per_worker(cluster)
+    assert after_model["worker-0"] == after_model["worker-1"] > after_data["worker-0"], after_model  # xgboost.spark
+    ingest = engines_layout.settings.data_root / "manifests" / "flights" / "ingest" / "2013-01-01_2013-01-04.json"
+    assert json.loads(ingest.read_text())["engine"] == "spark"
+
+    tracking = client(engines_layout.settings)
+    version = tracking.get_model_version_by_alias(engines_layout.config.registered_model, "challenger")
+    run = tracking.get_run(version.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["airflow.dag_id"] == "model_engineering"
+    assert run.data.params["engine"] == "spark"
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # stored by the server, not by the client
+    assert any(Path(tracking_server["artifacts"]).rglob("booster.ubj"))
+
+
+def models_page_answers_only_a_logged_in_airflow_user(base: str, api: AirflowApi, settings: Settings) -> None:
+    """The plugin's pages inside the API server: refused without Airflow's token, shown with it (the version just
+    registered in the tracking server); a deploy from the page starts a deployment run as that user."""
+    from flightplan.model.registry import CHALLENGER, alias_version
+
+    challenger = alias_version(settings, "flights-delayed", CHALLENGER)
+    assert httpx.get(f"{base}/flightplan/", timeout=30).status_code == 401
+    assert httpx.get(f"{base}/flightplan/", cookies={"_token": "forged"}, timeout=30).status_code in (401, 403)
+    page = httpx.get(f"{base}/flightplan/", headers=api.http.headers, timeout=60)
+    assert page.status_code == 200 and f"<b>challenger</b>: version {challenger}" in page.text
+    assert "Signed in as admin" in page.text
+    plugins = api.http.get("/plugins").json()["plugins"]
+    assert any(view["href"] == "flightplan/" for p in plugins for view in p.get("external_views", []))
+
+    api.wait_until_parsed("deployment")
+    deployed = httpx.post(
+        f"{base}/flightplan/pipelines/flights/deploy",
+        data={"version": challenger, "reason": "e2e"},
+        headers=api.http.headers,
+        timeout=60,
+    )
+    assert deployed.status_code == 200, deployed.text
+    runs = api.http.get("/dags/deployment/dagRuns").json()["dag_runs"]
+    started = [r for r in runs if r["conf"].get("reason", "").startswith("e2e (deployed by admin")]
+    assert len(started) == 1 and started[0]["conf"]["version"] == challenger
+    assert started[0]["triggering_user_name"] == "admin"
+    # The deployment DAG stays paused here; the run is removed so that no later run starts from it.
+    api.http.delete(f"/dags/deployment/dagRuns/{started[0]['dag_run_id']}").raise_for_status()
+
+
+def test_the_service_loads_from_the_tracking_server_and_logs_to_postgres(
+    engines_env: dict[str, str], engines_layout: Layout, predictions_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Serves what the test above registered, promoted to champion by hand (the deployment DAG is tested apart)."""
+    from flightplan.model.registry import CHALLENGER, CHAMPION, alias_version
+    from flightplan.replay import replay_traffic
+    from flightplan.serving.store import answered_versions, ground_truth
+    from flightplan.tracking import client
+
+    settings, model = engines_layout.settings, engines_layout.config.registered_model
+    version = alias_version(settings, model, CHALLENGER)
+    assert version is not None, "the test above registers a challenger"
+    client(settings).set_registered_model_alias(model, CHAMPION, version)
+
+    start = datetime.now(UTC) - timedelta(minutes=1)
+    with service_process(settings, TOKEN, poll_seconds=3600, wait_ready=True, env=engines_env) as service:
+        monkeypatch.setenv("FLIGHTPLAN_API_TOKEN", TOKEN)
+        serving = Layout(dataclasses.replace(settings, service_url=service["url"]), engines_layout.config)
+        sent = replay_traffic(serving, FIRST_DAY, END_DAY)
+    assert sent["answered"] == sent["rows"] == sent["labeled"] > 1000
+    logged = answered_versions(predictions_db, "flights", start, datetime.now(UTC) + timedelta(minutes=1))
+    assert logged == {version: sent["answered"]}
+    assert len(ground_truth(predictions_db, "flights", engines_layout.config.source.key)) == sent["labeled"]
+
+
+def test_two_celery_workers_run_data_and_model_engineering_at_once(
+    engines_env: dict[str, str], engines_layout: Layout, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The same metadata database under the CeleryExecutor (Redis broker, results in PostgreSQL): a data-engineering
+    run of new days and a model-engineering run on the splits already there, each on its own worker, at once.
+    Spark is local here: one application would take every core of the two-worker cluster."""
+    from flightplan.replay import replay
+    from flightplan.stack import airflow_api_environment
+
+    require("Redis", redis_problem())
+    later, later_end = END_DAY, END_DAY + timedelta(days=3)
+    replay(engines_layout, later, later_end)
+    folder = tmp_path_factory.mktemp("celery")
+    airflow_db = engines_env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    env = {
+        **engines_env,
+        "FLIGHTPLAN_PIPELINES_DIR": str(pipelines_with(engines_layout.settings, folder, {"engine": "local"})),
+        "FLIGHTPLAN_SPARK_MASTER": "local[1]",
+        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+        "AIRFLOW__CELERY__BROKER_URL": "redis://127.0.0.1:6379/13",
+        "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + airflow_db,
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": "1",
+    }
+    with running_airflow(env) as base:
+        logs = [folder / f"worker-{i}.log" for i in (1, 2)]
+        workers_env = {**env, **airflow_api_environment(base)}  # the workers reach the API server's execution API
+        with background(worker(1), logs[0], workers_env), background(worker(2), logs[1], workers_env):
+            api = airflow_api(base, env)
+            data_run = api.trigger("data_engineering", {**CONF, "start": str(later), "end": str(later_end)})
+            model_run = api.trigger("model_engineering", {"pipeline": "flights", "trials": 2, "reason": "celery"})
+            for dag_id, run in (("data_engineering", data_run), ("model_engineering", model_run)):
+                state = api.wait_for_run(dag_id, run["dag_run_id"])
+                assert state == "success", api.task_states(dag_id, run["dag_run_id"])
+            spans = [run_span(api, "data_engineering", data_run), run_span(api, "model_engineering", model_run)]
+    assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1], spans  # the two runs overlapped
+    for log in logs:
+        assert "execute_workload" in log.read_text(), log.read_text()[-2000:]  # each worker took tasks
+
+
+def worker(number: int) -> list[str]:
+    return [AIRFLOW, "celery", "worker", "--celery-hostname", f"worker-{number}@%h", "--skip-serve-logs"]
+
+
+def run_span(api: AirflowApi, dag_id: str, triggered: dict[str, Any]) -> tuple[datetime, datetime]:
+    run = api.run(dag_id, triggered["dag_run_id"])
+    return datetime.fromisoformat(run["start_date"]), datetime.fromisoformat(run["end_date"])
