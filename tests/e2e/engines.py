@@ -5,6 +5,7 @@ engine that is absent skips its tests on a workstation and fails them in CI."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -43,6 +44,15 @@ def postgres_problem() -> str | None:
     return None
 
 
+def redis_database() -> str:
+    """A Redis database of this test process, emptied first (runs on one machine rarely share one of the 16)."""
+    import redis
+
+    number = 1 + os.getpid() % 15
+    redis.Redis(host="127.0.0.1", port=6379, db=number).flushdb()
+    return f"redis://127.0.0.1:6379/{number}"
+
+
 def redis_problem() -> str | None:
     import redis
 
@@ -54,9 +64,12 @@ def redis_problem() -> str | None:
 
 
 @contextmanager
-def postgres_database(name: str) -> Iterator[str]:
-    """A new, empty database (dropped first if an earlier run left it); yields its SQLAlchemy URL."""
+def postgres_database(purpose: str) -> Iterator[str]:
+    """A new, empty database of this test process (another run on the machine has its own); yields its
+    SQLAlchemy URL and drops it at exit."""
     import psycopg
+
+    name = f"flightplan_test_{os.getpid()}_{purpose}"
 
     def run(statement: str) -> None:
         with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as connection:
@@ -79,16 +92,13 @@ def background(command: list[str], log: Path, env: dict[str, str]) -> Iterator[s
     try:
         yield process
     finally:
-        for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(process.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                process.wait(grace)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(30)
+        with contextlib.suppress(ProcessLookupError):  # what outlived the grace period, or its leader
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
 
 
 def wait_until(ready: Callable[[], bool], what: str, log: Path, process: subprocess.Popen[bytes]) -> None:

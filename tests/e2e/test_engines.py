@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import shutil
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from tests.e2e.engines import (
     mlflow_server,
     postgres_database,
     postgres_problem,
+    redis_database,
     redis_problem,
     require,
     spark_cluster,
@@ -55,7 +57,7 @@ def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[s
     require("PostgreSQL", postgres_problem())
     folder = tmp_path_factory.mktemp("mlflow-server")
     with (
-        postgres_database("flightplan_engines_mlflow") as store,
+        postgres_database("mlflow") as store,
         mlflow_server(store, folder / "artifacts", folder / "server.log") as url,
     ):
         yield {"url": url, "artifacts": folder / "artifacts"}
@@ -64,14 +66,14 @@ def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[s
 @pytest.fixture(scope="module")
 def predictions_db() -> Iterator[str]:
     require("PostgreSQL", postgres_problem())
-    with postgres_database("flightplan_engines_predictions") as url:
+    with postgres_database("predictions") as url:
         yield url
 
 
 @pytest.fixture(scope="module")
 def airflow_db() -> Iterator[str]:
     require("PostgreSQL", postgres_problem())
-    with postgres_database("flightplan_engines_airflow") as url:
+    with postgres_database("airflow") as url:
         yield url
 
 
@@ -237,7 +239,7 @@ def test_two_celery_workers_run_data_and_model_engineering_at_once(
         "FLIGHTPLAN_PIPELINES_DIR": str(pipelines_with(engines_layout.settings, folder, {"engine": "local"})),
         "FLIGHTPLAN_SPARK_MASTER": "local[1]",
         "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
-        "AIRFLOW__CELERY__BROKER_URL": "redis://127.0.0.1:6379/13",
+        "AIRFLOW__CELERY__BROKER_URL": redis_database(),
         "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + airflow_db,
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": "1",
     }
@@ -251,16 +253,28 @@ def test_two_celery_workers_run_data_and_model_engineering_at_once(
             for dag_id, run in (("data_engineering", data_run), ("model_engineering", model_run)):
                 state = api.wait_for_run(dag_id, run["dag_run_id"])
                 assert state == "success", api.task_states(dag_id, run["dag_run_id"])
-            spans = [run_span(api, "data_engineering", data_run), run_span(api, "model_engineering", model_run)]
-    assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1], spans  # the two runs overlapped
-    for log in logs:
-        assert "execute_workload" in log.read_text(), log.read_text()[-2000:]  # each worker took tasks
+            data_spans = task_spans(api, "data_engineering", data_run)
+            model_spans = task_spans(api, "model_engineering", model_run)
+    overlapping = [
+        (d, m) for d, m in itertools.product(data_spans, model_spans) if overlap(data_spans[d], model_spans[m])
+    ]
+    assert overlapping, (data_spans, model_spans)  # a task of each DAG ran at the same time as one of the other
+    for log in logs:  # and each worker carried out tasks (the line is written per task it runs)
+        assert "Executing workload in Celery" in log.read_text(), log.read_text()[-2000:]
 
 
 def worker(number: int) -> list[str]:
     return [AIRFLOW, "celery", "worker", "--celery-hostname", f"worker-{number}@%h", "--skip-serve-logs"]
 
 
-def run_span(api: AirflowApi, dag_id: str, triggered: dict[str, Any]) -> tuple[datetime, datetime]:
-    run = api.run(dag_id, triggered["dag_run_id"])
-    return datetime.fromisoformat(run["start_date"]), datetime.fromisoformat(run["end_date"])
+def task_spans(api: AirflowApi, dag_id: str, triggered: dict[str, Any]) -> dict[str, tuple[datetime, datetime]]:
+    """When each task of the run started and ended."""
+    listed = api.http.get(f"/dags/{dag_id}/dagRuns/{triggered['dag_run_id']}/taskInstances").json()
+    return {
+        ti["task_id"]: (datetime.fromisoformat(ti["start_date"]), datetime.fromisoformat(ti["end_date"]))
+        for ti in listed["task_instances"]
+    }
+
+
+def overlap(first: tuple[datetime, datetime], second: tuple[datetime, datetime]) -> bool:
+    return first[0] < second[1] and second[0] < first[1]

@@ -181,3 +181,16 @@ def test_stages_are_tracked_in_mlflow(good_days: dict, layout: Layout) -> None:
     assert split_run.data.tags["flightplan.stage"] == "split"
     assert split_run.data.tags["flightplan.config_hash"] == layout.config.fingerprint()
     assert "mlflow.parentRunId" in split_run.data.tags
+
+
+def test_most_frequent_values_come_by_count_then_value_missing_first_and_booleans_stay_booleans(spark) -> None:  # type: ignore[no-untyped-def]
+    from flightplan.config import ColumnSpec
+    from flightplan.data.profile import most_frequent
+
+    rows = [("b", True), ("a", False), ("b", None), ("a", True), (None, True), ("c", True)]
+    frame = spark.createDataFrame(rows, "name string, flag boolean")
+    columns = [ColumnSpec(name="name", type="string"), ColumnSpec(name="flag", type="boolean")]
+    assert most_frequent(frame, columns) == {
+        "name": [["a", 2], ["b", 2], [None, 1], ["c", 1]],
+        "flag": [[True, 4], [None, 1], [False, 1]],
+    }

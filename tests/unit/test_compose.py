@@ -3,6 +3,7 @@ valid with the example .env, refusing to start without its secrets, and the serv
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,17 @@ def test_the_stack_has_every_engine_and_scales_out_by_configuration() -> None:
     assert "--backend-store-uri" in services["mlflow"]["command"]
 
 
+def test_only_the_airflow_services_go_through_the_airflow_entrypoint() -> None:
+    """The official image's /entrypoint turns any other command into `airflow <command>`."""
+    services = yaml.safe_load(compose_config(env_file=REPO / ".env.example").stdout)["services"]
+    for name, service in services.items():
+        command = service.get("command") or []
+        if name in ("postgres", "redis"):
+            continue
+        through_airflow = "/entrypoint" in service["entrypoint"]
+        assert through_airflow == (command[0] == "airflow"), name
+
+
 def test_the_compose_file_refuses_to_start_without_its_secrets(tmp_path: Path) -> None:
     example = (REPO / ".env.example").read_text().splitlines()
     without = tmp_path / ".env"
@@ -67,9 +79,19 @@ def settings_of(node: Any) -> list[tuple[str, str]]:
     return []
 
 
+def strings_of(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        return [s for v in node.values() for s in strings_of(v)]
+    if isinstance(node, list):
+        return [s for v in node for s in strings_of(v)]
+    return [node] if isinstance(node, str) else []
+
+
 def test_no_secret_is_written_in_the_compose_file() -> None:
     raw = yaml.safe_load((REPO / "docker-compose.yaml").read_text())
     secrets = [(k, v) for k, v in settings_of(raw) if any(word in k.upper() for word in SECRET_WORDS)]
     assert len(secrets) >= 6
     for key, value in secrets:
         assert value.startswith("${"), key
+    passwords = [m.group(1) for text in strings_of(raw) for m in re.finditer(r"://[^:/@\s]+:([^@\s]+)@", text)]
+    assert passwords and all(p.startswith("${") for p in passwords), passwords  # in every URL, e.g. the commands
