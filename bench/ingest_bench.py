@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -105,17 +106,24 @@ def run_flightplan(home: Path, engine: str) -> dict[str, float]:
 def process_tree_peak_mib() -> float:
     """Peak resident memory of this process and every live descendant (the Spark JVM and its Python
     workers), summed: an upper bound of what the contender held at once."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    return trees_peak_mib(lambda pid, _: pid == os.getpid())
+
+
+def trees_peak_mib(is_root: Callable[[int, str], bool]) -> float:
+    """Peak resident memory (VmHWM) of the live processes that ``is_root(pid, cmdline)`` picks and of all their
+    descendants, summed."""
+    processes: dict[int, tuple[int, str]] = {}
+    for proc in Path("/proc").glob("[0-9]*"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            processes[int(proc.name)] = (parent, (proc / "cmdline").read_bytes().decode(errors="replace"))
         except OSError:
             continue
-        parents[int(stat.parent.name)] = int(fields[1])
-    tree, frontier = {os.getpid()}, [os.getpid()]
+    tree = {pid for pid, (_, cmdline) in processes.items() if is_root(pid, cmdline)}
+    frontier = list(tree)
     while frontier:
         parent = frontier.pop()
-        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in tree]
+        children = [pid for pid, (ppid, _) in processes.items() if ppid == parent and pid not in tree]
         tree.update(children)
         frontier.extend(children)
     total_kib = 0

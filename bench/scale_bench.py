@@ -24,7 +24,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "bench"), str(REPO)]
 
-from ingest_bench import DAY, PIPELINE, build_drop, process_tree_peak_mib  # noqa: E402
+from ingest_bench import DAY, PIPELINE, build_drop, process_tree_peak_mib, trees_peak_mib  # noqa: E402
 
 ROUNDS = 100  # fixed, without early stopping: every size grows the same number of trees
 PARAMS = {"max_depth": 6, "learning_rate": 0.1, "min_child_weight": 1.0, "subsample": 0.8, "colsample_bytree": 0.8}
@@ -33,28 +33,7 @@ EXECUTOR = "org.apache.spark.executor.CoarseGrainedExecutorBackend"
 
 def executors_peak_mib() -> float:
     """Peak resident memory of the cluster's executor JVMs and their Python workers, summed."""
-    processes: dict[int, tuple[int, str]] = {}
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            processes[int(proc.name)] = (parent, (proc / "cmdline").read_bytes().decode(errors="replace"))
-        except OSError:
-            continue
-    tree = {pid for pid, (_, cmdline) in processes.items() if EXECUTOR in cmdline}
-    frontier = list(tree)
-    while frontier:
-        parent = frontier.pop()
-        children = [pid for pid, (ppid, _) in processes.items() if ppid == parent and pid not in tree]
-        tree.update(children)
-        frontier.extend(children)
-    total_kib = 0
-    for pid in tree:
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            continue
-        total_kib += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
-    return total_kib / 1024
+    return trees_peak_mib(lambda _, cmdline: EXECUTOR in cmdline)
 
 
 def run_contender(stage: str, home: Path, frames: Path) -> dict[str, Any]:
