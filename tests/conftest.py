@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -61,6 +62,26 @@ def service_process(
     if process.poll() is None:
         process.terminate()
         process.wait(30)
+
+
+def run_data_engineering(start: date, end: date) -> dict[str, dict]:
+    """The data_engineering tasks on [start, end) in this process (its Spark session), in the DAG's order:
+    each stage's manifest, or the path of the report it wrote."""
+    from flightplan import workflow
+
+    job = workflow.StageInput("flights", start, end)
+    manifests = {}
+    for stage in (
+        workflow.ingest,
+        workflow.profile,
+        workflow.validate,
+        workflow.wrangle,
+        workflow.label,
+        workflow.split,
+    ):
+        path = stage(job)
+        manifests[stage.__name__] = json.loads(path.read_text()) if path.suffix == ".json" else {"path": str(path)}
+    return manifests
 
 
 @pytest.fixture(scope="session")

@@ -241,7 +241,8 @@ def test_two_celery_workers_run_data_and_model_engineering_at_once(
 ) -> None:
     """The same metadata database under the CeleryExecutor (Redis broker, results in PostgreSQL): a data-engineering
     run of new days and a model-engineering run on the splits already there, each on its own worker, at once.
-    Spark is local here: one application would take every core of the two-worker cluster."""
+    Spark is local here (and ingestion in-process): one application would take every core of the two-worker
+    cluster."""
     from flightplan.replay import replay
     from flightplan.stack import airflow_api_environment
 
@@ -254,6 +255,7 @@ def test_two_celery_workers_run_data_and_model_engineering_at_once(
         **engines_env,
         "FLIGHTPLAN_PIPELINES_DIR": str(pipelines_with(engines_layout.settings, folder, {"engine": "local"})),
         "FLIGHTPLAN_SPARK_MASTER": "local[1]",
+        "FLIGHTPLAN_INGEST_ENGINE": "local",  # ingestion on the cluster is the test above's
         "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
         "AIRFLOW__CELERY__BROKER_URL": redis_database(),
         "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + airflow_db,

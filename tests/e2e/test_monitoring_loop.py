@@ -16,9 +16,8 @@ import yaml
 from flightplan.layout import Layout
 from flightplan.settings import Settings
 
-from tests.conftest import service_process
+from tests.conftest import run_data_engineering, service_process
 from tests.e2e.conftest import airflow_api, running_airflow
-from tests.e2e.test_airflow import dags_test
 
 TOKEN = "e2e-monitoring-token"
 JULY, JULY_END = date(2013, 7, 1), date(2013, 7, 4)
@@ -64,7 +63,7 @@ def test_drifted_traffic_retrains_and_the_gates_promote(
     from flightplan.replay import replay, replay_traffic
 
     replay(layout, JULY, JULY_END)
-    dags_test(loop_env, "data_engineering", {"pipeline": "flights", "start": str(JULY), "end": str(JULY_END)})
+    run_data_engineering(JULY, JULY_END)  # the DAG itself: tests/e2e/test_airflow.py
     monkeypatch.setenv("FLIGHTPLAN_API_TOKEN", TOKEN)
     served = httpx.get(f"{service}/ready").json()["pipelines"]["flights"]["version"]
     sent = replay_traffic(Layout(dataclasses.replace(settings, service_url=service), layout.config), JULY, JULY_END)
