@@ -8,12 +8,14 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 from flightplan.airflow_rest import AirflowApi
 from flightplan.layout import Layout
 from flightplan.settings import Settings
+from flightplan.stack import stack_dir
 
 from tests.conftest import free_port, service_process
 from tests.e2e.conftest import airflow_api, running_airflow
@@ -115,14 +117,24 @@ def approving_airflow(
         yield api
 
 
-def deploy_with_answer(api: AirflowApi, version: str, answer: str) -> tuple[str, dict[str, str | None]]:
+def deploy_with_answer(
+    api: AirflowApi, scheduler_log: Path, version: str, answer: str
+) -> tuple[str, dict[str, str | None]]:
     """Triggers a deployment of ``version``, answers its approval task, and returns the run's end state."""
     run_id = api.trigger("deployment", {"pipeline": "flights", "version": version, "reason": answer})["dag_run_id"]
     api.wait_for_task("deployment", run_id, "approve", "awaiting_input")
-    # As a person would, answer after the scheduler has seen the paused worker exit: in Airflow 3.3.2 an
-    # answer within a second of the pause races it, and the task is marked failed ("finished with state
-    # success, but the task instance's state attribute is queued").
-    time.sleep(5)
+    # Answer only once the scheduler has taken in the exit of the worker that paused, as a person's answer
+    # would come: in Airflow 3.3.2 an answer that arrives before it (a busy scheduler took 6 s here) races
+    # it, and the task is marked failed ("finished with state success, but the task instance's state
+    # attribute is queued").
+    exit_seen = (
+        "executor event with state success for task instance "
+        f"TaskInstanceKey(dag_id='deployment', task_id='approve', run_id='{run_id}'"
+    )
+    deadline = time.monotonic() + 120
+    while exit_seen not in scheduler_log.read_text():
+        assert time.monotonic() < deadline, "the scheduler never took in the paused approval task's exit"
+        time.sleep(0.5)
     assert api.task_states("deployment", run_id)["promote"] is None
     details = api.http.get(f"/dags/deployment/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails")
     details.raise_for_status()
@@ -138,15 +150,16 @@ def test_a_promotion_waits_for_a_persons_approval(
     approving_airflow: AirflowApi, service: str, settings: Settings
 ) -> None:
     """Runs after the test above, with its champion in place."""
+    scheduler_log = stack_dir(settings) / "airflow-scheduler.log"
     champion = aliases(settings)["champion"]
     rejected = copy_as_challenger(settings, champion)
-    state, tasks = deploy_with_answer(approving_airflow, rejected, "Reject")
+    state, tasks = deploy_with_answer(approving_airflow, scheduler_log, rejected, "Reject")
     assert state == "success", tasks
     assert {tasks[t] for t in ("promote", "reload_service", "smoke_test", "roll_back")} == {"skipped"}
     assert aliases(settings)["champion"] == champion and serving(service) == champion
 
     approved = copy_as_challenger(settings, champion)
-    state, tasks = deploy_with_answer(approving_airflow, approved, "Approve")
+    state, tasks = deploy_with_answer(approving_airflow, scheduler_log, approved, "Approve")
     assert state == "success", tasks
     assert tasks["smoke_test"] == "success" and tasks["roll_back"] == "skipped"
     assert {k: aliases(settings)[k] for k in ("champion", "previous")} == {"champion": approved, "previous": champion}
