@@ -25,9 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "bench"), str(REPO)]
 
 from ingest_bench import DAY, PIPELINE, build_drop, process_tree_peak_mib, trees_peak_mib  # noqa: E402
+from train_bench import PARAMS  # noqa: E402
 
 ROUNDS = 100  # fixed, without early stopping: every size grows the same number of trees
-PARAMS = {"max_depth": 6, "learning_rate": 0.1, "min_child_weight": 1.0, "subsample": 0.8, "colsample_bytree": 0.8}
 EXECUTOR = "org.apache.spark.executor.CoarseGrainedExecutorBackend"
 
 
@@ -36,7 +36,7 @@ def executors_peak_mib() -> float:
     return trees_peak_mib(lambda _, cmdline: EXECUTOR in cmdline)
 
 
-def run_contender(stage: str, home: Path, frames: Path) -> dict[str, Any]:
+def run_contender(stage: str, frames: Path) -> dict[str, Any]:
     from flightplan.config import load_pipeline
     from flightplan.layout import Layout
     from flightplan.settings import load_settings
@@ -111,7 +111,7 @@ def main() -> int:
     parser.add_argument("--frames", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.contender:
-        print(json.dumps(run_contender(args.contender, Path(os.environ["FLIGHTPLAN_HOME"]), args.frames)))
+        print(json.dumps(run_contender(args.contender, args.frames)))
         return 0
 
     from tests.e2e.engines import spark_cluster
