@@ -14,7 +14,8 @@ from flightplan.settings import load_settings
 SPLITS = Asset(name="flightplan_splits", uri="file:///flightplan/splits")
 CHALLENGER = Asset(name="flightplan_challenger", uri="file:///flightplan/challenger")
 CHAMPION = Asset(name="flightplan_champion", uri="file:///flightplan/champion")
-PIPELINES = available_pipelines(load_settings().pipelines_dir)
+SETTINGS = load_settings()
+PIPELINES = available_pipelines(SETTINGS.pipelines_dir)
 # Each nightly run covers the UTC day that just ended, [00:00, 24:00): Airflow 3 reads "@daily" as a point in
 # time (CronTriggerTimetable), whose data interval starts where it ends.
 NIGHTLY = CronDataIntervalTimetable("0 0 * * *", timezone="UTC")
@@ -32,7 +33,11 @@ def dag_options(stage: str, retries: int) -> dict[str, Any]:
 
 
 def pipeline_param() -> Param:
-    return Param(PIPELINES[0] if PIPELINES else "", enum=PIPELINES, description="Pipeline config to run")
+    """The pipeline a run works on: any YAML of the pipelines folder; scheduled runs take the default one
+    (FLIGHTPLAN_DEFAULT_PIPELINE, else the first by name)."""
+    chosen = SETTINGS.default_pipeline if SETTINGS.default_pipeline in PIPELINES else None
+    default = chosen or (PIPELINES[0] if PIPELINES else "")
+    return Param(default, enum=PIPELINES, description="Pipeline config to run")
 
 
 def run_context(context: Any) -> Any:

@@ -32,14 +32,21 @@ def free_port() -> int:
 
 @contextmanager
 def service_process(
-    settings: Settings, token: str, poll_seconds: float, wait_ready: bool, env: dict[str, str] | None = None
+    settings: Settings,
+    token: str,
+    poll_seconds: float,
+    wait_ready: bool,
+    env: dict[str, str] | None = None,
+    pipelines: tuple[str, ...] = ("flights",),
 ) -> Iterator[dict]:
-    """`flightplan serve` for the flights pipeline as its own process (in ``env``, by default this one's), on a
+    """`flightplan serve` for ``pipelines`` as its own process (in ``env``, by default this one's), on a
     free port; stopped at exit."""
     port = free_port()
     env = {**(os.environ if env is None else env), "FLIGHTPLAN_API_TOKEN": token, "FLIGHTPLAN_HOME": str(settings.home)}
     output = settings.home / f"serve-{port}.log"
-    command = [str(Path(sys.executable).with_name("flightplan")), "serve", "--pipeline", "flights"]
+    command = [str(Path(sys.executable).with_name("flightplan")), "serve"]
+    for pipeline in pipelines:
+        command += ["--pipeline", pipeline]
     with output.open("w") as sink:
         process = subprocess.Popen(
             [*command, "--port", str(port), "--poll-seconds", str(poll_seconds)],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import sys
 from datetime import date
@@ -19,6 +20,33 @@ from flightplan.stack import COMPONENTS
 def _layout(pipeline: str) -> Layout:
     settings = load_settings()
     return Layout(settings, load_pipeline(pipeline, settings.pipelines_dir))
+
+
+def init(args: argparse.Namespace) -> int:
+    from flightplan.scaffold import InitError, draft
+
+    settings = load_settings()
+    name = args.name or re.sub(r"[^a-z0-9_]+", "_", args.data.stem.lower()).strip("_")
+    output = args.output or settings.pipelines_dir / f"{name}.yaml"
+    if output.exists() and not args.force:
+        print(f"{output} exists: pass --force to replace it", file=sys.stderr)
+        return 1
+    try:
+        drafted = draft(args.data, args.target, name, output, args.task, args.time_column, args.key, args.delimiter)
+    except InitError as err:
+        print(f"flightplan init: {err}", file=sys.stderr)
+        return 1
+    config = drafted.config
+    features = len(config.features.numeric) + len(config.features.categorical) + len(config.features.derived)
+    print(f"wrote {output}: {drafted.rows:,} rows, {len(config.source.columns)} columns, {features} features")
+    print(f"  label '{config.label.name}' ({config.label.task}), split {config.split.strategy}")
+    for column, reason in drafted.excluded.items():
+        print(f"  left out {column}: {reason}")
+    print(
+        f"next: review {output}, then trigger data_engineering with pipeline '{name}'"
+        + (" (a snapshot: no dates needed)" if config.source.snapshot else "")
+    )
+    return 0
 
 
 def replay(args: argparse.Namespace) -> int:
@@ -207,6 +235,17 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--dags", type=Path, default=Path("dags"), help="the DAGs folder")
         command.add_argument("--plugins", type=Path, default=Path("plugins"), help="the Airflow plugins folder")
 
+    cmd = commands.add_parser("init", help="profile a data file and write a pipeline YAML for it")
+    cmd.add_argument("data", type=Path, help="a CSV or Parquet file, or a folder of them (daily drops: YYYY-MM-DD)")
+    cmd.add_argument("--target", required=True, help="the column to predict")
+    cmd.add_argument("--name", help="pipeline name; the file's name if unset")
+    cmd.add_argument("--task", choices=["binary", "multiclass", "regression"], help="inferred from the target if unset")
+    cmd.add_argument("--time-column", help="when each record happened: the split becomes time-based")
+    cmd.add_argument("--key", action="append", help="a column that identifies a record (repeat for several)")
+    cmd.add_argument("--delimiter", default=",", help="CSV field delimiter")
+    cmd.add_argument("--output", type=Path, help="where to write the YAML; the pipelines folder if unset")
+    cmd.add_argument("--force", action="store_true", help="replace an existing file")
+    cmd.set_defaults(run=init)
     cmd = commands.add_parser("replay", help="drop a dataset into the landing zone as daily CSV files")
     with_interval(cmd)
     cmd.set_defaults(run=replay)

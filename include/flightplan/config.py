@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -18,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 ColumnType = Literal["string", "int", "long", "double", "boolean", "date", "timestamp"]
 IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# Names the stages add to a row: a source column or the label under one of them would be overwritten.
+RESERVED_NAMES = frozenset({"split", "quarantine_reason"})
 DEFAULT_NULL_VALUES = ("", "NA", "null", "NULL")
 # The metrics evaluation reports for each task (flightplan.model.evaluate), and which of them grow with quality.
 TASK_METRICS = {
@@ -50,6 +53,9 @@ class ColumnSpec(Strict):
     """One typed column, with the data-quality rules the validation suite is built from."""
 
     name: Annotated[str, Field(pattern=IDENTIFIER)]
+    header: Annotated[str, Field(min_length=1)] | None = Field(
+        None, description="the column's name in the files when it is not an identifier (spaces, dots): 'Sepal.Length'"
+    )
     type: ColumnType
     format: str | None = Field(None, description="strptime format for date and timestamp columns")
     max_null_fraction: Annotated[float, Field(ge=0, le=1)] = 1.0
@@ -62,6 +68,11 @@ class ColumnSpec(Strict):
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
         return self
+
+    @property
+    def file_name(self) -> str:
+        """The column's name in a landing file's header (or a Parquet file's schema)."""
+        return self.header or self.name
 
 
 class DimensionSpec(Strict):
@@ -91,15 +102,30 @@ class DimensionSpec(Strict):
         return [c.model_copy(update={"name": self.prefix + c.name}) for c in self.columns if c.name not in keys]
 
 
+class SnapshotSpec(Strict):
+    """The whole dataset in one file (or a folder of files) rather than daily drops. Every data-engineering
+    run reads all of it into the partition of ``day``, replacing what an earlier run wrote there: replace the
+    file and re-run to load a new version; change ``day`` to keep the old version's partition beside it."""
+
+    path: str = Field(description="file or folder, absolute or under the data root; '{pipeline}' is replaced")
+    day: date = Field(description="the day the snapshot stands for: its partition and its data interval")
+
+
 class SourceSpec(Strict):
-    format: Literal["csv"] = "csv"
+    format: Literal["csv", "parquet"] = "csv"
     landing: str = Field("landing/{pipeline}", description="folder of daily drops (one YYYY-MM-DD folder per day)")
+    snapshot: SnapshotSpec | None = Field(None, description="a single snapshot instead of daily drops")
     delimiter: Annotated[str, Field(min_length=1, max_length=1)] = ","
     null_values: list[str] = Field(default_factory=lambda: list(DEFAULT_NULL_VALUES))
     columns: list[ColumnSpec]
     key: list[str] = Field(default_factory=list, description="columns that identify a record (deduplication)")
-    time_column: str
+    time_column: str | None = Field(None, description="when each record happened; needed by the time split")
     partition_column: Annotated[str, Field(pattern=IDENTIFIER)] = "ds"
+
+    @property
+    def file_names(self) -> dict[str, str]:
+        """Config name of each column, by its name in the files."""
+        return {c.file_name: c.name for c in self.columns}
 
 
 class LabelSpec(Strict):
@@ -109,6 +135,9 @@ class LabelSpec(Strict):
     task: Literal["binary", "multiclass", "regression"] = "binary"
     rule: str | None = None
     column: str | None = None
+    positive: str | int | float | bool | None = Field(
+        None, description="binary label from a column: the value that is the positive class ('yes', 'bad', 1)"
+    )
     feedback: Literal["fill", "override", "ignore"] = Field(
         "fill",
         description="ground truth posted to the inference API's /feedback for a prediction whose record carried "
@@ -120,6 +149,8 @@ class LabelSpec(Strict):
     def _one_source(self) -> LabelSpec:
         if (self.rule is None) == (self.column is None):
             raise ValueError("give exactly one of 'rule' or 'column'")
+        if self.positive is not None and (self.column is None or self.task != "binary"):
+            raise ValueError("'positive' names the positive class of a binary label read from a 'column'")
         return self
 
 
@@ -350,6 +381,10 @@ class PipelineConfig(Strict):
         duplicated = sorted(n for n in source if [c.name for c in self.source.columns].count(n) > 1)
         if duplicated:
             raise ValueError(f"source.columns repeats {duplicated}")
+        headers = [c.file_name for c in self.source.columns]
+        repeated = sorted({h for h in headers if headers.count(h) > 1})
+        if repeated:
+            raise ValueError(f"source.columns: the file names {repeated} repeat")
         if self.source.partition_column in source:
             raise ValueError(f"source.partition_column '{self.source.partition_column}' is also a source column")
         for dim in self.dimensions:
@@ -359,8 +394,16 @@ class PipelineConfig(Strict):
             clashes = sorted({c.name for c in dim.joined_columns} & source)
             if clashes:
                 raise ValueError(f"dimensions.{dim.name}: {clashes} clash with source columns; set a prefix")
+        reserved = sorted((source | {self.label.name}) & RESERVED_NAMES)
+        if reserved:
+            raise ValueError(f"{reserved} are names the stages add to a row; rename the column or the label")
         known = self.column_names
-        for field, names in (("source.key", self.source.key), ("source.time_column", [self.source.time_column])):
+        if self.label.name in known:
+            raise ValueError(
+                f"label.name: '{self.label.name}' is also a column; name the label apart from the data it comes from"
+            )
+        time_column = [self.source.time_column] if self.source.time_column else []
+        for field, names in (("source.key", self.source.key), ("source.time_column", time_column)):
             absent = sorted(set(names) - known)
             if absent:
                 raise ValueError(f"{field}: {absent} are not columns of the source or its dimensions")
@@ -376,8 +419,13 @@ class PipelineConfig(Strict):
         if leaking:
             raise ValueError(f"features: {leaking} are listed as leakage and cannot be features")
         label_inputs = {self.label.name} | ({self.label.column} if self.label.column else set())
+        if self.label.rule:
+            label_inputs |= {n for n in known if re.search(rf"(?<!\w){re.escape(n)}(?!\w)", self.label.rule)}
         if label_inputs & listed:
-            raise ValueError(f"features: the label {sorted(label_inputs & listed)} cannot be a feature")
+            raise ValueError(
+                f"features: {sorted(label_inputs & listed)} are the label or what it is computed from, "
+                "so they cannot be features (move them to features.leakage)"
+            )
         times = {c.name for c in self.all_columns if c.type in ("date", "timestamp")}
         for feature in features.derived:
             if feature.column not in times:
@@ -403,6 +451,15 @@ class PipelineConfig(Strict):
         imputed = sorted(set(self.wrangle.impute) - known)
         if imputed:
             raise ValueError(f"wrangle.impute: {imputed} are not columns")
+        if self.source.time_column is None:
+            for where, used in (
+                ("split.strategy: time", self.split.strategy == "time"),
+                ("model.window_days", self.model.window_days is not None),
+            ):
+                if used:
+                    raise ValueError(f"{where} needs source.time_column (or use split.strategy: stratified)")
+        if self.source.snapshot is not None and self.split.window_days is not None:
+            raise ValueError("split.window_days: a snapshot is split whole; leave it unset")
         return self
 
     @property
@@ -432,6 +489,16 @@ class PipelineConfig(Strict):
     def landing_dir(self) -> str:
         return self.source.landing.format(pipeline=self.name)
 
+    def interval(self, start: date, end: date) -> tuple[date, date]:
+        """The days a data-engineering run covers: [start, end), or a snapshot's own day whatever was asked."""
+        snapshot = self.source.snapshot
+        return (snapshot.day, snapshot.day + timedelta(days=1)) if snapshot else (start, end)
+
+    @property
+    def snapshot_path(self) -> str | None:
+        snapshot = self.source.snapshot
+        return snapshot.path.format(pipeline=self.name) if snapshot else None
+
     def fingerprint(self) -> str:
         """A short hash of the effective config, tagged on every MLflow run for lineage."""
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
@@ -455,8 +522,14 @@ def load_pipeline(
         if not path.exists():
             known = ", ".join(available_pipelines(pipelines_dir)) or "none"
             raise ConfigError(f"no pipeline '{name_or_path}' in {pipelines_dir} (known: {known})")
+    return parse_pipeline(path.read_text(), str(path), overrides)
+
+
+def parse_pipeline(text: str, origin: str, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """A pipeline from its YAML text; ``origin`` (the file) starts every error message."""
+    path = origin
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(raw, dict):

@@ -31,6 +31,12 @@ class Layout:
     def landing(self) -> Path:
         return self.settings.data_root / self.config.landing_dir
 
+    @property
+    def snapshot(self) -> Path | None:
+        """The snapshot file or folder of a snapshot source (a relative path is under the data root)."""
+        path = self.config.snapshot_path
+        return None if path is None else self.settings.data_root / Path(path).expanduser()
+
     def dimension(self, dimension: DimensionSpec) -> Path:
         return self.settings.data_root / dimension.path.format(pipeline=self.name)
 

@@ -5,7 +5,7 @@ the manifest it wrote, which is all that travels between tasks."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,11 @@ class StageInput:
     context: RunContext = field(default_factory=RunContext)
     overrides: dict[str, Any] | None = None
 
-    def open(self) -> tuple[Settings, PipelineConfig, Layout]:
-        return open_pipeline(self.pipeline, self.overrides)
+    def open(self) -> tuple[StageInput, Settings, PipelineConfig, Layout]:
+        """This job over the days its pipeline says (a snapshot has its own day), and what it runs with."""
+        settings, config, layout = open_pipeline(self.pipeline, self.overrides)
+        start, end = config.interval(self.start, self.end)
+        return replace(self, start=start, end=end), settings, config, layout
 
     @property
     def key(self) -> str:
@@ -54,7 +57,7 @@ def ingest(job: StageInput) -> Path:
 
     from flightplan.data.ingest import ingest as ingest_interval
 
-    settings, config, layout = job.open()
+    job, settings, config, layout = job.open()
     with stage_run(settings, config, job.context, data_experiment(config), "ingest"):
         mlflow.log_params({"interval_start": job.start.isoformat(), "interval_end": job.end.isoformat()})
         path = ingest_interval(layout, job.start, job.end)
@@ -72,16 +75,15 @@ def profile(job: StageInput) -> Path:
     from flightplan.data.rewrite import read_days
     from flightplan.spark import get_spark
 
-    settings, config, layout = job.open()
+    job, settings, config, layout = job.open()
     with stage_run(settings, config, job.context, data_experiment(config), "profile"):
         frame = read_days(get_spark(settings), layout, "curated", job.days)
         stats = profile_frame(frame, config)
         json_path, html_path = write_profile(
             stats, layout.reports("profile") / job.key, profile_title(config, job.start, job.end)
         )
-        mlflow.log_metric("rows", stats["rows"])
-        for label, count in stats["label"]["counts"].items():
-            mlflow.log_metric(f"class_{label}", count)
+        counts = {f"class_{label}": count for label, count in stats["label"]["counts"].items()}
+        mlflow.log_metrics({"rows": stats["rows"], **counts})
         mlflow.log_artifact(str(json_path))
         mlflow.log_artifact(str(html_path))
     return html_path
@@ -95,7 +97,7 @@ def validate(job: StageInput) -> Path:
     from flightplan.data.batches import read_partitions, to_pandas
     from flightplan.quality import validate_frame
 
-    settings, config, layout = job.open()
+    job, settings, config, layout = job.open()
     part = config.source.partition_column
     ingest_manifest = json.loads(layout.manifest("ingest", job.key).read_text())
     with stage_run(settings, config, job.context, data_experiment(config), "validate"):
@@ -142,7 +144,7 @@ def wrangle(job: StageInput) -> Path:
     from flightplan.data.wrangle import wrangle_frame
     from flightplan.spark import get_spark
 
-    settings, config, layout = job.open()
+    job, settings, config, layout = job.open()
     with stage_run(settings, config, job.context, data_experiment(config), "wrangle"):
         used: dict[str, Any] = {}
 
@@ -167,7 +169,7 @@ def label(job: StageInput) -> Path:
     from flightplan.serving.store import ground_truth
     from flightplan.spark import get_spark
 
-    settings, config, layout = job.open()
+    job, settings, config, layout = job.open()
     with stage_run(settings, config, job.context, data_experiment(config), "label"):
         spark = get_spark(settings)
         truth_rows = (
@@ -199,11 +201,13 @@ def split(job: StageInput) -> Path:
     from flightplan.data.split import assign_split, write_splits
     from flightplan.spark import get_spark
 
-    settings, config, layout = job.open()
+    job, settings, config, layout = job.open()
     part = config.source.partition_column
     root = layout.dataset("labeled")
     if config.split.window_days:
         window_start = job.end - timedelta(days=config.split.window_days)
+    elif config.source.snapshot:
+        window_start = job.start
     else:
         known = sorted(date.fromisoformat(p.name.split("=", 1)[1]) for p in root.glob(f"{part}=*") if p.is_dir())
         window_start = min(known[0], job.start) if known else job.start

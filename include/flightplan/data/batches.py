@@ -26,14 +26,15 @@ def read_partitions(root: Path, column: str, days: list[date], columns: list[str
     return pa.concat_tables(tables, promote_options="default")
 
 
-def in_fixed_order(table: pa.Table, time_column: str, ignore: tuple[str, ...] = ()) -> pa.Table:
-    """The rows sorted by time, then by every other column (but ``ignore``): the same rows always come in
-    the same order, whatever order their files were written in."""
-    rest = sorted(c for c in table.column_names if c not in (time_column, *ignore))
-    return table.sort_by([(name, "ascending") for name in [time_column, *rest]])
+def in_fixed_order(table: pa.Table, time_column: str | None, ignore: tuple[str, ...] = ()) -> pa.Table:
+    """The rows sorted by time (when the source has a time column), then by every other column (but
+    ``ignore``): the same rows always come in the same order, whatever order their files were written in."""
+    lead = [time_column] if time_column else []
+    rest = sorted(c for c in table.column_names if c not in (*lead, *ignore))
+    return table.sort_by([(name, "ascending") for name in [*lead, *rest]])
 
 
-def read_in_order(root: Path, column: str, days: list[date], time_column: str) -> pa.Table:
+def read_in_order(root: Path, column: str, days: list[date], time_column: str | None) -> pa.Table:
     """The days' partitions in a fixed row order (``in_fixed_order``; the partition column aside)."""
     return in_fixed_order(read_partitions(root, column, days), time_column, ignore=(column,))
 

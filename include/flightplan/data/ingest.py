@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 
 from flightplan.config import ColumnSpec, DimensionSpec
-from flightplan.data.parse import Chunk, parse_chunk, quarantine_every_line
+from flightplan.data.parse import Chunk, parse_chunk, parse_parquet, quarantine_every_line, quarantine_whole_file
 from flightplan.data.partitions import (
     count_rows,
     days_in,
@@ -60,12 +61,16 @@ def ingest(
     engine = engine or layout.settings.ingest_engine
     if engine not in ENGINES:
         raise ValueError(f"ingest engine '{engine}' is not one of {ENGINES}")
+    start, end = config.interval(start, end)
     days = days_in(start, end)
     plan = plan_chunks(layout, days)
     if not plan["chunks"] and not plan["files"]:
-        raise NoLandingData(
-            f"no landing files for {start}..{end} under {layout.landing} (one YYYY-MM-DD folder per day)"
+        where = (
+            f"the snapshot {layout.snapshot} has no data files"
+            if layout.snapshot
+            else f"no landing files for {start}..{end} under {layout.landing} (one YYYY-MM-DD folder per day)"
         )
+        raise NoLandingData(where)
     key = interval_key(start, end)
     staging = fresh_dir(layout.staging(STAGE, key))
     rows_dir, quarantine_dir = staging / "rows", staging / "quarantine"
@@ -74,6 +79,7 @@ def ingest(
     chunks: list[Chunk] = plan["chunks"]
     dimensions = {d.name: load_dimension(layout, d) for d in config.dimensions}
     task = ChunkTask(
+        format=config.source.format,
         columns=list(config.source.columns),
         output=[c.name for c in config.all_columns],
         delimiter=config.source.delimiter,
@@ -116,35 +122,44 @@ def ingest(
 
 
 def plan_chunks(layout: Layout, days: list[date]) -> dict[str, Any]:
-    """List the landing files of the days, read their headers, and cut them into line-aligned chunks."""
+    """List the data files of the days (or the snapshot's), read their headers, and cut them into chunks:
+    line-aligned byte ranges of a CSV file, row groups of a Parquet file."""
     config = layout.config
-    expected = [c.name for c in config.source.columns]
+    source = config.source
+    expected = [c.name for c in source.columns]
     chunks: list[Chunk] = []
     files: list[dict[str, Any]] = []
     missing_days = []
-    for day in days:
-        folder = layout.landing / day.isoformat()
-        paths = (
-            sorted(p for p in folder.glob("*") if p.is_file() and not p.name.startswith((".", "_")))
-            if folder.is_dir()
-            else []
-        )
-        if not folder.is_dir():
+    for day, paths in data_files(layout, days):
+        if paths is None:
             missing_days.append(day.isoformat())
+            continue
         for path in paths:
-            header, body_start = read_header(path, config.source.delimiter)
             note: dict[str, Any] = {"path": str(path), "day": day.isoformat(), "bytes": path.stat().st_size}
             files.append(note)
+            try:
+                header, ranges = (
+                    parquet_ranges(path) if source.format == "parquet" else csv_ranges(path, source.delimiter)
+                )
+            except ValueError as err:
+                note["problem"] = str(err)
+                chunks.append(Chunk(str(path), day.isoformat(), 0, 0, 1, (), len(chunks), str(err)))
+                continue
             if header is None:
                 note["problem"] = "empty file"
                 continue
+            header = [source.file_names.get(name, name) for name in header]
             rejected = None
             repeated = sorted(n for n, k in Counter(header).items() if k > 1)
             if repeated:
                 rejected = f"header repeats column(s) {repeated}"
             elif not set(header) & set(expected):
-                rejected = f"header has none of the expected columns (is the delimiter '{config.source.delimiter}'?)"
-            missing = [n for n in expected if n not in header]
+                rejected = (
+                    f"header has none of the expected columns (is the delimiter '{source.delimiter}'?)"
+                    if source.format == "csv"
+                    else "schema has none of the expected columns"
+                )
+            missing = [c.file_name for c in source.columns if c.name not in header]
             unexpected = [n for n in header if n not in expected]
             if missing:
                 note["missing_columns"] = missing
@@ -152,20 +167,50 @@ def plan_chunks(layout: Layout, days: list[date]) -> dict[str, Any]:
                 note["unexpected_columns"] = unexpected
             if rejected:
                 note["problem"] = rejected
-            for start, end in line_aligned_ranges(path, body_start, CHUNK_BYTES):
+            for start, end, first_line in ranges:
                 chunks.append(
-                    Chunk(
-                        path=str(path),
-                        day=day.isoformat(),
-                        start=start,
-                        end=end,
-                        first_line=2 if start == body_start else None,
-                        header=tuple(header),
-                        index=len(chunks),
-                        rejected_because=rejected,
-                    )
+                    Chunk(str(path), day.isoformat(), start, end, first_line, tuple(header), len(chunks), rejected)
                 )
     return {"chunks": chunks, "files": files, "missing_days": missing_days}
+
+
+def data_files(layout: Layout, days: list[date]) -> list[tuple[date, list[Path] | None]]:
+    """The data files of each day: its landing folder's (None when there is no folder), or for a snapshot
+    source the snapshot's files, under its day."""
+    snapshot = layout.snapshot
+    if snapshot is not None:
+        if snapshot.is_file():
+            return [(days[0], [snapshot])]
+        return [(days[0], _visible_files(snapshot) if snapshot.is_dir() else [])]
+    folders = [(day, layout.landing / day.isoformat()) for day in days]
+    return [(day, _visible_files(folder) if folder.is_dir() else None) for day, folder in folders]
+
+
+def _visible_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*") if p.is_file() and not p.name.startswith((".", "_")))
+
+
+def csv_ranges(path: Path, delimiter: str) -> tuple[list[str] | None, list[tuple[int, int, int | None]]]:
+    """The header of a CSV file and its body cut into line-aligned byte ranges (with the first one's line)."""
+    header, body_start = read_header(path, delimiter)
+    ranges = line_aligned_ranges(path, body_start, CHUNK_BYTES)
+    return header, [(start, end, 2 if start == body_start else None) for start, end in ranges]
+
+
+def parquet_ranges(path: Path) -> tuple[list[str] | None, list[tuple[int, int, int | None]]]:
+    """The column names of a Parquet file and one range per row group, with the group's first record number."""
+    try:
+        metadata = pq.ParquetFile(path).metadata
+    except (pa.ArrowInvalid, OSError) as err:
+        raise ValueError(f"not a readable Parquet file: {err}") from None
+    if metadata.num_rows == 0:
+        return None, []
+    ranges: list[tuple[int, int, int | None]] = []
+    first = 1
+    for group in range(metadata.num_row_groups):
+        ranges.append((group, group + 1, first))
+        first += metadata.row_group(group).num_rows
+    return metadata.schema.to_arrow_schema().names, ranges
 
 
 def read_header(path: Path, delimiter: str) -> tuple[list[str] | None, int]:
@@ -220,6 +265,7 @@ class PreparedDimension:
 class ChunkTask:
     """One chunk, start to finish, in Arrow; picklable, so Spark can ship it to its executors."""
 
+    format: str
     columns: list[ColumnSpec]
     output: list[str]
     delimiter: str
@@ -230,13 +276,20 @@ class ChunkTask:
     quarantine_dir: str
 
     def __call__(self, chunk: Chunk) -> None:
-        with open(chunk.path, "rb") as handle:
-            handle.seek(chunk.start)
-            data = handle.read(chunk.end - chunk.start)
-        if chunk.rejected_because:
-            parsed = quarantine_every_line(data, chunk)
+        if self.format == "parquet":
+            parsed = (
+                quarantine_whole_file(chunk)
+                if chunk.rejected_because
+                else parse_parquet(chunk, self.columns, self.null_values)
+            )
         else:
-            parsed = parse_chunk(data, chunk, self.columns, self.delimiter, self.null_values)
+            with open(chunk.path, "rb") as handle:
+                handle.seek(chunk.start)
+                data = handle.read(chunk.end - chunk.start)
+            if chunk.rejected_because:
+                parsed = quarantine_every_line(data, chunk)
+            else:
+                parsed = parse_chunk(data, chunk, self.columns, self.delimiter, self.null_values)
         quarantine = parsed.quarantine
         if quarantine.num_rows:
             if chunk.first_line is None:

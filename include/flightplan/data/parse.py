@@ -8,12 +8,14 @@ are the only lines that end in neither.
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
 
 from flightplan.config import ColumnSpec
 from flightplan.spark import ARROW_TYPES
@@ -109,23 +111,85 @@ def parse_chunk(
             failures.append((column, failed, raw))
     rows = pa.table(typed)
     if failures:
-        bad = failures[0][1]
-        for _, failed, _ in failures[1:]:
-            bad = pc.or_(bad, failed)
-        per_column = [
-            (column, failed.filter(bad).to_pylist(), raw.filter(bad).to_pylist()) for column, failed, raw in failures
-        ]
+        bad = _any_failed(failures)
         raw_lines = pc.binary_join_element_wise(*strings.filter(bad).columns, delimiter).to_pylist()
-        for i, (line, text) in enumerate(zip(lines.filter(bad).to_pylist(), raw_lines, strict=True)):
-            reason = "; ".join(
-                f"{column.name}: expected {column.type}, got '{values[i]}'"
-                for column, flags, values in per_column
-                if flags[i]
-            )
-            rejected.append((line, reason, text))
+        rejected += zip(lines.filter(bad).to_pylist(), _reasons(failures, bad), raw_lines, strict=True)
         rows = rows.filter(pc.invert(bad))
-    rejected.sort()
-    quarantine = pa.table(
+    return ParsedChunk(rows=rows, quarantine=_quarantine(chunk, rejected), blank_lines=blank_count - blanked)
+
+
+def parse_parquet(chunk: Chunk, columns: list[ColumnSpec], null_values: list[str]) -> ParsedChunk:
+    """Typed rows and quarantine records for the row groups [start, end) of a Parquet file. ``chunk.header``
+    holds the config name of each of the file's columns; ``line`` counts records from 1. A value stored with
+    another type than the column's converts as the same text would in a CSV file, or is quarantined;
+    NaN is a missing value (what pandas writes for one), an infinity is quarantined."""
+    table = pq.ParquetFile(chunk.path).read_row_groups(range(chunk.start, chunk.end))
+    table = table.rename_columns(list(chunk.header))
+    null_set = pa.array(null_values, pa.string())
+    typed: dict[str, pa.Array] = {}
+    failures: list[tuple[ColumnSpec, pa.Array, pa.Array]] = []
+    for column in columns:
+        if column.name not in table.column_names:
+            typed[column.name] = pa.nulls(table.num_rows, ARROW_TYPES[column.type])
+            continue
+        stored = table.column(column.name).combine_chunks()
+        values, failed = _convert_stored(stored, column, null_set)
+        typed[column.name] = values
+        if failed is not None:
+            failures.append((column, failed, pc.cast(stored, pa.string())))
+    rows = pa.table(typed)
+    rejected: list[tuple[int, str, str]] = []
+    if failures:
+        bad = _any_failed(failures)
+        first = chunk.first_line or 1
+        numbers = np.flatnonzero(bad.to_numpy(zero_copy_only=False)) + first
+        records = [json.dumps(r, default=str) for r in table.filter(bad).to_pylist()]
+        rejected += zip(numbers.tolist(), _reasons(failures, bad), records, strict=True)
+        rows = rows.filter(pc.invert(bad))
+    return ParsedChunk(rows=rows, quarantine=_quarantine(chunk, rejected), blank_lines=0)
+
+
+def _convert_stored(stored: pa.Array, column: ColumnSpec, null_set: pa.Array) -> tuple[pa.Array, pa.Array | None]:
+    target = ARROW_TYPES[column.type]
+    if pa.types.is_floating(stored.type):
+        stored = pc.if_else(pc.is_nan(stored), pa.scalar(None, stored.type), stored)
+    try:
+        values = stored if stored.type == target else pc.cast(stored, target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return convert(pc.cast(stored, pa.string()), column, null_set)
+    if pa.types.is_floating(target):
+        infinite = pc.fill_null(pc.is_inf(values), False)
+        if pc.any(infinite).as_py():
+            return pc.if_else(infinite, pa.scalar(None, target), values), infinite
+    return values, None
+
+
+def _any_failed(failures: list[tuple[ColumnSpec, pa.Array, pa.Array]]) -> pa.Array:
+    bad = failures[0][1]
+    for _, failed, _ in failures[1:]:
+        bad = pc.or_(bad, failed)
+    return bad
+
+
+def _reasons(failures: list[tuple[ColumnSpec, pa.Array, pa.Array]], bad: pa.Array) -> list[str]:
+    """For each bad row, every column whose value did not convert, with the value."""
+    per_column = [
+        (column, failed.filter(bad).to_pylist(), raw.filter(bad).to_pylist()) for column, failed, raw in failures
+    ]
+    count = len(per_column[0][1])
+    return [
+        "; ".join(
+            f"{column.file_name}: expected {column.type}, got '{values[i]}'"
+            for column, flags, values in per_column
+            if flags[i]
+        )
+        for i in range(count)
+    ]
+
+
+def _quarantine(chunk: Chunk, rejected: list[tuple[int, str, str]]) -> pa.Table:
+    rejected = sorted(rejected)
+    return pa.table(
         {
             "source_file": pa.array([chunk.path] * len(rejected), pa.string()),
             "line": pa.array([r[0] for r in rejected], pa.int64()),
@@ -134,7 +198,6 @@ def parse_chunk(
         },
         schema=QUARANTINE_SCHEMA,
     )
-    return ParsedChunk(rows=rows, quarantine=quarantine, blank_lines=blank_count - blanked)
 
 
 def _read_clean_chunk(
@@ -215,17 +278,15 @@ def quarantine_every_line(data: bytes, chunk: Chunk) -> ParsedChunk:
     lines = data.decode("utf-8", errors="replace").split("\n")
     if lines and lines[-1] == "":
         lines.pop()
-    kept = [(first_line + i, text) for i, text in enumerate(lines) if text.strip()]
-    quarantine = pa.table(
-        {
-            "source_file": pa.array([chunk.path] * len(kept), pa.string()),
-            "line": pa.array([line for line, _ in kept], pa.int64()),
-            "reason": pa.array([chunk.rejected_because] * len(kept), pa.string()),
-            "raw": pa.array([text for _, text in kept], pa.string()),
-        },
-        schema=QUARANTINE_SCHEMA,
-    )
-    return ParsedChunk(rows=pa.table({}), quarantine=quarantine, blank_lines=len(lines) - len(kept))
+    reason = chunk.rejected_because or ""
+    kept = [(first_line + i, reason, text) for i, text in enumerate(lines) if text.strip()]
+    return ParsedChunk(rows=pa.table({}), quarantine=_quarantine(chunk, kept), blank_lines=len(lines) - len(kept))
+
+
+def quarantine_whole_file(chunk: Chunk) -> ParsedChunk:
+    """A file that cannot be read at all: one quarantine record names it and the reason."""
+    record = [(0, chunk.rejected_because or "unreadable", "")]
+    return ParsedChunk(rows=pa.table({}), quarantine=_quarantine(chunk, record), blank_lines=0)
 
 
 def convert(raw: pa.Array, column: ColumnSpec, null_set: pa.Array) -> tuple[pa.Array, pa.Array | None]:

@@ -20,9 +20,19 @@ TOP_VALUES = 10
 def label_expression(config: PipelineConfig) -> str:
     """The Spark SQL expression that yields the label of a row."""
     label = config.label
+    if label.rule is None and label.positive is not None:
+        return f"CAST((`{label.column}` = {sql_literal(label.positive)}) AS INT)"
     if label.rule is None:
         return f"`{label.column}`"
     return f"CAST(({label.rule}) AS INT)" if label.task == "binary" else f"({label.rule})"
+
+
+def sql_literal(value: str | int | float | bool) -> str:
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int | float):
+        return repr(value)
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def profile_frame(frame: DataFrame, config: PipelineConfig) -> dict[str, Any]:
@@ -68,16 +78,31 @@ def profile_frame(frame: DataFrame, config: PipelineConfig) -> dict[str, Any]:
         if column.name in top_values:
             stats["top_values"] = top_values[column.name]
         columns[column.name] = stats
-    classes = frame.groupBy(F.expr(label_expression(config)).alias("label")).count().orderBy("label").collect()
-    return {
-        "rows": rows,
-        "label": {
-            "name": config.label.name,
-            "rule": config.label.rule or config.label.column,
-            "counts": {("unknown" if r["label"] is None else str(r["label"])): r["count"] for r in classes},
-        },
-        "columns": columns,
-    }
+    label = F.expr(label_expression(config))
+    summary: dict[str, Any] = {"name": config.label.name, "rule": config.label.rule or label_expression(config)}
+    if config.label.task == "regression":
+        # A number per row has no classes to count: its distribution instead, and how many rows lack it.
+        found = frame.agg(
+            F.count(label).alias("known"),
+            F.min(label).alias("min"),
+            F.mean(label).alias("mean"),
+            F.max(label).alias("max"),
+            F.percentile_approx(label, [0.05, 0.5, 0.95]).alias("quantiles"),
+        ).collect()[0]
+        quantiles = found["quantiles"] or [None] * 3
+        summary["counts"] = {"known": found["known"], "unknown": rows - found["known"]}
+        summary["distribution"] = {
+            "min": found["min"],
+            "p05": quantiles[0],
+            "median": quantiles[1],
+            "mean": found["mean"],
+            "p95": quantiles[2],
+            "max": found["max"],
+        }
+    else:
+        classes = frame.groupBy(label.alias("label")).count().orderBy("label").collect()
+        summary["counts"] = {("unknown" if r["label"] is None else str(r["label"])): r["count"] for r in classes}
+    return {"rows": rows, "label": summary, "columns": columns}
 
 
 def most_frequent(frame: DataFrame, columns: list[ColumnSpec]) -> dict[str, list[list[Any]]]:
@@ -129,6 +154,16 @@ def render_html(profile: dict[str, Any], title: str) -> str:
         f"<td><div class='bar' style='width:{200 * v / total:.0f}px'></div></td></tr>"
         for k, v in label["counts"].items()
     )
+    spread = label.get("distribution")
+    distribution = (
+        "<table><tr>"
+        + "".join(f"<th>{html.escape(k)}</th>" for k in spread)
+        + "</tr><tr>"
+        + "".join(f"<td>{_fmt(v)}</td>" for v in spread.values())
+        + "</tr></table>"
+        if spread
+        else ""
+    )
     column_rows = []
     for name, s in profile["columns"].items():
         quantiles = s.get("quantiles") or {}
@@ -147,7 +182,7 @@ td:first-child,th:first-child,td:last-child{{text-align:left}}
 th{{background:#f3f5f7}}.bar{{height:12px;background:#3b82f6}}.warn{{color:#b45309;font-weight:bold}}</style></head><body>
 <h1>{html.escape(title)}</h1><p>{_fmt(rows)} rows.</p>
 <h2>Label <code>{html.escape(label["name"])}</code> = <code>{html.escape(str(label["rule"]))}</code></h2>
-<table><tr><th>class</th><th>rows</th><th>share</th><th></th></tr>{class_rows}</table>
+<table><tr><th>class</th><th>rows</th><th>share</th><th></th></tr>{class_rows}</table>{distribution}
 <h2>Columns</h2><table><tr><th>column</th><th>type</th><th>nulls</th><th>distinct</th><th>min</th><th>p25</th>
 <th>median</th><th>p75</th><th>max</th><th>mean</th><th>most frequent</th></tr>{"".join(column_rows)}</table>
 </body></html>"""

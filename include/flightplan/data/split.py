@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
 
 SPLITS = ("train", "validation", "test")
+HASH_BUCKETS = 1_000_003
 
 
 def assign_split(frame: DataFrame, config: PipelineConfig) -> DataFrame:
@@ -28,23 +29,25 @@ def assign_split(frame: DataFrame, config: PipelineConfig) -> DataFrame:
     spec = config.split
     train_end = spec.fractions.train
     validation_end = train_end + spec.fractions.validation
-    if spec.strategy == "time":
+    if config.source.time_column and spec.strategy == "time":
         moment = F.col(config.source.time_column).cast("double")
-        low, high = _time_cuts(frame, config, train_end, validation_end)
+        low, high = _time_cuts(frame, config.source.time_column, train_end, validation_end)
         return frame.withColumn("split", _side(moment, low, high))
     key = config.source.key or [c.name for c in config.all_columns]
     order = F.xxhash64(F.lit(spec.seed), *[F.col(k) for k in key])
+    if config.label.task == "regression":
+        # A continuous label has no classes to stratify by: each row's side is its hash's place in [0, 1).
+        place = F.pmod(order, F.lit(HASH_BUCKETS)) / HASH_BUCKETS
+        return frame.withColumn("split", _side(place, train_end, validation_end))
     rank = F.percent_rank().over(Window.partitionBy(config.label.name).orderBy(order))
     return frame.withColumn("split", _side(rank, train_end, validation_end))
 
 
-def _time_cuts(
-    frame: DataFrame, config: PipelineConfig, train_end: float, validation_end: float
-) -> tuple[float, float]:
+def _time_cuts(frame: DataFrame, time_column: str, train_end: float, validation_end: float) -> tuple[float, float]:
     """Exact quantiles of the time column; rows at a cut go to the later side so no moment straddles two sides."""
     from pyspark.sql import functions as F
 
-    seconds = frame.select(F.col(config.source.time_column).cast("double").alias("t"))
+    seconds = frame.select(F.col(time_column).cast("double").alias("t"))
     low, high = seconds.approxQuantile("t", [train_end, validation_end], 0.0)
     return low, high
 
@@ -61,7 +64,7 @@ def describe(frame: DataFrame, config: PipelineConfig) -> dict[str, Any]:
 
     columns = [c.name for c in config.all_columns] + [config.label.name]
     row_hash = F.xxhash64(*[F.col(c) for c in columns])
-    time = F.col(config.source.time_column)
+    time = F.col(config.source.time_column or config.source.partition_column)
     sides = {
         r["split"]: r.asDict()
         for r in frame.groupBy("split")
@@ -73,7 +76,8 @@ def describe(frame: DataFrame, config: PipelineConfig) -> dict[str, Any]:
         )
         .collect()
     }
-    classes = frame.groupBy("split", config.label.name).count().collect()
+    regression = config.label.task == "regression"
+    classes = [] if regression else frame.groupBy("split", config.label.name).count().collect()
     manifest: dict[str, Any] = {}
     for side in SPLITS:
         stats = sides.get(side, {"rows": 0, "from": None, "to": None, "hash_sum": "0"})

@@ -125,6 +125,31 @@ def build_feature_map(train: pd.DataFrame, config: PipelineConfig) -> FeatureMap
     return FeatureMap(features, config.label.name, config.label.task, classes, fill_values(train, config))
 
 
+class LabelLeak(ValueError):
+    """A feature carries the label itself: a model would learn to copy it and fail on new data."""
+
+
+def leaking_features(train: pd.DataFrame, feature_map: FeatureMap) -> list[str]:
+    """The features identical to the label on the train side: equal to it (regression), or its classes under
+    other names, one value per class and one class per value (classification)."""
+    label = train[feature_map.label]
+    known = label.notna()
+    leaking = []
+    for name in feature_map.names:
+        values = train.loc[known, name]
+        if values.isna().any():
+            continue
+        if feature_map.task == "regression":
+            numbers = pd.to_numeric(values, errors="coerce")
+            if numbers.notna().all() and np.allclose(numbers.to_numpy(float), label[known].to_numpy(float)):
+                leaking.append(name)
+            continue
+        pairs = pd.DataFrame({"value": values.astype(str), "label": label[known].astype(str)}).drop_duplicates()
+        if len(pairs) == pairs["value"].nunique() == pairs["label"].nunique():
+            leaking.append(name)
+    return leaking
+
+
 def fill_values(train: pd.DataFrame, config: PipelineConfig) -> dict[str, Any]:
     """The value each imputation rule of the raw inputs stands for on the train side (a median or mode there
     is the one a prediction should get)."""

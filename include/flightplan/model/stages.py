@@ -24,12 +24,14 @@ from flightplan.data.partitions import fresh_dir, write_json_atomic
 from flightplan.layout import Layout, open_pipeline
 from flightplan.model.features import (
     FeatureMap,
+    LabelLeak,
     build_feature_map,
     derive,
     encode,
     encode_label,
     gain_shares,
     input_columns,
+    leaking_features,
     select,
 )
 from flightplan.settings import Settings
@@ -106,10 +108,11 @@ def open_run(job: ModelJob, run_id: str) -> Workspace:
 def read_side(path: str, config: PipelineConfig) -> pd.DataFrame:
     """One side of the split in a fixed row order (time, then every column), so that the same split
     always gives the same model whatever order the files were written in."""
-    wanted = set(input_columns(config)) | {config.label.name, config.source.time_column}
-    wanted |= {s for s in config.model.slices if s in config.column_names}
     time_column = config.source.time_column
-    table = pads.dataset(path).to_table(columns=[time_column, *sorted(wanted - {time_column})])
+    lead = [time_column] if time_column else []
+    wanted = set(input_columns(config)) | {config.label.name, *lead}
+    wanted |= {s for s in config.model.slices if s in config.column_names}
+    table = pads.dataset(path).to_table(columns=[*lead, *sorted(wanted - set(lead))])
     table = in_fixed_order(table, time_column)
     return derive(table, config.features.derived).to_pandas()
 
@@ -131,6 +134,12 @@ def features(job: ModelJob) -> str:
             time_column = sides["train"][config.source.time_column]
             sides["train"] = sides["train"][time_column >= time_column.max() - timedelta(days=window)]
         candidates = build_feature_map(sides["train"], config)
+        leaking = leaking_features(sides["train"], candidates)
+        if leaking:
+            raise LabelLeak(
+                f"{config.name}: feature(s) {leaking} are identical to the label '{config.label.name}' on the "
+                "train side; a model would copy them and fail on new data: list them under features.leakage"
+            )
         every = Frames(sides, candidates)
         spec = config.model
         dtrain, dval = matrices(candidates, every.matrix("train"), every.matrix("validation"))

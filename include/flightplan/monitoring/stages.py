@@ -169,7 +169,9 @@ def check(job: MonitorJob) -> dict[str, Any]:
         values = frame_values(reference, current, numeric, categorical) if len(current) else []
         output_values = frame_values(reference, current, *output_kinds) if len(current) else []
         labeled = current[current[label].notna()]
-        judged = len(labeled) >= spec.min_labeled_rows
+        # Classification metrics (and Evidently's per-class report) need ground truth of two classes at least.
+        classes_known = task == "regression" or labeled[label].nunique() >= 2
+        judged = len(labeled) >= spec.min_labeled_rows and classes_known
 
         folder = fresh_dir(layout.reports("monitoring") / job.key)
         reports: list[ReportJob] = []

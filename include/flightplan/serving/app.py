@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flightplan.config import PipelineConfig, load_pipeline
 from flightplan.layout import Layout
-from flightplan.serving.collect import collect
+from flightplan.serving.collect import SnapshotSource, collect
 from flightplan.serving.inputs import InvalidRecord, record_type
 from flightplan.serving.metrics import ServiceMetrics
 from flightplan.serving.models import ModelSlot, ServedModel
@@ -339,7 +339,10 @@ def add_pipeline_routes(app: FastAPI, service: Service, name: str, config: Pipel
         """Raw source records for the next ingestion run: the good ones are written as a landing file of
         today, the bad ones refused with the reason (the request succeeds even when all are refused: the
         answer says which and why, record by record)."""
-        result = collect(Layout(service.settings, config), body.records)
+        try:
+            result = collect(Layout(service.settings, config), body.records)
+        except SnapshotSource as err:
+            raise HTTPException(status_code=409, detail=str(err)) from None
         refused = [Refusal(**refusal) for refusal in result.refused]
         return CollectResponse(accepted=result.accepted, refused=refused, file=result.file)
 

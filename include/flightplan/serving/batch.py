@@ -90,13 +90,14 @@ class BatchScorer:
 def champion_scorer(job: StageInput) -> BatchScorer:
     from flightplan.model.registry import CHAMPION, alias_version, decision_threshold, load_booster, load_version
 
-    settings, config, _ = job.open()
+    _, settings, config, _ = job.open()
     name = config.registered_model
     version = alias_version(settings, name, CHAMPION)
     if version is None:
         raise LookupError(f"{name} has no `{CHAMPION}` version: deploy a model before batch scoring")
     model = load_version(settings, name, version)
-    passthrough = list(dict.fromkeys([*config.source.key, config.source.time_column, config.source.partition_column]))
+    time = [config.source.time_column] if config.source.time_column else []
+    passthrough = list(dict.fromkeys([*config.source.key, *time, config.source.partition_column]))
     return BatchScorer(
         version=version,
         booster=load_booster(settings, name, version),
@@ -125,7 +126,7 @@ def score(job: StageInput) -> Path:
     from flightplan.spark import get_spark
     from flightplan.tracking import stage_run
 
-    settings, config, layout = job.open()
+    job, settings, config, layout = job.open()
     scorer = champion_scorer(job)
     part = config.source.partition_column
     with stage_run(settings, config, job.context, f"{config.name}-batch-inference", "score"):

@@ -16,11 +16,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from flightplan.config import ColumnSpec, PipelineConfig
 from flightplan.layout import Layout
 from flightplan.serving.inputs import PYTHON_TYPES
+
+
+class SnapshotSource(ValueError):
+    """Records posted to a pipeline whose data is one snapshot file, which has no landing zone to take them."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,11 @@ def _cell(value: Any, column: ColumnSpec) -> str:
 def collect(layout: Layout, records: list[dict[str, Any]], received: datetime | None = None) -> Collected:
     """Checks ``records`` and writes the good ones to the landing folder of the day they were received."""
     config = layout.config
+    if config.source.snapshot is not None:
+        raise SnapshotSource(
+            f"pipeline '{config.name}' reads the snapshot {layout.snapshot}: add new records to it, not to a landing"
+            " zone"
+        )
     model = source_model(config)
     good: list[BaseModel] = []
     refused: list[dict[str, Any]] = []
@@ -87,18 +98,25 @@ def collect(layout: Layout, records: list[dict[str, Any]], received: datetime | 
     received = received or datetime.now(UTC)
     folder = layout.landing / received.date().isoformat()
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{config.name}-api-{received:%H%M%S}-{uuid.uuid4().hex[:12]}.csv"
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, delimiter=config.source.delimiter, lineterminator="\n")
-    writer.writerow([c.name for c in config.source.columns])
-    for row in good:
-        values = row.model_dump()
-        writer.writerow([_cell(values[c.name], c) for c in config.source.columns])
+    columns = config.source.columns
+    cells = [[_cell(row.model_dump()[c.name], c) for c in columns] for row in good]
+    target = folder / f"{config.name}-api-{received:%H%M%S}-{uuid.uuid4().hex[:12]}.{config.source.format}"
     partial = target.with_name(target.name + ".partial")
-    with partial.open("w", encoding="utf-8") as out:
-        out.write(buffer.getvalue())
-        out.flush()
-        os.fsync(out.fileno())
+    if config.source.format == "parquet":
+        # Text, as a CSV drop would hold it: ingestion converts each value to its column's type.
+        table = pa.table({c.file_name: [row[i] or None for row in cells] for i, c in enumerate(columns)})
+        pq.write_table(table, partial)
+        with partial.open("rb+") as out:
+            os.fsync(out.fileno())
+    else:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, delimiter=config.source.delimiter, lineterminator="\n")
+        writer.writerow([c.file_name for c in columns])
+        writer.writerows(cells)
+        with partial.open("w", encoding="utf-8") as out:
+            out.write(buffer.getvalue())
+            out.flush()
+            os.fsync(out.fileno())
     partial.replace(target)
     _sync_dir(folder)
     return Collected(len(good), refused, str(target))

@@ -145,7 +145,8 @@ def curated_rows(layout: Layout, day: str, page: int, size: int) -> tuple[pd.Dat
 
     config = layout.config
     table = read_partitions(layout.dataset("labeled"), config.source.partition_column, [date.fromisoformat(day)])
-    table = table.sort_by([(config.source.time_column, "ascending")])
+    if config.source.time_column:
+        table = table.sort_by([(config.source.time_column, "ascending")])
     columns = [config.label.name, *[c for c in table.column_names if c != config.label.name]]
     return table.slice(page * size, size).select(columns).to_pandas(), table.num_rows
 
