@@ -112,7 +112,7 @@ def _outcome(result: Any) -> ExpectationOutcome:
         sample = details.get("partial_unexpected_list") or []
         observed = (
             f"{details['unexpected_count']} of {details.get('element_count')} values unexpected"
-            f" ({details.get('unexpected_percent', 0):.2f}%)" + (f", e.g. {sample[:5]}" if sample else "")
+            f" ({details.get('unexpected_percent') or 0:.2f}%)" + (f", e.g. {sample[:5]}" if sample else "")
         )
     else:
         observed = str(details)[:200]

@@ -86,6 +86,7 @@ class ColumnProfile:
     min: float | None = None
     max: float | None = None
     values: list[Any] = field(default_factory=list)  # the distinct values, most frequent first (when few)
+    words: bool = False  # text with spaces in it: prose rather than a code
 
     @property
     def null_fraction(self) -> float:
@@ -151,17 +152,18 @@ def _read_csv(path: Path, delimiter: str) -> pa.Table:
     except UnicodeDecodeError as err:
         if err.start < len(head) - 4:  # not a character cut by the 64 KiB boundary
             raise InitError(f"{path} is not UTF-8 text: byte 0x{head[err.start]:02x} at offset {err.start}") from None
+    parse = pcsv.ParseOptions(delimiter=delimiter)
     try:
+        # Every column as text: types are inferred the way ingestion parses a field, not the way pyarrow does.
+        names = pcsv.open_csv(path, parse_options=parse).schema.names
         table = pcsv.read_csv(
             path,
             read_options=pcsv.ReadOptions(block_size=1 << 26),
-            parse_options=pcsv.ParseOptions(delimiter=delimiter),
+            parse_options=parse,
             convert_options=pcsv.ConvertOptions(
-                column_types={},
+                column_types=dict.fromkeys(names, pa.string()),
                 null_values=list(DEFAULT_NULL_VALUES),
                 strings_can_be_null=True,
-                auto_dict_encode=False,
-                timestamp_parsers=[],
             ),
         )
     except pa.ArrowInvalid as err:
@@ -171,8 +173,7 @@ def _read_csv(path: Path, delimiter: str) -> pa.Table:
             f"{path}: found {table.num_columns} column ({table.column_names}); a pipeline needs a target and "
             f"at least one feature (is the delimiter '{delimiter}'?)"
         )
-    # Profile every column as text: the types are inferred the way ingestion parses a field, not pyarrow's way.
-    return table.cast(pa.schema([(name, pa.string()) for name in table.column_names]))
+    return table
 
 
 def config_names(headers: list[str]) -> dict[str, str]:
@@ -210,6 +211,8 @@ def profile_column(values: pa.ChunkedArray, name: str, header: str) -> ColumnPro
     profile = ColumnProfile(name, header, column_type, rows, rows - len(present), len(ordered), column_format)
     if column_type in ("int", "long", "double") and len(present):
         profile.min, profile.max = float(pc.min(present).as_py()), float(pc.max(present).as_py())
+    if column_type == "string" and len(present):
+        profile.words = bool(pc.any(pc.match_substring_regex(present, r"\S\s+\S")).as_py())
     if len(ordered) <= MAX_CLASSES:
         profile.values = [value for value, _ in ordered]
     return profile
@@ -282,10 +285,12 @@ def exclusion(column: ColumnProfile) -> str | None:
         return "always missing"
     if column.distinct == 1:
         return f"constant: every row holds {column.values[0]!r}"
+    if column.type == "string" and column.words and column.distinct > MAX_CATEGORY_SHARE * present:
+        return f"free text: {column.distinct:,} distinct values in {present:,} rows"
     if column.type in ("string", "int", "long") and column.distinct == present == column.rows:
         return "identifier: every row has its own value"
     if column.type == "string" and column.distinct > MAX_CATEGORY_SHARE * present:
-        return f"free text or an identifier: {column.distinct:,} distinct values in {present:,} rows"
+        return f"nearly an identifier: {column.distinct:,} distinct values in {present:,} rows"
     return None
 
 
@@ -459,7 +464,7 @@ def _column_spec(column: ColumnProfile) -> dict[str, Any]:
     if column.format and column.type in ("date", "timestamp"):
         spec["format"] = column.format
     spec["max_null_fraction"] = (
-        0 if column.nulls == 0 else min(1.0, math.ceil((column.null_fraction + 0.05) * 100) / 100)
+        0 if column.nulls == 0 else min(1.0, math.ceil(round((column.null_fraction + 0.05) * 100, 6)) / 100)
     )
     if column.min is not None and column.max is not None:
         slack = (column.max - column.min) * 0.1 or abs(column.max) * 0.1 or 1.0

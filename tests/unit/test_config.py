@@ -50,6 +50,22 @@ def test_fingerprint_changes_with_content() -> None:
         (lambda r: r["dimensions"][1].update(prefix=""), "['year'] clash with source columns"),
         (lambda r: r["source"]["columns"][1].update(min=20, max=10), "min (20.0) is greater than max (10.0)"),
         (lambda r: r.pop("label"), "label: Field required"),
+        (lambda r: r["label"].update(name="origin"), "label.name: 'origin' is also a column"),
+        (lambda r: r["source"].pop("time_column"), "split.strategy: time needs source.time_column"),
+        (lambda r: r["label"].update(positive="yes"), "'positive' names the positive class of a binary label"),
+        (lambda r: r["source"]["columns"][1].update(header="year"), "the file names ['year'] repeat"),
+        (lambda r: r["source"]["columns"][1].update(name="split"), "['split'] are names the stages add to a row"),
+        (
+            lambda r: r["label"].update(rule="distance > 1000"),
+            "['distance'] are the label or what it is computed from",
+        ),
+        (
+            lambda r: (
+                r["source"].update(snapshot={"path": "all.csv", "day": "2026-12-01"})
+                or r["split"].update(window_days=30)
+            ),
+            "split.window_days: a snapshot is split whole",
+        ),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, change, expected: str) -> None:  # type: ignore[no-untyped-def]

