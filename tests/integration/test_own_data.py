@@ -93,3 +93,34 @@ def test_a_configured_column_missing_from_the_data_stops_validation(pipelines: P
     workflow.ingest(job)
     with pytest.raises(workflow.ValidationFailed, match=rf"landing file {path} lacks column\(s\) \['z'\]"):
         workflow.validate(job)
+
+
+def test_a_high_cardinality_categorical_trains_and_converts_with_parity(pipelines: Path, tmp_path: Path) -> None:
+    """800 shops in 8,000 rows: a categorical with as many codes as that is kept as one feature, and the ONNX
+    model answers as the native one on the whole test set (package_onnx raises otherwise)."""
+    import numpy as np
+    from flightplan.model import stages
+    from flightplan.model.features import FeatureMap
+    from flightplan.tracking import RunContext
+
+    rng = np.random.default_rng(7)
+    shops = rng.integers(0, 800, 8000)
+    risky = np.isin(shops % 7, [0, 3])
+    amount = rng.gamma(2.0, 50.0, 8000)
+    fraud = (rng.random(8000) < np.where(risky, 0.5, 0.1) + amount / 2000).astype(int)
+    path = tmp_path / "payments.csv"
+    frame = pd.DataFrame({"shop": [f"S{s:04d}" for s in shops], "amount": amount.round(2), "fraud": fraud})
+    frame.to_csv(path, index=False)
+    config = draft(path, "fraud", "payments", pipelines / "payments.yaml", today=ANY_DAY).config
+    assert config.features.categorical == ["shop"] and config.column("shop").allowed is None
+
+    run_stages("payments", ANY_DAY, date(2030, 1, 2))
+    job = stages.ModelJob("payments", RunContext(dag_id="it", run_id="payments"), {"model.tuning.trials": 2})
+    run_id = stages.features(job)
+    stages.tune(job, run_id)
+    stages.train(job, run_id)
+    stages.evaluate(job, run_id)
+    stages.package_onnx(job, run_id)
+    feature_map = FeatureMap.load(stages.open_run(job, run_id).run_dir / "feature_map.json")
+    shop = next(f for f in feature_map.features if f.name == "shop")
+    assert len(shop.categories) > 700

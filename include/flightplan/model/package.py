@@ -5,6 +5,7 @@ is what the converter accepts; the ONNX graph takes one float32 matrix named ``i
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,7 @@ import xgboost as xgb
 
 INPUT_NAME = "input"
 TARGET_OPSET = 15
+CONVERSION_RECURSION_LIMIT = 100_000
 
 
 @dataclass(frozen=True)
@@ -31,9 +33,16 @@ def to_onnx(booster: xgb.Booster, n_features: int) -> bytes:
     import onnxmltools
     from onnxmltools.convert.common.data_types import FloatTensorType
 
-    model = onnxmltools.convert_xgboost(
-        booster, initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))], target_opset=TARGET_OPSET
-    )
+    # The converter walks each tree recursively, and a categorical split becomes one nested node per category:
+    # a split over hundreds of categories nests deeper than Python's default limit of 1,000 frames.
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, CONVERSION_RECURSION_LIMIT))
+    try:
+        model = onnxmltools.convert_xgboost(
+            booster, initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))], target_opset=TARGET_OPSET
+        )
+    finally:
+        sys.setrecursionlimit(limit)
     return bytes(model.SerializeToString())
 
 
