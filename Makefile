@@ -13,7 +13,7 @@ DEMO_START ?= 2013-01-01
 DEMO_MIDDLE ?= 2013-07-01
 DEMO_END ?= 2014-01-01
 
-.PHONY: env demo up down test bench lint format clean
+.PHONY: env demo up down test chromium screenshots bench lint format clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -38,6 +38,18 @@ down:
 
 test: env
 	$(BIN)/pytest
+
+# Debian's Chromium, which the browser tests (tests/web) drive: Playwright cannot download a browser of its own here.
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "the browser tests need Debian's chromium: sudo apt-get install chromium"; exit 1; fi; \
+	fi
+
+# The browser tests against the stack that `make demo` left running; their screenshots are the README's.
+screenshots: env chromium
+	FLIGHTPLAN_WEB_STACK=running FLIGHTPLAN_SCREENSHOTS=$(CURDIR)/docs/screenshots $(BIN)/pytest tests/web -p no:cacheprovider
 
 bench: env
 	$(BIN)/python bench/ingest_bench.py --home "$$FLIGHTPLAN_HOME/bench"

@@ -49,7 +49,9 @@ def deploy_job() -> Any:
         "version": Param(
             None, type=["null", "string"], description="Registry version to deploy; empty: the `challenger`"
         ),
-        "reason": Param("", type="string", description="Why (kept in MLflow and on the registry version)"),
+        "reason": Param(
+            None, type=["null", "string"], description="Why (kept in MLflow and on the registry version); optional"
+        ),
     },
 )
 def deployment() -> None:

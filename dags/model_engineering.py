@@ -67,7 +67,9 @@ def model_job() -> Any:
             enum=[None, "local", "spark"],
             description="Training engine: xgboost in the task (local) or xgboost.spark; empty: the config's",
         ),
-        "reason": Param("", type="string", description="Why this run (kept in MLflow and the registry)"),
+        "reason": Param(
+            None, type=["null", "string"], description="Why this run (kept in MLflow and the registry); optional"
+        ),
     },
 )
 def model_engineering() -> None:

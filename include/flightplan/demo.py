@@ -25,9 +25,10 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from flightplan.airflow_rest import ADMIN, PASSWORDS_FILE, AirflowApi
+from flightplan.airflow_rest import ADMIN, PASSWORDS_FILE, AirflowApi, admin_password
+from flightplan.data.partitions import interval_key
 from flightplan.layout import Layout
-from flightplan.settings import Settings, token_file
+from flightplan.settings import Settings, api_token, token_file
 
 DAGS = ("data_engineering", "model_engineering", "deployment", "monitoring")
 
@@ -45,6 +46,7 @@ class DemoRecord:
     """What happened, for the summary: each DAG run in order, and the monitoring verdict."""
 
     runs: list[tuple[str, str, str]] = field(default_factory=list)  # dag_id, run_id, state
+    ingested: list[tuple[date, date]] = field(default_factory=list)  # the intervals data_engineering ran on
     monitoring: dict[str, Any] | None = None
     traffic: dict[str, int] | None = None
     started: float = field(default_factory=time.monotonic)
@@ -60,6 +62,7 @@ class Progress:
     @contextmanager
     def step(self, title: str) -> Iterator[None]:
         started = time.monotonic()
+        self._states = {}
         self.write(f"▶ {title}")
         yield
         self.write(f"  done in {_duration(time.monotonic() - started)}")
@@ -81,21 +84,34 @@ class DemoFailed(RuntimeError):
     """A step of the loop did not end as it must; the message says which and where its log is."""
 
 
-def dags_test(settings: Settings, env: dict[str, str], dag_id: str, conf: dict[str, Any]) -> None:
-    """One in-process run of a DAG (`airflow dags test`), its output kept under ``<home>/stack/``."""
+def dags_test(
+    settings: Settings, env: dict[str, str], api: AirflowApi, progress: Progress, dag_id: str, conf: dict[str, Any]
+) -> dict[str, Any]:
+    """One in-process run of a DAG (`airflow dags test`), its tasks' states told as they change and its output
+    kept under ``<home>/stack/``; returns the run as the API records it."""
     from flightplan.stack import stack_dir
 
     log_path = stack_dir(settings) / f"demo-{dag_id}-{conf.get('start', '')}-{conf.get('end', '')}.log"
+    started = datetime.now(UTC).isoformat()
     with log_path.open("w") as log_file:
-        done = subprocess.run(
+        process = subprocess.Popen(
             [str(Path(sys.executable).with_name("airflow")), "dags", "test", dag_id, "-c", json.dumps(conf)],
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
+    run = None
+    while process.poll() is None:
+        time.sleep(3)
+        run = run or api.newest_run(dag_id, after=started)
+        if run is not None:
+            progress.tasks(api.task_states(dag_id, run["dag_run_id"]))
     output = log_path.read_text(errors="replace")
-    if done.returncode != 0 or "state=failed" in output:
+    run = api.newest_run(dag_id, after=started)
+    if process.returncode != 0 or "state=failed" in output or run is None:
         raise DemoFailed(f"{dag_id} {conf} failed; its log is {log_path}:\n{output[-3000:]}")
+    progress.tasks(api.task_states(dag_id, run["dag_run_id"]))
+    return run
 
 
 def follow(api: AirflowApi, progress: Progress, record: DemoRecord, dag_id: str, run: dict[str, Any]) -> str:
@@ -108,13 +124,6 @@ def require(state: str, dag_id: str, api: AirflowApi, run: dict[str, Any]) -> No
     if state != "success":
         states = api.task_states(dag_id, run["dag_run_id"])
         raise DemoFailed(f"{dag_id} run {run['dag_run_id']} ended {state}: {states}")
-
-
-def newest_run(api: AirflowApi, dag_id: str) -> dict[str, Any]:
-    found = api.newest_run(dag_id, after="")
-    if found is None:
-        raise DemoFailed(f"no {dag_id} run is recorded")
-    return found
 
 
 def run_demo(settings: Settings, layout: Layout, plan: DemoPlan, env: dict[str, str], progress: Progress) -> DemoRecord:
@@ -135,9 +144,9 @@ def run_demo(settings: Settings, layout: Layout, plan: DemoPlan, env: dict[str, 
 
         first = {"pipeline": plan.pipeline, "start": str(plan.start), "end": str(plan.middle)}
         with progress.step(f"data_engineering {plan.start} .. {plan.middle} (airflow dags test)"):
-            dags_test(settings, env, "data_engineering", first)
-            ingested = newest_run(api, "data_engineering")
+            ingested = dags_test(settings, env, api, progress, "data_engineering", first)
             record.runs.append(("data_engineering", ingested["dag_run_id"], ingested["state"]))
+            record.ingested.append((plan.start, plan.middle))
         with progress.step("model_engineering, started by the splits asset"):
             training = api.wait_for_new_run("model_engineering", ingested["run_after"])
             require(follow(api, progress, record, "model_engineering", training), "model_engineering", api, training)
@@ -149,11 +158,11 @@ def run_demo(settings: Settings, layout: Layout, plan: DemoPlan, env: dict[str, 
         with progress.step(f"data_engineering {plan.middle} .. {plan.end}, nightly retraining paused meanwhile"):
             api.set_paused("model_engineering", True)
             try:
-                dags_test(settings, env, "data_engineering", second)
+                ingested = dags_test(settings, env, api, progress, "data_engineering", second)
             finally:
                 api.set_paused("model_engineering", False)
-            ingested = newest_run(api, "data_engineering")
             record.runs.append(("data_engineering", ingested["dag_run_id"], ingested["state"]))
+            record.ingested.append((plan.middle, plan.end))
 
         with progress.step(f"traffic: {plan.middle} .. {plan.end} through {settings.service_url}, true labels back"):
             window_start = datetime.now(UTC).replace(microsecond=0)
@@ -194,6 +203,8 @@ def summarize(settings: Settings, layout: Layout, record: DemoRecord, write: Cal
     write(f"\n{config.name}: the loop took {_duration(time.monotonic() - record.started)}")
     for dag_id, run_id, state in record.runs:
         write(f"  {dag_id:<18} {state:<8} {run_id}")
+    for start, end in record.ingested:
+        _summarize_data(layout, start, end, write)
     if record.traffic is not None:
         write(
             f"\n  traffic       {record.traffic['answered']:,} predictions logged, "
@@ -230,6 +241,27 @@ def summarize(settings: Settings, layout: Layout, record: DemoRecord, write: Cal
                 )
 
 
+def _summarize_data(layout: Layout, start: date, end: date, write: Callable[[str], None]) -> None:
+    """What data_engineering made of one interval: rows at each stage, what it set aside, and the split."""
+    from flightplan.data.split import SPLITS
+
+    key = interval_key(start, end)
+    ingest, wrangle, label = (json.loads(layout.manifest(s, key).read_text()) for s in ("ingest", "wrangle", "label"))
+    latest = json.loads((layout.splits / "latest.json").read_text())
+    sides = json.loads(Path(latest["manifest"]).read_text())["sides"]
+    write(
+        f"  data          {start} .. {end}: {ingest['rows_total']:,} rows from {len(ingest['files'])} files "
+        f"({ingest['quarantined_total']:,} quarantined), {wrangle['quarantined_total']:,} duplicates set aside, "
+        f"{label['quarantined_total']:,} without a label, {label['rows_total']:,} labeled"
+    )
+    if end == date.fromisoformat(latest["split_id"].split("_")[1]):
+        write(
+            f"  split         {latest['split_id']}: "
+            + ", ".join(f"{side} {sides[side]['rows']:,}" for side in SPLITS)
+            + f" ({latest['manifest']})"
+        )
+
+
 def _summarize_training(settings: Settings, layout: Layout, dag_run_id: str, write: Callable[[str], None]) -> None:
     """The acceptance gate of one model_engineering run: its model and the champion on the same test set."""
     from flightplan.tracking import client, experiment_id, model_experiment
@@ -260,7 +292,7 @@ def summarize_models(settings: Settings, layout: Layout, write: Callable[[str], 
 
     from flightplan.model.registry import CHAMPION, alias_version
     from flightplan.serving.deploy import recent_records, service_client
-    from flightplan.ui.views import overview
+    from flightplan.ui.views import data_docs_index, overview
 
     config = layout.config
     metric = config.primary_metric
@@ -285,13 +317,23 @@ def summarize_models(settings: Settings, layout: Layout, write: Callable[[str], 
             for record, prediction, label in zip(records, answer["predictions"], truth, strict=True):
                 shown = ", ".join(f"{k}={record[k]}" for k in list(record)[:4])
                 write(f"    {shown} → {prediction['prediction']} (p={prediction['probability']:.3f}, true {label})")
-    password_file = settings.airflow_home / PASSWORDS_FILE
-    write(f"\n  Airflow UI    {settings.airflow_url}  (user {ADMIN}, password in {password_file})")
+    password = admin_password(settings.airflow_home)
+    write(f"\n  Airflow UI    {settings.airflow_url}  (user {ADMIN}, password {password})")
+    write(f"                the password is kept in {settings.airflow_home / PASSWORDS_FILE}")
     write(f"  Models page   {settings.airflow_url}/flightplan/  (Browse → Models in the Airflow UI)")
     write(f"  MLflow UI     {settings.mlflow_ui_url}")
     for title, url in found.experiments.items():
         write(f"    {title:<18} {url}")
     write(f"    {'registry':<18} {settings.mlflow_ui_url.rstrip('/')}/#/models/{config.registered_model}")
-    write(f"  API docs      {settings.service_url}/docs  (bearer token in {token_file(settings)})")
+    write(f"  API docs      {settings.service_url}/docs  (Authorize with the bearer token {api_token(settings)})")
+    write(f"                the token is kept in {token_file(settings)}")
     write(f"  reports       {settings.reports_root / config.name}")
+    if found.profiles:
+        write(f"    profile       {settings.reports_root / found.profiles[0]}")
+    if found.data_docs:
+        write(f"    Data Docs     {data_docs_index(settings)}")
+    if found.checks:
+        for kind, path in found.checks[0]["reports"].items():
+            if kind.endswith("_html"):
+                write(f"    {kind.removesuffix('_html'):<13} {settings.reports_root / path}")
     write("  stop it all   make down")

@@ -17,10 +17,9 @@ from flightplan.layout import Layout
 from flightplan.settings import Settings
 from flightplan.stack import stack_dir
 
-from tests.conftest import free_port, service_process
+from tests.conftest import WORSE, free_port, run_chain, service_process
 from tests.e2e.conftest import airflow_api, running_airflow
 from tests.e2e.test_airflow import dags_test, dags_test_failing
-from tests.integration.conftest import WORSE, run_chain
 
 TOKEN = "e2e-deployment-token"
 pytestmark = pytest.mark.airflow

@@ -43,8 +43,12 @@ def rewrite_days(
     marked = mark(read_days(spark, layout, source, days)).persist()
     staging = fresh_dir(layout.staging(target, key))
     try:
-        marked.where(F.col(REASON).isNull()).drop(REASON).write.partitionBy(part).parquet(str(staging / "rows"))
-        marked.where(F.col(REASON).isNotNull()).write.partitionBy(part).parquet(str(staging / "quarantine"))
+        # One file per day: rows spread over every task (after a shuffle) would write a file per task and day,
+        # thousands of small files that every later stage then lists and opens.
+        kept = marked.where(F.col(REASON).isNull()).drop(REASON)
+        kept.repartition(part).write.partitionBy(part).parquet(str(staging / "rows"))
+        rejected = marked.where(F.col(REASON).isNotNull())
+        rejected.repartition(part).write.partitionBy(part).parquet(str(staging / "quarantine"))
     finally:
         marked.unpersist()
     replace_partitions(staging / "rows", layout.dataset(target), part, days)

@@ -100,7 +100,8 @@ def write_splits(
     staging = fresh_dir(staging)
     data = staging / "data"
     frame.write.partitionBy("split").parquet(str(data))
-    sides = describe(frame, config)
+    # Described from what was written: recomputing ``frame`` would read and split the whole window again.
+    sides = describe(frame.sparkSession.read.parquet(str(data)), config)
     fingerprint = hashlib.sha256("".join(sides[s]["fingerprint"] for s in SPLITS).encode()).hexdigest()[:16]
     target = root / split_id
     manifest = {

@@ -86,6 +86,18 @@ def training_run_id(settings: Settings, name: str, version: str) -> str:
     return str(client(settings).get_model_version(name, version).tags["flightplan.run_id"])
 
 
+def native_booster(settings: Settings, name: str, version: str) -> Any | None:
+    """A registry version's booster, loaded; None for a version registered by hand, without the run that
+    trained it (its ONNX model then answers everything)."""
+    import xgboost as xgb
+
+    try:
+        raw = load_booster(settings, name, version)
+    except KeyError:
+        return None
+    return xgb.Booster(model_file=bytearray(raw))
+
+
 def load_booster(settings: Settings, name: str, version: str) -> bytes:
     """The native XGBoost booster behind a registry version (its ONNX model's parity was proven on the
     whole test set), for paths where xgboost is faster than onnxruntime: large batches."""

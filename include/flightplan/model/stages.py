@@ -359,7 +359,8 @@ def accept(job: ModelJob, run_id: str) -> str:
     from flightplan.model import package
     from flightplan.model.evaluate import compute_metrics
     from flightplan.model.gate import decide
-    from flightplan.model.registry import CHAMPION, decision_threshold, load_alias
+    from flightplan.model.registry import CHAMPION, decision_threshold, load_alias, native_booster
+    from flightplan.model.train import predict
 
     work = open_run(job, run_id)
     settings, config, run_dir, frames = work.settings, work.config, work.run_dir, work.frames
@@ -373,8 +374,14 @@ def accept(job: ModelJob, run_id: str) -> str:
             raise ModelRejected(
                 f"cannot compare with champion version {champion.version}: the test set lacks its features {missing}"
             )
-        predictions = package.predict(
-            package.session(champion.onnx), encode(test, champion.feature_map), champion.feature_map.task
+        # Scored by its native booster, as evaluate scored the challenger: onnxruntime's float32 answers move
+        # the last digits of a metric, and the same model retrained would then lose to itself.
+        matrix, task = encode(test, champion.feature_map), champion.feature_map.task
+        booster = native_booster(settings, config.registered_model, champion.version)
+        predictions = (
+            predict(booster, matrix, task)
+            if booster is not None
+            else package.predict(package.session(champion.onnx), matrix, task)
         )
         threshold = decision_threshold(champion.metadata)
         champion_metrics = compute_metrics(

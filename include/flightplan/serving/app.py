@@ -19,6 +19,7 @@ import pydantic_core
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_swagger import patch_fastapi
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -263,7 +264,10 @@ def create_app(settings: Settings, options: ServiceOptions) -> FastAPI:
         description="Predictions of each pipeline's champion model; every answer is logged before it is sent.",
         version="1",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's own pages load Swagger UI from a CDN: blank without internet
+        redoc_url=None,
     )
+    patch_fastapi(app, redirect_from_root_to_docs=False)  # Swagger UI served from this process, at /docs
 
     app.add_middleware(RequestMetrics, metrics=service.metrics)
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from flightplan.config import PipelineConfig
 from flightplan.model import package
-from flightplan.model.registry import CHAMPION, alias_version, decision_threshold, load_booster, load_version
+from flightplan.model.registry import CHAMPION, alias_version, decision_threshold, load_version, native_booster
 from flightplan.serving.inputs import RowEncoder
 from flightplan.settings import Settings
 
@@ -72,7 +72,7 @@ def load_served(settings: Settings, config: PipelineConfig, version: str) -> Ser
             classes=feature_map.classes,
             encoder=RowEncoder(config, feature_map),
             session=package.session(registered.onnx, threads=1),
-            booster=_native_booster(settings, config, version),
+            booster=native_booster(settings, config.registered_model, version),
         )
         smoke_test(model)
     except ModelRefused:
@@ -80,16 +80,6 @@ def load_served(settings: Settings, config: PipelineConfig, version: str) -> Ser
     except Exception as err:
         raise ModelRefused(f"{config.registered_model} version {version}: {err}") from err
     return model
-
-
-def _native_booster(settings: Settings, config: PipelineConfig, version: str) -> Any | None:
-    import xgboost as xgb
-
-    try:
-        raw = load_booster(settings, config.registered_model, version)
-    except KeyError:  # a version registered by hand, without the run that trained it: ONNX answers everything
-        return None
-    return xgb.Booster(model_file=bytearray(raw))
 
 
 def smoke_test(model: ServedModel) -> None:

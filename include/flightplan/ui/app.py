@@ -26,7 +26,8 @@ body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1b1f24}
 table{border-collapse:collapse;margin:.5rem 0 1.5rem}td,th{border:1px solid #d0d7de;padding:.3rem .6rem;text-align:left}
 th{background:#f6f8fa}.hold{color:#1a7f37}.retrain{color:#cf222e}.undecided{color:#9a6700}
 .card{display:inline-block;vertical-align:top;border:1px solid #d0d7de;border-radius:6px;
-  padding:.6rem 1rem;margin:0 1rem 1rem 0}
+  padding:.6rem 1rem;margin:0 1rem 1rem 0;max-width:24rem}
+.metrics{margin:.4rem 0}.metrics td{border:none;padding:.05rem .8rem .05rem 0}
 nav a{margin-right:1rem}
 """
 
@@ -83,6 +84,10 @@ def create_ui(current_user: Callable[..., Any], trigger_dag: TriggerDag, setting
             parts.append(
                 f"<nav><a href='{base}/pipelines/{name}/data'>Data</a>"
                 f"<a href='{base}/pipelines/{name}/label-queue'>Label queue</a>"
+                + "".join(
+                    f"<a href='{base}/data-docs/{_e(p)}'>GX validation {_e(p.split('/')[-3])}</a>"
+                    for p in found.validations[:1]
+                )
                 + (f"<a href='{base}/data-docs/index.html'>GX Data Docs</a>" if found.data_docs else "")
                 + "".join(
                     f"<a href='{base}/files/{_e(p)}'>profile {_e(p.split('/')[-2])}</a>" for p in found.profiles[:3]
@@ -95,11 +100,18 @@ def create_ui(current_user: Callable[..., Any], trigger_dag: TriggerDag, setting
             if not found.versions:
                 parts.append("<p>No model registered yet.</p>")
             for card in found.versions:
-                metrics = "".join(f"<li>{_e(k)}: {v:.4f}</li>" for k, v in card.metrics.items())
+                # The primary metric first; the test set's size is a count, not a score.
+                ordered = sorted(card.metrics.items(), key=lambda item: item[0] != found.primary_metric)
+                metrics = "".join(
+                    f"<tr><td>test {_e(k)}</td><td>{v:,.0f}</td></tr>"
+                    if k == "rows"
+                    else f"<tr><td>test {_e(k)}</td><td>{v:.4f}</td></tr>"
+                    for k, v in ordered
+                )
                 run = f"<a href='{_e(card.mlflow_url)}' target='_top'>training run</a>" if card.mlflow_url else ""
                 parts.append(
                     f"<div class='card'><b>{_e(card.alias)}</b>: version {_e(card.version)} {run}"
-                    f"<ul>{metrics}</ul><small>{_e(card.reason)}</small></div>"
+                    f"<table class='metrics'>{metrics}</table><small>{_e(card.reason)}</small></div>"
                 )
             if found.all_versions:
                 options = "".join(f"<option>{_e(v)}</option>" for v in found.all_versions)

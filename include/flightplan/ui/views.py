@@ -35,12 +35,14 @@ class Overview:
     checks: list[dict[str, Any]] = field(default_factory=list)  # newest monitoring summaries first
     profiles: list[str] = field(default_factory=list)  # report-relative paths of profile pages
     data_docs: bool = False
+    validations: list[str] = field(default_factory=list)  # newest first, relative to the Data Docs folder
     experiments: dict[str, str] = field(default_factory=dict)  # title -> MLflow UI link
 
 
 def _run_url(settings: Settings, experiment_id: str, run_id: str | None = None) -> str:
-    base = f"{settings.mlflow_ui_url.rstrip('/')}/#/experiments/{experiment_id}"
-    return f"{base}/runs/{run_id}" if run_id else base
+    """A run's page, or an experiment's table of runs (its bare address opens MLflow's GenAI overview)."""
+    runs = f"{settings.mlflow_ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs"
+    return f"{runs}/{run_id}" if run_id else runs
 
 
 def overview(layout: Layout, checks: int = 10) -> Overview:
@@ -98,6 +100,7 @@ def overview(layout: Layout, checks: int = 10) -> Overview:
         checks=monitoring_checks(layout, checks),
         profiles=profiles,
         data_docs=data_docs_index(settings).exists(),
+        validations=validation_pages(settings, config.name),
         experiments=experiments,
     )
 
@@ -115,6 +118,14 @@ def monitoring_checks(layout: Layout, limit: int) -> list[dict[str, Any]]:
 
 def data_docs_index(settings: Settings) -> Path:
     return settings.gx_root / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+
+
+def validation_pages(settings: Settings, pipeline: str) -> list[str]:
+    """The Data Docs pages of a pipeline's validation runs, newest first. Each page is plain HTML, readable
+    offline; the Data Docs index lists them with scripts it loads from CDNs."""
+    root = data_docs_index(settings).parent
+    pages = (root / "validations" / pipeline).glob("*/*/*.html")  # <interval>/<validated at>/<page>
+    return [str(p.relative_to(root)) for p in sorted(pages, key=lambda p: p.parent.name, reverse=True)]
 
 
 def daily_counts(layout: Layout) -> pd.DataFrame:

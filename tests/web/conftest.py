@@ -1,0 +1,166 @@
+"""A browser and a stack to point it at, for the tests that use the web UIs as a person does.
+
+The browser is Debian's Chromium driven by Playwright (Playwright cannot download a browser of its own here).
+The stack is, by default, one that `flightplan up` starts for these tests on the session's home, with an
+Airflow of its own and a copy of the flights pipeline that accepts any model (the gate is tested elsewhere;
+here a quick search must register a version). With ``FLIGHTPLAN_WEB_STACK=running`` the tests use the stack
+already running for ``FLIGHTPLAN_HOME`` instead, as `make demo` leaves it (`make screenshots`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from flightplan.airflow_rest import admin_password
+from flightplan.config import PipelineConfig
+from flightplan.settings import Settings, api_token, load_settings
+
+from tests.conftest import END_DAY, FIRST_DAY, REPO, free_port, service_process
+from tests.e2e.engines import require
+
+CHROMIUM = os.environ.get("FLIGHTPLAN_CHROMIUM", "/usr/bin/chromium")
+# As root, without a sandbox; and none of the background connections that a closed network refuses.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+VIEWPORT = {"width": 1400, "height": 900}
+TOKEN = "web-test-token"
+FLIGHTPLAN = str(Path(sys.executable).with_name("flightplan"))
+
+
+@dataclasses.dataclass(frozen=True)
+class WebStack:
+    settings: Settings  # its URLs, homes and stores
+    token: str  # the inference API's bearer token
+    password: str  # the Airflow admin's
+    trials: int  # what the trigger form asks model_engineering for
+    screenshots: Path
+
+    @property
+    def pipeline(self) -> str:
+        return "flights"
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    require("Chromium (apt-get install chromium, or `make chromium`)", None if Path(CHROMIUM).exists() else CHROMIUM)
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """A fresh page (cookies of its own) at the size of a laptop screen; every wait and expectation fails after
+    60 s (an API server writing to SQLite beside a scheduler and a task answers in seconds, not milliseconds)."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=60_000)
+    context = browser.new_context(viewport=VIEWPORT)
+    context.set_default_timeout(60_000)
+    yield context.new_page()
+    context.close()
+
+
+def screenshots_folder(home: Path) -> Path:
+    folder = Path(os.environ.get("FLIGHTPLAN_SCREENSHOTS", home / "screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def web_stack(request: pytest.FixtureRequest) -> Iterator[WebStack]:
+    if os.environ.get("FLIGHTPLAN_WEB_STACK") == "running":
+        yield running_stack()
+    else:
+        yield from own_stack(request)
+
+
+def running_stack() -> WebStack:
+    """The stack `make demo` (or `make up`) runs for FLIGHTPLAN_HOME. The form asks for the pipeline's own
+    number of trials: the search is seeded, so the new model matches the champion trained on the same split
+    and passes the champion gate, which a shorter search could fail."""
+    from flightplan.config import load_pipeline
+    from flightplan.stack import status
+
+    settings = load_settings()
+    stopped = [name for name, pid in status(settings).items() if pid is None and name != "mlflow"]
+    assert not stopped, f"{stopped} not running for {settings.home}: `make demo` or `make up` first"
+    token = api_token(settings)
+    assert token, f"no inference API token under {settings.home}"
+    trials = load_pipeline("flights", settings.pipelines_dir).model.tuning.trials
+    password = admin_password(settings.airflow_home)
+    return WebStack(settings, token, password, trials, screenshots_folder(settings.home))
+
+
+def own_stack(request: pytest.FixtureRequest) -> Iterator[WebStack]:
+    """`flightplan up` on the session's home (its data, registry and prediction log, with a champion and a
+    monitoring check to show), an Airflow home of its own and free ports; `flightplan down` at the end."""
+    request.getfixturevalue("champion")
+    request.getfixturevalue("monitored")
+    settings: Settings = request.getfixturevalue("settings")
+    folder = settings.home / "web"
+    pipelines = folder / "pipelines"
+    pipelines.mkdir(parents=True, exist_ok=True)
+    config = yaml.safe_load((settings.pipelines_dir / "flights.yaml").read_text())
+    config["model"]["tuning"].update({"num_boost_round": 60})
+    config["model"]["acceptance"].update({"minimum": {}, "maximum": {}, "champion_margin": -1.0})
+    (pipelines / "flights.yaml").write_text(yaml.safe_dump(config))
+    env = {
+        **os.environ,
+        "FLIGHTPLAN_HOME": str(settings.home),
+        "FLIGHTPLAN_PIPELINES_DIR": str(pipelines),
+        "AIRFLOW_HOME": str(folder / "airflow"),
+        "FLIGHTPLAN_AIRFLOW_URL": f"http://127.0.0.1:{free_port()}",
+        "FLIGHTPLAN_MLFLOW_UI_URL": f"http://127.0.0.1:{free_port()}",
+        "FLIGHTPLAN_SERVICE_URL": f"http://127.0.0.1:{free_port()}",
+        "FLIGHTPLAN_API_TOKEN": TOKEN,
+    }
+    stack_settings = load_settings(env)
+    started = subprocess.run([FLIGHTPLAN, "up"], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        password = admin_password(stack_settings.airflow_home)
+        yield WebStack(stack_settings, TOKEN, password, 2, screenshots_folder(settings.home))
+    finally:
+        stopped = subprocess.run([FLIGHTPLAN, "down"], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        shutil.rmtree(folder / "airflow" / "logs", ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def monitored(champion: str, settings: Settings, config: PipelineConfig) -> dict[str, Any]:
+    """A monitoring check with its Evidently reports: the replayed days answered by a service of the champion
+    (with their true labels), then the check on that window."""
+    from datetime import UTC, datetime, timedelta
+
+    from flightplan.layout import Layout
+    from flightplan.monitoring.stages import MonitorJob, check
+    from flightplan.replay import replay_traffic
+    from flightplan.tracking import RunContext
+
+    with pytest.MonkeyPatch.context() as patch, service_process(settings, TOKEN, 3600, wait_ready=True) as service:
+        patch.setenv("FLIGHTPLAN_API_TOKEN", TOKEN)
+        start = datetime.now(UTC).replace(microsecond=0)
+        answering = Layout(dataclasses.replace(settings, service_url=service["url"]), config)
+        sent = replay_traffic(answering, FIRST_DAY, END_DAY)
+        end = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
+    assert sent["answered"] == sent["labeled"] > 300
+    small = {"monitoring.min_rows": 300, "monitoring.min_labeled_rows": 200}
+    return check(MonitorJob("flights", start, end, RunContext("monitoring", "web-test"), small))

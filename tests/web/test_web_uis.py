@@ -1,0 +1,174 @@
+"""The web UIs as a person uses them, in a real browser (headless Chromium driven by Playwright):
+
+- the Airflow UI: sign in, trigger `model_engineering` from its form with changed Params, watch the run reach
+  success, find the version it registered on the Models page, then the GX validation and the Evidently report
+  that page links;
+- the MLflow UI: the table of training runs, and the comparison of two of them;
+- the inference API's docs: authorize with the token and send a prediction request.
+
+Each step saves a screenshot under FLIGHTPLAN_SCREENSHOTS (else ``<home>/screenshots``); the README's come from
+a run against the demo's stack (`make screenshots`)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.web.conftest import WebStack
+
+pytestmark = pytest.mark.browser
+RUN_TIMEOUT_MS = 900_000
+
+
+def shot(page: Page, web: WebStack, name: str, full_page: bool = False) -> Path:
+    path = web.screenshots / f"{name}.png"
+    page.screenshot(path=path, full_page=full_page)
+    assert path.stat().st_size > 10_000, f"{path} is nearly empty"
+    return path
+
+
+def sign_in(page: Page, web: WebStack) -> str:
+    """Signs in to the Airflow UI as the admin; returns its base URL."""
+    base = web.settings.airflow_url.rstrip("/")
+    page.goto(f"{base}/")
+    page.get_by_label("Username").fill("admin")
+    page.get_by_label("Password").fill(web.password)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("button", name="Browse")).to_be_visible()
+    return base
+
+
+def registered_by(web: WebStack, run_id: str) -> str:
+    """The registry version that a model_engineering run registered (its lineage tag names the run)."""
+    from flightplan.tracking import client
+
+    versions = client(web.settings).search_model_versions("name = 'flights-delayed'")
+    found = [v.version for v in versions if v.tags.get("airflow.run_id") == run_id]
+    assert len(found) == 1, f"run {run_id} registered {found}"
+    return str(found[0])
+
+
+def test_a_run_triggered_from_the_form_succeeds_and_its_version_is_on_the_models_page(
+    page: Page, web_stack: WebStack
+) -> None:
+    base = sign_in(page, web_stack)
+    page.goto(f"{base}/dags")
+    expect(page.get_by_role("link", name="model_engineering", exact=True)).to_be_visible()
+    shot(page, web_stack, "airflow-dags")
+
+    page.get_by_role("link", name="model_engineering", exact=True).click()
+    trigger = page.get_by_role("button", name="Trigger Dag")
+    expect(trigger).to_have_count(1)  # the list's buttons, one per DAG, are gone
+    trigger.click()
+    form = page.get_by_role("dialog")
+    form.locator("input[name=element_trials]").fill(str(web_stack.trials))
+    form.locator("input[name=element_reason]").fill("retrained from the browser")
+    shot(page, web_stack, "airflow-trigger-form")
+    form.get_by_role("button", name="Trigger", exact=True).click()
+
+    expect(page).to_have_url(re.compile(r"/dags/model_engineering/runs/"))
+    run_id = unquote(page.url.rsplit("/runs/", 1)[1])
+    state = page.get_by_role("heading", name=run_id, exact=True).locator("xpath=..").get_by_test_id("state-badge")
+    expect(state).to_have_text(re.compile("^(Success|Failed)$"), timeout=RUN_TIMEOUT_MS)
+    shot(page, web_stack, "airflow-run")
+    assert state.inner_text() == "Success", f"model_engineering {run_id} failed: see {page.url}"
+    tasks = page.get_by_test_id("table-list")
+    for task in ("features", "tune", "train", "evaluate", "accept", "package", "register"):
+        expect(tasks.get_by_role("link", name=task, exact=True)).to_be_visible()
+    expect(tasks.get_by_text("Success", exact=True)).to_have_count(7)
+
+    version = registered_by(web_stack, run_id)
+    page.get_by_role("button", name="Browse").click()
+    page.get_by_role("menuitem", name="Models").click()
+    models = page.frame_locator("iframe")
+    challenger = models.locator(".card").filter(has_text=f"challenger: version {version}")
+    expect(challenger).to_contain_text("retrained from the browser")
+    expect(challenger).to_contain_text("test roc_auc")
+    shot(page, web_stack, "models-page")
+
+
+def test_the_models_page_opens_the_validation_and_the_drift_report(page: Page, web_stack: WebStack) -> None:
+    base = sign_in(page, web_stack)
+    page.goto(f"{base}/flightplan/")
+    page.get_by_role("link", name=re.compile("^GX validation ")).click()
+    expect(page.get_by_text("Expectation Validation Result")).to_be_visible()
+    overview = page.get_by_text("Expectation Suite: flights")
+    expect(overview).to_be_visible()
+    overview.evaluate("element => element.scrollIntoView({block: 'start'})")
+    shot(page, web_stack, "gx-validation")
+
+    page.go_back()
+    page.get_by_role("link", name="drift", exact=True).first.click()
+    expect(page.get_by_text("Dataset Drift", exact=True)).to_be_visible()
+    expect(page.get_by_text(re.compile(r"Drift is (not )?detected for"))).to_be_visible()
+    shot(page, web_stack, "evidently-drift")
+
+
+def test_two_training_runs_side_by_side_in_mlflow(page: Page, web_stack: WebStack) -> None:
+    from flightplan.tracking import client, model_experiment
+
+    mlflow_client = client(web_stack.settings)
+    experiment = mlflow_client.get_experiment_by_name(model_experiment(_config(web_stack)))
+    assert experiment is not None
+    page.goto(f"{web_stack.settings.mlflow_ui_url.rstrip('/')}/#/experiments/{experiment.experiment_id}/runs")
+    assistant = page.get_by_role("button", name="Close", exact=True)
+    if assistant.count():  # MLflow's assistant panel opens beside the table on a first visit
+        assistant.last.click()
+    rows = page.get_by_role("checkbox", name=re.compile("toggle row selection"))
+    expect(rows.nth(1)).to_be_visible()
+    shot(page, web_stack, "mlflow-runs")
+    rows.first.check()  # the newest run and the oldest: the model of the first data
+    rows.last.check()
+    page.get_by_role("button", name="Compare", exact=True).click()
+    if assistant.count():
+        assistant.last.click()
+
+    expect(page.get_by_text("Comparing 2 Runs from 1 Experiment")).to_be_visible()
+    compared = json.loads(unquote(page.url).split("runs=", 1)[1].split("&", 1)[0])
+    for run_id in compared:
+        run = mlflow_client.get_run(run_id)
+        assert run.info.experiment_id == experiment.experiment_id and "test_roc_auc" in run.data.metrics
+    metrics = page.get_by_text("Metrics", exact=True).last
+    metrics.evaluate("element => element.scrollIntoView({block: 'start'})")
+    expect(page.get_by_text("test_roc_auc", exact=True).last).to_be_visible()
+    shot(page, web_stack, "mlflow-compare")
+
+
+def test_the_api_docs_send_an_authorized_prediction(page: Page, web_stack: WebStack) -> None:
+    from flightplan.layout import Layout
+    from flightplan.model.registry import CHAMPION, alias_version
+    from flightplan.serving.deploy import recent_records
+
+    layout = Layout(web_stack.settings, _config(web_stack))
+    _, records = recent_records(layout, 1)
+    page.goto(f"{web_stack.settings.service_url.rstrip('/')}/docs")
+    page.get_by_role("button", name="Authorize").first.click()
+    page.get_by_label("auth-bearer-value").fill(web_stack.token)
+    page.get_by_role("button", name="Apply credentials").click()
+    page.locator(".modal-ux").get_by_role("button", name="Close").click()
+
+    operation = page.locator(f"#operations-pipeline_{web_stack.pipeline}-predict_v1_{web_stack.pipeline}_predict_post")
+    operation.locator(".opblock-summary").click()
+    operation.locator("textarea.body-param__text").fill(json.dumps(records[0], indent=2))
+    operation.get_by_role("button", name="Execute").click()
+
+    response = operation.locator(".live-responses-table .response")
+    expect(response.locator(".response-col_status")).to_have_text("200")
+    answer: dict[str, Any] = json.loads(response.locator(".response-col_description pre").first.inner_text())
+    champion = alias_version(web_stack.settings, layout.config.registered_model, CHAMPION)
+    assert answer["model_version"] == champion and 0.0 <= answer["probability"] <= 1.0
+    # The answer at the top of the screen: the curl command above it shows the token.
+    response.evaluate("element => element.scrollIntoView({block: 'start'})")
+    shot(page, web_stack, "api-docs")
+
+
+def _config(web: WebStack) -> Any:
+    from flightplan.config import load_pipeline
+
+    return load_pipeline(web.pipeline, web.settings.pipelines_dir)
