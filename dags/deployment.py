@@ -21,7 +21,7 @@ from typing import Any
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, get_current_context, task
-from shared import CHALLENGER, CHAMPION, dag_options, pipeline_param, run_context
+from shared import CHALLENGER, CHAMPION, dag_options, pipeline_param, run_context, triggering_event
 
 
 def deploy_job() -> Any:
@@ -30,9 +30,8 @@ def deploy_job() -> Any:
 
     context = get_current_context()
     params = context["params"]
-    events = [e for events in (context.get("triggering_asset_events") or {}).values() for e in events]
-    if events:
-        event = events[-1].extra
+    event = triggering_event(context)
+    if event:
         return DeployJob(event["pipeline"], run_context(context), event.get("version"), "new challenger")
     return DeployJob(
         params["pipeline"], run_context(context), params.get("version") or None, params["reason"] or "manual"

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from airflow.sdk import Param, dag, get_current_context, task
-from shared import CHALLENGER, SPLITS, dag_options, pipeline_param, run_context
+from shared import CHALLENGER, SPLITS, dag_options, pipeline_param, run_context, triggering_event
 
 
 def model_job() -> Any:
@@ -38,13 +38,11 @@ def model_job() -> Any:
         )
         if params.get(name) is not None
     }
-    events = [e for events in (context.get("triggering_asset_events") or {}).values() for e in events]
-    # A run the splits asset started works on the pipeline whose splits arrived: its Params are the defaults.
-    pipeline = events[-1].extra.get("pipeline", params["pipeline"]) if events else params["pipeline"]
-    manifest = next((e.extra.get("manifest") for e in reversed(events) if e.extra.get("pipeline") == pipeline), None)
-    run = run_context(context)
-    reason = params.get("reason") or ("new splits" if events else "manual")
-    return ModelJob(pipeline, run, overrides, manifest, reason)
+    event = triggering_event(context)
+    pipeline = event.get("pipeline", params["pipeline"]) if event else params["pipeline"]
+    manifest = event.get("manifest") if event else None
+    reason = params.get("reason") or ("new splits" if event else "manual")
+    return ModelJob(pipeline, run_context(context), overrides, manifest, reason)
 
 
 @dag(

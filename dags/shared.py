@@ -47,6 +47,13 @@ def run_context(context: Any) -> Any:
     return RunContext(dag_id=context["dag"].dag_id, run_id=context["run_id"], task_id=context["task"].task_id)
 
 
+def triggering_event(context: Any) -> dict[str, Any] | None:
+    """The extra of the newest asset event that started this run; None for a run started by hand or on time.
+    Such a run works on the pipeline its event names: its Params hold only the form's defaults."""
+    events = [event for events in (context.get("triggering_asset_events") or {}).values() for event in events]
+    return dict(events[-1].extra) if events else None
+
+
 def interval_params(verb: str) -> dict[str, Param]:
     return {
         "start": Param(

@@ -86,6 +86,7 @@ class ColumnProfile:
     min: float | None = None
     max: float | None = None
     values: list[Any] = field(default_factory=list)  # the distinct values, most frequent first (when few)
+    top_count: int = 0  # how many rows hold the most frequent value
     words: bool = False  # text with spaces in it: prose rather than a code
 
     @property
@@ -215,6 +216,7 @@ def profile_column(values: pa.ChunkedArray, name: str, header: str) -> ColumnPro
         profile.words = bool(pc.any(pc.match_substring_regex(present, r"\S\s+\S")).as_py())
     if len(ordered) <= MAX_CLASSES:
         profile.values = [value for value, _ in ordered]
+    profile.top_count = ordered[0][1] if ordered else 0
     return profile
 
 
@@ -348,13 +350,14 @@ def draft(
         )
 
     excluded: dict[str, str] = {label_column.name: "the target"}
-    identifiers = []
+    identifiers, times = [], []
     for column in by_header.values():
         if column is label_column:
             continue
         reason = exclusion(column)
         if column.type in ("date", "timestamp") and reason is None:
             reason = "a time: its parts (hour, weekday, month) are derived features instead"
+            times.append(column)
         if reason:
             excluded[column.name] = reason
         if reason and reason.startswith("identifier"):
@@ -363,7 +366,6 @@ def draft(
     features = [c for c in by_header.values() if c.name not in excluded]
     numeric = [c.name for c in features if c.type in ("int", "long", "double")]
     categorical = [c.name for c in features if c.type in ("string", "boolean")]
-    times = [c for c in by_header.values() if c.type in ("date", "timestamp") and exclusion(c) is None]
     derived = [
         {"name": f"{c.name}_{part}", "column": c.name, "part": part, "timezone": "UTC"}
         for c in times
@@ -382,12 +384,8 @@ def draft(
     else:
         label["name"] = _label_name(label_column.name, "label", names.values())
     label = {"name": label.pop("name"), **label}
-    baseline = label_column.values and (label_column.rows - label_column.nulls)
-    majority = (
-        max(pc.value_counts(table.column(target).drop_null()).field("counts").to_pylist()) / baseline
-        if task == "multiclass" and baseline
-        else None
-    )
+    labeled = label_column.rows - label_column.nulls
+    majority = label_column.top_count / labeled if task == "multiclass" and labeled else None
     today = today or date.today()
     source: dict[str, Any] = {"format": fmt}
     if daily:

@@ -56,12 +56,12 @@ class NoLandingData(FileNotFoundError):
 def ingest(
     layout: Layout, start: date, end: date, spark: SparkSession | None = None, engine: str | None = None
 ) -> Path:
-    """Ingest the days of [start, end); returns the path of the ingest manifest."""
+    """Ingest the days of [start, end) (for a snapshot, its own day: ``PipelineConfig.interval`` resolves it,
+    as ``workflow.StageInput.open`` does); returns the path of the ingest manifest."""
     config = layout.config
     engine = engine or layout.settings.ingest_engine
     if engine not in ENGINES:
         raise ValueError(f"ingest engine '{engine}' is not one of {ENGINES}")
-    start, end = config.interval(start, end)
     days = days_in(start, end)
     plan = plan_chunks(layout, days)
     if not plan["chunks"] and not plan["files"]:

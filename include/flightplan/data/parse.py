@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,8 @@ from flightplan.spark import ARROW_TYPES
 QUARANTINE_SCHEMA = pa.schema(
     [("source_file", pa.string()), ("line", pa.int64()), ("reason", pa.string()), ("raw", pa.string())]
 )
+
+Failure = tuple[ColumnSpec, pa.Array, pa.Array]  # the column, which rows failed, and their values as text
 
 INTEGER = r"^\s*[+-]?\d+(\.0*)?\s*$"
 FINITE_NUMBER = r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$"
@@ -97,24 +100,14 @@ def parse_chunk(
         keep = pc.invert(blank)
         strings, lines = strings.filter(keep), lines.filter(keep)
 
-    typed: dict[str, pa.Array] = {}
-    failures: list[tuple[ColumnSpec, pa.Array, pa.Array]] = []
-    null_set = pa.array(null_values, pa.string())
-    for column in columns:
-        if column.name not in strings.column_names:
-            typed[column.name] = pa.nulls(strings.num_rows, ARROW_TYPES[column.type])
-            continue
-        raw = strings.column(column.name).combine_chunks()
-        values, failed = convert(raw, column, null_set)
-        typed[column.name] = values
-        if failed is not None:
-            failures.append((column, failed, raw))
-    rows = pa.table(typed)
-    if failures:
-        bad = _any_failed(failures)
-        raw_lines = pc.binary_join_element_wise(*strings.filter(bad).columns, delimiter).to_pylist()
-        rejected += zip(lines.filter(bad).to_pylist(), _reasons(failures, bad), raw_lines, strict=True)
-        rows = rows.filter(pc.invert(bad))
+    rows, failures = _typed(strings, columns, convert, null_values)
+    rows, failed_rows = _set_aside(
+        rows,
+        failures,
+        lines,
+        lambda bad: pc.binary_join_element_wise(*strings.filter(bad).columns, delimiter).to_pylist(),
+    )
+    rejected += failed_rows
     return ParsedChunk(rows=rows, quarantine=_quarantine(chunk, rejected), blank_lines=blank_count - blanked)
 
 
@@ -125,28 +118,48 @@ def parse_parquet(chunk: Chunk, columns: list[ColumnSpec], null_values: list[str
     NaN is a missing value (what pandas writes for one), an infinity is quarantined."""
     table = pq.ParquetFile(chunk.path).read_row_groups(range(chunk.start, chunk.end))
     table = table.rename_columns(list(chunk.header))
+    rows, failures = _typed(table, columns, _convert_stored, null_values)
+    first = chunk.first_line or 1
+    records = pa.array(np.arange(first, first + table.num_rows, dtype=np.int64))
+    rows, rejected = _set_aside(
+        rows, failures, records, lambda bad: [json.dumps(r, default=str) for r in table.filter(bad).to_pylist()]
+    )
+    return ParsedChunk(rows=rows, quarantine=_quarantine(chunk, rejected), blank_lines=0)
+
+
+def _typed(
+    source: pa.Table,
+    columns: list[ColumnSpec],
+    convert_column: Callable[[pa.Array, ColumnSpec, pa.Array], tuple[pa.Array, pa.Array | None]],
+    null_values: list[str],
+) -> tuple[pa.Table, list[Failure]]:
+    """``columns`` of ``source`` converted to their types (all missing for a column the source lacks), and
+    where a value did not convert."""
     null_set = pa.array(null_values, pa.string())
     typed: dict[str, pa.Array] = {}
-    failures: list[tuple[ColumnSpec, pa.Array, pa.Array]] = []
+    failures: list[Failure] = []
     for column in columns:
-        if column.name not in table.column_names:
-            typed[column.name] = pa.nulls(table.num_rows, ARROW_TYPES[column.type])
+        if column.name not in source.column_names:
+            typed[column.name] = pa.nulls(source.num_rows, ARROW_TYPES[column.type])
             continue
-        stored = table.column(column.name).combine_chunks()
-        values, failed = _convert_stored(stored, column, null_set)
+        raw = source.column(column.name).combine_chunks()
+        values, failed = convert_column(raw, column, null_set)
         typed[column.name] = values
         if failed is not None:
-            failures.append((column, failed, pc.cast(stored, pa.string())))
-    rows = pa.table(typed)
-    rejected: list[tuple[int, str, str]] = []
-    if failures:
-        bad = _any_failed(failures)
-        first = chunk.first_line or 1
-        numbers = np.flatnonzero(bad.to_numpy(zero_copy_only=False)) + first
-        records = [json.dumps(r, default=str) for r in table.filter(bad).to_pylist()]
-        rejected += zip(numbers.tolist(), _reasons(failures, bad), records, strict=True)
-        rows = rows.filter(pc.invert(bad))
-    return ParsedChunk(rows=rows, quarantine=_quarantine(chunk, rejected), blank_lines=0)
+            failures.append((column, failed, pc.cast(raw, pa.string())))
+    return pa.table(typed), failures
+
+
+def _set_aside(
+    rows: pa.Table, failures: list[Failure], numbers: pa.Array, shown: Callable[[pa.Array], list[str]]
+) -> tuple[pa.Table, list[tuple[int, str, str]]]:
+    """The rows where every value converted, and a quarantine record (its line or record ``numbers``, the
+    reasons, the row as ``shown`` gives the bad ones) for each of the others."""
+    if not failures:
+        return rows, []
+    bad = _any_failed(failures)
+    rejected = list(zip(numbers.filter(bad).to_pylist(), _reasons(failures, bad), shown(bad), strict=True))
+    return rows.filter(pc.invert(bad)), rejected
 
 
 def _convert_stored(stored: pa.Array, column: ColumnSpec, null_set: pa.Array) -> tuple[pa.Array, pa.Array | None]:
@@ -164,14 +177,14 @@ def _convert_stored(stored: pa.Array, column: ColumnSpec, null_set: pa.Array) ->
     return values, None
 
 
-def _any_failed(failures: list[tuple[ColumnSpec, pa.Array, pa.Array]]) -> pa.Array:
+def _any_failed(failures: list[Failure]) -> pa.Array:
     bad = failures[0][1]
     for _, failed, _ in failures[1:]:
         bad = pc.or_(bad, failed)
     return bad
 
 
-def _reasons(failures: list[tuple[ColumnSpec, pa.Array, pa.Array]], bad: pa.Array) -> list[str]:
+def _reasons(failures: list[Failure], bad: pa.Array) -> list[str]:
     """For each bad row, every column whose value did not convert, with the value."""
     per_column = [
         (column, failed.filter(bad).to_pylist(), raw.filter(bad).to_pylist()) for column, failed, raw in failures
