@@ -205,6 +205,8 @@ def summarize(settings: Settings, layout: Layout, record: DemoRecord, write: Cal
         write(f"  {dag_id:<18} {state:<8} {run_id}")
     for start, end in record.ingested:
         _summarize_data(layout, start, end, write)
+    if record.ingested:
+        _summarize_split(layout, write)
     if record.traffic is not None:
         write(
             f"\n  traffic       {record.traffic['answered']:,} predictions logged, "
@@ -242,24 +244,27 @@ def summarize(settings: Settings, layout: Layout, record: DemoRecord, write: Cal
 
 
 def _summarize_data(layout: Layout, start: date, end: date, write: Callable[[str], None]) -> None:
-    """What data_engineering made of one interval: rows at each stage, what it set aside, and the split."""
-    from flightplan.data.split import SPLITS
-
+    """What data_engineering made of one interval: rows at each stage and what it set aside."""
     key = interval_key(start, end)
     ingest, wrangle, label = (json.loads(layout.manifest(s, key).read_text()) for s in ("ingest", "wrangle", "label"))
-    latest = json.loads((layout.splits / "latest.json").read_text())
-    sides = json.loads(Path(latest["manifest"]).read_text())["sides"]
     write(
         f"  data          {start} .. {end}: {ingest['rows_total']:,} rows from {len(ingest['files'])} files "
         f"({ingest['quarantined_total']:,} quarantined), {wrangle['quarantined_total']:,} duplicates set aside, "
         f"{label['quarantined_total']:,} without a label, {label['rows_total']:,} labeled"
     )
-    if end == date.fromisoformat(latest["split_id"].split("_")[1]):
-        write(
-            f"  split         {latest['split_id']}: "
-            + ", ".join(f"{side} {sides[side]['rows']:,}" for side in SPLITS)
-            + f" ({latest['manifest']})"
-        )
+
+
+def _summarize_split(layout: Layout, write: Callable[[str], None]) -> None:
+    """The newest split: the sides' sizes and where its manifest is."""
+    from flightplan.data.split import SPLITS
+
+    latest = json.loads((layout.splits / "latest.json").read_text())
+    sides = json.loads(Path(latest["manifest"]).read_text())["sides"]
+    write(
+        f"  split         {latest['split_id']}: "
+        + ", ".join(f"{side} {sides[side]['rows']:,}" for side in SPLITS)
+        + f" ({latest['manifest']})"
+    )
 
 
 def _summarize_training(settings: Settings, layout: Layout, dag_run_id: str, write: Callable[[str], None]) -> None:

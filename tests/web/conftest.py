@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from flightplan.airflow_rest import admin_password
 from flightplan.config import PipelineConfig
 from flightplan.settings import Settings, api_token, load_settings
 
-from tests.conftest import END_DAY, FIRST_DAY, REPO, free_port, service_process
+from tests.conftest import END_DAY, FIRST_DAY, REPO, free_port
 from tests.e2e.engines import require
+from tests.e2e.test_engines import pipelines_with
 
 CHROMIUM = os.environ.get("FLIGHTPLAN_CHROMIUM", "/usr/bin/chromium")
 # As root, without a sandbox; and none of the background connections that a closed network refuses.
@@ -110,18 +109,15 @@ def running_stack() -> WebStack:
 
 
 def own_stack(request: pytest.FixtureRequest) -> Iterator[WebStack]:
-    """`flightplan up` on the session's home (its data, registry and prediction log, with a champion and a
-    monitoring check to show), an Airflow home of its own and free ports; `flightplan down` at the end."""
+    """`flightplan up` on the session's home (its data and registry, with a champion), an Airflow home of its
+    own and free ports, then a monitoring check on traffic its service answered; `flightplan down` at the end.
+    Its copy of the pipeline searches 2 trials and accepts any model; the form asks for 3."""
     request.getfixturevalue("champion")
-    request.getfixturevalue("monitored")
     settings: Settings = request.getfixturevalue("settings")
     folder = settings.home / "web"
     pipelines = folder / "pipelines"
     pipelines.mkdir(parents=True, exist_ok=True)
-    config = yaml.safe_load((settings.pipelines_dir / "flights.yaml").read_text())
-    config["model"]["tuning"].update({"num_boost_round": 60})
-    config["model"]["acceptance"].update({"minimum": {}, "maximum": {}, "champion_margin": -1.0})
-    (pipelines / "flights.yaml").write_text(yaml.safe_dump(config))
+    pipelines_with(settings, pipelines, {"acceptance": {"champion_margin": -1.0}})
     env = {
         **os.environ,
         "FLIGHTPLAN_HOME": str(settings.home),
@@ -136,18 +132,17 @@ def own_stack(request: pytest.FixtureRequest) -> Iterator[WebStack]:
     started = subprocess.run([FLIGHTPLAN, "up"], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     try:
         assert started.returncode == 0, started.stdout + started.stderr
+        check_answered_traffic(stack_settings, request.getfixturevalue("config"))
         password = admin_password(stack_settings.airflow_home)
-        yield WebStack(stack_settings, TOKEN, password, 2, screenshots_folder(settings.home))
+        yield WebStack(stack_settings, TOKEN, password, 3, screenshots_folder(settings.home))
     finally:
         stopped = subprocess.run([FLIGHTPLAN, "down"], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
-        shutil.rmtree(folder / "airflow" / "logs", ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def monitored(champion: str, settings: Settings, config: PipelineConfig) -> dict[str, Any]:
-    """A monitoring check with its Evidently reports: the replayed days answered by a service of the champion
-    (with their true labels), then the check on that window."""
+def check_answered_traffic(settings: Settings, config: PipelineConfig) -> None:
+    """A monitoring check with its Evidently reports, for the Models page to link: the replayed days answered
+    by the stack's service (with their true labels), then the check on that window."""
     from datetime import UTC, datetime, timedelta
 
     from flightplan.layout import Layout
@@ -155,12 +150,12 @@ def monitored(champion: str, settings: Settings, config: PipelineConfig) -> dict
     from flightplan.replay import replay_traffic
     from flightplan.tracking import RunContext
 
-    with pytest.MonkeyPatch.context() as patch, service_process(settings, TOKEN, 3600, wait_ready=True) as service:
+    with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FLIGHTPLAN_API_TOKEN", TOKEN)
         start = datetime.now(UTC).replace(microsecond=0)
-        answering = Layout(dataclasses.replace(settings, service_url=service["url"]), config)
-        sent = replay_traffic(answering, FIRST_DAY, END_DAY)
+        sent = replay_traffic(Layout(settings, config), FIRST_DAY, END_DAY)
         end = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
     assert sent["answered"] == sent["labeled"] > 300
     small = {"monitoring.min_rows": 300, "monitoring.min_labeled_rows": 200}
-    return check(MonitorJob("flights", start, end, RunContext("monitoring", "web-test"), small))
+    summary = check(MonitorJob("flights", start, end, RunContext("monitoring", "web-test"), small))
+    assert "drift_html" in summary["reports"], summary["decision"]

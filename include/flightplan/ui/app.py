@@ -103,9 +103,7 @@ def create_ui(current_user: Callable[..., Any], trigger_dag: TriggerDag, setting
                 # The primary metric first; the test set's size is a count, not a score.
                 ordered = sorted(card.metrics.items(), key=lambda item: item[0] != found.primary_metric)
                 metrics = "".join(
-                    f"<tr><td>test {_e(k)}</td><td>{v:,.0f}</td></tr>"
-                    if k == "rows"
-                    else f"<tr><td>test {_e(k)}</td><td>{v:.4f}</td></tr>"
+                    f"<tr><td>test {_e(k)}</td><td>{f'{v:,.0f}' if k == 'rows' else f'{v:.4f}'}</td></tr>"
                     for k, v in ordered
                 )
                 run = f"<a href='{_e(card.mlflow_url)}' target='_top'>training run</a>" if card.mlflow_url else ""
