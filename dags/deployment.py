@@ -73,7 +73,7 @@ def deployment() -> None:
         response_timeout=timedelta(hours=24),
     )
 
-    @task(trigger_rule="none_failed_min_one_success", outlets=[CHAMPION])
+    @task(trigger_rule="none_failed_min_one_success", outlets=[CHAMPION], retries=2)
     def promote() -> dict[str, Any]:
         from flightplan.serving import deploy
 

@@ -28,7 +28,11 @@ def dag_options(stage: str, retries: int) -> dict[str, Any]:
         "catchup": False,
         "max_active_runs": 1,
         "tags": ["flightplan", stage],
-        "default_args": {"owner": "flightplan", "retries": retries, "retry_delay": timedelta(minutes=1)},
+        "default_args": {
+            "owner": "flightplan",
+            "retries": retries,
+            "retry_delay": timedelta(seconds=SETTINGS.task_retry_delay_seconds),
+        },
     }
 
 

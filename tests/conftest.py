@@ -3,6 +3,7 @@ data-engineering chain on the real demo days and a quickly trained challenger an
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -16,6 +17,8 @@ from datetime import date
 from pathlib import Path
 
 import httpx
+import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from flightplan.config import PipelineConfig, load_pipeline
 from flightplan.layout import Layout
@@ -24,6 +27,7 @@ from flightplan.settings import Settings, load_settings
 from flightplan.tracking import RunContext
 
 REPO = Path(__file__).resolve().parents[1]
+DATASETS = ("curated", "wrangled", "labeled", "quarantine", "splits")
 FIRST_DAY, END_DAY = date(2013, 1, 1), date(2013, 1, 4)
 
 
@@ -72,6 +76,29 @@ def service_process(
     if process.poll() is None:
         process.terminate()
         process.wait(30)
+
+
+def data_digest(data_root: Path, pipeline: str) -> dict[str, tuple[int, int, str]]:
+    """Each Parquet folder of the pipeline's datasets: (files, rows, digest of its rows in any order)."""
+    digests = {}
+    for dataset in DATASETS:
+        root = data_root / dataset / pipeline
+        for folder in sorted({f.parent for f in root.rglob("*.parquet")}):
+            files = sorted(folder.glob("*.parquet"))
+            frame = pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
+            frame = frame[sorted(frame.columns)]
+            rows = sorted(pd.util.hash_pandas_object(frame, index=False).tolist())
+            digest = hashlib.sha256(str(rows).encode()).hexdigest()
+            digests[str(folder.relative_to(data_root))] = (len(files), len(frame), digest)
+    return digests
+
+
+def leftovers(data_root: Path) -> list[str]:
+    """Files an interrupted write could leave behind: in staging, Spark's temporary folders, hidden partials."""
+    staged = [str(p) for p in (data_root / "_staging").rglob("*") if p.is_file()]
+    hidden = [str(p) for p in data_root.rglob(".*") if not p.name.endswith(".crc")]
+    temporary = [str(p) for p in data_root.rglob("_temporary")]
+    return staged + hidden + temporary
 
 
 def run_data_engineering(start: date, end: date) -> dict[str, dict]:

@@ -32,6 +32,7 @@ class Settings:
     airflow_database_url: str
     predictions_db_url: str
     service_url: str
+    task_retry_delay_seconds: float  # how long Airflow waits before it retries a failed task
 
     @property
     def tracks_locally(self) -> bool:
@@ -73,6 +74,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         airflow_database_url=env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{airflow_home / 'airflow.db'}"),
         service_url=env.get("FLIGHTPLAN_SERVICE_URL", "http://127.0.0.1:8000"),
         predictions_db_url=env.get("FLIGHTPLAN_PREDICTIONS_DB", f"sqlite:///{home / 'serving' / 'predictions.db'}"),
+        task_retry_delay_seconds=float(env.get("FLIGHTPLAN_TASK_RETRY_DELAY_SECONDS", "60")),
     )
 
 

@@ -198,6 +198,10 @@ def tune(job: ModelJob, run_id: str) -> str:
     search_metric = stopping_metric(frames.feature_map.task)
     with model_run(settings, config, job.context) as run:
         experiment = run.info.experiment_id
+        # A retried search replaces the trials of its interrupted attempt: the run shows one search.
+        earlier = f"tags.mlflow.parentRunId = '{run_id}' and tags.`flightplan.role` = 'trial'"
+        for trial_run in mlflow_client.search_runs([experiment], filter_string=earlier, max_results=5000):
+            mlflow_client.delete_run(trial_run.info.run_id)
         dtrain, dval = matrices(frames.feature_map, frames.matrix("train"), frames.matrix("validation"))
 
         def record(trial: TrialResult) -> None:

@@ -158,7 +158,10 @@ def compare(job: DeployJob) -> dict[str, Any]:
 
 
 def promote(job: DeployJob) -> dict[str, str | None]:
-    """`champion` → the candidate, `previous` → the old champion. Running it again changes nothing."""
+    """`champion` → the candidate, `previous` → the old champion. Running it again changes nothing.
+
+    The `champion` alias moves last: a promotion stopped at any point (its worker killed) leaves the champion
+    where it was, and its retry finishes the move."""
     from flightplan.tracking import client
 
     settings, config, _ = job.open()
@@ -167,10 +170,10 @@ def promote(job: DeployJob) -> dict[str, str | None]:
     mlflow_client = client(settings)
     champion = alias_version(settings, name, CHAMPION)
     if champion != version:
+        mlflow_client.set_model_version_tag(name, version, "flightplan.promoted_by", job.context.run_id)
         if champion is not None:
             mlflow_client.set_registered_model_alias(name, PREVIOUS, champion)
         mlflow_client.set_registered_model_alias(name, CHAMPION, version)
-        mlflow_client.set_model_version_tag(name, version, "flightplan.promoted_by", job.context.run_id)
     result = {"champion": version, "previous": alias_version(settings, name, PREVIOUS)}
     log.info("%s: champion is version %s (previous %s)", name, result["champion"], result["previous"])
     return result

@@ -1,0 +1,312 @@
+"""Faults injected into a real Airflow (API server, scheduler, dag-processor, LocalExecutor on SQLite) while it
+runs the DAGs, on a home of its own whose runs and models go to an MLflow tracking server the tests stop and
+start again:
+
+- a task's worker process killed with SIGKILL in the middle of ingestion, of training and of promotion;
+- the scheduler killed and started again while a run is in flight;
+- the tracking server down for a while during a training run.
+
+Each run must end as a run without the fault would: its retry completes, the data equals the clean chain's
+(row for row, one file per day, nothing left in staging), one registered version per run, the aliases whole."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import yaml
+from flightplan.airflow_rest import AirflowApi
+from flightplan.config import load_pipeline
+from flightplan.layout import Layout
+from flightplan.settings import Settings, load_settings
+
+from tests.conftest import END_DAY, FIRST_DAY, data_digest, free_port, leftovers, service_process
+from tests.e2e.conftest import airflow_api, migrated_airflow, running_airflow
+from tests.e2e.engines import answers, wait_until
+from tests.e2e.test_engines import session_tracking_restored  # noqa: F401 (an autouse fixture of this module too)
+
+TOKEN = "faults-token"
+CONF = {"pipeline": "flights", "start": FIRST_DAY.isoformat(), "end": END_DAY.isoformat()}
+pytestmark = pytest.mark.airflow
+
+
+class TrackingServer:
+    """`mlflow server` on a fixed port and a SQLite store, which a test can stop and start again."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = [str(Path(sys.executable).with_name("mlflow")), "server", "--workers", "1"]
+        command += ["--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}"]
+        command += ["--artifacts-destination", str(self.folder / "artifacts")]
+        command += ["--host", "127.0.0.1", "--port", self.url.rsplit(":", 1)[1]]
+        log = self.folder / "server.log"
+        with log.open("ab") as sink:
+            self.process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_until(answers(f"{self.url}/health"), "the MLflow tracking server", log, self.process)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(30)
+
+
+@dataclasses.dataclass
+class FaultStack:
+    env: dict[str, str]
+    settings: Settings
+    layout: Layout
+    tracking: TrackingServer
+    api: AirflowApi
+    base: str
+
+
+def slow_training_pipelines(settings: Settings, folder: Path) -> Path:
+    """The flights pipeline whose final training lasts seconds (many rounds, no early stop) on a small search:
+    long enough for its per-round metrics to reach MLflow before it ends. Any model is accepted."""
+    config = yaml.safe_load((settings.pipelines_dir / "flights.yaml").read_text())
+    config["model"]["tuning"].update({"trials": 2, "num_boost_round": 3000, "early_stopping_rounds": 3000})
+    config["model"]["acceptance"] = {"minimum": {}, "maximum": {}, "champion_margin": -1.0}
+    config.setdefault("deployment", {})["margin"] = -1.0
+    (folder / "flights.yaml").write_text(yaml.safe_dump(config))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def faults(tmp_path_factory: pytest.TempPathFactory, settings: Settings) -> Iterator[FaultStack]:
+    from flightplan.replay import replay
+
+    home = tmp_path_factory.mktemp("faults-home")
+    tracking = TrackingServer(home)
+    tracking.start()
+    pipelines = slow_training_pipelines(settings, tmp_path_factory.mktemp("pipelines-faults"))
+    own = {
+        "FLIGHTPLAN_HOME": str(home),
+        "FLIGHTPLAN_PIPELINES_DIR": str(pipelines),
+        "MLFLOW_TRACKING_URI": tracking.url,
+    }
+    fault_settings = load_settings(own)
+    layout = Layout(fault_settings, load_pipeline("flights", pipelines))
+    replay(layout, FIRST_DAY, END_DAY)
+    try:
+        service_env = {**os.environ, **own}
+        with service_process(fault_settings, TOKEN, poll_seconds=3600, wait_ready=False, env=service_env) as service:
+            env = migrated_airflow(
+                fault_settings,
+                **own,
+                FLIGHTPLAN_SERVICE_URL=service["url"],
+                FLIGHTPLAN_API_TOKEN=TOKEN,
+                FLIGHTPLAN_TASK_RETRY_DELAY_SECONDS="2",
+            )
+            with running_airflow(env) as base:
+                api = airflow_api(base, env)
+                # Each test unpauses the DAG it runs: an asset event does not start a paused DAG's run.
+                for dag_id in ("data_engineering", "model_engineering", "deployment"):
+                    api.wait_until_parsed(dag_id)
+                yield FaultStack(
+                    env, dataclasses.replace(fault_settings, airflow_url=base), layout, tracking, api, base
+                )
+    finally:
+        tracking.stop()
+
+
+def task_instance(api: AirflowApi, dag_id: str, run_id: str, task_id: str) -> dict[str, Any]:
+    found = api.http.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}")
+    found.raise_for_status()
+    return dict(found.json())
+
+
+def task_process(ti_id: str) -> psutil.Process | None:
+    """The process running a task's code: Airflow's task runner titles itself `airflow worker -- <ti id>`."""
+    for process in psutil.process_iter(["cmdline"]):
+        if f"airflow worker -- {ti_id}" in " ".join(process.info["cmdline"] or []):
+            return process
+    return None
+
+
+def kill_task_when(
+    api: AirflowApi, dag_id: str, run_id: str, task_id: str, ready: Callable[[], bool], timeout: float = 600
+) -> None:
+    """SIGKILL the worker process of the task's first try as soon as ``ready()`` holds while it runs."""
+    deadline = time.monotonic() + timeout
+    worker = None
+    while worker is None:
+        ti = task_instance(api, dag_id, run_id, task_id)
+        titles = [" ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])]
+        assert ti["state"] in (None, "scheduled", "queued", "running"), (
+            f"{task_id} is {ti['state']} before the kill ({ti['id']}): {[t for t in titles if 'airflow' in t]}"
+        )
+        worker = task_process(ti["id"]) if ti["state"] == "running" else None
+        assert time.monotonic() < deadline, f"{dag_id}.{task_id} never ran"
+        time.sleep(0.1)
+    while not ready():
+        assert worker.is_running(), f"{dag_id}.{task_id} ended before the point to kill it"
+        assert time.monotonic() < deadline, f"{dag_id}.{task_id} never reached the point to kill it"
+        time.sleep(0.01)
+    worker.kill()
+
+
+def wait_succeeded(api: AirflowApi, dag_id: str, run_id: str) -> dict[str, str | None]:
+    state = api.wait_for_run(dag_id, run_id, timeout=900)
+    states = api.task_states(dag_id, run_id)
+    assert state == "success", states
+    return states
+
+
+def try_number(api: AirflowApi, dag_id: str, run_id: str, task_id: str) -> int:
+    return int(task_instance(api, dag_id, run_id, task_id)["try_number"])
+
+
+@contextmanager
+def scheduler_restarted(stack: FaultStack) -> Iterator[None]:
+    """Kill the scheduler (SIGKILL, its executor's workers left running as orphans); start a new one at exit."""
+    from flightplan.stack import launch, processes, running_pid
+
+    scheduler = next(p for p in processes(stack.settings, "airflow", []) if p.name == "airflow-scheduler")
+    pid = running_pid(stack.settings, scheduler.name)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    try:
+        yield
+    finally:
+        launch(stack.settings, scheduler, {**stack.env, **_api_environment(stack.base)})
+
+
+def _api_environment(base: str) -> dict[str, str]:
+    from flightplan.stack import airflow_api_environment
+
+    return airflow_api_environment(base)
+
+
+def test_a_killed_ingestion_and_a_restarted_scheduler_end_as_the_clean_chain(
+    faults: FaultStack, good_days: dict[str, dict], settings: Settings
+) -> None:
+    """Ingestion's worker is killed once it has begun staging the days; later the scheduler is killed while wrangling
+    runs and a new one takes over. The retry and the new scheduler finish the run, and the data equals the clean
+    chain's (the session's, run in process on the same landing days)."""
+    api, data_root = faults.api, faults.settings.data_root
+    api.set_paused("data_engineering", False)
+    run_id = api.trigger("data_engineering", CONF)["dag_run_id"]
+    from flightplan.data import ingest
+    from flightplan.data.partitions import interval_key
+
+    staging = faults.layout.staging(ingest.STAGE, interval_key(FIRST_DAY, END_DAY))
+    kill_task_when(api, "data_engineering", run_id, "ingest", staging.exists)
+    api.wait_for_task("data_engineering", run_id, "wrangle", "running", timeout=900)
+    with scheduler_restarted(faults):
+        time.sleep(5)
+    wait_succeeded(api, "data_engineering", run_id)
+    assert try_number(api, "data_engineering", run_id, "ingest") == 2
+
+    assert data_digest(data_root, "flights") == data_digest(settings.data_root, "flights")
+    assert leftovers(data_root) == []
+
+
+def model_runs(faults: FaultStack, run_id: str) -> list[Any]:
+    """The MLflow runs an Airflow run of model engineering left: its model run and its trials."""
+    from flightplan.tracking import client, model_experiment
+
+    tracking = client(faults.settings)
+    experiment = tracking.get_experiment_by_name(model_experiment(faults.layout.config))
+    return list(tracking.search_runs([experiment.experiment_id], filter_string=f"tags.`airflow.run_id` = '{run_id}'"))
+
+
+def streamed_rounds(faults: FaultStack, run_id: str) -> int:
+    """How many per-round points of the final training reached MLflow so far."""
+    from flightplan.model.train import VALIDATION
+    from flightplan.tracking import client
+
+    models = [r for r in model_runs(faults, run_id) if r.data.tags.get("flightplan.role") == "model"]
+    if not models:
+        return 0
+    tracking = client(faults.settings)
+    names = [n for n in models[0].data.metrics if n.startswith(f"{VALIDATION}_") and n != f"{VALIDATION}_rows"]
+    return max((len(tracking.get_metric_history(models[0].info.run_id, n)) for n in names), default=0)
+
+
+def registered_versions(faults: FaultStack, run_id: str) -> list[Any]:
+    from flightplan.tracking import client
+
+    name = faults.layout.config.registered_model
+    return [
+        v
+        for v in client(faults.settings).search_model_versions(f"name = '{name}'")
+        if v.tags.get("airflow.run_id") == run_id
+    ]
+
+
+def test_a_killed_training_and_a_tracking_outage_leave_one_finished_run_and_one_version(faults: FaultStack) -> None:
+    """A clean run, then one whose training worker is killed once its first rounds reached MLflow, and whose
+    retry finds the tracking server down for its first 20 s. The faulted run ends with the clean run's model: the same
+    test metrics, one finished MLflow run with one search's trials, one registered version."""
+    api = faults.api
+    api.set_paused("model_engineering", False)
+    clean = api.trigger("model_engineering", {"pipeline": "flights", "reason": "clean"})["dag_run_id"]
+    wait_succeeded(api, "model_engineering", clean)
+
+    faulted = api.trigger("model_engineering", {"pipeline": "flights", "reason": "faults"})["dag_run_id"]
+    rounds_at_kill: list[int] = []
+
+    def training_streams() -> bool:
+        rounds_at_kill.append(streamed_rounds(faults, faulted))
+        return rounds_at_kill[-1] > 0
+
+    kill_task_when(api, "model_engineering", faulted, "train", training_streams)
+    deadline = time.monotonic() + 300
+    while (retry := task_instance(api, "model_engineering", faulted, "train"))["try_number"] < 2 or retry[
+        "state"
+    ] != "running":
+        assert time.monotonic() < deadline, retry
+        time.sleep(0.2)
+    faults.tracking.stop()
+    time.sleep(20)
+    faults.tracking.start()
+    wait_succeeded(api, "model_engineering", faulted)
+
+    rounds = faults.layout.config.model.tuning.num_boost_round
+    assert 0 < rounds_at_kill[-1] < rounds, f"the kill came after {rounds_at_kill[-1]} of {rounds} rounds"
+    assert try_number(api, "model_engineering", faulted, "train") == 2
+    results = {}
+    for run_id in (clean, faulted):
+        runs = model_runs(faults, run_id)
+        models = [r for r in runs if r.data.tags.get("flightplan.role") == "model"]
+        trials = [r for r in runs if r.data.tags.get("flightplan.role") == "trial"]
+        assert len(models) == 1 and models[0].info.status == "FINISHED"
+        assert len(trials) == faults.layout.config.model.tuning.trials
+        assert [v.run_id for v in registered_versions(faults, run_id)] == [models[0].info.run_id]
+        results[run_id] = {k: v for k, v in models[0].data.metrics.items() if k.startswith("test_")}
+    assert results[faulted] == results[clean] and results[clean]
+
+
+def test_a_killed_promotion_is_finished_by_its_retry(faults: FaultStack) -> None:
+    """The deployment of the newest version, its promote worker killed as soon as it runs: the retry moves the
+    aliases whole, and the service reloads and answers with the new champion."""
+    from flightplan.model.registry import CHAMPION, alias_version
+    from flightplan.tracking import client
+
+    api, name = faults.api, faults.layout.config.registered_model
+    tracking = client(faults.settings)
+    version = max(int(v.version) for v in tracking.search_model_versions(f"name = '{name}'"))
+    before = alias_version(faults.settings, name, CHAMPION)
+    api.set_paused("deployment", False)
+    conf = {"pipeline": "flights", "version": str(version), "reason": "faults"}
+    run_id = api.trigger("deployment", conf)["dag_run_id"]
+    kill_task_when(api, "deployment", run_id, "promote", lambda: True)
+    states = wait_succeeded(api, "deployment", run_id)
+
+    assert states["roll_back"] == "skipped" and try_number(api, "deployment", run_id, "promote") == 2
+    assert alias_version(faults.settings, name, CHAMPION) == str(version) != before
+    assert tracking.get_model_version(name, str(version)).tags["flightplan.promoted_by"] == run_id
