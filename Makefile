@@ -13,7 +13,7 @@ DEMO_START ?= 2013-01-01
 DEMO_MIDDLE ?= 2013-07-01
 DEMO_END ?= 2014-01-01
 
-.PHONY: env demo up down test chromium screenshots bench lint format clean
+.PHONY: env demo up down test soak chromium screenshots bench lint audit format clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -39,6 +39,11 @@ down:
 test: env
 	$(BIN)/pytest
 
+# The inference API under a steady request rate for ten minutes (the tests run it for 50 s): memory, latency and
+# errors per window, printed and written to $(FLIGHTPLAN_HOME)/soak.json.
+soak: env
+	FLIGHTPLAN_SOAK_SECONDS=600 FLIGHTPLAN_SOAK_REPORT=$(FLIGHTPLAN_HOME)/soak.json $(BIN)/pytest tests/integration/test_soak.py -p no:cacheprovider
+
 # Debian's Chromium, which the browser tests (tests/web) drive: Playwright cannot download a browser of its own here.
 chromium:
 	@if [ ! -x /usr/bin/chromium ]; then \
@@ -62,6 +67,22 @@ lint: env
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(MAKE) --no-print-directory audit
+
+# Advisories triaged as not affecting this project, for `make audit`: one `--ignore-vuln <id>` per line, each
+# after a comment that says why. None so far.
+AUDIT_IGNORE :=
+
+# The locked environment (uv.lock, every group) against the known vulnerabilities (pip-audit, PyPI's advisories).
+# --strict: a package the service could not answer for fails the audit, so that an audit that checked nothing
+# (no access to pypi.org's per-version JSON API) never passes.
+audit: env
+	@requirements=$$(mktemp) && trap 'rm -f "$$requirements"' EXIT \
+	&& $(UV) export --frozen --quiet --format requirements-txt --no-emit-project -o "$$requirements" \
+	&& $(BIN)/pip-audit --strict --require-hashes --disable-pip --progress-spinner off $(AUDIT_IGNORE) \
+	   -r "$$requirements" \
+	|| { echo "make audit: FAILED: a known vulnerability above, or a package pip-audit could not check" \
+	     "(pypi.org/pypi/<name>/<version>/json unreachable or without it): nothing unaudited passes"; exit 1; }
 
 format: env
 	$(BIN)/ruff format .

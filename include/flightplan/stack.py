@@ -10,6 +10,7 @@ process group (the scheduler's task processes, the API server's workers) and SIG
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from flightplan.airflow_rest import ADMIN
+from flightplan.airflow_rest import ADMIN, PASSWORDS_FILE
 from flightplan.config import available_pipelines
 from flightplan.settings import Settings, airflow_environment, api_token, token_file
 
@@ -61,12 +62,14 @@ def stack_dir(settings: Settings) -> Path:
 
 def stack_airflow_environment(settings: Settings, dags_folder: Path, plugins_folder: Path) -> dict[str, str]:
     """The embedded Airflow's environment, plus what its live services need: the API port its task
-    processes report to, and the login of the simple auth manager. (The inference API's token stays in its
-    file, readable by its owner only, where the service and the tasks read it: not in every environment.)"""
+    processes report to, and the login of the simple auth manager (on, whatever the calling environment
+    says: these values win over it). (The inference API's token stays in its file, readable by its owner
+    only, where the service and the tasks read it: not in every environment.)"""
     return {
         **airflow_environment(settings, dags_folder, plugins_folder),
         **airflow_api_environment(settings.airflow_url),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
         "FLIGHTPLAN_PIPELINES_DIR": str(settings.pipelines_dir),
         "FLIGHTPLAN_SERVICE_URL": settings.service_url,
         "FLIGHTPLAN_MLFLOW_UI_URL": settings.mlflow_ui_url,
@@ -85,10 +88,17 @@ def airflow_api_environment(url: str) -> dict[str, str]:
 def processes(settings: Settings, component: str, pipelines: list[str]) -> list[Process]:
     if component == "airflow":
         health = f"{settings.airflow_url}/api/v2/monitor/health"
+        options = {
+            "api-server": _listen(settings.airflow_url),
+            # Every process runs on this machine, where the API server reads the task logs from their files:
+            # Airflow's log server, which would listen on every interface (it has no host option), is not needed.
+            "scheduler": ["--skip-serve-logs"],
+            "triggerer": ["--skip-serve-logs"],
+        }
         return [
             Process(
                 f"airflow-{name}",
-                [_bin("airflow"), name, *(_listen(settings.airflow_url) if name == "api-server" else [])],
+                [_bin("airflow"), name, *options.get(name, [])],
                 health if name == "api-server" else None,
             )
             for name in AIRFLOW_PROCESSES
@@ -159,15 +169,27 @@ def running_pid(settings: Settings, name: str) -> int | None:
     return pid
 
 
-def ensure_token(settings: Settings) -> None:
-    """Generates the inference API's bearer token once, readable by its owner only from the start."""
-    if api_token(settings) is not None:
-        return
-    path = token_file(settings)
+def _write_owner_only(path: Path, text: str) -> None:
+    """Creates ``path`` readable by its owner only from the start (no moment when others could read it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(handle, "w") as out:
-        out.write(secrets.token_urlsafe(32))
+        out.write(text)
+
+
+def ensure_token(settings: Settings) -> None:
+    """Generates the inference API's bearer token once."""
+    if api_token(settings) is None:
+        _write_owner_only(token_file(settings), secrets.token_urlsafe(32))
+
+
+def ensure_airflow_password(settings: Settings) -> None:
+    """Generates the Airflow admin's password once, in the file where the simple auth manager looks for it.
+    Left to itself, the auth manager would print a password it generates into the API server's log, and
+    keep it in a file every local user can read."""
+    path = settings.airflow_home / PASSWORDS_FILE
+    if not path.exists():
+        _write_owner_only(path, json.dumps({ADMIN: secrets.token_urlsafe(16)}))
 
 
 def launch(settings: Settings, process: Process, env: dict[str, str]) -> int:
@@ -289,6 +311,7 @@ def up(
     env = {**os.environ, **stack_airflow_environment(settings, dags_folder, plugins_folder)}
     if "airflow" in chosen:
         migrate_airflow(settings, env)
+        ensure_airflow_password(settings)
     prepare_tracking(settings)
     started = [
         process

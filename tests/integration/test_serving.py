@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pandas as pd
 import pytest
-import sqlalchemy as sa
 from flightplan.config import PipelineConfig
 from flightplan.layout import Layout
 from flightplan.model.features import FeatureMap, encode
@@ -24,30 +21,7 @@ from flightplan.settings import Settings
 from pydantic import TypeAdapter
 
 from tests.conftest import service_process
-
-TOKEN = "test-token-0123456789"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def client_records(layout: Layout, run_id: str, rows: int | None = None) -> list[dict[str, Any]]:
-    """Rows of the run's test side as a client would send them: the raw request fields only."""
-    frame = pd.read_parquet(layout.model_run(run_id) / "frames" / "test.parquet")
-    return json_records(frame.head(rows) if rows else frame, list(request_fields(layout.config)))
-
-
-def predictions_in_log(settings: Settings, request_ids: list[str] | None = None) -> int:
-    engine = sa.create_engine(settings.predictions_db_url)
-    with engine.connect() as connection:
-        query = "select count(*) from predictions"
-        if request_ids is None:
-            return int(connection.execute(sa.text(query)).scalar_one())
-        found = 0
-        for start in range(0, len(request_ids), 500):
-            chunk = request_ids[start : start + 500]
-            marks = ",".join(f"'{r}'" for r in chunk)
-            found += int(connection.execute(sa.text(f"{query} where request_id in ({marks})")).scalar_one())
-    engine.dispose()
-    return found
+from tests.integration.serving_clients import AUTH, TOKEN, Load, client_records, predictions_in_log, rows_answered
 
 
 def test_row_encoder_matches_the_training_encoder(
@@ -113,7 +87,9 @@ def test_predict_answers_with_version_and_logs_every_row(
     assert batch.status_code == 200, batch.text
     answers = batch.json()["predictions"]
     assert len(answers) == 40 and len({a["id"] for a in answers}) == 40
-    assert predictions_in_log(layout.settings, [body["request_id"], batch.json()["request_id"]]) == 41
+    assert (
+        predictions_in_log(layout.settings.predictions_db_url, [body["request_id"], batch.json()["request_id"]]) == 41
+    )
     same = api.post("/v1/flights/predict", json=records[5], headers=AUTH).json()
     assert same["probability"] == pytest.approx(answers[5]["probability"], abs=1e-6)
 
@@ -146,7 +122,7 @@ def test_requests_without_the_token_or_with_bad_fields_are_refused(
     api: Any, layout: Layout, challenger: tuple[str, dict[str, str]]
 ) -> None:
     record = client_records(layout, challenger[0], 1)[0]
-    before = predictions_in_log(layout.settings)
+    before = predictions_in_log(layout.settings.predictions_db_url)
     missing = api.post("/v1/flights/predict", json=record)
     assert missing.status_code == 401 and "Bearer" in missing.json()["detail"]
     wrong = api.post("/v1/flights/predict", json=record, headers={"Authorization": "Bearer nope"})
@@ -158,7 +134,7 @@ def test_requests_without_the_token_or_with_bad_fields_are_refused(
     assert api.post("/admin/reload").status_code == 401
     huge = api.post("/v1/flights/predict", json={**record, "distance": 10**400}, headers=AUTH)
     assert huge.status_code == 422 and "distance" in huge.text
-    assert predictions_in_log(layout.settings) == before
+    assert predictions_in_log(layout.settings.predictions_db_url) == before
 
 
 def test_a_model_that_cannot_serve_is_refused_and_the_old_one_keeps_answering(
@@ -222,45 +198,6 @@ def server(champion: str, settings: Settings) -> Iterator[dict[str, Any]]:
         yield running
 
 
-class Load:
-    """Client threads sending single and batch requests until stopped; every answer is kept."""
-
-    def __init__(self, url: str, records: list[dict[str, Any]], threads: int = 6) -> None:
-        self.url, self.records = url, records
-        self.answers: list[dict[str, Any]] = []
-        self.failures: list[str] = []
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self.run, args=(i,)) for i in range(threads)]
-
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join()
-
-    def run(self, worker: int) -> None:
-        with httpx.Client(base_url=self.url, headers=AUTH, timeout=30) as http:
-            i = worker
-            while not self.stop.is_set():
-                i += 1
-                try:
-                    if i % 5 == 0:
-                        response = http.post("/v1/flights/predict/batch", json={"records": self.records[:20]})
-                    else:
-                        response = http.post("/v1/flights/predict", json=self.records[i % len(self.records)])
-                except httpx.TransportError as err:
-                    self.failures.append(f"transport: {err!r}")
-                    continue
-                if response.status_code == 200:
-                    self.answers.append(response.json())
-                else:
-                    self.failures.append(f"{response.status_code}: {response.text[:200]}")
-
-
 def test_hot_reload_under_load_fails_no_request(
     server: dict[str, Any], champion: str, layout: Layout, settings: Settings, challenger: tuple[str, dict[str, str]]
 ) -> None:
@@ -299,8 +236,9 @@ def test_sigterm_under_load_loses_no_answered_prediction(
     assert "Application shutdown complete" in server["output"].read_text()
     answered = load.answers
     assert len(answered) > 50
-    rows = sum(len(a.get("predictions", [a])) for a in answered)
-    assert predictions_in_log(layout.settings, [a["request_id"] for a in answered]) == rows
+    assert predictions_in_log(layout.settings.predictions_db_url, [a["request_id"] for a in answered]) == rows_answered(
+        answered
+    )
 
 
 def test_collected_records_are_ingested_by_the_next_run_and_bad_ones_refused(api: Any, layout: Layout) -> None:

@@ -95,3 +95,35 @@ def test_no_secret_is_written_in_the_compose_file() -> None:
         assert value.startswith("${"), key
     passwords = [m.group(1) for text in strings_of(raw) for m in re.finditer(r"://[^:/@\s]+:([^@\s]+)@", text)]
     assert passwords and all(p.startswith("${") for p in passwords), passwords  # in every URL, e.g. the commands
+
+
+AIRFLOW_SERVICES = ("airflow-init", "api-server", "scheduler", "dag-processor", "triggerer", "airflow-worker")
+WITH_A_LOGIN = {"api-server", "inference"}  # Airflow's simple auth manager; the inference API's bearer token
+
+
+def published_addresses(env_file: Path) -> dict[str, set[str]]:
+    """Per service, the host addresses its ports are published on ("" would be every interface)."""
+    services = yaml.safe_load(compose_config(env_file=env_file).stdout)["services"]
+    return {name: {p.get("host_ip", "") for p in s["ports"]} for name, s in services.items() if s.get("ports")}
+
+
+def test_airflow_and_the_inference_api_ask_for_a_login() -> None:
+    services = yaml.safe_load(compose_config(env_file=REPO / ".env.example").stdout)["services"]
+    for name in AIRFLOW_SERVICES:
+        environment = services[name]["environment"]
+        assert environment["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] == "False", name
+        assert "AIRFLOW__CORE__AUTH_MANAGER" not in environment, name  # Airflow's default: the simple auth manager
+    assert "--no-auth" not in services["inference"]["command"]
+    assert services["inference"]["environment"]["FLIGHTPLAN_API_TOKEN"]
+
+
+def test_every_port_is_published_on_loopback_unless_it_asks_for_a_login(tmp_path: Path) -> None:
+    by_default = published_addresses(REPO / ".env.example")
+    assert set(by_default) == WITH_A_LOGIN | {"mlflow", "spark-master"}
+    assert all(addresses == {"127.0.0.1"} for addresses in by_default.values()), by_default
+    opened = tmp_path / ".env"
+    opened.write_text(
+        (REPO / ".env.example").read_text().replace("PUBLISH_ADDRESS=127.0.0.1", "PUBLISH_ADDRESS=0.0.0.0")
+    )
+    beyond_loopback = {name for name, addresses in published_addresses(opened).items() if addresses != {"127.0.0.1"}}
+    assert beyond_loopback == WITH_A_LOGIN

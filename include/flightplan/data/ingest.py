@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 CHUNK_BYTES = 64 << 20
+MAX_HEADER_BYTES = 1 << 20  # ten thousand columns of long names fit in a fifth of it
 STAGE = "curated"
 ENGINES = ("spark", "local")
 
@@ -167,6 +168,8 @@ def plan_chunks(layout: Layout, days: list[date]) -> dict[str, Any]:
                 note["unexpected_columns"] = unexpected
             if rejected:
                 note["problem"] = rejected
+            elif not ranges:
+                note["problem"] = "no data lines after the header"
             for start, end, first_line in ranges:
                 chunks.append(
                     Chunk(str(path), day.isoformat(), start, end, first_line, tuple(header), len(chunks), rejected)
@@ -214,13 +217,29 @@ def parquet_ranges(path: Path) -> tuple[list[str] | None, list[tuple[int, int, i
 
 
 def read_header(path: Path, delimiter: str) -> tuple[list[str] | None, int]:
-    """The column names of a CSV file and the byte offset where its first data line starts."""
+    """The column names of a CSV file (None when the file is empty) and the byte offset where its first data
+    line starts. Raises ValueError, with the reason, when the first line cannot be a header: too long, blank,
+    not UTF-8 text (a binary file, or another encoding)."""
     with path.open("rb") as handle:
-        first = handle.readline()
+        first = handle.readline(MAX_HEADER_BYTES + 1)  # bounded: a file with no newline is not read whole
+    if len(first) > MAX_HEADER_BYTES:
+        raise ValueError(f"not a CSV file: its first line is longer than {MAX_HEADER_BYTES:,} bytes")
     if not first.strip():
-        return None, len(first)
-    text = first.decode("utf-8-sig", errors="replace").rstrip("\r\n")
-    names = next(csv.reader([text], delimiter=delimiter))
+        if path.stat().st_size == len(first):
+            return None, len(first)
+        raise ValueError("the first line, where the header belongs, is blank")
+    try:
+        text = first.decode("utf-8-sig").rstrip("\r\n")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"not a UTF-8 CSV file: byte 0x{first[err.start]:02x} at column {err.start + 1} of its first line"
+        ) from None
+    if "\x00" in text:
+        raise ValueError("not a CSV file: its first line holds NUL bytes")
+    try:
+        names = next(csv.reader([text], delimiter=delimiter))
+    except csv.Error as err:
+        raise ValueError(f"the first line is not a CSV header: {err}") from None
     return [n.strip() for n in names], len(first)
 
 
@@ -276,12 +295,12 @@ class ChunkTask:
     quarantine_dir: str
 
     def __call__(self, chunk: Chunk) -> None:
-        if self.format == "parquet":
-            parsed = (
-                quarantine_whole_file(chunk)
-                if chunk.rejected_because
-                else parse_parquet(chunk, self.columns, self.null_values)
-            )
+        # A file without a header (not readable as the source at all) is one record, as is a Parquet file's
+        # rejected row group: neither has lines to quarantine one by one.
+        if chunk.rejected_because and (self.format == "parquet" or not chunk.header):
+            parsed = quarantine_whole_file(chunk)
+        elif self.format == "parquet":
+            parsed = parse_parquet(chunk, self.columns, self.null_values)
         else:
             with open(chunk.path, "rb") as handle:
                 handle.seek(chunk.start)

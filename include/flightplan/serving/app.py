@@ -6,6 +6,7 @@ start-up, from the route functions' annotations at runtime.)"""
 
 import asyncio
 import logging
+import math
 import secrets
 import threading
 import time
@@ -20,7 +21,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi_swagger import patch_fastapi
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -30,11 +31,24 @@ from flightplan.serving.collect import SnapshotSource, collect
 from flightplan.serving.inputs import InvalidRecord, record_type
 from flightplan.serving.metrics import ServiceMetrics
 from flightplan.serving.models import ModelSlot, ServedModel
-from flightplan.serving.store import AnsweredRequest, PredictionLog, create_store_engine, record_feedback
+from flightplan.serving.store import (
+    AnsweredRequest,
+    LogUnavailable,
+    PredictionLog,
+    create_store_engine,
+    record_feedback,
+)
 from flightplan.settings import Settings
 
 log = logging.getLogger(__name__)
 MAX_BATCH_ROWS = 10_000
+# A request body is read whole before it is parsed: beyond this size it is refused (413) as it streams in, so a
+# huge body cannot take the process's memory. The largest batch takes about 5 MB, pretty-printed twice that.
+MAX_BODY_BYTES = 32 << 20
+# How long a request waits for its rows to commit before it is refused: a log out of reach that does not fail
+# (a network dropping packets, a database that hangs) must not hold clients and their connections without end.
+# Far above a commit's usual milliseconds, below the 30 s clients and proxies commonly give a request.
+LOG_WAIT_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +80,14 @@ class BatchResponse(BaseModel):
 class Label(BaseModel):
     id: str
     label: Any
+
+    @field_validator("label")
+    @classmethod
+    def finite(cls, value: Any) -> Any:
+        # FastAPI reads this body with json.loads, which takes NaN and Infinity: no model can learn from those.
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("a true label is a class or a finite number, not NaN or an infinity")
+        return value
 
 
 class FeedbackRequest(BaseModel):
@@ -183,10 +205,14 @@ class Service:
         )
         assert self.log is not None
         try:
-            await asyncio.wrap_future(self.log.submit(answered))
-        except Exception as err:
+            async with asyncio.timeout(LOG_WAIT_SECONDS):
+                await asyncio.wrap_future(self.log.submit(answered))
+        except (LogUnavailable, TimeoutError) as err:
             self.metrics.errors.labels(pipeline, "log").inc()
-            raise HTTPException(status_code=503, detail=f"prediction not logged, so not answered: {err}") from err
+            reason = err if isinstance(err, LogUnavailable) else LogUnavailable.waited(LOG_WAIT_SECONDS)
+            raise HTTPException(
+                status_code=503, detail=f"{reason}: the prediction is not answered (retry later)"
+            ) from err
         self.metrics.observe_predictions(pipeline, model.task, answers, time.perf_counter() - started)
         return (
             request_id,
@@ -206,7 +232,14 @@ def json_response(content: Any) -> Response:
 
 async def parse_body(request: Request, adapter: TypeAdapter[Any]) -> Any:
     """The request body validated from its JSON bytes in one pydantic-core pass (three times faster than
-    FastAPI's json.loads then validation for a 1000-record batch); errors answer 422 as FastAPI's do."""
+    FastAPI's json.loads then validation for a 1000-record batch); errors answer 422 as FastAPI's do. A body
+    declared as something else than JSON is refused (415), as FastAPI would not read it as JSON either."""
+    media_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise HTTPException(
+            status_code=415,
+            detail=f"the body must be JSON: Content-Type is '{media_type}', expected 'application/json'",
+        )
     try:
         return adapter.validate_json(await request.body())
     except ValidationError as err:
@@ -249,6 +282,37 @@ class RequestMetrics:
             self.metrics.latency.labels(path).observe(time.perf_counter() - started)
 
 
+class BodyLimit:
+    """Refuses (413) a request body larger than ``max_bytes``, as soon as its declared length or the bytes
+    received so far exceed it: the route reading the body gets the refusal instead of the rest of it."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            if declared.isdigit() and int(declared) > self.max_bytes:
+                raise self.refusal()
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise self.refusal()
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    def refusal(self) -> HTTPException:
+        return HTTPException(status_code=413, detail=f"request body larger than the limit of {self.max_bytes:,} bytes")
+
+
 def create_app(settings: Settings, options: ServiceOptions) -> FastAPI:
     service = Service(settings, options)
     auth = [Depends(bearer_auth(options.token))]
@@ -270,6 +334,15 @@ def create_app(settings: Settings, options: ServiceOptions) -> FastAPI:
     patch_fastapi(app, redirect_from_root_to_docs=False)  # Swagger UI served from this process, at /docs
 
     app.add_middleware(RequestMetrics, metrics=service.metrics)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+
+    @app.exception_handler(RequestValidationError)
+    async def refuse_invalid(_: Request, err: RequestValidationError) -> Response:
+        # Unlike FastAPI's own handler, the refused input is not echoed: it can be megabytes (a batch over the
+        # limit), bytes that are not UTF-8 or a NaN (FastAPI then answers 500), and the client has it anyway.
+        errors = [{key: value for key, value in error.items() if key != "input"} for error in err.errors()]
+        detail = pydantic_core.to_json({"detail": errors}, fallback=str)
+        return Response(detail, status_code=422, media_type="application/json")
 
     @app.get("/health", tags=["service"])
     def health() -> dict[str, str]:

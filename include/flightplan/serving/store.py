@@ -3,7 +3,8 @@
 SQLAlchemy over SQLite (WAL) by default, PostgreSQL in production (``FLIGHTPLAN_PREDICTIONS_DB``). Writes go
 through one writer thread that commits whatever has queued up in one transaction (group commit), so
 concurrent requests share a commit; a request is answered only once the future of its rows is resolved,
-that is, once they are committed.
+that is, once they are committed. A request that stops waiting cancels its future: rows not yet taken by the
+writer are then dropped, as the request was not answered.
 """
 
 from __future__ import annotations
@@ -47,6 +48,19 @@ feedback = sa.Table(
     sa.Column("source", sa.String(128), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
+
+
+class LogUnavailable(RuntimeError):
+    """Rows not committed: the log's database failed or is out of reach, or the log is closed. The message is
+    meant for the client (no address of the database in it); the server's log has the driver's error."""
+
+    @classmethod
+    def failed(cls, err: Exception) -> LogUnavailable:
+        return cls(f"the prediction log is unavailable (its database failed: {type(err).__name__})")
+
+    @classmethod
+    def waited(cls, seconds: float) -> LogUnavailable:
+        return cls(f"the prediction log is unavailable (no commit within {seconds:g} s)")
 
 
 @dataclass(frozen=True)
@@ -117,7 +131,7 @@ class PredictionLog:
         done: Future[None] = Future()
         with self._closing:
             if self._closed:
-                done.set_exception(RuntimeError("the prediction log is closed (the service is stopping)"))
+                done.set_exception(LogUnavailable("the prediction log is closed (the service is stopping)"))
             else:
                 self._queue.put((answered, done))
         return done
@@ -131,27 +145,31 @@ class PredictionLog:
 
     def _run(self) -> None:
         while True:
-            first = self._queue.get()
-            if first is None:
-                self._disconnect()
-                return
-            batch = [first]
-            rows = len(first[0].ids)
-            stop = False
-            while rows < self.max_batch_rows:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
-                rows += len(item[0].ids)
-            self._commit(batch)
+            batch, stop = self._next_batch()
+            if batch:
+                self._commit(batch)
             if stop:
                 self._disconnect()
                 return
+
+    def _next_batch(self) -> tuple[list[tuple[AnsweredRequest, Future[None]]], bool]:
+        """What has queued up (waiting for the first item), up to ``max_batch_rows`` rows, and whether the stop
+        came after it. A future is marked running as its item is taken, so that it can no longer be cancelled:
+        resolving a cancelled future raises, which would end the writer."""
+        batch: list[tuple[AnsweredRequest, Future[None]]] = []
+        rows = 0
+        item = self._queue.get()
+        while item is not None:
+            if item[1].set_running_or_notify_cancel():
+                batch.append(item)
+                rows += len(item[0].ids)
+            if rows >= self.max_batch_rows:
+                return batch, False
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return batch, False
+        return batch, True
 
     def _disconnect(self) -> None:
         if self._connection is not None:
@@ -165,18 +183,32 @@ class PredictionLog:
         if self._columns is not None:
             rows = [dict(zip(self._columns, row, strict=True)) for row in rows]
         try:
-            if self._connection is None:
-                self._connection = self.engine.connect()
-            self._connection.exec_driver_sql(self._insert, rows)
-            self._connection.commit()
+            self._insert_rows(rows)
         except Exception as err:
             log.error("prediction log: %d request(s) not committed: %s", len(batch), err)
             self._disconnect()
+            failure = LogUnavailable.failed(err)
             for _, done in batch:
-                done.set_exception(err)
+                done.set_exception(failure)
             return
         for _, done in batch:
             done.set_result(None)
+
+    def _insert_rows(self, rows: list[Any]) -> None:
+        kept = self._connection is not None
+        if self._connection is None:
+            self._connection = self.engine.connect()
+        try:
+            self._connection.exec_driver_sql(self._insert, rows)
+        except sa.exc.DBAPIError as err:
+            if not (kept and err.connection_invalidated):
+                raise
+            # The connection kept from an earlier batch was closed while idle (the database restarted, a proxy
+            # or a failover dropped it): the insert was not committed, so it goes once more on a new connection.
+            self._disconnect()
+            self._connection = self.engine.connect()
+            self._connection.exec_driver_sql(self._insert, rows)
+        self._connection.commit()
 
 
 def record_feedback(

@@ -1,0 +1,89 @@
+"""The embedded stack's defaults are the secure ones: Airflow asks for a login whatever the calling environment
+says, nothing listens beyond loopback unless its URL says so, the generated secrets are readable by their owner
+only, and the inference API does not start without a token unless told to. (The running stack is checked in
+tests/web/test_stack_security.py.)"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from flightplan.airflow_rest import PASSWORDS_FILE, admin_password
+from flightplan.settings import load_settings, token_file
+from flightplan.stack import COMPONENTS, ensure_airflow_password, ensure_token, processes, stack_airflow_environment
+
+from tests.conftest import REPO, free_port
+
+OPEN_AIRFLOW = {
+    "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",  # every visitor an admin, no login page
+}
+
+
+def test_the_embedded_airflow_asks_for_a_login_whatever_the_environment_says(tmp_path: Path) -> None:
+    """Airflow's own configuration reader, in the environment `flightplan up` gives its processes."""
+    settings = load_settings({"FLIGHTPLAN_HOME": str(tmp_path)})
+    env = {**os.environ, **OPEN_AIRFLOW, **stack_airflow_environment(settings, REPO / "dags", REPO / "plugins")}
+    read = "from airflow.configuration import conf; print(conf.get('core', 'auth_manager')); " + (
+        "print(conf.getboolean('core', 'simple_auth_manager_all_admins'))"
+    )
+    answer = subprocess.run([sys.executable, "-c", read], env=env, capture_output=True, text=True, timeout=120)
+    assert answer.returncode == 0, answer.stderr
+    auth_manager, all_admins = answer.stdout.split()
+    assert auth_manager.endswith(".SimpleAuthManager") and all_admins == "False"
+
+
+def test_the_embedded_stack_listens_on_loopback_only_by_default(tmp_path: Path) -> None:
+    settings = load_settings({"FLIGHTPLAN_HOME": str(tmp_path)})
+    commands = {p.name: p.command for component in COMPONENTS for p in processes(settings, component, ["flights"])}
+    assert set(commands) == {
+        "airflow-api-server",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+        "mlflow",
+        "service",
+    }
+    for name, command in commands.items():
+        if "--host" in command:
+            assert command[command.index("--host") + 1] == "127.0.0.1", name
+    assert {name for name, command in commands.items() if "--host" in command} == {
+        "airflow-api-server",
+        "mlflow",
+        "service",
+    }
+    # Left to themselves, these two start Airflow's log server on every interface.
+    assert "--skip-serve-logs" in commands["airflow-scheduler"] and "--skip-serve-logs" in commands["airflow-triggerer"]
+
+
+def test_the_generated_password_and_token_are_readable_by_their_owner_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FLIGHTPLAN_API_TOKEN", raising=False)
+    settings = load_settings({"FLIGHTPLAN_HOME": str(tmp_path)})
+    ensure_airflow_password(settings)
+    ensure_token(settings)
+    password = admin_password(settings.airflow_home)
+    token = token_file(settings).read_text()
+    assert len(password) >= 20 and len(token) >= 40
+    for path in (settings.airflow_home / PASSWORDS_FILE, token_file(settings)):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    ensure_airflow_password(settings)
+    ensure_token(settings)
+    assert admin_password(settings.airflow_home) == password and token_file(settings).read_text() == token
+
+
+def test_the_inference_api_does_not_start_without_a_token(tmp_path: Path) -> None:
+    """Without FLIGHTPLAN_API_TOKEN, nor a generated token, nor --no-auth: it refuses (a service that started
+    instead would still run when the timeout ends the test)."""
+    env = {key: value for key, value in os.environ.items() if key != "FLIGHTPLAN_API_TOKEN"}
+    env["FLIGHTPLAN_HOME"] = str(tmp_path)
+    command = [str(Path(sys.executable).with_name("flightplan")), "serve", "--pipeline", "flights"]
+    refused = subprocess.run(
+        [*command, "--port", str(free_port())], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "FLIGHTPLAN_API_TOKEN" in refused.stderr and "--no-auth" in refused.stderr
