@@ -30,7 +30,15 @@ from flightplan.config import load_pipeline
 from flightplan.layout import Layout
 from flightplan.settings import Settings, load_settings
 
-from tests.conftest import END_DAY, FIRST_DAY, data_digest, free_port, leftovers, service_process
+from tests.conftest import (
+    END_DAY,
+    FIRST_DAY,
+    data_digest,
+    free_port,
+    leftovers,
+    run_data_engineering,
+    service_process,
+)
 from tests.e2e.conftest import airflow_api, migrated_airflow, running_airflow
 from tests.e2e.engines import answers, wait_until
 from tests.e2e.test_engines import session_tracking_restored  # noqa: F401 (an autouse fixture of this module too)
@@ -192,12 +200,19 @@ def _api_environment(base: str) -> dict[str, str]:
 
 
 def test_a_killed_ingestion_and_a_restarted_scheduler_end_as_the_clean_chain(
-    faults: FaultStack, good_days: dict[str, dict], settings: Settings
+    faults: FaultStack, spark: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Ingestion's worker is killed once it has begun staging the days; later the scheduler is killed while wrangling
     runs and a new one takes over. The retry and the new scheduler finish the run, and the data equals the clean
-    chain's (the session's, run in process on the same landing days)."""
+    chain's, run first in this process on the same home."""
     api, data_root = faults.api, faults.settings.data_root
+    for name in ("FLIGHTPLAN_HOME", "FLIGHTPLAN_PIPELINES_DIR", "MLFLOW_TRACKING_URI"):
+        monkeypatch.setenv(name, faults.env[name])
+    run_data_engineering(FIRST_DAY, END_DAY)
+    monkeypatch.undo()
+    clean = data_digest(data_root, "flights")
+    assert {folder.split("/")[0] for folder in clean} >= {"curated", "wrangled", "labeled", "splits"}, clean
+
     api.set_paused("data_engineering", False)
     run_id = api.trigger("data_engineering", CONF)["dag_run_id"]
     from flightplan.data import ingest
@@ -211,7 +226,7 @@ def test_a_killed_ingestion_and_a_restarted_scheduler_end_as_the_clean_chain(
     wait_succeeded(api, "data_engineering", run_id)
     assert try_number(api, "data_engineering", run_id, "ingest") == 2
 
-    assert data_digest(data_root, "flights") == data_digest(settings.data_root, "flights")
+    assert data_digest(data_root, "flights") == clean
     assert leftovers(data_root) == []
 
 

@@ -38,6 +38,7 @@ def test_a_stage_on_a_read_only_data_root_fails_clearly_and_changes_nothing(
 ) -> None:
     data_root = settings.data_root
     before = data_digest(data_root, "flights")
+    assert {folder.split("/")[0] for folder in before} >= {"curated", "wrangled", "labeled", "splits"}, before
     with read_only(data_root), pytest.raises(OSError, match="Read-only file system") as failure:
         stage(workflow.StageInput("flights", FIRST_DAY, END_DAY))
     assert str(data_root) in str(failure.value)

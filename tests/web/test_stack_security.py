@@ -94,6 +94,7 @@ def test_no_live_secret_is_in_any_log_after_a_deployment_run(web_stack: WebStack
         state = api.wait_for_run("deployment", run_id, timeout=900)
         tasks = api.task_states("deployment", run_id)
     finally:
+        api.set_paused("deployment", True)  # a challenger the other browser tests register must not be promoted
         api.close()
     assert state == "success" and tasks["reload_service"] == tasks["smoke_test"] == "success", tasks
 
