@@ -153,10 +153,7 @@ def kill_task_when(
     worker = None
     while worker is None:
         ti = task_instance(api, dag_id, run_id, task_id)
-        titles = [" ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])]
-        assert ti["state"] in (None, "scheduled", "queued", "running"), (
-            f"{task_id} is {ti['state']} before the kill ({ti['id']}): {[t for t in titles if 'airflow' in t]}"
-        )
+        assert ti["state"] in (None, "scheduled", "queued", "running"), f"{task_id} is {ti['state']} before the kill"
         worker = task_process(ti["id"]) if ti["state"] == "running" else None
         assert time.monotonic() < deadline, f"{dag_id}.{task_id} never ran"
         time.sleep(0.1)
@@ -181,7 +178,7 @@ def try_number(api: AirflowApi, dag_id: str, run_id: str, task_id: str) -> int:
 @contextmanager
 def scheduler_restarted(stack: FaultStack) -> Iterator[None]:
     """Kill the scheduler (SIGKILL, its executor's workers left running as orphans); start a new one at exit."""
-    from flightplan.stack import launch, processes, running_pid
+    from flightplan.stack import airflow_api_environment, launch, processes, running_pid
 
     scheduler = next(p for p in processes(stack.settings, "airflow", []) if p.name == "airflow-scheduler")
     pid = running_pid(stack.settings, scheduler.name)
@@ -190,13 +187,7 @@ def scheduler_restarted(stack: FaultStack) -> Iterator[None]:
     try:
         yield
     finally:
-        launch(stack.settings, scheduler, {**stack.env, **_api_environment(stack.base)})
-
-
-def _api_environment(base: str) -> dict[str, str]:
-    from flightplan.stack import airflow_api_environment
-
-    return airflow_api_environment(base)
+        launch(stack.settings, scheduler, {**stack.env, **airflow_api_environment(stack.base)})
 
 
 def test_a_killed_ingestion_and_a_restarted_scheduler_end_as_the_clean_chain(
