@@ -52,6 +52,11 @@ class Layout:
         finished partitions move into place by rename."""
         return self.settings.data_root / "_staging" / self.name / stage / key
 
+    def lock(self, stage: str, key: str) -> Path:
+        """The lock file that one attempt at a stage and interval holds while it stages and publishes; kept, so that
+        every attempt locks the same file."""
+        return self.settings.data_root / "_locks" / self.name / stage / f"{key}.lock"
+
     @property
     def splits(self) -> Path:
         return self.settings.data_root / "splits" / self.name

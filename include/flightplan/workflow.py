@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from flightplan.config import PipelineConfig
-from flightplan.data.partitions import days_in, interval_key, write_json_atomic
+from flightplan.data.partitions import days_in, interval_key, staging_area, write_json_atomic
 from flightplan.layout import Layout, open_pipeline
 from flightplan.settings import Settings
 from flightplan.tracking import RunContext, data_experiment, stage_run
@@ -217,14 +217,10 @@ def split(job: StageInput) -> Path:
 
         frame = read_days(spark, layout, "labeled", days_in(window_start, job.end))
         split_id = interval_key(window_start, job.end)
-        path = write_splits(
-            assign_split(frame, config),
-            config,
-            layout.splits,
-            split_id,
-            layout.staging("split", split_id),
-            (window_start, job.end),
-        )
+        with staging_area(layout, "split", split_id) as staging:
+            path = write_splits(
+                assign_split(frame, config), config, layout.splits, split_id, staging, (window_start, job.end)
+            )
         manifest = json.loads(path.read_text())
         for side, stats in manifest["sides"].items():
             mlflow.log_metric(f"{side}_rows", stats["rows"])

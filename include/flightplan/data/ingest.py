@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,10 +30,10 @@ from flightplan.data.parse import Chunk, parse_chunk, parse_parquet, quarantine_
 from flightplan.data.partitions import (
     count_rows,
     days_in,
-    fresh_dir,
     interval_key,
     partition_files,
     replace_partitions,
+    staging_area,
     write_json_atomic,
     write_parquet_atomic,
 )
@@ -73,36 +72,33 @@ def ingest(
         )
         raise NoLandingData(where)
     key = interval_key(start, end)
-    staging = fresh_dir(layout.staging(STAGE, key))
-    rows_dir, quarantine_dir = staging / "rows", staging / "quarantine"
     part = config.source.partition_column
-
     chunks: list[Chunk] = plan["chunks"]
     dimensions = {d.name: load_dimension(layout, d) for d in config.dimensions}
-    task = ChunkTask(
-        format=config.source.format,
-        columns=list(config.source.columns),
-        output=[c.name for c in config.all_columns],
-        delimiter=config.source.delimiter,
-        null_values=list(config.source.null_values),
-        dimensions=[prepared for prepared, _ in dimensions.values()],
-        partition_column=part,
-        rows_dir=str(rows_dir),
-        quarantine_dir=str(quarantine_dir),
-    )
-    if chunks and engine == "spark":
-        spark = spark or get_spark(layout.settings)
-        spark.sparkContext.parallelize(chunks, len(chunks)).foreach(task)
-    elif chunks:
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            list(pool.map(task, chunks))
+    with staging_area(layout, STAGE, key) as staging:
+        task = ChunkTask(
+            format=config.source.format,
+            columns=list(config.source.columns),
+            output=[c.name for c in config.all_columns],
+            delimiter=config.source.delimiter,
+            null_values=list(config.source.null_values),
+            dimensions=[prepared for prepared, _ in dimensions.values()],
+            partition_column=part,
+            rows_dir=str(staging / "rows"),
+            quarantine_dir=str(staging / "quarantine"),
+        )
+        if chunks and engine == "spark":
+            spark = spark or get_spark(layout.settings)
+            spark.sparkContext.parallelize(chunks, len(chunks)).foreach(task)
+        elif chunks:
+            with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+                list(pool.map(task, chunks))
 
-    replace_partitions(rows_dir, layout.dataset(STAGE), part, days)
-    replace_partitions(quarantine_dir, layout.quarantine("ingest"), part, days)
-    rows = count_rows(layout.dataset(STAGE), part, days)
-    quarantined = count_rows(layout.quarantine("ingest"), part, days)
-    reasons = _quarantine_reasons(layout.quarantine("ingest"), part, days)
-    shutil.rmtree(staging)
+        replace_partitions(staging / "rows", layout.dataset(STAGE), part, days)
+        replace_partitions(staging / "quarantine", layout.quarantine("ingest"), part, days)
+        rows = count_rows(layout.dataset(STAGE), part, days)
+        quarantined = count_rows(layout.quarantine("ingest"), part, days)
+        reasons = _quarantine_reasons(layout.quarantine("ingest"), part, days)
     manifest = {
         "pipeline": config.name,
         "stage": "ingest",

@@ -6,18 +6,25 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import json
+import logging
 import os
 import shutil
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+if TYPE_CHECKING:
+    from flightplan.layout import Layout
+
+log = logging.getLogger(__name__)
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -74,6 +81,27 @@ def replace_partitions(staged: Path, target: Path, column: str, days: Iterable[d
             staged.mkdir(parents=True, exist_ok=True)
             os.rename(current, retired)
             shutil.rmtree(retired)
+
+
+@contextmanager
+def staging_area(layout: Layout, stage: str, key: str) -> Iterator[Path]:
+    """The stage's scratch folder for the interval ``key``, empty and held by this process alone until the block
+    ends, then removed. Another attempt at the same stage and interval (a retry that starts while an orphaned try
+    still runs, two runs of one interval) waits here: the kernel releases the lock when its holder exits, killed
+    or not, so two attempts never write into one folder nor publish at once."""
+    lock_path = layout.lock(stage, key)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("waiting for %s: another attempt at %s %s holds it", lock_path, stage, key)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        staging = fresh_dir(layout.staging(stage, key))
+        try:
+            yield staging
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def fresh_dir(path: Path) -> Path:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
-from flightplan.data.partitions import count_rows, existing_partitions, fresh_dir, replace_partitions
+from flightplan.data.partitions import count_rows, existing_partitions, replace_partitions, staging_area
 from flightplan.layout import Layout
 
 if TYPE_CHECKING:
@@ -41,21 +40,20 @@ def rewrite_days(
 
     part = layout.config.source.partition_column
     marked = mark(read_days(spark, layout, source, days)).persist()
-    staging = fresh_dir(layout.staging(target, key))
-    try:
-        # One file per day: rows spread over every task (after a shuffle) would write a file per task and day,
-        # thousands of small files that every later stage then lists and opens.
-        kept = marked.where(F.col(REASON).isNull()).drop(REASON)
-        kept.repartition(part).write.partitionBy(part).parquet(str(staging / "rows"))
-        rejected = marked.where(F.col(REASON).isNotNull())
-        rejected.repartition(part).write.partitionBy(part).parquet(str(staging / "quarantine"))
-    finally:
-        marked.unpersist()
-    replace_partitions(staging / "rows", layout.dataset(target), part, days)
-    replace_partitions(staging / "quarantine", layout.quarantine(target), part, days)
-    shutil.rmtree(staging)
-    rows = count_rows(layout.dataset(target), part, days)
-    quarantined = count_rows(layout.quarantine(target), part, days)
+    with staging_area(layout, target, key) as staging:
+        try:
+            # One file per day: rows spread over every task (after a shuffle) would write a file per task and day,
+            # thousands of small files that every later stage then lists and opens.
+            kept = marked.where(F.col(REASON).isNull()).drop(REASON)
+            kept.repartition(part).write.partitionBy(part).parquet(str(staging / "rows"))
+            rejected = marked.where(F.col(REASON).isNotNull())
+            rejected.repartition(part).write.partitionBy(part).parquet(str(staging / "quarantine"))
+        finally:
+            marked.unpersist()
+        replace_partitions(staging / "rows", layout.dataset(target), part, days)
+        replace_partitions(staging / "quarantine", layout.quarantine(target), part, days)
+        rows = count_rows(layout.dataset(target), part, days)
+        quarantined = count_rows(layout.quarantine(target), part, days)
     return {
         "rows": rows,
         "quarantined": quarantined,

@@ -6,13 +6,12 @@ random as an option, where a row's side is fixed by a seeded hash of its key, no
 from __future__ import annotations
 
 import hashlib
-import shutil
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flightplan.config import PipelineConfig
-from flightplan.data.partitions import exchange, fresh_dir, write_json_atomic
+from flightplan.data.partitions import exchange, write_json_atomic
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
@@ -96,8 +95,8 @@ def describe(frame: DataFrame, config: PipelineConfig) -> dict[str, Any]:
 def write_splits(
     frame: DataFrame, config: PipelineConfig, root: Path, split_id: str, staging: Path, window: tuple[date, date]
 ) -> Path:
-    """Write the three sides and the manifest under ``root/split_id``, replacing an earlier run whole."""
-    staging = fresh_dir(staging)
+    """Write the three sides and the manifest under ``root/split_id``, replacing an earlier run whole; ``staging`` is
+    an empty folder on the same file system, which this consumes (``partitions.staging_area``)."""
     data = staging / "data"
     frame.write.partitionBy("split").parquet(str(data))
     # Described from what was written: recomputing ``frame`` would read and split the whole window again.
@@ -120,8 +119,7 @@ def write_splits(
     }
     write_json_atomic(manifest, staging / "manifest.json")
     if target.exists():
-        exchange(staging, target)
-        shutil.rmtree(staging)
+        exchange(staging, target)  # the earlier split is now in staging, which its owner removes
     else:
         root.mkdir(parents=True, exist_ok=True)
         staging.rename(target)

@@ -8,7 +8,6 @@ packaged), encoded by the same :func:`encode` as training."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -121,7 +120,7 @@ def score(job: StageInput) -> Path:
     """Scores the interval's wrangled rows with the champion; returns the manifest's path."""
     import mlflow
 
-    from flightplan.data.partitions import count_rows, fresh_dir, replace_partitions, write_json_atomic
+    from flightplan.data.partitions import count_rows, replace_partitions, staging_area, write_json_atomic
     from flightplan.data.rewrite import read_days
     from flightplan.spark import get_spark
     from flightplan.tracking import stage_run
@@ -131,11 +130,10 @@ def score(job: StageInput) -> Path:
     part = config.source.partition_column
     with stage_run(settings, config, job.context, f"{config.name}-batch-inference", "score"):
         scored = scored_rows(read_days(get_spark(settings), layout, "wrangled", job.days), scorer, config)
-        staging = fresh_dir(layout.staging("predictions", job.key))
-        scored.write.partitionBy(part).parquet(str(staging / "rows"))
-        replace_partitions(staging / "rows", layout.dataset("predictions"), part, job.days)
-        shutil.rmtree(staging)
-        rows = count_rows(layout.dataset("predictions"), part, job.days)
+        with staging_area(layout, "predictions", job.key) as staging:
+            scored.write.partitionBy(part).parquet(str(staging / "rows"))
+            replace_partitions(staging / "rows", layout.dataset("predictions"), part, job.days)
+            rows = count_rows(layout.dataset("predictions"), part, job.days)
         total = sum(rows.values())
         manifest = {
             "stage": "batch_inference",
