@@ -36,6 +36,15 @@ class RetryingTransport(httpx.HTTPTransport):
         return super().handle_request(request)
 
 
+def log_line(message: str | dict[str, Any]) -> str:
+    """One message of a task log as text: its event, and each exception it carries as `type: value` (Airflow keeps
+    a traceback as structured frames beside the event)."""
+    if isinstance(message, str):
+        return message
+    errors = message.get("error_detail") or []
+    return "\n".join([str(message.get("event", "")), *(f"{e.get('exc_type')}: {e.get('exc_value')}" for e in errors)])
+
+
 def admin_password(airflow_home: Path, user: str = ADMIN) -> str:
     """The password Airflow's simple auth manager generated for ``user``."""
     return str(json.loads((airflow_home / PASSWORDS_FILE).read_text())[user])
@@ -88,6 +97,19 @@ class AirflowApi:
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
         found = self.http.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances").json()["task_instances"]
         return {t["task_id"]: t["state"] for t in found}
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int | None = None) -> list[str]:
+        """The lines of a task's log (its latest try unless ``try_number`` says), as Airflow's log view shows them:
+        read from the worker's file, running or finished."""
+        if try_number is None:
+            found = self.http.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}")
+            found.raise_for_status()
+            try_number = int(found.json()["try_number"])
+        log = self.http.get(
+            f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}", params={"full_content": True}
+        )
+        log.raise_for_status()
+        return [log_line(message) for message in log.json()["content"]]
 
     def wait_for_run(
         self,

@@ -31,6 +31,7 @@ from flightplan.layout import Layout
 from flightplan.settings import Settings, api_token, token_file
 
 DAGS = ("data_engineering", "model_engineering", "deployment", "monitoring")
+FAILED_LOG_LINES = 20  # of each failed task's log, in the error a failed run raises
 
 
 @dataclass(frozen=True)
@@ -121,9 +122,16 @@ def follow(api: AirflowApi, progress: Progress, record: DemoRecord, dag_id: str,
 
 
 def require(state: str, dag_id: str, api: AirflowApi, run: dict[str, Any]) -> None:
+    """Raises DemoFailed, with the end of each failed task's log, unless the run succeeded."""
     if state != "success":
         states = api.task_states(dag_id, run["dag_run_id"])
-        raise DemoFailed(f"{dag_id} run {run['dag_run_id']} ended {state}: {states}")
+        logs = [
+            f"\n--- the end of {task_id}'s log ---\n"
+            + "\n".join(api.task_log(dag_id, run["dag_run_id"], task_id)[-FAILED_LOG_LINES:])
+            for task_id, task_state in states.items()
+            if task_state == "failed"
+        ]
+        raise DemoFailed(f"{dag_id} run {run['dag_run_id']} ended {state}: {states}" + "".join(logs))
 
 
 def run_demo(settings: Settings, layout: Layout, plan: DemoPlan, env: dict[str, str], progress: Progress) -> DemoRecord:

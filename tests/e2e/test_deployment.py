@@ -163,3 +163,19 @@ def test_a_promotion_waits_for_a_persons_approval(
     assert tasks["smoke_test"] == "success" and tasks["roll_back"] == "skipped"
     assert {k: aliases(settings)[k] for k in ("champion", "previous")} == {"champion": approved, "previous": champion}
     assert serving(service) == approved
+
+
+def test_a_failed_run_is_reported_with_the_end_of_its_failed_tasks_log(approving_airflow: AirflowApi) -> None:
+    """What `flightplan demo` says when a run fails: the task states, then the end of each failed task's log as
+    the REST API serves it (the log servers are off: it is read from the worker's file), with the exception."""
+    from flightplan.demo import DemoFailed, require
+
+    conf = {"pipeline": "flights", "version": "999999", "reason": "no such version"}
+    run = approving_airflow.trigger("deployment", conf)
+    state = approving_airflow.wait_for_run("deployment", run["dag_run_id"])
+    assert state == "failed"
+    with pytest.raises(DemoFailed) as failed:
+        require(state, "deployment", approving_airflow, run)
+    report = str(failed.value)
+    assert "'compare': 'failed'" in report and "--- the end of compare's log ---" in report, report
+    assert "Task failed with exception" in report and "999999" in report.split("compare's log ---", 1)[1], report

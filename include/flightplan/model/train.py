@@ -4,6 +4,7 @@ runs, predictions in one shape per task (binary: P(1); multiclass: one column pe
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -64,14 +65,15 @@ def latest(values: list[float] | list[tuple[float, float]]) -> float:
 
 class RoundReporter(xgb.callback.TrainingCallback):
     """Hands each round's validation metrics to ``sink`` (MLflow) in batches at most ``every`` seconds
-    apart, so they show live without a write per round, and logs a progress line as often. In distributed
-    training every worker sees the same (reduced) metrics; only the first one reports them."""
+    apart, so they show live without a write per round, and logs a progress line as often; the first round at
+    once, so that a training shows it has begun. In distributed training every worker sees the same (reduced)
+    metrics; only the first one reports them."""
 
     def __init__(self, sink: Callable[[list[tuple[str, float, int]]], None], every: float = 2.0) -> None:
         self.sink = sink
         self.every = every
         self.pending: list[tuple[str, float, int]] = []
-        self.last = time.monotonic()
+        self.last = -math.inf
 
     def after_iteration(
         self, model: xgb.Booster, epoch: int, evals_log: xgb.callback.TrainingCallback.EvalsLog
