@@ -146,6 +146,27 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def airflow_passwords(args: argparse.Namespace) -> int:
+    """Writes the passwords of the Airflow users (AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS) from AIRFLOW_PASSWORDS
+    where the simple auth manager reads them, before the API server starts (the compose stack's api-server)."""
+    import os
+
+    from flightplan.airflow_rest import PASSWORDS_FILE
+    from flightplan.stack import StackError, write_airflow_passwords
+
+    configured = os.environ.get("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "").split(",")
+    users = [user for user in (entry.split(":", 1)[0].strip() for entry in configured) if user]
+    default = load_settings().airflow_home / PASSWORDS_FILE
+    path = Path(os.environ.get("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE") or default)
+    try:
+        write_airflow_passwords(path, users, os.environ.get("AIRFLOW_PASSWORDS", ""))
+    except StackError as err:
+        print(err, file=sys.stderr)
+        return 2
+    print(f"wrote the passwords of {len(users)} Airflow user(s) to {path} (owner-only)")
+    return 0
+
+
 def up(args: argparse.Namespace) -> int:
     """Starts the embedded stack (or the components named) in the background."""
     from flightplan.stack import StackError, status
@@ -275,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         cmd.add_argument("components", nargs="*", help=f"some of: {', '.join(COMPONENTS)}; all when none is named")
         cmd.set_defaults(run=run)
         with_folders(cmd)
+    cmd = commands.add_parser("airflow-passwords", help="write the Airflow users' passwords from AIRFLOW_PASSWORDS")
+    cmd.set_defaults(run=airflow_passwords)
     cmd = commands.add_parser("status", help="which processes of the embedded stack run")
     cmd.set_defaults(run=stack_status)
     cmd = commands.add_parser("demo", help="the whole loop on a pipeline's demo data, through the running stack")

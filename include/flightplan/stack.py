@@ -192,6 +192,24 @@ def ensure_airflow_password(settings: Settings) -> None:
         _write_owner_only(path, json.dumps({ADMIN: secrets.token_urlsafe(16)}))
 
 
+def write_airflow_passwords(path: Path, users: list[str], pairs: str) -> None:
+    """Writes the simple auth manager's passwords file from ``pairs`` (`user:password`, separated by spaces), one
+    password for each of ``users``, readable by its owner only, replacing an earlier file whole. The auth manager
+    then finds every user's password and generates (and prints into its log) none."""
+    passwords = dict(pair.split(":", 1) for pair in pairs.split() if ":" in pair)
+    empty = sorted(user for user, password in passwords.items() if not password)
+    missing = sorted(set(users) - passwords.keys())
+    if missing or empty or not users:
+        raise StackError(
+            f"AIRFLOW_PASSWORDS must give each Airflow user a password as user:password pairs separated by spaces: "
+            f"missing for {missing or empty or 'every user (no user is configured)'}"
+        )
+    partial = path.with_name(f".{path.name}.partial")
+    partial.unlink(missing_ok=True)
+    _write_owner_only(partial, json.dumps({user: passwords[user] for user in users}))
+    partial.replace(path)
+
+
 def launch(settings: Settings, process: Process, env: dict[str, str]) -> int:
     """Starts ``process`` in its own session unless it runs already; returns its pid."""
     folder = stack_dir(settings)

@@ -87,3 +87,45 @@ def test_the_inference_api_does_not_start_without_a_token(tmp_path: Path) -> Non
     )
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert "FLIGHTPLAN_API_TOKEN" in refused.stderr and "--no-auth" in refused.stderr
+
+
+AUTH_MANAGER_STARTS = """
+from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager
+
+manager = SimpleAuthManager()
+manager.init()
+print("users with a password:", sorted(SimpleAuthManager.get_passwords()))
+"""
+
+
+def test_the_compose_api_servers_passwords_come_from_the_environment_and_airflow_prints_none(tmp_path: Path) -> None:
+    """`flightplan airflow-passwords` (the compose api-server's first step) writes every user's password owner-only;
+    Airflow's own auth manager then starts on that file without generating, or printing, a password."""
+    flightplan = str(Path(sys.executable).with_name("flightplan"))
+    env = {
+        **os.environ,
+        "FLIGHTPLAN_HOME": str(tmp_path),
+        "AIRFLOW_HOME": str(tmp_path / "airflow"),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,ops:viewer",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+        "AIRFLOW_PASSWORDS": "admin:first-test-password ops:second-test-password",
+    }
+    missing = {**env, "AIRFLOW_PASSWORDS": "admin:first-test-password"}
+    refused = subprocess.run([flightplan, "airflow-passwords"], env=missing, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "missing for ['ops']" in refused.stderr, refused.stderr
+    assert "first-test-password" not in refused.stdout + refused.stderr
+
+    written = subprocess.run([flightplan, "airflow-passwords"], env=env, capture_output=True, text=True, timeout=60)
+    assert written.returncode == 0, written.stderr
+    path = tmp_path / "airflow" / PASSWORDS_FILE
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert admin_password(tmp_path / "airflow") == "first-test-password"
+    assert admin_password(tmp_path / "airflow", "ops") == "second-test-password"
+
+    started = subprocess.run(
+        [sys.executable, "-c", AUTH_MANAGER_STARTS], env=env, capture_output=True, text=True, timeout=120
+    )
+    output = started.stdout + started.stderr
+    assert started.returncode == 0, output
+    assert "users with a password: ['admin', 'ops']" in output and "Password for user" not in output, output
+    assert "test-password" not in output
