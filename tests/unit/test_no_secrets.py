@@ -48,6 +48,9 @@ ALLOWED_IN_TESTS = {
     "stack-test-token",  # tests/integration/test_stack.py: `flightplan up` of the MLflow UI and the service
     "secret",  # tests/unit/test_settings.py: a database URL whose rewriting is checked, for no real database
     "bench-token",  # bench/serve_bench.py: the service the benchmark starts on its own home
+    # tests/unit/test_secure_defaults.py: the passwords `flightplan airflow-passwords` writes on a temporary home
+    "admin:first-test-password ops:second-test-password",
+    "admin:first-test-password",
 }
 ALLOWING_FOLDERS = ("tests", "bench")
 
