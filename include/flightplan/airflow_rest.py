@@ -98,13 +98,17 @@ class AirflowApi:
         found = self.http.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances").json()["task_instances"]
         return {t["task_id"]: t["state"] for t in found}
 
+    def task_instance(self, dag_id: str, run_id: str, task_id: str) -> dict[str, Any]:
+        """One task instance of a run: its state, try number, id."""
+        found = self.http.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}")
+        found.raise_for_status()
+        return dict(found.json())
+
     def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int | None = None) -> list[str]:
         """The lines of a task's log (its latest try unless ``try_number`` says), as Airflow's log view shows them:
         read from the worker's file, running or finished."""
         if try_number is None:
-            found = self.http.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}")
-            found.raise_for_status()
-            try_number = int(found.json()["try_number"])
+            try_number = int(self.task_instance(dag_id, run_id, task_id)["try_number"])
         log = self.http.get(
             f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}", params={"full_content": True}
         )

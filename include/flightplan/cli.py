@@ -156,8 +156,8 @@ def airflow_passwords(args: argparse.Namespace) -> int:
 
     configured = os.environ.get("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "").split(",")
     users = [user for user in (entry.split(":", 1)[0].strip() for entry in configured) if user]
-    default = load_settings().airflow_home / PASSWORDS_FILE
-    path = Path(os.environ.get("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE") or default)
+    configured_file = os.environ.get("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE")
+    path = Path(configured_file) if configured_file else load_settings().airflow_home / PASSWORDS_FILE
     try:
         write_airflow_passwords(path, users, os.environ.get("AIRFLOW_PASSWORDS", ""))
     except StackError as err:
