@@ -1,78 +1,90 @@
 """
 ### data_engineering
 
-Turns the nightly landing files of a pipeline into validated, labeled, reproducible splits:
+Turns a pipeline's landing files into validated, labeled, reproducible splits:
 
+**wait_for_landing** (a scheduled run waits, deferred, for its day's folder) →
 **ingest** (Spark: typed Parquet per day, bad rows to quarantine with file, line and reason) →
 **profile** (statistics page) → **validate** (Great Expectations; a failure stops the run) →
 **wrangle** (tidy, deduplicate, impute) → **label** → **split** (train / validation / test + manifest).
 
-Runs nightly on the day that just ended. To backfill, trigger it with a `start` and an `end` date
-(end excluded). Re-running an interval replaces its partitions: no duplicates.
-The split task updates the `flightplan_splits` asset, with the manifest path in the event's extra,
-which schedules model engineering.
+One DAG per pipeline (`<pipeline>.data_engineering`). Scheduled runs follow the pipeline's `schedule.data` cron
+and cover the interval that just ended; to (re)ingest a range, trigger it with a `start` and an `end` date (end
+excluded) or backfill it. A snapshot needs no dates; a daily-drop run with neither dates nor a data interval
+works on the newest landed day. Re-running an interval replaces its partitions: no duplicates.
+The split task updates the pipeline's `<pipeline>.splits` asset, with the manifest path in the event's extra,
+which schedules that pipeline's model engineering.
 """
 
 from __future__ import annotations
 
 from airflow.sdk import dag, get_current_context, task
-from shared import NIGHTLY, SPLITS, dag_options, interval_params, pipeline_param, stage_input
+from flightplan.config import PipelineConfig
+from shared import PIPELINES, LandingSensor, asset, dag_options, fail_for_good, interval_params, stage_input, timetable
 
 
-@dag(
-    dag_id="data_engineering",
-    schedule=NIGHTLY,
-    doc_md=__doc__,
-    **dag_options("data-engineering", retries=2),
-    params={
-        "pipeline": pipeline_param(),
-        **interval_params("(re)ingest"),
-    },
-)
-def data_engineering() -> None:
-    @task
-    def ingest() -> str:
-        from flightplan import workflow
+def build(config: PipelineConfig) -> None:
+    pipeline = config.name
+    splits = asset(pipeline, "splits")
 
-        return str(workflow.ingest(stage_input()))
+    @dag(
+        schedule=timetable(config, "data"),
+        doc_md=__doc__,
+        **dag_options(config, "data_engineering", retries=2),
+        params=interval_params("(re)ingest"),
+    )
+    def data_engineering() -> None:
+        @task
+        def ingest() -> str:
+            from flightplan import workflow
+            from flightplan.data.ingest import NoLandingData
 
-    @task
-    def profile(_ingested: str) -> str:
-        from flightplan import workflow
+            try:
+                return str(workflow.ingest(stage_input(pipeline)))
+            except NoLandingData as err:
+                raise fail_for_good(err) from err
 
-        return str(workflow.profile(stage_input()))
+        @task
+        def profile(_ingested: str) -> str:
+            from flightplan import workflow
 
-    @task(retries=0)
-    def validate(_ingested: str) -> str:
-        from flightplan import workflow
+            return str(workflow.profile(stage_input(pipeline)))
 
-        return str(workflow.validate(stage_input()))
+        @task(retries=0)
+        def validate(_ingested: str) -> str:
+            from flightplan import workflow
 
-    @task
-    def wrangle(_validated: str) -> str:
-        from flightplan import workflow
+            return str(workflow.validate(stage_input(pipeline)))
 
-        return str(workflow.wrangle(stage_input()))
+        @task
+        def wrangle(_validated: str) -> str:
+            from flightplan import workflow
 
-    @task
-    def label(_wrangled: str) -> str:
-        from flightplan import workflow
+            return str(workflow.wrangle(stage_input(pipeline)))
 
-        return str(workflow.label(stage_input()))
+        @task
+        def label(_wrangled: str) -> str:
+            from flightplan import workflow
 
-    @task(outlets=[SPLITS])
-    def split(_labeled: str) -> str:
-        from flightplan import workflow
+            return str(workflow.label(stage_input(pipeline)))
 
-        job = stage_input()
-        manifest = workflow.split(job)
-        get_current_context()["outlet_events"][SPLITS].extra = {"pipeline": job.pipeline, "manifest": str(manifest)}
-        return str(manifest)
+        @task(outlets=[splits])
+        def split(_labeled: str) -> str:
+            from flightplan import workflow
 
-    ingested = ingest()
-    validated = validate(ingested)
-    profile(ingested) >> validated
-    split(label(wrangle(validated)))
+            manifest = workflow.split(stage_input(pipeline))
+            get_current_context()["outlet_events"][splits].extra = {"pipeline": pipeline, "manifest": str(manifest)}
+            return str(manifest)
+
+        landed = LandingSensor(task_id="wait_for_landing", pipeline=pipeline, retries=0)
+        ingested = ingest()
+        landed >> ingested
+        validated = validate(ingested)
+        profile(ingested) >> validated
+        split(label(wrangle(validated)))
+
+    data_engineering()
 
 
-data_engineering()
+for pipeline_config in PIPELINES.configs.values():
+    build(pipeline_config)

@@ -3,45 +3,48 @@
 
 Moves a pipeline's `champion` back to the `previous` version (the one the last promotion replaced) and
 has the inference API load it. The alias `previous` is then cleared, so running it twice does not go
-further back by accident.
+further back by accident. One DAG per pipeline (`<pipeline>.rollback`).
 """
 
 from __future__ import annotations
 
 from airflow.sdk import Param, dag, get_current_context, task
-from shared import CHAMPION, dag_options, pipeline_param, run_context
+from flightplan.config import PipelineConfig
+from shared import PIPELINES, asset, dag_options, run_facts
 
 
-@dag(
-    dag_id="rollback",
-    schedule=None,
-    doc_md=__doc__,
-    **dag_options("deployment", retries=0),
-    params={
-        "pipeline": pipeline_param(),
-        "reason": Param("manual rollback", type="string", description="Why (kept on the registry version)"),
-    },
-)
-def rollback() -> None:
-    @task(outlets=[CHAMPION])
-    def move_champion_back() -> dict[str, str | None]:
-        from flightplan.serving.deploy import DeployJob
-        from flightplan.serving.deploy import rollback as roll_back
+def build(config: PipelineConfig) -> None:
+    pipeline = config.name
+    champion = asset(pipeline, "champion")
 
-        context = get_current_context()
-        job = DeployJob(context["params"]["pipeline"], run_context(context), reason=context["params"]["reason"])
-        moved = roll_back(job, job.reason)
-        context["outlet_events"][CHAMPION].extra = {"pipeline": job.pipeline, **moved}
-        return moved
+    @dag(
+        schedule=None,
+        doc_md=__doc__,
+        **dag_options(config, "rollback", retries=0),
+        params={"reason": Param("manual rollback", type="string", description="Why (kept on the registry version)")},
+    )
+    def rollback() -> None:
+        @task(outlets=[champion])
+        def move_champion_back() -> dict[str, str | None]:
+            from flightplan.orchestration import rollback_job
+            from flightplan.serving.deploy import rollback as roll_back
 
-    @task(retries=2)
-    def reload_service() -> str:
-        from flightplan.serving.deploy import DeployJob, reload_service
+            job = rollback_job(run_facts(pipeline))
+            moved = roll_back(job, job.reason)
+            get_current_context()["outlet_events"][champion].extra = {"pipeline": pipeline, **moved}
+            return moved
 
-        context = get_current_context()
-        return reload_service(DeployJob(context["params"]["pipeline"], run_context(context)))
+        @task(retries=2)
+        def reload_service() -> str:
+            from flightplan.orchestration import rollback_job
+            from flightplan.serving.deploy import reload_service
 
-    move_champion_back() >> reload_service()
+            return reload_service(rollback_job(run_facts(pipeline)))
+
+        move_champion_back() >> reload_service()
+
+    rollback()
 
 
-rollback()
+for pipeline_config in PIPELINES.configs.values():
+    build(pipeline_config)

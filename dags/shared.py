@@ -1,33 +1,46 @@
-"""What the DAG files share: the assets that chain them and the pipelines a run can choose from.
+"""What the DAG files share: the pipelines they build DAGs for, each pipeline's assets, the options every DAG
+sets, how a task reads its run, and the sensor that waits for a day's landing files.
 Listed in .airflowignore: it holds no DAG."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pendulum
-from airflow.sdk import Asset, CronDataIntervalTimetable, Param
-from flightplan.config import available_pipelines
+from airflow.sdk import Asset, BaseOperator, CronDataIntervalTimetable, Param, get_current_context
+from airflow.sdk.exceptions import AirflowFailException
+from flightplan.config import PipelineConfig
+from flightplan.orchestration import RunFacts, asset_name, asset_uri, dag_id, scan_pipelines
 from flightplan.settings import load_settings
 
-SPLITS = Asset(name="flightplan_splits", uri="file:///flightplan/splits")
-CHALLENGER = Asset(name="flightplan_challenger", uri="file:///flightplan/challenger")
-CHAMPION = Asset(name="flightplan_champion", uri="file:///flightplan/champion")
 SETTINGS = load_settings()
-PIPELINES = available_pipelines(SETTINGS.pipelines_dir)
-# Each nightly run covers the UTC day that just ended, [00:00, 24:00): Airflow 3 reads "@daily" as a point in
-# time (CronTriggerTimetable), whose data interval starts where it ends.
-NIGHTLY = CronDataIntervalTimetable("0 0 * * *", timezone="UTC")
+# Read at every parse: a YAML added, edited or removed changes the DAGs within one parse interval. A YAML that
+# does not load has no DAGs; pipeline_configs.py reports it as that file's import error.
+PIPELINES = scan_pipelines(SETTINGS.pipelines_dir)
 
 
-def dag_options(stage: str, retries: int) -> dict[str, Any]:
-    """What every flightplan DAG sets alike: one run at a time, no catch-up, tags, owner and retries."""
+def asset(pipeline: str, kind: str) -> Asset:
+    return Asset(name=asset_name(pipeline, kind), uri=asset_uri(pipeline, kind))
+
+
+def timetable(config: PipelineConfig, stage: str) -> CronDataIntervalTimetable | None:
+    """A cron with data intervals: each run covers the time since the previous tick (a nightly run the day that
+    just ended), where Airflow 3 reads a bare cron string as a point in time with no interval."""
+    cron = config.schedule.cron(stage)
+    return CronDataIntervalTimetable(cron, timezone=config.schedule.timezone) if cron else None
+
+
+def dag_options(config: PipelineConfig, stage: str, retries: int) -> dict[str, Any]:
+    """What every flightplan DAG sets alike: its id, one pipeline's runs at a time (others have their own DAGs),
+    no catch-up, tags, owner and retries."""
     return {
+        "dag_id": dag_id(config.name, stage),
         "start_date": pendulum.datetime(2013, 1, 1, tz="UTC"),
         "catchup": False,
-        "max_active_runs": 1,
-        "tags": ["flightplan", stage],
+        "max_active_runs": config.schedule.max_active_runs,
+        "tags": ["flightplan", stage.replace("_", "-"), f"pipeline:{config.name}"],
+        "description": f"{stage.replace('_', ' ')} of the {config.name} pipeline",
         "default_args": {
             "owner": "flightplan",
             "retries": retries,
@@ -36,26 +49,41 @@ def dag_options(stage: str, retries: int) -> dict[str, Any]:
     }
 
 
-def pipeline_param() -> Param:
-    """The pipeline a run works on: any YAML of the pipelines folder; scheduled runs take the default one
-    (FLIGHTPLAN_DEFAULT_PIPELINE, else the first by name)."""
-    chosen = SETTINGS.default_pipeline if SETTINGS.default_pipeline in PIPELINES else None
-    default = chosen or (PIPELINES[0] if PIPELINES else "")
-    return Param(default, enum=PIPELINES, description="Pipeline config to run")
+def run_facts(pipeline: str) -> RunFacts:
+    """This task's run as plain values, for the library's rule (flightplan.orchestration) to make a job of."""
+    context = get_current_context()
+    start, end = context.get("data_interval_start"), context.get("data_interval_end")
+    events = sorted(
+        (event for events in (context.get("triggering_asset_events") or {}).values() for event in events),
+        key=lambda event: event.timestamp,
+    )
+    return RunFacts(
+        pipeline=pipeline,
+        dag_id=context["dag"].dag_id,
+        run_id=context["run_id"],
+        task_id=context["task"].task_id,
+        run_type=str(context["dag_run"].run_type),
+        params=dict(context["params"]),
+        data_interval=(start, end) if start and end else None,
+        events=[dict(event.extra) for event in events],
+    )
 
 
-def run_context(context: Any) -> Any:
-    """Who is asking, for MLflow lineage: this DAG run and task."""
-    from flightplan.tracking import RunContext
+def stage_input(pipeline: str) -> Any:
+    """The pipeline, the days (the rule of flightplan.orchestration.data_interval) and the run's identity."""
+    from flightplan import orchestration
+    from flightplan.layout import open_pipeline
 
-    return RunContext(dag_id=context["dag"].dag_id, run_id=context["run_id"], task_id=context["task"].task_id)
+    _, config, layout = open_pipeline(pipeline)
+    try:
+        return orchestration.stage_input(run_facts(pipeline), config, layout.landing)
+    except orchestration.JobError as err:
+        raise fail_for_good(err) from err
 
 
-def triggering_event(context: Any) -> dict[str, Any] | None:
-    """The extra of the newest asset event that started this run; None for a run started by hand or on time.
-    Such a run works on the pipeline its event names: its Params hold only the form's defaults."""
-    events = [event for events in (context.get("triggering_asset_events") or {}).values() for event in events]
-    return dict(events[-1].extra) if events else None
+def fail_for_good(error: Exception) -> AirflowFailException:
+    """A failure that retrying the same run cannot mend: the task fails at once, naming why."""
+    return AirflowFailException(f"{type(error).__name__}: {error}")
 
 
 def interval_params(verb: str) -> dict[str, Param]:
@@ -64,25 +92,61 @@ def interval_params(verb: str) -> dict[str, Param]:
             None,
             type=["null", "string"],
             format="date",
-            description=f"First day to {verb}; empty: the run's data interval",
+            description=f"First day to {verb}; empty: the run's data interval (none: a snapshot's day, or the "
+            "newest landed day)",
         ),
         "end": Param(None, type=["null", "string"], format="date", description=f"Day after the last day to {verb}"),
     }
 
 
-def stage_input() -> Any:
-    """The pipeline, the interval (Params first, else the run's data interval) and the run's identity."""
-    from datetime import date
+class LandingSensor(BaseOperator):
+    """Waits for the landing folders of a scheduled run's days, deferred between looks (no worker slot is held),
+    for the pipeline's ``schedule.landing_timeout_minutes``; then fails once, naming each folder still missing.
+    Other runs (manual, backfill) and snapshot pipelines pass at once: what they find is what they ingest."""
 
-    from airflow.sdk import get_current_context
-    from flightplan.workflow import StageInput
+    ui_color = "#e8f4fd"
 
-    context = get_current_context()
-    params = context["params"]
-    if params.get("start") and params.get("end"):
-        start, end = date.fromisoformat(params["start"]), date.fromisoformat(params["end"])
-    elif context.get("data_interval_start") and context.get("data_interval_end"):
-        start, end = context["data_interval_start"].date(), context["data_interval_end"].date()
-    else:
-        raise ValueError("this run has no data interval: trigger it with both 'start' and 'end' dates")
-    return StageInput(pipeline=params["pipeline"], start=start, end=end, context=run_context(context))
+    def __init__(self, *, pipeline: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pipeline = pipeline
+
+    def execute(self, context: Any) -> str:
+        return self.look(context, deadline=None)
+
+    def look(self, context: Any, event: Any = None, deadline: str | None = None) -> str:
+        from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
+        from flightplan import orchestration
+        from flightplan.layout import open_pipeline
+
+        _, config, layout = open_pipeline(self.pipeline)
+        facts = run_facts(self.pipeline)
+        try:
+            start, end = orchestration.data_interval(facts, config, layout.landing)
+        except orchestration.JobError as err:
+            raise fail_for_good(err) from err
+        if config.source.snapshot is not None or facts.run_type != "scheduled":
+            return f"{facts.run_type} run: no wait"
+        days = [start + timedelta(days=n) for n in range((end - start).days)]
+        missing = [str(layout.landing / d.isoformat()) for d in days if not orchestration.day_landed(layout.landing, d)]
+        if not missing:
+            return f"landed: {start}..{end}"
+        now = datetime.now(UTC)
+        until = (
+            datetime.fromisoformat(deadline)
+            if deadline
+            else now + timedelta(minutes=config.schedule.landing_timeout_minutes)
+        )
+        if now >= until:
+            raise AirflowFailException(
+                f"no landing files after {config.schedule.landing_timeout_minutes:g} minutes in "
+                + ", ".join(missing)
+                + " (the drop did not arrive: land it and clear this task, or raise schedule.landing_timeout_minutes)"
+            )
+        self.log.info("waiting for %s until %s", ", ".join(missing), until.isoformat())
+        pause = min(config.schedule.landing_poke_seconds, max((until - now).total_seconds(), 0.1))
+        self.defer(
+            trigger=TimeDeltaTrigger(timedelta(seconds=pause)),
+            method_name="look",
+            kwargs={"deadline": until.isoformat()},
+        )
+        raise AssertionError("defer() raises")  # pragma: no cover

@@ -13,6 +13,7 @@ from pathlib import Path
 from flightplan.config import ConfigError, available_pipelines, load_pipeline
 from flightplan.data.partitions import interval_key
 from flightplan.layout import Layout
+from flightplan.orchestration import dag_id
 from flightplan.settings import Settings, airflow_environment, api_token, load_settings, token_file
 from flightplan.stack import COMPONENTS
 
@@ -43,8 +44,9 @@ def init(args: argparse.Namespace) -> int:
     for column, reason in drafted.excluded.items():
         print(f"  left out {column}: {reason}")
     print(
-        f"next: review {output}, then trigger data_engineering with pipeline '{name}'"
-        + (" (a snapshot: no dates needed)" if config.source.snapshot else "")
+        f"next: review {output}; Airflow lists its DAGs within a parse interval: trigger "
+        f"{dag_id(name, 'data_engineering')}"
+        + (" (a snapshot: no dates needed)" if config.source.snapshot else " with a 'start' and an 'end' date")
     )
     return 0
 

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ColumnType = Literal["string", "int", "long", "double", "boolean", "date", "timestamp"]
 IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -343,6 +343,60 @@ class MonitoringSpec(Strict):
     )
 
 
+CRON_PRESETS = frozenset({"@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly"})
+
+
+def _check_cron(expression: str | None) -> str | None:
+    if expression is None or expression == "none" or expression in CRON_PRESETS:
+        return expression
+    from croniter import croniter
+
+    if not croniter.is_valid(expression):
+        raise ValueError(f"'{expression}' is not a cron expression (five fields, or one of {sorted(CRON_PRESETS)})")
+    return expression
+
+
+Cron = Annotated[str | None, AfterValidator(_check_cron)]
+
+
+class ScheduleSpec(Strict):
+    """When the scheduler starts this pipeline's runs on its own. Each scheduled run covers the interval
+    between two ticks of its cron (a nightly ``0 0 * * *`` run covers the UTC day that just ended). Without
+    ``data`` the pipeline runs only when triggered (a snapshot, say); monitoring and batch scoring follow the
+    data cadence unless given their own (``none`` turns one off)."""
+
+    data: Cron = Field(default=None, description="cron of data_engineering runs; unset or 'none': triggered only")
+    monitoring: Cron = Field(default=None, description="cron of monitoring runs; unset: the data cron; 'none': off")
+    batch_inference: Cron = Field(
+        default=None, description="cron of batch scoring runs; unset: the data cron; 'none': off"
+    )
+    timezone: str = Field(default="UTC", description="the time zone the crons are read in")
+    landing_timeout_minutes: Annotated[float, Field(gt=0)] = Field(
+        default=360,
+        description="how long a daily-drop run waits for its day's landing folder before it fails (once, naming it)",
+    )
+    landing_poke_seconds: Annotated[float, Field(gt=0)] = Field(
+        default=60, description="how often a waiting run looks for its landing folder (no worker is held in between)"
+    )
+    max_active_runs: Annotated[int, Field(ge=1)] = Field(
+        default=1, description="runs of one of this pipeline's DAGs at a time; other pipelines have their own"
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, zone: str) -> str:
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone '{zone}'") from None
+        return zone
+
+    def cron(self, stage: str) -> str | None:
+        """The cron of one stage's runs (data, monitoring or batch_inference), None when it is not scheduled."""
+        own = self.data if stage == "data" else getattr(self, stage) or self.data
+        return None if own == "none" else own
+
+
 class ReplaySpec(Strict):
     """Where `flightplan replay` finds the demo data it drops into the landing zone, one folder per day."""
 
@@ -365,6 +419,7 @@ class PipelineConfig(Strict):
     model: ModelSpec = ModelSpec()
     deployment: DeploymentSpec = DeploymentSpec()
     monitoring: MonitoringSpec = MonitoringSpec()
+    schedule: ScheduleSpec = ScheduleSpec()
     replay: ReplaySpec | None = None
 
     @field_validator("dimensions")

@@ -28,9 +28,10 @@ from typing import Any
 from flightplan.airflow_rest import ADMIN, PASSWORDS_FILE, AirflowApi, admin_password
 from flightplan.data.partitions import interval_key
 from flightplan.layout import Layout
+from flightplan.orchestration import dag_id
 from flightplan.settings import Settings, api_token, token_file
 
-DAGS = ("data_engineering", "model_engineering", "deployment", "monitoring")
+DEMO_STAGES = ("data_engineering", "model_engineering", "deployment", "monitoring")
 FAILED_LOG_LINES = 20  # of each failed task's log, in the error a failed run raises
 
 
@@ -145,28 +146,34 @@ def run_demo(settings: Settings, layout: Layout, plan: DemoPlan, env: dict[str, 
         with progress.step(f"the daily drops of {plan.start} .. {plan.end} land in {layout.landing}"):
             counts = replay(layout, plan.start, plan.end)
             progress.write(f"  {sum(counts.values()):,} rows in {len(counts)} daily folders")
-        for dag_id in DAGS:
-            api.wait_until_parsed(dag_id)
-        for dag_id in ("model_engineering", "deployment"):
-            api.set_paused(dag_id, False)
+        dags = {stage: dag_id(plan.pipeline, stage) for stage in DEMO_STAGES}
+        for name in dags.values():
+            api.wait_until_parsed(name)
+        for stage in ("model_engineering", "deployment"):
+            api.set_paused(dags[stage], False)
 
-        first = {"pipeline": plan.pipeline, "start": str(plan.start), "end": str(plan.middle)}
+        first = {"start": str(plan.start), "end": str(plan.middle)}
         with progress.step(f"data_engineering {plan.start} .. {plan.middle} (airflow dags test)"):
-            ingested = dags_test(settings, env, api, progress, "data_engineering", first)
-            record.runs.append(("data_engineering", ingested["dag_run_id"], ingested["state"]))
+            ingested = dags_test(settings, env, api, progress, dags["data_engineering"], first)
+            record.runs.append((dags["data_engineering"], ingested["dag_run_id"], ingested["state"]))
             record.ingested.append((plan.start, plan.middle))
         with progress.step("model_engineering, started by the splits asset"):
-            training = api.wait_for_new_run("model_engineering", ingested["run_after"])
-            require(follow(api, progress, record, "model_engineering", training), "model_engineering", api, training)
+            training = api.wait_for_new_run(dags["model_engineering"], ingested["run_after"])
+            require(
+                follow(api, progress, record, dags["model_engineering"], training),
+                dags["model_engineering"],
+                api,
+                training,
+            )
         with progress.step("deployment, started by the challenger asset: the first champion"):
-            deployment = api.wait_for_new_run("deployment", training["run_after"])
-            require(follow(api, progress, record, "deployment", deployment), "deployment", api, deployment)
+            deployment = api.wait_for_new_run(dags["deployment"], training["run_after"])
+            require(follow(api, progress, record, dags["deployment"], deployment), dags["deployment"], api, deployment)
 
-        second = {"pipeline": plan.pipeline, "start": str(plan.middle), "end": str(plan.end)}
+        second = {"start": str(plan.middle), "end": str(plan.end)}
         with progress.step(f"data_engineering {plan.middle} .. {plan.end}, nightly retraining paused meanwhile"):
-            api.set_paused("model_engineering", True)
+            api.set_paused(dags["model_engineering"], True)
             try:
-                ingested = dags_test(settings, env, api, progress, "data_engineering", second)
+                ingested = dags_test(settings, env, api, progress, dags["data_engineering"], second)
             finally:
                 api.set_paused("model_engineering", False)
             record.runs.append(("data_engineering", ingested["dag_run_id"], ingested["state"]))
@@ -209,8 +216,8 @@ def summarize(settings: Settings, layout: Layout, record: DemoRecord, write: Cal
     config = layout.config
     metric = config.primary_metric
     write(f"\n{config.name}: the loop took {_duration(time.monotonic() - record.started)}")
-    for dag_id, run_id, state in record.runs:
-        write(f"  {dag_id:<18} {state:<8} {run_id}")
+    for name, run_id, state in record.runs:
+        write(f"  {name:<32} {state:<8} {run_id}")
     for start, end in record.ingested:
         _summarize_data(layout, start, end, write)
     if record.ingested:
@@ -235,11 +242,11 @@ def summarize(settings: Settings, layout: Layout, record: DemoRecord, write: Cal
             write(f"  {metric:<13} {live:.4f} on the traffic's ground truth, {champion_test:.4f} on its own test split")
         write(f"  decision      {check['decision']['outcome']}: {check['decision']['reason']}")
         write(f"  report        {check['reports'].get('drift_html', '-')}")
-    for dag_id, run_id, _ in record.runs:
-        if dag_id == "model_engineering":
+    for name, run_id, _ in record.runs:
+        if name == dag_id(config.name, "model_engineering"):
             _summarize_training(settings, layout, run_id, write)
         path = layout.reports("deployment") / f"{run_id}.json"
-        if dag_id == "deployment" and path.exists():
+        if name == dag_id(config.name, "deployment") and path.exists():
             decision = json.loads(path.read_text())
             scores = [decision.get(f"{side}_metrics", {}).get(metric) for side in ("candidate", "champion")]
             if None not in scores:

@@ -256,7 +256,6 @@ def outcome(summary: dict[str, Any]) -> dict[str, Any]:
     _, config, _ = open_pipeline(summary["pipeline"])
     decision = summary["decision"]
     conf = {
-        "pipeline": config.name,
         "reason": f"monitoring {summary['window']['start']} to {summary['window']['end']}: {decision['reason']}",
         "window_days": config.monitoring.retrain_window_days,
     }

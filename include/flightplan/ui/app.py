@@ -17,6 +17,7 @@ from fastapi import Depends, FastAPI, Form, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 
 from flightplan.layout import Layout
+from flightplan.orchestration import dag_id
 from flightplan.settings import Settings, load_settings
 
 TriggerDag = Callable[[Request, str, dict[str, Any]], Awaitable[str]]
@@ -148,15 +149,12 @@ def create_ui(current_user: Callable[..., Any], trigger_dag: TriggerDag, setting
         request: Request, pipeline: str, user: User, version: Annotated[str, Form()], reason: Annotated[str, Form()]
     ) -> HTMLResponse:
         layout(pipeline)
-        conf = {
-            "pipeline": pipeline,
-            "version": version,
-            "reason": f"{reason} (deployed by {user} from the Models page)",
-        }
-        run_id = await trigger_dag(request, "deployment", conf)
+        conf = {"version": version, "reason": f"{reason} (deployed by {user} from the Models page)"}
+        deployment = dag_id(pipeline, "deployment")
+        run_id = await trigger_dag(request, deployment, conf)
         return _page(
             "Deployment started",
-            f"<p>Run <b>{_e(run_id)}</b> of the deployment DAG deploys version {_e(version)} of {_e(pipeline)}: "
+            f"<p>Run <b>{_e(run_id)}</b> of {_e(deployment)} deploys version {_e(version)} of {_e(pipeline)}: "
             f"its comparison, approval and smoke test decide.</p><a href='{prefix(request)}/'>Back to Models</a>",
         )
 
