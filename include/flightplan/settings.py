@@ -20,7 +20,6 @@ class Settings:
     home: Path
     data_root: Path
     pipelines_dir: Path
-    default_pipeline: str | None  # what a DAG's trigger form and its scheduled runs pick
     spark_master: str
     spark_driver_memory: str
     ingest_engine: str
@@ -57,7 +56,6 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         home=home,
         data_root=Path(env.get("FLIGHTPLAN_DATA_ROOT", home / "data")),
         pipelines_dir=Path(env.get("FLIGHTPLAN_PIPELINES_DIR", PACKAGE_PIPELINES_DIR)),
-        default_pipeline=env.get("FLIGHTPLAN_DEFAULT_PIPELINE") or None,
         spark_master=env.get("FLIGHTPLAN_SPARK_MASTER", "local[*]"),
         spark_driver_memory=env.get("FLIGHTPLAN_SPARK_DRIVER_MEMORY", "4g"),
         ingest_engine=env.get("FLIGHTPLAN_INGEST_ENGINE", "spark"),

@@ -13,7 +13,7 @@ from flightplan.layout import Layout
 from tests.conftest import END_DAY, FIRST_DAY
 from tests.e2e.conftest import AIRFLOW
 
-CONF = {"pipeline": "flights", "start": FIRST_DAY.isoformat(), "end": END_DAY.isoformat()}
+CONF = {"start": FIRST_DAY.isoformat(), "end": END_DAY.isoformat()}
 pytestmark = pytest.mark.airflow
 
 
@@ -44,7 +44,7 @@ def dags_test_failing(env: dict[str, str], dag_id: str, conf: dict) -> str:
 
 
 def test_dags_test_runs_the_whole_dag(airflow_env: dict[str, str], layout: Layout, replayed: dict[str, int]) -> None:
-    log = dags_test(airflow_env, "data_engineering", CONF)
+    log = dags_test(airflow_env, "flights.data_engineering", CONF)
     for task in ("ingest", "profile", "validate", "wrangle", "label", "split"):
         assert f"[DAG TEST] end task task_id={task}" in log
     latest = json.loads((layout.splits / "latest.json").read_text())
@@ -61,8 +61,8 @@ def test_model_engineering_registers_a_challenger_that_loads_by_alias(
     from flightplan.model import package
     from flightplan.model.registry import load_alias
 
-    conf = {"pipeline": "flights", "trials": 3, "reason": "e2e test"}
-    log = dags_test(airflow_env, "model_engineering", conf)
+    conf = {"trials": 3, "reason": "e2e test"}
+    log = dags_test(airflow_env, "flights.model_engineering", conf)
     for task in ("features", "tune", "train", "evaluate", "accept", "package", "register"):
         assert f"[DAG TEST] end task task_id={task}" in log
     model = load_alias(layout.settings, "flights-delayed", "challenger")
@@ -72,4 +72,7 @@ def test_model_engineering_registers_a_challenger_that_loads_by_alias(
     rows = np.zeros((2, len(model.feature_map.features)), dtype=np.float32)
     assert package.predict(package.session(model.onnx), rows, "binary").shape == (2,)
     version = mlflow.MlflowClient().get_model_version("flights-delayed", model.version)
-    assert version.tags["airflow.dag_id"] == "model_engineering" and version.tags["flightplan.reason"] == "e2e test"
+    assert (
+        version.tags["airflow.dag_id"] == "flights.model_engineering"
+        and version.tags["flightplan.reason"] == "e2e test"
+    )

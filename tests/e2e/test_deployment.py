@@ -61,26 +61,26 @@ def test_promote_rollback_refuse_and_automatic_rollback(
     env = {**airflow_env, "FLIGHTPLAN_SERVICE_URL": service, "FLIGHTPLAN_API_TOKEN": TOKEN}
     first = aliases(settings)["challenger"]  # registered by the model_engineering test
 
-    log = dags_test(env, "deployment", {"pipeline": "flights", "reason": "first model"})
+    log = dags_test(env, "flights.deployment", {"reason": "first model"})
     assert "[DAG TEST] end task task_id=smoke_test" in log
     assert aliases(settings)["champion"] == first and serving(service) == first
 
     second = copy_as_challenger(settings, first)
-    dags_test(env, "deployment", {"pipeline": "flights"})
+    dags_test(env, "flights.deployment", {})
     assert {k: aliases(settings)[k] for k in ("champion", "previous")} == {"champion": second, "previous": first}
     assert serving(service) == second
 
-    dags_test(env, "rollback", {"pipeline": "flights", "reason": "e2e rollback"})
+    dags_test(env, "flights.rollback", {"reason": "e2e rollback"})
     assert aliases(settings)["champion"] == first and "previous" not in aliases(settings)
     assert serving(service) == first
 
     worse = register_worse_challenger()
-    log = dags_test_failing(env, "deployment", {"pipeline": "flights"})
+    log = dags_test_failing(env, "flights.deployment", {})
     assert "ChallengerRefused" in log and f"version {worse} not promoted" in log
     assert aliases(settings)["champion"] == first
 
     unreachable = {**env, "FLIGHTPLAN_SERVICE_URL": f"http://127.0.0.1:{free_port()}"}
-    log = dags_test_failing(unreachable, "deployment", {"pipeline": "flights", "version": second})
+    log = dags_test_failing(unreachable, "flights.deployment", {"version": second})
     assert "cannot be reached" in log and "RolledBack" in log
     assert aliases(settings)["champion"] == first
 
@@ -111,8 +111,8 @@ def approving_airflow(
     }
     with running_airflow(env) as base:
         api = airflow_api(base, env)
-        api.wait_until_parsed("deployment")
-        api.set_paused("deployment", False)
+        api.wait_until_parsed("flights.deployment")
+        api.set_paused("flights.deployment", False)
         yield api
 
 
@@ -120,21 +120,21 @@ def deploy_with_answer(
     api: AirflowApi, scheduler_log: Path, version: str, answer: str
 ) -> tuple[str, dict[str, str | None]]:
     """Triggers a deployment of ``version``, answers its approval task, and returns the run's end state."""
-    run_id = api.trigger("deployment", {"pipeline": "flights", "version": version, "reason": answer})["dag_run_id"]
-    api.wait_for_task("deployment", run_id, "approve", "awaiting_input")
+    run_id = api.trigger("flights.deployment", {"version": version, "reason": answer})["dag_run_id"]
+    api.wait_for_task("flights.deployment", run_id, "approve", "awaiting_input")
     # Answer only once the scheduler has taken in the exit of the worker that paused, as a person's answer
     # would come: in Airflow 3.3.2 an answer that arrives before it (a busy scheduler took 6 s here) races
     # it, and the task is marked failed ("finished with state success, but the task instance's state
     # attribute is queued").
     exit_seen = (
         "executor event with state success for task instance "
-        f"TaskInstanceKey(dag_id='deployment', task_id='approve', run_id='{run_id}'"
+        f"TaskInstanceKey(dag_id='flights.deployment', task_id='approve', run_id='{run_id}'"
     )
     deadline = time.monotonic() + 120
     while exit_seen not in scheduler_log.read_text():
         assert time.monotonic() < deadline, "the scheduler never took in the paused approval task's exit"
         time.sleep(0.5)
-    assert api.task_states("deployment", run_id)["promote"] is None
+    assert api.task_states("flights.deployment", run_id)["promote"] is None
     details = api.http.get(f"/dags/deployment/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails")
     details.raise_for_status()
     assert details.json()["options"] == ["Approve", "Reject"] and "flights" in details.json()["subject"]
@@ -142,7 +142,7 @@ def deploy_with_answer(
         f"/dags/deployment/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails",
         json={"chosen_options": [answer], "params_input": {}},
     ).raise_for_status()
-    return api.wait_for_run("deployment", run_id), api.task_states("deployment", run_id)
+    return api.wait_for_run("flights.deployment", run_id), api.task_states("flights.deployment", run_id)
 
 
 def test_a_promotion_waits_for_a_persons_approval(
@@ -170,12 +170,12 @@ def test_a_failed_run_is_reported_with_the_end_of_its_failed_tasks_log(approving
     the REST API serves it (the log servers are off: it is read from the worker's file), with the exception."""
     from flightplan.demo import DemoFailed, require
 
-    conf = {"pipeline": "flights", "version": "999999", "reason": "no such version"}
-    run = approving_airflow.trigger("deployment", conf)
-    state = approving_airflow.wait_for_run("deployment", run["dag_run_id"])
+    conf = {"version": "999999", "reason": "no such version"}
+    run = approving_airflow.trigger("flights.deployment", conf)
+    state = approving_airflow.wait_for_run("flights.deployment", run["dag_run_id"])
     assert state == "failed"
     with pytest.raises(DemoFailed) as failed:
-        require(state, "deployment", approving_airflow, run)
+        require(state, "flights.deployment", approving_airflow, run)
     report = str(failed.value)
     assert "'compare': 'failed'" in report and "--- the end of compare's log ---" in report, report
     assert "Task failed with exception" in report and "999999" in report.split("compare's log ---", 1)[1], report

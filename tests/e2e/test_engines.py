@@ -41,8 +41,8 @@ from tests.e2e.engines import (
 )
 
 TOKEN = "engines-token"
-CONF = {"pipeline": "flights", "start": FIRST_DAY.isoformat(), "end": END_DAY.isoformat()}
-DE_TASKS = ["ingest", "profile", "validate", "wrangle", "label", "split"]
+CONF = {"start": FIRST_DAY.isoformat(), "end": END_DAY.isoformat()}
+DE_TASKS = ["wait_for_landing", "ingest", "profile", "validate", "wrangle", "label", "split"]
 pytestmark = pytest.mark.airflow
 
 
@@ -150,22 +150,24 @@ def test_the_dags_run_on_postgres_a_spark_cluster_and_a_tracking_server(
     with running_airflow(engines_env) as base:
         assert httpx.get(f"{base}/api/v2/dags", timeout=30).status_code == 401
         api = airflow_api(base, engines_env)
-        for dag_id in ("data_engineering", "model_engineering"):
+        for dag_id in ("flights.data_engineering", "flights.model_engineering"):
             api.wait_until_parsed(dag_id)
             api.set_paused(dag_id, False)
-        data_run = api.trigger("data_engineering", CONF)["dag_run_id"]
-        assert api.wait_for_run("data_engineering", data_run) == "success", api.task_states(
+        data_run = api.trigger("flights.data_engineering", CONF)["dag_run_id"]
+        assert api.wait_for_run("flights.data_engineering", data_run) == "success", api.task_states(
             "data_engineering", data_run
         )
-        assert api.task_states("data_engineering", data_run) == dict.fromkeys(DE_TASKS, "success")
+        assert api.task_states("flights.data_engineering", data_run) == dict.fromkeys(DE_TASKS, "success")
         events = api.http.get("/assets/events", params={"source_dag_id": "data_engineering", "source_run_id": data_run})
         assert [e["extra"]["pipeline"] for e in events.json()["asset_events"]] == ["flights"]
         after_data = applications_per_worker(cluster)
         assert after_data["worker-0"] == after_data["worker-1"] >= 1, after_data  # every task's executors on both
 
-        model_run = api.trigger("model_engineering", {"pipeline": "flights", "trials": 2, "reason": "engines"})
+        model_run = api.trigger("flights.model_engineering", {"trials": 2, "reason": "engines"})
         run_id = model_run["dag_run_id"]
-        assert api.wait_for_run("model_engineering", run_id) == "success", api.task_states("model_engineering", run_id)
+        assert api.wait_for_run("flights.model_engineering", run_id) == "success", api.task_states(
+            "flights.model_engineering", run_id
+        )
         models_page_answers_only_a_logged_in_airflow_user(base, api, engines_layout.settings)
     after_model = applications_per_worker(cluster)
     assert after_model["worker-0"] == after_model["worker-1"] > after_data["worker-0"], after_model  # xgboost.spark
@@ -175,7 +177,7 @@ def test_the_dags_run_on_postgres_a_spark_cluster_and_a_tracking_server(
     tracking = client(engines_layout.settings)
     version = tracking.get_model_version_by_alias(engines_layout.config.registered_model, "challenger")
     run = tracking.get_run(version.run_id)
-    assert run.info.status == "FINISHED" and run.data.tags["airflow.dag_id"] == "model_engineering"
+    assert run.info.status == "FINISHED" and run.data.tags["airflow.dag_id"] == "flights.model_engineering"
     assert run.data.params["engine"] == "spark"
     assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # stored by the server, not by the client
     assert any(Path(tracking_server["artifacts"]).rglob("booster.ubj"))
@@ -195,7 +197,7 @@ def models_page_answers_only_a_logged_in_airflow_user(base: str, api: AirflowApi
     plugins = api.http.get("/plugins").json()["plugins"]
     assert any(view["href"] == "flightplan/" for p in plugins for view in p.get("external_views", []))
 
-    api.wait_until_parsed("deployment")
+    api.wait_until_parsed("flights.deployment")
     deployed = httpx.post(
         f"{base}/flightplan/pipelines/flights/deploy",
         data={"version": challenger, "reason": "e2e"},
@@ -266,13 +268,13 @@ def test_two_celery_workers_run_data_and_model_engineering_at_once(
         workers_env = {**env, **airflow_api_environment(base)}  # the workers reach the API server's execution API
         with background(worker(1), logs[0], workers_env), background(worker(2), logs[1], workers_env):
             api = airflow_api(base, env)
-            data_run = api.trigger("data_engineering", {**CONF, "start": str(later), "end": str(later_end)})
-            model_run = api.trigger("model_engineering", {"pipeline": "flights", "trials": 2, "reason": "celery"})
-            for dag_id, run in (("data_engineering", data_run), ("model_engineering", model_run)):
+            data_run = api.trigger("flights.data_engineering", {**CONF, "start": str(later), "end": str(later_end)})
+            model_run = api.trigger("flights.model_engineering", {"trials": 2, "reason": "celery"})
+            for dag_id, run in (("flights.data_engineering", data_run), ("flights.model_engineering", model_run)):
                 state = api.wait_for_run(dag_id, run["dag_run_id"])
                 assert state == "success", api.task_states(dag_id, run["dag_run_id"])
-            data_spans = task_spans(api, "data_engineering", data_run)
-            model_spans = task_spans(api, "model_engineering", model_run)
+            data_spans = task_spans(api, "flights.data_engineering", data_run)
+            model_spans = task_spans(api, "flights.model_engineering", model_run)
     overlapping = [
         (d, m) for d, m in itertools.product(data_spans, model_spans) if overlap(data_spans[d], model_spans[m])
     ]

@@ -44,7 +44,7 @@ from tests.e2e.engines import answers, wait_until
 from tests.e2e.test_engines import session_tracking_restored  # noqa: F401 (an autouse fixture of this module too)
 
 TOKEN = "faults-token"
-CONF = {"pipeline": "flights", "start": FIRST_DAY.isoformat(), "end": END_DAY.isoformat()}
+CONF = {"start": FIRST_DAY.isoformat(), "end": END_DAY.isoformat()}
 pytestmark = pytest.mark.airflow
 
 
@@ -126,7 +126,7 @@ def faults(tmp_path_factory: pytest.TempPathFactory, settings: Settings) -> Iter
             with running_airflow(env) as base:
                 api = airflow_api(base, env)
                 # Each test unpauses the DAG it runs: an asset event does not start a paused DAG's run.
-                for dag_id in ("data_engineering", "model_engineering", "deployment"):
+                for dag_id in ("flights.data_engineering", "flights.model_engineering", "flights.deployment"):
                     api.wait_until_parsed(dag_id)
                 yield FaultStack(
                     env, dataclasses.replace(fault_settings, airflow_url=base), layout, tracking, api, base
@@ -202,18 +202,18 @@ def test_a_killed_ingestion_and_a_restarted_scheduler_end_as_the_clean_chain(
     clean = data_digest(data_root, "flights")
     assert {folder.split("/")[0] for folder in clean} >= {"curated", "wrangled", "labeled", "splits"}, clean
 
-    api.set_paused("data_engineering", False)
-    run_id = api.trigger("data_engineering", CONF)["dag_run_id"]
+    api.set_paused("flights.data_engineering", False)
+    run_id = api.trigger("flights.data_engineering", CONF)["dag_run_id"]
     from flightplan.data import ingest
     from flightplan.data.partitions import interval_key
 
     staging = faults.layout.staging(ingest.STAGE, interval_key(FIRST_DAY, END_DAY))
-    kill_task_when(api, "data_engineering", run_id, "ingest", staging.exists)
-    api.wait_for_task("data_engineering", run_id, "wrangle", "running", timeout=900)
+    kill_task_when(api, "flights.data_engineering", run_id, "ingest", staging.exists)
+    api.wait_for_task("flights.data_engineering", run_id, "wrangle", "running", timeout=900)
     with scheduler_restarted(faults):
         time.sleep(5)
-    wait_succeeded(api, "data_engineering", run_id)
-    assert try_number(api, "data_engineering", run_id, "ingest") == 2
+    wait_succeeded(api, "flights.data_engineering", run_id)
+    assert try_number(api, "flights.data_engineering", run_id, "ingest") == 2
 
     assert data_digest(data_root, "flights") == clean
     assert leftovers(data_root) == []
@@ -257,11 +257,11 @@ def test_a_killed_training_and_a_tracking_outage_leave_one_finished_run_and_one_
     retry finds the tracking server down for its first 20 s. The faulted run ends with the clean run's model: the same
     test metrics, one finished MLflow run with one search's trials, one registered version."""
     api = faults.api
-    api.set_paused("model_engineering", False)
-    clean = api.trigger("model_engineering", {"pipeline": "flights", "reason": "clean"})["dag_run_id"]
-    wait_succeeded(api, "model_engineering", clean)
+    api.set_paused("flights.model_engineering", False)
+    clean = api.trigger("flights.model_engineering", {"reason": "clean"})["dag_run_id"]
+    wait_succeeded(api, "flights.model_engineering", clean)
 
-    faulted = api.trigger("model_engineering", {"pipeline": "flights", "reason": "faults"})["dag_run_id"]
+    faulted = api.trigger("flights.model_engineering", {"reason": "faults"})["dag_run_id"]
     rounds_at_kill: list[int] = []
     live_log: list[str] = []
 
@@ -271,12 +271,12 @@ def test_a_killed_training_and_a_tracking_outage_leave_one_finished_run_and_one_
         rounds_at_kill.append(streamed_rounds(faults, faulted))
         if rounds_at_kill[-1] == 0:
             return False
-        live_log[:] = api.task_log("model_engineering", faulted, "train", 1)
+        live_log[:] = api.task_log("flights.model_engineering", faulted, "train", 1)
         return any(line.startswith("round ") for line in live_log)
 
-    kill_task_when(api, "model_engineering", faulted, "train", training_streams)
+    kill_task_when(api, "flights.model_engineering", faulted, "train", training_streams)
     deadline = time.monotonic() + 300
-    while (retry := api.task_instance("model_engineering", faulted, "train"))["try_number"] < 2 or retry[
+    while (retry := api.task_instance("flights.model_engineering", faulted, "train"))["try_number"] < 2 or retry[
         "state"
     ] != "running":
         assert time.monotonic() < deadline, retry
@@ -284,9 +284,9 @@ def test_a_killed_training_and_a_tracking_outage_leave_one_finished_run_and_one_
     faults.tracking.stop()
     time.sleep(20)
     faults.tracking.start()
-    wait_succeeded(api, "model_engineering", faulted)
+    wait_succeeded(api, "flights.model_engineering", faulted)
 
-    assert try_number(api, "model_engineering", faulted, "train") == 2
+    assert try_number(api, "flights.model_engineering", faulted, "train") == 2
     results, trained_rounds = {}, {}
     for run_id in (clean, faulted):
         runs = model_runs(faults, run_id)
@@ -313,12 +313,12 @@ def test_a_killed_promotion_is_finished_by_its_retry(faults: FaultStack) -> None
     tracking = client(faults.settings)
     version = max(int(v.version) for v in tracking.search_model_versions(f"name = '{name}'"))
     before = alias_version(faults.settings, name, CHAMPION)
-    api.set_paused("deployment", False)
-    conf = {"pipeline": "flights", "version": str(version), "reason": "faults"}
-    run_id = api.trigger("deployment", conf)["dag_run_id"]
-    kill_task_when(api, "deployment", run_id, "promote", lambda: True)
-    states = wait_succeeded(api, "deployment", run_id)
+    api.set_paused("flights.deployment", False)
+    conf = {"version": str(version), "reason": "faults"}
+    run_id = api.trigger("flights.deployment", conf)["dag_run_id"]
+    kill_task_when(api, "flights.deployment", run_id, "promote", lambda: True)
+    states = wait_succeeded(api, "flights.deployment", run_id)
 
-    assert states["roll_back"] == "skipped" and try_number(api, "deployment", run_id, "promote") == 2
+    assert states["roll_back"] == "skipped" and try_number(api, "flights.deployment", run_id, "promote") == 2
     assert alias_version(faults.settings, name, CHAMPION) == str(version) != before
     assert tracking.get_model_version(name, str(version)).tags["flightplan.promoted_by"] == run_id

@@ -71,20 +71,24 @@ def test_drifted_traffic_retrains_and_the_gates_promote(
 
     with running_airflow(loop_env) as base:
         api = airflow_api(base, loop_env)
-        for dag_id in ("model_engineering", "deployment", "monitoring"):  # monitoring's scheduled run last
+        for dag_id in (
+            "flights.model_engineering",
+            "flights.deployment",
+            "flights.monitoring",
+        ):  # monitoring's scheduled run last
             api.wait_until_parsed(dag_id)
             api.set_paused(dag_id, False)
-        monitoring_run = api.trigger("monitoring", {"pipeline": "flights"})
-        assert api.wait_for_run("monitoring", monitoring_run["dag_run_id"]) == "success"
-        assert api.task_states("monitoring", monitoring_run["dag_run_id"])["retrain"] == "success"
+        monitoring_run = api.trigger("flights.monitoring", {})
+        assert api.wait_for_run("flights.monitoring", monitoring_run["dag_run_id"]) == "success"
+        assert api.task_states("flights.monitoring", monitoring_run["dag_run_id"])["retrain"] == "success"
 
-        training = api.wait_for_new_run("model_engineering", monitoring_run["run_after"])
+        training = api.wait_for_new_run("flights.model_engineering", monitoring_run["run_after"])
         assert training["conf"]["reason"].startswith("monitoring ")
-        assert api.wait_for_run("model_engineering", training["dag_run_id"]) == "success", api.task_states(
+        assert api.wait_for_run("flights.model_engineering", training["dag_run_id"]) == "success", api.task_states(
             "model_engineering", training["dag_run_id"]
         )
-        deployment = api.wait_for_new_run("deployment", training["run_after"])
-        assert api.wait_for_run("deployment", deployment["dag_run_id"]) == "success", api.task_states(
+        deployment = api.wait_for_new_run("flights.deployment", training["run_after"])
+        assert api.wait_for_run("flights.deployment", deployment["dag_run_id"]) == "success", api.task_states(
             "deployment", deployment["dag_run_id"]
         )
 

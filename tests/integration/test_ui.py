@@ -58,8 +58,8 @@ def test_models_page_shows_the_champion_and_deploys_through_the_dag(
     deployed = client.post("/pipelines/flights/deploy", data={"version": champion, "reason": "looks good"})
     assert deployed.status_code == 200 and "manual__1" in deployed.text
     assert started[-1] == (
-        "deployment",
-        {"pipeline": "flights", "version": champion, "reason": "looks good (deployed by alice from the Models page)"},
+        "flights.deployment",
+        {"version": champion, "reason": "looks good (deployed by alice from the Models page)"},
     )
     assert client.get("/pipelines/nowhere/data").status_code == 404
 

@@ -87,16 +87,16 @@ def test_no_live_secret_is_in_any_log_after_a_deployment_run(web_stack: WebStack
     version = alias_version(settings, "flights-delayed", CHAMPION)
     api = AirflowApi(settings.airflow_url, settings.airflow_home)
     try:
-        api.wait_until_parsed("deployment")
-        api.set_paused("deployment", False)
-        conf = {"pipeline": web_stack.pipeline, "version": version, "reason": "log scan"}
-        run_id = api.trigger("deployment", conf)["dag_run_id"]
-        state = api.wait_for_run("deployment", run_id, timeout=900)
-        tasks = api.task_states("deployment", run_id)
+        api.wait_until_parsed("flights.deployment")
+        api.set_paused("flights.deployment", False)
+        conf = {"version": version, "reason": "log scan"}
+        run_id = api.trigger("flights.deployment", conf)["dag_run_id"]
+        state = api.wait_for_run("flights.deployment", run_id, timeout=900)
+        tasks = api.task_states("flights.deployment", run_id)
         # The log view of a finished task reads its file: the log servers are off (`--skip-serve-logs`).
-        smoke_log = api.task_log("deployment", run_id, "smoke_test")
+        smoke_log = api.task_log("flights.deployment", run_id, "smoke_test")
     finally:
-        api.set_paused("deployment", True)  # a challenger the other browser tests register must not be promoted
+        api.set_paused("flights.deployment", True)  # a challenger the other browser tests register must not be promoted
         api.close()
     assert state == "success" and tasks["reload_service"] == tasks["smoke_test"] == "success", tasks
     assert any(line.startswith("Done. Returned value") for line in smoke_log), smoke_log[-20:]

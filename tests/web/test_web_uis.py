@@ -1,6 +1,6 @@
 """The web UIs as a person uses them, in a real browser (headless Chromium driven by Playwright):
 
-- the Airflow UI: sign in, trigger `model_engineering` from its form with changed Params, watch the run reach
+- the Airflow UI: sign in, trigger `flights.model_engineering` from its form with changed Params, watch the run reach
   success, find the version it registered on the Models page, then the GX validation and the Evidently report
   that page links;
 - the MLflow UI: the table of training runs, and the comparison of two of them;
@@ -59,10 +59,10 @@ def test_a_run_triggered_from_the_form_succeeds_and_its_version_is_on_the_models
 ) -> None:
     base = sign_in(page, web_stack)
     page.goto(f"{base}/dags")
-    expect(page.get_by_role("link", name="model_engineering", exact=True)).to_be_visible()
+    expect(page.get_by_role("link", name="flights.model_engineering", exact=True)).to_be_visible()
     shot(page, web_stack, "airflow-dags")
 
-    page.get_by_role("link", name="model_engineering", exact=True).click()
+    page.get_by_role("link", name="flights.model_engineering", exact=True).click()
     trigger = page.get_by_role("button", name="Trigger Dag")
     expect(trigger).to_have_count(1)  # the list's buttons, one per DAG, are gone
     trigger.click()
@@ -72,7 +72,7 @@ def test_a_run_triggered_from_the_form_succeeds_and_its_version_is_on_the_models
     shot(page, web_stack, "airflow-trigger-form")
     form.get_by_role("button", name="Trigger", exact=True).click()
 
-    expect(page).to_have_url(re.compile(r"/dags/model_engineering/runs/"))
+    expect(page).to_have_url(re.compile(r"/dags/flights\.model_engineering/runs/"))
     run_id = unquote(page.url.rsplit("/runs/", 1)[1])
     state = page.get_by_role("heading", name=run_id, exact=True).locator("xpath=..").get_by_test_id("state-badge")
     expect(state).to_have_text(re.compile("^(Success|Failed)$"), timeout=RUN_TIMEOUT_MS)
