@@ -296,6 +296,38 @@ def exclusion(column: ColumnProfile) -> str | None:
     return None
 
 
+# A numeric column this correlated with a regression target is taken for the target under another name.
+LEAK_CORRELATION = 0.999
+
+
+def suspected_leak(table: pa.Table, column: ColumnProfile, target: ColumnProfile, task: str) -> str | None:
+    """Why a column looks like the answer rather than a clue (it alone determines the target), or None: each of
+    its values, repeated over many rows, always goes with one class; or, for regression, it follows the target
+    almost exactly. Such a column is usually known only after the outcome."""
+    present = column.rows - column.nulls
+    if present == 0 or column.type in ("date", "timestamp"):
+        return None
+    frame = table.select([column.header, target.header]).to_pandas().dropna()
+    if frame.empty:
+        return None
+    values, labels = frame[column.header], frame[target.header]
+    if task == "regression":
+        if column.type not in ("int", "long", "double") or values.nunique() < 3 or labels.nunique() < 3:
+            return None
+        correlation = float(values.astype(float).corr(labels.astype(float)))
+        if math.isfinite(correlation) and abs(correlation) >= LEAK_CORRELATION:
+            return f"suspected leak: correlation {correlation:.4f} with the target (keep it only if known in advance)"
+        return None
+    if values.nunique() > MAX_CATEGORY_SHARE * len(frame) or labels.nunique() < 2:
+        return None  # values that seldom repeat say nothing about whether they determine the class
+    if int(frame.groupby(column.header)[target.header].nunique().max()) == 1:
+        return (
+            f"suspected leak: each of its {values.nunique():,} values goes with one class of the target "
+            "(keep it only if it is known before the outcome)"
+        )
+    return None
+
+
 def check_target(target: ColumnProfile, task: str) -> None:
     present = target.rows - target.nulls
     if present == 0:
@@ -358,6 +390,7 @@ def draft(
         if column.type in ("date", "timestamp") and reason is None:
             reason = "a time: its parts (hour, weekday, month) are derived features instead"
             times.append(column)
+        reason = reason or suspected_leak(table, column, label_column, task)
         if reason:
             excluded[column.name] = reason
         if reason and reason.startswith("identifier"):

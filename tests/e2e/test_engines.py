@@ -155,10 +155,12 @@ def test_the_dags_run_on_postgres_a_spark_cluster_and_a_tracking_server(
             api.set_paused(dag_id, False)
         data_run = api.trigger("flights.data_engineering", CONF)["dag_run_id"]
         assert api.wait_for_run("flights.data_engineering", data_run) == "success", api.task_states(
-            "data_engineering", data_run
+            "flights.data_engineering", data_run
         )
         assert api.task_states("flights.data_engineering", data_run) == dict.fromkeys(DE_TASKS, "success")
-        events = api.http.get("/assets/events", params={"source_dag_id": "data_engineering", "source_run_id": data_run})
+        events = api.http.get(
+            "/assets/events", params={"source_dag_id": "flights.data_engineering", "source_run_id": data_run}
+        )
         assert [e["extra"]["pipeline"] for e in events.json()["asset_events"]] == ["flights"]
         after_data = applications_per_worker(cluster)
         assert after_data["worker-0"] == after_data["worker-1"] >= 1, after_data  # every task's executors on both

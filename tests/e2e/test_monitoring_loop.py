@@ -85,11 +85,11 @@ def test_drifted_traffic_retrains_and_the_gates_promote(
         training = api.wait_for_new_run("flights.model_engineering", monitoring_run["run_after"])
         assert training["conf"]["reason"].startswith("monitoring ")
         assert api.wait_for_run("flights.model_engineering", training["dag_run_id"]) == "success", api.task_states(
-            "model_engineering", training["dag_run_id"]
+            "flights.model_engineering", training["dag_run_id"]
         )
         deployment = api.wait_for_new_run("flights.deployment", training["run_after"])
         assert api.wait_for_run("flights.deployment", deployment["dag_run_id"]) == "success", api.task_states(
-            "deployment", deployment["dag_run_id"]
+            "flights.deployment", deployment["dag_run_id"]
         )
 
     from flightplan.model.registry import CHAMPION, alias_version

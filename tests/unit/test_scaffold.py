@@ -180,3 +180,28 @@ def test_a_feature_identical_to_the_label_under_another_name_is_found() -> None:
     assert leaking_features(train, FeatureMap(features, "label", "binary")) == ["copy"]
     regression = train.assign(label=[1.0, 2, 3, 4])
     assert leaking_features(regression, FeatureMap(features, "label", "regression")) == ["amount"]
+
+
+def test_a_column_that_alone_determines_the_target_is_left_out_as_a_suspected_leak(tmp_path: Path) -> None:
+    rows = 200
+    default = ["bad" if i % 5 == 0 else "good" for i in range(rows)]
+    frame = pd.DataFrame(
+        {
+            "Region": ["north", "south", "east", "west"] * (rows // 4),
+            "Collection": [f"agency{i % 3}" if d == "bad" else "none" for i, d in enumerate(default)],
+            "Income": [1000.0 + (i * 7919) % 613 for i in range(rows)],
+            "Default": default,
+        }
+    )
+    frame.to_csv(tmp_path / "credit.csv", index=False)
+    drafted = draft(tmp_path / "credit.csv", "Default", "credit", tmp_path / "credit.yaml", today=DAY)
+    assert drafted.excluded["Collection"].startswith("suspected leak: each of its 4 values goes with one class")
+    assert "Region" not in drafted.excluded and "Income" not in drafted.excluded
+    assert "#   Collection: suspected leak" in drafted.text
+
+    frame = pd.DataFrame({"size": [float(i % 37) for i in range(rows)], "price": [3.0 * i + 1 for i in range(rows)]})
+    frame["price_eur"] = frame["price"] * 0.93
+    frame.to_csv(tmp_path / "prices.csv", index=False)
+    drafted = draft(tmp_path / "prices.csv", "price", "prices", tmp_path / "prices.yaml", today=DAY)
+    assert drafted.excluded["price_eur"].startswith("suspected leak: correlation 1.0000 with the target")
+    assert "size" not in drafted.excluded
