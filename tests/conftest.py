@@ -44,15 +44,15 @@ def service_process(
     poll_seconds: float,
     wait_ready: bool,
     env: dict[str, str] | None = None,
-    pipelines: tuple[str, ...] = ("flights",),
+    pipelines: tuple[str, ...] | None = ("flights",),
 ) -> Iterator[dict]:
-    """`flightplan serve` for ``pipelines`` as its own process (in ``env``, by default this one's), on a
-    free port; stopped at exit."""
+    """`flightplan serve` for ``pipelines`` (None: every pipeline of the folder, followed) as its own process (in
+    ``env``, by default this one's), on a free port; stopped at exit."""
     port = free_port()
     env = {**(os.environ if env is None else env), "FLIGHTPLAN_API_TOKEN": token, "FLIGHTPLAN_HOME": str(settings.home)}
     output = settings.home / f"serve-{port}.log"
     command = [str(Path(sys.executable).with_name("flightplan")), "serve"]
-    for pipeline in pipelines:
+    for pipeline in pipelines or ():
         command += ["--pipeline", pipeline]
     with output.open("w") as sink:
         process = subprocess.Popen(

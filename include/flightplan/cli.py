@@ -287,7 +287,12 @@ def main(argv: list[str] | None = None) -> int:
     with_interval(cmd)
     cmd.set_defaults(run=summary)
     cmd = commands.add_parser("serve", help="serve the champion model of pipelines over HTTP")
-    cmd.add_argument("--pipeline", action="append", required=True, help="repeat to serve several pipelines")
+    cmd.add_argument(
+        "--pipeline",
+        action="append",
+        help="serve only this pipeline (repeat for several); by default every pipeline of the folder, followed as "
+        "YAMLs are added, edited and removed",
+    )
     cmd.add_argument("--host", default="127.0.0.1")
     cmd.add_argument("--port", type=int, default=8000)
     cmd.add_argument("--poll-seconds", type=float, default=10.0, help="how often to check the champion alias")

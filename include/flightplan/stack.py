@@ -23,7 +23,6 @@ from pathlib import Path
 import httpx
 
 from flightplan.airflow_rest import ADMIN, PASSWORDS_FILE
-from flightplan.config import available_pipelines
 from flightplan.settings import Settings, airflow_environment, api_token, token_file
 
 AIRFLOW_PROCESSES = ("api-server", "scheduler", "dag-processor", "triggerer")
@@ -85,7 +84,7 @@ def airflow_api_environment(url: str) -> dict[str, str]:
     }
 
 
-def processes(settings: Settings, component: str, pipelines: list[str]) -> list[Process]:
+def processes(settings: Settings, component: str) -> list[Process]:
     if component == "airflow":
         health = f"{settings.airflow_url}/api/v2/monitor/health"
         options = {
@@ -118,9 +117,8 @@ def processes(settings: Settings, component: str, pipelines: list[str]) -> list[
         ]
         return [Process("mlflow", command, f"{settings.mlflow_ui_url}/health")]
     if component == "service":
+        # No --pipeline: the service follows the pipelines folder, so a new YAML is served without a restart.
         command = [sys.executable, "-m", "flightplan.cli", "serve", *_listen(settings.service_url)]
-        for pipeline in pipelines:
-            command += ["--pipeline", pipeline]
         return [Process("service", command, f"{settings.service_url}/health")]
     raise StackError(f"unknown component '{component}' (known: {', '.join(COMPONENTS)})")
 
@@ -324,19 +322,13 @@ def up(
 ) -> dict[str, int]:
     """Starts the components asked for (all by default); returns the pid of each process."""
     chosen = _chosen(components)
-    pipelines = available_pipelines(settings.pipelines_dir)
     ensure_token(settings)
     env = {**os.environ, **stack_airflow_environment(settings, dags_folder, plugins_folder)}
     if "airflow" in chosen:
         migrate_airflow(settings, env)
         ensure_airflow_password(settings)
     prepare_tracking(settings)
-    started = [
-        process
-        for component in COMPONENTS
-        if component in chosen
-        for process in processes(settings, component, pipelines)
-    ]
+    started = [process for component in COMPONENTS if component in chosen for process in processes(settings, component)]
     pids = {process.name: launch(settings, process, env) for process in started}
     wait_ready(settings, started)
     return pids
@@ -350,7 +342,7 @@ def down(settings: Settings, components: list[str] | None = None) -> dict[str, i
     for component in reversed(COMPONENTS):
         if component in chosen:
             # Airflow's API server last: the tasks the scheduler stops report their end through it.
-            for process in reversed(processes(settings, component, [])):
+            for process in reversed(processes(settings, component)):
                 stopped[process.name] = stop(settings, process.name)
     return stopped
 
@@ -359,5 +351,5 @@ def status(settings: Settings) -> dict[str, int | None]:
     return {
         process.name: running_pid(settings, process.name)
         for component in COMPONENTS
-        for process in processes(settings, component, [])
+        for process in processes(settings, component)
     }

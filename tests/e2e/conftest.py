@@ -51,7 +51,7 @@ def running_airflow(env: dict[str, str]) -> Iterator[str]:
     url = f"http://127.0.0.1:{free_port()}"
     settings = dataclasses.replace(load_settings(env), airflow_url=url)
     env = {**env, **airflow_api_environment(url)}
-    started = processes(settings, "airflow", [])
+    started = processes(settings, "airflow")
     try:
         for process in started:
             launch(settings, process, env)

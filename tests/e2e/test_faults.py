@@ -178,7 +178,7 @@ def scheduler_restarted(stack: FaultStack) -> Iterator[None]:
     """Kill the scheduler (SIGKILL, its executor's workers left running as orphans); start a new one at exit."""
     from flightplan.stack import airflow_api_environment, launch, processes, running_pid
 
-    scheduler = next(p for p in processes(stack.settings, "airflow", []) if p.name == "airflow-scheduler")
+    scheduler = next(p for p in processes(stack.settings, "airflow") if p.name == "airflow-scheduler")
     pid = running_pid(stack.settings, scheduler.name)
     assert pid is not None
     os.kill(pid, signal.SIGKILL)

@@ -301,3 +301,52 @@ def test_ground_truth_sent_back_labels_rows_in_the_label_step(api: Any, layout: 
         assert label_of(on_time, "override")[1] == [1]
     finally:
         label_of(unknown, "ignore")  # the labeled data the other tests share, as the rule alone makes it
+
+
+def test_the_service_follows_the_pipelines_folder_without_a_restart(
+    champion: str, settings: Settings, layout: Layout, challenger: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    """A YAML written while the service runs is served within a poll (routes, OpenAPI, its champion); an edited
+    one that no longer loads keeps serving its last good config and is named on /ready; a removed one stops."""
+    import dataclasses
+
+    import yaml
+    from fastapi.testclient import TestClient
+    from flightplan.serving.app import ServiceOptions, create_app
+
+    flights = (settings.pipelines_dir / "flights.yaml").read_text()
+    (tmp_path / "flights.yaml").write_text(flights)
+    following = dataclasses.replace(settings, pipelines_dir=tmp_path)
+    record = client_records(layout, challenger[0], 1)[0]
+
+    def until(found: Any, what: str) -> None:
+        deadline = time.monotonic() + 30
+        while not found():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.1)
+
+    app = create_app(following, ServiceOptions(None, TOKEN, poll_seconds=0.2))
+    with TestClient(app) as api:
+        assert "/v1/flights/predict" in api.get("/openapi.json").json()["paths"]
+        assert api.post("/v1/twin/predict", json=record, headers=AUTH).status_code == 404
+
+        twin = yaml.safe_load(flights)
+        twin["name"] = "twin"
+        twin.setdefault("model", {})["registered_name"] = "flights-delayed"  # the same champion, served as twin
+        (tmp_path / "twin.yaml").write_text(yaml.safe_dump(twin))
+        until(lambda: "/v1/twin/predict" in api.get("/openapi.json").json()["paths"], "twin's routes")
+        answer = api.post("/v1/twin/predict", json=record, headers=AUTH)
+        assert answer.status_code == 200, answer.text
+        assert (answer.json()["pipeline"], answer.json()["model_version"]) == ("twin", champion)
+        assert api.get("/ready").json()["pipelines"]["twin"]["version"] == champion
+
+        (tmp_path / "twin.yaml").write_text(yaml.safe_dump(twin).replace("strategy: time", "strategy: sideways"))
+        until(lambda: "twin" in api.get("/ready").json()["config_errors"], "twin's config error")
+        assert "split.strategy" in api.get("/ready").json()["config_errors"]["twin"]
+        assert api.post("/v1/twin/predict", json=record, headers=AUTH).status_code == 200  # its last good config
+
+        (tmp_path / "twin.yaml").unlink()
+        until(lambda: "/v1/twin/predict" not in api.get("/openapi.json").json()["paths"], "twin's routes gone")
+        assert api.post("/v1/twin/predict", json=record, headers=AUTH).status_code == 404
+        assert api.post("/v1/flights/predict", json=record, headers=AUTH).status_code == 200
+        assert set(api.get("/ready").json()["pipelines"]) == {"flights"}

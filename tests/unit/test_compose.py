@@ -142,3 +142,16 @@ def test_the_api_server_writes_its_users_passwords_from_the_env_before_it_starts
     without.write_text("\n".join(line for line in example if not line.startswith("AIRFLOW_PASSWORDS=")))
     refused = compose_config("-q", env_file=without)
     assert refused.returncode != 0 and "set AIRFLOW_PASSWORDS in .env" in refused.stderr
+
+
+def test_the_dags_and_the_inference_api_share_one_pipelines_folder_and_serve_all_of_it() -> None:
+    """Every pipeline of the folder is scheduled and served: the inference API names none (it follows the folder),
+    and the Airflow services and the API read the same folder, mounted from the host."""
+    services = yaml.safe_load(compose_config(env_file=REPO / ".env.example").stdout)["services"]
+    assert "--pipeline" not in services["inference"]["command"]
+    for name in ("inference", "scheduler", "dag-processor", "airflow-worker", "api-server"):
+        service = services[name]
+        assert service["environment"]["FLIGHTPLAN_PIPELINES_DIR"] == "/opt/flightplan-pipelines", name
+        mounts = {v["target"]: v for v in service["volumes"]}
+        assert mounts["/opt/flightplan-pipelines"]["source"] == str(REPO / "include" / "pipelines"), name
+        assert mounts["/opt/flightplan-pipelines"]["read_only"] is True, name

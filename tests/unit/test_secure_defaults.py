@@ -38,7 +38,7 @@ def test_the_embedded_airflow_asks_for_a_login_whatever_the_environment_says(tmp
 
 def test_the_embedded_stack_listens_on_loopback_only_by_default(tmp_path: Path) -> None:
     settings = load_settings({"FLIGHTPLAN_HOME": str(tmp_path)})
-    commands = {p.name: p.command for component in COMPONENTS for p in processes(settings, component, ["flights"])}
+    commands = {p.name: p.command for component in COMPONENTS for p in processes(settings, component)}
     assert set(commands) == {
         "airflow-api-server",
         "airflow-scheduler",

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import pydantic_core
@@ -27,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flightplan.config import PipelineConfig, load_pipeline
 from flightplan.layout import Layout
+from flightplan.orchestration import scan_pipelines
 from flightplan.serving.collect import SnapshotSource, collect
 from flightplan.serving.inputs import InvalidRecord, record_type
 from flightplan.serving.metrics import ServiceMetrics
@@ -53,7 +55,7 @@ LOG_WAIT_SECONDS = 10.0
 
 @dataclass(frozen=True)
 class ServiceOptions:
-    pipelines: list[str]
+    pipelines: list[str] | None  # None: every pipeline of the folder, followed as YAMLs come, change and go
     token: str | None  # None: authentication disabled (local use only, asked for explicitly)
     poll_seconds: float = 10.0
 
@@ -143,8 +145,17 @@ class Service:
     def __init__(self, settings: Settings, options: ServiceOptions) -> None:
         self.settings = settings
         self.options = options
-        self.configs = {name: load_pipeline(name, settings.pipelines_dir) for name in options.pipelines}
+        # Replaced whole, never changed in place, so that a request reading them while the poller follows the
+        # pipelines folder sees one state or the other.
+        self.config_errors: dict[str, str] = {}  # YAMLs of the folder that do not load: their last config serves
+        if options.pipelines is None:
+            scan = scan_pipelines(settings.pipelines_dir)
+            self.configs: dict[str, PipelineConfig] = scan.configs
+            self.config_errors = {Path(path).stem: error for path, error in scan.errors.items()}
+        else:
+            self.configs = {name: load_pipeline(name, settings.pipelines_dir) for name in options.pipelines}
         self.slots = {name: ModelSlot(settings, config) for name, config in self.configs.items()}
+        self.on_pipelines_changed: Callable[[set[str]], None] = lambda _changed: None
         self.metrics = ServiceMetrics()
         self.engine = create_store_engine(settings.predictions_db_url)
         self.log: PredictionLog | None = None
@@ -173,10 +184,41 @@ class Service:
 
     def _poll(self) -> None:
         while not self._stop.wait(self.options.poll_seconds):
+            try:
+                self.follow_pipelines()
+            except Exception:  # the folder unreadable for a moment: the pipelines served so far go on
+                log.exception("could not read the pipelines folder %s", self.settings.pipelines_dir)
             self.reload_all()
 
+    def follow_pipelines(self) -> set[str]:
+        """Serve what the pipelines folder holds now (when the service follows it): a new YAML gets its routes
+        and its champion, an edited one its new schema, a removed one stops being served (its log stays). A YAML
+        that does not load keeps its last good config serving and is reported on /ready. Returns the names
+        whose routes changed."""
+        if self.options.pipelines is not None:
+            return set()
+        scan = scan_pipelines(self.settings.pipelines_dir)
+        broken = {Path(path).stem for path in scan.errors}
+        self.config_errors = {Path(path).stem: error for path, error in scan.errors.items()}
+        kept = {name: config for name, config in self.configs.items() if name in broken and name not in scan.configs}
+        wanted = {**kept, **scan.configs}
+        changed = {name for name in wanted.keys() | self.configs.keys() if wanted.get(name) != self.configs.get(name)}
+        if not changed:
+            return changed
+        slots = {name: slot for name, slot in self.slots.items() if name in wanted and name not in changed}
+        for name in sorted(changed & wanted.keys()):
+            slots[name] = ModelSlot(self.settings, wanted[name])
+            self.metrics.observe_reload(slots[name].refresh(retry_refused=True))
+        self.configs, self.slots = wanted, slots
+        log.info("pipelines now served: %s (changed: %s)", sorted(wanted), sorted(changed))
+        self.on_pipelines_changed(changed)
+        return changed
+
     def model(self, pipeline: str) -> ServedModel:
-        model = self.slots[pipeline].current
+        slot = self.slots.get(pipeline)
+        if slot is None:
+            raise HTTPException(status_code=404, detail=f"pipeline '{pipeline}' is not served any more")
+        model = slot.current
         if model is None:
             raise HTTPException(status_code=503, detail=f"pipeline '{pipeline}' has no champion model to serve yet")
         return model
@@ -362,7 +404,7 @@ def create_app(settings: Settings, options: ServiceOptions) -> FastAPI:
         }
         ok = all(p["version"] for p in pipelines.values())
         response.status_code = 200 if ok else 503
-        return {"ready": ok, "pipelines": pipelines}
+        return {"ready": ok, "pipelines": pipelines, "config_errors": service.config_errors}
 
     @app.get("/metrics", tags=["service"], response_class=Response)
     def metrics() -> Response:
@@ -374,6 +416,22 @@ def create_app(settings: Settings, options: ServiceOptions) -> FastAPI:
         version refused before."""
         return service.reload_all(retry_refused=True)
 
+    def routes_of(names: set[str]) -> Callable[[Any], bool]:
+        prefixes = tuple(f"/v1/{name}/" for name in names)
+        return lambda route: getattr(route, "path", "").startswith(prefixes)
+
+    def replace_routes(changed: set[str]) -> None:
+        # Built aside and swapped in at once: requests keep routing on the old list until then.
+        staging = FastAPI()
+        for name in sorted(changed & service.configs.keys()):
+            add_pipeline_routes(staging, service, name, service.configs[name], auth)
+        belongs = routes_of(changed)
+        app.router.routes = [r for r in app.router.routes if not belongs(r)] + [
+            r for r in staging.router.routes if belongs(r)
+        ]
+        app.openapi_schema = None  # /openapi.json and /docs describe the pipelines served now
+
+    service.on_pipelines_changed = replace_routes
     for name, config in service.configs.items():
         add_pipeline_routes(app, service, name, config, auth)
     return app
