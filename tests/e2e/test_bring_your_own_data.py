@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -279,17 +280,18 @@ def test_the_schedulers_nightly_runs_each_process_their_own_day_and_a_missing_da
 ) -> None:
     """Two scheduled pipelines whose drops of yesterday landed (different days of the demo data), and one whose
     drop never comes: the scheduler's own runs (no trigger) each ingest their pipeline's day; the third waits,
-    deferred, for its timeout and fails once, naming the folder."""
+    deferred, for its timeout and fails once, naming the folder. Then Airflow's CLI backfills two earlier days of
+    one and re-runs the other's day, each run on its own days."""
     from datetime import UTC, datetime, timedelta
 
-    import pyarrow.parquet as pq
     import yaml
     from flightplan.layout import Layout
     from flightplan.replay import replay
 
     api, own = byod["api"], byod["settings"]
     yesterday = datetime.now(UTC).date() - timedelta(days=1)
-    landed = {}
+    landed: dict[str, int] = {}
+    rows_of: dict[str, int] = {}
     for name, source_day in (("north", date(2013, 1, 1)), ("south", date(2013, 1, 2))):
         draft = tmp_path / f"{name}.yaml"
         draft.write_text(yaml.safe_dump(scheduled_copy(settings, name)))
@@ -308,11 +310,9 @@ def test_the_schedulers_nightly_runs_each_process_their_own_day_and_a_missing_da
         assert run["run_type"] == "scheduled" and run["data_interval_start"].startswith(yesterday.isoformat())
         state = api.wait_for_run(dag_id(name, "data_engineering"), run["dag_run_id"], timeout=1200)
         assert state == "success", api.task_states(dag_id(name, "data_engineering"), run["dag_run_id"])
-        partition = own.data_root / "curated" / name / f"ds={yesterday.isoformat()}"
-        rows = sum(pq.read_metadata(f).num_rows for f in partition.glob("*.parquet"))
-        quarantined = own.data_root / "quarantine" / name / "ingest" / f"ds={yesterday.isoformat()}"
-        set_aside = sum(pq.read_metadata(f).num_rows for f in quarantined.glob("*.parquet"))
+        rows, set_aside = curated_rows(own, name, yesterday), curated_rows(own, name, yesterday, "quarantine")
         assert rows + set_aside == landed[name] and rows > 0, (name, rows, set_aside, landed[name])
+        rows_of[name] = rows
     assert landed["north"] != landed["south"]  # two different days: each pipeline ingested its own
 
     run = api.wait_for_new_run(dag_id("late", "data_engineering"), "2000-01-01T00:00:00+00:00", timeout=300)
@@ -323,8 +323,57 @@ def test_the_schedulers_nightly_runs_each_process_their_own_day_and_a_missing_da
     folder = own.data_root / "landing" / "late" / yesterday.isoformat()
     assert f"no landing files after 0.1 minutes in {folder}" in log
     assert api.task_states(dag_id("late", "data_engineering"), run["dag_run_id"])["ingest"] == "upstream_failed"
-    for name in ("north", "south", "late"):
+    api.set_paused(dag_id("late", "data_engineering"), True)
+
+    # The other ways to start a run, from Airflow's own CLI: a backfill of north's two days before yesterday, and
+    # a re-run of south's yesterday (the same rows again, not twice as many), both at once.
+    north = Layout(own, load_pipeline("north", byod["pipelines"]))
+    earlier = {yesterday - timedelta(days=3): date(2013, 1, 3), yesterday - timedelta(days=2): date(2013, 1, 4)}
+    for day, source_day in earlier.items():
+        landed[day.isoformat()] = replay(north, source_day, source_day + timedelta(days=1))[source_day.isoformat()]
+        (north.landing / source_day.isoformat()).rename(north.landing / day.isoformat())
+    airflow = [str(Path(sys.executable).with_name("airflow"))]
+    first, last = min(earlier), max(earlier)
+    backfill = [*airflow, "backfill", "create", "--dag-id", dag_id("north", "data_engineering")]
+    backfill += ["--from-date", first.isoformat(), "--to-date", last.isoformat()]
+    rerun = {"start": yesterday.isoformat(), "end": (yesterday + timedelta(days=1)).isoformat()}
+    trigger = [*airflow, "dags", "trigger", dag_id("south", "data_engineering"), "-c", json.dumps(rerun)]
+    started = datetime.now(UTC).isoformat()
+    for command in (backfill, trigger):
+        done = subprocess.run(command, env=byod["env"], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    rerun_run = api.wait_for_new_run(dag_id("south", "data_engineering"), started, timeout=300)
+    state = api.wait_for_run(dag_id("south", "data_engineering"), rerun_run["dag_run_id"], timeout=1200)
+    assert state == "success" and rerun_run["run_type"] == "manual"
+    assert curated_rows(own, "south", yesterday) == rows_of["south"]  # replaced, not appended
+    deadline = time.monotonic() + 1500
+    while True:
+        runs = api.http.get(f"/dags/{dag_id('north', 'data_engineering')}/dagRuns").json()["dag_runs"]
+        backfilled = [r for r in runs if r["run_type"] == "backfill"]
+        if len(backfilled) == 2 and all(r["state"] in ("success", "failed") for r in backfilled):
+            break
+        assert time.monotonic() < deadline, backfilled
+        time.sleep(5)
+    assert {r["state"] for r in backfilled} == {"success"}, backfilled
+    assert sorted(r["data_interval_start"][:10] for r in backfilled) == [d.isoformat() for d in sorted(earlier)]
+    for day in earlier:
+        assert (
+            curated_rows(own, "north", day) + curated_rows(own, "north", day, "quarantine") == landed[day.isoformat()]
+        )
+    for name in ("north", "south"):
         api.set_paused(dag_id(name, "data_engineering"), True)
+
+
+def curated_rows(settings: Settings, pipeline: str, day: date, dataset: str = "curated") -> int:
+    """Rows of one day's partition of a pipeline's curated data (or of its ingest quarantine)."""
+    import pyarrow.parquet as pq
+
+    root = (
+        settings.data_root / "curated" / pipeline
+        if dataset == "curated"
+        else settings.data_root / "quarantine" / pipeline / "ingest"
+    )
+    return sum(pq.read_metadata(f).num_rows for f in (root / f"ds={day.isoformat()}").glob("*.parquet"))
 
 
 def test_a_pending_approval_holds_no_other_pipeline_and_a_stale_event_only_its_own(byod: dict) -> None:
