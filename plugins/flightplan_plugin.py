@@ -21,29 +21,42 @@ async def current_user(user: GetUserDep) -> str:
     return str(user.get_name())
 
 
-async def trigger_dag(request: Request, dag_id: str, conf: dict[str, Any]) -> str:
-    """Starts a run through Airflow's REST API in this process, as the user who asked (their permissions,
-    audit log and name on the run); returns the run id."""
+async def airflow_api(request: Request, method: str, path: str, body: dict[str, Any]) -> Any:
+    """Airflow's REST API in this process, as the user who asked (their permissions, audit log and name)."""
     import httpx
     from airflow.api_fastapi.main import app as airflow_app
 
     header = request.headers.get("authorization", "")
     token = header[7:] if header.lower().startswith("bearer ") else request.cookies.get(COOKIE_NAME_JWT_TOKEN, "")
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=airflow_app), base_url="http://airflow") as api:
-        response = await api.post(
-            f"/api/v2/dags/{dag_id}/dagRuns",
-            json={"logical_date": None, "conf": conf},
-            headers={"Authorization": f"Bearer {token}"},
-        )
+        return await api.request(method, f"/api/v2{path}", json=body, headers={"Authorization": f"Bearer {token}"})
+
+
+async def trigger_dag(request: Request, dag_id: str, conf: dict[str, Any]) -> str:
+    """Starts a run now (no logical date); returns the run id."""
+    response = await airflow_api(request, "POST", f"/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf})
     if response.status_code != 200:
         raise HTTPException(response.status_code, f"Airflow refused to start {dag_id}: {response.text}")
     return str(response.json()["dag_run_id"])
 
 
+async def latest_runs(request: Request, dag_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The newest run of each DAG (one batch request), or nothing for those the user may not see."""
+    newest: dict[str, dict[str, Any]] = {}
+    for page in range(0, len(dag_ids), 100):
+        body = {"dag_ids": dag_ids[page : page + 100], "order_by": "-run_after", "page_limit": 1000}
+        response = await airflow_api(request, "POST", "/dags/~/dagRuns/list", body)
+        if response.status_code != 200:
+            return newest
+        for run in response.json()["dag_runs"]:
+            newest.setdefault(run["dag_id"], run)
+    return newest
+
+
 class FlightplanPlugin(AirflowPlugin):
     name = "flightplan"
     fastapi_apps: ClassVar[list[dict[str, Any]]] = [
-        {"app": create_ui(current_user, trigger_dag), "url_prefix": "/flightplan", "name": "flightplan"}
+        {"app": create_ui(current_user, trigger_dag, latest_runs), "url_prefix": "/flightplan", "name": "flightplan"}
     ]
     external_views: ClassVar[list[dict[str, Any]]] = [
         {

@@ -32,7 +32,10 @@ def ui(champion: str, settings: Settings) -> Iterator[tuple[Any, list[tuple[str,
         started.append((dag_id, conf))
         return f"manual__{len(started)}"
 
-    with TestClient(create_ui(user_from_header, record_run, settings)) as client:
+    async def one_run_each(request: Request, dag_ids: list[str]) -> dict[str, dict[str, Any]]:
+        return {dag: {"state": "success", "run_type": "manual", "dag_run_id": f"run-of-{dag}"} for dag in dag_ids[:2]}
+
+    with TestClient(create_ui(user_from_header, record_run, one_run_each, settings)) as client:
         client.headers["X-User"] = "alice"
         yield client, started
 
@@ -55,6 +58,8 @@ def test_models_page_shows_the_champion_and_deploys_through_the_dag(
     assert page.status_code == 200
     assert f"<b>champion</b>: version {champion}" in page.text and "roc_auc" in page.text
     assert "Signed in as alice" in page.text and "undecided" in page.text
+    assert "run-of-flights.data_engineering" in page.text and "run-of-flights.model_engineering" in page.text
+    assert "flights.rollback</a></td><td>no run yet" in page.text
     deployed = client.post("/pipelines/flights/deploy", data={"version": champion, "reason": "looks good"})
     assert deployed.status_code == 200 and "manual__1" in deployed.text
     assert started[-1] == (

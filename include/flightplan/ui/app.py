@@ -21,11 +21,13 @@ from flightplan.orchestration import dag_id
 from flightplan.settings import Settings, load_settings
 
 TriggerDag = Callable[[Request, str, dict[str, Any]], Awaitable[str]]
+# The newest run of each DAG id asked for (state, run id, run type, start), as the signed-in user may see them.
+LatestRuns = Callable[[Request, list[str]], Awaitable[dict[str, dict[str, Any]]]]
 PAGE_ROWS = 50
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1b1f24}
 table{border-collapse:collapse;margin:.5rem 0 1.5rem}td,th{border:1px solid #d0d7de;padding:.3rem .6rem;text-align:left}
-th{background:#f6f8fa}.hold{color:#1a7f37}.retrain{color:#cf222e}.undecided{color:#9a6700}
+th{background:#f6f8fa}.hold,.success{color:#1a7f37}.retrain,.failed{color:#cf222e}.undecided,.running{color:#9a6700}
 .card{display:inline-block;vertical-align:top;border:1px solid #d0d7de;border-radius:6px;
   padding:.6rem 1rem;margin:0 1rem 1rem 0;max-width:24rem}
 .metrics{margin:.4rem 0}.metrics td{border:none;padding:.05rem .8rem .05rem 0}
@@ -58,9 +60,17 @@ def _safe_file(root: Path, relative: str) -> Path:
     return path
 
 
-def create_ui(current_user: Callable[..., Any], trigger_dag: TriggerDag, settings: Settings | None = None) -> FastAPI:
+def create_ui(
+    current_user: Callable[..., Any],
+    trigger_dag: TriggerDag,
+    latest_runs: LatestRuns,
+    settings: Settings | None = None,
+) -> FastAPI:
+    from starlette.concurrency import run_in_threadpool
+
     from flightplan.config import available_pipelines, load_pipeline
     from flightplan.monitoring.stages import drifted_columns
+    from flightplan.orchestration import STAGES, scan_pipelines
     from flightplan.ui import views
 
     settings = settings or load_settings()
@@ -75,12 +85,31 @@ def create_ui(current_user: Callable[..., Any], trigger_dag: TriggerDag, setting
     def prefix(request: Request) -> str:
         return str(request.scope.get("root_path", "")).rstrip("/")
 
+    def last_runs_table(name: str, runs: dict[str, dict[str, Any]]) -> str:
+        rows = []
+        for stage in STAGES:
+            dag = dag_id(name, stage)
+            run = runs.get(dag)
+            link = f"<a href='{_e(settings.airflow_url)}/dags/{_e(dag)}' target='_top'>{_e(dag)}</a>"
+            if run is None:
+                rows.append([link, "no run yet", "", ""])
+                continue
+            state = str(run.get("state"))
+            rows.append(
+                [link, f"<span class='{_e(state)}'>{_e(state)}</span>", _e(run.get("run_type")), _e(run["dag_run_id"])]
+            )
+        return "<h3>Last runs</h3>" + _table(["DAG", "state", "started by", "run"], rows)
+
     @app.get("/", response_class=HTMLResponse)
-    def models(request: Request, user: User) -> HTMLResponse:
+    async def models(request: Request, user: User) -> HTMLResponse:
         base = prefix(request)
         parts = [f"<p>Signed in as {_e(user)}.</p>"]
-        for name in available_pipelines(settings.pipelines_dir):
-            found = views.overview(layout(name))
+        scan = scan_pipelines(settings.pipelines_dir)
+        for path, error in scan.errors.items():
+            parts.append(f"<h2>{_e(Path(path).stem)} <small>(does not load)</small></h2><pre>{_e(error)}</pre>")
+        runs = await latest_runs(request, [dag_id(name, stage) for name in scan.configs for stage in STAGES])
+        for name, config in scan.configs.items():
+            found = await run_in_threadpool(views.overview, Layout(settings, config))
             parts.append(f"<h2>{_e(name)} <small>({_e(found.model)})</small></h2>")
             parts.append(
                 f"<nav><a href='{base}/pipelines/{name}/data'>Data</a>"
@@ -142,6 +171,7 @@ def create_ui(current_user: Callable[..., Any], trigger_dag: TriggerDag, setting
                 )
             header = ["window", "version", "rows", "drift", found.primary_metric, "decision", "reports"]
             parts.append("<h3>Monitoring</h3>" + (_table(header, rows) if rows else "<p>No check yet.</p>"))
+            parts.append(last_runs_table(name, runs))
         return _page("Models", "".join(parts))
 
     @app.post("/pipelines/{pipeline}/deploy", response_class=HTMLResponse)
