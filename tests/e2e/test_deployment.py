@@ -135,11 +135,11 @@ def deploy_with_answer(
         assert time.monotonic() < deadline, "the scheduler never took in the paused approval task's exit"
         time.sleep(0.5)
     assert api.task_states("flights.deployment", run_id)["promote"] is None
-    details = api.http.get(f"/dags/deployment/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails")
+    details = api.http.get(f"/dags/flights.deployment/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails")
     details.raise_for_status()
     assert details.json()["options"] == ["Approve", "Reject"] and "flights" in details.json()["subject"]
     api.http.patch(
-        f"/dags/deployment/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails",
+        f"/dags/flights.deployment/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails",
         json={"chosen_options": [answer], "params_input": {}},
     ).raise_for_status()
     return api.wait_for_run("flights.deployment", run_id), api.task_states("flights.deployment", run_id)

@@ -207,12 +207,12 @@ def models_page_answers_only_a_logged_in_airflow_user(base: str, api: AirflowApi
         timeout=60,
     )
     assert deployed.status_code == 200, deployed.text
-    runs = api.http.get("/dags/deployment/dagRuns").json()["dag_runs"]
+    runs = api.http.get("/dags/flights.deployment/dagRuns").json()["dag_runs"]
     started = [r for r in runs if r["conf"].get("reason", "").startswith("e2e (deployed by admin")]
     assert len(started) == 1 and started[0]["conf"]["version"] == challenger
     assert started[0]["triggering_user_name"] == "admin"
     # The deployment DAG stays paused here; the run is removed so that no later run starts from it.
-    api.http.delete(f"/dags/deployment/dagRuns/{started[0]['dag_run_id']}").raise_for_status()
+    api.http.delete(f"/dags/flights.deployment/dagRuns/{started[0]['dag_run_id']}").raise_for_status()
 
 
 def test_the_service_loads_from_the_tracking_server_and_logs_to_postgres(
