@@ -23,19 +23,9 @@ from typing import Any
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, get_current_context, task
+from flightplan import orchestration
 from flightplan.config import PipelineConfig
-from shared import PIPELINES, asset, dag_options, fail_for_good, run_facts
-
-
-def deploy_job(pipeline: str) -> Any:
-    """The version the challenger event names, else the run's `version` Param
-    (flightplan.orchestration.deploy_job)."""
-    from flightplan import orchestration
-
-    try:
-        return orchestration.deploy_job(run_facts(pipeline))
-    except orchestration.JobError as err:
-        raise fail_for_good(err) from err
+from shared import PIPELINES, asset, dag_options, job
 
 
 def build(config: PipelineConfig) -> None:
@@ -60,7 +50,7 @@ def build(config: PipelineConfig) -> None:
         def compare() -> dict[str, Any]:
             from flightplan.serving import deploy
 
-            return deploy.compare(deploy_job(pipeline))
+            return deploy.compare(job(pipeline, orchestration.deploy_job))
 
         @task.branch
         def approval_needed() -> str:
@@ -84,7 +74,7 @@ def build(config: PipelineConfig) -> None:
         def promote() -> dict[str, Any]:
             from flightplan.serving import deploy
 
-            result = deploy.promote(deploy_job(pipeline))
+            result = deploy.promote(job(pipeline, orchestration.deploy_job))
             get_current_context()["outlet_events"][champion].extra = {"pipeline": pipeline, **result}
             return result
 
@@ -92,25 +82,27 @@ def build(config: PipelineConfig) -> None:
         def reload_service() -> str:
             from flightplan.serving import deploy
 
-            return deploy.reload_service(deploy_job(pipeline))
+            return deploy.reload_service(job(pipeline, orchestration.deploy_job))
 
         @task
         def smoke_test() -> dict[str, Any]:
             from flightplan.serving import deploy
 
-            return deploy.smoke_test(deploy_job(pipeline))
+            return deploy.smoke_test(job(pipeline, orchestration.deploy_job))
 
         @task(trigger_rule="one_failed")
         def roll_back() -> None:
             from flightplan.serving import deploy
 
-            job = deploy_job(pipeline)
+            deploying = job(pipeline, orchestration.deploy_job)
             promoted = get_current_context()["ti"].xcom_pull(task_ids="promote")
             if not promoted:
                 raise deploy.RolledBack("nothing was promoted by this run; the champion is unchanged")
-            moved = deploy.rollback(job, f"failed checks in deployment run {job.context.run_id}", promoted["champion"])
+            moved = deploy.rollback(
+                deploying, f"failed checks in deployment run {deploying.context.run_id}", promoted["champion"]
+            )
             try:
-                deploy.reload_service(job)
+                deploy.reload_service(deploying)
             except deploy.ServiceCheckFailed as err:
                 moved["reload"] = str(err)
             raise deploy.RolledBack(

@@ -17,22 +17,10 @@ retrain with other settings. All runs of a pipeline are in the MLflow experiment
 
 from __future__ import annotations
 
-from typing import Any
-
 from airflow.sdk import Param, dag, get_current_context, task
+from flightplan import orchestration
 from flightplan.config import PipelineConfig
-from shared import PIPELINES, asset, dag_options, fail_for_good, run_facts
-
-
-def model_job(pipeline: str) -> Any:
-    """The run's Params as config overrides, the split its splits event names and why it runs
-    (flightplan.orchestration.model_job)."""
-    from flightplan import orchestration
-
-    try:
-        return orchestration.model_job(run_facts(pipeline))
-    except orchestration.JobError as err:
-        raise fail_for_good(err) from err
+from shared import PIPELINES, asset, dag_options, job
 
 
 def build(config: PipelineConfig) -> None:
@@ -69,48 +57,52 @@ def build(config: PipelineConfig) -> None:
         def features() -> str:
             from flightplan.model import stages
 
-            return stages.features(model_job(pipeline))
+            return stages.features(job(pipeline, orchestration.model_job))
 
         @task
         def tune(mlflow_run: str) -> str:
             from flightplan.model import stages
 
-            stages.tune(model_job(pipeline), mlflow_run)
+            stages.tune(job(pipeline, orchestration.model_job), mlflow_run)
             return mlflow_run
 
         @task
         def train(mlflow_run: str) -> str:
             from flightplan.model import stages
 
-            stages.train(model_job(pipeline), mlflow_run)
+            stages.train(job(pipeline, orchestration.model_job), mlflow_run)
             return mlflow_run
 
         @task
         def evaluate(mlflow_run: str) -> str:
             from flightplan.model import stages
 
-            stages.evaluate(model_job(pipeline), mlflow_run)
+            stages.evaluate(job(pipeline, orchestration.model_job), mlflow_run)
             return mlflow_run
 
         @task(retries=0)
         def accept(mlflow_run: str) -> str:
             from flightplan.model import stages
 
-            stages.accept(model_job(pipeline), mlflow_run)
+            stages.accept(job(pipeline, orchestration.model_job), mlflow_run)
             return mlflow_run
 
         @task(retries=0)
         def package(mlflow_run: str) -> dict[str, str]:
             from flightplan.model import stages
 
-            return {"run_id": mlflow_run, "model_uri": stages.package_onnx(model_job(pipeline), mlflow_run)}
+            return {
+                "run_id": mlflow_run,
+                "model_uri": stages.package_onnx(job(pipeline, orchestration.model_job), mlflow_run),
+            }
 
         @task(outlets=[challenger])
         def register(packaged: dict[str, str]) -> dict[str, str]:
             from flightplan.model import stages
 
-            job = model_job(pipeline)
-            registered = stages.register(job, packaged["run_id"], packaged["model_uri"])
+            registered = stages.register(
+                job(pipeline, orchestration.model_job), packaged["run_id"], packaged["model_uri"]
+            )
             get_current_context()["outlet_events"][challenger].extra = {"pipeline": pipeline, **registered}
             return registered
 

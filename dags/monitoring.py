@@ -23,9 +23,10 @@ from typing import Any
 
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import Param, dag, task
+from flightplan import orchestration
 from flightplan.config import PipelineConfig
 from flightplan.orchestration import dag_id
-from shared import PIPELINES, dag_options, fail_for_good, run_facts, timetable
+from shared import PIPELINES, dag_options, job, timetable
 
 
 def build(config: PipelineConfig) -> None:
@@ -68,15 +69,12 @@ def build(config: PipelineConfig) -> None:
         def check() -> dict[str, Any]:
             from datetime import UTC, datetime
 
-            from flightplan import orchestration
             from flightplan.layout import open_pipeline
             from flightplan.monitoring import stages
 
-            try:
-                job = orchestration.monitor_job(run_facts(pipeline), open_pipeline(pipeline)[1], datetime.now(UTC))
-            except orchestration.JobError as err:
-                raise fail_for_good(err) from err
-            return stages.outcome(stages.check(job))
+            config = open_pipeline(pipeline)[1]
+            window = job(pipeline, lambda facts: orchestration.monitor_job(facts, config, datetime.now(UTC)))
+            return stages.outcome(stages.check(window))
 
         @task.short_circuit
         def retrain_needed(outcome: dict[str, Any]) -> bool:

@@ -9,8 +9,9 @@ further back by accident. One DAG per pipeline (`<pipeline>.rollback`).
 from __future__ import annotations
 
 from airflow.sdk import Param, dag, get_current_context, task
+from flightplan import orchestration
 from flightplan.config import PipelineConfig
-from shared import PIPELINES, asset, dag_options, run_facts
+from shared import PIPELINES, asset, dag_options, job
 
 
 def build(config: PipelineConfig) -> None:
@@ -26,20 +27,18 @@ def build(config: PipelineConfig) -> None:
     def rollback() -> None:
         @task(outlets=[champion])
         def move_champion_back() -> dict[str, str | None]:
-            from flightplan.orchestration import rollback_job
             from flightplan.serving.deploy import rollback as roll_back
 
-            job = rollback_job(run_facts(pipeline))
-            moved = roll_back(job, job.reason)
+            rollback_job = job(pipeline, orchestration.rollback_job)
+            moved = roll_back(rollback_job, rollback_job.reason)
             get_current_context()["outlet_events"][champion].extra = {"pipeline": pipeline, **moved}
             return moved
 
         @task(retries=2)
         def reload_service() -> str:
-            from flightplan.orchestration import rollback_job
             from flightplan.serving.deploy import reload_service
 
-            return reload_service(rollback_job(run_facts(pipeline)))
+            return reload_service(job(pipeline, orchestration.rollback_job))
 
         move_champion_back() >> reload_service()
 

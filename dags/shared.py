@@ -4,16 +4,19 @@ Listed in .airflowignore: it holds no DAG."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import pendulum
 from airflow.sdk import Asset, BaseOperator, CronDataIntervalTimetable, Param, get_current_context
 from airflow.sdk.exceptions import AirflowFailException
+from flightplan import orchestration
 from flightplan.config import PipelineConfig
-from flightplan.orchestration import RunFacts, asset_name, asset_uri, dag_id, scan_pipelines
+from flightplan.orchestration import JobError, RunFacts, asset_name, asset_uri, dag_id, scan_pipelines
 from flightplan.settings import load_settings
 
+Job = TypeVar("Job")
 SETTINGS = load_settings()
 # Read at every parse: a YAML added, edited or removed changes the DAGs within one parse interval. A YAML that
 # does not load has no DAGs; pipeline_configs.py reports it as that file's import error.
@@ -62,23 +65,29 @@ def run_facts(pipeline: str) -> RunFacts:
         dag_id=context["dag"].dag_id,
         run_id=context["run_id"],
         task_id=context["task"].task_id,
-        run_type=str(context["dag_run"].run_type),
+        # The task SDK's run type is an enum whose str() is its name ("DagRunType.SCHEDULED"), not its value.
+        run_type=str(getattr(context["dag_run"].run_type, "value", context["dag_run"].run_type)),
         params=dict(context["params"]),
         data_interval=(start, end) if start and end else None,
         events=[dict(event.extra) for event in events],
     )
 
 
+def job(pipeline: str, rule: Callable[[RunFacts], Job]) -> Job:
+    """The job the library's rule (flightplan.orchestration) makes of this task's run; a run that cannot become
+    one fails the task at once, since retrying the same run cannot mend it."""
+    try:
+        return rule(run_facts(pipeline))
+    except JobError as err:
+        raise fail_for_good(err) from err
+
+
 def stage_input(pipeline: str) -> Any:
     """The pipeline, the days (the rule of flightplan.orchestration.data_interval) and the run's identity."""
-    from flightplan import orchestration
     from flightplan.layout import open_pipeline
 
     _, config, layout = open_pipeline(pipeline)
-    try:
-        return orchestration.stage_input(run_facts(pipeline), config, layout.landing)
-    except orchestration.JobError as err:
-        raise fail_for_good(err) from err
+    return job(pipeline, lambda facts: orchestration.stage_input(facts, config, layout.landing))
 
 
 def fail_for_good(error: Exception) -> AirflowFailException:
@@ -115,15 +124,11 @@ class LandingSensor(BaseOperator):
 
     def look(self, context: Any, event: Any = None, deadline: str | None = None) -> str:
         from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
-        from flightplan import orchestration
         from flightplan.layout import open_pipeline
 
         _, config, layout = open_pipeline(self.pipeline)
         facts = run_facts(self.pipeline)
-        try:
-            start, end = orchestration.data_interval(facts, config, layout.landing)
-        except orchestration.JobError as err:
-            raise fail_for_good(err) from err
+        start, end = job(self.pipeline, lambda run: orchestration.data_interval(run, config, layout.landing))
         if config.source.snapshot is not None or facts.run_type != "scheduled":
             return f"{facts.run_type} run: no wait"
         days = [start + timedelta(days=n) for n in range((end - start).days)]

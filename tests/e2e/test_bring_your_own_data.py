@@ -440,34 +440,6 @@ def test_a_pending_approval_holds_no_other_pipeline_and_a_stale_event_only_its_o
     assert f"Pipeline **caravan**: version {champion.version} of `caravan-" in detail.json()["body"]
 
     api.set_paused(dag_id("diamonds", "model_engineering"), False)
-    trained = [
-        v
-        for v in registry.search_model_versions(f"name = '{model}'")
-        if v.tags.get("airflow.run_id") == training["dag_run_id"]
-    ]
-    assert len(trained) == 1
-    run = registry.get_run(trained[0].run_id)
-    assert (
-        run.data.tags["flightplan.pipeline"] == "penguins"
-        and "/splits/penguins/" in run.data.tags["flightplan.split_manifest"]
-    )
-
-    deployment = api.wait_for_new_run(dag_id("penguins", "deployment"), training["run_after"], timeout=300)
-    state = api.wait_for_run(dag_id("penguins", "deployment"), deployment["dag_run_id"], timeout=900)
-    assert state == "success", api.task_states(dag_id("penguins", "deployment"), deployment["dag_run_id"])
-    ready = httpx.get(f"{byod['url']}/ready").json()
-    assert ready["pipelines"]["penguins"]["version"] == str(trained[0].version)
-    states = api.task_states(dag_id("caravan", "deployment"), waiting["dag_run_id"])
-    assert states["approve"] == "awaiting_input" and states["promote"] is None  # still waiting for its person
-    detail = api.http.get(
-        f"/dags/{dag_id('caravan', 'deployment')}/dagRuns/{waiting['dag_run_id']}/taskInstances/approve/-1/hitlDetails"
-    )
-    assert detail.status_code == 200, detail.text  # the prompt names the pipeline and the version deployed
-    champion = registry.get_model_version_by_alias(load_pipeline("caravan", pipelines).registered_model, "champion")
-    assert detail.json()["subject"] == "Promote a new champion for caravan?"
-    assert f"Pipeline **caravan**: version {champion.version} of `caravan-" in detail.json()["body"]
-
-    api.set_paused(dag_id("diamonds", "model_engineering"), False)
     stale = api.wait_for_new_run(dag_id("diamonds", "model_engineering"), queued, timeout=300)
     state = api.wait_for_run(dag_id("diamonds", "model_engineering"), stale["dag_run_id"], timeout=1200)
     assert state == "success", api.task_states(dag_id("diamonds", "model_engineering"), stale["dag_run_id"])
