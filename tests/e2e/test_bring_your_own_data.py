@@ -78,6 +78,8 @@ def byod(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "FLIGHTPLAN_HOME": str(home),
         "FLIGHTPLAN_PIPELINES_DIR": str(pipelines),
         "MLFLOW_TRACKING_URI": tracking.url,
+        # Its own Airflow: another tier's AIRFLOW_HOME (the DAG tests set one) holds other DAGs of these names.
+        "AIRFLOW_HOME": str(home / "airflow"),
     }
     own_settings = load_settings({**os.environ, **own})
     flightplan = str(Path(sys.executable).with_name("flightplan"))
