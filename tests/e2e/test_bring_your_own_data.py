@@ -35,7 +35,9 @@ from tests.e2e.conftest import airflow_api, migrated_airflow, running_airflow
 from tests.e2e.test_faults import TrackingServer
 
 TOKEN = "e2e-byod-token"
-pytestmark = pytest.mark.airflow
+# The module's stack runs four pipelines from file to served model before its first test (about 10 minutes alone on
+# two cores): more than the suite's per-test limit, which counts a fixture's setup in its first test.
+pytestmark = [pytest.mark.airflow, pytest.mark.timeout(2400)]
 
 
 @dataclass(frozen=True)
