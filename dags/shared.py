@@ -131,7 +131,9 @@ class LandingSensor(BaseOperator):
         start, end = job(self.pipeline, lambda run: orchestration.data_interval(run, config, layout.landing))
         if config.source.snapshot is not None or facts.run_type != "scheduled":
             return f"{facts.run_type} run: no wait"
-        days = [start + timedelta(days=n) for n in range((end - start).days)]
+        from flightplan.data.partitions import days_in
+
+        days = days_in(start, end)
         missing = [str(layout.landing / d.isoformat()) for d in days if not orchestration.day_landed(layout.landing, d)]
         if not missing:
             return f"landed: {start}..{end}"

@@ -156,8 +156,10 @@ def landed_days(landing: Path) -> list[date]:
 
 def day_landed(landing: Path, day: date) -> bool:
     """The day's landing folder holds at least one data file (names starting with '.' or '_' are partial)."""
+    from flightplan.data.partitions import visible_files
+
     folder = landing / day.isoformat()
-    return folder.is_dir() and any(p.is_file() and not p.name.startswith((".", "_")) for p in folder.iterdir())
+    return folder.is_dir() and bool(visible_files(folder))
 
 
 def stage_input(facts: RunFacts, config: PipelineConfig, landing: Path) -> StageInput:

@@ -34,6 +34,7 @@ from flightplan.data.partitions import (
     partition_files,
     replace_partitions,
     staging_area,
+    visible_files,
     write_json_atomic,
     write_parquet_atomic,
 )
@@ -180,13 +181,9 @@ def data_files(layout: Layout, days: list[date]) -> list[tuple[date, list[Path] 
     if snapshot is not None:
         if snapshot.is_file():
             return [(days[0], [snapshot])]
-        return [(days[0], _visible_files(snapshot) if snapshot.is_dir() else [])]
+        return [(days[0], visible_files(snapshot) if snapshot.is_dir() else [])]
     folders = [(day, layout.landing / day.isoformat()) for day in days]
-    return [(day, _visible_files(folder) if folder.is_dir() else None) for day, folder in folders]
-
-
-def _visible_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.glob("*") if p.is_file() and not p.name.startswith((".", "_")))
+    return [(day, visible_files(folder) if folder.is_dir() else None) for day, folder in folders]
 
 
 def csv_ranges(path: Path, delimiter: str) -> tuple[list[str] | None, list[tuple[int, int, int | None]]]:

@@ -30,6 +30,11 @@ _RENAME_EXCHANGE = 2
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
+def visible_files(folder: Path) -> list[Path]:
+    """The data files of a landing or snapshot folder: names starting with '.' or '_' are partial or hidden."""
+    return sorted(p for p in folder.glob("*") if p.is_file() and not p.name.startswith((".", "_")))
+
+
 def days_in(start: date, end: date) -> list[date]:
     """The days of the half-open interval [start, end), as Airflow's data intervals are."""
     if end <= start:
