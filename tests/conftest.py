@@ -121,6 +121,23 @@ def run_data_engineering(start: date, end: date) -> dict[str, dict]:
     return manifests
 
 
+@pytest.fixture(scope="module", autouse=True)
+def session_tracking_restored() -> Iterator[None]:
+    """Each module leaves MLflow pointed where it found it. The library points MLflow at a store process-wide
+    (mlflow.set_tracking_uri, which also exports MLFLOW_TRACKING_URI, read by load_settings and child processes):
+    a module that reads the registry of its own tracking server, stopped at its end, would otherwise leave every
+    later module talking to a closed port."""
+    import mlflow
+
+    exported, current = os.environ.get("MLFLOW_TRACKING_URI"), mlflow.get_tracking_uri()
+    yield
+    mlflow.set_tracking_uri(current)
+    if exported is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = exported
+
+
 @pytest.fixture(scope="session")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     folder = tmp_path_factory.mktemp("flightplan-home")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import os
 import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -44,21 +43,6 @@ TOKEN = "engines-token"
 CONF = {"start": FIRST_DAY.isoformat(), "end": END_DAY.isoformat()}
 DE_TASKS = ["wait_for_landing", "ingest", "profile", "validate", "wrangle", "label", "split"]
 pytestmark = pytest.mark.airflow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def session_tracking_restored() -> Iterator[None]:
-    """The library points MLflow at a store process-wide (mlflow.set_tracking_uri, which also exports
-    MLFLOW_TRACKING_URI to child processes): the tests after this module get the session's store back."""
-    import mlflow
-
-    exported, current = os.environ.get("MLFLOW_TRACKING_URI"), mlflow.get_tracking_uri()
-    yield
-    mlflow.set_tracking_uri(current)
-    if exported is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = exported
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,6 @@ from tests.conftest import (
 )
 from tests.e2e.conftest import airflow_api, migrated_airflow, running_airflow
 from tests.e2e.engines import answers, wait_until
-from tests.e2e.test_engines import session_tracking_restored  # noqa: F401 (an autouse fixture of this module too)
 
 TOKEN = "faults-token"
 CONF = {"start": FIRST_DAY.isoformat(), "end": END_DAY.isoformat()}
