@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flightplan.config import ColumnType, PipelineConfig
+from flightplan.data.partitions import held
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -74,10 +75,16 @@ def validate_frame(frame: pd.DataFrame, config: PipelineConfig, gx_root: Path, b
     """Run the pipeline's suite on ``frame``; the result and the Data Docs site are kept under ``gx_root``."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("TQDM_DISABLE", "1")
+    # One GX project holds every pipeline's suite, checkpoint and Data Docs, and each run rewrites them: two runs
+    # validating at once (two pipelines, or two intervals of one) would otherwise find the suite changed under them.
+    with held(gx_root / "validation.lock", "another validation"):
+        return _run_checkpoint(frame, config, gx_root, batch_name)
+
+
+def _run_checkpoint(frame: pd.DataFrame, config: PipelineConfig, gx_root: Path, batch_name: str) -> ValidationReport:
     import great_expectations as gx
     from great_expectations.checkpoint import UpdateDataDocsAction
 
-    gx_root.mkdir(parents=True, exist_ok=True)
     context = gx.get_context(mode="file", project_root_dir=str(gx_root))
     name = config.name
     source = context.data_sources.add_or_update_pandas(name=name)

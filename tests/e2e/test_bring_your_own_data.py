@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -283,7 +284,8 @@ def test_the_schedulers_nightly_runs_each_process_their_own_day_and_a_missing_da
 ) -> None:
     """Two scheduled pipelines whose drops of yesterday landed (different days of the demo data), and one whose
     drop never comes: the scheduler's own runs (no trigger) each ingest their pipeline's day; the third waits,
-    deferred, for its timeout and fails once, naming the folder. Then Airflow's CLI re-runs one of those days."""
+    deferred, for its timeout and fails once, naming the folder. Then Airflow's CLI backfills two earlier days of
+    one and re-runs the other's day, each run on its own days."""
     from datetime import UTC, datetime, timedelta
 
     import yaml
@@ -327,17 +329,41 @@ def test_the_schedulers_nightly_runs_each_process_their_own_day_and_a_missing_da
     assert api.task_states(dag_id("late", "data_engineering"), run["dag_run_id"])["ingest"] == "upstream_failed"
     api.set_paused(dag_id("late", "data_engineering"), True)
 
-    # Airflow's own CLI: a re-run of south's yesterday gives the same rows again, not twice as many.
+    # The other ways to start a run, from Airflow's own CLI: a backfill of north's two days before yesterday, and
+    # a re-run of south's yesterday (the same rows again, not twice as many), both at once.
+    north = Layout(own, load_pipeline("north", byod["pipelines"]))
+    earlier = {yesterday - timedelta(days=3): date(2013, 1, 3), yesterday - timedelta(days=2): date(2013, 1, 4)}
+    for day, source_day in earlier.items():
+        landed[day.isoformat()] = replay(north, source_day, source_day + timedelta(days=1))[source_day.isoformat()]
+        (north.landing / source_day.isoformat()).rename(north.landing / day.isoformat())
+    airflow = [str(Path(sys.executable).with_name("airflow"))]
+    first, last = min(earlier), max(earlier)
+    backfill = [*airflow, "backfill", "create", "--dag-id", dag_id("north", "data_engineering")]
+    backfill += ["--from-date", first.isoformat(), "--to-date", last.isoformat()]
     rerun = {"start": yesterday.isoformat(), "end": (yesterday + timedelta(days=1)).isoformat()}
-    airflow = str(Path(sys.executable).with_name("airflow"))
+    trigger = [*airflow, "dags", "trigger", dag_id("south", "data_engineering"), "-c", json.dumps(rerun)]
     started = datetime.now(UTC).isoformat()
-    trigger = [airflow, "dags", "trigger", dag_id("south", "data_engineering"), "-c", json.dumps(rerun)]
-    done = subprocess.run(trigger, env=byod["env"], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    for command in (backfill, trigger):
+        done = subprocess.run(command, env=byod["env"], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     rerun_run = api.wait_for_new_run(dag_id("south", "data_engineering"), started, timeout=300)
     state = api.wait_for_run(dag_id("south", "data_engineering"), rerun_run["dag_run_id"], timeout=1200)
     assert state == "success" and rerun_run["run_type"] == "manual"
     assert curated_rows(own, "south", yesterday) == rows_of["south"]  # replaced, not appended
+    deadline = time.monotonic() + 1500
+    while True:
+        runs = api.http.get(f"/dags/{dag_id('north', 'data_engineering')}/dagRuns").json()["dag_runs"]
+        backfilled = [r for r in runs if r["run_type"] == "backfill"]
+        if len(backfilled) == 2 and all(r["state"] in ("success", "failed") for r in backfilled):
+            break
+        assert time.monotonic() < deadline, backfilled
+        time.sleep(5)
+    assert {r["state"] for r in backfilled} == {"success"}, backfilled
+    assert sorted(r["data_interval_start"][:10] for r in backfilled) == [d.isoformat() for d in sorted(earlier)]
+    for day in earlier:
+        assert (
+            curated_rows(own, "north", day) + curated_rows(own, "north", day, "quarantine") == landed[day.isoformat()]
+        )
     for name in ("north", "south"):
         api.set_paused(dag_id(name, "data_engineering"), True)
 
@@ -352,3 +378,85 @@ def curated_rows(settings: Settings, pipeline: str, day: date, dataset: str = "c
         else settings.data_root / "quarantine" / pipeline / "ingest"
     )
     return sum(pq.read_metadata(f).num_rows for f in (root / f"ds={day.isoformat()}").glob("*.parquet"))
+
+
+def test_a_pending_approval_holds_no_other_pipeline_and_a_stale_event_only_its_own(byod: dict) -> None:
+    """caravan's deployment waits for a person; meanwhile a splits event of diamonds is posted while its
+    model_engineering is paused (Airflow queues no run for a paused consumer), then penguins' event (posted over
+    the REST API, as any producer outside Airflow would) trains penguins on penguins' split, and its deployment
+    promotes and serves the new champion. Unpaused, diamonds' model_engineering starts on its next event and
+    takes the stale one along: both are diamonds' own, and the run trains diamonds."""
+    import yaml
+    from flightplan.tracking import client
+
+    api, pipelines = byod["api"], byod["pipelines"]
+    for name, deployment in (("caravan", {"require_approval": True}), ("penguins", {"margin": -1.0})):
+        config = yaml.safe_load((pipelines / f"{name}.yaml").read_text())
+        config.setdefault("deployment", {}).update(deployment)
+        (pipelines / f"{name}.yaml").write_text(yaml.safe_dump(config))
+    waiting = api.trigger(dag_id("caravan", "deployment"), {"reason": "needs a person"})
+    api.wait_for_task(dag_id("caravan", "deployment"), waiting["dag_run_id"], "approve", "awaiting_input")
+
+    api.set_paused(dag_id("diamonds", "model_engineering"), True)
+    api.set_paused(dag_id("diamonds", "deployment"), True)
+    assets = {a["name"]: a["id"] for a in api.http.get("/assets", params={"limit": 100}).json()["assets"]}
+
+    def post_splits(name: str) -> str:
+        latest = byod["settings"].data_root / "splits" / name / "latest.json"
+        manifest = json.loads(latest.read_text())["manifest"]
+        event = {"asset_id": assets[f"{name}.splits"], "extra": {"pipeline": name, "manifest": manifest}}
+        posted = api.http.post("/assets/events", json=event)
+        assert posted.status_code == 200, posted.text
+        return str(posted.json()["timestamp"])
+
+    queued = post_splits("diamonds")
+    posted = post_splits("penguins")
+    training = api.wait_for_new_run(dag_id("penguins", "model_engineering"), posted, timeout=300)
+    assert training["run_type"] == "asset_triggered"
+    state = api.wait_for_run(dag_id("penguins", "model_engineering"), training["dag_run_id"], timeout=1200)
+    assert state == "success", api.task_states(dag_id("penguins", "model_engineering"), training["dag_run_id"])
+    registry = client(byod["settings"])
+    model = load_pipeline("penguins", pipelines).registered_model
+    trained = [
+        v
+        for v in registry.search_model_versions(f"name = '{model}'")
+        if v.tags.get("airflow.run_id") == training["dag_run_id"]
+    ]
+    assert len(trained) == 1
+    run = registry.get_run(trained[0].run_id)
+    assert (
+        run.data.tags["flightplan.pipeline"] == "penguins"
+        and "/splits/penguins/" in run.data.tags["flightplan.split_manifest"]
+    )
+
+    deployment = api.wait_for_new_run(dag_id("penguins", "deployment"), training["run_after"], timeout=300)
+    state = api.wait_for_run(dag_id("penguins", "deployment"), deployment["dag_run_id"], timeout=900)
+    assert state == "success", api.task_states(dag_id("penguins", "deployment"), deployment["dag_run_id"])
+    ready = httpx.get(f"{byod['url']}/ready").json()
+    assert ready["pipelines"]["penguins"]["version"] == str(trained[0].version)
+    states = api.task_states(dag_id("caravan", "deployment"), waiting["dag_run_id"])
+    assert states["approve"] == "awaiting_input" and states["promote"] is None  # still waiting for its person
+    detail = api.http.get(
+        f"/dags/{dag_id('caravan', 'deployment')}/dagRuns/{waiting['dag_run_id']}/taskInstances/approve/-1/hitlDetails"
+    )
+    assert detail.status_code == 200, detail.text  # the prompt names the pipeline and the version deployed
+    champion = registry.get_model_version_by_alias(load_pipeline("caravan", pipelines).registered_model, "champion")
+    assert detail.json()["subject"] == "Promote a new champion for caravan?"
+    assert f"Pipeline **caravan**: version {champion.version} of `caravan-" in detail.json()["body"]
+
+    diamonds_training = dag_id("diamonds", "model_engineering")
+    assert api.newest_run(diamonds_training, queued) is None  # the paused DAG got no run from the stale event
+    api.set_paused(diamonds_training, False)
+    post_splits("diamonds")
+    stale = api.wait_for_new_run(diamonds_training, queued, timeout=300)
+    consumed = api.http.get(f"/dags/{diamonds_training}/dagRuns/{stale['dag_run_id']}/upstreamAssetEvents")
+    assert [e["extra"]["pipeline"] for e in consumed.json()["asset_events"]] == ["diamonds", "diamonds"]
+    state = api.wait_for_run(diamonds_training, stale["dag_run_id"], timeout=1200)
+    assert state == "success", api.task_states(diamonds_training, stale["dag_run_id"])
+    diamonds_model = load_pipeline("diamonds", pipelines).registered_model
+    (version,) = [
+        v
+        for v in registry.search_model_versions(f"name = '{diamonds_model}'")
+        if v.tags.get("airflow.run_id") == stale["dag_run_id"]
+    ]
+    assert registry.get_run(version.run_id).data.tags["flightplan.pipeline"] == "diamonds"

@@ -94,19 +94,26 @@ def staging_area(layout: Layout, stage: str, key: str) -> Iterator[Path]:
     ends, then removed. Another attempt at the same stage and interval (a retry that starts while an orphaned try
     still runs, two runs of one interval) waits here: the kernel releases the lock when its holder exits, killed
     or not, so two attempts never write into one folder nor publish at once."""
-    lock_path = layout.lock(stage, key)
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with lock_path.open("a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.warning("waiting for %s: another attempt at %s %s holds it", lock_path, stage, key)
-            fcntl.flock(lock, fcntl.LOCK_EX)
+    with held(layout.lock(stage, key), f"another attempt at {stage} {key}"):
         staging = fresh_dir(layout.staging(stage, key))
         try:
             yield staging
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextmanager
+def held(lock_path: Path, holder: str) -> Iterator[None]:
+    """An exclusive lock on ``lock_path`` (created if missing, kept after) for the block; waits, saying so, while
+    ``holder`` has it. A flock: the kernel releases it when its process exits, killed or not."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("waiting for %s: %s holds it", lock_path, holder)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def fresh_dir(path: Path) -> Path:
