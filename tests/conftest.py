@@ -26,7 +26,10 @@ from flightplan.model import stages
 from flightplan.settings import Settings, load_settings
 from flightplan.tracking import RunContext
 
+from tests.leftover_processes import mark_session, wait_for_leftovers
+
 REPO = Path(__file__).resolve().parents[1]
+SESSION = mark_session()
 DATASETS = ("curated", "wrangled", "labeled", "quarantine", "splits")
 FIRST_DAY, END_DAY = date(2013, 1, 1), date(2013, 1, 4)
 
@@ -119,6 +122,36 @@ def run_data_engineering(start: date, end: date) -> dict[str, dict]:
         path = stage(job)
         manifests[stage.__name__] = json.loads(path.read_text()) if path.suffix == ".json" else {"path": str(path)}
     return manifests
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_running() -> Iterator[None]:
+    """The session ends by checking that no process it started outlives it (a stack's or a scheduler's
+    orphans); set up before every other fixture, it is torn down after them all."""
+    yield
+    stop_spark_gateway()
+    found = wait_for_leftovers(SESSION)
+    if found:
+        pytest.fail("processes this session started are still running:\n" + "\n".join(found), pytrace=False)
+
+
+def stop_spark_gateway() -> None:
+    """Ends this process's Spark JVM, which would otherwise live until the interpreter exits: it leaves once the
+    pipe to its stdin closes."""
+    if "pyspark" not in sys.modules:
+        return
+    from pyspark import SparkContext
+
+    gateway = SparkContext._gateway
+    if gateway is None or getattr(gateway, "proc", None) is None:
+        return
+    if SparkContext._active_spark_context is not None:
+        SparkContext._active_spark_context.stop()
+    gateway.shutdown()
+    gateway.proc.stdin.close()
+    gateway.proc.wait(60)
+    SparkContext._gateway = None
+    SparkContext._jvm = None
 
 
 @pytest.fixture(scope="module", autouse=True)

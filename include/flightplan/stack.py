@@ -5,18 +5,21 @@ file and log under ``<home>/stack/``.
 Airflow's metadata database is SQLite under the home folder unless ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN``
 names another; the MLflow UI is started only when tracking is local (an ``http`` tracking URI is a server
 someone else runs). Starting what already runs does nothing; stopping sends SIGTERM to the component's
-process group (the scheduler's task processes, the API server's workers) and SIGKILL after a grace period."""
+process group (the scheduler's task processes, the API server's workers) and SIGKILL after a grace period;
+what is left of the group of a process that died before it (a killed scheduler's workers) is stopped with it."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import secrets
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +28,7 @@ import httpx
 from flightplan.airflow_rest import ADMIN, PASSWORDS_FILE
 from flightplan.settings import Settings, airflow_environment, api_token, token_file
 
+log = logging.getLogger(__name__)
 AIRFLOW_PROCESSES = ("api-server", "scheduler", "dag-processor", "triggerer")
 COMPONENTS = ("airflow", "mlflow", "service")
 
@@ -215,6 +219,7 @@ def launch(settings: Settings, process: Process, env: dict[str, str]) -> int:
     running = running_pid(settings, process.name)
     if running is not None:
         return running
+    _remember_orphans(settings, process.name)
     with (folder / f"{process.name}.log").open("a") as log_file:
         child = subprocess.Popen(
             process.command, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
@@ -223,6 +228,41 @@ def launch(settings: Settings, process: Process, env: dict[str, str]) -> int:
     partial.write_text(f"{child.pid} {_started_at(child.pid) or ''}".strip())
     partial.replace(folder / f"{process.name}.pid")
     return child.pid
+
+
+def _remember_orphans(settings: Settings, name: str) -> None:
+    """Notes the group that the previous ``name`` led when its leader has died (killed, or crashed) while members
+    live on: a LocalExecutor scheduler's workers, which ignore SIGTERM and wait forever on a queue only their dead
+    scheduler fed, and the tasks they still run. Those tasks may finish; `stop` ends the group with the stack."""
+    found = _pid_file(settings, name)
+    if found is not None and not _alive(found[0]) and _group_alive(found[0]):
+        log.warning("%s (pid %d) died, its group lives on: it is stopped with %s", name, found[0], name)
+        with _orphans_file(settings, name).open("a") as out:
+            out.write(f"{found[0]}\n")
+
+
+def _orphans_file(settings: Settings, name: str) -> Path:
+    return stack_dir(settings) / f"{name}.orphans"
+
+
+def _orphan_groups(settings: Settings, name: str) -> list[int]:
+    """The groups noted for ``name`` that still have a member of this home: a group's number, free again once its
+    last member is gone, could since lead a stranger's group."""
+    try:
+        groups = [int(line) for line in _orphans_file(settings, name).read_text().split()]
+    except (OSError, ValueError):
+        return []
+    ours = f"FLIGHTPLAN_HOME={settings.home}".encode()
+    return [group for group in groups if any(ours in environ for environ in _group_environments(group))]
+
+
+def _group_environments(group: int) -> Iterator[list[bytes]]:
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if os.getpgid(int(proc.name)) == group:
+                yield (proc / "environ").read_bytes().split(b"\0")
+        except (OSError, ProcessLookupError):
+            continue  # ended meanwhile, or not ours to read
 
 
 def wait_ready(settings: Settings, started: list[Process], timeout: float = 240) -> None:
@@ -274,18 +314,23 @@ def stop(settings: Settings, name: str, grace_seconds: float = 30) -> int | None
     not give a group's number to a new process while a member of the group lives."""
     found = _pid_file(settings, name)
     stopped = None
+    groups = _orphan_groups(settings, name)
     if found is not None:
         group, started = found
         leader_alive = _alive(group)
         reused = leader_alive and bool(started) and _started_at(group) not in (None, started)
         if not reused and _group_alive(group):
             stopped = group
-            _signal_group(group, signal.SIGTERM)
-            deadline = time.monotonic() + grace_seconds
-            while (_alive(group) or _group_alive(group)) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            _signal_group(group, signal.SIGKILL)
+            groups.append(group)
+    for group in groups:
+        _signal_group(group, signal.SIGTERM)
+    deadline = time.monotonic() + grace_seconds
+    while any(_alive(group) or _group_alive(group) for group in groups) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for group in groups:
+        _signal_group(group, signal.SIGKILL)
     (stack_dir(settings) / f"{name}.pid").unlink(missing_ok=True)
+    _orphans_file(settings, name).unlink(missing_ok=True)
     return stopped
 
 

@@ -1,0 +1,79 @@
+"""Nothing left running: a stack process killed while its group lives on (as a LocalExecutor scheduler's workers
+do) has that group stopped with its successor, and the test session's own check finds what outlives it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from flightplan.settings import load_settings
+from flightplan.stack import Process, launch, running_pid, stop
+
+from tests.leftover_processes import MARK, leftovers
+
+# A leader whose child ignores SIGTERM and would wait forever, as an executor's idle worker does.
+LEADER_WITH_A_STUBBORN_CHILD = "trap '' TERM; sleep 600 & echo $! > \"$1\"; wait"
+
+
+def group_members(group: int) -> list[int]:
+    members = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            state = proc.joinpath("stat").read_text().rsplit(")", 1)[1].split()[0]
+            if os.getpgid(int(proc.name)) == group and state != "Z":
+                members.append(int(proc.name))
+        except (OSError, ProcessLookupError):
+            continue
+    return members
+
+
+def wait_until_gone(group: int, seconds: float = 10) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while (members := group_members(group)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return members
+
+
+def test_a_killed_leaders_group_is_stopped_with_its_successor(tmp_path: Path) -> None:
+    settings = load_settings({"FLIGHTPLAN_HOME": str(tmp_path)})
+    env = {**os.environ, "FLIGHTPLAN_HOME": str(tmp_path)}
+    child_pid_file = tmp_path / "child.pid"
+    worker = Process("worker", ["bash", "-c", LEADER_WITH_A_STUBBORN_CHILD, "worker", str(child_pid_file)], None)
+    first = launch(settings, worker, env)
+    deadline = time.monotonic() + 10
+    while not child_pid_file.exists() or not child_pid_file.read_text().strip():
+        assert time.monotonic() < deadline, "the leader did not start its child"
+        time.sleep(0.05)
+    child = int(child_pid_file.read_text())
+
+    os.kill(first, signal.SIGKILL)  # as the fault tests kill a scheduler
+    os.waitpid(first, 0)
+    assert group_members(first) == [child]  # the orphan lives on in the dead leader's group
+
+    second = launch(settings, worker, env)  # a new scheduler takes over
+    assert second != first and running_pid(settings, "worker") == second
+    assert group_members(first) == [child]  # what the orphan still runs may finish: nothing is killed yet
+
+    assert stop(settings, "worker", grace_seconds=1) == second
+    assert wait_until_gone(first) == [] and wait_until_gone(second) == []
+    assert not (settings.home / "stack" / "worker.orphans").exists()
+
+
+def test_the_sessions_check_names_a_process_that_outlives_it() -> None:
+    mark = f"check-{os.getpid()}"
+    stray = subprocess.Popen(["sleep", "600"], env={**os.environ, MARK: mark}, start_new_session=True)
+    try:
+        assert leftovers(mark) == [f"{stray.pid} sleep 600"]
+        assert leftovers(f"{mark}-other") == []
+    finally:
+        stray.kill()
+        stray.wait()
+    assert leftovers(mark) == []
+
+
+def test_stop_of_a_process_that_never_ran_does_nothing(tmp_path: Path) -> None:
+    settings = load_settings({"FLIGHTPLAN_HOME": str(tmp_path)})
+    assert stop(settings, "worker", grace_seconds=1) is None
