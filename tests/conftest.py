@@ -32,6 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 SESSION = mark_session()
 DATASETS = ("curated", "wrangled", "labeled", "quarantine", "splits")
 FIRST_DAY, END_DAY = date(2013, 1, 1), date(2013, 1, 4)
+# What a client with the inference token could send as a text field, to run as whoever opens a report of it.
+SCRIPT_PAYLOAD = '</script><script>alert("xss");document.title="pwned";fetch("/api/v2/dags")</script>'
 
 
 def free_port() -> int:

@@ -164,7 +164,7 @@ def wrangle(job: StageInput) -> Path:
 def label(job: StageInput) -> Path:
     import mlflow
 
-    from flightplan.data.label import label_frame, truth_frame
+    from flightplan.data.label import label_frame, truth_frame, usable_labels
     from flightplan.data.rewrite import read_days, rewrite_days
     from flightplan.serving.store import ground_truth
     from flightplan.spark import get_spark
@@ -177,12 +177,15 @@ def label(job: StageInput) -> Path:
             if config.label.feedback == "ignore"
             else ground_truth(settings.predictions_db_url, config.name, config.source.key)
         )
+        truth_rows, set_aside = usable_labels(config.label.task, truth_rows)
         wrangled = read_days(spark, layout, "wrangled", job.days)
         truth = truth_frame(wrangled, config, truth_rows).cache() if truth_rows else None
         manifest = rewrite_days(
             spark, layout, "wrangled", "labeled", job.days, job.key, lambda f: label_frame(f, config, truth)
         )
         manifest["stage"] = "label"
+        manifest["ground_truth_set_aside"] = len(set_aside)
+        manifest["ground_truth_set_aside_examples"] = set_aside[:20]  # each with its reason
         manifest["ground_truth_matched"] = 0
         if truth is not None:
             manifest["ground_truth_matched"] = wrangled.join(truth, on=config.source.key, how="left_semi").count()

@@ -248,6 +248,12 @@ def test_from_a_file_to_a_served_and_monitored_model(byod: dict, settings: Setti
         answered = http.post(f"/v1/{name}/predict/batch", json={"records": records[:500]}).json()["predictions"]
         truth = frame[config.label.name].tolist()
         labels = [{"id": p["id"], "label": truth[i]} for i, p in enumerate(answered)]
+        wrong = {"binary": "banana", "multiclass": "Unicorn", "regression": "cheap"}[dataset.task]
+        refused = http.post(f"/v1/{name}/feedback", json={"labels": [{**labels[0], "label": wrong}, *labels[1:]]})
+        assert refused.status_code == 422, refused.text  # and nothing of the batch is stored
+        assert [error["loc"] for error in refused.json()["detail"]] == [["body", "labels", 0, "label"]]
+        if dataset.task == "multiclass":  # a class of no model: named with the prediction and the classes known
+            assert f"of prediction '{labels[0]['id']}': expected one of the classes" in refused.text
         assert http.post(f"/v1/{name}/feedback", json={"labels": labels}).json()["unknown"] == []
     if dataset.task == "multiclass":
         assert set(p["prediction"] for p in answered) <= set(frame[config.label.name])

@@ -17,6 +17,8 @@ import pytest
 from flightplan.layout import Layout
 from flightplan.settings import Settings
 
+from tests.conftest import SCRIPT_PAYLOAD
+
 TOKEN = "monitoring-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 SMALL = {"monitoring.min_rows": 300, "monitoring.min_labeled_rows": 200, "monitoring.drift_share": 0.3}
@@ -39,9 +41,11 @@ def training_rows(champion: str, settings: Settings, layout: Layout) -> pd.DataF
     return reference_frame(settings, layout.config, champion)[0]
 
 
-def send(api: Any, layout: Layout, frame: pd.DataFrame, labels: pd.Series | None) -> tuple[datetime, datetime]:
+def send(
+    api: Any, layout: Layout, frame: pd.DataFrame, labels: pd.Series | None, answered_ids: list[str] | None = None
+) -> tuple[datetime, datetime]:
     """Predicts every row of ``frame`` through the API (and sends ``labels`` back); returns the window that
-    holds exactly these answers."""
+    holds exactly these answers, and adds their ids to ``answered_ids``."""
     from flightplan.serving.inputs import json_records, request_fields
 
     time.sleep(1)  # windows are named to the second
@@ -50,9 +54,11 @@ def send(api: Any, layout: Layout, frame: pd.DataFrame, labels: pd.Series | None
     for first in range(0, len(records), 500):
         answered = api.post("/v1/flights/predict/batch", json={"records": records[first : first + 500]}, headers=AUTH)
         assert answered.status_code == 200, answered.text[:500]
+        ids = [p["id"] for p in answered.json()["predictions"]]
+        if answered_ids is not None:
+            answered_ids.extend(ids)
         if labels is not None:
             truth = labels.iloc[first : first + 500].tolist()
-            ids = [p["id"] for p in answered.json()["predictions"]]
             sent = api.post(
                 "/v1/flights/feedback",
                 json={"labels": [{"id": i, "label": int(v)} for i, v in zip(ids, truth, strict=True)]},
@@ -64,13 +70,14 @@ def send(api: Any, layout: Layout, frame: pd.DataFrame, labels: pd.Series | None
 
 
 def shifted(frame: pd.DataFrame, layout: Layout) -> pd.DataFrame:
-    """The same flights on a hotter, windier evening, all from one carrier at one airport."""
+    """The same flights on a hotter, windier evening, all from one carrier at one airport, whose name a hostile
+    client made a script."""
     moved = frame.copy()
     for column in SHIFTED:
         moved[column] = moved[column] + 2 * moved[column].std()
     time_column = layout.config.source.time_column
     moved[time_column] = moved[time_column].dt.floor("D") + pd.Timedelta(hours=23)
-    moved["carrier"], moved["origin"] = moved["carrier"].iloc[0], moved["origin"].iloc[0]
+    moved["carrier"], moved["origin"] = moved["carrier"].iloc[0], SCRIPT_PAYLOAD
     return moved
 
 
@@ -117,6 +124,9 @@ def test_unshifted_traffic_holds_shifted_traffic_retrains_once(
     assert [c["column"] for c in stormy["prediction_drift"]] == ["probability"]
     for report in ("drift_html", "drift_json", "performance_html", "performance_json"):
         assert Path(stormy["reports"][report]).stat().st_size > 1000, report
+    drawn = Path(stormy["reports"]["drift_html"]).read_text()
+    # The airport's name is shown (Evidently's JSON writes U+FF1C as \uff1c), and no value opens a script.
+    assert "<script>alert(" not in drawn and "\\uff1cscript>alert(" in drawn
     assert json.loads(Path(stormy["summary"]).read_text())["decision"] == stormy["decision"]
 
     again = check(*window, **cooldown_of_this_test())
@@ -132,6 +142,28 @@ def test_unshifted_traffic_holds_shifted_traffic_retrains_once(
 
     later = check(*window, **{"monitoring.cooldown_hours": 0})
     assert later["decision"]["outcome"] == "retrain"
+
+
+def test_a_bad_label_in_the_log_is_set_aside_and_the_check_still_decides(
+    api: Any, layout: Layout, settings: Settings, training_rows: pd.DataFrame
+) -> None:
+    """Labels stored without the API's check (a 7 and a "banana" for a binary model) are left out of the
+    metrics and counted; the check still judges the window."""
+    from flightplan.serving.store import create_store_engine, record_feedback
+
+    label = layout.config.label.name
+    rows = training_rows.sample(n=min(len(training_rows), 400), random_state=2)
+    answered: list[str] = []
+    start, end = send(api, layout, rows, rows[label], answered)
+    engine = create_store_engine(settings.predictions_db_url)
+    try:
+        planted = dict(zip(answered[:2], [7, "banana"], strict=True))
+        assert record_feedback(engine, "flights", planted, "by-hand")[0] == answered[:2]
+    finally:
+        engine.dispose()
+    result = check(start, end)
+    assert result["labels_set_aside"] == 2 and result["labeled_rows"] == len(rows) - 2
+    assert result["decision"]["outcome"] in ("hold", "retrain") and "roc_auc" in result["performance"]
 
 
 def test_a_thin_window_does_not_decide(api: Any, layout: Layout, training_rows: pd.DataFrame) -> None:

@@ -165,7 +165,8 @@ def test_a_model_that_cannot_serve_is_refused_and_the_old_one_keeps_answering(
         record = client_records(layout, challenger[0], 1)[0]
         answer = api.post("/v1/flights/predict", json=record, headers=AUTH).json()
         assert answer["model_version"] == champion
-        assert "not_an_input" in api.get("/ready").json()["pipelines"]["flights"]["last_error"]
+        served = api.get("/ready").json()["pipelines"]["flights"]
+        assert served["refused_version"] == broken and "not_an_input" not in json.dumps(served)
     finally:
         mlflow_client.set_registered_model_alias("flights-delayed", "champion", champion)
 
@@ -271,6 +272,7 @@ def test_ground_truth_sent_back_labels_rows_in_the_label_step(api: Any, layout: 
     """Predictions whose records carry the source key get their true label from /feedback in the next label
     run: 'fill' labels a row the rule could not, 'override' also replaces the rule's label."""
     from flightplan import workflow
+    from flightplan.serving.store import create_store_engine, record_feedback
 
     from tests.conftest import END_DAY, FIRST_DAY
 
@@ -278,13 +280,27 @@ def test_ground_truth_sent_back_labels_rows_in_the_label_step(api: Any, layout: 
     fields = list(dict.fromkeys([*request_fields(config), *config.source.key]))
     unknown = pd.read_parquet(layout.quarantine("labeled")).drop(columns=[part]).head(1)
     labeled = pd.read_parquet(layout.dataset("labeled")).drop(columns=[part])
-    on_time = labeled[labeled[config.label.name] == 0].head(1)
+    on_time = labeled[labeled[config.label.name] == 0].head(2)
     ids = [
         api.post("/v1/flights/predict", json=json_records(frame, fields)[0], headers=AUTH).json()["id"]
-        for frame in (unknown, on_time)
+        for frame in (unknown, on_time.head(1), on_time.tail(1))
+    ]
+    ids, planted = ids[:2], ids[2]
+    on_time = on_time.head(1)
+    wrong = [{"id": ids[0], "label": "banana"}, {"id": ids[1], "label": 7}, {"id": ids[1], "label": 1}]
+    refused = api.post("/v1/flights/feedback", json={"labels": wrong}, headers=AUTH)
+    assert refused.status_code == 422 and [(e["loc"], e["msg"]) for e in refused.json()["detail"]] == [
+        (["body", "labels", 0, "label"], "Input should be 0 or 1"),
+        (["body", "labels", 1, "label"], "Input should be 0 or 1"),
     ]
     sent = api.post("/v1/flights/feedback", json={"labels": [{"id": i, "label": 1} for i in ids]}, headers=AUTH).json()
     assert sent["stored"] == ids
+    # A bad label stored without the API's check (an older service, a hand-written row) is set aside, not used.
+    engine = create_store_engine(layout.settings.predictions_db_url)
+    try:
+        assert record_feedback(engine, "flights", {planted: "banana"}, source="by-hand")[0] == [planted]
+    finally:
+        engine.dispose()
 
     def label_of(frame: pd.DataFrame, feedback: str) -> tuple[dict[str, Any], list[float]]:
         job = workflow.StageInput("flights", FIRST_DAY, END_DAY, overrides={"label.feedback": feedback})
@@ -296,6 +312,9 @@ def test_ground_truth_sent_back_labels_rows_in_the_label_step(api: Any, layout: 
         baseline, _ = label_of(unknown, "ignore")
         filled, labels = label_of(unknown, "fill")
         assert labels == [1] and filled["ground_truth_matched"] == 2
+        assert filled["ground_truth_set_aside"] == 1
+        assert filled["ground_truth_set_aside_examples"][0]["label"] == "'banana'"
+        assert filled["ground_truth_set_aside_examples"][0]["reason"] == "expected 0 or 1"
         assert filled["quarantined_total"] == baseline["quarantined_total"] - 1
         assert label_of(on_time, "fill")[1] == [0]  # the rule knew it: 'fill' keeps the rule's label
         assert label_of(on_time, "override")[1] == [1]

@@ -5,7 +5,7 @@ login and REST trigger are tested through a live Airflow in tests/e2e."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
@@ -79,6 +79,8 @@ def test_data_view_counts_days_and_pages_rows(ui: tuple[Any, list], layout: Layo
     assert page.status_code == 200 and day in page.text and "delayed=1" in page.text
     rows = client.get("/pipelines/flights/data", params={"day": day, "page": 0})
     assert f"{int(counts.loc[day, 'rows']):,} rows, page 1" in rows.text
+    for bad in ({"day": "not-a-date"}, {"day": day, "page": -1}, {"day": day, "page": "x"}):
+        assert client.get("/pipelines/flights/data", params=bad).status_code == 422, bad
 
 
 def test_a_label_set_in_the_queue_is_stored_as_feedback_with_the_users_name(
@@ -90,7 +92,7 @@ def test_a_label_set_in_the_queue_is_stored_as_feedback_with_the_users_name(
     from flightplan.ui.views import curated_rows, daily_counts, label_queue
 
     client, _ = ui
-    day = str(daily_counts(layout).index[0])
+    day = date.fromisoformat(str(daily_counts(layout).index[0]))
     records = json_records(curated_rows(layout, day, 0, 20)[0], list(request_fields(config)))
     with TestClient(create_app(settings, ServiceOptions(["flights"], None, poll_seconds=3600))) as serving:
         assert serving.post("/v1/flights/predict/batch", json={"records": records}).status_code == 200
@@ -98,8 +100,9 @@ def test_a_label_set_in_the_queue_is_stored_as_feedback_with_the_users_name(
     assert queue and all(abs(q["probability"] - 0.5) <= abs(queue[-1]["probability"] - 0.5) for q in queue)
     page = client.get("/pipelines/flights/label-queue")
     assert queue[0]["id"] in page.text
-    refused = client.post("/pipelines/flights/label-queue", data={"prediction_id": queue[0]["id"], "label": "maybe"})
-    assert refused.status_code == 422
+    for bad in ("maybe", "7", "-1", "nan", "inf"):
+        refused = client.post("/pipelines/flights/label-queue", data={"prediction_id": queue[0]["id"], "label": bad})
+        assert refused.status_code == 422 and "expected 0 or 1" in refused.json()["detail"], bad
     answer = client.post(
         "/pipelines/flights/label-queue", data={"prediction_id": queue[0]["id"], "label": "1"}, follow_redirects=False
     )
@@ -118,5 +121,12 @@ def test_files_are_served_from_their_folder_only(ui: tuple[Any, list], settings:
     client, _ = ui
     report = next(settings.reports_root.glob("flights/monitoring/*/summary.json"))
     relative = report.relative_to(settings.reports_root)
-    assert client.get(f"/files/{relative}").json()["pipeline"] == "flights"
-    assert client.get("/files/%2E%2E/serving/predictions.db").status_code == 404
+    served = client.get(f"/files/{relative}")
+    assert served.json()["pipeline"] == "flights"
+    # Other tools' pages, carrying what clients sent: sandboxed, so their scripts never act as the Airflow user.
+    assert served.headers["content-security-policy"] == "sandbox allow-scripts allow-popups allow-downloads"
+    assert served.headers["x-content-type-options"] == "nosniff"
+    for outside in ("%2E%2E/serving/predictions.db", "x%00.html", "a" * 5000):
+        refused = client.get(f"/files/{outside}")
+        assert refused.status_code == 404 and refused.json() == {"detail": "no such file"}, outside
+    assert client.get("/data-docs/index%00.html").status_code == 404

@@ -102,3 +102,31 @@ def test_onnx_matches_xgboost_with_categorical_features(task: str) -> None:
     assert parity.ok, parity
     assert parity.rows == rows
     assert package.parity(native, converted + 1e-3, 1e-5).ok is False
+
+
+@pytest.mark.parametrize(
+    ("task", "classes", "value", "expected"),
+    [
+        ("binary", [], 1, None),
+        ("binary", [], 0.0, None),
+        ("binary", [], True, None),
+        ("binary", [], 7, "0 or 1"),
+        ("binary", [], "banana", "0 or 1"),
+        ("binary", [], "1", "0 or 1"),
+        ("binary", [], float("nan"), "0 or 1"),
+        ("regression", [], 3.5, None),
+        ("regression", [], float("inf"), "a finite number"),
+        ("regression", [], True, "a finite number"),
+        ("regression", [], "3.5", "a finite number"),
+        ("multiclass", ["Adelie", "Gentoo"], "Gentoo", None),
+        ("multiclass", ["Adelie", "Gentoo"], "Unicorn", "one of the classes 'Adelie', 'Gentoo'"),
+        ("multiclass", ["1", "2"], 2.0, None),  # integer classes read back as floats
+        ("multiclass", [], "anything", None),  # no model yet: any class
+        ("multiclass", [], None, "a class"),
+        ("multiclass", [], [1], "a class"),
+    ],
+)
+def test_a_true_label_must_fit_the_task(task: str, classes: list[str], value: object, expected: str | None) -> None:
+    from flightplan.model.features import label_problem
+
+    assert label_problem(task, classes, value) == expected

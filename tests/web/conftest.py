@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 from flightplan.airflow_rest import admin_password
 from flightplan.config import PipelineConfig
+from flightplan.layout import Layout
 from flightplan.settings import Settings, api_token, load_settings
 
-from tests.conftest import END_DAY, FIRST_DAY, REPO, free_port
+from tests.conftest import END_DAY, FIRST_DAY, REPO, SCRIPT_PAYLOAD, free_port
 from tests.e2e.engines import require
 from tests.e2e.test_engines import pipelines_with
 
@@ -145,7 +146,6 @@ def check_answered_traffic(settings: Settings, config: PipelineConfig) -> None:
     by the stack's service (with their true labels), then the check on that window."""
     from datetime import UTC, datetime, timedelta
 
-    from flightplan.layout import Layout
     from flightplan.monitoring.stages import MonitorJob, check
     from flightplan.replay import replay_traffic
     from flightplan.tracking import RunContext
@@ -154,8 +154,25 @@ def check_answered_traffic(settings: Settings, config: PipelineConfig) -> None:
         patch.setenv("FLIGHTPLAN_API_TOKEN", TOKEN)
         start = datetime.now(UTC).replace(microsecond=0)
         sent = replay_traffic(Layout(settings, config), FIRST_DAY, END_DAY)
+        send_script_payloads(Layout(settings, config))
         end = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
     assert sent["answered"] == sent["labeled"] > 300
     small = {"monitoring.min_rows": 300, "monitoring.min_labeled_rows": 200}
     summary = check(MonitorJob("flights", start, end, RunContext("monitoring", "web-test"), small))
     assert "drift_html" in summary["reports"], summary["decision"]
+
+
+def send_script_payloads(layout: Layout) -> None:
+    """Twenty answers whose first categorical feature is a script, as a hostile client with the inference token
+    could send: they reach the monitoring window and so the drift report that the browser tests open."""
+    from datetime import timedelta
+
+    from flightplan.replay import labeled_days
+    from flightplan.serving.deploy import service_client
+    from flightplan.serving.inputs import json_records, request_fields
+
+    frame = labeled_days(layout, FIRST_DAY, FIRST_DAY + timedelta(days=1)).head(20)
+    frame[layout.config.features.categorical[0]] = SCRIPT_PAYLOAD
+    records = json_records(frame, list(request_fields(layout.config)))
+    with service_client(layout.settings) as http:
+        http.post(f"/v1/{layout.config.name}/predict/batch", json={"records": records}).raise_for_status()

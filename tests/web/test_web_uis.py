@@ -104,9 +104,18 @@ def test_the_models_page_opens_the_validation_and_the_drift_report(page: Page, w
     shot(page, web_stack, "gx-validation")
 
     page.go_back()
-    page.get_by_role("link", name="drift", exact=True).first.click()
+    # The report draws on traffic that carried a script (tests/web/conftest.py): it must not run.
+    dialogs: list[str] = []
+    requests: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page.on("request", lambda request: requests.append(request.url))
+    with page.expect_response(re.compile(r"/flightplan/files/.*drift\.html$")) as report:
+        page.get_by_role("link", name="drift", exact=True).first.click()
+    assert "sandbox allow-scripts" in report.value.headers["content-security-policy"]  # no Airflow origin
     expect(page.get_by_text("Dataset Drift", exact=True)).to_be_visible()
     expect(page.get_by_text(re.compile(r"Drift is (not )?detected for"))).to_be_visible()
+    assert dialogs == [] and page.title() != "pwned"
+    assert [url for url in requests if "/api/" in url] == []
     shot(page, web_stack, "evidently-drift")
 
 

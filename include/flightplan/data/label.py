@@ -4,6 +4,7 @@ are kept in quarantine."""
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from flightplan.config import PipelineConfig
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
 TRUTH = "__ground_truth"
+log = logging.getLogger(__name__)
 
 
 def truth_frame(frame: DataFrame, config: PipelineConfig, truth: list[dict[str, Any]]) -> DataFrame:
@@ -29,6 +31,23 @@ def truth_frame(frame: DataFrame, config: PipelineConfig, truth: list[dict[str, 
     raw = frame.sparkSession.createDataFrame(rows, schema)
     typed = [F.col(name).try_cast(frame.schema[name].dataType).alias(name) for name in key]
     return raw.select(*typed, F.col(TRUTH).try_cast(label_type).alias(TRUTH)).where(F.col(TRUTH).isNotNull())
+
+
+def usable_labels(task: str, truth: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The labels sent back that fit the task, and the others, each with its reason: a bad label stored before
+    the API checked them (or written to the log by other means) is set aside, never trained on."""
+    from flightplan.model.features import label_problem
+
+    usable, set_aside = [], []
+    for row in truth:
+        expected = label_problem(task, [], row["label"])
+        if expected is None:
+            usable.append(row)
+        else:
+            set_aside.append({**row, "label": repr(row["label"])[:100], "reason": f"expected {expected}"})
+    if set_aside:
+        log.warning("%d label(s) sent back set aside, e.g. %s", len(set_aside), set_aside[0])
+    return usable, set_aside
 
 
 def _text(label: Any) -> str:

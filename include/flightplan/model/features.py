@@ -10,6 +10,7 @@ scoring), so they all encode a row the same way.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,26 @@ def encode(frame: pd.DataFrame, feature_map: FeatureMap) -> np.ndarray:
         else:
             matrix[:, position] = pd.to_numeric(column, errors="coerce").astype("float64").to_numpy(na_value=np.nan)
     return matrix
+
+
+def label_problem(task: str, classes: list[str], value: Any) -> str | None:
+    """What a true label of ``task`` must be, when ``value`` is not one (None when it is). ``classes`` are a
+    multiclass model's (empty: any class). Checked wherever a label comes in (the API, the label queue) and
+    wherever stored ones are read (the label step, monitoring): one bad label would otherwise stop training
+    (an unknown class) or monitoring's metrics (a 7 or a "banana" in a binary task)."""
+    number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if task == "binary":
+        return None if (number or isinstance(value, bool)) and value in (0, 1) else "0 or 1"
+    if task == "regression":
+        return None if number else "a finite number"
+    if not (isinstance(value, str | int | bool) or number):
+        return "a class"
+    # A column of integer classes read with missing values comes back as floats: 2.0 is class '2'.
+    names = {str(value), str(int(value))} if isinstance(value, float) and value.is_integer() else {str(value)}
+    if classes and not names & set(classes):
+        shown = ", ".join(repr(c) for c in classes[:20]) + (", ..." if len(classes) > 20 else "")
+        return f"one of the classes {shown}"
+    return None
 
 
 def encode_label(frame: pd.DataFrame, feature_map: FeatureMap) -> np.ndarray:

@@ -28,6 +28,7 @@ SAMPLE_SEED = 0
 
 
 CATEGORY_TESTS = ("chisquare", "z")
+FULLWIDTH_LESS_THAN = "\uff1c"
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,23 @@ class ReportJob:
 
 def _sample(frame: pd.DataFrame, rows: int) -> pd.DataFrame:
     return frame if len(frame) <= rows else frame.sample(n=rows, random_state=SAMPLE_SEED)
+
+
+def inert_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with every '<' of its text values replaced by FULLWIDTH LESS-THAN SIGN (U+FF1C), which reads
+    the same. Evidently writes the values into ``<script>`` blocks without escaping them: a logged request field
+    holding '</script>' would end the block and run as whoever opens the report. The same replacement on both
+    sides keeps each column's categories apart, so the drift the report shows is the drift of the values sent."""
+
+    def inert(value: Any) -> Any:
+        return value.replace("<", FULLWIDTH_LESS_THAN) if isinstance(value, str) else value
+
+    text = [
+        column
+        for column in frame.columns
+        if frame[column].dtype == object or isinstance(frame[column].dtype, (pd.StringDtype, pd.CategoricalDtype))
+    ]
+    return frame.assign(**{column: frame[column].map(inert) for column in text}) if text else frame
 
 
 def model_output(task: str) -> tuple[str, bool]:
@@ -114,7 +132,7 @@ class ReportProcess:
             inputs = {}
             for side in ("current", "reference"):
                 inputs[side] = str(self._scratch / f"{job.name}-{side}.parquet")
-                _sample(getattr(job, side)[columns], rows).to_parquet(inputs[side], index=False)
+                inert_text(_sample(getattr(job, side)[columns], rows)).to_parquet(inputs[side], index=False)
             described.append({"name": job.name, **inputs, "roles": asdict(job.roles), "methods": job.methods})
             self._expected |= {
                 f"{job.name}_html": folder / f"{job.name}.html",

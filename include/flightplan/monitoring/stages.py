@@ -149,6 +149,7 @@ def check(job: MonitorJob) -> dict[str, Any]:
     from concurrent.futures import ThreadPoolExecutor
 
     from flightplan.data.partitions import fresh_dir, write_json_atomic
+    from flightplan.model.features import label_problem
     from flightplan.model.registry import training_run_id
     from flightplan.monitoring.report import ReportJob, ReportProcess, Roles, model_output
     from flightplan.tracking import client
@@ -168,7 +169,11 @@ def check(job: MonitorJob) -> dict[str, Any]:
         output_kinds = ([output], []) if output_numeric else ([], [output])
         values = frame_values(reference, current, numeric, categorical) if len(current) else []
         output_values = frame_values(reference, current, *output_kinds) if len(current) else []
-        labeled = current[current[label].notna()]
+        sent_back = current[current[label].notna()]
+        # A label that does not fit the task (stored before the API checked them) would stop the metrics.
+        classes = found.feature_map.classes
+        usable = sent_back[label].map(lambda value: label_problem(task, classes, value) is None).astype(bool)
+        labeled = sent_back[usable]
         # Classification metrics (and Evidently's per-class report) need ground truth of two classes at least.
         classes_known = task == "regression" or labeled[label].nunique() >= 2
         judged = len(labeled) >= spec.min_labeled_rows and classes_known
@@ -213,6 +218,7 @@ def check(job: MonitorJob) -> dict[str, Any]:
         "split_manifest": found.manifest,
         "rows": len(current),
         "labeled_rows": len(labeled),
+        "labels_set_aside": len(sent_back) - len(labeled),
         "drift_share": evidence.drift_share,
         "columns": [v.to_dict() for v in verdicts],
         "prediction_drift": [v.to_dict() for v in output_drift],

@@ -6,7 +6,6 @@ start-up, from the route functions' annotations at runtime.)"""
 
 import asyncio
 import logging
-import math
 import secrets
 import threading
 import time
@@ -15,19 +14,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import pydantic_core
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi_swagger import patch_fastapi
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flightplan.config import PipelineConfig, load_pipeline
 from flightplan.layout import Layout
+from flightplan.model.features import label_problem
 from flightplan.orchestration import scan_pipelines
 from flightplan.serving.collect import SnapshotSource, collect
 from flightplan.serving.inputs import InvalidRecord, record_type
@@ -79,21 +79,28 @@ class BatchResponse(BaseModel):
     predictions: list[Prediction]
 
 
-class Label(BaseModel):
-    id: str
-    label: Any
-
-    @field_validator("label")
-    @classmethod
-    def finite(cls, value: Any) -> Any:
-        # FastAPI reads this body with json.loads, which takes NaN and Infinity: no model can learn from those.
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError("a true label is a class or a finite number, not NaN or an infinity")
-        return value
+# What the OpenAPI document says a true label of each task is; features.label_problem decides, also for
+# what a schema cannot say (a multiclass model's classes, known once a version serves).
+LABEL_TYPES: dict[str, Any] = {
+    "binary": Literal[0, 1],
+    "regression": Annotated[float, Field(allow_inf_nan=False)],
+    "multiclass": str | int,
+}
 
 
-class FeedbackRequest(BaseModel):
-    labels: Annotated[list[Label], Field(min_length=1, max_length=MAX_BATCH_ROWS)]
+def feedback_type(config: PipelineConfig) -> Any:
+    """The body of a pipeline's /feedback: labels typed for its task."""
+    label: Any = create_model(  # built from the config: typed as Any for the checker
+        f"{config.name.title().replace('_', '')}Label",
+        __config__=ConfigDict(extra="forbid"),
+        id=(str, Field(description="the prediction's id, from its answer")),
+        label=(LABEL_TYPES[config.label.task], Field(description=f"the true label ({config.label.task})")),
+    )
+    return create_model(
+        f"{label.__name__}s",
+        __config__=ConfigDict(extra="forbid"),
+        labels=(Annotated[list[label], Field(min_length=1, max_length=MAX_BATCH_ROWS)], ...),
+    )
 
 
 class FeedbackResponse(BaseModel):
@@ -393,12 +400,13 @@ def create_app(settings: Settings, options: ServiceOptions) -> FastAPI:
 
     @app.get("/ready", tags=["service"])
     def ready(response: Response) -> dict[str, Any]:
-        """Readiness: every pipeline has a model serving."""
+        """Readiness: every pipeline has a model serving. It asks for no token, so a refused version is named
+        without its reason (a path, a column, a registry address): that is in the log and /admin/reload's answer."""
         pipelines = {
             name: {
                 "model": slot.config.registered_model,
                 "version": slot.current.version if slot.current else None,
-                "last_error": slot.last_error,
+                "refused_version": slot.refused if slot.last_error else None,
             }
             for name, slot in service.slots.items()
         }
@@ -447,7 +455,10 @@ def add_pipeline_routes(app: FastAPI, service: Service, name: str, config: Pipel
             records=(Annotated[list[record], Field(min_length=1, max_length=MAX_BATCH_ROWS)], ...),
         )
     )
+    feedback_body: TypeAdapter[Any] = TypeAdapter(feedback_type(config))
     record_schema = one.json_schema()
+    feedback_schema = feedback_body.json_schema()
+    feedback_schema["properties"]["labels"]["items"] = next(iter(feedback_schema.pop("$defs").values()))
     # The batch model's schema, its record inlined: an operation's schema cannot point into its own $defs.
     batch_schema = batch.json_schema()
     batch_schema["properties"]["records"]["items"] = batch_schema.pop("$defs")[record.__name__]
@@ -463,9 +474,23 @@ def add_pipeline_routes(app: FastAPI, service: Service, name: str, config: Pipel
             {"request_id": request_id, "pipeline": name, "model_version": version, "predictions": answers}
         )
 
-    def feedback(body: FeedbackRequest) -> FeedbackResponse:
-        stored, unknown = record_feedback(
-            service.engine, name, {label.id: label.label for label in body.labels}, source="api"
+    async def feedback(request: Request) -> FeedbackResponse:
+        labels = (await parse_body(request, feedback_body)).labels
+        slot = service.slots.get(name)
+        classes = slot.current.classes if slot is not None and slot.current is not None else []
+        refused = [
+            {
+                "loc": ("body", "labels", index, "label"),
+                "msg": f"label {label.label!r:.100} of prediction {label.id!r:.100}: expected {expected}",
+                "type": "value_error",
+            }
+            for index, label in enumerate(labels)
+            if (expected := label_problem(config.label.task, classes, label.label)) is not None
+        ]
+        if refused:  # none of the batch is stored: the client sends it again once it is right
+            raise RequestValidationError(refused)
+        stored, unknown = await run_in_threadpool(
+            record_feedback, service.engine, name, {label.id: label.label for label in labels}, "api"
         )
         service.metrics.feedback.labels(name).inc(len(stored))
         return FeedbackResponse(stored=stored, unknown=unknown)
@@ -494,7 +519,12 @@ def add_pipeline_routes(app: FastAPI, service: Service, name: str, config: Pipel
             f"Predict up to {MAX_BATCH_ROWS:,} records",
             {"response_model": BatchResponse, "openapi_extra": openapi_body(batch_schema)},
         ),
-        ("feedback", feedback, "True labels of answered predictions", {}),
+        (
+            "feedback",
+            feedback,
+            "True labels of answered predictions",
+            {"response_model": FeedbackResponse, "openapi_extra": openapi_body(feedback_schema)},
+        ),
         ("records", collect_records, "Collect raw records for the next ingestion run", {}),
     ]
     for path, endpoint, summary, documented in routes:

@@ -101,7 +101,7 @@ def collect(layout: Layout, records: list[dict[str, Any]], received: datetime | 
     columns = config.source.columns
     cells = [[_cell(row.model_dump()[c.name], c) for c in columns] for row in good]
     target = folder / f"{config.name}-api-{received:%H%M%S}-{uuid.uuid4().hex[:12]}.{config.source.format}"
-    partial = target.with_name(target.name + ".partial")
+    partial = target.with_name(f".{target.name}.partial")  # hidden: ingestion skips it until it is whole
     if config.source.format == "parquet":
         # Text, as a CSV drop would hold it: ingestion converts each value to its column's type.
         table = pa.table({c.file_name: [row[i] or None for row in cells] for i, c in enumerate(columns)})

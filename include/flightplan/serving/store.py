@@ -82,9 +82,11 @@ class AnsweredRequest:
 
 
 def create_store_engine(url: str) -> sa.Engine:
+    """An engine on the prediction log. Its errors leave out the statement's parameters: those are the inputs
+    and labels that clients sent, which have no place in a log or a traceback."""
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=True)
 
         @sa.event.listens_for(engine, "connect")
         def _durable_wal(connection: Any, _: Any) -> None:
@@ -94,7 +96,7 @@ def create_store_engine(url: str) -> sa.Engine:
             cursor.close()
 
     else:
-        engine = sa.create_engine(url, pool_pre_ping=True)
+        engine = sa.create_engine(url, pool_pre_ping=True, hide_parameters=True)
     metadata.create_all(engine)
     return engine
 

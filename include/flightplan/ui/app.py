@@ -10,13 +10,15 @@ Data Docs files included, depends on ``current_user``."""
 
 import html
 from collections.abc import Awaitable, Callable
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Form, HTTPException, Request
+from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 
 from flightplan.layout import Layout
+from flightplan.model.features import label_problem
 from flightplan.orchestration import dag_id
 from flightplan.settings import Settings, load_settings
 
@@ -52,12 +54,25 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _safe_file(root: Path, relative: str) -> Path:
-    """A file inside ``root``, never outside it."""
-    path = (root / relative).resolve()
-    if not path.is_file() or not path.is_relative_to(root.resolve()):
-        raise HTTPException(404, f"no such file: {relative}")
-    return path
+# The reports and Data Docs are other tools' HTML carrying values that clients sent. On Airflow's origin their
+# scripts would act as the signed-in user; a sandbox without allow-same-origin gives each page an opaque origin of
+# its own (no Airflow cookie or storage, no same-origin request), where it still draws.
+SANDBOXED = {
+    "Content-Security-Policy": "sandbox allow-scripts allow-popups allow-downloads",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+def _safe_file(root: Path, relative: str) -> FileResponse:
+    """A file inside ``root``, never outside it, served sandboxed."""
+    try:
+        path = (root / relative).resolve()
+        found = path.is_file() and path.is_relative_to(root.resolve())
+    except (OSError, ValueError):  # a NUL byte, a name too long
+        found = False
+    if not found:
+        raise HTTPException(404, "no such file")
+    return FileResponse(path, headers=SANDBOXED)
 
 
 def create_ui(
@@ -189,7 +204,9 @@ def create_ui(
         )
 
     @app.get("/pipelines/{pipeline}/data", response_class=HTMLResponse)
-    def data(request: Request, pipeline: str, day: str | None = None, page: int = 0) -> HTMLResponse:
+    def data(
+        request: Request, pipeline: str, day: date | None = None, page: Annotated[int, Query(ge=0)] = 0
+    ) -> HTMLResponse:
         found = layout(pipeline)
         base = f"{prefix(request)}/pipelines/{pipeline}/data"
         counts = views.daily_counts(found)
@@ -249,8 +266,11 @@ def create_ui(
         config = layout(pipeline).config
         try:
             value: Any = {"binary": int, "regression": float}.get(config.label.task, str)(label.strip())
-        except ValueError as err:
-            raise HTTPException(422, f"label '{label}' is not a {config.label.task} label: {err}") from err
+        except ValueError:
+            value = label
+        expected = label_problem(config.label.task, [], value)
+        if expected is not None:
+            raise HTTPException(422, f"label {label[:100]!r} of prediction {prediction_id[:64]!r}: expected {expected}")
         engine = create_store_engine(settings.predictions_db_url)
         try:
             stored, _ = record_feedback(engine, pipeline, {prediction_id: value}, source=f"airflow-ui:{user}")
@@ -262,10 +282,10 @@ def create_ui(
 
     @app.get("/files/{relative:path}")
     def report_file(relative: str) -> FileResponse:
-        return FileResponse(_safe_file(settings.reports_root, relative))
+        return _safe_file(settings.reports_root, relative)
 
     @app.get("/data-docs/{relative:path}")
     def data_docs(relative: str) -> FileResponse:
-        return FileResponse(_safe_file(views.data_docs_index(settings).parent, relative))
+        return _safe_file(views.data_docs_index(settings).parent, relative)
 
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -148,14 +149,12 @@ def daily_counts(layout: Layout) -> pd.DataFrame:
     return wide.assign(rows=wide.sum(axis=1)).sort_index()
 
 
-def curated_rows(layout: Layout, day: str, page: int, size: int) -> tuple[pd.DataFrame, int]:
+def curated_rows(layout: Layout, day: date, page: int, size: int) -> tuple[pd.DataFrame, int]:
     """One page of a day's curated rows with their labels, in time order; and the day's row count."""
-    from datetime import date
-
     from flightplan.data.batches import read_partitions
 
     config = layout.config
-    table = read_partitions(layout.dataset("labeled"), config.source.partition_column, [date.fromisoformat(day)])
+    table = read_partitions(layout.dataset("labeled"), config.source.partition_column, [day])
     if config.source.time_column:
         table = table.sort_by([(config.source.time_column, "ascending")])
     columns = [config.label.name, *[c for c in table.column_names if c != config.label.name]]
