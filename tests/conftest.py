@@ -127,12 +127,12 @@ def run_data_engineering(start: date, end: date) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def nothing_left_running() -> Iterator[None]:
+def nothing_left_running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The session ends by checking that no process it started outlives it (a stack's or a scheduler's
     orphans); set up before every other fixture, it is torn down after them all."""
     yield
     stop_spark_gateway()
-    found = wait_for_leftovers(SESSION)
+    found = wait_for_leftovers(SESSION, (tmp_path_factory.getbasetemp().resolve(),))
     if found:
         pytest.fail("processes this session started are still running:\n" + "\n".join(found), pytrace=False)
 

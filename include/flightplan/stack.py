@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -246,23 +245,38 @@ def _orphans_file(settings: Settings, name: str) -> Path:
 
 
 def _orphan_groups(settings: Settings, name: str) -> list[int]:
-    """The groups noted for ``name`` that still have a member of this home: a group's number, free again once its
-    last member is gone, could since lead a stranger's group."""
+    """The groups noted for ``name`` that still have a member of this stack: a group's number, free again once
+    its last member is gone, could since lead a stranger's group."""
     try:
         groups = [int(line) for line in _orphans_file(settings, name).read_text().split()]
     except (OSError, ValueError):
         return []
-    ours = f"FLIGHTPLAN_HOME={settings.home}".encode()
-    return [group for group in groups if any(ours in environ for environ in _group_environments(group))]
+    return [group for group in groups if any(_of_this_stack(pid, settings) for pid in _members(group))]
 
 
-def _group_environments(group: int) -> Iterator[list[bytes]]:
+def _members(group: int) -> list[int]:
+    members = []
     for proc in Path("/proc").glob("[0-9]*"):
-        try:
+        with contextlib.suppress(OSError):  # ended meanwhile
             if os.getpgid(int(proc.name)) == group:
-                yield (proc / "environ").read_bytes().split(b"\0")
-        except (OSError, ProcessLookupError):
-            continue  # ended meanwhile, or not ours to read
+                members.append(int(proc.name))
+    return members
+
+
+def _of_this_stack(pid: int, settings: Settings) -> bool:
+    """Whether a process was started by this stack: its output goes to a log of the stack's folder (what
+    `launch` gives each process, and its children inherit), or its environment names this home. Either alone
+    can be missing: a process may close or move its output, and one that sets its title (setproctitle, as
+    Airflow's executor workers do) overwrites what /proc shows of its environment."""
+    logs = stack_dir(settings).resolve()
+    with contextlib.suppress(OSError):
+        for fd in (1, 2):
+            if Path(os.readlink(f"/proc/{pid}/fd/{fd}")).is_relative_to(logs):
+                return True
+    with contextlib.suppress(OSError):
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        return f"FLIGHTPLAN_HOME={settings.home}".encode() in environ
+    return False
 
 
 def wait_ready(settings: Settings, started: list[Process], timeout: float = 240) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,8 +15,13 @@ from flightplan.stack import Process, launch, running_pid, stop
 
 from tests.leftover_processes import MARK, leftovers
 
-# A leader whose child ignores SIGTERM and would wait forever, as an executor's idle worker does.
-LEADER_WITH_A_STUBBORN_CHILD = "trap '' TERM; sleep 600 & echo $! > \"$1\"; wait"
+# A child that sets its title (which overwrites what /proc shows of its environment), ignores SIGTERM and would
+# wait forever: an executor's idle worker.
+IDLE_WORKER = (
+    "import setproctitle, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "setproctitle.setproctitle('worker <idle>'); time.sleep(600)"
+)
+LEADER_WITH_A_STUBBORN_CHILD = 'trap \'\' TERM; "$2" -c "$3" & echo $! > "$1"; wait'
 
 
 def group_members(group: int) -> list[int]:
@@ -41,7 +47,8 @@ def test_a_killed_leaders_group_is_stopped_with_its_successor(tmp_path: Path) ->
     settings = load_settings({"FLIGHTPLAN_HOME": str(tmp_path)})
     env = {**os.environ, "FLIGHTPLAN_HOME": str(tmp_path)}
     child_pid_file = tmp_path / "child.pid"
-    worker = Process("worker", ["bash", "-c", LEADER_WITH_A_STUBBORN_CHILD, "worker", str(child_pid_file)], None)
+    command = ["bash", "-c", LEADER_WITH_A_STUBBORN_CHILD, "worker", str(child_pid_file), sys.executable, IDLE_WORKER]
+    worker = Process("worker", command, None)
     first = launch(settings, worker, env)
     deadline = time.monotonic() + 10
     while not child_pid_file.exists() or not child_pid_file.read_text().strip():
@@ -49,6 +56,10 @@ def test_a_killed_leaders_group_is_stopped_with_its_successor(tmp_path: Path) ->
         time.sleep(0.05)
     child = int(child_pid_file.read_text())
 
+    deadline = time.monotonic() + 10
+    while b"FLIGHTPLAN_HOME" in Path(f"/proc/{child}/environ").read_bytes():
+        assert time.monotonic() < deadline, "the child did not set its title"
+        time.sleep(0.05)
     os.kill(first, signal.SIGKILL)  # as the fault tests kill a scheduler
     os.waitpid(first, 0)
     assert group_members(first) == [child]  # the orphan lives on in the dead leader's group
@@ -62,16 +73,24 @@ def test_a_killed_leaders_group_is_stopped_with_its_successor(tmp_path: Path) ->
     assert not (settings.home / "stack" / "worker.orphans").exists()
 
 
-def test_the_sessions_check_names_a_process_that_outlives_it() -> None:
+def test_the_sessions_check_names_a_process_that_outlives_it(tmp_path: Path) -> None:
+    """Found by the mark in its environment, or, once it has set its title, by the log it writes under the
+    session's folders; a process with neither is not the session's."""
     mark = f"check-{os.getpid()}"
-    stray = subprocess.Popen(["sleep", "600"], env={**os.environ, MARK: mark}, start_new_session=True)
+    marked = subprocess.Popen(["sleep", "600"], env={**os.environ, MARK: mark}, start_new_session=True)
+    with (tmp_path / "worker.log").open("w") as log:
+        titled = subprocess.Popen([sys.executable, "-c", IDLE_WORKER], stdout=log, start_new_session=True)
     try:
-        assert leftovers(mark) == [f"{stray.pid} sleep 600"]
-        assert leftovers(f"{mark}-other") == []
+        deadline = time.monotonic() + 10
+        while leftovers(mark, (tmp_path,)) != sorted([f"{marked.pid} sleep 600", f"{titled.pid} worker <idle>"]):
+            assert time.monotonic() < deadline, leftovers(mark, (tmp_path,))
+            time.sleep(0.05)
+        assert leftovers(f"{mark}-other", (tmp_path / "elsewhere",)) == []
     finally:
-        stray.kill()
-        stray.wait()
-    assert leftovers(mark) == []
+        for process in (marked, titled):
+            process.kill()
+            process.wait()
+    assert leftovers(mark, (tmp_path,)) == []
 
 
 def test_stop_of_a_process_that_never_ran_does_nothing(tmp_path: Path) -> None:
