@@ -290,8 +290,8 @@ def test_the_schedulers_nightly_runs_each_process_their_own_day_and_a_missing_da
 ) -> None:
     """Two scheduled pipelines whose drops of yesterday landed (different days of the demo data), and one whose
     drop never comes: the scheduler's own runs (no trigger) each ingest their pipeline's day; the third waits,
-    deferred, for its timeout and fails once, naming the folder. Then Airflow's CLI backfills two earlier days of
-    one and re-runs the other's day, each run on its own days."""
+    deferred, for its timeout and fails once, naming the folder. Then a backfill (REST API) of two earlier days of
+    one and a re-run (Airflow's CLI) of the other's day, each run on its own days."""
     from datetime import UTC, datetime, timedelta
 
     import yaml
@@ -335,23 +335,27 @@ def test_the_schedulers_nightly_runs_each_process_their_own_day_and_a_missing_da
     assert api.task_states(dag_id("late", "data_engineering"), run["dag_run_id"])["ingest"] == "upstream_failed"
     api.set_paused(dag_id("late", "data_engineering"), True)
 
-    # The other ways to start a run, from Airflow's own CLI: a backfill of north's two days before yesterday, and
-    # a re-run of south's yesterday (the same rows again, not twice as many), both at once.
+    # The other ways to start a run: a backfill of north's two days before yesterday over the REST API (as
+    # Airflow's client and its UI's backfill form create one), and a re-run of south's yesterday from Airflow's
+    # CLI (the same rows again, not twice as many), both at once.
     north = Layout(own, load_pipeline("north", byod["pipelines"]))
     earlier = {yesterday - timedelta(days=3): date(2013, 1, 3), yesterday - timedelta(days=2): date(2013, 1, 4)}
     for day, source_day in earlier.items():
         landed[day.isoformat()] = replay(north, source_day, source_day + timedelta(days=1))[source_day.isoformat()]
         (north.landing / source_day.isoformat()).rename(north.landing / day.isoformat())
-    airflow = [str(Path(sys.executable).with_name("airflow"))]
     first, last = min(earlier), max(earlier)
-    backfill = [*airflow, "backfill", "create", "--dag-id", dag_id("north", "data_engineering")]
-    backfill += ["--from-date", first.isoformat(), "--to-date", last.isoformat()]
+    backfill = {"dag_id": dag_id("north", "data_engineering"), "from_date": f"{first}T00:00:00Z"}
+    created = api.http.post("/backfills", json={**backfill, "to_date": f"{last}T00:00:00Z"})
+    assert created.status_code == 200, created.text
     rerun = {"start": yesterday.isoformat(), "end": (yesterday + timedelta(days=1)).isoformat()}
-    trigger = [*airflow, "dags", "trigger", dag_id("south", "data_engineering"), "-c", json.dumps(rerun)]
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    trigger = [airflow, "dags", "trigger", dag_id("south", "data_engineering"), "-c", json.dumps(rerun)]
     started = datetime.now(UTC).isoformat()
-    for command in (backfill, trigger):
-        done = subprocess.run(command, env=byod["env"], capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    for _ in range(3):  # the CLI writes to the embedded SQLite, which a busy scheduler can hold past its timeout
+        done = subprocess.run(trigger, env=byod["env"], capture_output=True, text=True, timeout=300)
+        if done.returncode == 0 or "database is locked" not in done.stderr + done.stdout:
+            break
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     rerun_run = api.wait_for_new_run(dag_id("south", "data_engineering"), started, timeout=300)
     state = api.wait_for_run(dag_id("south", "data_engineering"), rerun_run["dag_run_id"], timeout=1200)
     assert state == "success" and rerun_run["run_type"] == "manual"
