@@ -13,7 +13,7 @@ DEMO_START ?= 2013-01-01
 DEMO_MIDDLE ?= 2013-07-01
 DEMO_END ?= 2014-01-01
 
-.PHONY: env demo up down test soak chromium screenshots bench lint audit format clean
+.PHONY: env demo up down dotenv test soak chromium screenshots bench lint audit format clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -35,6 +35,11 @@ up: env
 
 down:
 	if [ -x $(BIN)/flightplan ]; then $(BIN)/flightplan down; fi
+
+# The compose stack's .env from .env.example, every secret freshly generated (owner-only); an existing .env is
+# kept: `$(BIN)/flightplan dotenv --force` replaces it, and every secret in it.
+dotenv: env
+	$(BIN)/flightplan dotenv
 
 test: env
 	$(BIN)/pytest

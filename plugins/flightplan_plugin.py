@@ -2,23 +2,54 @@
 pipeline, the monitoring verdicts and reports, a one-click deploy, the curated data and the label queue.
 
 Airflow mounts plugin apps without its authentication: this plugin requires a logged-in Airflow user on
-every route, checked by Airflow's own token validation (the UI's session cookie, or a bearer token). Its
-forms post with that cookie, which Airflow sets SameSite=Lax, so another site cannot post them for a user.
+every route, checked by Airflow's own token validation (the UI's session cookie, or a bearer token), and asks
+Airflow's auth manager what that user may do with the pipeline's DAGs, as Airflow's own routes do. Its forms
+post with that cookie, which Airflow sets SameSite=Lax, so another site cannot post them for a user.
 The pages themselves live in ``flightplan.ui``; this file only wires them to Airflow."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from airflow.api_fastapi.app import get_auth_manager
 from airflow.api_fastapi.auth.managers.base_auth_manager import COOKIE_NAME_JWT_TOKEN
+from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
+from airflow.api_fastapi.auth.managers.models.batch_apis import IsAuthorizedDagRequest
+from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
 from airflow.api_fastapi.core_api.security import GetUserDep
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import HTTPException, Request
-from flightplan.ui.app import create_ui
+from flightplan.ui.app import Access, create_ui
+
+# What each access of the pages is in Airflow's terms: reading a DAG, editing it, starting a run of it.
+DAG_ACCESS: dict[Access, tuple[Any, DagAccessEntity | None]] = {
+    "read": ("GET", None),
+    "edit": ("PUT", None),
+    "run": ("POST", DagAccessEntity.RUN),
+}
 
 
-async def current_user(user: GetUserDep) -> str:
-    return str(user.get_name())
+@dataclass(frozen=True)
+class AirflowVisitor:
+    """A logged-in Airflow user, whose permissions Airflow's configured auth manager decides."""
+
+    user: BaseUser
+
+    @property
+    def name(self) -> str:
+        return str(self.user.get_name())
+
+    def may(self, access: Access, dag_ids: list[str]) -> bool:
+        method, entity = DAG_ACCESS[access]
+        requests: list[IsAuthorizedDagRequest] = [
+            {"method": method, "access_entity": entity, "details": DagDetails(id=dag)} for dag in dag_ids
+        ]
+        return get_auth_manager().batch_is_authorized_dag(requests, user=self.user)
+
+
+async def current_user(user: GetUserDep) -> AirflowVisitor:
+    return AirflowVisitor(user)
 
 
 async def airflow_api(request: Request, method: str, path: str, body: dict[str, Any]) -> Any:

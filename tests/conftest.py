@@ -23,7 +23,7 @@ import pytest
 from flightplan.config import PipelineConfig, load_pipeline
 from flightplan.layout import Layout
 from flightplan.model import stages
-from flightplan.settings import Settings, load_settings
+from flightplan.settings import TOKEN_VARIABLES, ApiScope, Settings, load_settings
 from flightplan.tracking import RunContext
 
 from tests.leftover_processes import mark_session, wait_for_leftovers
@@ -42,6 +42,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def scoped_tokens(token: str) -> dict[ApiScope, str]:
+    """A test's token of each scope of the inference API: ``token`` predicts, the others bear their scope's name."""
+    return {"predict": token, "feedback": f"{token}-feedback", "admin": f"{token}-admin"}
+
+
+def token_environment(token: str) -> dict[str, str]:
+    """The variables that give a service, or its clients, the tokens of ``scoped_tokens(token)``."""
+    return {TOKEN_VARIABLES[scope]: value for scope, value in scoped_tokens(token).items()}
+
+
 @contextmanager
 def service_process(
     settings: Settings,
@@ -54,7 +64,7 @@ def service_process(
     """`flightplan serve` for ``pipelines`` (None: every pipeline of the folder, followed) as its own process (in
     ``env``, by default this one's), on a free port; stopped at exit."""
     port = free_port()
-    env = {**(os.environ if env is None else env), "FLIGHTPLAN_API_TOKEN": token, "FLIGHTPLAN_HOME": str(settings.home)}
+    env = {**(os.environ if env is None else env), **token_environment(token), "FLIGHTPLAN_HOME": str(settings.home)}
     output = settings.home / f"serve-{port}.log"
     command = [str(Path(sys.executable).with_name("flightplan")), "serve"]
     for pipeline in pipelines or ():

@@ -14,7 +14,7 @@ from flightplan.config import ConfigError, available_pipelines, load_pipeline
 from flightplan.data.partitions import interval_key
 from flightplan.layout import Layout
 from flightplan.orchestration import dag_id
-from flightplan.settings import Settings, airflow_environment, api_token, load_settings, token_file
+from flightplan.settings import TOKEN_VARIABLES, Settings, airflow_environment, api_tokens, load_settings, token_file
 from flightplan.stack import COMPONENTS
 
 
@@ -132,17 +132,20 @@ def serve(args: argparse.Namespace) -> int:
     from flightplan.serving.app import ServiceOptions, create_app
 
     settings = load_settings()
-    token = api_token(settings)
-    if token is None and not args.no_auth:
+    tokens = api_tokens(settings)
+    if "predict" not in tokens and not args.no_auth:
         print(
-            "set FLIGHTPLAN_API_TOKEN to the bearer token clients must send (or run `flightplan up`, "
+            "set FLIGHTPLAN_API_TOKEN to the bearer token clients must send to predict (or run `flightplan up`, "
             f"which generates one in {token_file(settings)}), or pass --no-auth to serve without authentication "
             "(local use only)",
             file=sys.stderr,
         )
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    options = ServiceOptions(args.pipeline, None if args.no_auth else token, args.poll_seconds)
+    if not args.no_auth:
+        for scope in TOKEN_VARIABLES.keys() - tokens.keys():
+            logging.warning("no %s: the %s routes answer 403", TOKEN_VARIABLES[scope], scope)
+    options = ServiceOptions(args.pipeline, None if args.no_auth else tokens, args.poll_seconds)
     app = create_app(settings, options)
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="info", timeout_graceful_shutdown=30)
     return 0
@@ -166,6 +169,39 @@ def airflow_passwords(args: argparse.Namespace) -> int:
         print(err, file=sys.stderr)
         return 2
     print(f"wrote the passwords of {len(users)} Airflow user(s) to {path} (owner-only)")
+    return 0
+
+
+def dotenv(args: argparse.Namespace) -> int:
+    """Writes the compose stack's `.env` from `.env.example`, every secret freshly generated, owner-only."""
+    from flightplan.secrets import fresh_dotenv, write_owner_only
+
+    if not args.example.is_file():
+        print(f"{args.example} is missing: the template the .env is written from", file=sys.stderr)
+        return 1
+    try:
+        write_owner_only(args.output, fresh_dotenv(args.example.read_text()), replace=args.force)
+    except FileExistsError:
+        print(f"{args.output} exists: pass --force to replace it (and every secret in it)", file=sys.stderr)
+        return 1
+    print(f"wrote {args.output} (owner-only) with fresh secrets from {args.example}")
+    return 0
+
+
+def check_secrets(args: argparse.Namespace) -> int:
+    """Refuses the compose stack's secrets in this process's environment that are empty, placeholders, short,
+    invalid or reused (the compose stack's secrets-check service, before any service that uses one starts)."""
+    import os
+
+    from flightplan.secrets import SECRETS, secret_problems
+
+    problems = secret_problems(os.environ)
+    for problem in problems:
+        print(f"refused: {problem}", file=sys.stderr)
+    if problems:
+        print("`make dotenv` generates a .env with fresh secrets", file=sys.stderr)
+        return 1
+    print(f"the {len(SECRETS)} secrets are set, long enough and distinct")
     return 0
 
 
@@ -305,6 +341,13 @@ def main(argv: list[str] | None = None) -> int:
         with_folders(cmd)
     cmd = commands.add_parser("airflow-passwords", help="write the Airflow users' passwords from AIRFLOW_PASSWORDS")
     cmd.set_defaults(run=airflow_passwords)
+    cmd = commands.add_parser("dotenv", help="write the compose stack's .env with fresh secrets")
+    cmd.add_argument("--output", type=Path, default=Path(".env"), help="the file to write (owner-only)")
+    cmd.add_argument("--example", type=Path, default=Path(".env.example"), help="the template it is written from")
+    cmd.add_argument("--force", action="store_true", help="replace an existing file")
+    cmd.set_defaults(run=dotenv)
+    cmd = commands.add_parser("check-secrets", help="refuse empty, placeholder, short, invalid or reused secrets")
+    cmd.set_defaults(run=check_secrets)
     cmd = commands.add_parser("status", help="which processes of the embedded stack run")
     cmd.set_defaults(run=stack_status)
     cmd = commands.add_parser("demo", help="the whole loop on a pipeline's demo data, through the running stack")

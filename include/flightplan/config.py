@@ -305,6 +305,11 @@ class DeploymentSpec(Strict):
     smoke_rows: Annotated[int, Field(ge=1, le=1000)] = Field(
         default=20, description="recent records sent through the live API after a promotion"
     )
+    max_string_length: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
+        default=256,
+        description="the longest text a field of a request to the inference API may carry (records, raw records, "
+        "class labels); a longer one is refused before it reaches the log, the reports or a training set",
+    )
 
 
 class MonitoringSpec(Strict):

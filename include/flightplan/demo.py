@@ -345,8 +345,8 @@ def summarize_models(settings: Settings, layout: Layout, write: Callable[[str], 
     for title, url in found.experiments.items():
         write(f"    {title:<18} {url}")
     write(f"    {'registry':<18} {settings.mlflow_ui_url.rstrip('/')}/#/models/{config.registered_model}")
-    write(f"  API docs      {settings.service_url}/docs  (Authorize with the bearer token {api_token(settings)})")
-    write(f"                the token is kept in {token_file(settings)}")
+    write(f"  API docs      {settings.service_url}/docs  (Authorize with the predict token {api_token(settings)})")
+    write(f"                the tokens of predict, feedback and admin are kept in {token_file(settings).parent}")
     write(f"  reports       {settings.reports_root / config.name}")
     if found.profiles:
         write(f"    profile       {settings.reports_root / found.profiles[0]}")

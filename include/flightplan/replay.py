@@ -58,7 +58,7 @@ def replay_traffic(
     """Send the labeled rows of the days in [start, end), in time order, to the inference API as a client
     would (the request fields and the source key), then send their true labels back as feedback for a
     seeded ``feedback_share`` of them, as ground truth that arrives after the answer; returns the counts."""
-    from flightplan.serving.deploy import service_client
+    from flightplan.serving.deploy import bearer, service_client
     from flightplan.serving.inputs import json_records, request_fields
 
     config = layout.config
@@ -68,6 +68,7 @@ def replay_traffic(
     labels = frame[config.label.name].tolist()
     chosen = np.random.default_rng(0).random(len(frame)) < feedback_share
     answered = labeled = 0
+    feedback_token = bearer(layout.settings, "feedback")
     with service_client(layout.settings) as http:
         for first in range(0, len(records), batch_rows):
             response = http.post(
@@ -82,7 +83,7 @@ def replay_traffic(
                 if chosen[first + offset]
             ]
             if truth:
-                sent = http.post(f"/v1/{config.name}/feedback", json={"labels": truth})
+                sent = http.post(f"/v1/{config.name}/feedback", json={"labels": truth}, headers=feedback_token)
                 sent.raise_for_status()
                 labeled += len(sent.json()["stored"])
     return {"rows": len(frame), "answered": answered, "labeled": labeled}

@@ -11,6 +11,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 PACKAGE_PIPELINES_DIR = Path(__file__).resolve().parents[1] / "pipelines"
 
@@ -100,15 +101,31 @@ def airflow_environment(settings: Settings, dags_folder: Path, plugins_folder: P
     }
 
 
-def api_token(settings: Settings) -> str | None:
-    """The inference API's bearer token: ``FLIGHTPLAN_API_TOKEN``, else the one `flightplan up`
-    generated under the home folder (readable by its owner only)."""
-    token = os.environ.get("FLIGHTPLAN_API_TOKEN")
+# What a client of the inference API may do: answers; ground truth and raw rows, which end up in training sets;
+# model reloads. Each scope has a token of its own, as MLflow and SageMaker keep inference and management
+# credentials apart: a client that may predict can neither rewrite labels nor add training rows nor reload.
+ApiScope = Literal["predict", "feedback", "admin"]
+TOKEN_VARIABLES: dict[ApiScope, str] = {
+    "predict": "FLIGHTPLAN_API_TOKEN",
+    "feedback": "FLIGHTPLAN_FEEDBACK_TOKEN",
+    "admin": "FLIGHTPLAN_ADMIN_TOKEN",
+}
+
+
+def api_token(settings: Settings, scope: ApiScope = "predict") -> str | None:
+    """The inference API's bearer token of ``scope``: its variable (``TOKEN_VARIABLES``), else the one `flightplan
+    up` generated under the home folder (readable by its owner only)."""
+    token = os.environ.get(TOKEN_VARIABLES[scope])
     if token:
         return token
-    stored = token_file(settings)
+    stored = token_file(settings, scope)
     return (stored.read_text().strip() or None) if stored.exists() else None
 
 
-def token_file(settings: Settings) -> Path:
-    return settings.home / "serving" / "api-token"
+def api_tokens(settings: Settings) -> dict[ApiScope, str]:
+    """The token of each scope that has one."""
+    return {scope: token for scope in TOKEN_VARIABLES if (token := api_token(settings, scope))}
+
+
+def token_file(settings: Settings, scope: ApiScope = "predict") -> Path:
+    return settings.home / "serving" / ("api-token" if scope == "predict" else f"{scope}-token")

@@ -25,7 +25,8 @@ from pathlib import Path
 import httpx
 
 from flightplan.airflow_rest import ADMIN, PASSWORDS_FILE
-from flightplan.settings import Settings, airflow_environment, api_token, token_file
+from flightplan.secrets import write_owner_only
+from flightplan.settings import TOKEN_VARIABLES, Settings, airflow_environment, api_token, token_file
 
 log = logging.getLogger(__name__)
 AIRFLOW_PROCESSES = ("api-server", "scheduler", "dag-processor", "triggerer")
@@ -170,18 +171,11 @@ def running_pid(settings: Settings, name: str) -> int | None:
     return pid
 
 
-def _write_owner_only(path: Path, text: str) -> None:
-    """Creates ``path`` readable by its owner only from the start (no moment when others could read it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(handle, "w") as out:
-        out.write(text)
-
-
-def ensure_token(settings: Settings) -> None:
-    """Generates the inference API's bearer token once."""
-    if api_token(settings) is None:
-        _write_owner_only(token_file(settings), secrets.token_urlsafe(32))
+def ensure_tokens(settings: Settings) -> None:
+    """Generates the inference API's bearer token of each scope once."""
+    for scope in TOKEN_VARIABLES:
+        if api_token(settings, scope) is None:
+            write_owner_only(token_file(settings, scope), secrets.token_urlsafe(32))
 
 
 def ensure_airflow_password(settings: Settings) -> None:
@@ -190,7 +184,7 @@ def ensure_airflow_password(settings: Settings) -> None:
     keep it in a file every local user can read."""
     path = settings.airflow_home / PASSWORDS_FILE
     if not path.exists():
-        _write_owner_only(path, json.dumps({ADMIN: secrets.token_urlsafe(16)}))
+        write_owner_only(path, json.dumps({ADMIN: secrets.token_urlsafe(16)}))
 
 
 def write_airflow_passwords(path: Path, users: list[str], pairs: str) -> None:
@@ -207,7 +201,7 @@ def write_airflow_passwords(path: Path, users: list[str], pairs: str) -> None:
         )
     partial = path.with_name(f".{path.name}.partial")
     partial.unlink(missing_ok=True)
-    _write_owner_only(partial, json.dumps({user: passwords[user] for user in users}))
+    write_owner_only(partial, json.dumps({user: passwords[user] for user in users}))
     partial.replace(path)
 
 
@@ -381,7 +375,7 @@ def up(
 ) -> dict[str, int]:
     """Starts the components asked for (all by default); returns the pid of each process."""
     chosen = _chosen(components)
-    ensure_token(settings)
+    ensure_tokens(settings)
     env = {**os.environ, **stack_airflow_environment(settings, dags_folder, plugins_folder)}
     if "airflow" in chosen:
         migrate_airflow(settings, env)

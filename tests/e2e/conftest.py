@@ -18,6 +18,7 @@ from flightplan.settings import Settings, airflow_environment, load_settings
 from tests.conftest import REPO, free_port
 
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+VIEWER, OPERATOR = "viewer", "operator"
 
 
 def migrated_airflow(settings: Settings, **extra: str) -> dict[str, str]:
@@ -25,7 +26,8 @@ def migrated_airflow(settings: Settings, **extra: str) -> dict[str, str]:
     env = {
         **os.environ,
         **airflow_environment(settings, REPO / "dags", REPO / "plugins"),
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN}:admin",
+        # A user of each kind the Models page tells apart: one who may only read, one who may also run DAGs.
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN}:admin,{VIEWER}:viewer,{OPERATOR}:op",
         "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(16),
         "AIRFLOW__API__SECRET_KEY": secrets.token_hex(16),
         # Only the runs a test triggers: no run for yesterday's interval appears when a DAG is unpaused.

@@ -30,7 +30,7 @@ from flightplan.config import load_pipeline
 from flightplan.orchestration import dag_id
 from flightplan.settings import Settings, load_settings
 
-from tests.conftest import service_process
+from tests.conftest import scoped_tokens, service_process, token_environment
 from tests.e2e.conftest import airflow_api, migrated_airflow, running_airflow
 from tests.e2e.test_faults import TrackingServer
 
@@ -100,7 +100,7 @@ def byod(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                 own_settings,
                 **own,
                 FLIGHTPLAN_SERVICE_URL=service["url"],
-                FLIGHTPLAN_API_TOKEN=TOKEN,
+                **token_environment(TOKEN),
                 FLIGHTPLAN_TASK_RETRY_DELAY_SECONDS="2",
                 AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE="True",  # the scheduler starts the asset-triggered runs
             )
@@ -241,6 +241,7 @@ def test_from_a_file_to_a_served_and_monitored_model(byod: dict, settings: Setti
     fields = sorted(set(input_columns(config)) | set(config.source.key))
     records = json_records(frame, fields)
     headers = {"Authorization": f"Bearer {TOKEN}"}
+    feedback = {"Authorization": f"Bearer {scoped_tokens(TOKEN)['feedback']}"}
     with httpx.Client(base_url=byod["url"], headers=headers, timeout=60) as http:
         one = http.post(f"/v1/{name}/predict", json=records[0])
         assert one.status_code == 200, one.text
@@ -249,12 +250,13 @@ def test_from_a_file_to_a_served_and_monitored_model(byod: dict, settings: Setti
         truth = frame[config.label.name].tolist()
         labels = [{"id": p["id"], "label": truth[i]} for i, p in enumerate(answered)]
         wrong = {"binary": "banana", "multiclass": "Unicorn", "regression": "cheap"}[dataset.task]
-        refused = http.post(f"/v1/{name}/feedback", json={"labels": [{**labels[0], "label": wrong}, *labels[1:]]})
+        wrong_labels = {"labels": [{**labels[0], "label": wrong}, *labels[1:]]}
+        refused = http.post(f"/v1/{name}/feedback", json=wrong_labels, headers=feedback)
         assert refused.status_code == 422, refused.text  # and nothing of the batch is stored
         assert [error["loc"] for error in refused.json()["detail"]] == [["body", "labels", 0, "label"]]
         if dataset.task == "multiclass":  # a class of no model: named with the prediction and the classes known
             assert f"of prediction '{labels[0]['id']}': expected one of the classes" in refused.text
-        assert http.post(f"/v1/{name}/feedback", json={"labels": labels}).json()["unknown"] == []
+        assert http.post(f"/v1/{name}/feedback", json={"labels": labels}, headers=feedback).json()["unknown"] == []
     if dataset.task == "multiclass":
         assert set(p["prediction"] for p in answered) <= set(frame[config.label.name])
     elif dataset.task == "binary":

@@ -1,7 +1,8 @@
 """The deployment and rollback DAGs against a real inference service process. Through `airflow dags test`:
 promotion of the first and of a new version, a rollback on demand, a refused worse challenger, and an
 automatic rollback when the service cannot take the new champion. Through the scheduler and the API
-server: a promotion that waits for a person's answer, approved once and rejected once."""
+server: a promotion that waits for a person's answer, approved once and rejected once, and the Models page's
+deploy and label forms as Airflow's auth manager allows them per role."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from flightplan.layout import Layout
 from flightplan.settings import Settings
 from flightplan.stack import stack_dir
 
-from tests.conftest import WORSE, free_port, run_chain, service_process
-from tests.e2e.conftest import airflow_api, running_airflow
+from tests.conftest import WORSE, free_port, run_chain, service_process, token_environment
+from tests.e2e.conftest import OPERATOR, VIEWER, airflow_api, running_airflow
 from tests.e2e.test_airflow import dags_test, dags_test_failing
 
 TOKEN = "e2e-deployment-token"
@@ -58,7 +59,7 @@ def copy_as_challenger(settings: Settings, version: str) -> str:
 def test_promote_rollback_refuse_and_automatic_rollback(
     airflow_env: dict[str, str], service: str, settings: Settings, layout: Layout
 ) -> None:
-    env = {**airflow_env, "FLIGHTPLAN_SERVICE_URL": service, "FLIGHTPLAN_API_TOKEN": TOKEN}
+    env = {**airflow_env, "FLIGHTPLAN_SERVICE_URL": service, **token_environment(TOKEN)}
     first = aliases(settings)["challenger"]  # registered by the model_engineering test
 
     log = dags_test(env, "flights.deployment", {"reason": "first model"})
@@ -107,7 +108,7 @@ def approving_airflow(
         **airflow_env,
         "FLIGHTPLAN_PIPELINES_DIR": str(pipelines),
         "FLIGHTPLAN_SERVICE_URL": service,
-        "FLIGHTPLAN_API_TOKEN": TOKEN,
+        **token_environment(TOKEN),
     }
     with running_airflow(env) as base:
         api = airflow_api(base, env)
@@ -179,3 +180,39 @@ def test_a_failed_run_is_reported_with_the_end_of_its_failed_tasks_log(approving
     report = str(failed.value)
     assert "'compare': 'failed'" in report and "--- the end of compare's log ---" in report, report
     assert "Task failed with exception" in report and "999999" in report.split("compare's log ---", 1)[1], report
+
+
+def test_the_models_page_lets_a_viewer_read_and_an_operator_deploy(
+    approving_airflow: AirflowApi, airflow_env: dict[str, str]
+) -> None:
+    """The plugin asks Airflow's own auth manager (here the simple one and its roles) on each route."""
+    base, home = approving_airflow.base_url, Path(airflow_env["AIRFLOW_HOME"])
+    viewer, operator = AirflowApi(base, home, VIEWER), AirflowApi(base, home, OPERATOR)
+    try:
+        deploy = {"version": "999999", "reason": "roles"}
+        label = {"prediction_id": "no-such-prediction", "label": "1"}
+        as_viewer = {"Authorization": f"Bearer {viewer.token}"}
+        page = httpx.get(f"{base}/flightplan/", headers=as_viewer, timeout=60)
+        assert page.status_code == 200 and "Signed in as viewer" in page.text and "/deploy'" not in page.text
+        refused = httpx.post(f"{base}/flightplan/pipelines/flights/deploy", data=deploy, headers=as_viewer, timeout=60)
+        assert refused.status_code == 403 and "no run access to flights.deployment" in refused.text
+        refused = httpx.post(f"{base}/flightplan/pipelines/flights/label-queue", data=label, headers=as_viewer)
+        assert refused.status_code == 403 and "no edit access to flights.data_engineering" in refused.text
+
+        as_operator = {"Authorization": f"Bearer {operator.token}"}
+        page = httpx.get(f"{base}/flightplan/", headers=as_operator, timeout=60)
+        assert page.status_code == 200 and "/deploy'" in page.text
+        reached = httpx.post(f"{base}/flightplan/pipelines/flights/label-queue", data=label, headers=as_operator)
+        assert reached.status_code == 404 and "no prediction 'no-such-prediction'" in reached.text
+        started = httpx.post(
+            f"{base}/flightplan/pipelines/flights/deploy", data=deploy, headers=as_operator, timeout=60
+        )
+        assert started.status_code == 200, started.text
+        runs = approving_airflow.http.get("/dags/flights.deployment/dagRuns").json()["dag_runs"]
+        run = next(r for r in runs if r["conf"].get("reason", "").startswith("roles (deployed by operator"))
+        assert run["triggering_user_name"] == OPERATOR
+        # No version 999999 exists: the run ends at its comparison, before any approval or promotion.
+        assert approving_airflow.wait_for_run("flights.deployment", run["dag_run_id"]) == "failed"
+    finally:
+        viewer.close()
+        operator.close()

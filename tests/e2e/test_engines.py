@@ -25,7 +25,7 @@ from flightplan.config import load_pipeline
 from flightplan.layout import Layout
 from flightplan.settings import Settings, load_settings
 
-from tests.conftest import END_DAY, FIRST_DAY, service_process
+from tests.conftest import END_DAY, FIRST_DAY, service_process, token_environment
 from tests.e2e.conftest import AIRFLOW, airflow_api, migrated_airflow, running_airflow
 from tests.e2e.engines import (
     SparkCluster,
@@ -215,7 +215,8 @@ def test_the_service_loads_from_the_tracking_server_and_logs_to_postgres(
 
     start = datetime.now(UTC) - timedelta(minutes=1)
     with service_process(settings, TOKEN, poll_seconds=3600, wait_ready=True, env=engines_env) as service:
-        monkeypatch.setenv("FLIGHTPLAN_API_TOKEN", TOKEN)
+        for variable, value in token_environment(TOKEN).items():
+            monkeypatch.setenv(variable, value)
         serving = Layout(dataclasses.replace(settings, service_url=service["url"]), engines_layout.config)
         sent = replay_traffic(serving, FIRST_DAY, END_DAY)
     assert sent["answered"] == sent["rows"] == sent["labeled"] > 1000

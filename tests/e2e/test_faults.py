@@ -38,6 +38,7 @@ from tests.conftest import (
     leftovers,
     run_data_engineering,
     service_process,
+    token_environment,
 )
 from tests.e2e.conftest import airflow_api, migrated_airflow, running_airflow
 from tests.e2e.engines import answers, wait_until
@@ -119,7 +120,7 @@ def faults(tmp_path_factory: pytest.TempPathFactory, settings: Settings) -> Iter
                 fault_settings,
                 **own,
                 FLIGHTPLAN_SERVICE_URL=service["url"],
-                FLIGHTPLAN_API_TOKEN=TOKEN,
+                **token_environment(TOKEN),
                 FLIGHTPLAN_TASK_RETRY_DELAY_SECONDS="2",
             )
             with running_airflow(env) as base:

@@ -16,7 +16,7 @@ import yaml
 from flightplan.layout import Layout
 from flightplan.settings import Settings
 
-from tests.conftest import run_data_engineering, service_process
+from tests.conftest import run_data_engineering, service_process, token_environment
 from tests.e2e.conftest import airflow_api, running_airflow
 
 TOKEN = "e2e-monitoring-token"
@@ -45,7 +45,7 @@ def loop_env(airflow_env: dict[str, str], service: str, settings: Settings, tmp_
         **airflow_env,
         "FLIGHTPLAN_PIPELINES_DIR": str(pipelines),
         "FLIGHTPLAN_SERVICE_URL": service,
-        "FLIGHTPLAN_API_TOKEN": TOKEN,
+        **token_environment(TOKEN),
         # The scheduler's DAG-run creation, which also turns asset events into runs (deployment needs it);
         # monitoring's own scheduled run for yesterday finds no traffic and decides nothing.
         "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "True",
@@ -64,7 +64,8 @@ def test_drifted_traffic_retrains_and_the_gates_promote(
 
     replay(layout, JULY, JULY_END)
     run_data_engineering(JULY, JULY_END)  # the DAG itself: tests/e2e/test_airflow.py
-    monkeypatch.setenv("FLIGHTPLAN_API_TOKEN", TOKEN)
+    for variable, value in token_environment(TOKEN).items():
+        monkeypatch.setenv(variable, value)
     served = httpx.get(f"{service}/ready").json()["pipelines"]["flights"]["version"]
     sent = replay_traffic(Layout(dataclasses.replace(settings, service_url=service), layout.config), JULY, JULY_END)
     assert sent["answered"] == sent["rows"] == sent["labeled"] > 300

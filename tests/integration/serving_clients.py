@@ -14,8 +14,19 @@ import sqlalchemy as sa
 from flightplan.layout import Layout
 from flightplan.serving.inputs import json_records, request_fields
 
+from tests.conftest import scoped_tokens
+
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+FEEDBACK_AUTH = {"Authorization": f"Bearer {scoped_tokens(TOKEN)['feedback']}"}
+ADMIN_AUTH = {"Authorization": f"Bearer {scoped_tokens(TOKEN)['admin']}"}
+
+
+def auth_for(path: str) -> dict[str, str]:
+    """The header of the token whose scope the route at ``path`` asks."""
+    if path == "/admin/reload":
+        return ADMIN_AUTH
+    return FEEDBACK_AUTH if path.endswith(("/feedback", "/records")) else AUTH
 
 
 def client_records(layout: Layout, run_id: str, rows: int | None = None) -> list[dict[str, Any]]:

@@ -15,8 +15,8 @@ from flightplan.layout import Layout
 from flightplan.serving.app import MAX_BATCH_ROWS, MAX_BODY_BYTES
 from flightplan.settings import Settings
 
-from tests.conftest import service_process
-from tests.integration.serving_clients import AUTH, TOKEN, client_records, predictions_in_log
+from tests.conftest import scoped_tokens, service_process
+from tests.integration.serving_clients import AUTH, FEEDBACK_AUTH, TOKEN, auth_for, client_records, predictions_in_log
 
 PREDICT, BATCH, FEEDBACK = "/v1/flights/predict", "/v1/flights/predict/batch", "/v1/flights/feedback"
 JSON = {**AUTH, "Content-Type": "application/json"}
@@ -32,7 +32,7 @@ def api(champion: str, settings: Settings) -> Iterator[Any]:
     from fastapi.testclient import TestClient
     from flightplan.serving.app import ServiceOptions, create_app
 
-    app = create_app(settings, ServiceOptions(["flights"], TOKEN, poll_seconds=3600))
+    app = create_app(settings, ServiceOptions(["flights"], scoped_tokens(TOKEN), poll_seconds=3600))
     with TestClient(app) as client:
         yield client
 
@@ -55,6 +55,20 @@ CASES: dict[str, tuple[str, Any, dict[str, str], int, list[str]]] = {
     ),
     "word for a number": (PREDICT, lambda r: body({**r, "distance": "far"}), JSON, 422, ["distance", "valid number"]),
     "number for a word": (PREDICT, lambda r: body({**r, "origin": 123}), JSON, 422, ["origin", "valid string"]),
+    "a megabyte of text for a category": (
+        PREDICT,
+        lambda r: body({**r, "origin": "J" * 1_000_000}),
+        JSON,
+        422,
+        ["origin", "at most 256 characters"],
+    ),
+    "a prediction id longer than any the log holds": (
+        FEEDBACK,
+        lambda r: body({"labels": [{"id": "x" * 81, "label": 1}]}),
+        {**FEEDBACK_AUTH, "Content-Type": "application/json"},
+        422,
+        ['"labels",0,"id"', "at most 80 characters"],
+    ),
     "null for a required field": (
         PREDICT,
         lambda r: body({**r, "time_hour": None}),
@@ -96,7 +110,7 @@ CASES: dict[str, tuple[str, Any, dict[str, str], int, list[str]]] = {
     "NaN as a true label": (
         FEEDBACK,
         lambda r: body({"labels": [{"id": "any", "label": float("nan")}]}),
-        JSON,
+        {**FEEDBACK_AUTH, "Content-Type": "application/json"},
         422,
         ["label"],
     ),
@@ -135,7 +149,7 @@ def test_a_deeply_nested_or_huge_body_is_refused_and_the_process_answers_on(
     over = MAX_BODY_BYTES + 1
     with httpx.Client(base_url=server["url"], headers=JSON, timeout=60) as http:
         for path in (PREDICT, BATCH, FEEDBACK):
-            nested = http.post(path, content=deep)
+            nested = http.post(path, content=deep, headers=auth_for(path))
             assert nested.status_code in (400, 422), (path, nested.text[:500])
             # pydantic-core's parser says "recursion limit exceeded"; FastAPI's (feedback) that it could not parse it.
             assert "recursion limit" in nested.text or "error parsing the body" in nested.text, nested.text[:500]
@@ -146,7 +160,7 @@ def test_a_deeply_nested_or_huge_body_is_refused_and_the_process_answers_on(
             for _ in range(over // (1 << 20) + 1):
                 yield b" " * (1 << 20)
 
-        chunked = http.post(FEEDBACK, content=streamed())
+        chunked = http.post(FEEDBACK, content=streamed(), headers=FEEDBACK_AUTH)
         assert chunked.status_code == 413 and f"limit of {MAX_BODY_BYTES:,} bytes" in chunked.text
         assert http.post(PREDICT, json=record).status_code == 200
     assert server["process"].poll() is None

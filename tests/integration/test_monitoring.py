@@ -17,7 +17,7 @@ import pytest
 from flightplan.layout import Layout
 from flightplan.settings import Settings
 
-from tests.conftest import SCRIPT_PAYLOAD
+from tests.conftest import SCRIPT_PAYLOAD, scoped_tokens
 
 TOKEN = "monitoring-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -30,7 +30,9 @@ def api(champion: str, settings: Settings) -> Iterator[Any]:
     from fastapi.testclient import TestClient
     from flightplan.serving.app import ServiceOptions, create_app
 
-    with TestClient(create_app(settings, ServiceOptions(["flights"], TOKEN, poll_seconds=3600))) as client:
+    with TestClient(
+        create_app(settings, ServiceOptions(["flights"], scoped_tokens(TOKEN), poll_seconds=3600))
+    ) as client:
         yield client
 
 
@@ -62,7 +64,7 @@ def send(
             sent = api.post(
                 "/v1/flights/feedback",
                 json={"labels": [{"id": i, "label": int(v)} for i, v in zip(ids, truth, strict=True)]},
-                headers=AUTH,
+                headers={"Authorization": f"Bearer {scoped_tokens(TOKEN)['feedback']}"},
             )
             assert len(sent.json()["stored"]) == len(ids)
     time.sleep(0.01)

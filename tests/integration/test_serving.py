@@ -20,8 +20,18 @@ from flightplan.serving.inputs import InvalidRecord, RowEncoder, json_records, r
 from flightplan.settings import Settings
 from pydantic import TypeAdapter
 
-from tests.conftest import service_process
-from tests.integration.serving_clients import AUTH, TOKEN, Load, client_records, predictions_in_log, rows_answered
+from tests.conftest import scoped_tokens, service_process
+from tests.integration.serving_clients import (
+    ADMIN_AUTH,
+    AUTH,
+    FEEDBACK_AUTH,
+    TOKEN,
+    Load,
+    auth_for,
+    client_records,
+    predictions_in_log,
+    rows_answered,
+)
 
 
 def test_row_encoder_matches_the_training_encoder(
@@ -69,7 +79,7 @@ def api(champion: str, settings: Settings) -> Iterator[Any]:
     from fastapi.testclient import TestClient
     from flightplan.serving.app import ServiceOptions, create_app
 
-    app = create_app(settings, ServiceOptions(["flights"], TOKEN, poll_seconds=3600))
+    app = create_app(settings, ServiceOptions(["flights"], scoped_tokens(TOKEN), poll_seconds=3600))
     with TestClient(app) as client:
         yield client
 
@@ -96,7 +106,7 @@ def test_predict_answers_with_version_and_logs_every_row(
     feedback = api.post(
         "/v1/flights/feedback",
         json={"labels": [{"id": body["id"], "label": 1}, {"id": "no-such-id", "label": 0}]},
-        headers=AUTH,
+        headers=FEEDBACK_AUTH,
     )
     assert feedback.json() == {"stored": [body["id"]], "unknown": ["no-such-id"]}
     metrics = api.get("/metrics").text
@@ -137,6 +147,43 @@ def test_requests_without_the_token_or_with_bad_fields_are_refused(
     assert predictions_in_log(layout.settings.predictions_db_url) == before
 
 
+def test_each_token_does_only_what_its_scope_allows(
+    api: Any, layout: Layout, settings: Settings, challenger: tuple[str, dict[str, str]]
+) -> None:
+    from fastapi.testclient import TestClient
+    from flightplan.serving.app import ServiceOptions, create_app
+
+    record = client_records(layout, challenger[0], 1)[0]
+    landing = sorted(layout.landing.rglob("*"))
+    before = predictions_in_log(settings.predictions_db_url)
+    writes = {
+        "/v1/flights/feedback": {"labels": []},
+        "/v1/flights/records": {"records": [record]},
+        "/admin/reload": None,
+    }
+    for path, body in writes.items():
+        refused = api.post(path, json=body, headers=AUTH)
+        assert refused.status_code == 403 and "this token may not" in refused.json()["detail"], path
+    for header in (FEEDBACK_AUTH, ADMIN_AUTH):
+        refused = api.post("/v1/flights/predict", json=record, headers=header)
+        assert refused.status_code == 403 and "send the FLIGHTPLAN_API_TOKEN" in refused.json()["detail"]
+    assert api.post("/admin/reload", headers=FEEDBACK_AUTH).status_code == 403
+    assert api.post("/v1/flights/records", json={"records": []}, headers=ADMIN_AUTH).status_code == 403
+    assert sorted(layout.landing.rglob("*")) == landing and predictions_in_log(settings.predictions_db_url) == before
+
+    document = api.get("/openapi.json").json()
+    assert set(document["components"]["securitySchemes"]) == {"predict token", "feedback token", "admin token"}
+    for path in ("/v1/flights/predict", "/v1/flights/predict/batch", "/v1/flights/feedback", "/v1/flights/records"):
+        scheme = "feedback token" if auth_for(path) is FEEDBACK_AUTH else "predict token"
+        assert document["paths"][path]["post"]["security"] == [{scheme: []}], path
+    assert document["paths"]["/admin/reload"]["post"]["security"] == [{"admin token": []}]
+
+    # A service given only the predict token keeps the other scopes closed, whatever is sent.
+    only_predict = TestClient(create_app(settings, ServiceOptions(["flights"], {"predict": TOKEN}, poll_seconds=3600)))
+    closed = only_predict.post("/v1/flights/feedback", json={"labels": []}, headers=FEEDBACK_AUTH)
+    assert closed.status_code == 403 and "no FLIGHTPLAN_FEEDBACK_TOKEN" in closed.json()["detail"]
+
+
 def test_a_model_that_cannot_serve_is_refused_and_the_old_one_keeps_answering(
     api: Any, champion: str, layout: Layout, settings: Settings, challenger: tuple[str, dict[str, str]]
 ) -> None:
@@ -160,7 +207,7 @@ def test_a_model_that_cannot_serve_is_refused_and_the_old_one_keeps_answering(
     broken = str(mlflow.register_model(info.model_uri, "flights-delayed").version)
     mlflow_client.set_registered_model_alias("flights-delayed", "champion", broken)
     try:
-        result = api.post("/admin/reload", headers=AUTH).json()[0]
+        result = api.post("/admin/reload", headers=ADMIN_AUTH).json()[0]
         assert result["serving"] == champion and "not_an_input" in result["error"]
         record = client_records(layout, challenger[0], 1)[0]
         answer = api.post("/v1/flights/predict", json=record, headers=AUTH).json()
@@ -179,7 +226,7 @@ def test_openapi_fuzzing_finds_no_server_error(champion: str, settings: Settings
     from hypothesis import HealthCheck, given
     from hypothesis import settings as examples
 
-    app = create_app(settings, ServiceOptions(["flights"], TOKEN, poll_seconds=3600))
+    app = create_app(settings, ServiceOptions(["flights"], scoped_tokens(TOKEN), poll_seconds=3600))
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     for operation in schema.get_all_operations():
         op = operation.ok()
@@ -187,7 +234,7 @@ def test_openapi_fuzzing_finds_no_server_error(champion: str, settings: Settings
         @given(case=op.as_strategy())
         @examples(max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
         def check(case: Any) -> None:
-            case.call_and_validate(headers=AUTH)
+            case.call_and_validate(headers=auth_for(case.operation.path))
 
         check()
 
@@ -251,16 +298,22 @@ def test_collected_records_are_ingested_by_the_next_run_and_bad_ones_refused(api
     landing_day = sorted(p for p in layout.landing.iterdir() if p.is_dir())[0]
     raw = pd.read_csv(next(landing_day.glob("*.csv"))).head(4)
     good = json.loads(raw.to_json(orient="records"))
-    bad = [{**good[0], "carrier": "ZZ"}, {**good[1], "month": 13, "surprise": 1}, {"year": 2013}]
-    response = api.post("/v1/flights/records", json={"records": [*good[:3], *bad, good[3]]}, headers=AUTH)
+    bad = [
+        {**good[0], "carrier": "ZZ"},
+        {**good[1], "month": 13, "surprise": 1},
+        {"year": 2013},
+        {**good[2], "dest": "D" * 257},
+    ]
+    response = api.post("/v1/flights/records", json={"records": [*good[:3], *bad, good[3]]}, headers=FEEDBACK_AUTH)
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["accepted"] == 4 and [r["record"] for r in body["refused"]] == [3, 4, 5]
+    assert body["accepted"] == 4 and [r["record"] for r in body["refused"]] == [3, 4, 5, 6]
     assert "carrier: Value error, must be one of" in body["refused"][0]["reason"]
     assert "month" in body["refused"][1]["reason"] and "surprise" in body["refused"][1]["reason"]
     assert "origin: Field required" in body["refused"][2]["reason"]
-    all_bad = api.post("/v1/flights/records", json={"records": bad}, headers=AUTH).json()
-    assert all_bad["accepted"] == 0 and all_bad["file"] is None and len(all_bad["refused"]) == 3
+    assert "dest: String should have at most 256 characters" in body["refused"][3]["reason"]
+    all_bad = api.post("/v1/flights/records", json={"records": bad}, headers=FEEDBACK_AUTH).json()
+    assert all_bad["accepted"] == 0 and all_bad["file"] is None and len(all_bad["refused"]) == 4
 
     today = datetime.now(UTC).date()
     assert Path(body["file"]).parent.name == today.isoformat()
@@ -288,12 +341,14 @@ def test_ground_truth_sent_back_labels_rows_in_the_label_step(api: Any, layout: 
     ids, planted = ids[:2], ids[2]
     on_time = on_time.head(1)
     wrong = [{"id": ids[0], "label": "banana"}, {"id": ids[1], "label": 7}, {"id": ids[1], "label": 1}]
-    refused = api.post("/v1/flights/feedback", json={"labels": wrong}, headers=AUTH)
+    refused = api.post("/v1/flights/feedback", json={"labels": wrong}, headers=FEEDBACK_AUTH)
     assert refused.status_code == 422 and [(e["loc"], e["msg"]) for e in refused.json()["detail"]] == [
         (["body", "labels", 0, "label"], "Input should be 0 or 1"),
         (["body", "labels", 1, "label"], "Input should be 0 or 1"),
     ]
-    sent = api.post("/v1/flights/feedback", json={"labels": [{"id": i, "label": 1} for i in ids]}, headers=AUTH).json()
+    sent = api.post(
+        "/v1/flights/feedback", json={"labels": [{"id": i, "label": 1} for i in ids]}, headers=FEEDBACK_AUTH
+    ).json()
     assert sent["stored"] == ids
     # A bad label stored without the API's check (an older service, a hand-written row) is set aside, not used.
     engine = create_store_engine(layout.settings.predictions_db_url)
@@ -323,7 +378,12 @@ def test_ground_truth_sent_back_labels_rows_in_the_label_step(api: Any, layout: 
 
 
 def test_the_service_follows_the_pipelines_folder_without_a_restart(
-    champion: str, settings: Settings, layout: Layout, challenger: tuple[str, dict[str, str]], tmp_path: Path
+    champion: str,
+    settings: Settings,
+    layout: Layout,
+    challenger: tuple[str, dict[str, str]],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A YAML written while the service runs is served within a poll (routes, OpenAPI, its champion); an edited
     one that no longer loads keeps serving its last good config and is named on /ready; a removed one stops."""
@@ -344,7 +404,7 @@ def test_the_service_follows_the_pipelines_folder_without_a_restart(
             assert time.monotonic() < deadline, what
             time.sleep(0.1)
 
-    app = create_app(following, ServiceOptions(None, TOKEN, poll_seconds=0.2))
+    app = create_app(following, ServiceOptions(None, scoped_tokens(TOKEN), poll_seconds=0.2))
     with TestClient(app) as api:
         assert "/v1/flights/predict" in api.get("/openapi.json").json()["paths"]
         assert api.post("/v1/twin/predict", json=record, headers=AUTH).status_code == 404
@@ -361,7 +421,11 @@ def test_the_service_follows_the_pipelines_folder_without_a_restart(
 
         (tmp_path / "twin.yaml").write_text(yaml.safe_dump(twin).replace("strategy: time", "strategy: sideways"))
         until(lambda: "twin" in api.get("/ready").json()["config_errors"], "twin's config error")
-        assert "split.strategy" in api.get("/ready").json()["config_errors"]["twin"]
+        assert api.get("/ready").json()["config_errors"] == ["twin"]  # named, its reason in the log only
+        assert "split.strategy" not in api.get("/ready").text
+        assert any(
+            "'twin' does not load" in r.getMessage() and "split.strategy" in r.getMessage() for r in caplog.records
+        )
         assert api.post("/v1/twin/predict", json=record, headers=AUTH).status_code == 200  # its last good config
 
         (tmp_path / "twin.yaml").unlink()

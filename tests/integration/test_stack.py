@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 from flightplan.settings import Settings
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, token_environment
 
 FLIGHTPLAN = str(Path(sys.executable).with_name("flightplan"))
 
@@ -28,7 +28,7 @@ def test_up_starts_the_components_in_the_background_and_down_stops_them(settings
         "FLIGHTPLAN_HOME": str(settings.home),
         "FLIGHTPLAN_MLFLOW_UI_URL": mlflow_url,
         "FLIGHTPLAN_SERVICE_URL": service_url,
-        "FLIGHTPLAN_API_TOKEN": "stack-test-token",
+        **token_environment("stack-test-token"),
     }
     started = run(env, "up", "mlflow", "service")
     try:

@@ -1,10 +1,11 @@
 """The Models, Data and Label queue pages on the real registry, reports, curated data and prediction log.
-Here the user comes from a header and DAG runs are recorded instead of started; the plugin's real Airflow
-login and REST trigger are tested through a live Airflow in tests/e2e."""
+Here the user and their role come from headers, and DAG runs are recorded instead of started; the plugin's real
+Airflow login, auth manager and REST trigger are tested through a live Airflow in tests/e2e."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -16,6 +17,18 @@ from flightplan.layout import Layout
 from flightplan.settings import Settings
 
 
+@dataclass(frozen=True)
+class HeaderVisitor:
+    """The simple auth manager's rule for DAGs: a viewer reads them, the other roles also edit and run them; a
+    stranger (a role of another auth manager that grants nothing on these DAGs) does neither."""
+
+    name: str
+    role: str
+
+    def may(self, access: str, dag_ids: list[str]) -> bool:
+        return self.role != "stranger" and (access == "read" or self.role != "viewer")
+
+
 @pytest.fixture(scope="module")
 def ui(champion: str, settings: Settings) -> Iterator[tuple[Any, list[tuple[str, dict[str, Any]]]]]:
     from fastapi.testclient import TestClient
@@ -23,10 +36,12 @@ def ui(champion: str, settings: Settings) -> Iterator[tuple[Any, list[tuple[str,
 
     started: list[tuple[str, dict[str, Any]]] = []
 
-    async def user_from_header(x_user: str | None = Header(default=None)) -> str:
+    async def user_from_header(
+        x_user: str | None = Header(default=None), x_role: str = Header(default="admin")
+    ) -> HeaderVisitor:
         if not x_user:
             raise HTTPException(401, "Not authenticated")
-        return x_user
+        return HeaderVisitor(x_user, x_role)
 
     async def record_run(request: Request, dag_id: str, conf: dict[str, Any]) -> str:
         started.append((dag_id, conf))
@@ -130,3 +145,30 @@ def test_files_are_served_from_their_folder_only(ui: tuple[Any, list], settings:
         refused = client.get(f"/files/{outside}")
         assert refused.status_code == 404 and refused.json() == {"detail": "no such file"}, outside
     assert client.get("/data-docs/index%00.html").status_code == 404
+
+
+def test_a_viewer_reads_but_neither_labels_nor_deploys_and_a_stranger_sees_nothing(
+    ui: tuple[Any, list], champion: str, settings: Settings, config: PipelineConfig
+) -> None:
+    from flightplan.ui.views import label_queue
+
+    client, started = ui
+    viewer = {"X-User": "vera", "X-Role": "viewer"}
+    runs_before = len(started)
+    models = client.get("/", headers=viewer)
+    assert models.status_code == 200 and f"version {champion}" in models.text and "/deploy'" not in models.text
+    queued = label_queue(settings, config, 1)
+    page = client.get("/pipelines/flights/label-queue", headers=viewer)
+    assert page.status_code == 200 and (not queued or "name='label'" not in page.text)
+    deploy = client.post("/pipelines/flights/deploy", data={"version": champion, "reason": "x"}, headers=viewer)
+    assert deploy.status_code == 403 and "user 'vera' has no run access to flights.deployment" in deploy.text
+    label = client.post("/pipelines/flights/label-queue", data={"prediction_id": "p", "label": "1"}, headers=viewer)
+    assert label.status_code == 403 and "no edit access to flights.data_engineering" in label.text
+    assert len(started) == runs_before
+
+    stranger = {"X-User": "sam", "X-Role": "stranger"}
+    assert "version " not in client.get("/", headers=stranger).text
+    report = next(settings.reports_root.glob("flights/monitoring/*/summary.json")).relative_to(settings.reports_root)
+    for path in ("/pipelines/flights/data", "/pipelines/flights/label-queue", f"/files/{report}", "/data-docs/x"):
+        assert client.get(path, headers=stranger).status_code == 403, path
+    assert client.get(f"/files/{report}", headers=viewer).status_code == 200

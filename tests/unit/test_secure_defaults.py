@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 from flightplan.airflow_rest import PASSWORDS_FILE, admin_password
-from flightplan.settings import load_settings, token_file
-from flightplan.stack import COMPONENTS, ensure_airflow_password, ensure_token, processes, stack_airflow_environment
+from flightplan.settings import TOKEN_VARIABLES, api_tokens, load_settings, token_file
+from flightplan.stack import COMPONENTS, ensure_airflow_password, ensure_tokens, processes, stack_airflow_environment
 
 from tests.conftest import REPO, free_port
 
@@ -59,21 +59,23 @@ def test_the_embedded_stack_listens_on_loopback_only_by_default(tmp_path: Path) 
     assert "--skip-serve-logs" in commands["airflow-scheduler"] and "--skip-serve-logs" in commands["airflow-triggerer"]
 
 
-def test_the_generated_password_and_token_are_readable_by_their_owner_only(
+def test_the_generated_password_and_tokens_are_readable_by_their_owner_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("FLIGHTPLAN_API_TOKEN", raising=False)
+    for variable in TOKEN_VARIABLES.values():
+        monkeypatch.delenv(variable, raising=False)
     settings = load_settings({"FLIGHTPLAN_HOME": str(tmp_path)})
     ensure_airflow_password(settings)
-    ensure_token(settings)
+    ensure_tokens(settings)
     password = admin_password(settings.airflow_home)
-    token = token_file(settings).read_text()
-    assert len(password) >= 20 and len(token) >= 40
-    for path in (settings.airflow_home / PASSWORDS_FILE, token_file(settings)):
+    tokens = api_tokens(settings)
+    assert len(password) >= 20 and set(tokens) == set(TOKEN_VARIABLES)
+    assert all(len(token) >= 40 for token in tokens.values()) and len(set(tokens.values())) == len(tokens)
+    for path in (settings.airflow_home / PASSWORDS_FILE, *(token_file(settings, scope) for scope in TOKEN_VARIABLES)):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     ensure_airflow_password(settings)
-    ensure_token(settings)
-    assert admin_password(settings.airflow_home) == password and token_file(settings).read_text() == token
+    ensure_tokens(settings)
+    assert admin_password(settings.airflow_home) == password and api_tokens(settings) == tokens
 
 
 def test_the_inference_api_does_not_start_without_a_token(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from flightplan.config import PipelineConfig
 from flightplan.layout import Layout
 from flightplan.settings import Settings, api_token, load_settings
 
-from tests.conftest import END_DAY, FIRST_DAY, REPO, SCRIPT_PAYLOAD, free_port
+from tests.conftest import END_DAY, FIRST_DAY, REPO, SCRIPT_PAYLOAD, free_port, token_environment
 from tests.e2e.engines import require
 from tests.e2e.test_engines import pipelines_with
 
@@ -127,7 +127,7 @@ def own_stack(request: pytest.FixtureRequest) -> Iterator[WebStack]:
         "FLIGHTPLAN_AIRFLOW_URL": f"http://127.0.0.1:{free_port()}",
         "FLIGHTPLAN_MLFLOW_UI_URL": f"http://127.0.0.1:{free_port()}",
         "FLIGHTPLAN_SERVICE_URL": f"http://127.0.0.1:{free_port()}",
-        "FLIGHTPLAN_API_TOKEN": TOKEN,
+        **token_environment(TOKEN),
     }
     stack_settings = load_settings(env)
     started = subprocess.run([FLIGHTPLAN, "up"], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -151,7 +151,8 @@ def check_answered_traffic(settings: Settings, config: PipelineConfig) -> None:
     from flightplan.tracking import RunContext
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("FLIGHTPLAN_API_TOKEN", TOKEN)
+        for variable, value in token_environment(TOKEN).items():
+            patch.setenv(variable, value)
         start = datetime.now(UTC).replace(microsecond=0)
         sent = replay_traffic(Layout(settings, config), FIRST_DAY, END_DAY)
         send_script_payloads(Layout(settings, config))

@@ -10,7 +10,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +30,7 @@ from flightplan.layout import Layout
 from flightplan.model.features import label_problem
 from flightplan.orchestration import scan_pipelines
 from flightplan.serving.collect import SnapshotSource, collect
-from flightplan.serving.inputs import InvalidRecord, record_type
+from flightplan.serving.inputs import InvalidRecord, python_type, record_type
 from flightplan.serving.metrics import ServiceMetrics
 from flightplan.serving.models import ModelSlot, ServedModel
 from flightplan.serving.store import (
@@ -40,7 +40,7 @@ from flightplan.serving.store import (
     create_store_engine,
     record_feedback,
 )
-from flightplan.settings import Settings
+from flightplan.settings import TOKEN_VARIABLES, ApiScope, Settings
 
 log = logging.getLogger(__name__)
 MAX_BATCH_ROWS = 10_000
@@ -56,7 +56,9 @@ LOG_WAIT_SECONDS = 10.0
 @dataclass(frozen=True)
 class ServiceOptions:
     pipelines: list[str] | None  # None: every pipeline of the folder, followed as YAMLs come, change and go
-    token: str | None  # None: authentication disabled (local use only, asked for explicitly)
+    # The bearer token of each scope; a scope without one is closed. None: authentication disabled (local use only,
+    # asked for explicitly).
+    tokens: Mapping[ApiScope, str] | None
     poll_seconds: float = 10.0
 
 
@@ -86,15 +88,19 @@ LABEL_TYPES: dict[str, Any] = {
     "regression": Annotated[float, Field(allow_inf_nan=False)],
     "multiclass": str | int,
 }
+MAX_ID_LENGTH = 80  # the width of the log's id column (an id is a UUID's hex digits and a row number)
 
 
 def feedback_type(config: PipelineConfig) -> Any:
     """The body of a pipeline's /feedback: labels typed for its task."""
+    label_type = LABEL_TYPES[config.label.task]
+    if config.label.task == "multiclass":
+        label_type = python_type("string", config) | int
     label: Any = create_model(  # built from the config: typed as Any for the checker
         f"{config.name.title().replace('_', '')}Label",
         __config__=ConfigDict(extra="forbid"),
-        id=(str, Field(description="the prediction's id, from its answer")),
-        label=(LABEL_TYPES[config.label.task], Field(description=f"the true label ({config.label.task})")),
+        id=(str, Field(max_length=MAX_ID_LENGTH, description="the prediction's id, from its answer")),
+        label=(label_type, Field(description=f"the true label ({config.label.task})")),
     )
     return create_model(
         f"{label.__name__}s",
@@ -130,18 +136,39 @@ class ReloadResult(BaseModel):
     error: str | None
 
 
-def bearer_auth(token: str | None) -> Callable[..., Awaitable[None]]:
-    scheme = HTTPBearer(auto_error=False, description="FLIGHTPLAN_API_TOKEN")
+SCOPE_ROUTES: dict[ApiScope, str] = {
+    "predict": "the predict routes",
+    "feedback": "the feedback and records routes (ground truth and raw rows, which end up in training sets)",
+    "admin": "/admin/reload",
+}
+
+
+def bearer_auth(scope: ApiScope, tokens: Mapping[ApiScope, str] | None) -> Callable[..., Awaitable[None]]:
+    """The check of one scope's token: 401 without a known token, 403 with another scope's token or when the
+    service was given no token of this scope."""
+    variable = TOKEN_VARIABLES[scope]
+    scheme = HTTPBearer(
+        auto_error=False, scheme_name=f"{scope} token", description=f"{variable}: {SCOPE_ROUTES[scope]}"
+    )
+
+    def matches(sent: str, token: str | None) -> bool:
+        return token is not None and secrets.compare_digest(sent.encode(), token.encode())
 
     async def check(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(scheme)]) -> None:
-        if token is None:
+        if tokens is None:
             return
-        if credentials is None or not secrets.compare_digest(credentials.credentials.encode(), token.encode()):
-            raise HTTPException(
-                status_code=401,
-                detail="missing or wrong bearer token: send 'Authorization: Bearer <FLIGHTPLAN_API_TOKEN>'",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+        sent = credentials.credentials if credentials else ""
+        if matches(sent, tokens.get(scope)):
+            return
+        if scope not in tokens:
+            raise HTTPException(status_code=403, detail=f"this service has no {variable}: {scope} is closed")
+        if any(matches(sent, token) for token in tokens.values()):
+            raise HTTPException(status_code=403, detail=f"this token may not {scope}: send the {variable}")
+        raise HTTPException(
+            status_code=401,
+            detail=f"missing or wrong bearer token: send 'Authorization: Bearer <{variable}>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
     return check
 
@@ -158,7 +185,7 @@ class Service:
         if options.pipelines is None:
             scan = scan_pipelines(settings.pipelines_dir)
             self.configs: dict[str, PipelineConfig] = scan.configs
-            self.config_errors = {Path(path).stem: error for path, error in scan.errors.items()}
+            self.note_config_errors(scan.errors)
         else:
             self.configs = {name: load_pipeline(name, settings.pipelines_dir) for name in options.pipelines}
         self.slots = {name: ModelSlot(settings, config) for name, config in self.configs.items()}
@@ -197,6 +224,15 @@ class Service:
                 log.exception("could not read the pipelines folder %s", self.settings.pipelines_dir)
             self.reload_all()
 
+    def note_config_errors(self, errors: dict[str, str]) -> None:
+        """Keeps the YAMLs that do not load, and logs each new reason once (/ready, which asks for no token, names
+        the pipeline only: a reason can quote the file)."""
+        found = {Path(path).stem: error for path, error in errors.items()}
+        for name, error in found.items():
+            if self.config_errors.get(name) != error:
+                log.warning("pipeline '%s' does not load (its last good config serves on): %s", name, error)
+        self.config_errors = found
+
     def follow_pipelines(self) -> set[str]:
         """Serve what the pipelines folder holds now (when the service follows it): a new YAML gets its routes
         and its champion, an edited one its new schema, a removed one stops being served (its log stays). A YAML
@@ -206,7 +242,7 @@ class Service:
             return set()
         scan = scan_pipelines(self.settings.pipelines_dir)
         broken = {Path(path).stem for path in scan.errors}
-        self.config_errors = {Path(path).stem: error for path, error in scan.errors.items()}
+        self.note_config_errors(scan.errors)
         kept = {name: config for name, config in self.configs.items() if name in broken and name not in scan.configs}
         wanted = {**kept, **scan.configs}
         changed = {name for name in wanted.keys() | self.configs.keys() if wanted.get(name) != self.configs.get(name)}
@@ -364,7 +400,7 @@ class BodyLimit:
 
 def create_app(settings: Settings, options: ServiceOptions) -> FastAPI:
     service = Service(settings, options)
-    auth = [Depends(bearer_auth(options.token))]
+    auth = {scope: [Depends(bearer_auth(scope, options.tokens))] for scope in TOKEN_VARIABLES}
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -412,13 +448,13 @@ def create_app(settings: Settings, options: ServiceOptions) -> FastAPI:
         }
         ok = all(p["version"] for p in pipelines.values())
         response.status_code = 200 if ok else 503
-        return {"ready": ok, "pipelines": pipelines, "config_errors": service.config_errors}
+        return {"ready": ok, "pipelines": pipelines, "config_errors": sorted(service.config_errors)}
 
     @app.get("/metrics", tags=["service"], response_class=Response)
     def metrics() -> Response:
         return Response(service.metrics.render(), media_type=service.metrics.content_type)
 
-    @app.post("/admin/reload", tags=["service"], dependencies=auth, response_model=list[ReloadResult])
+    @app.post("/admin/reload", tags=["service"], dependencies=auth["admin"], response_model=list[ReloadResult])
     def reload() -> list[dict[str, Any]]:
         """Load now the version each alias points at (the poller does it every few seconds), retrying a
         version refused before."""
@@ -445,7 +481,9 @@ def create_app(settings: Settings, options: ServiceOptions) -> FastAPI:
     return app
 
 
-def add_pipeline_routes(app: FastAPI, service: Service, name: str, config: PipelineConfig, auth: list[Any]) -> None:
+def add_pipeline_routes(
+    app: FastAPI, service: Service, name: str, config: PipelineConfig, auth: dict[ApiScope, list[Any]]
+) -> None:
     record: Any = record_type(config)  # built from the config at start-up: typed as Any for the checker
     one: TypeAdapter[Any] = TypeAdapter(record)
     batch: TypeAdapter[Any] = TypeAdapter(
@@ -506,8 +544,9 @@ def add_pipeline_routes(app: FastAPI, service: Service, name: str, config: Pipel
         refused = [Refusal(**refusal) for refusal in result.refused]
         return CollectResponse(accepted=result.accepted, refused=refused, file=result.file)
 
-    routes: list[tuple[str, Callable[..., Any], str, dict[str, Any]]] = [
+    routes: list[tuple[str, ApiScope, Callable[..., Any], str, dict[str, Any]]] = [
         (
+            "predict",
             "predict",
             predict,
             f"Predict one {name} record",
@@ -515,19 +554,21 @@ def add_pipeline_routes(app: FastAPI, service: Service, name: str, config: Pipel
         ),
         (
             "predict/batch",
+            "predict",
             predict_batch,
             f"Predict up to {MAX_BATCH_ROWS:,} records",
             {"response_model": BatchResponse, "openapi_extra": openapi_body(batch_schema)},
         ),
         (
             "feedback",
+            "feedback",
             feedback,
             "True labels of answered predictions",
             {"response_model": FeedbackResponse, "openapi_extra": openapi_body(feedback_schema)},
         ),
-        ("records", collect_records, "Collect raw records for the next ingestion run", {}),
+        ("records", "feedback", collect_records, "Collect raw records for the next ingestion run", {}),
     ]
-    for path, endpoint, summary, documented in routes:
-        app.post(f"/v1/{name}/{path}", tags=[f"pipeline {name}"], dependencies=auth, summary=summary, **documented)(
-            endpoint
-        )
+    for path, scope, endpoint, summary, documented in routes:
+        app.post(
+            f"/v1/{name}/{path}", tags=[f"pipeline {name}"], dependencies=auth[scope], summary=summary, **documented
+        )(endpoint)

@@ -22,7 +22,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from flightplan.config import ColumnSpec, PipelineConfig
 from flightplan.layout import Layout
-from flightplan.serving.inputs import PYTHON_TYPES
+from flightplan.serving.inputs import python_type
 
 
 class SnapshotSource(ValueError):
@@ -45,21 +45,21 @@ def _one_of(allowed: list[Any]) -> AfterValidator:
     return AfterValidator(check)
 
 
-def _field(column: ColumnSpec) -> tuple[Any, Any]:
-    python_type: Any = PYTHON_TYPES[column.type]
+def _field(column: ColumnSpec, config: PipelineConfig) -> tuple[Any, Any]:
+    field_type: Any = python_type(column.type, config)
     rules: list[Any] = []
     if column.min is not None or column.max is not None:
         rules.append(Field(ge=column.min, le=column.max))
     if column.allowed is not None:
         rules.append(_one_of(column.allowed))
     required = column.max_null_fraction == 0
-    annotated = Annotated[python_type, *rules] if rules else python_type
+    annotated = Annotated[field_type, *rules] if rules else field_type
     return (annotated, ...) if required else (annotated | None, None)
 
 
 def source_model(config: PipelineConfig) -> type[BaseModel]:
     """One raw source record as the landing files hold it: every source column, typed, with its rules."""
-    fields: dict[str, Any] = {column.name: _field(column) for column in config.source.columns}
+    fields: dict[str, Any] = {column.name: _field(column, config) for column in config.source.columns}
     return create_model(
         f"{config.name.title().replace('_', '')}SourceRecord",
         __config__=ConfigDict(extra="forbid", allow_inf_nan=False),

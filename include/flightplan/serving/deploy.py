@@ -27,7 +27,7 @@ from flightplan.model.registry import (
     alias_version,
     decision_threshold,
 )
-from flightplan.settings import Settings, api_token
+from flightplan.settings import ApiScope, Settings, api_token
 from flightplan.tracking import RunContext, stage_run
 
 log = logging.getLogger(__name__)
@@ -210,13 +210,17 @@ def recent_records(layout: Layout, rows: int) -> tuple[pd.DataFrame, list[dict[s
     return recent, json_records(recent, list(request_fields(layout.config)))
 
 
-def service_client(settings: Settings) -> Any:
-    """An HTTP client of the inference API, with its bearer token when one is set."""
+def bearer(settings: Settings, scope: ApiScope) -> dict[str, str]:
+    """The header that carries the inference API's token of ``scope``, when one is set."""
+    token = api_token(settings, scope)
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def service_client(settings: Settings, scope: ApiScope = "predict") -> Any:
+    """An HTTP client of the inference API, with its bearer token of ``scope``."""
     import httpx
 
-    token = api_token(settings)
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.Client(base_url=settings.service_url, headers=headers, timeout=60)
+    return httpx.Client(base_url=settings.service_url, headers=bearer(settings, scope), timeout=60)
 
 
 def reload_service(job: DeployJob) -> str:
@@ -224,7 +228,7 @@ def reload_service(job: DeployJob) -> str:
     settings, config, _ = job.open()
     expected = alias_version(settings, config.registered_model, CHAMPION)
     try:
-        with service_client(settings) as http:
+        with service_client(settings, "admin") as http:
             response = http.post("/admin/reload")
     except Exception as err:
         raise ServiceCheckFailed(f"the service at {settings.service_url} cannot be reached: {err}") from err

@@ -13,12 +13,12 @@ import json
 import math
 from collections.abc import Callable
 from datetime import UTC, date, datetime
-from typing import Any, NotRequired, Required
+from typing import Annotated, Any, NotRequired, Required
 from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
-from pydantic import ConfigDict
+from pydantic import ConfigDict, StringConstraints
 from typing_extensions import TypedDict
 
 from flightplan.config import ColumnType, PipelineConfig
@@ -57,6 +57,13 @@ def _fits_float(value: int) -> bool:
     return True
 
 
+def python_type(kind: ColumnType, config: PipelineConfig) -> Any:
+    """The type a request field of ``kind`` is validated as: text no longer than the pipeline allows."""
+    if kind == "string":
+        return Annotated[str, StringConstraints(max_length=config.deployment.max_string_length)]
+    return PYTHON_TYPES[kind]
+
+
 def request_fields(config: PipelineConfig) -> dict[str, ColumnType]:
     """The raw fields of a request and their types; a derived feature's source column is required."""
     return {name: config.column(name).type for name in input_columns(config)}
@@ -75,12 +82,12 @@ def record_type(config: PipelineConfig) -> type:
     JSON bytes into the plain dicts the encoder and the log take, with no model object per record."""
     required = {d.column for d in config.features.derived}
     fields = {
-        name: Required[PYTHON_TYPES[kind]] if name in required else NotRequired[PYTHON_TYPES[kind] | None]
+        name: Required[python_type(kind, config)] if name in required else NotRequired[python_type(kind, config) | None]
         for name, kind in request_fields(config).items()
     }
     # The source key, optional: a record that carries it can get its true label through the label step.
     for name in config.source.key:
-        fields.setdefault(name, NotRequired[PYTHON_TYPES[config.column(name).type] | None])
+        fields.setdefault(name, NotRequired[python_type(config.column(name).type, config) | None])
     record: Any = make_typed_dict(f"{config.name.title().replace('_', '')}Record", fields)
     record.__pydantic_config__ = ConfigDict(extra="forbid", allow_inf_nan=False)
     return record  # type: ignore[no-any-return]

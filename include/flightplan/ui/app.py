@@ -1,9 +1,12 @@
 """The Models, Data and Label queue pages: a FastAPI app that the Airflow plugin mounts inside the Airflow UI.
 
-The app knows nothing of Airflow: the plugin hands it ``current_user`` (a FastAPI dependency that answers
-the logged-in user's name or refuses the request) and ``trigger_dag`` (which starts a DAG run as that user
+The app knows nothing of Airflow: the plugin hands it ``current_user`` (a FastAPI dependency that answers the
+logged-in user as a ``Visitor`` or refuses the request) and ``trigger_dag`` (which starts a DAG run as that user
 through Airflow's REST API, so every gate of the deployment DAG still applies). Every route, the report and
-Data Docs files included, depends on ``current_user``."""
+Data Docs files included, depends on ``current_user``, and each asks the visitor's permissions on the DAGs of the
+pipeline it shows or changes: reading needs read access to every DAG of the pipeline, a label needs edit access
+to its data_engineering DAG (the label step turns it into training data), a deploy needs the right to run its
+deployment DAG."""
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures, which name dependencies
 # local to create_ui, and postponed annotations could not be resolved.
@@ -12,7 +15,7 @@ import html
 from collections.abc import Awaitable, Callable
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
@@ -26,6 +29,20 @@ TriggerDag = Callable[[Request, str, dict[str, Any]], Awaitable[str]]
 # The newest run of each DAG id asked for (state, run id, run type, start), as the signed-in user may see them.
 LatestRuns = Callable[[Request, list[str]], Awaitable[dict[str, dict[str, Any]]]]
 PAGE_ROWS = 50
+Access = Literal["read", "edit", "run"]
+
+
+class Visitor(Protocol):
+    """The signed-in user as the pages need them: a name, and what the platform's authorization lets them do."""
+
+    @property
+    def name(self) -> str: ...
+
+    def may(self, access: Access, dag_ids: list[str]) -> bool:
+        """Whether the user has ``access`` to every one of ``dag_ids``."""
+        ...
+
+
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1b1f24}
 table{border-collapse:collapse;margin:.5rem 0 1.5rem}td,th{border:1px solid #d0d7de;padding:.3rem .6rem;text-align:left}
@@ -90,7 +107,19 @@ def create_ui(
 
     settings = settings or load_settings()
     app = FastAPI(title="flightplan", dependencies=[Depends(current_user)], docs_url=None, redoc_url=None)
-    User = Annotated[str, Depends(current_user)]
+    User = Annotated[Visitor, Depends(current_user)]
+
+    def pipeline_dags(pipeline: str) -> list[str]:
+        return [dag_id(pipeline, stage) for stage in STAGES]
+
+    def require(user: Visitor, access: Access, dag_ids: list[str]) -> None:
+        if not user.may(access, dag_ids):
+            raise HTTPException(403, f"user '{user.name}' has no {access} access to {', '.join(dag_ids)}")
+
+    def readable(user: Visitor, pipeline: str) -> Layout:
+        """The pipeline's layout, for a user who may read all its DAGs."""
+        require(user, "read", pipeline_dags(pipeline))
+        return layout(pipeline)
 
     def layout(pipeline: str) -> Layout:
         if pipeline not in available_pipelines(settings.pipelines_dir):
@@ -118,12 +147,14 @@ def create_ui(
     @app.get("/", response_class=HTMLResponse)
     async def models(request: Request, user: User) -> HTMLResponse:
         base = prefix(request)
-        parts = [f"<p>Signed in as {_e(user)}.</p>"]
+        parts = [f"<p>Signed in as {_e(user.name)}.</p>"]
         scan = scan_pipelines(settings.pipelines_dir)
         for path, error in scan.errors.items():
-            parts.append(f"<h2>{_e(Path(path).stem)} <small>(does not load)</small></h2><pre>{_e(error)}</pre>")
-        runs = await latest_runs(request, [dag_id(name, stage) for name in scan.configs for stage in STAGES])
-        for name, config in scan.configs.items():
+            if user.may("read", pipeline_dags(Path(path).stem)):
+                parts.append(f"<h2>{_e(Path(path).stem)} <small>(does not load)</small></h2><pre>{_e(error)}</pre>")
+        shown = {name: config for name, config in scan.configs.items() if user.may("read", pipeline_dags(name))}
+        runs = await latest_runs(request, [dag for name in shown for dag in pipeline_dags(name)])
+        for name, config in shown.items():
             found = await run_in_threadpool(views.overview, Layout(settings, config))
             parts.append(f"<h2>{_e(name)} <small>({_e(found.model)})</small></h2>")
             parts.append(
@@ -156,7 +187,7 @@ def create_ui(
                     f"<div class='card'><b>{_e(card.alias)}</b>: version {_e(card.version)} {run}"
                     f"<table class='metrics'>{metrics}</table><small>{_e(card.reason)}</small></div>"
                 )
-            if found.all_versions:
+            if found.all_versions and user.may("run", [dag_id(name, "deployment")]):
                 options = "".join(f"<option>{_e(v)}</option>" for v in found.all_versions)
                 parts.append(
                     f"<form method='post' action='{base}/pipelines/{name}/deploy'>Deploy version "
@@ -193,9 +224,10 @@ def create_ui(
     async def deploy(
         request: Request, pipeline: str, user: User, version: Annotated[str, Form()], reason: Annotated[str, Form()]
     ) -> HTMLResponse:
-        layout(pipeline)
-        conf = {"version": version, "reason": f"{reason} (deployed by {user} from the Models page)"}
         deployment = dag_id(pipeline, "deployment")
+        readable(user, pipeline)
+        require(user, "run", [deployment])
+        conf = {"version": version, "reason": f"{reason} (deployed by {user.name} from the Models page)"}
         run_id = await trigger_dag(request, deployment, conf)
         return _page(
             "Deployment started",
@@ -205,9 +237,9 @@ def create_ui(
 
     @app.get("/pipelines/{pipeline}/data", response_class=HTMLResponse)
     def data(
-        request: Request, pipeline: str, day: date | None = None, page: Annotated[int, Query(ge=0)] = 0
+        request: Request, pipeline: str, user: User, day: date | None = None, page: Annotated[int, Query(ge=0)] = 0
     ) -> HTMLResponse:
-        found = layout(pipeline)
+        found = readable(user, pipeline)
         base = f"{prefix(request)}/pipelines/{pipeline}/data"
         counts = views.daily_counts(found)
         rows = [
@@ -228,10 +260,11 @@ def create_ui(
         return _page(f"Data: {pipeline}", body)
 
     @app.get("/pipelines/{pipeline}/label-queue", response_class=HTMLResponse)
-    def queue(request: Request, pipeline: str) -> HTMLResponse:
-        found = layout(pipeline)
+    def queue(request: Request, pipeline: str, user: User) -> HTMLResponse:
+        found = readable(user, pipeline)
         config = found.config
         action = f"{prefix(request)}/pipelines/{pipeline}/label-queue"
+        may_label = user.may("edit", [dag_id(pipeline, "data_engineering")])
         rows = []
         for item in views.label_queue(settings, config, PAGE_ROWS):
             inputs = ", ".join(f"{k}={v}" for k, v in list(item["inputs"].items())[:8])
@@ -243,7 +276,9 @@ def create_ui(
                     _e("-" if item["probability"] is None else f"{item['probability']:.3f}"),
                     f"<small>{_e(inputs)}</small>",
                     f"<form method='post' action='{action}'><input type='hidden' name='prediction_id' "
-                    f"value='{_e(item['id'])}'><input name='label' size='6' required><button>Set</button></form>",
+                    f"value='{_e(item['id'])}'><input name='label' size='6' required><button>Set</button></form>"
+                    if may_label
+                    else "",
                 ]
             )
         header = ["answered", "version", "prediction", "probability", "inputs", f"true {config.label.name}"]
@@ -263,7 +298,8 @@ def create_ui(
     ) -> RedirectResponse:
         from flightplan.serving.store import create_store_engine, record_feedback
 
-        config = layout(pipeline).config
+        config = readable(user, pipeline).config
+        require(user, "edit", [dag_id(pipeline, "data_engineering")])
         try:
             value: Any = {"binary": int, "regression": float}.get(config.label.task, str)(label.strip())
         except ValueError:
@@ -273,19 +309,35 @@ def create_ui(
             raise HTTPException(422, f"label {label[:100]!r} of prediction {prediction_id[:64]!r}: expected {expected}")
         engine = create_store_engine(settings.predictions_db_url)
         try:
-            stored, _ = record_feedback(engine, pipeline, {prediction_id: value}, source=f"airflow-ui:{user}")
+            stored, _ = record_feedback(engine, pipeline, {prediction_id: value}, source=f"airflow-ui:{user.name}")
         finally:
             engine.dispose()
         if not stored:
             raise HTTPException(404, f"no prediction '{prediction_id}' of {pipeline}")
         return RedirectResponse(f"{prefix(request)}/pipelines/{pipeline}/label-queue", status_code=303)
 
+    def require_file_access(user: Visitor, pipelines: list[str]) -> None:
+        """A file shows the data of ``pipelines``: unknown ones are no file, others need read access."""
+        known = available_pipelines(settings.pipelines_dir)
+        if not set(pipelines) <= set(known):
+            raise HTTPException(404, "no such file")
+        for pipeline in pipelines:
+            require(user, "read", pipeline_dags(pipeline))
+
     @app.get("/files/{relative:path}")
-    def report_file(relative: str) -> FileResponse:
+    def report_file(relative: str, user: User) -> FileResponse:
+        require_file_access(user, list(Path(relative).parts[:1]))  # <pipeline>/<kind>/...
         return _safe_file(settings.reports_root, relative)
 
     @app.get("/data-docs/{relative:path}")
-    def data_docs(relative: str) -> FileResponse:
+    def data_docs(relative: str, user: User) -> FileResponse:
+        # A pipeline's own pages are validations/<pipeline>/... and expectations/<pipeline>.html (the suite bears the
+        # pipeline's name); the rest of the site (its index, its assets) lists every pipeline.
+        parts = Path(relative).parts
+        if len(parts) > 1 and parts[0] in ("validations", "expectations"):
+            require_file_access(user, [Path(parts[1]).stem])
+        else:
+            require_file_access(user, available_pipelines(settings.pipelines_dir))
         return _safe_file(views.data_docs_index(settings).parent, relative)
 
     return app
