@@ -13,7 +13,7 @@ DEMO_START ?= 2013-01-01
 DEMO_MIDDLE ?= 2013-07-01
 DEMO_END ?= 2014-01-01
 
-.PHONY: env demo up down dotenv test soak chromium screenshots bench lint audit format clean
+.PHONY: env demo up down dotenv check test soak chromium screenshots bench lint audit format clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -40,6 +40,12 @@ down:
 # kept: `$(BIN)/flightplan dotenv --force` replaces it, and every secret in it.
 dotenv: env
 	$(BIN)/flightplan dotenv
+
+# The loop before every commit, under two minutes: formatting, lint and types over every Python file of the
+# repository, then the unit and DAG tiers. `make test` runs every tier; `make audit` stands apart (it needs the
+# network).
+check: lint
+	$(BIN)/pytest tests/unit tests/dags -q -p no:cacheprovider
 
 test: env
 	$(BIN)/pytest
@@ -72,7 +78,6 @@ lint: env
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(MAKE) --no-print-directory audit
 
 # Advisories triaged as not affecting this project, for `make audit`: one `--ignore-vuln <id>` per line, each
 # after a comment that says why. None so far.

@@ -129,7 +129,7 @@ def bench_batch_scoring(job: Any, repeats: int = 3) -> dict[str, float]:
     from flightplan.workflow import StageInput
 
     stage = StageInput(PIPELINE, START, END, job.context)
-    settings, config, layout = stage.open()
+    stage, settings, config, layout = stage.open()
     scorer = champion_scorer(stage)
     spark = get_spark(settings)
     frame = read_days(spark, layout, "wrangled", stage.days)
@@ -218,9 +218,9 @@ def main() -> int:
             for rows, (path, body) in payloads.items():
                 load(wrk, url + path, body, 8, 3, folder)  # warm-up
                 for connections in (1, 8, 32):
-                    figures = load(wrk, url + path, body, connections, args.seconds, folder)
-                    figures.update(contender=name, rows=rows, connections=connections)
-                    figures["rows_per_s"] = figures["rps"] * rows
+                    measured = load(wrk, url + path, body, connections, args.seconds, folder)
+                    figures = {"contender": name, "rows": rows, "connections": connections, **measured}
+                    figures["rows_per_s"] = measured["rps"] * rows
                     results.append(figures)
                     print(json.dumps(figures), flush=True)
         finally:

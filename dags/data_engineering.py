@@ -79,9 +79,10 @@ def build(config: PipelineConfig) -> None:
         landed = LandingSensor(task_id="wait_for_landing", pipeline=pipeline, retries=0)
         ingested = ingest()
         landed >> ingested
-        validated = validate(ingested)
-        profile(ingested) >> validated
-        split(label(wrangle(validated)))
+        # Each task takes the one before's XComArg, which Airflow turns into its value at run time.
+        validated = validate(ingested)  # type: ignore[arg-type]
+        profile(ingested) >> validated  # type: ignore[arg-type]
+        split(label(wrangle(validated)))  # type: ignore[arg-type]
 
     data_engineering()
 

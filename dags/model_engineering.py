@@ -106,7 +106,8 @@ def build(config: PipelineConfig) -> None:
             get_current_context()["outlet_events"][challenger].extra = {"pipeline": pipeline, **registered}
             return registered
 
-        register(package(accept(evaluate(train(tune(features()))))))
+        # Each task takes the one before's XComArg, which Airflow turns into its value at run time.
+        register(package(accept(evaluate(train(tune(features()))))))  # type: ignore[arg-type]
 
     model_engineering()
 

@@ -83,9 +83,9 @@ def build(config: PipelineConfig) -> None:
         retrain = TriggerDagRunOperator(
             task_id="retrain",
             trigger_dag_id=dag_id(pipeline, "model_engineering"),
-            conf="{{ ti.xcom_pull(task_ids='check')['retrain_conf'] }}",
+            conf="{{ ti.xcom_pull(task_ids='check')['retrain_conf'] }}",  # type: ignore[arg-type]  # rendered
         )
-        retrain_needed(check()) >> retrain
+        retrain_needed(check()) >> retrain  # type: ignore[arg-type]  # the XComArg is the value at run time
 
     monitoring()
 

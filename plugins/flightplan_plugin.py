@@ -86,10 +86,11 @@ async def latest_runs(request: Request, dag_ids: list[str]) -> dict[str, dict[st
 
 class FlightplanPlugin(AirflowPlugin):
     name = "flightplan"
-    fastapi_apps: ClassVar[list[dict[str, Any]]] = [
+    # Airflow declares these on AirflowPlugin as instance attributes, and reads them off the class.
+    fastapi_apps: ClassVar[list[dict[str, Any]]] = [  # type: ignore[misc]
         {"app": create_ui(current_user, trigger_dag, latest_runs), "url_prefix": "/flightplan", "name": "flightplan"}
     ]
-    external_views: ClassVar[list[dict[str, Any]]] = [
+    external_views: ClassVar[list[dict[str, Any]]] = [  # type: ignore[misc]
         {
             "name": "Models",
             "href": "flightplan/",

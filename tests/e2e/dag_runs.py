@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import UTC, datetime
 
 from airflow.cli.commands.dag_command import get_bagged_dag
-from airflow.utils import timezone
 from airflow.utils.state import DagRunState
 
 
 def main(runs: list[tuple[str, dict]]) -> int:
     for dag_id, conf in runs:
         dag = get_bagged_dag(bundle_names=None, dag_id=dag_id, dagfile_path=None)
-        run = dag.test(logical_date=timezone.utcnow(), run_conf=conf)
+        run = dag.test(logical_date=datetime.now(UTC), run_conf=conf)
         print(f"DAG RUN {dag_id} {json.dumps(conf, sort_keys=True)} {run.state}", flush=True)
         if run.state != DagRunState.SUCCESS:
             return 1

@@ -199,6 +199,7 @@ def test_concurrent_pipelines_each_train_and_deploy_their_own_model(byod: dict) 
         champion = registry.get_model_version_by_alias(config.registered_model, "champion")
         assert champion.tags["airflow.dag_id"] == dag_id(name, "model_engineering")
         assert champion.tags["airflow.run_id"] == runs["model_engineering"][0]
+        assert champion.run_id is not None
         trained = registry.get_run(champion.run_id)
         assert trained.data.tags["flightplan.pipeline"] == name
         assert trained.data.tags["airflow.run_id"] == runs["model_engineering"][0]
@@ -229,6 +230,7 @@ def test_from_a_file_to_a_served_and_monitored_model(byod: dict, settings: Setti
 
     registry = client(settings)
     champion = registry.get_model_version_by_alias(config.registered_model, "champion")
+    assert champion.run_id is not None
     metrics = mlflow.get_run(champion.run_id).data.metrics
     score = metrics[f"test_{dataset.metric}"]
     print(f"{name}: test {dataset.metric} {score:.4f}")
@@ -435,6 +437,7 @@ def test_a_pending_approval_holds_no_other_pipeline_and_a_stale_event_only_its_o
         if v.tags.get("airflow.run_id") == training["dag_run_id"]
     ]
     assert len(trained) == 1
+    assert trained[0].run_id is not None
     run = registry.get_run(trained[0].run_id)
     assert (
         run.data.tags["flightplan.pipeline"] == "penguins"
@@ -471,4 +474,5 @@ def test_a_pending_approval_holds_no_other_pipeline_and_a_stale_event_only_its_o
         for v in registry.search_model_versions(f"name = '{diamonds_model}'")
         if v.tags.get("airflow.run_id") == stale["dag_run_id"]
     ]
+    assert version.run_id is not None
     assert registry.get_run(version.run_id).data.tags["flightplan.pipeline"] == "diamonds"

@@ -162,6 +162,7 @@ def test_the_dags_run_on_postgres_a_spark_cluster_and_a_tracking_server(
 
     tracking = client(engines_layout.settings)
     version = tracking.get_model_version_by_alias(engines_layout.config.registered_model, "challenger")
+    assert version.run_id is not None
     run = tracking.get_run(version.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["airflow.dag_id"] == "flights.model_engineering"
     assert run.data.params["engine"] == "spark"

@@ -225,6 +225,7 @@ def model_runs(faults: FaultStack, run_id: str) -> list[Any]:
 
     tracking = client(faults.settings)
     experiment = tracking.get_experiment_by_name(model_experiment(faults.layout.config))
+    assert experiment is not None
     return list(tracking.search_runs([experiment.experiment_id], filter_string=f"tags.`airflow.run_id` = '{run_id}'"))
 
 

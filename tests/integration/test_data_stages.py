@@ -176,6 +176,7 @@ def test_stages_are_tracked_in_mlflow(good_days: dict, layout: Layout) -> None:
 
     mlflow_client = client(layout.settings)
     experiment = mlflow_client.get_experiment_by_name(data_experiment(layout.config))
+    assert experiment is not None
     runs = mlflow_client.search_runs([experiment.experiment_id], max_results=200)
     stages = {r.data.tags.get("flightplan.stage") for r in runs}
     assert {"ingest", "profile", "validate", "wrangle", "label", "split"} <= stages

@@ -38,10 +38,11 @@ def test_chain_registers_a_challenger_with_lineage(challenger: tuple[str, dict[s
     assert run.data.metrics["test_roc_auc"] > 0.5
     assert {"validation_logloss", "validation_auc", "train_roc_auc", "test_log_loss"} <= set(run.data.metrics)
     assert len(client(layout.settings).get_metric_history(run_id, "validation_logloss")) > 1
-    assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.name == "train"
-    schema = json.loads(run.inputs.dataset_inputs[0].dataset.schema)
-    assert {"name": "origin", "type": "string", "required": True} in schema["mlflow_colspec"]
-    assert json.loads(run.inputs.dataset_inputs[0].dataset.profile)["num_rows"] == run.data.metrics["train_rows"]
+    assert run.inputs is not None and run.inputs.dataset_inputs
+    dataset = run.inputs.dataset_inputs[0].dataset
+    assert dataset.name == "train" and dataset.schema and dataset.profile
+    assert {"name": "origin", "type": "string", "required": True} in json.loads(dataset.schema)["mlflow_colspec"]
+    assert json.loads(dataset.profile)["num_rows"] == run.data.metrics["train_rows"]
     assert run.data.tags["flightplan.verdict"] == "accepted"
     card = (run_dir / "model_card.md").read_text()
     assert "## Slices" in card and "| origin | EWR |" in card
@@ -76,8 +77,10 @@ def test_a_model_worse_than_the_champion_is_rejected_and_not_registered(
         run_chain(stages.ModelJob("flights", RunContext(dag_id="model_engineering", run_id="it-worse"), WORSE))
     assert "not registered" in str(caught.value)
     assert len(mlflow_client.search_model_versions("name = 'flights-delayed'")) == before
+    experiment = mlflow_client.get_experiment_by_name("flights-model-engineering")
+    assert experiment is not None
     rejected = mlflow_client.search_runs(
-        [mlflow_client.get_experiment_by_name("flights-model-engineering").experiment_id],
+        [experiment.experiment_id],
         filter_string="tags.`airflow.run_id` = 'it-worse' and tags.`flightplan.role` = 'model'",
     )
     assert rejected[0].data.tags["flightplan.verdict"] == "rejected"

@@ -83,7 +83,7 @@ def shifted(frame: pd.DataFrame, layout: Layout) -> pd.DataFrame:
     return moved
 
 
-def check(start: datetime, end: datetime, **overrides: Any) -> dict[str, Any]:
+def check(start: datetime, end: datetime, /, **overrides: Any) -> dict[str, Any]:
     from flightplan.monitoring.stages import MonitorJob, check
     from flightplan.tracking import RunContext
 

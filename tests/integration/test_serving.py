@@ -42,7 +42,8 @@ def test_row_encoder_matches_the_training_encoder(
     feature_map = FeatureMap.load(layout.model_run(run_id) / "feature_map.json")
     frame = pd.read_parquet(layout.model_run(run_id) / "frames" / "test.parquet")
     # What the API does with a request body before encoding it.
-    records = TypeAdapter(list[record_type(config)]).validate_python(client_records(layout, run_id))
+    record: Any = record_type(config)  # built from the config: typed as Any for the checker
+    records = TypeAdapter(list[record]).validate_python(client_records(layout, run_id))
     served = RowEncoder(config, feature_map).encode(records)
     assert np.array_equal(served, encode(frame, feature_map), equal_nan=True)
 
@@ -198,9 +199,9 @@ def test_a_model_that_cannot_serve_is_refused_and_the_old_one_keeps_answering(
     broken_map = json.loads(good.feature_map.to_json())
     broken_map["features"][0]["name"] = "not_an_input"
     mlflow_client = client(settings)
-    with mlflow.start_run(
-        experiment_id=mlflow_client.get_experiment_by_name("flights-model-engineering").experiment_id
-    ):
+    experiment = mlflow_client.get_experiment_by_name("flights-model-engineering")
+    assert experiment is not None
+    with mlflow.start_run(experiment_id=experiment.experiment_id):
         info = mlflow.onnx.log_model(
             onnx.load_from_string(good.onnx), name="model", metadata={**good.metadata, "feature_map": broken_map}
         )
@@ -229,7 +230,7 @@ def test_openapi_fuzzing_finds_no_server_error(champion: str, settings: Settings
     app = create_app(settings, ServiceOptions(["flights"], scoped_tokens(TOKEN), poll_seconds=3600))
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     for operation in schema.get_all_operations():
-        op = operation.ok()
+        op = operation.ok()  # type: ignore[union-attr]  # an invalid operation would have failed the schema's load
 
         @given(case=op.as_strategy())
         @examples(max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))

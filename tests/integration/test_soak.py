@@ -104,7 +104,7 @@ def test_steady_load_keeps_memory_latency_and_the_log_flat(
     ]
     measured, last = windows[WARM_UP_WINDOWS], windows[-1]
     allowed_mb = max(GROWTH_SHARE * measured.rss_mb, GROWTH_FLOOR_MB)
-    report = {
+    report: dict[str, Any] = {
         "target_rate": RATE,
         "achieved_rate": round(len(load.sent) / seconds, 1),
         "seconds": round(seconds, 1),

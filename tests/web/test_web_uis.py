@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Dialog, Page, expect
 
 from tests.web.conftest import WebStack
 
@@ -107,7 +107,12 @@ def test_the_models_page_opens_the_validation_and_the_drift_report(page: Page, w
     # The report draws on traffic that carried a script (tests/web/conftest.py): it must not run.
     dialogs: list[str] = []
     requests: list[str] = []
-    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+
+    def dismissed(dialog: Dialog) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", dismissed)
     page.on("request", lambda request: requests.append(request.url))
     with page.expect_response(re.compile(r"/flightplan/files/.*drift\.html$")) as report:
         page.get_by_role("link", name="drift", exact=True).first.click()
