@@ -216,7 +216,7 @@ def main() -> int:
         process = start(command, folder / f"{log_name}.log", f"{url}/health" if name == "flightplan" else f"{url}/ping")
         try:
             for rows, (path, body) in payloads.items():
-                load(wrk, url + path, body, 8, 3, folder)  # warm-up
+                load(wrk, url + path, body, 8, min(3, args.seconds), folder)  # warm-up
                 for connections in (1, 8, 32):
                     measured = load(wrk, url + path, body, connections, args.seconds, folder)
                     figures = {"contender": name, "rows": rows, "connections": connections, **measured}
@@ -249,7 +249,9 @@ def print_table(results: list[dict[str, Any]]) -> None:
         cells = [f"{r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f}"]
         for peer in peers:
             p = by_cell[(peer, r["rows"], r["connections"])]
-            cells.append(f"{p['rps']:,.0f} | {p['p50_ms']:.2f} | {p['p99_ms']:.2f} | {r['rps'] / p['rps']:.1f}x")
+            # A peer that answered nothing in the time given has no ratio (a smoke run's second of 1000-row requests).
+            ratio = f"{r['rps'] / p['rps']:.1f}x" if p["rps"] else "-"
+            cells.append(f"{p['rps']:,.0f} | {p['p50_ms']:.2f} | {p['p99_ms']:.2f} | {ratio}")
         print(f"| {r['rows']} | {r['connections']} | " + " | ".join(cells) + " |")
 
 

@@ -1,0 +1,65 @@
+"""Each benchmark of `make bench` at smoke size, so that none rots: a fortnight of the demo instead of its year, a
+second of load per cell, thousands of rows instead of millions. Each must run to its end and print its comparison;
+the figures themselves come from full runs (docs/performance.md), never from here."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.leftover_processes import MARK
+
+SMOKE_DAYS = "14"
+
+
+def run_bench(script: str, *args: str) -> str:
+    """``bench/<script>`` with ``args`` in an environment of its own (no home, store or Airflow of this session);
+    returns what it printed."""
+    own = {key: value for key, value in os.environ.items() if not key.startswith(("FLIGHTPLAN_", "MLFLOW_", "AIRFLOW"))}
+    env = {**own, "FLIGHTPLAN_BENCH_DAYS": SMOKE_DAYS, MARK: os.environ[MARK]}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / script), *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, f"{script}: {result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def trained_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The home the training benchmark prepares (the fortnight's split and a model run); the serving, monitoring
+    and scale benchmarks work on it, as `make bench` chains them."""
+    home = tmp_path_factory.mktemp("bench") / "train"
+    printed = run_bench("train_bench.py", "--home", str(home), "--rounds", "5", "--repeats", "1", "--single-rows", "50")
+    assert "train task vs bare xgboost.train" in printed and "inference on" in printed, printed[-2000:]
+    return home
+
+
+def test_the_ingestion_benchmark_runs(tmp_path: Path) -> None:
+    printed = run_bench("ingest_bench.py", "--home", str(tmp_path), "--rows", "20000")
+    assert "flightplan ingest, spark engine, first run" in printed and "pyarrow" in printed, printed[-2000:]
+
+
+def test_the_serving_benchmark_runs(trained_home: Path) -> None:
+    printed = run_bench("serve_bench.py", "--home", str(trained_home), "--seconds", "1")
+    assert "| rows/request | connections | flightplan req/s |" in printed, printed[-2000:]
+    assert "batch scoring," in printed and "bare booster" in printed, printed[-2000:]
+
+
+def test_the_monitoring_benchmark_runs(trained_home: Path) -> None:
+    printed = run_bench("monitor_bench.py", "--home", str(trained_home), "--rows", "5000")
+    assert "Evidently DataDriftPreset" in printed and "same per-column verdicts: yes" in printed, printed[-2000:]
+
+
+def test_the_scale_benchmark_runs(trained_home: Path) -> None:
+    printed = run_bench("scale_bench.py", "--home", str(trained_home), "--sizes", "20000")
+    assert "executors_peak_mib" in printed, printed[-2000:]
