@@ -191,7 +191,8 @@ def write_owner_only(path: Path, text: str, *, replace: bool = False) -> None:
     """Writes ``text`` readable by its owner only from the start (no moment when others could read it); an existing
     file raises FileExistsError unless ``replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if replace else os.O_EXCL)
+    # O_NOFOLLOW: a link planted where the file goes would otherwise send the secrets to its target.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_TRUNC if replace else os.O_EXCL)
     descriptor = os.open(path, flags, 0o600)
     os.fchmod(descriptor, 0o600)  # a replaced file keeps its earlier mode otherwise, before the secrets go in
     with os.fdopen(descriptor, "w") as file:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,13 +21,25 @@ from flightplan.settings import Settings
 @dataclass(frozen=True)
 class HeaderVisitor:
     """The simple auth manager's rule for DAGs: a viewer reads them, the other roles also edit and run them; a
-    stranger (a role of another auth manager that grants nothing on these DAGs) does neither."""
+    stranger (a role of another auth manager that grants nothing on these DAGs) does neither; a role named after a
+    pipeline reads that pipeline's DAGs only."""
 
     name: str
     role: str
 
     def may(self, access: str, dag_ids: list[str]) -> bool:
+        if self.role.endswith("-reader"):
+            pipeline = self.role.removesuffix("-reader")
+            return access == "read" and all(dag.startswith(f"{pipeline}.") for dag in dag_ids)
         return self.role != "stranger" and (access == "read" or self.role != "viewer")
+
+
+async def user_from_headers(
+    x_user: str | None = Header(default=None), x_role: str = Header(default="admin")
+) -> HeaderVisitor:
+    if not x_user:
+        raise HTTPException(401, "Not authenticated")
+    return HeaderVisitor(x_user, x_role)
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +49,6 @@ def ui(champion: str, settings: Settings) -> Iterator[tuple[Any, list[tuple[str,
 
     started: list[tuple[str, dict[str, Any]]] = []
 
-    async def user_from_header(
-        x_user: str | None = Header(default=None), x_role: str = Header(default="admin")
-    ) -> HeaderVisitor:
-        if not x_user:
-            raise HTTPException(401, "Not authenticated")
-        return HeaderVisitor(x_user, x_role)
-
     async def record_run(request: Request, dag_id: str, conf: dict[str, Any]) -> str:
         started.append((dag_id, conf))
         return f"manual__{len(started)}"
@@ -50,7 +56,7 @@ def ui(champion: str, settings: Settings) -> Iterator[tuple[Any, list[tuple[str,
     async def one_run_each(request: Request, dag_ids: list[str]) -> dict[str, dict[str, Any]]:
         return {dag: {"state": "success", "run_type": "manual", "dag_run_id": f"run-of-{dag}"} for dag in dag_ids[:2]}
 
-    with TestClient(create_ui(user_from_header, record_run, one_run_each, settings)) as client:
+    with TestClient(create_ui(user_from_headers, record_run, one_run_each, settings)) as client:
         client.headers["X-User"] = "alice"
         yield client, started
 
@@ -169,6 +175,37 @@ def test_a_viewer_reads_but_neither_labels_nor_deploys_and_a_stranger_sees_nothi
     stranger = {"X-User": "sam", "X-Role": "stranger"}
     assert "version " not in client.get("/", headers=stranger).text
     report = next(settings.reports_root.glob("flights/monitoring/*/summary.json")).relative_to(settings.reports_root)
-    for path in ("/pipelines/flights/data", "/pipelines/flights/label-queue", f"/files/{report}", "/data-docs/x"):
+    for path in ("/pipelines/flights/data", "/pipelines/flights/label-queue"):
         assert client.get(path, headers=stranger).status_code == 403, path
+    # A file the user may not read is answered as a missing one: pipeline names cannot be probed through files.
+    for path in (f"/files/{report}", "/files/nowhere/x.json"):
+        assert client.get(path, headers=stranger).json() == {"detail": "no such file"}, path
     assert client.get(f"/files/{report}", headers=viewer).status_code == 200
+
+
+def test_a_file_is_authorized_on_the_pipeline_it_resolves_to(champion: str, settings: Settings, tmp_path: Path) -> None:
+    """A user who may read one pipeline only cannot reach another's reports or Data Docs by a `..` in the path."""
+    import dataclasses
+
+    from fastapi.testclient import TestClient
+    from flightplan.ui.app import create_ui
+
+    flights = (settings.pipelines_dir / "flights.yaml").read_text()
+    (tmp_path / "flights.yaml").write_text(flights)
+    (tmp_path / "twin.yaml").write_text(flights.replace("name: flights", "name: twin", 1))
+    two = dataclasses.replace(settings, pipelines_dir=tmp_path)
+
+    async def no_run(request: Request, dag_id: str, conf: dict[str, Any]) -> str:
+        raise AssertionError("nothing here starts a run")
+
+    async def no_runs(request: Request, dag_ids: list[str]) -> dict[str, dict[str, Any]]:
+        return {}
+
+    report = next(settings.reports_root.glob("flights/monitoring/*/summary.json")).relative_to(settings.reports_root)
+    docs_page = "validations/twin/%2E%2E/%2E%2E/index.html"
+    twin_reader = {"X-User": "tess", "X-Role": "twin-reader"}
+    with TestClient(create_ui(user_from_headers, no_run, no_runs, two)) as ui_of_two:
+        for path in (f"/files/twin/%2E%2E/{report}", f"/files/twin/..%2F{report}", f"/data-docs/{docs_page}"):
+            assert ui_of_two.get(path, headers=twin_reader).json() == {"detail": "no such file"}, path
+        flights_reader = {"X-User": "fay", "X-Role": "flights-reader"}
+        assert ui_of_two.get(f"/files/twin/%2E%2E/{report}", headers=flights_reader).status_code == 200

@@ -80,16 +80,18 @@ SANDBOXED = {
 }
 
 
-def _safe_file(root: Path, relative: str) -> FileResponse:
-    """A file inside ``root``, never outside it, served sandboxed."""
+def _file_inside(root: Path, relative: str) -> tuple[Path, tuple[str, ...]]:
+    """The file ``relative`` names inside ``root``, never outside it, and its parts relative to ``root`` once every
+    `..` and link is resolved: what a permission is checked on, whatever the request spelled."""
     try:
+        top = root.resolve()
         path = (root / relative).resolve()
-        found = path.is_file() and path.is_relative_to(root.resolve())
+        found = path.is_file() and path.is_relative_to(top)
     except (OSError, ValueError):  # a NUL byte, a name too long
         found = False
     if not found:
         raise HTTPException(404, "no such file")
-    return FileResponse(path, headers=SANDBOXED)
+    return path, path.relative_to(top).parts
 
 
 def create_ui(
@@ -316,28 +318,34 @@ def create_ui(
             raise HTTPException(404, f"no prediction '{prediction_id}' of {pipeline}")
         return RedirectResponse(f"{prefix(request)}/pipelines/{pipeline}/label-queue", status_code=303)
 
-    def require_file_access(user: Visitor, pipelines: list[str]) -> None:
-        """A file shows the data of ``pipelines``: unknown ones are no file, others need read access."""
-        known = available_pipelines(settings.pipelines_dir)
-        if not set(pipelines) <= set(known):
+    def sandboxed_file(
+        user: Visitor, root: Path, relative: str, pipelines_of: Callable[[tuple[str, ...]], list[str]]
+    ) -> FileResponse:
+        """A file of ``root`` served sandboxed to a user who may read every pipeline it shows. A user who may not
+        gets the answer of a missing file, so that pipeline names cannot be probed."""
+        path, parts = _file_inside(root, relative)
+        pipelines = pipelines_of(parts)
+        known = set(available_pipelines(settings.pipelines_dir))
+        if not (set(pipelines) <= known and all(user.may("read", pipeline_dags(p)) for p in pipelines)):
             raise HTTPException(404, "no such file")
-        for pipeline in pipelines:
-            require(user, "read", pipeline_dags(pipeline))
+        return FileResponse(path, headers=SANDBOXED)
+
+    def report_pipelines(parts: tuple[str, ...]) -> list[str]:
+        return list(parts[:1])  # <pipeline>/<kind>/...
+
+    def data_docs_pipelines(parts: tuple[str, ...]) -> list[str]:
+        # A pipeline's own pages are validations/<pipeline>/... and expectations/<pipeline>.html (the suite bears the
+        # pipeline's name); the rest of the site (its index, its assets) lists every pipeline.
+        if len(parts) > 1 and parts[0] in ("validations", "expectations"):
+            return [Path(parts[1]).stem]
+        return available_pipelines(settings.pipelines_dir)
 
     @app.get("/files/{relative:path}")
     def report_file(relative: str, user: User) -> FileResponse:
-        require_file_access(user, list(Path(relative).parts[:1]))  # <pipeline>/<kind>/...
-        return _safe_file(settings.reports_root, relative)
+        return sandboxed_file(user, settings.reports_root, relative, report_pipelines)
 
     @app.get("/data-docs/{relative:path}")
     def data_docs(relative: str, user: User) -> FileResponse:
-        # A pipeline's own pages are validations/<pipeline>/... and expectations/<pipeline>.html (the suite bears the
-        # pipeline's name); the rest of the site (its index, its assets) lists every pipeline.
-        parts = Path(relative).parts
-        if len(parts) > 1 and parts[0] in ("validations", "expectations"):
-            require_file_access(user, [Path(parts[1]).stem])
-        else:
-            require_file_access(user, available_pipelines(settings.pipelines_dir))
-        return _safe_file(views.data_docs_index(settings).parent, relative)
+        return sandboxed_file(user, views.data_docs_index(settings).parent, relative, data_docs_pipelines)
 
     return app
