@@ -157,10 +157,10 @@ def airflow_passwords(args: argparse.Namespace) -> int:
     import os
 
     from flightplan.airflow_rest import PASSWORDS_FILE
+    from flightplan.secrets import user_names
     from flightplan.stack import StackError, write_airflow_passwords
 
-    configured = os.environ.get("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "").split(",")
-    users = [user for user in (entry.split(":", 1)[0].strip() for entry in configured) if user]
+    users = user_names(os.environ.get("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", ""))
     configured_file = os.environ.get("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE")
     path = Path(configured_file) if configured_file else load_settings().airflow_home / PASSWORDS_FILE
     try:

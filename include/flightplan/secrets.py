@@ -14,14 +14,10 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet
 
+from flightplan.settings import TOKEN_VARIABLES
+
 # Read by the services as signing keys or bearer tokens: as long as `secrets.token_urlsafe(32)` makes them.
-TOKENS = (
-    "AIRFLOW_JWT_SECRET",
-    "AIRFLOW_API_SECRET_KEY",
-    "FLIGHTPLAN_API_TOKEN",
-    "FLIGHTPLAN_FEEDBACK_TOKEN",
-    "FLIGHTPLAN_ADMIN_TOKEN",
-)
+TOKENS = ("AIRFLOW_JWT_SECRET", "AIRFLOW_API_SECRET_KEY", *TOKEN_VARIABLES.values())
 # The names of the variables (the secrets are their values).
 DATABASE_PASSWORD_VAR = "POSTGRES_PASSWORD"
 FERNET_KEY_VAR = "AIRFLOW_FERNET_KEY"
@@ -147,8 +143,12 @@ def _secret_values(environment: Mapping[str, str]) -> list[tuple[str, str, str]]
 
 def airflow_users(configured: str) -> list[str]:
     """The user names of AIRFLOW_USERS (user:role pairs separated by commas), the compose default when empty."""
-    entries = (configured.strip() or DEFAULT_USERS).split(",")
-    return [user for user in (entry.split(":", 1)[0].strip() for entry in entries) if user]
+    return user_names(configured.strip() or DEFAULT_USERS)
+
+
+def user_names(configured: str) -> list[str]:
+    """The user names of ``user:role`` pairs separated by commas (Airflow's simple auth manager users)."""
+    return [user for user in (entry.split(":", 1)[0].strip() for entry in configured.split(",")) if user]
 
 
 def user_passwords(pairs: str) -> dict[str, str]:

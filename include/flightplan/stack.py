@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 
 from flightplan.airflow_rest import ADMIN, PASSWORDS_FILE
-from flightplan.secrets import write_owner_only
+from flightplan.secrets import user_passwords, write_owner_only
 from flightplan.settings import TOKEN_VARIABLES, Settings, airflow_environment, api_token, token_file
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,7 @@ def write_airflow_passwords(path: Path, users: list[str], pairs: str) -> None:
     """Writes the simple auth manager's passwords file from ``pairs`` (`user:password`, separated by spaces), one
     password for each of ``users``, readable by its owner only, replacing an earlier file whole. The auth manager
     then finds every user's password and generates (and prints into its log) none."""
-    passwords = dict(pair.split(":", 1) for pair in pairs.split() if ":" in pair)
+    passwords = user_passwords(pairs)
     empty = sorted(user for user, password in passwords.items() if not password)
     missing = sorted(set(users) - passwords.keys())
     if missing or empty or not users:
