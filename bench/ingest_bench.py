@@ -26,8 +26,8 @@ PIPELINE = "flights"
 def build_drop(home: Path, rows: int) -> Path:
     """The landing file of the benchmark day (kept between runs) and the pipeline's dimension files."""
     from flightplan.config import load_pipeline
+    from flightplan.dev.replay import replay
     from flightplan.layout import Layout
-    from flightplan.replay import replay
     from flightplan.settings import load_settings
 
     os.environ["FLIGHTPLAN_HOME"] = str(home)

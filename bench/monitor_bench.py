@@ -47,12 +47,13 @@ def fill_log(rows: int, version: str) -> tuple[datetime, datetime]:
     import numpy as np
     import pandas as pd
     import pyarrow as pa
+    from flightplan.dev.replay import labeled_days
+    from flightplan.features import derive
     from flightplan.layout import open_pipeline
-    from flightplan.model.features import derive
-    from flightplan.monitoring.window import PREDICTION, PROBABILITY, VersionScores, with_outputs
-    from flightplan.replay import labeled_days
+    from flightplan.monitoring.window import VersionScores
+    from flightplan.prediction_log import AnsweredRequest, PredictionLog, create_store_engine, record_feedback
+    from flightplan.scoring import PREDICTION, PROBABILITY, with_outputs
     from flightplan.serving.inputs import json_records, record_type, request_fields
-    from flightplan.serving.store import AnsweredRequest, PredictionLog, create_store_engine, record_feedback
     from pydantic import TypeAdapter
     from pydantic_core import to_json
 
@@ -129,7 +130,8 @@ def write_frames(window: tuple[datetime, datetime], version: str, frames: Path) 
     to the columns the drift tests read, as Parquet for the peer; returns the reference's rows."""
     from flightplan.layout import open_pipeline
     from flightplan.model.registry import version_metadata
-    from flightplan.monitoring.window import PREDICTION, PROBABILITY, current_window, reference_frame
+    from flightplan.monitoring.window import current_window, reference_frame
+    from flightplan.scoring import PREDICTION, PROBABILITY
 
     settings, config, _ = open_pipeline(PIPELINE)
     current = current_window(settings, config, *window)

@@ -53,7 +53,7 @@ def run_contender(stage: str, frames: Path) -> dict[str, Any]:
         manifest = json.loads(ingest(layout, DAY, DAY + timedelta(days=1), spark=spark, engine="spark").read_text())
         figures["rows"] = manifest["rows_total"] + manifest["quarantined_total"]
     else:
-        from flightplan.model.features import FeatureMap
+        from flightplan.features import FeatureMap
         from flightplan.model.spark_train import fit_on_spark
         from flightplan.model.train import booster_params
 
@@ -114,7 +114,7 @@ def main() -> int:
         print(json.dumps(run_contender(args.contender, args.frames)))
         return 0
 
-    from tests.e2e.engines import spark_cluster
+    from tests.support.engines import spark_cluster
 
     home = args.home.resolve()
     source = newest_model_run(home)

@@ -123,10 +123,10 @@ def bench_batch_scoring(job: Any, repeats: int = 3) -> dict[str, float]:
     import pyarrow as pa
     import xgboost as xgb
     from flightplan.data.rewrite import read_days
-    from flightplan.model.features import FeatureMap, derive, encode
-    from flightplan.serving.batch import champion_scorer, scored_rows
+    from flightplan.data.stages import StageInput
+    from flightplan.deployment.batch import champion_scorer, scored_rows
+    from flightplan.features import FeatureMap, derive, encode
     from flightplan.spark import get_spark
-    from flightplan.workflow import StageInput
 
     stage = StageInput(PIPELINE, START, END, job.context)
     stage, settings, config, layout = stage.open()

@@ -37,10 +37,10 @@ PARAMS = {"max_depth": 6, "learning_rate": 0.1, "min_child_weight": 1.0, "subsam
 
 
 def prepare_split(home: Path) -> None:
-    from flightplan import workflow
     from flightplan.config import load_pipeline
+    from flightplan.data import stages as data_stages
+    from flightplan.dev.replay import replay
     from flightplan.layout import Layout
-    from flightplan.replay import replay
     from flightplan.settings import load_settings
 
     os.environ["FLIGHTPLAN_HOME"] = str(home)
@@ -50,10 +50,9 @@ def prepare_split(home: Path) -> None:
         return
     print(f"preparing the {START:%Y} split under {home} (once)", flush=True)
     replay(layout, START, END)
-    job = workflow.StageInput(PIPELINE, START, END)
-    for stage in (workflow.ingest, workflow.profile, workflow.validate, workflow.wrangle, workflow.label):
+    job = data_stages.StageInput(PIPELINE, START, END)
+    for stage in data_stages.IN_ORDER:
         stage(job)
-    workflow.split(job)
 
 
 def timed(action: Any) -> float:
@@ -65,7 +64,7 @@ def timed(action: Any) -> float:
 def bench_training(rounds: int, repeats: int, with_spark: bool = True) -> tuple[dict[str, Any], Any, str]:
     """Times the train task against bare xgboost.train; returns the figures, the job and its MLflow run id."""
     import xgboost as xgb
-    from flightplan.data.partitions import write_json_atomic
+    from flightplan.manifests import BestTrial
     from flightplan.model import stages
     from flightplan.model.train import booster_params, matrices
     from flightplan.spark import get_spark
@@ -74,7 +73,8 @@ def bench_training(rounds: int, repeats: int, with_spark: bool = True) -> tuple[
     job = stages.ModelJob(PIPELINE, RunContext(dag_id="bench", run_id=f"train-bench-{int(time.time())}"))
     run_id = stages.features(job)
     work = stages.open_run(job, run_id)
-    write_json_atomic({"params": PARAMS, "rounds": rounds}, work.run_dir / "best.json")
+    fixed = BestTrial(params=PARAMS, rounds=rounds, metric=work.config.primary_metric, score=None, trial=0)
+    fixed.write(work.run_dir / fixed.FILE)
     frames, config = work.frames, work.config
     params = booster_params(frames.feature_map, config.model.tuning.fixed, PARAMS, config.model.tuning.seed)
     train, validation = frames.matrix("train"), frames.matrix("validation")

@@ -27,7 +27,7 @@ def build(config: PipelineConfig) -> None:
     def batch_inference() -> None:
         @task
         def score() -> str:
-            from flightplan.serving import batch
+            from flightplan.deployment import batch
 
             return str(batch.score(stage_input(pipeline)))
 

@@ -36,43 +36,43 @@ def build(config: PipelineConfig) -> None:
     def data_engineering() -> None:
         @task
         def ingest() -> str:
-            from flightplan import workflow
+            from flightplan.data import stages
             from flightplan.data.ingest import NoLandingData
 
             try:
-                return str(workflow.ingest(stage_input(pipeline)))
+                return str(stages.ingest(stage_input(pipeline)))
             except NoLandingData as err:
                 raise fail_for_good(err) from err
 
         @task
         def profile(_ingested: str) -> str:
-            from flightplan import workflow
+            from flightplan.data import stages
 
-            return str(workflow.profile(stage_input(pipeline)))
+            return str(stages.profile(stage_input(pipeline)))
 
         @task(retries=0)
         def validate(_ingested: str) -> str:
-            from flightplan import workflow
+            from flightplan.data import stages
 
-            return str(workflow.validate(stage_input(pipeline)))
+            return str(stages.validate(stage_input(pipeline)))
 
         @task
         def wrangle(_validated: str) -> str:
-            from flightplan import workflow
+            from flightplan.data import stages
 
-            return str(workflow.wrangle(stage_input(pipeline)))
+            return str(stages.wrangle(stage_input(pipeline)))
 
         @task
         def label(_wrangled: str) -> str:
-            from flightplan import workflow
+            from flightplan.data import stages
 
-            return str(workflow.label(stage_input(pipeline)))
+            return str(stages.label(stage_input(pipeline)))
 
         @task(outlets=[splits])
         def split(_labeled: str) -> str:
-            from flightplan import workflow
+            from flightplan.data import stages
 
-            manifest = workflow.split(stage_input(pipeline))
+            manifest = stages.split(stage_input(pipeline))
             get_current_context()["outlet_events"][splits].extra = {"pipeline": pipeline, "manifest": str(manifest)}
             return str(manifest)
 

@@ -48,9 +48,9 @@ def build(config: PipelineConfig) -> None:
     def deployment() -> None:
         @task
         def compare() -> dict[str, Any]:
-            from flightplan.serving import deploy
+            from flightplan.deployment import stages
 
-            return deploy.compare(job(pipeline, orchestration.deploy_job))
+            return stages.compare(job(pipeline, orchestration.deploy_job))
 
         @task.branch
         def approval_needed() -> str:
@@ -72,40 +72,40 @@ def build(config: PipelineConfig) -> None:
 
         @task(trigger_rule="none_failed_min_one_success", outlets=[champion], retries=2)
         def promote() -> dict[str, Any]:
-            from flightplan.serving import deploy
+            from flightplan.deployment import stages
 
-            result = deploy.promote(job(pipeline, orchestration.deploy_job))
+            result = stages.promote(job(pipeline, orchestration.deploy_job))
             get_current_context()["outlet_events"][champion].extra = {"pipeline": pipeline, **result}
             return result
 
         @task(retries=2, retry_delay=timedelta(seconds=10))
         def reload_service() -> str:
-            from flightplan.serving import deploy
+            from flightplan.deployment import stages
 
-            return deploy.reload_service(job(pipeline, orchestration.deploy_job))
+            return stages.reload_service(job(pipeline, orchestration.deploy_job))
 
         @task
         def smoke_test() -> dict[str, Any]:
-            from flightplan.serving import deploy
+            from flightplan.deployment import stages
 
-            return deploy.smoke_test(job(pipeline, orchestration.deploy_job))
+            return stages.smoke_test(job(pipeline, orchestration.deploy_job))
 
         @task(trigger_rule="one_failed")
         def roll_back() -> None:
-            from flightplan.serving import deploy
+            from flightplan.deployment import stages
 
             deploying = job(pipeline, orchestration.deploy_job)
             promoted = get_current_context()["ti"].xcom_pull(task_ids="promote")
             if not promoted:
-                raise deploy.RolledBack("nothing was promoted by this run; the champion is unchanged")
-            moved = deploy.rollback(
+                raise stages.RolledBack("nothing was promoted by this run; the champion is unchanged")
+            moved = stages.rollback(
                 deploying, f"failed checks in deployment run {deploying.context.run_id}", promoted["champion"]
             )
             try:
-                deploy.reload_service(deploying)
-            except deploy.ServiceCheckFailed as err:
+                stages.reload_service(deploying)
+            except stages.ServiceCheckFailed as err:
                 moved["reload"] = str(err)
-            raise deploy.RolledBack(
+            raise stages.RolledBack(
                 f"the checks after promoting version {promoted['champion']} failed; rolled back: {moved}"
             )
 

@@ -74,7 +74,7 @@ def build(config: PipelineConfig) -> None:
 
             config = open_pipeline(pipeline)[1]
             window = job(pipeline, lambda facts: orchestration.monitor_job(facts, config, datetime.now(UTC)))
-            return stages.outcome(stages.check(window))
+            return stages.outcome(*stages.check(window))
 
         @task.short_circuit
         def retrain_needed(outcome: dict[str, Any]) -> bool:

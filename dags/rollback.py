@@ -27,7 +27,7 @@ def build(config: PipelineConfig) -> None:
     def rollback() -> None:
         @task(outlets=[champion])
         def move_champion_back() -> dict[str, str | None]:
-            from flightplan.serving.deploy import rollback as roll_back
+            from flightplan.deployment.stages import rollback as roll_back
 
             rollback_job = job(pipeline, orchestration.rollback_job)
             moved = roll_back(rollback_job, rollback_job.reason)
@@ -36,7 +36,7 @@ def build(config: PipelineConfig) -> None:
 
         @task(retries=2)
         def reload_service() -> str:
-            from flightplan.serving.deploy import reload_service
+            from flightplan.deployment.stages import reload_service
 
             return reload_service(job(pipeline, orchestration.rollback_job))
 

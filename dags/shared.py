@@ -12,8 +12,8 @@ import pendulum
 from airflow.sdk import Asset, BaseOperator, CronDataIntervalTimetable, Param, get_current_context
 from airflow.sdk.exceptions import AirflowFailException
 from flightplan import orchestration
-from flightplan.config import PipelineConfig
-from flightplan.orchestration import JobError, RunFacts, asset_name, asset_uri, dag_id, scan_pipelines
+from flightplan.config import PipelineConfig, scan_pipelines
+from flightplan.orchestration import JobError, RunFacts, asset_name, asset_uri, dag_id
 from flightplan.settings import load_settings
 
 Job = TypeVar("Job")

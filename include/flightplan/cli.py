@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shlex
 import sys
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
+from typing import NamedTuple
 
 from flightplan.config import ConfigError, available_pipelines, load_pipeline
 from flightplan.data.partitions import interval_key
+from flightplan.dev.stack import COMPONENTS
 from flightplan.layout import Layout
+from flightplan.manifests import IngestManifest, LabelManifest, LatestSplit, SplitManifest, ValidationManifest
 from flightplan.orchestration import dag_id
 from flightplan.settings import TOKEN_VARIABLES, Settings, airflow_environment, api_tokens, load_settings, token_file
-from flightplan.stack import COMPONENTS
 
 
 def _layout(pipeline: str) -> Layout:
@@ -52,7 +54,7 @@ def init(args: argparse.Namespace) -> int:
 
 
 def replay(args: argparse.Namespace) -> int:
-    from flightplan.replay import replay as replay_days
+    from flightplan.dev.replay import replay as replay_days
 
     layout = _layout(args.pipeline)
     counts = replay_days(layout, args.start, args.end)
@@ -61,7 +63,7 @@ def replay(args: argparse.Namespace) -> int:
 
 
 def traffic(args: argparse.Namespace) -> int:
-    from flightplan.replay import replay_traffic
+    from flightplan.dev.replay import replay_traffic
 
     layout = _layout(args.pipeline)
     sent = replay_traffic(layout, args.start, args.end, args.batch_rows, args.feedback_share)
@@ -99,25 +101,25 @@ def summary(args: argparse.Namespace) -> int:
     """Where a data-engineering run left its results, and what they say."""
     layout = _layout(args.pipeline)
     key = interval_key(args.start, args.end)
-    ingest = json.loads(layout.manifest("ingest", key).read_text())
-    validation = json.loads(layout.manifest("validate", key).read_text())
-    labeled = json.loads(layout.manifest("label", key).read_text())
-    latest = json.loads((layout.splits / "latest.json").read_text())
-    split = json.loads(Path(latest["manifest"]).read_text())
+    ingest = IngestManifest.read(layout.manifest("ingest", key))
+    validation = ValidationManifest.read(layout.manifest("validate", key))
+    labeled = LabelManifest.read(layout.manifest("label", key))
+    latest = LatestSplit.read(layout.splits / "latest.json")
+    split = SplitManifest.read(Path(latest.manifest))
     print(f"\n{layout.name}: {args.start} to {args.end} (end excluded)")
-    files, quarantined = len(ingest["files"]), ingest["quarantined_total"]
-    print(f"  ingested      {ingest['rows_total']:>9,} rows from {files} files, {quarantined:,} quarantined")
-    print(f"  validated     {'passed' if validation['success'] else 'FAILED'}")
-    unlabeled = labeled["quarantined_total"]
-    print(f"  labeled       {labeled['rows_total']:>9,} rows, {unlabeled:,} without a label (quarantined)")
+    files, quarantined = len(ingest.files), ingest.quarantined_total
+    print(f"  ingested      {ingest.rows_total:>9,} rows from {files} files, {quarantined:,} quarantined")
+    print(f"  validated     {'passed' if validation.success else 'FAILED'}")
+    unlabeled = labeled.quarantined_total
+    print(f"  labeled       {labeled.rows_total:>9,} rows, {unlabeled:,} without a label (quarantined)")
     for side in ("train", "validation", "test"):
-        stats = split["sides"][side]
-        print(f"  {side:<13} {stats['rows']:>9,} rows  {stats['from']} .. {stats['to']}  classes {stats['classes']}")
-    print(f"\n  Data Docs       {validation['data_docs']}")
+        stats = split.sides[side]
+        print(f"  {side:<13} {stats.rows:>9,} rows  {stats.first} .. {stats.last}  classes {stats.classes}")
+    print(f"\n  Data Docs       {validation.data_docs}")
     print(f"  profile page    {layout.reports('profile') / key / 'profile.html'}")
-    print(f"  split manifest  {latest['manifest']}")
-    print(f"  quarantine      {ingest['quarantine']}")
-    from flightplan.demo import summarize_models
+    print(f"  split manifest  {latest.manifest}")
+    print(f"  quarantine      {ingest.quarantine}")
+    from flightplan.dev.demo import summarize_models
 
     summarize_models(layout.settings, layout)
     return 0
@@ -156,9 +158,9 @@ def airflow_passwords(args: argparse.Namespace) -> int:
     where the simple auth manager reads them, before the API server starts (the compose stack's api-server)."""
     import os
 
-    from flightplan.airflow_rest import PASSWORDS_FILE
+    from flightplan.dev.airflow_rest import PASSWORDS_FILE
+    from flightplan.dev.stack import StackError, write_airflow_passwords
     from flightplan.secrets import user_names
-    from flightplan.stack import StackError, write_airflow_passwords
 
     users = user_names(os.environ.get("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", ""))
     configured_file = os.environ.get("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE")
@@ -207,8 +209,8 @@ def check_secrets(args: argparse.Namespace) -> int:
 
 def up(args: argparse.Namespace) -> int:
     """Starts the embedded stack (or the components named) in the background."""
-    from flightplan.stack import StackError, status
-    from flightplan.stack import up as start_stack
+    from flightplan.dev.stack import StackError, status
+    from flightplan.dev.stack import up as start_stack
 
     settings = load_settings()
     try:
@@ -221,8 +223,8 @@ def up(args: argparse.Namespace) -> int:
 
 
 def down(args: argparse.Namespace) -> int:
-    from flightplan.stack import StackError
-    from flightplan.stack import down as stop_stack
+    from flightplan.dev.stack import StackError
+    from flightplan.dev.stack import down as stop_stack
 
     try:
         stopped = stop_stack(load_settings(), args.components)
@@ -235,7 +237,7 @@ def down(args: argparse.Namespace) -> int:
 
 
 def stack_status(args: argparse.Namespace) -> int:
-    from flightplan.stack import status
+    from flightplan.dev.stack import status
 
     found = status(load_settings())
     _print_status(load_settings(), found)
@@ -243,7 +245,7 @@ def stack_status(args: argparse.Namespace) -> int:
 
 
 def _print_status(settings: Settings, found: dict[str, int | None]) -> None:
-    from flightplan.stack import stack_dir
+    from flightplan.dev.stack import stack_dir
 
     urls = {
         "airflow-api-server": settings.airflow_url,
@@ -260,9 +262,9 @@ def demo(args: argparse.Namespace) -> int:
     """Starts the stack, runs the demo loop through it and prints what happened."""
     import os
 
-    from flightplan.demo import DemoFailed, DemoPlan, Progress, run_demo, summarize, summarize_models
-    from flightplan.stack import StackError, stack_airflow_environment
-    from flightplan.stack import up as start_stack
+    from flightplan.dev.demo import DemoFailed, DemoPlan, Progress, run_demo, summarize, summarize_models
+    from flightplan.dev.stack import StackError, stack_airflow_environment
+    from flightplan.dev.stack import up as start_stack
 
     layout = _layout(args.pipeline)
     settings = layout.settings
@@ -281,83 +283,118 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="flightplan", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+class Command(NamedTuple):
+    """A subcommand: its line in `flightplan --help`, the function it runs, and what adds its arguments."""
 
-    def with_interval(command: argparse.ArgumentParser) -> None:
-        command.add_argument("--pipeline", required=True)
-        command.add_argument("--start", type=date.fromisoformat, required=True, help="first day, YYYY-MM-DD")
-        command.add_argument("--end", type=date.fromisoformat, required=True, help="day after the last day")
+    help_text: str
+    run: Callable[[argparse.Namespace], int]
+    add_arguments: Callable[[argparse.ArgumentParser], None]
 
-    def with_folders(command: argparse.ArgumentParser) -> None:
-        command.add_argument("--dags", type=Path, default=Path("dags"), help="the DAGs folder")
-        command.add_argument("--plugins", type=Path, default=Path("plugins"), help="the Airflow plugins folder")
 
-    cmd = commands.add_parser("init", help="profile a data file and write a pipeline YAML for it")
-    cmd.add_argument("data", type=Path, help="a CSV or Parquet file, or a folder of them (daily drops: YYYY-MM-DD)")
-    cmd.add_argument("--target", required=True, help="the column to predict")
-    cmd.add_argument("--name", help="pipeline name; the file's name if unset")
-    cmd.add_argument("--task", choices=["binary", "multiclass", "regression"], help="inferred from the target if unset")
-    cmd.add_argument("--time-column", help="when each record happened: the split becomes time-based")
-    cmd.add_argument("--key", action="append", help="a column that identifies a record (repeat for several)")
-    cmd.add_argument("--delimiter", default=",", help="CSV field delimiter")
-    cmd.add_argument("--output", type=Path, help="where to write the YAML; the pipelines folder if unset")
-    cmd.add_argument("--force", action="store_true", help="replace an existing file")
-    cmd.set_defaults(run=init)
-    cmd = commands.add_parser("replay", help="drop a dataset into the landing zone as daily CSV files")
-    with_interval(cmd)
-    cmd.set_defaults(run=replay)
-    cmd = commands.add_parser("traffic", help="send labeled days to the inference API, then their true labels")
-    with_interval(cmd)
-    cmd.add_argument("--batch-rows", type=int, default=500, help="records per request")
-    cmd.add_argument("--feedback-share", type=float, default=1.0, help="share of answers whose label is sent back")
-    cmd.set_defaults(run=traffic)
-    cmd = commands.add_parser("check", help="validate pipeline configs")
-    cmd.add_argument("pipelines", nargs="*")
-    cmd.set_defaults(run=check)
-    cmd = commands.add_parser("airflow-env", help="print the environment of the embedded Airflow")
-    with_folders(cmd)
-    cmd.set_defaults(run=airflow_env)
-    cmd = commands.add_parser("summary", help="print where a data-engineering run left its results")
-    with_interval(cmd)
-    cmd.set_defaults(run=summary)
-    cmd = commands.add_parser("serve", help="serve the champion model of pipelines over HTTP")
-    cmd.add_argument(
+def _no_arguments(command: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _interval_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--pipeline", required=True)
+    command.add_argument("--start", type=date.fromisoformat, required=True, help="first day, YYYY-MM-DD")
+    command.add_argument("--end", type=date.fromisoformat, required=True, help="day after the last day")
+
+
+def _folder_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--dags", type=Path, default=Path("dags"), help="the DAGs folder")
+    command.add_argument("--plugins", type=Path, default=Path("plugins"), help="the Airflow plugins folder")
+
+
+def _init_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("data", type=Path, help="a CSV or Parquet file, or a folder of them (daily drops: YYYY-MM-DD)")
+    command.add_argument("--target", required=True, help="the column to predict")
+    command.add_argument("--name", help="pipeline name; the file's name if unset")
+    command.add_argument(
+        "--task", choices=["binary", "multiclass", "regression"], help="inferred from the target if unset"
+    )
+    command.add_argument("--time-column", help="when each record happened: the split becomes time-based")
+    command.add_argument("--key", action="append", help="a column that identifies a record (repeat for several)")
+    command.add_argument("--delimiter", default=",", help="CSV field delimiter")
+    command.add_argument("--output", type=Path, help="where to write the YAML; the pipelines folder if unset")
+    command.add_argument("--force", action="store_true", help="replace an existing file")
+
+
+def _traffic_arguments(command: argparse.ArgumentParser) -> None:
+    _interval_arguments(command)
+    command.add_argument("--batch-rows", type=int, default=500, help="records per request")
+    command.add_argument("--feedback-share", type=float, default=1.0, help="share of answers whose label is sent back")
+
+
+def _check_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("pipelines", nargs="*")
+
+
+def _serve_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
         "--pipeline",
         action="append",
         help="serve only this pipeline (repeat for several); by default every pipeline of the folder, followed as "
         "YAMLs are added, edited and removed",
     )
-    cmd.add_argument("--host", default="127.0.0.1")
-    cmd.add_argument("--port", type=int, default=8000)
-    cmd.add_argument("--poll-seconds", type=float, default=10.0, help="how often to check the champion alias")
-    cmd.add_argument("--no-auth", action="store_true", help="serve without a bearer token (local use only)")
-    cmd.set_defaults(run=serve)
-    for name, run, text in (("up", up, "start the embedded stack in the background"), ("down", down, "stop it")):
-        cmd = commands.add_parser(name, help=text)
-        cmd.add_argument("components", nargs="*", help=f"some of: {', '.join(COMPONENTS)}; all when none is named")
-        cmd.set_defaults(run=run)
-        with_folders(cmd)
-    cmd = commands.add_parser("airflow-passwords", help="write the Airflow users' passwords from AIRFLOW_PASSWORDS")
-    cmd.set_defaults(run=airflow_passwords)
-    cmd = commands.add_parser("dotenv", help="write the compose stack's .env with fresh secrets")
-    cmd.add_argument("--output", type=Path, default=Path(".env"), help="the file to write (owner-only)")
-    cmd.add_argument("--example", type=Path, default=Path(".env.example"), help="the template it is written from")
-    cmd.add_argument("--force", action="store_true", help="replace an existing file")
-    cmd.set_defaults(run=dotenv)
-    cmd = commands.add_parser("check-secrets", help="refuse empty, placeholder, short, invalid or reused secrets")
-    cmd.set_defaults(run=check_secrets)
-    cmd = commands.add_parser("status", help="which processes of the embedded stack run")
-    cmd.set_defaults(run=stack_status)
-    cmd = commands.add_parser("demo", help="the whole loop on a pipeline's demo data, through the running stack")
-    with_interval(cmd)
-    cmd.add_argument("--middle", type=date.fromisoformat, required=True, help="first day of the traffic half")
-    with_folders(cmd)
-    cmd.set_defaults(run=demo)
-    args = parser.parse_args(argv)
+    command.add_argument("--host", default="127.0.0.1")
+    command.add_argument("--port", type=int, default=8000)
+    command.add_argument("--poll-seconds", type=float, default=10.0, help="how often to check the champion alias")
+    command.add_argument("--no-auth", action="store_true", help="serve without a bearer token (local use only)")
+
+
+def _stack_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("components", nargs="*", help=f"some of: {', '.join(COMPONENTS)}; all when none is named")
+    _folder_arguments(command)
+
+
+def _dotenv_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--output", type=Path, default=Path(".env"), help="the file to write (owner-only)")
+    command.add_argument("--example", type=Path, default=Path(".env.example"), help="the template it is written from")
+    command.add_argument("--force", action="store_true", help="replace an existing file")
+
+
+def _demo_arguments(command: argparse.ArgumentParser) -> None:
+    _interval_arguments(command)
+    command.add_argument("--middle", type=date.fromisoformat, required=True, help="first day of the traffic half")
+    _folder_arguments(command)
+
+
+COMMANDS = {
+    "init": Command("profile a data file and write a pipeline YAML for it", init, _init_arguments),
+    "replay": Command("drop a dataset into the landing zone as daily CSV files", replay, _interval_arguments),
+    "traffic": Command("send labeled days to the inference API, then their true labels", traffic, _traffic_arguments),
+    "check": Command("validate pipeline configs", check, _check_arguments),
+    "airflow-env": Command("print the environment of the embedded Airflow", airflow_env, _folder_arguments),
+    "summary": Command("print where a data-engineering run left its results", summary, _interval_arguments),
+    "serve": Command("serve the champion model of pipelines over HTTP", serve, _serve_arguments),
+    "up": Command("start the embedded stack in the background", up, _stack_arguments),
+    "down": Command("stop it", down, _stack_arguments),
+    "airflow-passwords": Command(
+        "write the Airflow users' passwords from AIRFLOW_PASSWORDS", airflow_passwords, _no_arguments
+    ),
+    "dotenv": Command("write the compose stack's .env with fresh secrets", dotenv, _dotenv_arguments),
+    "check-secrets": Command(
+        "refuse empty, placeholder, short, invalid or reused secrets", check_secrets, _no_arguments
+    ),
+    "status": Command("which processes of the embedded stack run", stack_status, _no_arguments),
+    "demo": Command("the whole loop on a pipeline's demo data, through the running stack", demo, _demo_arguments),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `flightplan` command with a subcommand for each entry of ``COMMANDS``, in its order."""
+    parser = argparse.ArgumentParser(prog="flightplan", description=__doc__)
+    subcommands = parser.add_subparsers(dest="command", required=True)
+    for name, command in COMMANDS.items():
+        command.add_arguments(subcommands.add_parser(name, help=command.help_text))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
-        return int(args.run(args))
+        return COMMANDS[args.command].run(args)
     except ConfigError as err:
         print(err, file=sys.stderr)
         return 2

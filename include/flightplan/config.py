@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -437,16 +438,59 @@ class PipelineConfig(Strict):
 
     @model_validator(mode="after")
     def _columns_are_consistent(self) -> PipelineConfig:
-        source = {c.name for c in self.source.columns}
-        duplicated = sorted(n for n in source if [c.name for c in self.source.columns].count(n) > 1)
+        # In this order: a config with several mistakes reports the same one first every time.
+        for check in (
+            self._check_source_names_are_unique,
+            self._check_file_names_are_unique,
+            self._check_partition_column_is_apart,
+            self._check_dimensions_join_cleanly,
+            self._check_no_reserved_names,
+            self._check_label_is_named_apart,
+            self._check_key_and_time_column_exist,
+            self._check_label_column_exists,
+            self._check_features_exist,
+            self._check_features_are_not_leakage,
+            self._check_label_inputs_are_not_features,
+            self._check_derived_features_read_times,
+            self._check_slices_exist,
+            self._check_metrics_belong_to_the_task,
+            self._check_imputed_columns_exist,
+            self._check_time_uses_have_a_time_column,
+            self._check_snapshot_is_split_whole,
+        ):
+            check()
+        return self
+
+    @property
+    def _source_names(self) -> set[str]:
+        return {c.name for c in self.source.columns}
+
+    @property
+    def _listed_features(self) -> set[str]:
+        return set(self.features.numeric) | set(self.features.categorical)
+
+    @property
+    def _derived_names(self) -> set[str]:
+        return {d.name for d in self.features.derived}
+
+    def _check_source_names_are_unique(self) -> None:
+        names = [c.name for c in self.source.columns]
+        duplicated = sorted(n for n in set(names) if names.count(n) > 1)
         if duplicated:
             raise ValueError(f"source.columns repeats {duplicated}")
+
+    def _check_file_names_are_unique(self) -> None:
         headers = [c.file_name for c in self.source.columns]
         repeated = sorted({h for h in headers if headers.count(h) > 1})
         if repeated:
             raise ValueError(f"source.columns: the file names {repeated} repeat")
-        if self.source.partition_column in source:
+
+    def _check_partition_column_is_apart(self) -> None:
+        if self.source.partition_column in self._source_names:
             raise ValueError(f"source.partition_column '{self.source.partition_column}' is also a source column")
+
+    def _check_dimensions_join_cleanly(self) -> None:
+        source = self._source_names
         for dim in self.dimensions:
             absent = sorted(set(dim.keys) - source)
             if absent:
@@ -454,40 +498,54 @@ class PipelineConfig(Strict):
             clashes = sorted({c.name for c in dim.joined_columns} & source)
             if clashes:
                 raise ValueError(f"dimensions.{dim.name}: {clashes} clash with source columns; set a prefix")
-        reserved = sorted((source | {self.label.name}) & RESERVED_NAMES)
+
+    def _check_no_reserved_names(self) -> None:
+        reserved = sorted((self._source_names | {self.label.name}) & RESERVED_NAMES)
         if reserved:
             raise ValueError(f"{reserved} are names the stages add to a row; rename the column or the label")
-        known = self.column_names
-        if self.label.name in known:
+
+    def _check_label_is_named_apart(self) -> None:
+        if self.label.name in self.column_names:
             raise ValueError(
                 f"label.name: '{self.label.name}' is also a column; name the label apart from the data it comes from"
             )
+
+    def _check_key_and_time_column_exist(self) -> None:
         time_column = [self.source.time_column] if self.source.time_column else []
         for field, names in (("source.key", self.source.key), ("source.time_column", time_column)):
-            absent = sorted(set(names) - known)
+            absent = sorted(set(names) - self.column_names)
             if absent:
                 raise ValueError(f"{field}: {absent} are not columns of the source or its dimensions")
-        if self.label.column is not None and self.label.column not in known:
+
+    def _check_label_column_exists(self) -> None:
+        if self.label.column is not None and self.label.column not in self.column_names:
             raise ValueError(f"label.column: '{self.label.column}' is not a column")
-        features = self.features
-        derived = {d.name for d in features.derived}
-        listed = set(features.numeric) | set(features.categorical)
-        absent = sorted(listed - known - derived)
+
+    def _check_features_exist(self) -> None:
+        absent = sorted(self._listed_features - self.column_names - self._derived_names)
         if absent:
             raise ValueError(f"features: {absent} are not columns of the source, its dimensions or derived")
-        leaking = sorted((listed | derived) & set(features.leakage))
+
+    def _check_features_are_not_leakage(self) -> None:
+        leaking = sorted((self._listed_features | self._derived_names) & set(self.features.leakage))
         if leaking:
             raise ValueError(f"features: {leaking} are listed as leakage and cannot be features")
+
+    def _check_label_inputs_are_not_features(self) -> None:
         label_inputs = {self.label.name} | ({self.label.column} if self.label.column else set())
         if self.label.rule:
-            label_inputs |= {n for n in known if re.search(rf"(?<!\w){re.escape(n)}(?!\w)", self.label.rule)}
-        if label_inputs & listed:
+            rule = self.label.rule
+            label_inputs |= {n for n in self.column_names if re.search(rf"(?<!\w){re.escape(n)}(?!\w)", rule)}
+        used = sorted(label_inputs & self._listed_features)
+        if used:
             raise ValueError(
-                f"features: {sorted(label_inputs & listed)} are the label or what it is computed from, "
+                f"features: {used} are the label or what it is computed from, "
                 "so they cannot be features (move them to features.leakage)"
             )
+
+    def _check_derived_features_read_times(self) -> None:
         times = {c.name for c in self.all_columns if c.type in ("date", "timestamp")}
-        for feature in features.derived:
+        for feature in self.features.derived:
             if feature.column not in times:
                 raise ValueError(
                     f"features.derived.{feature.name}: '{feature.column}' is not a date or timestamp column"
@@ -496,9 +554,13 @@ class PipelineConfig(Strict):
                 ZoneInfo(feature.timezone)
             except (ZoneInfoNotFoundError, ValueError):
                 raise ValueError(f"features.derived.{feature.name}: unknown time zone '{feature.timezone}'") from None
-        absent = sorted(set(self.model.slices) - known - derived)
+
+    def _check_slices_exist(self) -> None:
+        absent = sorted(set(self.model.slices) - self.column_names - self._derived_names)
         if absent:
             raise ValueError(f"model.slices: {absent} are not columns")
+
+    def _check_metrics_belong_to_the_task(self) -> None:
         reported = TASK_METRICS[self.label.task]
         for where, names in (
             ("model.primary_metric", [self.model.primary_metric] if self.model.primary_metric else []),
@@ -508,19 +570,25 @@ class PipelineConfig(Strict):
             unknown = sorted(set(names) - set(reported))
             if unknown:
                 raise ValueError(f"{where}: {unknown} are not {self.label.task} metrics (known: {list(reported)})")
-        imputed = sorted(set(self.wrangle.impute) - known)
+
+    def _check_imputed_columns_exist(self) -> None:
+        imputed = sorted(set(self.wrangle.impute) - self.column_names)
         if imputed:
             raise ValueError(f"wrangle.impute: {imputed} are not columns")
-        if self.source.time_column is None:
-            for where, used in (
-                ("split.strategy: time", self.split.strategy == "time"),
-                ("model.window_days", self.model.window_days is not None),
-            ):
-                if used:
-                    raise ValueError(f"{where} needs source.time_column (or use split.strategy: stratified)")
+
+    def _check_time_uses_have_a_time_column(self) -> None:
+        if self.source.time_column is not None:
+            return
+        for where, used in (
+            ("split.strategy: time", self.split.strategy == "time"),
+            ("model.window_days", self.model.window_days is not None),
+        ):
+            if used:
+                raise ValueError(f"{where} needs source.time_column (or use split.strategy: stratified)")
+
+    def _check_snapshot_is_split_whole(self) -> None:
         if self.source.snapshot is not None and self.split.window_days is not None:
             raise ValueError("split.window_days: a snapshot is split whole; leave it unset")
-        return self
 
     @property
     def all_columns(self) -> list[ColumnSpec]:
@@ -630,3 +698,29 @@ def _describe(err: ValidationError, raw: dict[str, Any]) -> str:
         message = re.sub(r"^Value error, ", "", problem["msg"])
         lines.append(f"  {key}: {message}")
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class PipelineScan:
+    """The pipelines folder as the DAG files see it: the configs that load, and each file that does not with
+    the reason (its key and what was expected)."""
+
+    configs: dict[str, PipelineConfig]
+    errors: dict[str, str]
+
+
+def scan_pipelines(folder: Path) -> PipelineScan:
+    configs: dict[str, PipelineConfig] = {}
+    errors: dict[str, str] = {}
+    for name in available_pipelines(folder):
+        path = folder / f"{name}.yaml"
+        try:
+            config = load_pipeline(path)
+        except (ConfigError, OSError) as err:
+            errors[str(path)] = str(err)
+            continue
+        if config.name != name:
+            errors[str(path)] = f"{path}: name: '{config.name}' differs from the file's name '{name}'"
+            continue
+        configs[name] = config
+    return PipelineScan(configs, errors)

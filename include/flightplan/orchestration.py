@@ -3,8 +3,9 @@
 Every pipeline YAML gets DAGs of its own, ``<pipeline>.<stage>`` (``flights.data_engineering``), chained by
 assets of its own (``flights.splits``, ``flights.challenger``, ``flights.champion``): two pipelines never share
 a run, an event queue, a schedule, a pause switch or a ``max_active_runs``. The DAG files build them from
-:func:`scan_pipelines`; the tasks describe their run with :class:`RunFacts` (plain values read from Airflow's
-context) and get their job from the functions below, so the rule is written once and tested without Airflow.
+:func:`flightplan.config.scan_pipelines`; the tasks describe their run with :class:`RunFacts` (plain values read
+from Airflow's context) and get their job from the functions below, so the rule is written once and tested
+without Airflow.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flightplan.config import ConfigError, PipelineConfig, available_pipelines, load_pipeline
+from flightplan.config import PipelineConfig
 
 if TYPE_CHECKING:
+    from flightplan.data.stages import StageInput
+    from flightplan.deployment.stages import DeployJob
     from flightplan.model.stages import ModelJob
     from flightplan.monitoring.stages import MonitorJob
-    from flightplan.serving.deploy import DeployJob
     from flightplan.tracking import RunContext
-    from flightplan.workflow import StageInput
 
 STAGES = ("data_engineering", "model_engineering", "deployment", "monitoring", "batch_inference", "rollback")
 # What a pipeline's DAGs hand each other: data_engineering -> splits -> model_engineering -> challenger ->
@@ -53,32 +54,6 @@ def asset_name(pipeline: str, kind: str) -> str:
 def asset_uri(pipeline: str, kind: str) -> str:
     asset_name(pipeline, kind)  # refuses an unknown kind
     return f"file:///flightplan/{pipeline}/{kind}"
-
-
-@dataclass(frozen=True)
-class PipelineScan:
-    """The pipelines folder as the DAG files see it: the configs that load, and each file that does not with
-    the reason (its key and what was expected)."""
-
-    configs: dict[str, PipelineConfig]
-    errors: dict[str, str]
-
-
-def scan_pipelines(folder: Path) -> PipelineScan:
-    configs: dict[str, PipelineConfig] = {}
-    errors: dict[str, str] = {}
-    for name in available_pipelines(folder):
-        path = folder / f"{name}.yaml"
-        try:
-            config = load_pipeline(path)
-        except (ConfigError, OSError) as err:
-            errors[str(path)] = str(err)
-            continue
-        if config.name != name:
-            errors[str(path)] = f"{path}: name: '{config.name}' differs from the file's name '{name}'"
-            continue
-        configs[name] = config
-    return PipelineScan(configs, errors)
 
 
 class JobError(ValueError):
@@ -163,7 +138,7 @@ def day_landed(landing: Path, day: date) -> bool:
 
 
 def stage_input(facts: RunFacts, config: PipelineConfig, landing: Path) -> StageInput:
-    from flightplan.workflow import StageInput
+    from flightplan.data.stages import StageInput
 
     start, end = data_interval(facts, config, landing)
     return StageInput(pipeline=facts.pipeline, start=start, end=end, context=facts.context)
@@ -183,7 +158,7 @@ def model_job(facts: RunFacts) -> ModelJob:
 
 def deploy_job(facts: RunFacts) -> DeployJob:
     """The version the challenger event names, else the ``version`` Param (the ``challenger`` when empty)."""
-    from flightplan.serving.deploy import DeployJob
+    from flightplan.deployment.stages import DeployJob
 
     event = facts.event()
     if event:
@@ -192,7 +167,7 @@ def deploy_job(facts: RunFacts) -> DeployJob:
 
 
 def rollback_job(facts: RunFacts) -> DeployJob:
-    from flightplan.serving.deploy import DeployJob
+    from flightplan.deployment.stages import DeployJob
 
     return DeployJob(facts.pipeline, facts.context, reason=_reason(facts, "manual rollback"))
 

@@ -30,7 +30,8 @@ from flightplan.config import (
     PipelineConfig,
     parse_pipeline,
 )
-from flightplan.data.parse import TRUE_WORDS
+from flightplan.data.parse import FINITE_NUMBER, INTEGER_BOUNDS, TRUE_WORDS
+from flightplan.files import replace_atomically
 
 TASKS = ("binary", "multiclass", "regression")
 MAX_CLASSES = 100
@@ -51,8 +52,27 @@ TIMESTAMP_FORMATS = (
     "%Y-%m-%dT%H:%M",
     "%Y-%m-%d %H:%M",
 )
-INT32 = 2**31 - 1
+# At most 18 digits: a whole number that the cast to int64 cannot overflow.
+WHOLE_NUMBER = r"^[+-]?\d{1,18}$"
+# The words that make a text column boolean: 'yes' and 'no' are a label's classes to a reader, 1 and 0 numbers.
+BOOLEAN_WORDS = ("true", "false", "t", "f")
 DAY_FOLDER = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+TIME_COLUMN_REASON = "a time: its parts (hour, weekday, month) are derived features instead"
+DRAFT_TUNING = {
+    "trials": 20,
+    "timeout_minutes": 10,
+    "num_boost_round": 400,
+    "early_stopping_rounds": 30,
+    "fixed": {"tree_method": "hist", "max_cat_to_onehot": 1, "max_bin": 256},
+    "space": {
+        "max_depth": {"type": "int", "low": 2, "high": 8},
+        "learning_rate": {"type": "float", "low": 0.02, "high": 0.3, "log": True},
+        "min_child_weight": {"type": "float", "low": 1, "high": 20, "log": True},
+        "subsample": {"type": "float", "low": 0.6, "high": 1.0},
+        "colsample_bytree": {"type": "float", "low": 0.5, "high": 1.0},
+        "reg_lambda": {"type": "float", "low": 0.01, "high": 10, "log": True},
+    },
+}
 
 
 class OneLine(dict[str, Any]):
@@ -103,6 +123,34 @@ class Draft:
     config: PipelineConfig
     rows: int
     excluded: dict[str, str]
+
+
+@dataclass(frozen=True)
+class DataProfile:
+    """A data file or folder as read: how it is stored, its rows, and its columns profiled."""
+
+    path: Path
+    format: str
+    daily: bool  # a folder of daily drops (YYYY-MM-DD subfolders) rather than a snapshot
+    table: pa.Table
+    columns: dict[str, ColumnProfile]  # by header, in the file's order
+
+    @property
+    def rows(self) -> int:
+        return int(self.table.num_rows)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The header of each config name."""
+        return {c.name: c.header for c in self.columns.values()}
+
+
+def profile_data(path: Path, delimiter: str = ",") -> DataProfile:
+    """Read ``path`` and profile each of its columns under an identifier of its header."""
+    table, fmt, daily = read_table(path, delimiter)
+    names = config_names(table.column_names)
+    columns = {header: profile_column(table.column(header), names[header], header) for header in table.column_names}
+    return DataProfile(path, fmt, daily, table, columns)
 
 
 def read_table(path: Path, delimiter: str = ",") -> tuple[pa.Table, str, bool]:
@@ -223,40 +271,61 @@ def profile_column(values: pa.ChunkedArray, name: str, header: str) -> ColumnPro
 def _infer(array: pa.Array) -> tuple[ColumnType, str | None, pa.Array]:
     """The column type ingestion should parse ``array`` as, its format, and the values so typed."""
     kind = array.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return _infer_from_text(array)
     if pa.types.is_boolean(kind):
         return "boolean", None, array
     if pa.types.is_integer(kind):
-        fits = len(array.drop_null()) == 0 or max(abs(pc.min(array).as_py()), abs(pc.max(array).as_py())) <= INT32
-        return ("int" if fits else "long"), None, array
+        return _integer_type(array), None, array
     if pa.types.is_floating(kind) or pa.types.is_decimal(kind):
         return "double", None, array.cast(pa.float64())
     if pa.types.is_date(kind):
         return "date", "%Y-%m-%d", array
     if pa.types.is_timestamp(kind):
         return "timestamp", None, array
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-        return "string", None, array.cast(pa.string())
+    return "string", None, array.cast(pa.string())
+
+
+def _infer_from_text(array: pa.Array) -> tuple[ColumnType, str | None, pa.Array]:
+    """The narrowest type that reads every present value of a text column (blank is missing): whole numbers,
+    numbers, booleans, dates or timestamps of one format; else text."""
     text = pc.utf8_trim_whitespace(array)
     text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
     present = text.drop_null()
     if len(present) == 0:
         return "string", None, text
-    if pc.all(pc.match_substring_regex(present, r"^[+-]?\d{1,18}$")).as_py():
+    if pc.all(pc.match_substring_regex(present, WHOLE_NUMBER)).as_py():
         integers = pc.cast(text, pa.int64())
-        return _infer(integers)[0], None, integers
-    if pc.all(pc.match_substring_regex(present, r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")).as_py():
+        return _integer_type(integers), None, integers
+    if pc.all(pc.match_substring_regex(present, FINITE_NUMBER)).as_py():
         return "double", None, pc.cast(text, pa.float64())
-    lowered = pc.utf8_lower(present)
-    words = pa.array(["true", "false", "t", "f"])
-    if pc.all(pc.is_in(lowered, value_set=words)).as_py():
-        return "boolean", None, pc.is_in(pc.utf8_lower(text), value_set=pa.array(TRUE_WORDS))
-    for column_type, formats in (("date", DATE_FORMATS), ("timestamp", TIMESTAMP_FORMATS)):
+    if pc.all(pc.is_in(pc.utf8_lower(present), value_set=pa.array(BOOLEAN_WORDS))).as_py():
+        truth = pc.is_in(pc.utf8_lower(text), value_set=pa.array(TRUE_WORDS))
+        # is_in answers False for a missing value: kept missing, it counts against the column's null fraction.
+        return "boolean", None, pc.if_else(pc.is_null(text), pa.scalar(None, pa.bool_()), truth)
+    return _infer_time(text, present) or ("string", None, text)
+
+
+def _integer_type(integers: pa.Array) -> ColumnType:
+    """int when no value is larger, either side of zero, than the largest int; long otherwise."""
+    if len(integers.drop_null()) == 0:
+        return "int"
+    magnitude = max(abs(pc.min(integers).as_py()), abs(pc.max(integers).as_py()))
+    return "int" if magnitude <= INTEGER_BOUNDS["int"][1] else "long"
+
+
+def _infer_time(text: pa.Array, present: pa.Array) -> tuple[ColumnType, str, pa.Array] | None:
+    """Date or timestamp with the first of its formats that reads every present value, and the values so read;
+    None when no format does."""
+    candidates: tuple[tuple[ColumnType, tuple[str, ...]], ...] = (
+        ("date", DATE_FORMATS),
+        ("timestamp", TIMESTAMP_FORMATS),
+    )
+    for column_type, formats in candidates:
         for candidate in formats:
-            parsed = pc.strptime(present, format=candidate, unit="us", error_is_null=True)
-            if parsed.null_count == 0:
-                typed = pc.strptime(text, format=candidate, unit="us", error_is_null=True)
-                return column_type, candidate, typed  # type: ignore[return-value]
-    return "string", None, text
+            if pc.strptime(present, format=candidate, unit="us", error_is_null=True).null_count == 0:
+                return column_type, candidate, pc.strptime(text, format=candidate, unit="us", error_is_null=True)
+    return None
 
 
 def infer_task(target: ColumnProfile) -> str:
@@ -361,42 +430,113 @@ def draft(
 ) -> Draft:
     """Profile ``data`` and write the pipeline YAML to ``output``; the result is loaded back, so a draft that
     would not validate is never written."""
+    _check_arguments(name, task)
+    profile = profile_data(data.expanduser().resolve(), delimiter)
+    _check_named_columns(profile, target, time_column, key or [])
+    label_column = profile.columns[target]
+    task = task or infer_task(label_column)
+    check_target(label_column, task)
+    if time_column:
+        _check_time_column(profile.columns[time_column])
+    excluded = left_out(profile, label_column, task)
+    keys = [profile.columns[k].name for k in key] if key else _identifiers(excluded)[:1]
+    today = today or date.today()
+    majority = _majority_share(label_column, task)
+    doc = {
+        "name": name,
+        "description": f"Drafted by `flightplan init` from {profile.path.name} ({profile.rows:,} rows) on {today}; "
+        f"{task} target '{target}'.",
+        "source": _source_section(profile, delimiter, today, keys, time_column),
+        "label": _label_section(profile, label_column, task),
+        "features": _features_section(profile, excluded),
+        **_training_sections(profile, excluded, task, majority, time_split=bool(time_column)),
+    }
+    text = _render(doc, excluded, profile.headers, label_column, majority)
+    config = parse_pipeline(text, str(output))
+    replace_atomically(output, lambda partial: partial.write_text(text))
+    return Draft(output, text, config, profile.rows, excluded)
+
+
+def _check_arguments(name: str, task: str | None) -> None:
     if not re.match(r"^[a-z][a-z0-9_]*$", name):
         raise InitError(f"pipeline name '{name}': expected lower-case letters, digits and '_', starting with a letter")
     if task is not None and task not in TASKS:
         raise InitError(f"task '{task}': expected one of {TASKS}")
-    data = data.expanduser().resolve()
-    table, fmt, daily = read_table(data, delimiter)
-    names = config_names(table.column_names)
-    headers = {v: k for k, v in names.items()}
-    by_header = {h: profile_column(table.column(h), names[h], h) for h in table.column_names}
-    for wanted, what in [(target, "target"), (time_column, "time column"), *[(k, "key column") for k in key or []]]:
-        if wanted is not None and wanted not in by_header:
-            raise InitError(f"{what} '{wanted}' is not a column of {data}; its columns are {table.column_names}")
-    label_column = by_header[target]
-    task = task or infer_task(label_column)
-    check_target(label_column, task)
-    if time_column and by_header[time_column].type not in ("date", "timestamp"):
-        raise InitError(
-            f"time column '{time_column}' holds {by_header[time_column].type} values; expected dates or timestamps"
-        )
 
-    excluded: dict[str, str] = {label_column.name: "the target"}
-    identifiers, times = [], []
-    for column in by_header.values():
-        if column is label_column:
+
+def _check_named_columns(profile: DataProfile, target: str, time_column: str | None, key: list[str]) -> None:
+    """Refuses a target, time column or key column the data does not have, naming the ones it has."""
+    for wanted, what in [(target, "target"), (time_column, "time column"), *[(k, "key column") for k in key]]:
+        if wanted is not None and wanted not in profile.columns:
+            raise InitError(
+                f"{what} '{wanted}' is not a column of {profile.path}; its columns are {profile.table.column_names}"
+            )
+
+
+def _check_time_column(column: ColumnProfile) -> None:
+    if column.type not in ("date", "timestamp"):
+        raise InitError(f"time column '{column.header}' holds {column.type} values; expected dates or timestamps")
+
+
+def left_out(profile: DataProfile, target: ColumnProfile, task: str) -> dict[str, str]:
+    """Why each column that cannot be a feature is left out, by config name: the target first, then in the
+    file's order. A time column is left out too: its parts are the features."""
+    excluded: dict[str, str] = {target.name: "the target"}
+    for column in profile.columns.values():
+        if column is target:
             continue
         reason = exclusion(column)
         if column.type in ("date", "timestamp") and reason is None:
-            reason = "a time: its parts (hour, weekday, month) are derived features instead"
-            times.append(column)
-        reason = reason or suspected_leak(table, column, label_column, task)
+            reason = TIME_COLUMN_REASON
+        reason = reason or suspected_leak(profile.table, column, target, task)
         if reason:
             excluded[column.name] = reason
-        if reason and reason.startswith("identifier"):
-            identifiers.append(column.name)
-    keys = [names[k] for k in key] if key else identifiers[:1]
-    features = [c for c in by_header.values() if c.name not in excluded]
+    return excluded
+
+
+def _identifiers(excluded: dict[str, str]) -> list[str]:
+    return [name for name, reason in excluded.items() if reason.startswith("identifier")]
+
+
+def _majority_share(target: ColumnProfile, task: str) -> float | None:
+    """The share of the most frequent class among the labeled rows: the accuracy a multiclass model must beat."""
+    labeled = target.rows - target.nulls
+    return target.top_count / labeled if task == "multiclass" and labeled else None
+
+
+def _source_section(
+    profile: DataProfile, delimiter: str, today: date, keys: list[str], time_column: str | None
+) -> dict[str, Any]:
+    """Where the data is (daily drops, or a snapshot of ``today``), how to read it, and its columns' rules."""
+    source: dict[str, Any] = {"format": profile.format}
+    if profile.daily:
+        source["landing"] = str(profile.path)
+    else:
+        source["snapshot"] = {"path": str(profile.path), "day": today.isoformat()}
+    if profile.format == "csv" and delimiter != ",":
+        source["delimiter"] = delimiter
+    source["key"] = keys
+    if time_column:
+        source["time_column"] = profile.columns[time_column].name
+    source["columns"] = [OneLine(_column_spec(c)) for c in profile.columns.values()]
+    return source
+
+
+def _label_section(profile: DataProfile, target: ColumnProfile, task: str) -> dict[str, Any]:
+    """The label, named after its column (and a binary label after its positive class) apart from every column."""
+    taken = [c.name for c in profile.columns.values()]
+    if task == "binary":
+        positive = positive_class(target)
+        name = _label_name(target.name, f"is_{positive}", taken)
+        return {"name": name, "task": task, "column": target.name, "positive": positive}
+    return {"name": _label_name(target.name, "label", taken), "task": task, "column": target.name}
+
+
+def _features_section(profile: DataProfile, excluded: dict[str, str]) -> dict[str, Any]:
+    """Numbers as numeric features, text and booleans as categorical ones, the parts of each time column as
+    derived ones; data with none of them is refused, with why each column was left out."""
+    features = [c for c in profile.columns.values() if c.name not in excluded]
+    times = [c for c in profile.columns.values() if excluded.get(c.name) == TIME_COLUMN_REASON]
     numeric = [c.name for c in features if c.type in ("int", "long", "double")]
     categorical = [c.name for c in features if c.type in ("string", "boolean")]
     derived = [
@@ -406,77 +546,38 @@ def draft(
     ]
     if not (numeric or categorical or derived):
         raise InitError(
-            f"{data}: no column can be a feature: " + "; ".join(f"{n}: {why}" for n, why in excluded.items())
+            f"{profile.path}: no column can be a feature: " + "; ".join(f"{n}: {why}" for n, why in excluded.items())
         )
+    return {"numeric": numeric, "categorical": categorical, **({"derived": derived} if derived else {})}
 
-    label: dict[str, Any] = {"task": task, "column": label_column.name}
-    if task == "binary":
-        positive = positive_class(label_column)
-        label["positive"] = positive
-        label["name"] = _label_name(label_column.name, f"is_{positive}", names.values())
-    else:
-        label["name"] = _label_name(label_column.name, "label", names.values())
-    label = {"name": label.pop("name"), **label}
-    labeled = label_column.rows - label_column.nulls
-    majority = label_column.top_count / labeled if task == "multiclass" and labeled else None
-    today = today or date.today()
-    source: dict[str, Any] = {"format": fmt}
-    if daily:
-        source["landing"] = str(data)
-    else:
-        source["snapshot"] = {"path": str(data), "day": today.isoformat()}
-    if fmt == "csv" and delimiter != ",":
-        source["delimiter"] = delimiter
-    source["key"] = keys
-    if time_column:
-        source["time_column"] = names[time_column]
-    source["columns"] = [OneLine(_column_spec(c)) for c in by_header.values()]
-    slices = [c.name for c in features if c.type == "string" and 2 <= c.distinct <= 10][:1]
-    doc = {
-        "name": name,
-        "description": f"Drafted by `flightplan init` from {data.name} ({table.num_rows:,} rows) on {today}; "
-        f"{task} target '{target}'.",
-        "source": source,
-        "label": label,
-        "features": {"numeric": numeric, "categorical": categorical, **({"derived": derived} if derived else {})},
-        "validation": {"min_rows": max(1, table.num_rows // 10)},
+
+def _training_sections(
+    profile: DataProfile, excluded: dict[str, str], task: str, majority: float | None, time_split: bool
+) -> dict[str, Any]:
+    """Validation, split, model and monitoring, sized to the data: the settings left to the user's judgement."""
+    slices = [
+        c.name
+        for c in profile.columns.values()
+        if c.name not in excluded and c.type == "string" and 2 <= c.distinct <= 10
+    ][:1]
+    return {
+        "validation": {"min_rows": max(1, profile.rows // 10)},
         "split": {
-            "strategy": "time" if time_column else "stratified",
+            "strategy": "time" if time_split else "stratified",
             "fractions": {"train": 0.7, "validation": 0.15, "test": 0.15},
             "seed": 42,
         },
         "model": {
             **({"slices": slices} if slices else {}),
             "selection": {"min_gain_share": 0.0, "keep_at_least": 5},
-            "tuning": {
-                "trials": 20,
-                "timeout_minutes": 10,
-                "num_boost_round": 400,
-                "early_stopping_rounds": 30,
-                "fixed": {"tree_method": "hist", "max_cat_to_onehot": 1, "max_bin": 256},
-                "space": {
-                    "max_depth": {"type": "int", "low": 2, "high": 8},
-                    "learning_rate": {"type": "float", "low": 0.02, "high": 0.3, "log": True},
-                    "min_child_weight": {"type": "float", "low": 1, "high": 20, "log": True},
-                    "subsample": {"type": "float", "low": 0.6, "high": 1.0},
-                    "colsample_bytree": {"type": "float", "low": 0.5, "high": 1.0},
-                    "reg_lambda": {"type": "float", "low": 0.01, "high": 10, "log": True},
-                },
-            },
+            "tuning": DRAFT_TUNING,
             "acceptance": _acceptance(task, majority),
         },
         "monitoring": {
-            "min_rows": min(1000, max(50, table.num_rows // 10)),
-            "min_labeled_rows": min(200, max(30, table.num_rows // 20)),
+            "min_rows": min(1000, max(50, profile.rows // 10)),
+            "min_labeled_rows": min(200, max(30, profile.rows // 20)),
         },
     }
-    text = _render(doc, excluded, headers, label_column, majority)
-    config = parse_pipeline(text, str(output))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(f".{output.name}.partial")
-    partial.write_text(text)
-    partial.replace(output)
-    return Draft(output, text, config, table.num_rows, excluded)
 
 
 def _label_name(column: str, suffix: str, taken: Any) -> str:

@@ -1,69 +1,14 @@
-"""A real Airflow on a temporary AIRFLOW_HOME (SQLite, LocalExecutor), shared by the end-to-end tests."""
+"""The end-to-end tests' Airflow: one migrated metadata database for the session (tests/support/airflow.py
+starts its processes)."""
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import secrets
-import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
-
 import pytest
-from flightplan.airflow_rest import ADMIN, AirflowApi
-from flightplan.settings import Settings, airflow_environment, load_settings
+from flightplan.settings import Settings
 
-from tests.conftest import REPO, free_port
-
-AIRFLOW = str(Path(sys.executable).with_name("airflow"))
-VIEWER, OPERATOR = "viewer", "operator"
-
-
-def migrated_airflow(settings: Settings, **extra: str) -> dict[str, str]:
-    """The embedded Airflow's environment for ``settings`` (plus ``extra``), its metadata database migrated."""
-    env = {
-        **os.environ,
-        **airflow_environment(settings, REPO / "dags", REPO / "plugins"),
-        # A user of each kind the Models page tells apart: one who may only read, one who may also run DAGs.
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN}:admin,{VIEWER}:viewer,{OPERATOR}:op",
-        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(16),
-        "AIRFLOW__API__SECRET_KEY": secrets.token_hex(16),
-        # Only the runs a test triggers: no run for yesterday's interval appears when a DAG is unpaused.
-        "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
-        **extra,
-    }
-    Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
-    subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True)
-    return env
+from tests.support.airflow import migrated_airflow
 
 
 @pytest.fixture(scope="session")
 def airflow_env(settings: Settings, replayed: dict[str, int]) -> dict[str, str]:
     return migrated_airflow(settings)
-
-
-@contextmanager
-def running_airflow(env: dict[str, str]) -> Iterator[str]:
-    """The embedded stack's Airflow processes (API server, scheduler, dag-processor, triggerer) on a free port;
-    yields the base URL once the API answers, stops them all at exit (their logs: ``<home>/stack/``)."""
-    from flightplan.stack import airflow_api_environment, launch, processes, stop, wait_ready
-
-    url = f"http://127.0.0.1:{free_port()}"
-    settings = dataclasses.replace(load_settings(env), airflow_url=url)
-    env = {**env, **airflow_api_environment(url)}
-    started = processes(settings, "airflow")
-    try:
-        for process in started:
-            launch(settings, process, env)
-        wait_ready(settings, started)
-        yield url
-    finally:
-        for process in started:
-            stop(settings, process.name)
-
-
-def airflow_api(base: str, env: dict[str, str]) -> AirflowApi:
-    """A REST API v2 client logged in as the simple auth manager's admin."""
-    return AirflowApi(base, Path(env["AIRFLOW_HOME"]))

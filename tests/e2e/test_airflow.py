@@ -4,43 +4,16 @@ by the scheduler, and the Models page inside a running API server: tests/e2e/tes
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 from flightplan.layout import Layout
 
-from tests.conftest import END_DAY, FIRST_DAY
-from tests.e2e.conftest import AIRFLOW
+from tests.support.airflow import dags_test
+from tests.support.pipeline import END_DAY, FIRST_DAY
 
 CONF = {"start": FIRST_DAY.isoformat(), "end": END_DAY.isoformat()}
 pytestmark = pytest.mark.airflow
-
-
-def run_dags_test(env: dict[str, str], dag_id: str, conf: dict) -> tuple[bool, str]:
-    """`airflow dags test` with a conf: whether the run succeeded, and its log."""
-    result = subprocess.run(
-        [AIRFLOW, "dags", "test", dag_id, "-c", json.dumps(conf)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=900,
-    )
-    log = result.stdout + result.stderr
-    return result.returncode == 0 and "state=failed" not in log, log
-
-
-def dags_test(env: dict[str, str], dag_id: str, conf: dict) -> str:
-    succeeded, log = run_dags_test(env, dag_id, conf)
-    assert succeeded, log[-4000:]
-    return log
-
-
-def dags_test_failing(env: dict[str, str], dag_id: str, conf: dict) -> str:
-    succeeded, log = run_dags_test(env, dag_id, conf)
-    assert not succeeded, log[-4000:]
-    return log
 
 
 def test_dags_test_runs_the_whole_dag(airflow_env: dict[str, str], layout: Layout, replayed: dict[str, int]) -> None:

@@ -25,14 +25,14 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
-from flightplan.airflow_rest import AirflowApi
 from flightplan.config import load_pipeline
+from flightplan.dev.airflow_rest import AirflowApi
 from flightplan.orchestration import dag_id
 from flightplan.settings import Settings, load_settings
 
-from tests.conftest import scoped_tokens, service_process, token_environment
-from tests.e2e.conftest import airflow_api, migrated_airflow, running_airflow
-from tests.e2e.test_faults import TrackingServer
+from tests.support.airflow import airflow_api, migrated_airflow, running_airflow
+from tests.support.engines import TrackingServer
+from tests.support.service import scoped_tokens, service_process, token_environment
 
 TOKEN = "e2e-byod-token"
 # The module's stack runs four pipelines from file to served model before its first test (about 10 minutes alone on
@@ -135,8 +135,8 @@ def write_flights_and_a_broken_pipeline(settings: Settings, own_settings: Settin
     """While the stack runs: a copy of the flights pipeline (daily drops, three days landed, a small search, any
     model accepted, triggered only) and a YAML that does not validate."""
     import yaml
+    from flightplan.dev.replay import replay
     from flightplan.layout import Layout
-    from flightplan.replay import replay
 
     text = (settings.pipelines_dir / "flights.yaml").read_text()
     flights = yaml.safe_load(text)
@@ -221,7 +221,7 @@ def test_init_drafts_what_each_dataset_needs(byod: dict) -> None:
 @pytest.mark.parametrize("dataset", DATASETS, ids=[d.name for d in DATASETS])
 def test_from_a_file_to_a_served_and_monitored_model(byod: dict, settings: Settings, dataset: Dataset) -> None:
     import mlflow
-    from flightplan.model.features import input_columns
+    from flightplan.features import input_columns
     from flightplan.serving.inputs import json_records
     from flightplan.tracking import client
 
@@ -299,8 +299,8 @@ def test_the_schedulers_nightly_runs_each_process_their_own_day_and_a_missing_da
     from datetime import UTC, datetime, timedelta
 
     import yaml
+    from flightplan.dev.replay import replay
     from flightplan.layout import Layout
-    from flightplan.replay import replay
 
     api, own = byod["api"], byod["settings"]
     yesterday = datetime.now(UTC).date() - timedelta(days=1)

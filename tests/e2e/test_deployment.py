@@ -13,14 +13,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from flightplan.airflow_rest import AirflowApi
+from flightplan.dev.airflow_rest import AirflowApi
+from flightplan.dev.stack import stack_dir
 from flightplan.layout import Layout
 from flightplan.settings import Settings
-from flightplan.stack import stack_dir
 
-from tests.conftest import WORSE, free_port, run_chain, service_process, token_environment
-from tests.e2e.conftest import OPERATOR, VIEWER, airflow_api, running_airflow
-from tests.e2e.test_airflow import dags_test, dags_test_failing
+from tests.support.airflow import OPERATOR, VIEWER, airflow_api, dags_test, dags_test_failing, running_airflow
+from tests.support.pipeline import WORSE, run_chain
+from tests.support.service import free_port, service_process, token_environment
 
 TOKEN = "e2e-deployment-token"
 pytestmark = pytest.mark.airflow
@@ -169,7 +169,7 @@ def test_a_promotion_waits_for_a_persons_approval(
 def test_a_failed_run_is_reported_with_the_end_of_its_failed_tasks_log(approving_airflow: AirflowApi) -> None:
     """What `flightplan demo` says when a run fails: the task states, then the end of each failed task's log as
     the REST API serves it (the log servers are off: it is read from the worker's file), with the exception."""
-    from flightplan.demo import DemoFailed, require
+    from flightplan.dev.demo import DemoFailed, require
 
     conf = {"version": "999999", "reason": "no such version"}
     run = approving_airflow.trigger("flights.deployment", conf)

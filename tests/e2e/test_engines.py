@@ -19,18 +19,17 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
-from flightplan.airflow_rest import AirflowApi
 from flightplan.config import load_pipeline
+from flightplan.dev.airflow_rest import AirflowApi
 from flightplan.layout import Layout
 from flightplan.settings import Settings, load_settings
 
-from tests.conftest import END_DAY, FIRST_DAY, service_process, token_environment
-from tests.e2e.conftest import AIRFLOW, airflow_api, migrated_airflow, running_airflow
-from tests.e2e.engines import (
+from tests.support.airflow import AIRFLOW, airflow_api, migrated_airflow, running_airflow
+from tests.support.engines import (
     SparkCluster,
     background,
     mlflow_server,
+    pipelines_with,
     postgres_database,
     postgres_problem,
     redis_database,
@@ -38,6 +37,8 @@ from tests.e2e.engines import (
     require,
     spark_cluster,
 )
+from tests.support.pipeline import END_DAY, FIRST_DAY
+from tests.support.service import service_process, token_environment
 
 TOKEN = "engines-token"
 CONF = {"start": FIRST_DAY.isoformat(), "end": END_DAY.isoformat()}
@@ -75,16 +76,6 @@ def airflow_db() -> Iterator[str]:
     require("PostgreSQL", postgres_problem())
     with postgres_database("airflow") as url:
         yield url
-
-
-def pipelines_with(settings: Settings, folder: Path, model: dict[str, Any]) -> Path:
-    """The flights pipeline with ``model`` settings and a small search (the data is a few days)."""
-    config = yaml.safe_load((settings.pipelines_dir / "flights.yaml").read_text())
-    config["model"].update(model)
-    config["model"]["tuning"].update({"trials": 2, "num_boost_round": 40})
-    config["model"]["acceptance"].update({"minimum": {}, "maximum": {}})
-    (folder / "flights.yaml").write_text(yaml.safe_dump(config))
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +118,7 @@ def test_the_dags_run_on_postgres_a_spark_cluster_and_a_tracking_server(
 ) -> None:
     """Triggered over the REST API with the LocalExecutor: data engineering, then model engineering, whose
     challenger the Models page then shows."""
-    from flightplan.replay import replay
+    from flightplan.dev.replay import replay
     from flightplan.tracking import client
 
     replay(engines_layout, FIRST_DAY, END_DAY)
@@ -204,9 +195,9 @@ def test_the_service_loads_from_the_tracking_server_and_logs_to_postgres(
     engines_env: dict[str, str], engines_layout: Layout, predictions_db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Serves what the test above registered, promoted to champion by hand (the deployment DAG is tested apart)."""
+    from flightplan.dev.replay import replay_traffic
     from flightplan.model.registry import CHALLENGER, CHAMPION, alias_version
-    from flightplan.replay import replay_traffic
-    from flightplan.serving.store import answered_versions, ground_truth
+    from flightplan.prediction_log import answered_versions, ground_truth
     from flightplan.tracking import client
 
     settings, model = engines_layout.settings, engines_layout.config.registered_model
@@ -233,8 +224,8 @@ def test_two_celery_workers_run_data_and_model_engineering_at_once(
     run of new days and a model-engineering run on the splits already there, each on its own worker, at once.
     Spark is local here (and ingestion in-process): one application would take every core of the two-worker
     cluster."""
-    from flightplan.replay import replay
-    from flightplan.stack import airflow_api_environment
+    from flightplan.dev.replay import replay
+    from flightplan.dev.stack import airflow_api_environment
 
     require("Redis", redis_problem())
     later, later_end = END_DAY, END_DAY + timedelta(days=3)

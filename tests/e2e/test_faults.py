@@ -14,8 +14,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,51 +23,19 @@ from typing import Any
 import psutil
 import pytest
 import yaml
-from flightplan.airflow_rest import AirflowApi
 from flightplan.config import load_pipeline
+from flightplan.dev.airflow_rest import AirflowApi
 from flightplan.layout import Layout
 from flightplan.settings import Settings, load_settings
 
-from tests.conftest import (
-    END_DAY,
-    FIRST_DAY,
-    data_digest,
-    free_port,
-    leftovers,
-    run_data_engineering,
-    service_process,
-    token_environment,
-)
-from tests.e2e.conftest import airflow_api, migrated_airflow, running_airflow
-from tests.e2e.engines import answers, wait_until
+from tests.support.airflow import airflow_api, migrated_airflow, running_airflow
+from tests.support.engines import TrackingServer
+from tests.support.pipeline import END_DAY, FIRST_DAY, data_digest, leftovers, run_data_engineering
+from tests.support.service import service_process, token_environment
 
 TOKEN = "faults-token"
 CONF = {"start": FIRST_DAY.isoformat(), "end": END_DAY.isoformat()}
 pytestmark = pytest.mark.airflow
-
-
-class TrackingServer:
-    """`mlflow server` on a fixed port and a SQLite store, which a test can stop and start again."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.url = f"http://127.0.0.1:{free_port()}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        command = [str(Path(sys.executable).with_name("mlflow")), "server", "--workers", "1"]
-        command += ["--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}"]
-        command += ["--artifacts-destination", str(self.folder / "artifacts")]
-        command += ["--host", "127.0.0.1", "--port", self.url.rsplit(":", 1)[1]]
-        log = self.folder / "server.log"
-        with log.open("ab") as sink:
-            self.process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_until(answers(f"{self.url}/health"), "the MLflow tracking server", log, self.process)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(30)
 
 
 @dataclasses.dataclass
@@ -99,7 +65,7 @@ def slow_training_pipelines(settings: Settings, folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def faults(tmp_path_factory: pytest.TempPathFactory, settings: Settings) -> Iterator[FaultStack]:
-    from flightplan.replay import replay
+    from flightplan.dev.replay import replay
 
     home = tmp_path_factory.mktemp("faults-home")
     tracking = TrackingServer(home)
@@ -176,7 +142,7 @@ def try_number(api: AirflowApi, dag_id: str, run_id: str, task_id: str) -> int:
 @contextmanager
 def scheduler_restarted(stack: FaultStack) -> Iterator[None]:
     """Kill the scheduler (SIGKILL, its executor's workers left running as orphans); start a new one at exit."""
-    from flightplan.stack import airflow_api_environment, launch, processes, running_pid
+    from flightplan.dev.stack import airflow_api_environment, launch, processes, running_pid
 
     scheduler = next(p for p in processes(stack.settings, "airflow") if p.name == "airflow-scheduler")
     pid = running_pid(stack.settings, scheduler.name)

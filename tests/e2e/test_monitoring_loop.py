@@ -16,8 +16,9 @@ import yaml
 from flightplan.layout import Layout
 from flightplan.settings import Settings
 
-from tests.conftest import run_data_engineering, service_process, token_environment
-from tests.e2e.conftest import airflow_api, running_airflow
+from tests.support.airflow import airflow_api, running_airflow
+from tests.support.pipeline import run_data_engineering
+from tests.support.service import service_process, token_environment
 
 TOKEN = "e2e-monitoring-token"
 JULY, JULY_END = date(2013, 7, 1), date(2013, 7, 4)
@@ -60,7 +61,7 @@ def test_drifted_traffic_retrains_and_the_gates_promote(
     tmp_path_factory: pytest.TempPathFactory,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from flightplan.replay import replay, replay_traffic
+    from flightplan.dev.replay import replay, replay_traffic
 
     replay(layout, JULY, JULY_END)
     run_data_engineering(JULY, JULY_END)  # the DAG itself: tests/e2e/test_airflow.py

@@ -5,19 +5,19 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from flightplan import workflow
+from flightplan.data import stages as data_stages
 from flightplan.data.batches import read_partitions
+from flightplan.deployment import batch
+from flightplan.features import derive, encode
 from flightplan.layout import Layout
 from flightplan.model import package
-from flightplan.model.features import derive, encode
 from flightplan.model.registry import load_version
-from flightplan.serving import batch
 
-from tests.conftest import END_DAY, FIRST_DAY
+from tests.support.pipeline import END_DAY, FIRST_DAY
 
 
 def test_batch_scores_every_wrangled_row_once_as_the_onnx_model_would(champion: str, layout: Layout, spark) -> None:  # type: ignore[no-untyped-def]
-    job = workflow.StageInput("flights", FIRST_DAY, END_DAY)
+    job = data_stages.StageInput("flights", FIRST_DAY, END_DAY)
     first = json.loads(batch.score(job).read_text())
     again = json.loads(batch.score(job).read_text())
     part = layout.config.source.partition_column

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
-from tests.leftover_processes import MARK
+from tests.support.pipeline import REPO
+from tests.support.processes import MARK
 
 SMOKE_DAYS = "14"
 

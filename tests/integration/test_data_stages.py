@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pyarrow.dataset as pads
 import pytest
-from flightplan import workflow
+from flightplan.data import stages as data_stages
 from flightplan.layout import Layout
 
-from tests.conftest import END_DAY, FIRST_DAY
+from tests.support.pipeline import END_DAY, FIRST_DAY
 
 BAD_DAY, AFTER_BAD_DAY = date(2013, 1, 20), date(2013, 1, 21)
 
@@ -55,7 +55,7 @@ def bad_landing(layout: Layout, replayed: dict[str, int]) -> Path:
 
 @pytest.fixture(scope="session")
 def bad_day_ingest(layout: Layout, bad_landing: Path) -> dict:
-    path = workflow.ingest(workflow.StageInput("flights", BAD_DAY, AFTER_BAD_DAY))
+    path = data_stages.ingest(data_stages.StageInput("flights", BAD_DAY, AFTER_BAD_DAY))
     return json.loads(path.read_text())
 
 
@@ -79,7 +79,7 @@ def test_every_input_row_is_in_output_or_quarantine(layout: Layout, bad_landing:
 def test_rerunning_an_interval_replaces_it(layout: Layout, bad_day_ingest: dict) -> None:
     before = dataset_rows(layout.dataset("curated"), BAD_DAY)
     quarantine_before = dataset_rows(layout.quarantine("ingest"), BAD_DAY)
-    again = json.loads(workflow.ingest(workflow.StageInput("flights", BAD_DAY, AFTER_BAD_DAY)).read_text())
+    again = json.loads(data_stages.ingest(data_stages.StageInput("flights", BAD_DAY, AFTER_BAD_DAY)).read_text())
     assert again["rows"] == bad_day_ingest["rows"]
     assert dataset_rows(layout.dataset("curated"), BAD_DAY) == before
     assert dataset_rows(layout.quarantine("ingest"), BAD_DAY) == quarantine_before
@@ -107,8 +107,8 @@ def test_dimensions_are_joined(good_days: dict, layout: Layout) -> None:
 
 
 def test_missing_column_fails_validation_clearly(bad_day_ingest: dict) -> None:
-    with pytest.raises(workflow.ValidationFailed) as caught:
-        workflow.validate(workflow.StageInput("flights", BAD_DAY, AFTER_BAD_DAY))
+    with pytest.raises(data_stages.ValidationFailed) as caught:
+        data_stages.validate(data_stages.StageInput("flights", BAD_DAY, AFTER_BAD_DAY))
     message = str(caught.value)
     assert "b-missing-column.csv lacks column(s) ['dep_delay']" in message
     assert "expect_table_row_count_to_be_between(min_value=100" in message
@@ -119,7 +119,7 @@ def test_no_landing_files_is_a_clear_error() -> None:
     from flightplan.data.ingest import NoLandingData
 
     with pytest.raises(NoLandingData, match="no landing files for 2014-06-01"):
-        workflow.ingest(workflow.StageInput("flights", date(2014, 6, 1), date(2014, 6, 2)))
+        data_stages.ingest(data_stages.StageInput("flights", date(2014, 6, 1), date(2014, 6, 2)))
 
 
 def test_good_days_flow_through_every_stage(good_days: dict, replayed: dict[str, int], layout: Layout) -> None:
@@ -158,14 +158,14 @@ def test_the_profile_lists_the_most_frequent_values_of_each_text_column(good_day
 
 
 def test_split_is_reproducible(good_days: dict) -> None:
-    again = json.loads(workflow.split(workflow.StageInput("flights", FIRST_DAY, END_DAY)).read_text())
+    again = json.loads(data_stages.split(data_stages.StageInput("flights", FIRST_DAY, END_DAY)).read_text())
     assert again["fingerprint"] == good_days["split"]["fingerprint"]
     assert again["sides"] == good_days["split"]["sides"]
 
 
 def test_stratified_split_keeps_class_balance(good_days: dict) -> None:
-    job = workflow.StageInput("flights", FIRST_DAY, END_DAY, overrides={"split.strategy": "stratified"})
-    manifest = json.loads(workflow.split(job).read_text())
+    job = data_stages.StageInput("flights", FIRST_DAY, END_DAY, overrides={"split.strategy": "stratified"})
+    manifest = json.loads(data_stages.split(job).read_text())
     shares = {side: stats["classes"]["1"] / stats["rows"] for side, stats in manifest["sides"].items()}
     assert max(shares.values()) - min(shares.values()) < 0.01
     assert abs(manifest["sides"]["train"]["rows"] / sum(s["rows"] for s in manifest["sides"].values()) - 0.7) < 0.01

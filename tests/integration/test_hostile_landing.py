@@ -21,7 +21,7 @@ from flightplan.data.ingest import ingest
 from flightplan.layout import Layout
 from flightplan.settings import load_settings
 
-from tests.conftest import FIRST_DAY
+from tests.support.pipeline import FIRST_DAY
 
 CORPUS_DAY, GOOD_DAY, END = date(2013, 5, 1), date(2013, 5, 2), date(2013, 5, 3)
 HUGE_LINE_BYTES = 24 << 20

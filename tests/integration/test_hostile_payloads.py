@@ -15,8 +15,8 @@ from flightplan.layout import Layout
 from flightplan.serving.app import MAX_BATCH_ROWS, MAX_BODY_BYTES
 from flightplan.settings import Settings
 
-from tests.conftest import scoped_tokens, service_process
-from tests.integration.serving_clients import AUTH, FEEDBACK_AUTH, TOKEN, auth_for, client_records, predictions_in_log
+from tests.support.service import scoped_tokens, service_process
+from tests.support.serving_clients import AUTH, FEEDBACK_AUTH, TOKEN, auth_for, client_records, predictions_in_log
 
 PREDICT, BATCH, FEEDBACK = "/v1/flights/predict", "/v1/flights/predict/batch", "/v1/flights/feedback"
 JSON = {**AUTH, "Content-Type": "application/json"}

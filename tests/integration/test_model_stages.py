@@ -11,7 +11,7 @@ from flightplan.layout import Layout
 from flightplan.model import stages
 from flightplan.tracking import RunContext
 
-from tests.conftest import QUICK, WORSE, run_chain
+from tests.support.pipeline import QUICK, WORSE, run_chain
 
 
 def test_chain_registers_a_challenger_with_lineage(challenger: tuple[str, dict[str, str]], layout: Layout) -> None:
@@ -53,7 +53,8 @@ def test_evaluation_leaves_the_monitoring_reference_with_the_models_answers(
     challenger: tuple[str, dict[str, str]], layout: Layout
 ) -> None:
     import pandas as pd
-    from flightplan.monitoring.window import PROBABILITY, REFERENCE_FILE, VersionScores
+    from flightplan.monitoring.window import VersionScores
+    from flightplan.scoring import PROBABILITY, REFERENCE_FILE
 
     run_id, registered = challenger
     run_dir = layout.model_run(run_id)

@@ -15,9 +15,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from flightplan.layout import Layout
+from flightplan.manifests import MonitoringSummary
+from flightplan.monitoring.stages import outcome
 from flightplan.settings import Settings
 
-from tests.conftest import SCRIPT_PAYLOAD, scoped_tokens
+from tests.support.pipeline import SCRIPT_PAYLOAD
+from tests.support.service import scoped_tokens
 
 TOKEN = "monitoring-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -84,10 +87,12 @@ def shifted(frame: pd.DataFrame, layout: Layout) -> pd.DataFrame:
 
 
 def check(start: datetime, end: datetime, /, **overrides: Any) -> dict[str, Any]:
+    """A check of the window: its summary as the file holds it, and where the file is (``summary``)."""
     from flightplan.monitoring.stages import MonitorJob, check
     from flightplan.tracking import RunContext
 
-    return check(MonitorJob("flights", start, end, RunContext("monitoring", "it"), {**SMALL, **overrides}))
+    _, path = check(MonitorJob("flights", start, end, RunContext("monitoring", "it"), {**SMALL, **overrides}))
+    return {**json.loads(path.read_text()), "summary": str(path)}
 
 
 def test_unshifted_traffic_holds_shifted_traffic_retrains_once(
@@ -129,7 +134,8 @@ def test_unshifted_traffic_holds_shifted_traffic_retrains_once(
     drawn = Path(stormy["reports"]["drift_html"]).read_text()
     # The airport's name is shown (Evidently's JSON writes U+FF1C as \uff1c), and no value opens a script.
     assert "<script>alert(" not in drawn and "\\uff1cscript>alert(" in drawn
-    assert json.loads(Path(stormy["summary"]).read_text())["decision"] == stormy["decision"]
+    written = Path(stormy["summary"])
+    assert outcome(MonitoringSummary.read(written), written)["decision"] == stormy["decision"]
 
     again = check(*window, **cooldown_of_this_test())
     assert again["decision"]["outcome"] == "hold" and "cooldown" in again["decision"]["reason"]
@@ -151,7 +157,7 @@ def test_a_bad_label_in_the_log_is_set_aside_and_the_check_still_decides(
 ) -> None:
     """Labels stored without the API's check (a 7 and a "banana" for a binary model) are left out of the
     metrics and counted; the check still judges the window."""
-    from flightplan.serving.store import create_store_engine, record_feedback
+    from flightplan.prediction_log import create_store_engine, record_feedback
 
     label = layout.config.label.name
     rows = training_rows.sample(n=min(len(training_rows), 400), random_state=2)
@@ -183,7 +189,7 @@ def test_an_empty_window_reports_no_rows(settings: Settings) -> None:
 
 
 def test_the_window_takes_the_latest_label_of_each_answer_in_the_order_answered(tmp_path: Path, layout: Layout) -> None:
-    from flightplan.serving.store import (
+    from flightplan.prediction_log import (
         AnsweredRequest,
         PredictionLog,
         answered_chunks,

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
-from flightplan import workflow
+from flightplan.data import stages as data_stages
 from flightplan.scaffold import draft
 
 ANY_DAY = date(2030, 1, 1)
@@ -28,9 +28,9 @@ def pipelines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spark) -> Path:  
 
 
 def run_stages(name: str, start: date, end: date) -> dict[str, dict]:
-    job = workflow.StageInput(name, start, end)
+    job = data_stages.StageInput(name, start, end)
     found = {}
-    for stage in (workflow.ingest, workflow.validate, workflow.wrangle, workflow.label, workflow.split):
+    for stage in (data_stages.ingest, data_stages.validate, data_stages.wrangle, data_stages.label, data_stages.split):
         found[stage.__name__] = json.loads(stage(job).read_text())
     return found
 
@@ -76,7 +76,7 @@ def test_parquet_drops_quarantine_what_does_not_convert(pipelines: Path, tmp_pat
     pq.write_table(pa.table({"amount": [float("inf")], "kind": ["a"], "bad": [1]}), second / "part-1.parquet")
     (second / "part-2.parquet").write_bytes(b"PAR1 but nothing else")
 
-    manifest = json.loads(workflow.ingest(workflow.StageInput("drops", ANY_DAY, date(2030, 1, 3))).read_text())
+    manifest = json.loads(data_stages.ingest(data_stages.StageInput("drops", ANY_DAY, date(2030, 1, 3))).read_text())
     assert manifest["rows"] == {"2030-01-01": 100, "2030-01-02": 2}
     quarantine = pads.dataset(manifest["quarantine"], partitioning="hive").to_table().to_pandas()
     by_file = {Path(f).name: (line, reason) for f, line, reason in quarantine[["source_file", "line", "reason"]].values}
@@ -91,18 +91,18 @@ def test_a_configured_column_missing_from_the_data_stops_validation(pipelines: P
     frame.to_csv(path, index=False)
     draft(path, "y", "scores", pipelines / "scores.yaml", today=ANY_DAY)
     frame.drop(columns=["z"]).to_csv(path, index=False)  # the next version of the file lost a feature
-    job = workflow.StageInput("scores", ANY_DAY, date(2030, 1, 2))
-    workflow.ingest(job)
-    with pytest.raises(workflow.ValidationFailed, match=rf"landing file {path} lacks column\(s\) \['z'\]"):
-        workflow.validate(job)
+    job = data_stages.StageInput("scores", ANY_DAY, date(2030, 1, 2))
+    data_stages.ingest(job)
+    with pytest.raises(data_stages.ValidationFailed, match=rf"landing file {path} lacks column\(s\) \['z'\]"):
+        data_stages.validate(job)
 
 
 def test_a_high_cardinality_categorical_trains_and_converts_with_parity(pipelines: Path, tmp_path: Path) -> None:
     """800 shops in 8,000 rows: a categorical with as many codes as that is kept as one feature, and the ONNX
     model answers as the native one on the whole test set (package_onnx raises otherwise)."""
     import numpy as np
+    from flightplan.features import FeatureMap
     from flightplan.model import stages
-    from flightplan.model.features import FeatureMap
     from flightplan.tracking import RunContext
 
     rng = np.random.default_rng(7)

@@ -11,10 +11,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from flightplan import workflow
+from flightplan.data import stages as data_stages
 from flightplan.settings import Settings
 
-from tests.conftest import END_DAY, FIRST_DAY, data_digest, leftovers
+from tests.support.pipeline import END_DAY, FIRST_DAY, data_digest, leftovers
 
 
 @contextmanager
@@ -32,15 +32,17 @@ def read_only(folder: Path) -> Iterator[None]:
         subprocess.run(["umount", str(folder)], check=True, capture_output=True)
 
 
-@pytest.mark.parametrize("stage", [workflow.ingest, workflow.wrangle, workflow.split], ids=lambda s: s.__name__)
+@pytest.mark.parametrize(
+    "stage", [data_stages.ingest, data_stages.wrangle, data_stages.split], ids=lambda s: s.__name__
+)
 def test_a_stage_on_a_read_only_data_root_fails_clearly_and_changes_nothing(
-    good_days: dict[str, dict], settings: Settings, stage: Callable[[workflow.StageInput], Path]
+    good_days: dict[str, dict], settings: Settings, stage: Callable[[data_stages.StageInput], Path]
 ) -> None:
     data_root = settings.data_root
     before = data_digest(data_root, "flights")
     assert {folder.split("/")[0] for folder in before} >= {"curated", "wrangled", "labeled", "splits"}, before
     with read_only(data_root), pytest.raises(OSError, match="Read-only file system") as failure:
-        stage(workflow.StageInput("flights", FIRST_DAY, END_DAY))
+        stage(data_stages.StageInput("flights", FIRST_DAY, END_DAY))
     assert str(data_root) in str(failure.value)
     assert data_digest(data_root, "flights") == before
     assert leftovers(data_root) == []

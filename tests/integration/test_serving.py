@@ -14,14 +14,14 @@ import numpy as np
 import pandas as pd
 import pytest
 from flightplan.config import PipelineConfig
+from flightplan.features import FeatureMap, encode
 from flightplan.layout import Layout
-from flightplan.model.features import FeatureMap, encode
 from flightplan.serving.inputs import InvalidRecord, RowEncoder, json_records, record_type, request_fields
 from flightplan.settings import Settings
 from pydantic import TypeAdapter
 
-from tests.conftest import scoped_tokens, service_process
-from tests.integration.serving_clients import (
+from tests.support.service import scoped_tokens, service_process
+from tests.support.serving_clients import (
     ADMIN_AUTH,
     AUTH,
     FEEDBACK_AUTH,
@@ -117,7 +117,7 @@ def test_predict_answers_with_version_and_logs_every_row(
 
 def test_a_closed_log_refuses_rows_at_once(tmp_path: Path) -> None:
     """After the writer stops (service shutdown), a request's rows fail at once instead of waiting forever."""
-    from flightplan.serving.store import AnsweredRequest, PredictionLog, create_store_engine
+    from flightplan.prediction_log import AnsweredRequest, PredictionLog, create_store_engine
 
     engine = create_store_engine(f"sqlite:///{tmp_path / 'log.db'}")
     log = PredictionLog(engine)
@@ -294,7 +294,7 @@ def test_collected_records_are_ingested_by_the_next_run_and_bad_ones_refused(api
     """Good raw records become a landing file of today that ingestion reads; bad ones come back with reasons."""
     from datetime import UTC, datetime, timedelta
 
-    from flightplan import workflow
+    from flightplan.data import stages as data_stages
 
     landing_day = sorted(p for p in layout.landing.iterdir() if p.is_dir())[0]
     raw = pd.read_csv(next(landing_day.glob("*.csv"))).head(4)
@@ -318,17 +318,19 @@ def test_collected_records_are_ingested_by_the_next_run_and_bad_ones_refused(api
 
     today = datetime.now(UTC).date()
     assert Path(body["file"]).parent.name == today.isoformat()
-    manifest = json.loads(workflow.ingest(workflow.StageInput("flights", today, today + timedelta(days=1))).read_text())
+    manifest = json.loads(
+        data_stages.ingest(data_stages.StageInput("flights", today, today + timedelta(days=1))).read_text()
+    )
     assert manifest["rows_total"] == 4 and manifest["quarantined_total"] == 0
 
 
 def test_ground_truth_sent_back_labels_rows_in_the_label_step(api: Any, layout: Layout) -> None:
     """Predictions whose records carry the source key get their true label from /feedback in the next label
     run: 'fill' labels a row the rule could not, 'override' also replaces the rule's label."""
-    from flightplan import workflow
-    from flightplan.serving.store import create_store_engine, record_feedback
+    from flightplan.data import stages as data_stages
+    from flightplan.prediction_log import create_store_engine, record_feedback
 
-    from tests.conftest import END_DAY, FIRST_DAY
+    from tests.support.pipeline import END_DAY, FIRST_DAY
 
     config, part = layout.config, layout.config.source.partition_column
     fields = list(dict.fromkeys([*request_fields(config), *config.source.key]))
@@ -359,8 +361,8 @@ def test_ground_truth_sent_back_labels_rows_in_the_label_step(api: Any, layout: 
         engine.dispose()
 
     def label_of(frame: pd.DataFrame, feedback: str) -> tuple[dict[str, Any], list[float]]:
-        job = workflow.StageInput("flights", FIRST_DAY, END_DAY, overrides={"label.feedback": feedback})
-        manifest = json.loads(workflow.label(job).read_text())
+        job = data_stages.StageInput("flights", FIRST_DAY, END_DAY, overrides={"label.feedback": feedback})
+        manifest = json.loads(data_stages.label(job).read_text())
         rows = pd.read_parquet(layout.dataset("labeled")).merge(frame[config.source.key], on=config.source.key)
         return manifest, rows[config.label.name].tolist()
 

@@ -19,13 +19,13 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from flightplan.layout import Layout
+from flightplan.prediction_log import AnsweredRequest, PredictionLog, create_store_engine
 from flightplan.serving.app import LOG_WAIT_SECONDS
-from flightplan.serving.store import AnsweredRequest, PredictionLog, create_store_engine
 from flightplan.settings import Settings
 
-from tests.conftest import free_port, service_process
-from tests.e2e.engines import postgres_database, postgres_problem, require
-from tests.integration.serving_clients import AUTH, TOKEN, Load, client_records, predictions_in_log, rows_answered
+from tests.support.engines import postgres_database, postgres_problem, require
+from tests.support.service import free_port, service_process
+from tests.support.serving_clients import AUTH, TOKEN, Load, client_records, predictions_in_log, rows_answered
 
 UNAVAILABLE = "the prediction log is unavailable"
 

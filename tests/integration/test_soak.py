@@ -17,8 +17,8 @@ import pytest
 from flightplan.layout import Layout
 from flightplan.settings import Settings
 
-from tests.conftest import service_process
-from tests.integration.serving_clients import TOKEN, Load, Sent, client_records, predictions_in_log, rows_answered
+from tests.support.service import service_process
+from tests.support.serving_clients import TOKEN, Load, Sent, client_records, predictions_in_log, rows_answered
 
 SOAK_SECONDS = float(os.environ.get("FLIGHTPLAN_SOAK_SECONDS", "50"))
 RATE = 50.0  # requests per second, one in five a batch of 20 records

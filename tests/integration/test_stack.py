@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 from flightplan.settings import Settings
 
-from tests.conftest import REPO, free_port, token_environment
+from tests.support.pipeline import REPO
+from tests.support.service import free_port, token_environment
 
 FLIGHTPLAN = str(Path(sys.executable).with_name("flightplan"))
 

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from flightplan.secrets import SECRETS, USER_PASSWORDS_VAR, fresh_dotenv, secret_problems, user_passwords
 
-from tests.conftest import REPO
-from tests.unit.test_secrets import dotenv_values
+from tests.support.pipeline import REPO
+from tests.support.secrets import dotenv_values
 
 # The binary itself: the package's `docker-compose` script exits 0 whatever the binary returned.
 COMPOSE = str(Path(compose.__file__).parent / "docker-compose")

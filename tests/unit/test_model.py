@@ -7,8 +7,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 from flightplan.config import AcceptanceSpec, DerivedFeature
+from flightplan.features import Feature, FeatureMap, derive, encode, encode_label, select
 from flightplan.model import package
-from flightplan.model.features import Feature, FeatureMap, derive, encode, encode_label, select
 from flightplan.model.gate import decide
 from flightplan.model.train import booster_params, fit, matrices, predict
 
@@ -127,6 +127,6 @@ def test_onnx_matches_xgboost_with_categorical_features(task: str) -> None:
     ],
 )
 def test_a_true_label_must_fit_the_task(task: str, classes: list[str], value: object, expected: str | None) -> None:
-    from flightplan.model.features import label_problem
+    from flightplan.features import label_problem
 
     assert label_problem(task, classes, value) == expected

@@ -8,7 +8,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.support.pipeline import REPO
 
 # Formats that are a secret wherever they appear.
 TOKEN_FORMATS = {
@@ -43,7 +43,7 @@ ALLOWED_IN_TESTS = {
     "e2e-byod-token",  # tests/e2e/test_bring_your_own_data.py
     "e2e-deployment-token",  # tests/e2e/test_deployment.py
     "e2e-monitoring-token",  # tests/e2e/test_monitoring_loop.py
-    "test-token-0123456789",  # tests/integration/serving_clients.py: the service of the serving tests
+    "test-token-0123456789",  # tests/support/serving_clients.py: the service of the serving tests
     "monitoring-test-token",  # tests/integration/test_monitoring.py
     "stack-test-token",  # tests/integration/test_stack.py: `flightplan up` of the MLflow UI and the service
     "secret",  # tests/unit/test_settings.py: a database URL whose rewriting is checked, for no real database

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 from flightplan import orchestration
-from flightplan.config import PipelineConfig, load_pipeline
-from flightplan.orchestration import JobError, RunFacts, scan_pipelines
+from flightplan.config import PipelineConfig, load_pipeline, scan_pipelines
+from flightplan.orchestration import JobError, RunFacts
 from flightplan.settings import PACKAGE_PIPELINES_DIR
 
 

@@ -10,10 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+from flightplan.dev.stack import Process, launch, running_pid, stop
 from flightplan.settings import load_settings
-from flightplan.stack import Process, launch, running_pid, stop
 
-from tests.leftover_processes import MARK, leftovers
+from tests.support.processes import MARK, leftovers
 
 # A child that sets its title (which overwrites what /proc shows of its environment), ignores SIGTERM and would
 # wait forever: an executor's idle worker.

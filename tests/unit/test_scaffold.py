@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 from flightplan.config import ConfigError, load_pipeline
-from flightplan.model.features import Feature, FeatureMap, leaking_features
+from flightplan.features import Feature, FeatureMap, leaking_features
 from flightplan.scaffold import InitError, config_names, draft, infer_task, profile_column
 
 DAY = date(2026, 12, 1)
@@ -38,6 +38,11 @@ def profiled(values: list, name: str = "c") -> tuple[str, str | None]:
 )
 def test_column_types_are_inferred_from_text_as_ingestion_parses_them(values: list, expected: tuple) -> None:
     assert profiled(values) == expected
+
+
+def test_a_missing_boolean_stays_missing() -> None:
+    column = profile_column(pa.chunked_array([pa.array(["true", "", None, "false"])]), "late", "late")
+    assert (column.type, column.nulls, column.distinct) == ("boolean", 2, 2)
 
 
 def test_stored_parquet_types_are_kept() -> None:

@@ -15,15 +15,10 @@ from cryptography.fernet import Fernet
 from flightplan.cli import main
 from flightplan.secrets import SECRETS, TOKENS, fresh_dotenv, secret_problems
 
-from tests.conftest import REPO
+from tests.support.pipeline import REPO
+from tests.support.secrets import dotenv_values
 
 EXAMPLE = (REPO / ".env.example").read_text()
-
-
-def dotenv_values(text: str) -> dict[str, str]:
-    """The NAME=value settings of a .env's text (as docker compose reads this project's files)."""
-    lines = [line for line in text.splitlines() if "=" in line and not line.lstrip().startswith("#")]
-    return {name.strip(): value.strip() for name, value in (line.split("=", 1) for line in lines)}
 
 
 def generated() -> dict[str, str]:

@@ -12,11 +12,18 @@ import sys
 from pathlib import Path
 
 import pytest
-from flightplan.airflow_rest import PASSWORDS_FILE, admin_password
+from flightplan.dev.airflow_rest import PASSWORDS_FILE, admin_password
+from flightplan.dev.stack import (
+    COMPONENTS,
+    ensure_airflow_password,
+    ensure_tokens,
+    processes,
+    stack_airflow_environment,
+)
 from flightplan.settings import TOKEN_VARIABLES, api_tokens, load_settings, token_file
-from flightplan.stack import COMPONENTS, ensure_airflow_password, ensure_tokens, processes, stack_airflow_environment
 
-from tests.conftest import REPO, free_port
+from tests.support.pipeline import REPO
+from tests.support.service import free_port
 
 OPEN_AIRFLOW = {
     "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",  # every visitor an admin, no login page

@@ -8,7 +8,6 @@ already running for ``FLIGHTPLAN_HOME`` instead, as `make demo` leaves it (`make
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -17,14 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flightplan.airflow_rest import admin_password
 from flightplan.config import PipelineConfig
+from flightplan.dev.airflow_rest import admin_password
 from flightplan.layout import Layout
 from flightplan.settings import Settings, api_token, load_settings
 
-from tests.conftest import END_DAY, FIRST_DAY, REPO, SCRIPT_PAYLOAD, free_port, token_environment
-from tests.e2e.engines import require
-from tests.e2e.test_engines import pipelines_with
+from tests.support.engines import pipelines_with, require
+from tests.support.pipeline import END_DAY, FIRST_DAY, REPO, SCRIPT_PAYLOAD
+from tests.support.service import free_port, token_environment
+from tests.support.web import WebStack
 
 CHROMIUM = os.environ.get("FLIGHTPLAN_CHROMIUM", "/usr/bin/chromium")
 # As root, without a sandbox; and none of the background connections that a closed network refuses.
@@ -39,19 +39,6 @@ CHROMIUM_ARGS = [
 VIEWPORT = {"width": 1400, "height": 900}
 TOKEN = "web-test-token"
 FLIGHTPLAN = str(Path(sys.executable).with_name("flightplan"))
-
-
-@dataclasses.dataclass(frozen=True)
-class WebStack:
-    settings: Settings  # its URLs, homes and stores
-    token: str  # the inference API's bearer token
-    password: str  # the Airflow admin's
-    trials: int  # what the trigger form asks model_engineering for
-    screenshots: Path
-
-    @property
-    def pipeline(self) -> str:
-        return "flights"
 
 
 @pytest.fixture(scope="session")
@@ -97,7 +84,7 @@ def running_stack() -> WebStack:
     number of trials: the search is seeded, so the new model matches the champion trained on the same split
     and passes the champion gate, which a shorter search could fail."""
     from flightplan.config import load_pipeline
-    from flightplan.stack import status
+    from flightplan.dev.stack import status
 
     settings = load_settings()
     stopped = [name for name, pid in status(settings).items() if pid is None and name != "mlflow"]
@@ -146,8 +133,8 @@ def check_answered_traffic(settings: Settings, config: PipelineConfig) -> None:
     by the stack's service (with their true labels), then the check on that window."""
     from datetime import UTC, datetime, timedelta
 
+    from flightplan.dev.replay import replay_traffic
     from flightplan.monitoring.stages import MonitorJob, check
-    from flightplan.replay import replay_traffic
     from flightplan.tracking import RunContext
 
     with pytest.MonkeyPatch.context() as patch:
@@ -159,8 +146,8 @@ def check_answered_traffic(settings: Settings, config: PipelineConfig) -> None:
         end = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
     assert sent["answered"] == sent["labeled"] > 300
     small = {"monitoring.min_rows": 300, "monitoring.min_labeled_rows": 200}
-    summary = check(MonitorJob("flights", start, end, RunContext("monitoring", "web-test"), small))
-    assert "drift_html" in summary["reports"], summary["decision"]
+    summary, _ = check(MonitorJob("flights", start, end, RunContext("monitoring", "web-test"), small))
+    assert "drift_html" in summary.reports, summary.decision
 
 
 def send_script_payloads(layout: Layout) -> None:
@@ -168,8 +155,8 @@ def send_script_payloads(layout: Layout) -> None:
     could send: they reach the monitoring window and so the drift report that the browser tests open."""
     from datetime import timedelta
 
-    from flightplan.replay import labeled_days
-    from flightplan.serving.deploy import service_client
+    from flightplan.dev.replay import labeled_days
+    from flightplan.serving.client import service_client
     from flightplan.serving.inputs import json_records, request_fields
 
     frame = labeled_days(layout, FIRST_DAY, FIRST_DAY + timedelta(days=1)).head(20)

@@ -12,12 +12,12 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from flightplan.airflow_rest import AirflowApi
+from flightplan.dev.airflow_rest import AirflowApi
+from flightplan.dev.stack import status
 from flightplan.model.registry import CHAMPION, alias_version
 from flightplan.settings import Settings
-from flightplan.stack import status
 
-from tests.web.conftest import WebStack
+from tests.support.web import WebStack
 
 pytestmark = pytest.mark.airflow
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}

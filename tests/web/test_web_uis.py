@@ -20,7 +20,7 @@ from urllib.parse import unquote
 import pytest
 from playwright.sync_api import Dialog, Page, expect
 
-from tests.web.conftest import WebStack
+from tests.support.web import WebStack
 
 pytestmark = pytest.mark.browser
 RUN_TIMEOUT_MS = 900_000
@@ -155,9 +155,9 @@ def test_two_training_runs_side_by_side_in_mlflow(page: Page, web_stack: WebStac
 
 
 def test_the_api_docs_send_an_authorized_prediction(page: Page, web_stack: WebStack) -> None:
+    from flightplan.deployment.stages import recent_records
     from flightplan.layout import Layout
     from flightplan.model.registry import CHAMPION, alias_version
-    from flightplan.serving.deploy import recent_records
 
     layout = Layout(web_stack.settings, _config(web_stack))
     _, records = recent_records(layout, 1)

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from flightplan.config import ColumnSpec, DimensionSpec
+from flightplan.config import ColumnSpec, DimensionSpec, SourceSpec
 from flightplan.data.parse import Chunk, parse_chunk, parse_parquet, quarantine_every_line, quarantine_whole_file
 from flightplan.data.partitions import (
     count_rows,
@@ -35,10 +35,10 @@ from flightplan.data.partitions import (
     replace_partitions,
     staging_area,
     visible_files,
-    write_json_atomic,
-    write_parquet_atomic,
 )
+from flightplan.files import write_parquet_atomic
 from flightplan.layout import Layout
+from flightplan.manifests import IngestManifest, Interval
 from flightplan.spark import ARROW_TYPES, get_spark
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ def ingest(
     layout: Layout, start: date, end: date, spark: SparkSession | None = None, engine: str | None = None
 ) -> Path:
     """Ingest the days of [start, end) (for a snapshot, its own day: ``PipelineConfig.interval`` resolves it,
-    as ``workflow.StageInput.open`` does); returns the path of the ingest manifest."""
+    as ``data_stages.StageInput.open`` does); returns the path of the ingest manifest."""
     config = layout.config
     engine = engine or layout.settings.ingest_engine
     if engine not in ENGINES:
@@ -73,58 +73,70 @@ def ingest(
         )
         raise NoLandingData(where)
     key = interval_key(start, end)
-    part = config.source.partition_column
-    chunks: list[Chunk] = plan["chunks"]
     dimensions = {d.name: load_dimension(layout, d) for d in config.dimensions}
     with staging_area(layout, STAGE, key) as staging:
-        task = ChunkTask(
-            format=config.source.format,
-            columns=list(config.source.columns),
-            output=[c.name for c in config.all_columns],
-            delimiter=config.source.delimiter,
-            null_values=list(config.source.null_values),
-            dimensions=[prepared for prepared, _ in dimensions.values()],
-            partition_column=part,
-            rows_dir=str(staging / "rows"),
-            quarantine_dir=str(staging / "quarantine"),
-        )
-        if chunks and engine == "spark":
-            spark = spark or get_spark(layout.settings)
-            spark.sparkContext.parallelize(chunks, len(chunks)).foreach(task)
-        elif chunks:
-            with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-                list(pool.map(task, chunks))
+        task = _chunk_task(layout, [prepared for prepared, _ in dimensions.values()], staging)
+        _run_tasks(task, plan["chunks"], engine, spark, layout)
+        published = _publish(layout, staging, days)
+    manifest = IngestManifest(
+        pipeline=config.name,
+        engine=engine,
+        interval=Interval(start=start, end=end),
+        days_without_landing=plan["missing_days"],
+        files=plan["files"],
+        **published,
+        dimensions={name: notes for name, (_, notes) in dimensions.items()},
+        output=str(layout.dataset(STAGE)),
+        quarantine=str(layout.quarantine("ingest")),
+    )
+    return manifest.write(layout.manifest("ingest", key))
 
-        replace_partitions(staging / "rows", layout.dataset(STAGE), part, days)
-        replace_partitions(staging / "quarantine", layout.quarantine("ingest"), part, days)
-        rows = count_rows(layout.dataset(STAGE), part, days)
-        quarantined = count_rows(layout.quarantine("ingest"), part, days)
-        reasons = _quarantine_reasons(layout.quarantine("ingest"), part, days)
-    manifest = {
-        "pipeline": config.name,
-        "stage": "ingest",
-        "engine": engine,
-        "interval": {"start": start.isoformat(), "end": end.isoformat()},
-        "days_without_landing": plan["missing_days"],
-        "files": plan["files"],
+
+def _chunk_task(layout: Layout, dimensions: list[PreparedDimension], staging: Path) -> ChunkTask:
+    config = layout.config
+    return ChunkTask(
+        format=config.source.format,
+        columns=list(config.source.columns),
+        output=[c.name for c in config.all_columns],
+        delimiter=config.source.delimiter,
+        null_values=list(config.source.null_values),
+        dimensions=dimensions,
+        partition_column=config.source.partition_column,
+        rows_dir=str(staging / "rows"),
+        quarantine_dir=str(staging / "quarantine"),
+    )
+
+
+def _run_tasks(task: ChunkTask, chunks: list[Chunk], engine: str, spark: SparkSession | None, layout: Layout) -> None:
+    """``task`` on every chunk: on Spark's executors, or on a pool of threads, one per core, in this process."""
+    if chunks and engine == "spark":
+        spark = spark or get_spark(layout.settings)
+        spark.sparkContext.parallelize(chunks, len(chunks)).foreach(task)
+    elif chunks:
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            list(pool.map(task, chunks))
+
+
+def _publish(layout: Layout, staging: Path, days: list[date]) -> dict[str, Any]:
+    """Swap the staged days into the dataset and the quarantine, and count what each now holds per day (with
+    the most frequent quarantine reasons)."""
+    part = layout.config.source.partition_column
+    replace_partitions(staging / "rows", layout.dataset(STAGE), part, days)
+    replace_partitions(staging / "quarantine", layout.quarantine("ingest"), part, days)
+    rows = count_rows(layout.dataset(STAGE), part, days)
+    quarantined = count_rows(layout.quarantine("ingest"), part, days)
+    return {
         "rows": rows,
         "quarantined": quarantined,
         "rows_total": sum(rows.values()),
         "quarantined_total": sum(quarantined.values()),
-        "quarantine_reasons": reasons,
-        "dimensions": {name: notes for name, (_, notes) in dimensions.items()},
-        "output": str(layout.dataset(STAGE)),
-        "quarantine": str(layout.quarantine("ingest")),
+        "quarantine_reasons": _quarantine_reasons(layout.quarantine("ingest"), part, days),
     }
-    return write_json_atomic(manifest, layout.manifest("ingest", key))
 
 
 def plan_chunks(layout: Layout, days: list[date]) -> dict[str, Any]:
     """List the data files of the days (or the snapshot's), read their headers, and cut them into chunks:
     line-aligned byte ranges of a CSV file, row groups of a Parquet file."""
-    config = layout.config
-    source = config.source
-    expected = [c.name for c in source.columns]
     chunks: list[Chunk] = []
     files: list[dict[str, Any]] = []
     missing_days = []
@@ -133,45 +145,60 @@ def plan_chunks(layout: Layout, days: list[date]) -> dict[str, Any]:
             missing_days.append(day.isoformat())
             continue
         for path in paths:
-            note: dict[str, Any] = {"path": str(path), "day": day.isoformat(), "bytes": path.stat().st_size}
+            note, file_chunks = plan_file(layout.config.source, path, day, len(chunks))
             files.append(note)
-            try:
-                header, ranges = (
-                    parquet_ranges(path) if source.format == "parquet" else csv_ranges(path, source.delimiter)
-                )
-            except ValueError as err:
-                note["problem"] = str(err)
-                chunks.append(Chunk(str(path), day.isoformat(), 0, 0, 1, (), len(chunks), str(err)))
-                continue
-            if header is None:
-                note["problem"] = "empty file"
-                continue
-            header = [source.file_names.get(name, name) for name in header]
-            rejected = None
-            repeated = sorted(n for n, k in Counter(header).items() if k > 1)
-            if repeated:
-                rejected = f"header repeats column(s) {repeated}"
-            elif not set(header) & set(expected):
-                rejected = (
-                    f"header has none of the expected columns (is the delimiter '{source.delimiter}'?)"
-                    if source.format == "csv"
-                    else "schema has none of the expected columns"
-                )
-            missing = [c.file_name for c in source.columns if c.name not in header]
-            unexpected = [n for n in header if n not in expected]
-            if missing:
-                note["missing_columns"] = missing
-            if unexpected:
-                note["unexpected_columns"] = unexpected
-            if rejected:
-                note["problem"] = rejected
-            elif not ranges:
-                note["problem"] = "no data lines after the header"
-            for start, end, first_line in ranges:
-                chunks.append(
-                    Chunk(str(path), day.isoformat(), start, end, first_line, tuple(header), len(chunks), rejected)
-                )
+            chunks += file_chunks
     return {"chunks": chunks, "files": files, "missing_days": missing_days}
+
+
+def plan_file(source: SourceSpec, path: Path, day: date, first_index: int) -> tuple[dict[str, Any], list[Chunk]]:
+    """A data file's note for the manifest (its size, how its columns differ from the config's, its problem)
+    and its chunks, numbered from ``first_index``. A file whose header cannot be read is one rejected chunk;
+    the chunks of a file whose header is not the source's are rejected with the reason."""
+    note: dict[str, Any] = {"path": str(path), "day": day.isoformat(), "bytes": path.stat().st_size}
+    try:
+        header, ranges = parquet_ranges(path) if source.format == "parquet" else csv_ranges(path, source.delimiter)
+    except ValueError as err:
+        note["problem"] = str(err)
+        return note, [Chunk(str(path), day.isoformat(), 0, 0, 1, (), first_index, str(err))]
+    if header is None:
+        note["problem"] = "empty file"
+        return note, []
+    header = [source.file_names.get(name, name) for name in header]
+    rejected = header_problem(source, header)
+    note.update(column_differences(source, header))
+    if rejected:
+        note["problem"] = rejected
+    elif not ranges:
+        note["problem"] = "no data lines after the header"
+    chunks = [
+        Chunk(str(path), day.isoformat(), start, end, first_line, tuple(header), first_index + offset, rejected)
+        for offset, (start, end, first_line) in enumerate(ranges)
+    ]
+    return note, chunks
+
+
+def header_problem(source: SourceSpec, header: list[str]) -> str | None:
+    """Why a file with this header (config names) cannot be read as the source, or None when it can."""
+    repeated = sorted(n for n, k in Counter(header).items() if k > 1)
+    if repeated:
+        return f"header repeats column(s) {repeated}"
+    if not set(header) & {c.name for c in source.columns}:
+        if source.format == "csv":
+            return f"header has none of the expected columns (is the delimiter '{source.delimiter}'?)"
+        return "schema has none of the expected columns"
+    return None
+
+
+def column_differences(source: SourceSpec, header: list[str]) -> dict[str, list[str]]:
+    """The configured columns a header lacks (by their file names) and the columns it has beyond them, each
+    only when there are some."""
+    expected = [c.name for c in source.columns]
+    differences = {
+        "missing_columns": [c.file_name for c in source.columns if c.name not in header],
+        "unexpected_columns": [n for n in header if n not in expected],
+    }
+    return {what: names for what, names in differences.items() if names}
 
 
 def data_files(layout: Layout, days: list[date]) -> list[tuple[date, list[Path] | None]]:

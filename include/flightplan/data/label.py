@@ -36,7 +36,7 @@ def truth_frame(frame: DataFrame, config: PipelineConfig, truth: list[dict[str, 
 def usable_labels(task: str, truth: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The labels sent back that fit the task, and the others, each with its reason: a bad label stored before
     the API checked them (or written to the log by other means) is set aside, never trained on."""
-    from flightplan.model.features import label_problem
+    from flightplan.features import label_problem
 
     usable, set_aside = [], []
     for row in truth:

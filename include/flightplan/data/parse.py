@@ -67,39 +67,9 @@ def parse_chunk(
     rejected: list[tuple[int, str, str]] = []
     data = _blank_out_undecodable_lines(data, first_line, rejected)
     blanked = len(rejected)
-    malformed: dict[int, tuple[str, str]] = {}
-
-    def on_invalid_row(row: pcsv.InvalidRow) -> str:
-        reason = f"expected {row.expected_columns} fields, found {row.actual_columns}"
-        malformed[row.number] = (reason, row.text)
-        return "skip"
-
-    header = list(chunk.header)
-    strings = pcsv.read_csv(
-        io.BytesIO(data),
-        read_options=pcsv.ReadOptions(column_names=header, use_threads=False, block_size=1 << 26),
-        parse_options=pcsv.ParseOptions(
-            delimiter=delimiter, invalid_row_handler=on_invalid_row, ignore_empty_lines=False
-        ),
-        convert_options=pcsv.ConvertOptions(
-            column_types={name: pa.string() for name in header},
-            strings_can_be_null=False,
-            quoted_strings_can_be_null=False,
-        ),
-    )
-    for number, (reason, text) in malformed.items():
-        rejected.append((first_line + number - 1, reason, text))
-    # Row numbers count every record the reader saw, malformed ones included; the kept rows are the others.
-    total = strings.num_rows + len(malformed)
-    kept_numbers = np.delete(np.arange(first_line, first_line + total, dtype=np.int64), [n - 1 for n in malformed])
-    lines = pa.array(kept_numbers)
-
-    blank = _all_empty(strings)
-    blank_count = pc.sum(blank).as_py() or 0
-    if blank_count:
-        keep = pc.invert(blank)
-        strings, lines = strings.filter(keep), lines.filter(keep)
-
+    strings, lines, malformed = _read_as_text(data, list(chunk.header), delimiter, first_line)
+    rejected += malformed
+    strings, lines, blank_count = _without_blank_rows(strings, lines)
     rows, failures = _typed(strings, columns, convert, null_values)
     rows, failed_rows = _set_aside(
         rows,
@@ -109,6 +79,57 @@ def parse_chunk(
     )
     rejected += failed_rows
     return ParsedChunk(rows=rows, quarantine=_quarantine(chunk, rejected), blank_lines=blank_count - blanked)
+
+
+def _read_as_text(
+    data: bytes, header: list[str], delimiter: str, first_line: int
+) -> tuple[pa.Table, pa.Array, list[tuple[int, str, str]]]:
+    """Every field of ``data`` as text, the line of each row read, and a quarantine record for each line with
+    the wrong number of fields (the reader skips those)."""
+    malformed: dict[int, tuple[str, str]] = {}
+
+    def on_invalid_row(row: pcsv.InvalidRow) -> str:
+        reason = f"expected {row.expected_columns} fields, found {row.actual_columns}"
+        malformed[row.number] = (reason, row.text)
+        return "skip"
+
+    strings = _read_csv(
+        data,
+        header,
+        pcsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid_row, ignore_empty_lines=False),
+        pcsv.ConvertOptions(
+            column_types={name: pa.string() for name in header},
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+    rejected = [(first_line + number - 1, reason, text) for number, (reason, text) in malformed.items()]
+    # Row numbers count every record the reader saw, malformed ones included; the kept rows are the others.
+    total = strings.num_rows + len(malformed)
+    kept_numbers = np.delete(np.arange(first_line, first_line + total, dtype=np.int64), [n - 1 for n in malformed])
+    return strings, pa.array(kept_numbers), rejected
+
+
+def _without_blank_rows(strings: pa.Table, lines: pa.Array) -> tuple[pa.Table, pa.Array, int]:
+    """The rows that are not blank lines, with their line numbers, and how many were blank."""
+    blank = _all_empty(strings)
+    blank_count = pc.sum(blank).as_py() or 0
+    if blank_count:
+        keep = pc.invert(blank)
+        strings, lines = strings.filter(keep), lines.filter(keep)
+    return strings, lines, blank_count
+
+
+def _read_csv(
+    data: bytes, header: list[str], parse_options: pcsv.ParseOptions, convert_options: pcsv.ConvertOptions
+) -> pa.Table:
+    """The lines of ``data`` (no header line among them) as a table with the file's ``header``, in one block."""
+    return pcsv.read_csv(
+        io.BytesIO(data),
+        read_options=pcsv.ReadOptions(column_names=header, use_threads=False, block_size=1 << 26),
+        parse_options=parse_options,
+        convert_options=convert_options,
+    )
 
 
 def parse_parquet(chunk: Chunk, columns: list[ColumnSpec], null_values: list[str]) -> ParsedChunk:
@@ -228,6 +249,33 @@ def _read_clean_chunk(
         for c in present
         if c.type in ("int", "long", "double") or (c.type == "timestamp" and c.format and len(formats) == 1)
     }
+    convert_options = pcsv.ConvertOptions(
+        include_columns=[c.name for c in present],
+        column_types={name: native.get(name, pa.string()) for name in header},
+        null_values=null_values,
+        strings_can_be_null=False,
+        quoted_strings_can_be_null=False,
+        timestamp_parsers=sorted(f for f in formats if f) if len(formats) == 1 else None,
+    )
+    table = _read_well_formed(data, list(chunk.header), delimiter, convert_options)
+    if table is None:
+        return None
+    typed = _typed_if_all_valid(table, columns, set(native), null_values)
+    if typed is None:
+        return None
+    if present and all(typed[c.name].null_count for c in present) and _any_row_all_null(typed, present):
+        return None
+    lines = data.count(b"\n") + (0 if not data or data.endswith(b"\n") else 1)
+    return ParsedChunk(
+        rows=pa.table(typed), quarantine=QUARANTINE_SCHEMA.empty_table(), blank_lines=lines - table.num_rows
+    )
+
+
+def _read_well_formed(
+    data: bytes, header: list[str], delimiter: str, convert_options: pcsv.ConvertOptions
+) -> pa.Table | None:
+    """``data`` read with ``convert_options``, or None when a line has the wrong number of fields or a value
+    does not read as its type."""
     malformed = False
 
     def on_invalid_row(row: pcsv.InvalidRow) -> str:
@@ -235,33 +283,28 @@ def _read_clean_chunk(
         malformed = True
         return "skip"
 
+    parse_options = pcsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid_row)
     try:
-        table = pcsv.read_csv(
-            io.BytesIO(data),
-            read_options=pcsv.ReadOptions(column_names=list(chunk.header), use_threads=False, block_size=1 << 26),
-            parse_options=pcsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid_row),
-            convert_options=pcsv.ConvertOptions(
-                include_columns=[c.name for c in present],
-                column_types={name: native.get(name, pa.string()) for name in header},
-                null_values=null_values,
-                strings_can_be_null=False,
-                quoted_strings_can_be_null=False,
-                timestamp_parsers=sorted(f for f in formats if f) if len(formats) == 1 else None,
-            ),
-        )
+        table = _read_csv(data, header, parse_options, convert_options)
     except pa.ArrowInvalid:
         return None
-    if malformed:
-        return None
+    return None if malformed else table
+
+
+def _typed_if_all_valid(
+    table: pa.Table, columns: list[ColumnSpec], native: set[str], null_values: list[str]
+) -> dict[str, pa.Array] | None:
+    """``columns`` of a clean read, typed (all missing for a column the file lacks; the ``native`` ones read
+    typed already), or None at the first value that is not valid."""
     typed: dict[str, pa.Array] = {}
     null_set = pa.array(null_values, pa.string())
     for column in columns:
-        if column.name not in header:
+        if column.name not in table.column_names:
             typed[column.name] = pa.nulls(table.num_rows, ARROW_TYPES[column.type])
             continue
         values = table.column(column.name).combine_chunks()
         if column.name in native:
-            if column.type == "double" and pc.any(pc.invert(pc.is_finite(values))).as_py():
+            if column.type == "double" and _any_not_finite(values):
                 return None
             typed[column.name] = values
             continue
@@ -269,12 +312,7 @@ def _read_clean_chunk(
         if failed is not None:
             return None
         typed[column.name] = converted
-    if present and all(typed[c.name].null_count for c in present) and _any_row_all_null(typed, present):
-        return None
-    lines = data.count(b"\n") + (0 if not data or data.endswith(b"\n") else 1)
-    return ParsedChunk(
-        rows=pa.table(typed), quarantine=QUARANTINE_SCHEMA.empty_table(), blank_lines=lines - table.num_rows
-    )
+    return typed
 
 
 def _any_row_all_null(typed: dict[str, pa.Array], present: list[ColumnSpec]) -> bool:
@@ -351,9 +389,13 @@ def _cast_if_all_valid(text: pa.Array, target: pa.DataType) -> pa.Array | None:
         values = pc.cast(text, target)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
-    if pa.types.is_floating(target) and pc.any(pc.invert(pc.is_finite(values))).as_py():
+    if pa.types.is_floating(target) and _any_not_finite(values):
         return None  # nan or inf: the slow path names them
     return values
+
+
+def _any_not_finite(values: pa.Array) -> bool:
+    return bool(pc.any(pc.invert(pc.is_finite(values))).as_py())
 
 
 def _all_empty(strings: pa.Table) -> pa.Array:

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flightplan.config import ColumnSpec, PipelineConfig
-from flightplan.data.partitions import write_json_atomic
+from flightplan.files import write_json_atomic
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
+    from pyspark.sql import Column, DataFrame
 
 NUMERIC = ("int", "long", "double")
 TOP_VALUES = 10
@@ -38,10 +38,19 @@ def sql_literal(value: str | int | float | bool) -> str:
 def profile_frame(frame: DataFrame, config: PipelineConfig) -> dict[str, Any]:
     """Statistics of every configured column of ``frame`` in three Spark jobs: the aggregates, the most frequent
     values of the text columns, the class counts."""
+    totals = frame.agg(*_aggregates(config.all_columns)).collect()[0].asDict()
+    top_values = most_frequent(frame, [c for c in config.all_columns if c.type in ("string", "boolean")])
+    rows = totals["__rows"]
+    columns = {column.name: _column_stats(column, totals, rows, top_values) for column in config.all_columns}
+    return {"rows": rows, "label": _label_summary(frame, config, rows), "columns": columns}
+
+
+def _aggregates(columns: list[ColumnSpec]) -> list[Column]:
+    """The row count and, for each column, its statistics, named ``<column>__<statistic>``."""
     from pyspark.sql import functions as F
 
     aggregates = [F.count(F.lit(1)).alias("__rows")]
-    for column in config.all_columns:
+    for column in columns:
         c = F.col(column.name)
         aggregates += [
             F.count(c).alias(f"{column.name}__count"),
@@ -60,49 +69,65 @@ def profile_frame(frame: DataFrame, config: PipelineConfig) -> dict[str, Any]:
                 F.min(c).cast("string").alias(f"{column.name}__min"),
                 F.max(c).cast("string").alias(f"{column.name}__max"),
             ]
-    totals = frame.agg(*aggregates).collect()[0].asDict()
-    top_values = most_frequent(frame, [c for c in config.all_columns if c.type in ("string", "boolean")])
-    rows = totals["__rows"]
-    columns: dict[str, Any] = {}
-    for column in config.all_columns:
-        stats: dict[str, Any] = {"type": column.type, "count": totals[f"{column.name}__count"]}
-        stats["nulls"] = rows - stats["count"]
-        stats["null_fraction"] = stats["nulls"] / rows if rows else 0.0
-        stats["distinct"] = totals[f"{column.name}__distinct"]
-        for stat in ("min", "max", "mean", "stddev"):
-            if f"{column.name}__{stat}" in totals:
-                stats[stat] = totals[f"{column.name}__{stat}"]
-        if column.type in NUMERIC:
-            quantiles = totals[f"{column.name}__quantiles"] or [None] * 5
-            stats["quantiles"] = dict(zip(("p05", "p25", "p50", "p75", "p95"), quantiles, strict=True))
-        if column.name in top_values:
-            stats["top_values"] = top_values[column.name]
-        columns[column.name] = stats
+    return aggregates
+
+
+def _column_stats(
+    column: ColumnSpec, totals: dict[str, Any], rows: int, top_values: dict[str, list[list[Any]]]
+) -> dict[str, Any]:
+    """One column's statistics from the ``totals`` of :func:`_aggregates` and its most frequent values."""
+    stats: dict[str, Any] = {"type": column.type, "count": totals[f"{column.name}__count"]}
+    stats["nulls"] = rows - stats["count"]
+    stats["null_fraction"] = stats["nulls"] / rows if rows else 0.0
+    stats["distinct"] = totals[f"{column.name}__distinct"]
+    for stat in ("min", "max", "mean", "stddev"):
+        if f"{column.name}__{stat}" in totals:
+            stats[stat] = totals[f"{column.name}__{stat}"]
+    if column.type in NUMERIC:
+        quantiles = totals[f"{column.name}__quantiles"] or [None] * 5
+        stats["quantiles"] = dict(zip(("p05", "p25", "p50", "p75", "p95"), quantiles, strict=True))
+    if column.name in top_values:
+        stats["top_values"] = top_values[column.name]
+    return stats
+
+
+def _label_summary(frame: DataFrame, config: PipelineConfig, rows: int) -> dict[str, Any]:
+    """The label's name and rule, with its class counts (or, for regression, its distribution)."""
+    from pyspark.sql import functions as F
+
     label = F.expr(label_expression(config))
     summary: dict[str, Any] = {"name": config.label.name, "rule": config.label.rule or label_expression(config)}
     if config.label.task == "regression":
-        # A number per row has no classes to count: its distribution instead, and how many rows lack it.
-        found = frame.agg(
-            F.count(label).alias("known"),
-            F.min(label).alias("min"),
-            F.mean(label).alias("mean"),
-            F.max(label).alias("max"),
-            F.percentile_approx(label, [0.05, 0.5, 0.95]).alias("quantiles"),
-        ).collect()[0]
-        quantiles = found["quantiles"] or [None] * 3
-        summary["counts"] = {"known": found["known"], "unknown": rows - found["known"]}
-        summary["distribution"] = {
+        summary.update(_label_distribution(frame, label, rows))
+    else:
+        classes = frame.groupBy(label.alias("label")).count().orderBy("label").collect()
+        summary["counts"] = {("unknown" if r["label"] is None else str(r["label"])): r["count"] for r in classes}
+    return summary
+
+
+def _label_distribution(frame: DataFrame, label: Column, rows: int) -> dict[str, Any]:
+    """A number per row has no classes to count: its distribution instead, and how many rows lack it."""
+    from pyspark.sql import functions as F
+
+    found = frame.agg(
+        F.count(label).alias("known"),
+        F.min(label).alias("min"),
+        F.mean(label).alias("mean"),
+        F.max(label).alias("max"),
+        F.percentile_approx(label, [0.05, 0.5, 0.95]).alias("quantiles"),
+    ).collect()[0]
+    quantiles = found["quantiles"] or [None] * 3
+    return {
+        "counts": {"known": found["known"], "unknown": rows - found["known"]},
+        "distribution": {
             "min": found["min"],
             "p05": quantiles[0],
             "median": quantiles[1],
             "mean": found["mean"],
             "p95": quantiles[2],
             "max": found["max"],
-        }
-    else:
-        classes = frame.groupBy(label.alias("label")).count().orderBy("label").collect()
-        summary["counts"] = {("unknown" if r["label"] is None else str(r["label"])): r["count"] for r in classes}
-    return {"rows": rows, "label": summary, "columns": columns}
+        },
+    }
 
 
 def most_frequent(frame: DataFrame, columns: list[ColumnSpec]) -> dict[str, list[list[Any]]]:

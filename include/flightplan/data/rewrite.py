@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import date
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from flightplan.data.partitions import count_rows, existing_partitions, replace_partitions, staging_area
 from flightplan.layout import Layout
+from flightplan.manifests import PartitionCounts
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -33,7 +34,7 @@ def rewrite_days(
     days: list[date],
     key: str,
     mark: Callable[[DataFrame], DataFrame],
-) -> dict[str, Any]:
+) -> PartitionCounts:
     """``mark`` returns the rows with a ``quarantine_reason`` column, null for rows that go on. The kept
     rows replace the target's partitions, the others replace the target's quarantine partitions."""
     from pyspark.sql import functions as F
@@ -54,11 +55,11 @@ def rewrite_days(
         replace_partitions(staging / "quarantine", layout.quarantine(target), part, days)
         rows = count_rows(layout.dataset(target), part, days)
         quarantined = count_rows(layout.quarantine(target), part, days)
-    return {
-        "rows": rows,
-        "quarantined": quarantined,
-        "rows_total": sum(rows.values()),
-        "quarantined_total": sum(quarantined.values()),
-        "output": str(layout.dataset(target)),
-        "quarantine": str(layout.quarantine(target)),
-    }
+    return PartitionCounts(
+        rows=rows,
+        quarantined=quarantined,
+        rows_total=sum(rows.values()),
+        quarantined_total=sum(quarantined.values()),
+        output=str(layout.dataset(target)),
+        quarantine=str(layout.quarantine(target)),
+    )

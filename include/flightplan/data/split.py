@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flightplan.config import PipelineConfig
-from flightplan.data.partitions import exchange, write_json_atomic
+from flightplan.data.partitions import exchange
+from flightplan.manifests import Interval, LatestSplit, SplitManifest, SplitSide
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
@@ -103,25 +104,25 @@ def write_splits(
     sides = describe(frame.sparkSession.read.parquet(str(data)), config)
     fingerprint = hashlib.sha256("".join(sides[s]["fingerprint"] for s in SPLITS).encode()).hexdigest()[:16]
     target = root / split_id
-    manifest = {
-        "pipeline": config.name,
-        "split_id": split_id,
-        "strategy": config.split.strategy,
-        "fractions": config.split.fractions.model_dump(),
-        "seed": config.split.seed,
-        "window": {"start": window[0].isoformat(), "end": window[1].isoformat()},
-        "label": config.label.name,
-        "time_column": config.source.time_column,
-        "sides": sides,
-        "paths": {s: str(target / "data" / f"split={s}") for s in SPLITS},
-        "fingerprint": fingerprint,
-        "config_hash": config.fingerprint(),
-    }
-    write_json_atomic(manifest, staging / "manifest.json")
+    manifest = SplitManifest(
+        pipeline=config.name,
+        split_id=split_id,
+        strategy=config.split.strategy,
+        fractions=config.split.fractions.model_dump(),
+        seed=config.split.seed,
+        window=Interval(start=window[0], end=window[1]),
+        label=config.label.name,
+        time_column=config.source.time_column,
+        sides={side: SplitSide.model_validate(stats) for side, stats in sides.items()},
+        paths={s: str(target / "data" / f"split={s}") for s in SPLITS},
+        fingerprint=fingerprint,
+        config_hash=config.fingerprint(),
+    )
+    manifest.write(staging / "manifest.json")
     if target.exists():
         exchange(staging, target)  # the earlier split is now in staging, which its owner removes
     else:
         root.mkdir(parents=True, exist_ok=True)
         staging.rename(target)
-    write_json_atomic({"split_id": split_id, "manifest": str(target / "manifest.json")}, root / "latest.json")
+    LatestSplit(split_id=split_id, manifest=str(target / "manifest.json")).write(root / "latest.json")
     return target / "manifest.json"

@@ -1,1 +1,1 @@
-"""Model engineering: features, tuning, training, evaluation, the acceptance gate, ONNX packaging, registry."""
+"""Model engineering: tuning, training, evaluation, the acceptance gate, ONNX packaging, the registry."""

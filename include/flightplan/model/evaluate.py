@@ -6,6 +6,8 @@ lines runs up."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +89,58 @@ def slice_metrics(
     return rows
 
 
+# A plot: its file name, the figure's size in inches, and what draws it on the axis given as ``ax``.
+Plot = tuple[str, tuple[float, float], Callable[..., object]]
+
+
+def task_plots(task: str, y: np.ndarray, prediction: np.ndarray, threshold: float) -> list[Plot]:
+    """ROC, precision-recall, confusion matrix and calibration (binary), confusion matrix (multiclass), or
+    predicted vs actual (regression)."""
+    if task == "binary":
+        from sklearn.calibration import CalibrationDisplay
+
+        def confusion_matrix(ax: Any) -> None:
+            skm.ConfusionMatrixDisplay.from_predictions(y, (prediction >= threshold).astype(int), ax=ax)
+            ax.set_title(f"threshold {threshold:.3f}")
+
+        return [
+            ("roc.png", (5, 5), partial(skm.RocCurveDisplay.from_predictions, y, prediction)),
+            ("precision_recall.png", (5, 5), partial(skm.PrecisionRecallDisplay.from_predictions, y, prediction)),
+            ("confusion_matrix.png", (5, 5), confusion_matrix),
+            (
+                "calibration.png",
+                (5, 5),
+                partial(CalibrationDisplay.from_predictions, y, prediction, n_bins=CALIBRATION_BINS),
+            ),
+        ]
+    if task == "multiclass":
+        return [
+            (
+                "confusion_matrix.png",
+                (6, 6),
+                partial(skm.ConfusionMatrixDisplay.from_predictions, y, prediction.argmax(axis=1)),
+            )
+        ]
+
+    def predicted_vs_actual(ax: Any) -> None:
+        ax.scatter(y, prediction, s=2, alpha=0.3)
+        ax.set_xlabel("actual")
+        ax.set_ylabel("predicted")
+
+    return [("predicted_vs_actual.png", (5, 5), predicted_vs_actual)]
+
+
+def importance_plot(importances: dict[str, float]) -> Plot:
+    """The 25 features of the largest gain shares."""
+    top = sorted(importances.items(), key=lambda item: item[1])[-25:]
+
+    def bars(ax: Any) -> None:
+        ax.barh([name for name, _ in top], [value for _, value in top])
+        ax.set_xlabel("share of total gain")
+
+    return ("feature_importance.png", (6, max(3, 0.3 * len(top))), bars)
+
+
 def plot_files(
     task: str,
     y: np.ndarray,
@@ -95,8 +149,7 @@ def plot_files(
     importances: dict[str, float],
     folder: Path,
 ) -> list[Path]:
-    """PNG plots of the test-set behaviour: ROC, precision-recall, confusion matrix, calibration (binary),
-    predicted vs actual (regression), and feature importance."""
+    """PNG plots of the test-set behaviour (``task_plots``) and feature importance."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -104,45 +157,14 @@ def plot_files(
 
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-
-    def save(figure: Any, name: str) -> None:
+    for name, size, draw in [*task_plots(task, y, prediction, threshold), importance_plot(importances)]:
+        figure, axis = plt.subplots(figsize=size)
+        draw(ax=axis)
         path = folder / name
         figure.tight_layout()
         figure.savefig(path, dpi=110)
         plt.close(figure)
         written.append(path)
-
-    if task == "binary":
-        figure, axis = plt.subplots(figsize=(5, 5))
-        skm.RocCurveDisplay.from_predictions(y, prediction, ax=axis)
-        save(figure, "roc.png")
-        figure, axis = plt.subplots(figsize=(5, 5))
-        skm.PrecisionRecallDisplay.from_predictions(y, prediction, ax=axis)
-        save(figure, "precision_recall.png")
-        figure, axis = plt.subplots(figsize=(5, 5))
-        skm.ConfusionMatrixDisplay.from_predictions(y, (prediction >= threshold).astype(int), ax=axis)
-        axis.set_title(f"threshold {threshold:.3f}")
-        save(figure, "confusion_matrix.png")
-        figure, axis = plt.subplots(figsize=(5, 5))
-        from sklearn.calibration import CalibrationDisplay
-
-        CalibrationDisplay.from_predictions(y, prediction, n_bins=CALIBRATION_BINS, ax=axis)
-        save(figure, "calibration.png")
-    elif task == "multiclass":
-        figure, axis = plt.subplots(figsize=(6, 6))
-        skm.ConfusionMatrixDisplay.from_predictions(y, prediction.argmax(axis=1), ax=axis)
-        save(figure, "confusion_matrix.png")
-    else:
-        figure, axis = plt.subplots(figsize=(5, 5))
-        axis.scatter(y, prediction, s=2, alpha=0.3)
-        axis.set_xlabel("actual")
-        axis.set_ylabel("predicted")
-        save(figure, "predicted_vs_actual.png")
-    top = sorted(importances.items(), key=lambda item: item[1])[-25:]
-    figure, axis = plt.subplots(figsize=(6, max(3, 0.3 * len(top))))
-    axis.barh([name for name, _ in top], [value for _, value in top])
-    axis.set_xlabel("share of total gain")
-    save(figure, "feature_importance.png")
     return written
 
 

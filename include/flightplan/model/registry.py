@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from flightplan.model.features import FeatureMap
+from flightplan.features import FeatureMap
 from flightplan.settings import Settings
 from flightplan.tracking import client
 

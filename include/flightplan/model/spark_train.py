@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import xgboost as xgb
 
-from flightplan.model.features import FeatureMap, encode, encode_label
+from flightplan.features import FeatureMap, encode, encode_label
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -20,9 +20,8 @@ import pyarrow.dataset as pads
 
 from flightplan.config import PipelineConfig
 from flightplan.data.batches import in_fixed_order
-from flightplan.data.partitions import fresh_dir, write_json_atomic
-from flightplan.layout import Layout, open_pipeline
-from flightplan.model.features import (
+from flightplan.data.partitions import fresh_dir
+from flightplan.features import (
     FeatureMap,
     LabelLeak,
     build_feature_map,
@@ -34,11 +33,27 @@ from flightplan.model.features import (
     leaking_features,
     select,
 )
+from flightplan.layout import Layout, open_pipeline
+from flightplan.manifests import (
+    AcceptanceVerdict,
+    BestTrial,
+    Evaluation,
+    FeatureSelection,
+    LatestSplit,
+    ParityReport,
+    RunFile,
+    SplitManifest,
+)
 from flightplan.settings import Settings
 from flightplan.tracking import RunContext, lineage_tags, model_run
 
+if TYPE_CHECKING:
+    from flightplan.model.registry import RegisteredModel
+    from flightplan.model.tune import TrialResult, TuningResult
+
 log = logging.getLogger(__name__)
 SIDES = ("train", "validation", "test")
+RunFileT = TypeVar("RunFileT", bound=RunFile)
 
 
 class ModelRejected(RuntimeError):
@@ -60,9 +75,11 @@ class ModelJob:
     def open(self) -> tuple[Settings, PipelineConfig, Layout]:
         return open_pipeline(self.pipeline, self.overrides)
 
-    def manifest(self, layout: Layout) -> dict[str, Any]:
-        path = self.split_manifest or json.loads((layout.splits / "latest.json").read_text())["manifest"]
-        return dict(json.loads(Path(path).read_text()), manifest_path=str(path))
+    def split(self, layout: Layout) -> tuple[SplitManifest, Path]:
+        """The split this job trains on, the one its splits event named or else the newest: its manifest, and
+        where the manifest is."""
+        path = Path(self.split_manifest or LatestSplit.read(layout.splits / "latest.json").manifest)
+        return SplitManifest.read(path), path
 
 
 @dataclass(frozen=True)
@@ -87,9 +104,9 @@ class Workspace:
     run_dir: Path
     frames: Frames
 
-    def read(self, name: str) -> dict[str, Any]:
-        """A JSON file an earlier stage wrote into the run's folder."""
-        return dict(json.loads((self.run_dir / name).read_text()))
+    def read(self, kind: type[RunFileT]) -> RunFileT:
+        """The file of ``kind`` an earlier stage wrote into the run's folder."""
+        return kind.read(self.run_dir / kind.FILE)
 
     def booster(self) -> Any:
         import xgboost as xgb
@@ -117,49 +134,66 @@ def read_side(path: str, config: PipelineConfig) -> pd.DataFrame:
     return derive(table, config.features.derived).to_pandas()
 
 
+def read_sides(manifest: SplitManifest, config: PipelineConfig) -> dict[str, pd.DataFrame]:
+    """The split's three sides, the train side cut to its last ``model.window_days`` when the config sets them."""
+    sides = {side: read_side(manifest.paths[side], config) for side in SIDES}
+    window = config.model.window_days
+    if window:
+        time_column = sides["train"][config.source.time_column]
+        sides["train"] = sides["train"][time_column >= time_column.max() - timedelta(days=window)]
+    return sides
+
+
+def refuse_leaks(train: pd.DataFrame, candidates: FeatureMap, config: PipelineConfig) -> None:
+    """Raises LabelLeak when candidate features are copies of the label on the train side."""
+    leaking = leaking_features(train, candidates)
+    if leaking:
+        raise LabelLeak(
+            f"{config.name}: feature(s) {leaking} are identical to the label '{config.label.name}' on the "
+            "train side; a model would copy them and fail on new data: list them under features.leakage"
+        )
+
+
+def select_on_gain(candidates: Frames, config: PipelineConfig) -> FeatureSelection:
+    """Fits a quick booster on every candidate feature and keeps those that carry enough of its total gain;
+    returns the selection: the features kept, those dropped and each candidate's gain share."""
+    from flightplan.model.train import booster_params, fit, matrices
+
+    spec, feature_map = config.model, candidates.feature_map
+    dtrain, dval = matrices(feature_map, candidates.matrix("train"), candidates.matrix("validation"))
+    quick = fit(
+        booster_params(feature_map, spec.tuning.fixed, {}, spec.tuning.seed), dtrain, dval, spec.selection.rounds
+    )
+    gains = quick.get_score(importance_type="total_gain")
+    shares = gain_shares({name: float(np.sum(gain)) for name, gain in gains.items()}, feature_map)
+    kept, dropped = select(shares, spec.selection.min_gain_share, spec.selection.keep_at_least)
+    return FeatureSelection(kept=kept, dropped=dropped, gain_share=shares)
+
+
 def features(job: ModelJob) -> str:
     """Read the split, build the feature map, select features on gain; returns the MLflow run id."""
     import mlflow
 
-    from flightplan.model.train import booster_params, fit, matrices
-
     settings, config, layout = job.open()
-    manifest = job.manifest(layout)
+    manifest, manifest_path = job.split(layout)
     with model_run(settings, config, job.context) as run:
         run_id = run.info.run_id
         run_dir = fresh_dir(layout.model_run(run_id))
-        sides = {side: read_side(manifest["paths"][side], config) for side in SIDES}
-        window = config.model.window_days
-        if window:
-            time_column = sides["train"][config.source.time_column]
-            sides["train"] = sides["train"][time_column >= time_column.max() - timedelta(days=window)]
+        sides = read_sides(manifest, config)
         candidates = build_feature_map(sides["train"], config)
-        leaking = leaking_features(sides["train"], candidates)
-        if leaking:
-            raise LabelLeak(
-                f"{config.name}: feature(s) {leaking} are identical to the label '{config.label.name}' on the "
-                "train side; a model would copy them and fail on new data: list them under features.leakage"
-            )
-        every = Frames(sides, candidates)
-        spec = config.model
-        dtrain, dval = matrices(candidates, every.matrix("train"), every.matrix("validation"))
-        quick = fit(
-            booster_params(candidates, spec.tuning.fixed, {}, spec.tuning.seed), dtrain, dval, spec.selection.rounds
-        )
-        gains = quick.get_score(importance_type="total_gain")
-        shares = gain_shares({name: float(np.sum(gain)) for name, gain in gains.items()}, candidates)
-        kept, dropped = select(shares, spec.selection.min_gain_share, spec.selection.keep_at_least)
+        refuse_leaks(sides["train"], candidates, config)
+        selection = select_on_gain(Frames(sides, candidates), config)
+        kept, dropped = selection.kept, selection.dropped
         feature_map = candidates.keep(kept)
         for side, frame in sides.items():
             (run_dir / "frames").mkdir(exist_ok=True)
             frame.to_parquet(run_dir / "frames" / f"{side}.parquet", index=False)
         feature_map.save(run_dir / "feature_map.json")
-        selection = {"kept": kept, "dropped": dropped, "gain_share": shares}
-        write_json_atomic(selection, run_dir / "selection.json")
+        selection.write(run_dir / selection.FILE)
         mlflow.set_tags(
             {
-                "flightplan.split_manifest": manifest["manifest_path"],
-                "flightplan.data_fingerprint": manifest["fingerprint"],
+                "flightplan.split_manifest": str(manifest_path),
+                "flightplan.data_fingerprint": manifest.fingerprint,
                 "flightplan.reason": job.reason,
             }
         )
@@ -167,9 +201,9 @@ def features(job: ModelJob) -> str:
             {
                 "pipeline": config.name,
                 "task": config.label.task,
-                "split_id": manifest["split_id"],
-                "window_days": window or "all",
-                "engine": spec.engine,
+                "split_id": manifest.split_id,
+                "window_days": config.model.window_days or "all",
+                "engine": config.model.engine,
                 "features_candidates": len(candidates.features),
                 "features_kept": len(kept),
             }
@@ -181,13 +215,43 @@ def features(job: ModelJob) -> str:
     return str(run_id)
 
 
+def forget_earlier_trials(mlflow_client: Any, experiment: str, run_id: str) -> None:
+    """Deletes the trials logged under the run: a retried search replaces those of its interrupted attempt, so
+    the run shows one search."""
+    earlier = f"tags.mlflow.parentRunId = '{run_id}' and tags.`flightplan.role` = 'trial'"
+    for trial_run in mlflow_client.search_runs([experiment], filter_string=earlier, max_results=5000):
+        mlflow_client.delete_run(trial_run.info.run_id)
+
+
+def keep_best(result: TuningResult, run_dir: Path) -> Path:
+    """Writes best.json (the best trial's parameters, rounds and score) and logs the search's outcome into the
+    active run; returns best.json's path."""
+    import mlflow
+
+    best = BestTrial(
+        params=result.best.params,
+        rounds=result.best.rounds,
+        metric=result.metric,
+        score=result.best.score,
+        trial=result.best.number,
+    )
+    path = best.write(run_dir / best.FILE)
+    mlflow.log_metrics(
+        {
+            "tuning_trials": len(result.trials),
+            "tuning_pruned": sum(t.state == "pruned" for t in result.trials),
+            f"tuning_best_validation_{result.metric}": float(result.best.score or 0.0),
+        }
+    )
+    mlflow.log_artifact(str(path), "tuning")
+    return path
+
+
 def tune(job: ModelJob, run_id: str) -> str:
     """Optuna search, each trial a nested MLflow run; returns the path of best.json."""
-    import mlflow
     from mlflow.entities import Metric, Param, RunTag
 
     from flightplan.model.train import matrices, stopping_metric
-    from flightplan.model.tune import TrialResult
     from flightplan.model.tune import tune as search
     from flightplan.tracking import client
 
@@ -198,10 +262,7 @@ def tune(job: ModelJob, run_id: str) -> str:
     search_metric = stopping_metric(frames.feature_map.task)
     with model_run(settings, config, job.context) as run:
         experiment = run.info.experiment_id
-        # A retried search replaces the trials of its interrupted attempt: the run shows one search.
-        earlier = f"tags.mlflow.parentRunId = '{run_id}' and tags.`flightplan.role` = 'trial'"
-        for trial_run in mlflow_client.search_runs([experiment], filter_string=earlier, max_results=5000):
-            mlflow_client.delete_run(trial_run.info.run_id)
+        forget_earlier_trials(mlflow_client, experiment, run_id)
         dtrain, dval = matrices(frames.feature_map, frames.matrix("train"), frames.matrix("validation"))
 
         def record(trial: TrialResult) -> None:
@@ -224,22 +285,7 @@ def tune(job: ModelJob, run_id: str) -> str:
             mlflow_client.set_terminated(child.info.run_id, "FINISHED" if trial.state == "complete" else "KILLED")
 
         result = search(dtrain, dval, frames.feature_map, spec, spec.trials, spec.timeout_minutes * 60, record)
-        best = {
-            "params": result.best.params,
-            "rounds": result.best.rounds,
-            "metric": result.metric,
-            "score": result.best.score,
-            "trial": result.best.number,
-        }
-        path = write_json_atomic(best, run_dir / "best.json")
-        mlflow.log_metrics(
-            {
-                "tuning_trials": len(result.trials),
-                "tuning_pruned": sum(t.state == "pruned" for t in result.trials),
-                f"tuning_best_validation_{result.metric}": float(result.best.score or 0.0),
-            }
-        )
-        mlflow.log_artifact(str(path), "tuning")
+        path = keep_best(result, run_dir)
     return str(path)
 
 
@@ -252,9 +298,9 @@ def train(job: ModelJob, run_id: str) -> str:
 
     work = open_run(job, run_id)
     settings, config, layout, run_dir, frames = work.settings, work.config, work.layout, work.run_dir, work.frames
-    best = work.read("best.json")
+    best = work.read(BestTrial)
     spec = config.model
-    params = booster_params(frames.feature_map, spec.tuning.fixed, best["params"], spec.tuning.seed)
+    params = booster_params(frames.feature_map, spec.tuning.fixed, best.params, spec.tuning.seed)
     sink = MetricSink(settings.mlflow_tracking_uri, run_id)
     with model_run(settings, config, job.context):
         started = time.perf_counter()
@@ -267,24 +313,68 @@ def train(job: ModelJob, run_id: str) -> str:
                 run_dir / "frames",
                 frames.feature_map,
                 params,
-                best["rounds"],
+                best.rounds,
                 spec.spark_workers,
                 [RoundReporter(sink)],
             )
         else:
             dtrain, dval = matrices(frames.feature_map, frames.matrix("train"), frames.matrix("validation"))
-            booster = fit(params, dtrain, dval, best["rounds"], callbacks=[RoundReporter(sink)])
+            booster = fit(params, dtrain, dval, best.rounds, callbacks=[RoundReporter(sink)])
         mlflow.log_metric("train_seconds", time.perf_counter() - started)
         path = run_dir / "booster.ubj"
         booster.save_model(path)
         mlflow.log_params(
-            {**{k: v for k, v in params.items() if k not in ("nthread", "eval_metric")}, "rounds": best["rounds"]}
+            {**{k: v for k, v in params.items() if k not in ("nthread", "eval_metric")}, "rounds": best.rounds}
         )
-        manifest = job.manifest(layout)
-        train_side = manifest["sides"]["train"]
-        log_dataset(frames.sides["train"], manifest["paths"]["train"], "train", train_side["fingerprint"], "training")
+        manifest, _ = job.split(layout)
+        fingerprint = manifest.sides["train"].fingerprint
+        log_dataset(frames.sides["train"], manifest.paths["train"], "train", fingerprint, "training")
         mlflow.log_artifact(str(path), "booster")
     return str(path)
+
+
+def side_predictions(work: Workspace) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The labels of each side and the run's booster's predictions for it."""
+    from flightplan.model.train import predict
+
+    frames = work.frames
+    booster = work.booster()
+    labels, predictions = {}, {}
+    for side in SIDES:
+        matrix, labels[side] = frames.matrix(side)
+        predictions[side] = predict(booster, matrix, frames.feature_map.task)
+    return labels, predictions
+
+
+def card_facts(job: ModelJob, work: Workspace, run_id: str, evaluation: Evaluation) -> dict[str, Any]:
+    """What the model card tells of a run: its lineage, data, features and training, and its ``evaluation``
+    (evaluation.json's metrics, threshold and slices)."""
+    from flightplan.tracking import git_commit
+
+    config, feature_map = work.config, work.frames.feature_map
+    manifest, _ = job.split(work.layout)
+    best = work.read(BestTrial)
+    return {
+        "registered_model": config.registered_model,
+        "pipeline": config.name,
+        "task": feature_map.task,
+        "label": config.label.name,
+        "run_id": run_id,
+        "config_hash": config.fingerprint(),
+        "git_commit": git_commit(),
+        "split_id": manifest.split_id,
+        "split_strategy": manifest.strategy,
+        "data_fingerprint": manifest.fingerprint,
+        "sides": {side: stats.to_json() for side, stats in manifest.sides.items()},
+        "features": feature_map.names,
+        "dropped_features": work.read(FeatureSelection).dropped,
+        "rounds": best.rounds,
+        "params": best.params,
+        "threshold": evaluation.threshold,
+        "metrics": evaluation.metrics,
+        "primary_metric": config.primary_metric,
+        "slices": evaluation.slices,
+    }
 
 
 def evaluate(job: ModelJob, run_id: str) -> str:
@@ -292,19 +382,12 @@ def evaluate(job: ModelJob, run_id: str) -> str:
     import mlflow
 
     from flightplan.model.evaluate import best_f1_threshold, compute_metrics, model_card, plot_files, slice_metrics
-    from flightplan.model.train import predict
-    from flightplan.monitoring.window import save_reference
-    from flightplan.tracking import git_commit
+    from flightplan.scoring import save_reference
 
     work = open_run(job, run_id)
-    settings, config, layout, run_dir, frames = work.settings, work.config, work.layout, work.run_dir, work.frames
+    settings, config, run_dir, frames = work.settings, work.config, work.run_dir, work.frames
     task = frames.feature_map.task
-    booster = work.booster()
-    predictions = {}
-    labels = {}
-    for side in SIDES:
-        matrix, labels[side] = frames.matrix(side)
-        predictions[side] = predict(booster, matrix, task)
+    labels, predictions = side_predictions(work)
     threshold = None
     if task == "binary":
         threshold = config.model.threshold or best_f1_threshold(labels["validation"], predictions["validation"])
@@ -312,8 +395,9 @@ def evaluate(job: ModelJob, run_id: str) -> str:
     metrics = {side: compute_metrics(task, labels[side], predictions[side], cut) for side in SIDES}
     save_reference(frames.sides["train"], predictions["train"], frames.feature_map, cut, run_dir)
     slices = slice_metrics(task, frames.sides["test"], labels["test"], predictions["test"], config.model.slices, cut)
-    selection = work.read("selection.json")
-    kept = {name: selection["gain_share"][name] for name in frames.feature_map.names}
+    evaluation = Evaluation(metrics=metrics, threshold=threshold, slices=slices)
+    gain_share = work.read(FeatureSelection).gain_share
+    kept = {name: gain_share[name] for name in frames.feature_map.names}
     with model_run(settings, config, job.context):
         for side, values in metrics.items():
             mlflow.log_metrics({f"{side}_{name}": value for name, value in values.items() if np.isfinite(value)})
@@ -322,79 +406,54 @@ def evaluate(job: ModelJob, run_id: str) -> str:
         plots = plot_files(task, labels["test"], predictions["test"], cut, kept, run_dir / "plots")
         for plot in plots:
             mlflow.log_artifact(str(plot), "plots")
-        manifest = job.manifest(layout)
-        best = work.read("best.json")
-        card = model_card(
-            {
-                "registered_model": config.registered_model,
-                "pipeline": config.name,
-                "task": task,
-                "label": config.label.name,
-                "run_id": run_id,
-                "config_hash": config.fingerprint(),
-                "git_commit": git_commit(),
-                "split_id": manifest["split_id"],
-                "split_strategy": manifest["strategy"],
-                "data_fingerprint": manifest["fingerprint"],
-                "sides": manifest["sides"],
-                "features": frames.feature_map.names,
-                "dropped_features": selection["dropped"],
-                "rounds": best["rounds"],
-                "params": best["params"],
-                "threshold": threshold,
-                "metrics": metrics,
-                "primary_metric": config.primary_metric,
-                "slices": slices,
-            }
-        )
-        (run_dir / "model_card.md").write_text(card)
+        (run_dir / "model_card.md").write_text(model_card(card_facts(job, work, run_id, evaluation)))
         mlflow.log_artifact(str(run_dir / "model_card.md"))
-        path = write_json_atomic(
-            {"metrics": metrics, "threshold": threshold, "slices": slices}, run_dir / "evaluation.json"
-        )
+        path = evaluation.write(run_dir / evaluation.FILE)
         mlflow.log_artifact(str(path))
     return str(path)
+
+
+def champion_test_metrics(work: Workspace, champion: RegisteredModel) -> dict[str, float]:
+    """The champion's metrics on the run's test side; raises ModelRejected when that side lacks its features."""
+    from flightplan.model import package
+    from flightplan.model.evaluate import compute_metrics
+    from flightplan.model.registry import decision_threshold, native_booster
+    from flightplan.model.train import predict
+
+    test = work.frames.sides["test"]
+    missing = [name for name in champion.feature_map.names if name not in test.columns]
+    if missing:
+        raise ModelRejected(
+            f"cannot compare with champion version {champion.version}: the test set lacks its features {missing}"
+        )
+    # Scored by its native booster, as evaluate scored the challenger: onnxruntime's float32 answers move
+    # the last digits of a metric, and the same model retrained would then lose to itself.
+    matrix, task = encode(test, champion.feature_map), champion.feature_map.task
+    booster = native_booster(work.settings, work.config.registered_model, champion.version)
+    predictions = (
+        predict(booster, matrix, task)
+        if booster is not None
+        else package.predict(package.session(champion.onnx), matrix, task)
+    )
+    threshold = decision_threshold(champion.metadata)
+    return compute_metrics(task, encode_label(test, work.frames.feature_map), predictions, threshold)
 
 
 def accept(job: ModelJob, run_id: str) -> str:
     """The acceptance gate on the test set; raises ModelRejected (after recording why) when it says no."""
     import mlflow
 
-    from flightplan.model import package
-    from flightplan.model.evaluate import compute_metrics
     from flightplan.model.gate import decide
-    from flightplan.model.registry import CHAMPION, decision_threshold, load_alias, native_booster
-    from flightplan.model.train import predict
+    from flightplan.model.registry import CHAMPION, load_alias
 
     work = open_run(job, run_id)
-    settings, config, run_dir, frames = work.settings, work.config, work.run_dir, work.frames
-    evaluation = work.read("evaluation.json")
+    settings, config, run_dir = work.settings, work.config, work.run_dir
+    evaluation = work.read(Evaluation)
     champion = load_alias(settings, config.registered_model, CHAMPION)
-    champion_metrics = None
-    if champion is not None:
-        test = frames.sides["test"]
-        missing = [name for name in champion.feature_map.names if name not in test.columns]
-        if missing:
-            raise ModelRejected(
-                f"cannot compare with champion version {champion.version}: the test set lacks its features {missing}"
-            )
-        # Scored by its native booster, as evaluate scored the challenger: onnxruntime's float32 answers move
-        # the last digits of a metric, and the same model retrained would then lose to itself.
-        matrix, task = encode(test, champion.feature_map), champion.feature_map.task
-        booster = native_booster(settings, config.registered_model, champion.version)
-        predictions = (
-            predict(booster, matrix, task)
-            if booster is not None
-            else package.predict(package.session(champion.onnx), matrix, task)
-        )
-        threshold = decision_threshold(champion.metadata)
-        champion_metrics = compute_metrics(
-            champion.feature_map.task, encode_label(test, frames.feature_map), predictions, threshold
-        )
-    verdict = decide(evaluation["metrics"]["test"], config.model.acceptance, config.primary_metric, champion_metrics)
-    path = write_json_atomic(
-        {**verdict.to_dict(), "champion_version": champion.version if champion else None}, run_dir / "verdict.json"
-    )
+    champion_metrics = None if champion is None else champion_test_metrics(work, champion)
+    verdict = decide(evaluation.metrics["test"], config.model.acceptance, config.primary_metric, champion_metrics)
+    recorded = AcceptanceVerdict(**verdict.to_dict(), champion_version=champion.version if champion else None)
+    path = recorded.write(run_dir / recorded.FILE)
     with model_run(settings, config, job.context):
         mlflow.set_tags(
             {
@@ -433,8 +492,8 @@ def package_onnx(job: ModelJob, run_id: str) -> str:
     converted = package.predict(onnx_session, matrix, task)
     parity = package.parity(native, converted, config.model.parity_tolerance)
     (run_dir / "model.onnx").write_bytes(onnx_bytes)
-    report = write_json_atomic({**parity.__dict__, "ok": parity.ok}, run_dir / "parity.json")
-    evaluation = work.read("evaluation.json")
+    report = ParityReport(**parity.__dict__, ok=parity.ok).write(run_dir / ParityReport.FILE)
+    evaluation = work.read(Evaluation)
     with model_run(settings, config, job.context):
         mlflow.log_metrics({"onnx_parity_max_abs_diff": parity.max_abs_diff, "onnx_parity_rows": parity.rows})
         mlflow.log_artifact(str(report))
@@ -451,7 +510,7 @@ def package_onnx(job: ModelJob, run_id: str) -> str:
             input_example=example,
             metadata={
                 "feature_map": json.loads(frames.feature_map.to_json()),
-                "threshold": evaluation["threshold"],
+                "threshold": evaluation.threshold,
                 "pipeline": config.name,
             },
         )
@@ -466,12 +525,12 @@ def register(job: ModelJob, run_id: str, model_uri: str) -> dict[str, str]:
     from flightplan.model.registry import register as register_version
 
     settings, config, layout = job.open()
-    manifest = job.manifest(layout)
+    manifest, manifest_path = job.split(layout)
     tags = {
         **lineage_tags(config, job.context),
         "flightplan.run_id": run_id,
-        "flightplan.split_manifest": manifest["manifest_path"],
-        "flightplan.data_fingerprint": manifest["fingerprint"],
+        "flightplan.split_manifest": str(manifest_path),
+        "flightplan.data_fingerprint": manifest.fingerprint,
         "flightplan.reason": job.reason,
     }
     version = register_version(settings, config.registered_model, model_uri, tags)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import xgboost as xgb
 
-from flightplan.model.features import FeatureMap
+from flightplan.features import FeatureMap
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import optuna
 import xgboost as xgb
 
 from flightplan.config import SearchDimension, TuningSpec
-from flightplan.model.features import FeatureMap
+from flightplan.features import FeatureMap
 from flightplan.model.train import VALIDATION, booster_params, fit, latest, stopping_metric
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,17 @@ def suggest(trial: optuna.Trial, name: str, dimension: SearchDimension) -> Any:
     return trial.suggest_float(name, low, high, log=dimension.log)
 
 
+def median_pruned_study(spec: TuningSpec) -> optuna.Study:
+    """A quiet TPE study that prunes a trial behind the median of the earlier ones, once past the rounds early
+    stopping waits for."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(
+        direction="minimize",  # every stopping metric is a loss
+        sampler=optuna.samplers.TPESampler(seed=spec.seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=spec.early_stopping_rounds),
+    )
+
+
 def tune(
     dtrain: xgb.DMatrix,
     dval: xgb.DMatrix,
@@ -99,12 +110,7 @@ def tune(
         log.info("trial %d: %s=%.5f after %d rounds %s", trial.number, metric, score, result.rounds, tuned)
         return score
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        direction="minimize",  # every stopping metric is a loss
-        sampler=optuna.samplers.TPESampler(seed=spec.seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=spec.early_stopping_rounds),
-    )
+    study = median_pruned_study(spec)
     study.optimize(objective, n_trials=trials, timeout=timeout_seconds, catch=())
     complete = [r for r in results if r.state == "complete"]
     if not complete:

@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from flightplan.serving.batch import PREDICTION, PROBABILITY
+from flightplan.scoring import PREDICTION, PROBABILITY
 
 SAMPLE_SEED = 0
 

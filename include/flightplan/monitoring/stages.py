@@ -10,19 +10,30 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from flightplan.config import PipelineConfig
+from flightplan.features import FeatureMap
 from flightplan.layout import Layout, open_pipeline
-from flightplan.model.features import FeatureMap
+from flightplan.manifests import (
+    ColumnDriftResult,
+    MonitoringDecision,
+    MonitoringOutcome,
+    MonitoringSummary,
+    MonitoringWindow,
+)
 from flightplan.monitoring import policy
-from flightplan.monitoring.drift import NO_VALUES, drift_share, frame_values, judge
-from flightplan.monitoring.window import PREDICTION, PROBABILITY, VersionScores, current_window, reference_frame
+from flightplan.monitoring.drift import NO_VALUES, ColumnDrift, ColumnValues, drift_share, frame_values, judge
+from flightplan.monitoring.window import VersionScores, current_window, reference_frame
+from flightplan.scoring import PREDICTION, PROBABILITY
 from flightplan.settings import Settings
 from flightplan.tracking import RunContext
+
+if TYPE_CHECKING:
+    from flightplan.monitoring.report import ReportJob
 
 WINDOW_TAG, DECISION_TAG, DECIDED_AT_TAG = "flightplan.window", "flightplan.decision", "flightplan.decided_at"
 
@@ -83,7 +94,7 @@ class Reference:
 
 def window_reference(settings: Settings, config: PipelineConfig, job: MonitorJob) -> Reference:
     from flightplan.model.registry import decision_threshold, version_metadata
-    from flightplan.serving.store import answered_versions
+    from flightplan.prediction_log import answered_versions
 
     answered = answered_versions(settings.predictions_db_url, config.name, job.start, job.end)
     version = serving_version(settings, config, answered)
@@ -97,8 +108,8 @@ def live_metrics(
 ) -> dict[str, float]:
     """The metrics of what the service answered for rows with ground truth: the logged probability or value;
     a multiclass log holds only the chosen class's probability, so those rows are scored again."""
+    from flightplan.features import encode_label
     from flightplan.model.evaluate import compute_metrics
-    from flightplan.model.features import encode_label
 
     feature_map = reference.feature_map
     if feature_map.task == "binary":
@@ -139,105 +150,152 @@ def window_run(settings: Settings, config: PipelineConfig, job: MonitorJob) -> s
     return str(mlflow_client.create_run(exp_id, run_name=name, tags=tags).info.run_id)
 
 
-def check(job: MonitorJob) -> dict[str, Any]:
-    """Drift and performance of the window, the reports, the MLflow run and the retrain decision; returns
-    the summary (also written as ``summary.json`` beside the reports).
+@dataclass(frozen=True)
+class Comparison:
+    """The window's rows set against the reference: the values of each column to judge for drift, and the rows
+    whose ground truth can judge the model."""
 
-    Three things run at once: the main thread reads the window, a thread reads and scores the reference
-    (Arrow, pandas and XGBoost release the GIL), and a child process imports Evidently, then draws the reports
-    while the verdicts are computed."""
-    from concurrent.futures import ThreadPoolExecutor
+    current: pd.DataFrame  # the window's rows
+    numeric: list[str]  # the model's features, by kind
+    categorical: list[str]
+    values: list[ColumnValues]  # of the features; none when the window is empty
+    output_values: list[ColumnValues]  # of the model's output
+    labeled: pd.DataFrame  # rows with a label that fits the task
+    labels_set_aside: int  # rows with a label that does not
+    judged: bool  # enough labeled rows, of two classes at least, to measure performance
 
-    from flightplan.data.partitions import fresh_dir, write_json_atomic
-    from flightplan.model.features import label_problem
+
+def compare(config: PipelineConfig, reference: Reference, current: pd.DataFrame) -> Comparison:
+    from flightplan.features import label_problem
+    from flightplan.monitoring.report import model_output
+
+    task, label = config.label.task, config.label.name
+    features = reference.feature_map.features
+    numeric = [f.name for f in features if f.kind == "numeric"]
+    categorical = [f.name for f in features if f.kind == "categorical"]
+    output, output_numeric = model_output(task)
+    output_kinds = ([output], []) if output_numeric else ([], [output])
+    values = frame_values(reference.frame, current, numeric, categorical) if len(current) else []
+    output_values = frame_values(reference.frame, current, *output_kinds) if len(current) else []
+    sent_back = current[current[label].notna()]
+    # A label that does not fit the task (stored before the API checked them) would stop the metrics.
+    classes = reference.feature_map.classes
+    usable = sent_back[label].map(lambda value: label_problem(task, classes, value) is None).astype(bool)
+    labeled = sent_back[usable]
+    # Classification metrics (and Evidently's per-class report) need ground truth of two classes at least.
+    classes_known = task == "regression" or labeled[label].nunique() >= 2
+    judged = len(labeled) >= config.monitoring.min_labeled_rows and classes_known
+    set_aside = len(sent_back) - len(labeled)
+    return Comparison(current, numeric, categorical, values, output_values, labeled, set_aside, judged)
+
+
+def reports_to_draw(config: PipelineConfig, reference: Reference, comparison: Comparison) -> list[ReportJob]:
+    """The drift report when the window has rows, the performance report when its labels can judge the model."""
+    from flightplan.monitoring.report import ReportJob, Roles
+
+    task, label = config.label.task, config.label.name
+    current, numeric, categorical = comparison.current, comparison.numeric, comparison.categorical
+    reports: list[ReportJob] = []
+    if len(current):
+        tested = [*comparison.values, *comparison.output_values]
+        methods = {v.column: v.method for v in tested if v.method != NO_VALUES}
+        reports.append(ReportJob("drift", current, reference.frame, Roles(numeric, categorical, task), methods))
+    if comparison.judged:
+        label_type = {"binary": int, "regression": float}.get(task, str)
+        reference_labeled, current_labeled = (
+            frame.assign(**{label: frame[label].astype(label_type)}) for frame in (reference.frame, comparison.labeled)
+        )
+        roles = Roles(numeric, categorical, task, target=label)
+        reports.append(ReportJob("performance", current_labeled, reference_labeled, roles))
+    return reports
+
+
+@dataclass(frozen=True)
+class Conclusion:
+    """What a check makes of a window: the drift of each column, the live metrics and the retrain decision."""
+
+    columns: list[ColumnDrift]  # the model's features
+    prediction_drift: list[ColumnDrift]  # the model's output
+    live: dict[str, float]  # empty when the window's labels cannot judge the model
+    evidence: policy.Evidence
+    decision: policy.Decision
+    decided_at: datetime
+
+
+def conclude(settings: Settings, config: PipelineConfig, reference: Reference, comparison: Comparison) -> Conclusion:
+    """Judges the drift of each column and the live performance against the model's test score, then decides."""
     from flightplan.model.registry import training_run_id
-    from flightplan.monitoring.report import ReportJob, ReportProcess, Roles, model_output
     from flightplan.tracking import client
 
-    settings, config, layout = job.open()
-    spec = config.monitoring
-    task, label = config.label.task, config.label.name
-    with ReportProcess() as drawer, ThreadPoolExecutor(1, thread_name_prefix="reference") as side:
-        reference_job = side.submit(window_reference, settings, config, job)
-        current = current_window(settings, config, job.start, job.end)
-        found = reference_job.result()
-        version, reference = found.version, found.frame
-        features = found.feature_map.features
-        numeric = [f.name for f in features if f.kind == "numeric"]
-        categorical = [f.name for f in features if f.kind == "categorical"]
-        output, output_numeric = model_output(task)
-        output_kinds = ([output], []) if output_numeric else ([], [output])
-        values = frame_values(reference, current, numeric, categorical) if len(current) else []
-        output_values = frame_values(reference, current, *output_kinds) if len(current) else []
-        sent_back = current[current[label].notna()]
-        # A label that does not fit the task (stored before the API checked them) would stop the metrics.
-        classes = found.feature_map.classes
-        usable = sent_back[label].map(lambda value: label_problem(task, classes, value) is None).astype(bool)
-        labeled = sent_back[usable]
-        # Classification metrics (and Evidently's per-class report) need ground truth of two classes at least.
-        classes_known = task == "regression" or labeled[label].nunique() >= 2
-        judged = len(labeled) >= spec.min_labeled_rows and classes_known
+    verdicts = [judge(v) for v in comparison.values]
+    output_drift = [judge(v) for v in comparison.output_values]
+    live = live_metrics(settings, config, reference, comparison.labeled) if comparison.judged else {}
+    training_run = client(settings).get_run(training_run_id(settings, config.registered_model, reference.version))
+    evidence = policy.Evidence(
+        rows=len(comparison.current),
+        labeled_rows=len(comparison.labeled),
+        drift_share=drift_share([*verdicts, *output_drift]),
+        drifted=[v.column for v in [*verdicts, *output_drift] if v.drifted],
+        metric=config.primary_metric,
+        live_score=live.get(config.primary_metric),
+        champion_score=training_run.data.metrics.get(f"test_{config.primary_metric}"),
+    )
+    now = datetime.now(UTC)
+    decision = policy.decide(evidence, config.monitoring, last_retrain(settings, config), now)
+    return Conclusion(verdicts, output_drift, live, evidence, decision, now)
 
-        folder = fresh_dir(layout.reports("monitoring") / job.key)
-        reports: list[ReportJob] = []
-        if len(current):
-            methods = {v.column: v.method for v in [*values, *output_values] if v.method != NO_VALUES}
-            reports.append(ReportJob("drift", current, reference, Roles(numeric, categorical, task), methods))
-        if judged:
-            label_type = {"binary": int, "regression": float}.get(task, str)
-            reference_labeled, current_labeled = (
-                frame.assign(**{label: frame[label].astype(label_type)}) for frame in (reference, labeled)
-            )
-            roles = Roles(numeric, categorical, task, target=label)
-            reports.append(ReportJob("performance", current_labeled, reference_labeled, roles))
-        drawer.draw(reports, folder, spec.report_rows)
 
-        verdicts = [judge(v) for v in values]
-        output_drift = [judge(v) for v in output_values]
-        live = live_metrics(settings, config, found, labeled) if judged else {}
-        training_run = client(settings).get_run(training_run_id(settings, config.registered_model, version))
-        test_score = training_run.data.metrics.get(f"test_{config.primary_metric}")
-        evidence = policy.Evidence(
-            rows=len(current),
-            labeled_rows=len(labeled),
-            drift_share=drift_share([*verdicts, *output_drift]),
-            drifted=[v.column for v in [*verdicts, *output_drift] if v.drifted],
-            metric=config.primary_metric,
-            live_score=live.get(config.primary_metric),
-            champion_score=test_score,
-        )
-        now = datetime.now(UTC)
-        decision = policy.decide(evidence, spec, last_retrain(settings, config), now)
-        drawn = drawer.wait()
-    summary = {
-        "pipeline": config.name,
-        "window": {"start": job.start.isoformat(), "end": job.end.isoformat()},
-        "model_version": version,
-        "answered_by": found.answered,
-        "reference": str(found.path),
-        "split_manifest": found.manifest,
-        "rows": len(current),
-        "labeled_rows": len(labeled),
-        "labels_set_aside": len(sent_back) - len(labeled),
-        "drift_share": evidence.drift_share,
-        "columns": [v.to_dict() for v in verdicts],
-        "prediction_drift": [v.to_dict() for v in output_drift],
-        "performance": live,
-        f"champion_test_{config.primary_metric}": test_score,
-        "decision": decision.to_dict(),
-        "reports": {name: str(path) for name, path in drawn.items()},
-    }
-    path = write_json_atomic(summary, folder / "summary.json")
-    stamp = int(job.end.timestamp() * 1000)
-    metrics = {
-        "rows": len(current),
-        "labeled_rows": len(labeled),
-        "drift_share": evidence.drift_share,
-        **{f"drift_{v.column}": v.score for v in [*verdicts, *output_drift] if np.isfinite(v.score)},
-        **{f"live_{name}": value for name, value in live.items() if np.isfinite(value)},
-    }
+def summarize(
+    job: MonitorJob,
+    config: PipelineConfig,
+    reference: Reference,
+    comparison: Comparison,
+    conclusion: Conclusion,
+    drawn: dict[str, Path],
+) -> MonitoringSummary:
+    """The check's summary (``summary.json``): the window, its reference, its measures, the decision and the
+    reports drawn."""
+    return MonitoringSummary(
+        pipeline=config.name,
+        window=MonitoringWindow(start=job.start, end=job.end),
+        model_version=reference.version,
+        answered_by=reference.answered,
+        reference=str(reference.path),
+        split_manifest=reference.manifest,
+        rows=len(comparison.current),
+        labeled_rows=len(comparison.labeled),
+        labels_set_aside=comparison.labels_set_aside,
+        drift_share=conclusion.evidence.drift_share,
+        columns=[ColumnDriftResult(**v.to_dict()) for v in conclusion.columns],
+        prediction_drift=[ColumnDriftResult(**v.to_dict()) for v in conclusion.prediction_drift],
+        performance=conclusion.live,
+        primary_metric=config.primary_metric,
+        champion_test_score=conclusion.evidence.champion_score,
+        decision=MonitoringDecision(**conclusion.decision.to_dict()),
+        reports={name: str(path) for name, path in drawn.items()},
+    )
+
+
+def log_window(
+    settings: Settings, config: PipelineConfig, job: MonitorJob, version: str, conclusion: Conclusion, folder: Path
+) -> None:
+    """Logs into the window's MLflow run its measures, stamped with the window's end, the decision as tags and
+    the folder of the reports and summary."""
     import mlflow
 
+    stamp = int(job.end.timestamp() * 1000)
+    evidence, decision = conclusion.evidence, conclusion.decision
+    metrics = {
+        "rows": evidence.rows,
+        "labeled_rows": evidence.labeled_rows,
+        "drift_share": evidence.drift_share,
+        **{
+            f"drift_{v.column}": v.score
+            for v in [*conclusion.columns, *conclusion.prediction_drift]
+            if np.isfinite(v.score)
+        },
+        **{f"live_{name}": value for name, value in conclusion.live.items() if np.isfinite(value)},
+    }
     with mlflow.start_run(run_id=window_run(settings, config, job)):
         for name, value in metrics.items():
             mlflow.log_metric(name, value, timestamp=stamp)
@@ -246,29 +304,48 @@ def check(job: MonitorJob) -> dict[str, Any]:
             "flightplan.reason": decision.reason,
             "flightplan.model_version": version,
         }
-        mlflow.set_tags({**tags, **({DECIDED_AT_TAG: now.isoformat()} if decision.retrain else {})})
+        mlflow.set_tags({**tags, **({DECIDED_AT_TAG: conclusion.decided_at.isoformat()} if decision.retrain else {})})
         mlflow.log_artifacts(str(folder), artifact_path="monitoring")
-    return {**summary, "summary": str(path)}
 
 
-def drifted_columns(summary: dict[str, Any]) -> list[str]:
-    """The columns a check's summary found drifting: features, then the model's output."""
-    return [c["column"] for c in [*summary["columns"], *summary["prediction_drift"]] if c["drifted"]]
+def check(job: MonitorJob) -> tuple[MonitoringSummary, Path]:
+    """Drift and performance of the window, the reports, the MLflow run and the retrain decision; returns
+    the summary and its file (``summary.json`` beside the reports).
+
+    Three things run at once: the main thread reads the window, a thread reads and scores the reference
+    (Arrow, pandas and XGBoost release the GIL), and a child process imports Evidently, then draws the reports
+    while the verdicts are computed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flightplan.data.partitions import fresh_dir
+    from flightplan.monitoring.report import ReportProcess
+
+    settings, config, layout = job.open()
+    with ReportProcess() as drawer, ThreadPoolExecutor(1, thread_name_prefix="reference") as side:
+        reference_job = side.submit(window_reference, settings, config, job)
+        current = current_window(settings, config, job.start, job.end)
+        reference = reference_job.result()
+        comparison = compare(config, reference, current)
+        folder = fresh_dir(layout.reports("monitoring") / job.key)
+        drawer.draw(reports_to_draw(config, reference, comparison), folder, config.monitoring.report_rows)
+        conclusion = conclude(settings, config, reference, comparison)
+        drawn = drawer.wait()
+    summary = summarize(job, config, reference, comparison, conclusion, drawn)
+    path = summary.write(folder / summary.FILE)
+    log_window(settings, config, job, reference.version, conclusion, folder)
+    return summary, path
 
 
-def outcome(summary: dict[str, Any]) -> dict[str, Any]:
+def outcome(summary: MonitoringSummary, path: Path) -> dict[str, Any]:
     """What the DAG needs of a check (for XCom): where the summary is, the decision, and the conf of the
     model_engineering run to trigger when it is to retrain."""
-    _, config, _ = open_pipeline(summary["pipeline"])
-    decision = summary["decision"]
+    _, config, _ = open_pipeline(summary.pipeline)
+    window, decision = summary.window, summary.decision
     conf = {
-        "reason": f"monitoring {summary['window']['start']} to {summary['window']['end']}: {decision['reason']}",
+        "reason": f"monitoring {window.start.isoformat()} to {window.end.isoformat()}: {decision.reason}",
         "window_days": config.monitoring.retrain_window_days,
     }
-    return {
-        "summary": summary["summary"],
-        "rows": summary["rows"],
-        "drift_share": summary["drift_share"],
-        "decision": decision,
-        "retrain_conf": conf,
-    }
+    found = MonitoringOutcome(
+        summary=str(path), rows=summary.rows, drift_share=summary.drift_share, decision=decision, retrain_conf=conf
+    )
+    return found.to_json()

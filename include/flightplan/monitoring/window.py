@@ -14,8 +14,8 @@ import pandas as pd
 import pyarrow as pa
 
 from flightplan.config import ColumnType, PipelineConfig
-from flightplan.model.features import FeatureMap, derive
-from flightplan.serving.batch import PREDICTION, PROBABILITY, outputs
+from flightplan.features import derive
+from flightplan.scoring import PREDICTION, PROBABILITY, REFERENCE_FILE, save_reference
 
 if TYPE_CHECKING:
     from flightplan.settings import Settings
@@ -70,7 +70,7 @@ def current_window(settings: Settings, config: PipelineConfig, start: datetime, 
     next chunk is fetched."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from flightplan.serving.store import answered_chunks
+    from flightplan.prediction_log import answered_chunks
 
     answers: dict[str, list[Any]] = {"prediction": [], "probability": [], "label": []}
     with ThreadPoolExecutor(1, thread_name_prefix="parse-inputs") as parser:
@@ -88,9 +88,6 @@ def current_window(settings: Settings, config: PipelineConfig, start: datetime, 
     return frame
 
 
-REFERENCE_FILE = "monitoring-reference.parquet"
-
-
 class VersionScores:
     """The scores a registry version gives a frame (its native booster, proven equal to its ONNX model)."""
 
@@ -104,29 +101,10 @@ class VersionScores:
         self._booster = xgb.Booster(model_file=bytearray(load_booster(settings, config.registered_model, version)))
 
     def __call__(self, frame: pd.DataFrame) -> np.ndarray:
-        from flightplan.model.features import encode
+        from flightplan.features import encode
 
         scores = np.asarray(self._booster.inplace_predict(encode(frame, self.feature_map)), dtype=np.float64)
         return scores.reshape(len(frame), -1) if self.feature_map.task == "multiclass" else scores
-
-
-def with_outputs(frame: pd.DataFrame, scores: np.ndarray, feature_map: FeatureMap, threshold: float) -> pd.DataFrame:
-    """``frame`` with the answers the service gives for a model's ``scores`` of it."""
-    prediction, probability = outputs(scores, feature_map, threshold)
-    return frame.assign(**{PREDICTION: prediction, PROBABILITY: probability})
-
-
-def save_reference(
-    frame: pd.DataFrame, scores: np.ndarray, feature_map: FeatureMap, threshold: float, run_dir: Path
-) -> Path:
-    """The monitoring reference of a model: the frame it was trained on with its answers for it, written once
-    beside the run's frames, so that a monitoring check reads it instead of scoring it every night."""
-    from flightplan.data.partitions import write_parquet_atomic
-
-    path = run_dir / REFERENCE_FILE
-    table = pa.Table.from_pandas(with_outputs(frame, scores, feature_map, threshold), preserve_index=False)
-    write_parquet_atomic(table, path)
-    return path
 
 
 def reference_frame(settings: Settings, config: PipelineConfig, version: str) -> tuple[pd.DataFrame, Path, str]:

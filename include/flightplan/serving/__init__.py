@@ -1,1 +1,1 @@
-"""Serving: the inference API, its prediction log and the model it answers with."""
+"""Serving: the inference API, the models it answers with, and its client."""

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,21 +26,20 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from flightplan.config import PipelineConfig, load_pipeline
+from flightplan.config import PipelineConfig, load_pipeline, scan_pipelines
+from flightplan.features import label_problem
 from flightplan.layout import Layout
-from flightplan.model.features import label_problem
-from flightplan.orchestration import scan_pipelines
-from flightplan.serving.collect import SnapshotSource, collect
-from flightplan.serving.inputs import InvalidRecord, python_type, record_type
-from flightplan.serving.metrics import ServiceMetrics
-from flightplan.serving.models import ModelSlot, ServedModel
-from flightplan.serving.store import (
+from flightplan.prediction_log import (
     AnsweredRequest,
     LogUnavailable,
     PredictionLog,
     create_store_engine,
     record_feedback,
 )
+from flightplan.serving.collect import SnapshotSource, collect
+from flightplan.serving.inputs import InvalidRecord, python_type, record_type
+from flightplan.serving.metrics import ServiceMetrics
+from flightplan.serving.models import ModelSlot, ServedModel
 from flightplan.settings import TOKEN_VARIABLES, ApiScope, Settings
 
 log = logging.getLogger(__name__)
@@ -308,6 +308,38 @@ class Service:
             ],
         )
 
+    async def store_feedback(self, pipeline: str, task: str, labels: list[Any]) -> FeedbackResponse:
+        """Stores the true labels of answered predictions, all or none: a label that does not fit the task (or
+        the serving model's classes) refuses the request (422)."""
+        slot = self.slots.get(pipeline)
+        classes = slot.current.classes if slot is not None and slot.current is not None else []
+        refused = [
+            {
+                "loc": ("body", "labels", index, "label"),
+                "msg": f"label {label.label!r:.100} of prediction {label.id!r:.100}: expected {expected}",
+                "type": "value_error",
+            }
+            for index, label in enumerate(labels)
+            if (expected := label_problem(task, classes, label.label)) is not None
+        ]
+        if refused:  # none of the batch is stored: the client sends it again once it is right
+            raise RequestValidationError(refused)
+        stored, unknown = await run_in_threadpool(
+            record_feedback, self.engine, pipeline, {label.id: label.label for label in labels}, "api"
+        )
+        self.metrics.feedback.labels(pipeline).inc(len(stored))
+        return FeedbackResponse(stored=stored, unknown=unknown)
+
+    def collect_records(self, config: PipelineConfig, records: list[dict[str, Any]]) -> CollectResponse:
+        """Writes the good raw records as a landing file of today and refuses the others, each with its reason;
+        a pipeline that reads a snapshot takes none (409)."""
+        try:
+            result = collect(Layout(self.settings, config), records)
+        except SnapshotSource as err:
+            raise HTTPException(status_code=409, detail=str(err)) from None
+        refused = [Refusal(**refusal) for refusal in result.refused]
+        return CollectResponse(accepted=result.accepted, refused=refused, file=result.file)
+
 
 def json_response(content: Any) -> Response:
     """JSON serialized by pydantic-core straight from plain data: the predict routes skip FastAPI's response
@@ -333,8 +365,13 @@ async def parse_body(request: Request, adapter: TypeAdapter[Any]) -> Any:
         ) from None
 
 
-def openapi_body(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+def parsed_body(answer: type[BaseModel], schema: dict[str, Any]) -> dict[str, Any]:
+    """The route options that document a route parsing its own body (``parse_body``): the body's schema and the
+    answer's model."""
+    return {
+        "response_model": answer,
+        "openapi_extra": {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}},
+    }
 
 
 class RequestMetrics:
@@ -398,6 +435,14 @@ class BodyLimit:
         return HTTPException(status_code=413, detail=f"request body larger than the limit of {self.max_bytes:,} bytes")
 
 
+async def refuse_invalid(_: Request, err: RequestValidationError) -> Response:
+    # Unlike FastAPI's own handler, the refused input is not echoed: it can be megabytes (a batch over the
+    # limit), bytes that are not UTF-8 or a NaN (FastAPI then answers 500), and the client has it anyway.
+    errors = [{key: value for key, value in error.items() if key != "input"} for error in err.errors()]
+    detail = pydantic_core.to_json({"detail": errors}, fallback=str)
+    return Response(detail, status_code=422, media_type="application/json")
+
+
 def create_app(settings: Settings, options: ServiceOptions) -> FastAPI:
     service = Service(settings, options)
     auth = {scope: [Depends(bearer_auth(scope, options.tokens))] for scope in TOKEN_VARIABLES}
@@ -420,14 +465,16 @@ def create_app(settings: Settings, options: ServiceOptions) -> FastAPI:
 
     app.add_middleware(RequestMetrics, metrics=service.metrics)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    app.exception_handler(RequestValidationError)(refuse_invalid)
+    add_service_routes(app, service, auth["admin"])
+    service.on_pipelines_changed = partial(replace_pipeline_routes, app, service, auth)
+    for name, config in service.configs.items():
+        add_pipeline_routes(app, service, name, config, auth)
+    return app
 
-    @app.exception_handler(RequestValidationError)
-    async def refuse_invalid(_: Request, err: RequestValidationError) -> Response:
-        # Unlike FastAPI's own handler, the refused input is not echoed: it can be megabytes (a batch over the
-        # limit), bytes that are not UTF-8 or a NaN (FastAPI then answers 500), and the client has it anyway.
-        errors = [{key: value for key, value in error.items() if key != "input"} for error in err.errors()]
-        detail = pydantic_core.to_json({"detail": errors}, fallback=str)
-        return Response(detail, status_code=422, media_type="application/json")
+
+def add_service_routes(app: FastAPI, service: Service, admin_auth: list[Any]) -> None:
+    """/health, /ready, /metrics and /admin/reload."""
 
     @app.get("/health", tags=["service"])
     def health() -> dict[str, str]:
@@ -454,36 +501,45 @@ def create_app(settings: Settings, options: ServiceOptions) -> FastAPI:
     def metrics() -> Response:
         return Response(service.metrics.render(), media_type=service.metrics.content_type)
 
-    @app.post("/admin/reload", tags=["service"], dependencies=auth["admin"], response_model=list[ReloadResult])
+    @app.post("/admin/reload", tags=["service"], dependencies=admin_auth, response_model=list[ReloadResult])
     def reload() -> list[dict[str, Any]]:
         """Load now the version each alias points at (the poller does it every few seconds), retrying a
         version refused before."""
         return service.reload_all(retry_refused=True)
 
-    def routes_of(names: set[str]) -> Callable[[Any], bool]:
-        prefixes = tuple(f"/v1/{name}/" for name in names)
-        return lambda route: getattr(route, "path", "").startswith(prefixes)
 
-    def replace_routes(changed: set[str]) -> None:
-        # Built aside and swapped in at once: requests keep routing on the old list until then.
-        staging = FastAPI()
-        for name in sorted(changed & service.configs.keys()):
-            add_pipeline_routes(staging, service, name, service.configs[name], auth)
-        belongs = routes_of(changed)
-        app.router.routes = [r for r in app.router.routes if not belongs(r)] + [
-            r for r in staging.router.routes if belongs(r)
-        ]
-        app.openapi_schema = None  # /openapi.json and /docs describe the pipelines served now
-
-    service.on_pipelines_changed = replace_routes
-    for name, config in service.configs.items():
-        add_pipeline_routes(app, service, name, config, auth)
-    return app
+def routes_of(names: set[str]) -> Callable[[Any], bool]:
+    prefixes = tuple(f"/v1/{name}/" for name in names)
+    return lambda route: getattr(route, "path", "").startswith(prefixes)
 
 
-def add_pipeline_routes(
-    app: FastAPI, service: Service, name: str, config: PipelineConfig, auth: dict[ApiScope, list[Any]]
-) -> None:
+def replace_pipeline_routes(app: FastAPI, service: Service, auth: dict[ApiScope, list[Any]], changed: set[str]) -> None:
+    """The routes of the pipelines in ``changed`` as the service now serves them (none for a pipeline gone)."""
+    # Built aside and swapped in at once: requests keep routing on the old list until then.
+    staging = FastAPI()
+    for name in sorted(changed & service.configs.keys()):
+        add_pipeline_routes(staging, service, name, service.configs[name], auth)
+    belongs = routes_of(changed)
+    app.router.routes = [r for r in app.router.routes if not belongs(r)] + [
+        r for r in staging.router.routes if belongs(r)
+    ]
+    app.openapi_schema = None  # /openapi.json and /docs describe the pipelines served now
+
+
+@dataclass(frozen=True)
+class RequestBodies:
+    """What a pipeline's routes read: the adapters that validate each body from its JSON bytes, and the bodies'
+    OpenAPI schemas."""
+
+    record: TypeAdapter[Any]
+    batch: TypeAdapter[Any]
+    feedback: TypeAdapter[Any]
+    record_schema: dict[str, Any]
+    batch_schema: dict[str, Any]
+    feedback_schema: dict[str, Any]
+
+
+def request_bodies(config: PipelineConfig) -> RequestBodies:
     record: Any = record_type(config)  # built from the config at start-up: typed as Any for the checker
     one: TypeAdapter[Any] = TypeAdapter(record)
     batch: TypeAdapter[Any] = TypeAdapter(
@@ -493,82 +549,61 @@ def add_pipeline_routes(
             records=(Annotated[list[record], Field(min_length=1, max_length=MAX_BATCH_ROWS)], ...),
         )
     )
-    feedback_body: TypeAdapter[Any] = TypeAdapter(feedback_type(config))
+    feedback: TypeAdapter[Any] = TypeAdapter(feedback_type(config))
     record_schema = one.json_schema()
-    feedback_schema = feedback_body.json_schema()
+    feedback_schema = feedback.json_schema()
     feedback_schema["properties"]["labels"]["items"] = next(iter(feedback_schema.pop("$defs").values()))
     # The batch model's schema, its record inlined: an operation's schema cannot point into its own $defs.
     batch_schema = batch.json_schema()
     batch_schema["properties"]["records"]["items"] = batch_schema.pop("$defs")[record.__name__]
+    return RequestBodies(one, batch, feedback, record_schema, batch_schema, feedback_schema)
 
+
+Endpoint = Callable[..., Any]
+
+
+def add_pipeline_routes(
+    app: FastAPI, service: Service, name: str, config: PipelineConfig, auth: dict[ApiScope, list[Any]]
+) -> None:
+    """The routes of one pipeline, under ``/v1/<name>/``."""
+    bodies = request_bodies(config)
+
+    def post(path: str, scope: ApiScope, summary: str, **documented: Any) -> Callable[[Endpoint], Endpoint]:
+        route = f"/v1/{name}/{path}"
+        return app.post(route, tags=[f"pipeline {name}"], dependencies=auth[scope], summary=summary, **documented)
+
+    @post("predict", "predict", f"Predict one {name} record", **parsed_body(PredictionResponse, bodies.record_schema))
     async def predict(request: Request) -> Response:
-        request_id, version, (answer,) = await service.answer(name, [await parse_body(request, one)], batch=False)
+        record = await parse_body(request, bodies.record)
+        request_id, version, (answer,) = await service.answer(name, [record], batch=False)
         return json_response({"request_id": request_id, "pipeline": name, "model_version": version, **answer})
 
+    @post(
+        "predict/batch",
+        "predict",
+        f"Predict up to {MAX_BATCH_ROWS:,} records",
+        **parsed_body(BatchResponse, bodies.batch_schema),
+    )
     async def predict_batch(request: Request) -> Response:
-        records = (await parse_body(request, batch)).records
+        records = (await parse_body(request, bodies.batch)).records
         request_id, version, answers = await service.answer(name, records, batch=True)
         return json_response(
             {"request_id": request_id, "pipeline": name, "model_version": version, "predictions": answers}
         )
 
+    @post(
+        "feedback",
+        "feedback",
+        "True labels of answered predictions",
+        **parsed_body(FeedbackResponse, bodies.feedback_schema),
+    )
     async def feedback(request: Request) -> FeedbackResponse:
-        labels = (await parse_body(request, feedback_body)).labels
-        slot = service.slots.get(name)
-        classes = slot.current.classes if slot is not None and slot.current is not None else []
-        refused = [
-            {
-                "loc": ("body", "labels", index, "label"),
-                "msg": f"label {label.label!r:.100} of prediction {label.id!r:.100}: expected {expected}",
-                "type": "value_error",
-            }
-            for index, label in enumerate(labels)
-            if (expected := label_problem(config.label.task, classes, label.label)) is not None
-        ]
-        if refused:  # none of the batch is stored: the client sends it again once it is right
-            raise RequestValidationError(refused)
-        stored, unknown = await run_in_threadpool(
-            record_feedback, service.engine, name, {label.id: label.label for label in labels}, "api"
-        )
-        service.metrics.feedback.labels(name).inc(len(stored))
-        return FeedbackResponse(stored=stored, unknown=unknown)
+        labels = (await parse_body(request, bodies.feedback)).labels
+        return await service.store_feedback(name, config.label.task, labels)
 
+    @post("records", "feedback", "Collect raw records for the next ingestion run")
     def collect_records(body: RawRecords) -> CollectResponse:
         """Raw source records for the next ingestion run: the good ones are written as a landing file of
         today, the bad ones refused with the reason (the request succeeds even when all are refused: the
         answer says which and why, record by record)."""
-        try:
-            result = collect(Layout(service.settings, config), body.records)
-        except SnapshotSource as err:
-            raise HTTPException(status_code=409, detail=str(err)) from None
-        refused = [Refusal(**refusal) for refusal in result.refused]
-        return CollectResponse(accepted=result.accepted, refused=refused, file=result.file)
-
-    routes: list[tuple[str, ApiScope, Callable[..., Any], str, dict[str, Any]]] = [
-        (
-            "predict",
-            "predict",
-            predict,
-            f"Predict one {name} record",
-            {"response_model": PredictionResponse, "openapi_extra": openapi_body(record_schema)},
-        ),
-        (
-            "predict/batch",
-            "predict",
-            predict_batch,
-            f"Predict up to {MAX_BATCH_ROWS:,} records",
-            {"response_model": BatchResponse, "openapi_extra": openapi_body(batch_schema)},
-        ),
-        (
-            "feedback",
-            "feedback",
-            feedback,
-            "True labels of answered predictions",
-            {"response_model": FeedbackResponse, "openapi_extra": openapi_body(feedback_schema)},
-        ),
-        ("records", "feedback", collect_records, "Collect raw records for the next ingestion run", {}),
-    ]
-    for path, scope, endpoint, summary, documented in routes:
-        app.post(
-            f"/v1/{name}/{path}", tags=[f"pipeline {name}"], dependencies=auth[scope], summary=summary, **documented
-        )(endpoint)
+        return service.collect_records(config, body.records)

@@ -22,7 +22,7 @@ from pydantic import ConfigDict, StringConstraints
 from typing_extensions import TypedDict
 
 from flightplan.config import ColumnType, PipelineConfig
-from flightplan.model.features import FeatureMap, input_columns
+from flightplan.features import FeatureMap, input_columns
 
 # pydantic needs typing_extensions' TypedDict before Python 3.12; its functional form builds one from config.
 make_typed_dict: Any = TypedDict

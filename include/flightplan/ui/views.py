@@ -3,17 +3,20 @@ curated data and the prediction log (plain data: the pages only lay it out)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from flightplan.config import PipelineConfig
 from flightplan.layout import Layout
+from flightplan.manifests import MonitoringSummary
 from flightplan.settings import Settings
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,7 @@ class Overview:
     primary_metric: str
     versions: list[VersionCard]
     all_versions: list[str]
-    checks: list[dict[str, Any]] = field(default_factory=list)  # newest monitoring summaries first
+    checks: list[MonitoringSummary] = field(default_factory=list)  # newest first
     profiles: list[str] = field(default_factory=list)  # report-relative paths of profile pages
     data_docs: bool = False
     validations: list[str] = field(default_factory=list)  # newest first, relative to the Data Docs folder
@@ -47,39 +50,67 @@ def _run_url(settings: Settings, experiment_id: str, run_id: str | None = None) 
 
 
 def overview(layout: Layout, checks: int = 10) -> Overview:
-    from flightplan.model.registry import CHALLENGER, CHAMPION, PREVIOUS
-    from flightplan.monitoring.stages import monitoring_experiment
-    from flightplan.tracking import client, data_experiment, model_experiment
+    from flightplan.tracking import client
 
     settings, config = layout.settings, layout.config
     mlflow_client = client(settings)
-    name = config.registered_model
-    cards, known = [], []
+    cards, known = registered_versions(mlflow_client, settings, config.registered_model)
+    return Overview(
+        pipeline=config.name,
+        model=config.registered_model,
+        primary_metric=config.primary_metric,
+        versions=cards,
+        all_versions=known,
+        checks=monitoring_checks(layout, checks),
+        profiles=profile_pages(layout),
+        data_docs=data_docs_index(settings).exists(),
+        validations=validation_pages(settings, config.name),
+        experiments=experiment_links(mlflow_client, settings, config),
+    )
+
+
+def registered_versions(
+    mlflow_client: MlflowClient, settings: Settings, name: str
+) -> tuple[list[VersionCard], list[str]]:
+    """The cards of the model's champion, challenger and previous versions (those it has), and all its versions,
+    newest first."""
+    from flightplan.model.registry import CHALLENGER, CHAMPION, PREVIOUS
+
     registered = mlflow_client.search_registered_models(filter_string=f"name = '{name}'")
-    if registered:
-        aliases = registered[0].aliases
-        known = sorted(
-            (v.version for v in mlflow_client.search_model_versions(f"name = '{name}'")), key=int, reverse=True
-        )
-        for alias in (CHAMPION, CHALLENGER, PREVIOUS):
-            if alias in aliases:
-                version = mlflow_client.get_model_version(name, str(aliases[alias]))
-                run_id = version.tags.get("flightplan.run_id")
-                run = mlflow_client.get_run(run_id) if run_id else None
-                metrics = run.data.metrics if run else {}
-                cards.append(
-                    VersionCard(
-                        alias=alias,
-                        version=str(version.version),
-                        run_id=run_id,
-                        metrics={
-                            k.removeprefix("test_"): v for k, v in sorted(metrics.items()) if k.startswith("test_")
-                        },
-                        reason=version.tags.get("flightplan.reason", ""),
-                        mlflow_url=_run_url(settings, run.info.experiment_id, run_id) if run else None,
-                    )
-                )
-    experiments = {}
+    if not registered:
+        return [], []
+    aliases = registered[0].aliases
+    cards = [
+        version_card(mlflow_client, settings, name, alias, str(aliases[alias]))
+        for alias in (CHAMPION, CHALLENGER, PREVIOUS)
+        if alias in aliases
+    ]
+    known = sorted((v.version for v in mlflow_client.search_model_versions(f"name = '{name}'")), key=int, reverse=True)
+    return cards, known
+
+
+def version_card(mlflow_client: MlflowClient, settings: Settings, name: str, alias: str, version: str) -> VersionCard:
+    """The card of one version of model ``name``, with the test metrics of the run that trained it."""
+    registered = mlflow_client.get_model_version(name, version)
+    run_id = registered.tags.get("flightplan.run_id")
+    run = mlflow_client.get_run(run_id) if run_id else None
+    metrics = run.data.metrics if run else {}
+    return VersionCard(
+        alias=alias,
+        version=str(registered.version),
+        run_id=run_id,
+        metrics={k.removeprefix("test_"): v for k, v in sorted(metrics.items()) if k.startswith("test_")},
+        reason=registered.tags.get("flightplan.reason", ""),
+        mlflow_url=_run_url(settings, run.info.experiment_id, run_id) if run else None,
+    )
+
+
+def experiment_links(mlflow_client: MlflowClient, settings: Settings, config: PipelineConfig) -> dict[str, str]:
+    """The MLflow links to those of the pipeline's experiments that exist, by title."""
+    from flightplan.monitoring.stages import monitoring_experiment
+    from flightplan.tracking import data_experiment, model_experiment
+
+    links = {}
     for title, experiment in (
         ("data engineering", data_experiment(config)),
         ("model engineering", model_experiment(config)),
@@ -87,32 +118,23 @@ def overview(layout: Layout, checks: int = 10) -> Overview:
     ):
         found = mlflow_client.get_experiment_by_name(experiment)
         if found is not None:
-            experiments[title] = _run_url(settings, found.experiment_id)
-    reports = settings.reports_root
-    profiles = sorted(
-        (str(p.relative_to(reports)) for p in layout.reports("profile").glob("*/profile.html")), reverse=True
-    )
-    return Overview(
-        pipeline=config.name,
-        model=name,
-        primary_metric=config.primary_metric,
-        versions=cards,
-        all_versions=known,
-        checks=monitoring_checks(layout, checks),
-        profiles=profiles,
-        data_docs=data_docs_index(settings).exists(),
-        validations=validation_pages(settings, config.name),
-        experiments=experiments,
-    )
+            links[title] = _run_url(settings, found.experiment_id)
+    return links
 
 
-def monitoring_checks(layout: Layout, limit: int) -> list[dict[str, Any]]:
+def profile_pages(layout: Layout) -> list[str]:
+    """The pipeline's data profile pages, newest first, relative to the reports root."""
+    reports = layout.settings.reports_root
+    return sorted((str(p.relative_to(reports)) for p in layout.reports("profile").glob("*/profile.html")), reverse=True)
+
+
+def monitoring_checks(layout: Layout, limit: int) -> list[MonitoringSummary]:
     """The newest monitoring summaries (by window end), with their reports relative to the reports root."""
-    summaries = [json.loads(p.read_text()) for p in layout.reports("monitoring").glob("*/summary.json")]
-    summaries.sort(key=lambda s: s["window"]["end"], reverse=True)
+    summaries = [MonitoringSummary.read(p) for p in layout.reports("monitoring").glob(f"*/{MonitoringSummary.FILE}")]
+    summaries.sort(key=lambda s: s.window.end, reverse=True)
     root = layout.settings.reports_root
     return [
-        {**s, "reports": {k: str(Path(v).relative_to(root)) for k, v in s["reports"].items()}}
+        s.model_copy(update={"reports": {k: str(Path(v).relative_to(root)) for k, v in s.reports.items()}})
         for s in summaries[:limit]
     ]
 
@@ -163,6 +185,6 @@ def curated_rows(layout: Layout, day: date, page: int, size: int) -> tuple[pd.Da
 
 def label_queue(settings: Settings, config: PipelineConfig, limit: int) -> list[dict[str, Any]]:
     """The answered predictions the model was least sure of that have no ground truth yet."""
-    from flightplan.serving.store import least_sure_unlabeled
+    from flightplan.prediction_log import least_sure_unlabeled
 
     return least_sure_unlabeled(settings.predictions_db_url, config.name, config.label.task, limit)

@@ -8,6 +8,7 @@ packaged), encoded by the same :func:`encode` as training."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,9 @@ import numpy as np
 import pyarrow as pa
 
 from flightplan.config import DerivedFeature
-from flightplan.model.features import FeatureMap, derive, encode
+from flightplan.features import FeatureMap, derive, encode
+from flightplan.manifests import BatchScoringManifest
+from flightplan.scoring import PREDICTION, PROBABILITY, VERSION, outputs
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -25,21 +28,11 @@ if TYPE_CHECKING:
     from pyspark.sql.types import StructType
 
     from flightplan.config import PipelineConfig
-    from flightplan.workflow import StageInput
+    from flightplan.data.stages import StageInput
 
-PREDICTION, PROBABILITY, VERSION = "prediction", "probability", "model_version"
-_boosters: dict[str, Any] = {}  # per Python worker: the booster of each version, loaded once
-
-
-def outputs(scores: np.ndarray, feature_map: FeatureMap, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """The prediction and probability columns of a model's raw scores (one row of class probabilities per row
-    for multiclass): binary, 0/1 at the threshold and P(1); multiclass, the most likely class and its
-    probability; regression, the value and no probability."""
-    if feature_map.task == "binary":
-        return (scores >= threshold).astype("int32"), scores
-    if feature_map.task == "multiclass":
-        return np.asarray(feature_map.classes, dtype=object)[scores.argmax(axis=1)], scores.max(axis=1)
-    return scores, np.full(len(scores), np.nan)
+# Per Python worker: each booster loaded once, found by the digest of its bytes (a version number alone is
+# not enough: two pipelines, or two registries, have versions of the same number).
+_boosters: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -48,6 +41,7 @@ class BatchScorer:
 
     version: str
     booster: bytes
+    booster_digest: str
     feature_map_json: str
     derived: list[DerivedFeature]
     threshold: float
@@ -57,9 +51,9 @@ class BatchScorer:
         import xgboost as xgb
 
         feature_map = FeatureMap.from_json(self.feature_map_json)
-        if self.version not in _boosters:
-            _boosters[self.version] = xgb.Booster(model_file=bytearray(self.booster))
-        booster = _boosters[self.version]
+        if self.booster_digest not in _boosters:
+            _boosters[self.booster_digest] = xgb.Booster(model_file=bytearray(self.booster))
+        booster = _boosters[self.booster_digest]
         for batch in batches:
             if batch.num_rows == 0:
                 continue
@@ -97,9 +91,11 @@ def champion_scorer(job: StageInput) -> BatchScorer:
     model = load_version(settings, name, version)
     time = [config.source.time_column] if config.source.time_column else []
     passthrough = list(dict.fromkeys([*config.source.key, *time, config.source.partition_column]))
+    booster = load_booster(settings, name, version)
     return BatchScorer(
         version=version,
-        booster=load_booster(settings, name, version),
+        booster=booster,
+        booster_digest=hashlib.sha256(booster).hexdigest(),
         feature_map_json=model.feature_map.to_json(),
         derived=config.features.derived,
         threshold=decision_threshold(model.metadata),
@@ -110,7 +106,7 @@ def champion_scorer(job: StageInput) -> BatchScorer:
 def scored_rows(frame: DataFrame, scorer: BatchScorer, config: PipelineConfig) -> DataFrame:
     """The rows of ``frame`` with the scorer's outputs. Only the columns a prediction reads and the passthrough
     columns travel to the Python workers (Arrow carries every column it is given)."""
-    from flightplan.model.features import input_columns
+    from flightplan.features import input_columns
 
     needed = frame.select(*dict.fromkeys([*scorer.passthrough, *input_columns(config)]))
     return needed.mapInArrow(scorer, scorer.output_schema(needed.schema))
@@ -120,7 +116,7 @@ def score(job: StageInput) -> Path:
     """Scores the interval's wrangled rows with the champion; returns the manifest's path."""
     import mlflow
 
-    from flightplan.data.partitions import count_rows, replace_partitions, staging_area, write_json_atomic
+    from flightplan.data.partitions import count_rows, replace_partitions, staging_area
     from flightplan.data.rewrite import read_days
     from flightplan.spark import get_spark
     from flightplan.tracking import stage_run
@@ -135,15 +131,14 @@ def score(job: StageInput) -> Path:
             replace_partitions(staging / "rows", layout.dataset("predictions"), part, job.days)
             rows = count_rows(layout.dataset("predictions"), part, job.days)
         total = sum(rows.values())
-        manifest = {
-            "stage": "batch_inference",
-            "model": config.registered_model,
-            "model_version": scorer.version,
-            "rows": rows,
-            "rows_total": total,
-            "output": str(layout.dataset("predictions")),
-        }
-        path = write_json_atomic(manifest, layout.manifest("batch_inference", job.key))
+        manifest = BatchScoringManifest(
+            model=config.registered_model,
+            model_version=scorer.version,
+            rows=rows,
+            rows_total=total,
+            output=str(layout.dataset("predictions")),
+        )
+        path = manifest.write(layout.manifest("batch_inference", job.key))
         mlflow.set_tag("flightplan.model_version", scorer.version)
         mlflow.log_metric("scored_rows", total)
         mlflow.log_artifact(str(path))

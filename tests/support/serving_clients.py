@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from flightplan.layout import Layout
 from flightplan.serving.inputs import json_records, request_fields
 
-from tests.conftest import scoped_tokens
+from tests.support.service import scoped_tokens
 
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

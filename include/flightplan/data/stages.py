@@ -4,15 +4,22 @@ the manifest it wrote, which is all that travels between tasks."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 from flightplan.config import PipelineConfig
-from flightplan.data.partitions import days_in, interval_key, staging_area, write_json_atomic
+from flightplan.data.partitions import days_in, interval_key, staging_area
 from flightplan.layout import Layout, open_pipeline
+from flightplan.manifests import (
+    IngestManifest,
+    LabelManifest,
+    PartitionCounts,
+    SplitManifest,
+    ValidationManifest,
+    WrangleManifest,
+)
 from flightplan.settings import Settings
 from flightplan.tracking import RunContext, data_experiment, stage_run
 
@@ -44,12 +51,10 @@ class StageInput:
         return days_in(self.start, self.end)
 
 
-def _log_counts(prefix: str, manifest: dict[str, Any]) -> None:
+def _log_counts(prefix: str, manifest: PartitionCounts) -> None:
     import mlflow
 
-    mlflow.log_metrics(
-        {f"{prefix}_rows": manifest["rows_total"], f"{prefix}_quarantined": manifest["quarantined_total"]}
-    )
+    mlflow.log_metrics({f"{prefix}_rows": manifest.rows_total, f"{prefix}_quarantined": manifest.quarantined_total})
 
 
 def ingest(job: StageInput) -> Path:
@@ -61,9 +66,9 @@ def ingest(job: StageInput) -> Path:
     with stage_run(settings, config, job.context, data_experiment(config), "ingest"):
         mlflow.log_params({"interval_start": job.start.isoformat(), "interval_end": job.end.isoformat()})
         path = ingest_interval(layout, job.start, job.end)
-        manifest = json.loads(path.read_text())
+        manifest = IngestManifest.read(path)
         _log_counts("ingest", manifest)
-        mlflow.log_metric("landing_files", len(manifest["files"]))
+        mlflow.log_metric("landing_files", len(manifest.files))
         mlflow.log_artifact(str(path))
     return path
 
@@ -95,31 +100,28 @@ def validate(job: StageInput) -> Path:
     import mlflow
 
     from flightplan.data.batches import read_partitions, to_pandas
-    from flightplan.quality import validate_frame
+    from flightplan.data.validate import validate_frame
 
     job, settings, config, layout = job.open()
     part = config.source.partition_column
-    ingest_manifest = json.loads(layout.manifest("ingest", job.key).read_text())
+    ingest_manifest = IngestManifest.read(layout.manifest("ingest", job.key))
     with stage_run(settings, config, job.context, data_experiment(config), "validate"):
         table = read_partitions(layout.dataset("curated"), part, job.days)
         report = validate_frame(to_pandas(table.drop_columns([part])), config, settings.gx_root, job.key)
         problems = [
-            f"landing file {f['path']} lacks column(s) {f['missing_columns']}"
-            for f in ingest_manifest["files"]
-            if f.get("missing_columns")
+            f"landing file {f.path} lacks column(s) {f.missing_columns}"
+            for f in ingest_manifest.files
+            if f.missing_columns
         ] + [
             f"{o.expectation} on column '{o.column}': {o.observed}" if o.column else f"{o.expectation}: {o.observed}"
             for o in report.failures
         ]
-        result_path = write_json_atomic(
-            {
-                "success": report.success and not problems,
-                "problems": problems,
-                "data_docs": str(report.data_docs),
-                "gx_result": report.raw,
-            },
-            layout.manifest("validate", job.key),
-        )
+        result_path = ValidationManifest(
+            success=report.success and not problems,
+            problems=problems,
+            data_docs=str(report.data_docs),
+            gx_result=report.raw,
+        ).write(layout.manifest("validate", job.key))
         mlflow.log_metrics(
             {
                 "expectations": len(report.outcomes),
@@ -153,9 +155,9 @@ def wrangle(job: StageInput) -> Path:
             used.update(values)
             return marked
 
-        manifest = rewrite_days(get_spark(settings), layout, "curated", "wrangled", job.days, job.key, mark)
-        manifest.update({"stage": "wrangle", "imputed_with": used})
-        path = write_json_atomic(manifest, layout.manifest("wrangle", job.key))
+        counts = rewrite_days(get_spark(settings), layout, "curated", "wrangled", job.days, job.key, mark)
+        manifest = WrangleManifest(**counts.model_dump(), imputed_with=used)
+        path = manifest.write(layout.manifest("wrangle", job.key))
         _log_counts("wrangle", manifest)
         mlflow.log_artifact(str(path))
     return path
@@ -166,7 +168,7 @@ def label(job: StageInput) -> Path:
 
     from flightplan.data.label import label_frame, truth_frame, usable_labels
     from flightplan.data.rewrite import read_days, rewrite_days
-    from flightplan.serving.store import ground_truth
+    from flightplan.prediction_log import ground_truth
     from flightplan.spark import get_spark
 
     job, settings, config, layout = job.open()
@@ -180,18 +182,21 @@ def label(job: StageInput) -> Path:
         truth_rows, set_aside = usable_labels(config.label.task, truth_rows)
         wrangled = read_days(spark, layout, "wrangled", job.days)
         truth = truth_frame(wrangled, config, truth_rows).cache() if truth_rows else None
-        manifest = rewrite_days(
+        counts = rewrite_days(
             spark, layout, "wrangled", "labeled", job.days, job.key, lambda f: label_frame(f, config, truth)
         )
-        manifest["stage"] = "label"
-        manifest["ground_truth_set_aside"] = len(set_aside)
-        manifest["ground_truth_set_aside_examples"] = set_aside[:20]  # each with its reason
-        manifest["ground_truth_matched"] = 0
+        matched = 0
         if truth is not None:
-            manifest["ground_truth_matched"] = wrangled.join(truth, on=config.source.key, how="left_semi").count()
+            matched = wrangled.join(truth, on=config.source.key, how="left_semi").count()
             truth.unpersist()
-        mlflow.log_metric("label_ground_truth_matched", manifest["ground_truth_matched"])
-        path = write_json_atomic(manifest, layout.manifest("label", job.key))
+        manifest = LabelManifest(
+            **counts.model_dump(),
+            ground_truth_matched=matched,
+            ground_truth_set_aside=len(set_aside),
+            ground_truth_set_aside_examples=set_aside[:20],
+        )
+        mlflow.log_metric("label_ground_truth_matched", matched)
+        path = manifest.write(layout.manifest("label", job.key))
         _log_counts("label", manifest)
         mlflow.log_artifact(str(path))
     return path
@@ -224,9 +229,13 @@ def split(job: StageInput) -> Path:
             path = write_splits(
                 assign_split(frame, config), config, layout.splits, split_id, staging, (window_start, job.end)
             )
-        manifest = json.loads(path.read_text())
-        for side, stats in manifest["sides"].items():
-            mlflow.log_metric(f"{side}_rows", stats["rows"])
-        mlflow.set_tag("flightplan.data_fingerprint", manifest["fingerprint"])
+        manifest = SplitManifest.read(path)
+        for side, stats in manifest.sides.items():
+            mlflow.log_metric(f"{side}_rows", stats.rows)
+        mlflow.set_tag("flightplan.data_fingerprint", manifest.fingerprint)
         mlflow.log_artifact(str(path))
     return path
+
+
+# The stages in the order data_engineering runs them, for a caller that runs the chain without Airflow.
+IN_ORDER = (ingest, profile, validate, wrangle, label, split)

@@ -15,11 +15,15 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import yaml
+from flightplan.settings import Settings
 
-from tests.conftest import REPO, free_port
+from tests.support.pipeline import REPO
+from tests.support.service import free_port
 
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432"
 
@@ -167,3 +171,37 @@ def spark_cluster(folder: Path, workers: int, cores: int = 1, memory: str = "2g"
             process,
         )
         yield cluster
+
+
+def pipelines_with(settings: Settings, folder: Path, model: dict[str, Any]) -> Path:
+    """The flights pipeline with ``model`` settings and a small search (the data is a few days)."""
+    config = yaml.safe_load((settings.pipelines_dir / "flights.yaml").read_text())
+    config["model"].update(model)
+    config["model"]["tuning"].update({"trials": 2, "num_boost_round": 40})
+    config["model"]["acceptance"].update({"minimum": {}, "maximum": {}})
+    (folder / "flights.yaml").write_text(yaml.safe_dump(config))
+    return folder
+
+
+class TrackingServer:
+    """`mlflow server` on a fixed port and a SQLite store, which a test can stop and start again."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = [str(Path(sys.executable).with_name("mlflow")), "server", "--workers", "1"]
+        command += ["--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}"]
+        command += ["--artifacts-destination", str(self.folder / "artifacts")]
+        command += ["--host", "127.0.0.1", "--port", self.url.rsplit(":", 1)[1]]
+        log = self.folder / "server.log"
+        with log.open("ab") as sink:
+            self.process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_until(answers(f"{self.url}/health"), "the MLflow tracking server", log, self.process)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(30)

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from flightplan.data.partitions import days_in
+from flightplan.files import replace_atomically
 from flightplan.layout import Layout
 
 
@@ -45,10 +46,7 @@ def replay(layout: Layout, start: date, end: date) -> dict[str, int]:
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    frame.to_csv(partial, index=False)
-    partial.replace(path)
+    replace_atomically(path, lambda partial: frame.to_csv(partial, index=False))
     return len(frame)
 
 
@@ -58,7 +56,7 @@ def replay_traffic(
     """Send the labeled rows of the days in [start, end), in time order, to the inference API as a client
     would (the request fields and the source key), then send their true labels back as feedback for a
     seeded ``feedback_share`` of them, as ground truth that arrives after the answer; returns the counts."""
-    from flightplan.serving.deploy import bearer, service_client
+    from flightplan.serving.client import bearer, service_client
     from flightplan.serving.inputs import json_records, request_fields
 
     config = layout.config

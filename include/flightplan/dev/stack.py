@@ -24,7 +24,8 @@ from pathlib import Path
 
 import httpx
 
-from flightplan.airflow_rest import ADMIN, PASSWORDS_FILE
+from flightplan.dev.airflow_rest import ADMIN, PASSWORDS_FILE
+from flightplan.files import replace_atomically
 from flightplan.secrets import user_passwords, write_owner_only
 from flightplan.settings import TOKEN_VARIABLES, Settings, airflow_environment, api_token, token_file
 
@@ -199,10 +200,8 @@ def write_airflow_passwords(path: Path, users: list[str], pairs: str) -> None:
             f"AIRFLOW_PASSWORDS must give each Airflow user a password as user:password pairs separated by spaces: "
             f"missing for {missing or empty or 'every user (no user is configured)'}"
         )
-    partial = path.with_name(f".{path.name}.partial")
-    partial.unlink(missing_ok=True)
-    write_owner_only(partial, json.dumps({user: passwords[user] for user in users}))
-    partial.replace(path)
+    document = json.dumps({user: passwords[user] for user in users})
+    replace_atomically(path, lambda partial: write_owner_only(partial, document))
 
 
 def launch(settings: Settings, process: Process, env: dict[str, str]) -> int:

@@ -12,13 +12,14 @@ import logging
 import math
 from dataclasses import dataclass, field
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from flightplan.config import AcceptanceSpec, PipelineConfig
-from flightplan.data.partitions import write_json_atomic
 from flightplan.layout import Layout, open_pipeline
+from flightplan.manifests import DeploymentDecision
 from flightplan.model.registry import (
     CHALLENGER,
     CHAMPION,
@@ -27,7 +28,8 @@ from flightplan.model.registry import (
     alias_version,
     decision_threshold,
 )
-from flightplan.settings import ApiScope, Settings, api_token
+from flightplan.serving.client import service_client
+from flightplan.settings import Settings
 from flightplan.tracking import RunContext, stage_run
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,10 @@ class DeployJob:
         return open_pipeline(self.pipeline)
 
 
+ALREADY_CHAMPION = "version {} is already the champion"
+FIRST_CHAMPION = "no champion yet: the first model is deployed"
+
+
 def deployment_experiment(config: PipelineConfig) -> str:
     return f"{config.name}-deployment"
 
@@ -63,7 +69,7 @@ def deployment_experiment(config: PipelineConfig) -> str:
 def recent_labeled(layout: Layout, days: int) -> tuple[pd.DataFrame, list[date]]:
     """The newest ``days`` day partitions of the labeled data, with derived features, in a fixed order."""
     from flightplan.data.batches import read_in_order
-    from flightplan.model.features import derive
+    from flightplan.features import derive
 
     source = layout.config.source
     root = layout.dataset("labeled")
@@ -75,9 +81,9 @@ def recent_labeled(layout: Layout, days: int) -> tuple[pd.DataFrame, list[date]]
 
 
 def _metrics(model: RegisteredModel, frame: pd.DataFrame) -> dict[str, float]:
+    from flightplan.features import encode, encode_label
     from flightplan.model import package
     from flightplan.model.evaluate import compute_metrics
-    from flightplan.model.features import encode, encode_label
 
     feature_map = model.feature_map
     predictions = package.predict(package.session(model.onnx), encode(frame, feature_map), feature_map.task)
@@ -95,66 +101,72 @@ def candidate_version(job: DeployJob, settings: Settings, config: PipelineConfig
 def compare(job: DeployJob) -> dict[str, Any]:
     """The candidate against the champion on recent labeled data; raises ChallengerRefused when it loses.
     Returns the decision (also written next to the data and logged to MLflow)."""
-    import mlflow
+    settings, config, layout = job.open()
+    version = candidate_version(job, settings, config)
+    champion_version = alias_version(settings, config.registered_model, CHAMPION)
+    versions = {"pipeline": config.name, "candidate": version, "champion": champion_version}
+    if champion_version == version:
+        decision = DeploymentDecision(**versions, accepted=True, reasons=[], note=ALREADY_CHAMPION.format(version))
+    elif champion_version is None:
+        decision = DeploymentDecision(**versions, accepted=True, reasons=[], note=FIRST_CHAMPION)
+    else:
+        decision = DeploymentDecision(**versions, **_contest(layout, settings, version, champion_version))
+    path = decision.write(layout.reports("deployment") / f"{job.context.run_id}.json")
+    _log_decision(job, settings, config, decision, path)
+    if not decision.accepted:
+        raise ChallengerRefused(
+            f"{config.registered_model} version {version} not promoted over champion version {champion_version}:"
+            "\n  - " + "\n  - ".join(decision.reasons)
+        )
+    return decision.to_json()
 
+
+def _contest(layout: Layout, settings: Settings, version: str, champion_version: str) -> dict[str, Any]:
+    """Both versions scored on the newest labeled days and judged by the deployment margin."""
     from flightplan.model.gate import decide
     from flightplan.model.registry import load_version
 
-    settings, config, layout = job.open()
-    spec = config.deployment
-    name = config.registered_model
-    version = candidate_version(job, settings, config)
-    champion_version = alias_version(settings, name, CHAMPION)
-    decision: dict[str, Any] = {"pipeline": config.name, "candidate": version, "champion": champion_version}
-    if champion_version == version:
-        decision.update(accepted=True, reasons=[], note=f"version {version} is already the champion")
-    elif champion_version is None:
-        decision.update(accepted=True, reasons=[], note="no champion yet: the first model is deployed")
-    else:
-        frame, days = recent_labeled(layout, spec.recent_days)
-        if len(frame) < spec.min_rows:
-            raise ChallengerRefused(
-                f"only {len(frame)} labeled rows in the newest {spec.recent_days} days (need {spec.min_rows}): "
-                "cannot compare the candidate with the champion"
-            )
-        candidate_metrics = _metrics(load_version(settings, name, version), frame)
-        champion_metrics = _metrics(load_version(settings, name, champion_version), frame)
-        verdict = decide(
-            candidate_metrics,
-            AcceptanceSpec(champion_margin=spec.margin),
-            config.primary_metric,
-            champion_metrics,
-            side="recent",
+    config, spec = layout.config, layout.config.deployment
+    frame, days = recent_labeled(layout, spec.recent_days)
+    if len(frame) < spec.min_rows:
+        raise ChallengerRefused(
+            f"only {len(frame)} labeled rows in the newest {spec.recent_days} days (need {spec.min_rows}): "
+            "cannot compare the candidate with the champion"
         )
-        decision.update(
-            accepted=verdict.accepted,
-            reasons=verdict.reasons,
-            checks=verdict.checks,
-            rows=len(frame),
-            days=[d.isoformat() for d in days],
-            candidate_metrics=candidate_metrics,
-            champion_metrics=champion_metrics,
-        )
-    path = write_json_atomic(decision, layout.reports("deployment") / f"{job.context.run_id}.json")
+    candidate_metrics = _metrics(load_version(settings, config.registered_model, version), frame)
+    champion_metrics = _metrics(load_version(settings, config.registered_model, champion_version), frame)
+    margin = AcceptanceSpec(champion_margin=spec.margin)
+    verdict = decide(candidate_metrics, margin, config.primary_metric, champion_metrics, side="recent")
+    return {
+        "accepted": verdict.accepted,
+        "reasons": verdict.reasons,
+        "checks": verdict.checks,
+        "rows": len(frame),
+        "days": [d.isoformat() for d in days],
+        "candidate_metrics": candidate_metrics,
+        "champion_metrics": champion_metrics,
+    }
+
+
+def _log_decision(
+    job: DeployJob, settings: Settings, config: PipelineConfig, decision: DeploymentDecision, path: Path
+) -> None:
+    """The decision as a run of the pipeline's deployment experiment: versions and verdict as tags, both
+    versions' recent metrics, the decision file."""
+    import mlflow
+
     with stage_run(settings, config, job.context, deployment_experiment(config), "compare"):
         mlflow.set_tags(
             {
-                "flightplan.candidate_version": version,
-                "flightplan.champion_version": champion_version or "-",
-                "flightplan.decision": "promote" if decision["accepted"] else "refused",
+                "flightplan.candidate_version": decision.candidate,
+                "flightplan.champion_version": decision.champion or "-",
+                "flightplan.decision": "promote" if decision.accepted else "refused",
                 "flightplan.reason": job.reason,
             }
         )
-        for prefix in ("candidate", "champion"):
-            metrics = decision.get(f"{prefix}_metrics") or {}
-            mlflow.log_metrics({f"{prefix}_recent_{k}": v for k, v in metrics.items() if math.isfinite(v)})
+        for prefix, metrics in (("candidate", decision.candidate_metrics), ("champion", decision.champion_metrics)):
+            mlflow.log_metrics({f"{prefix}_recent_{k}": v for k, v in (metrics or {}).items() if math.isfinite(v)})
         mlflow.log_artifact(str(path))
-    if not decision["accepted"]:
-        raise ChallengerRefused(
-            f"{name} version {version} not promoted over champion version {champion_version}:\n  - "
-            + "\n  - ".join(decision["reasons"])
-        )
-    return decision
 
 
 def promote(job: DeployJob) -> dict[str, str | None]:
@@ -208,19 +220,6 @@ def recent_records(layout: Layout, rows: int) -> tuple[pd.DataFrame, list[dict[s
     frame, _ = recent_labeled(layout, layout.config.deployment.recent_days)
     recent = frame.tail(rows)
     return recent, json_records(recent, list(request_fields(layout.config)))
-
-
-def bearer(settings: Settings, scope: ApiScope) -> dict[str, str]:
-    """The header that carries the inference API's token of ``scope``, when one is set."""
-    token = api_token(settings, scope)
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
-def service_client(settings: Settings, scope: ApiScope = "predict") -> Any:
-    """An HTTP client of the inference API, with its bearer token of ``scope``."""
-    import httpx
-
-    return httpx.Client(base_url=settings.service_url, headers=bearer(settings, scope), timeout=60)
 
 
 def reload_service(job: DeployJob) -> str:
