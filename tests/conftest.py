@@ -1,5 +1,6 @@
-"""Shared, session-scoped fixtures: one home folder, one Spark session, one replayed landing zone, the
-data-engineering chain on the real demo days and a quickly trained challenger and champion."""
+"""The fixtures every tier shares. Each module works in a home of its own, a copy of one prepared once for the
+session (the demo's first days landed and run through data_engineering), and trains its own quick challenger
+and champion when it asks for them; one Spark session serves them all."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,15 @@ from flightplan.model import stages
 from flightplan.settings import Settings, load_settings
 from flightplan.tracking import RunContext
 
-from tests.support.pipeline import END_DAY, FIRST_DAY, QUICK, run_chain, run_data_engineering
+from tests.support.homes import copy_home
+from tests.support.pipeline import (
+    END_DAY,
+    FIRST_DAY,
+    QUICK,
+    data_engineering_manifests,
+    run_chain,
+    run_data_engineering,
+)
 from tests.support.processes import mark_session, wait_for_leftovers
 
 SESSION = mark_session()
@@ -69,65 +80,104 @@ def session_tracking_restored() -> Iterator[None]:
         os.environ["MLFLOW_TRACKING_URI"] = exported
 
 
-@pytest.fixture(scope="session")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    folder = tmp_path_factory.mktemp("flightplan-home")
-    previous = os.environ.get("FLIGHTPLAN_HOME")
-    os.environ["FLIGHTPLAN_HOME"] = str(folder)
-    yield folder
-    if previous is None:
-        os.environ.pop("FLIGHTPLAN_HOME")
-    else:
-        os.environ["FLIGHTPLAN_HOME"] = previous
+@dataclass(frozen=True)
+class PreparedHome:
+    """The home every module's home is copied from, and what its landing zone received."""
+
+    folder: Path
+    replayed: dict[str, int]
+
+
+@contextmanager
+def pointed_at(home: Path) -> Iterator[None]:
+    """FLIGHTPLAN_HOME set to ``home`` and MLflow pointed at its store; both as they were at exit."""
+    import mlflow
+
+    saved = {name: os.environ.get(name) for name in ("FLIGHTPLAN_HOME", "MLFLOW_TRACKING_URI")}
+    tracking = mlflow.get_tracking_uri()
+    os.environ["FLIGHTPLAN_HOME"] = str(home)
+    # The library exports the store it last used (mlflow.set_tracking_uri), which load_settings would obey.
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    mlflow.set_tracking_uri(load_settings().mlflow_tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(tracking)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @pytest.fixture(scope="session")
+def prepared_home(tmp_path_factory: pytest.TempPathFactory) -> PreparedHome:
+    """Three real days of the demo data landed and run through data_engineering, once for the session."""
+    from flightplan.dev.replay import replay
+
+    folder = tmp_path_factory.mktemp("flightplan-prepared")
+    with pointed_at(folder):
+        settings = load_settings()
+        counts = replay(Layout(settings, load_pipeline("flights", settings.pipelines_dir)), FIRST_DAY, END_DAY)
+        run_data_engineering(FIRST_DAY, END_DAY)
+    return PreparedHome(folder, counts)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory, prepared_home: PreparedHome) -> Iterator[Path]:
+    """The module's own home: a copy of the prepared one. What a module writes (data, models, aliases, the
+    prediction log) no other module sees."""
+    folder = copy_home(prepared_home.folder, tmp_path_factory.mktemp("flightplan-home"))
+    with pointed_at(folder):
+        yield folder
+
+
+@pytest.fixture(scope="module")
 def settings(home: Path) -> Settings:
     return load_settings()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def config(settings: Settings) -> PipelineConfig:
     return load_pipeline("flights", settings.pipelines_dir)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def layout(settings: Settings, config: PipelineConfig) -> Layout:
     return Layout(settings, config)
 
 
 @pytest.fixture(scope="session")
-def spark(settings: Settings):  # type: ignore[no-untyped-def]
+def spark(prepared_home: PreparedHome):  # type: ignore[no-untyped-def]
+    """The session's Spark, which every module's stages share (its scratch space is the prepared home's)."""
     from flightplan.spark import get_spark
 
-    session = get_spark(settings, "flightplan-tests")
+    session = get_spark(load_settings({"FLIGHTPLAN_HOME": str(prepared_home.folder)}), "flightplan-tests")
     yield session
     session.stop()
     # py4j logs at INFO while its connections are collected at exit, after pytest has closed the streams.
     logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
-@pytest.fixture(scope="session")
-def replayed(layout: Layout) -> dict[str, int]:
-    """Three real days of the demo data in the landing zone."""
-    from flightplan.dev.replay import replay
-
-    return replay(layout, FIRST_DAY, END_DAY)
+@pytest.fixture(scope="module")
+def replayed(home: Path, prepared_home: PreparedHome) -> dict[str, int]:
+    """Rows per landing file of the three real days in the module's landing zone."""
+    return prepared_home.replayed
 
 
-@pytest.fixture(scope="session")
-def good_days(replayed: dict[str, int]) -> dict[str, dict]:
-    """The whole chain on the three real days, as the DAG runs it."""
-    return run_data_engineering(FIRST_DAY, END_DAY)
+@pytest.fixture(scope="module")
+def good_days(layout: Layout, replayed: dict[str, int]) -> dict[str, dict]:
+    """The whole chain's manifests on the three real days, as the module's home holds them."""
+    return data_engineering_manifests(layout, FIRST_DAY, END_DAY)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def challenger(good_days: dict) -> tuple[str, dict[str, str]]:
     """A registered challenger (alias `challenger`) of the demo days, quickly tuned."""
     return run_chain(stages.ModelJob("flights", RunContext(dag_id="model_engineering", run_id="it-1"), QUICK))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def champion(challenger: tuple[str, dict[str, str]], settings: Settings) -> str:
     """The quick challenger promoted to `champion`."""
     from flightplan.tracking import client

@@ -9,6 +9,6 @@ from flightplan.settings import Settings
 from tests.support.airflow import migrated_airflow
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def airflow_env(settings: Settings, replayed: dict[str, int]) -> dict[str, str]:
     return migrated_airflow(settings)

@@ -21,7 +21,7 @@ def test_batch_scores_every_wrangled_row_once_as_the_onnx_model_would(champion: 
     first = json.loads(batch.score(job).read_text())
     again = json.loads(batch.score(job).read_text())
     part = layout.config.source.partition_column
-    wrangled = read_partitions(layout.dataset("wrangled"), part, job.days)  # other tests add other days
+    wrangled = read_partitions(layout.dataset("wrangled"), part, job.days)
     assert first["rows_total"] == again["rows_total"] == wrangled.num_rows
     assert first["model_version"] == champion
 

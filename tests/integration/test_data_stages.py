@@ -31,7 +31,7 @@ def dataset_rows(root: Path, day: date) -> list[dict]:
     return sorted(rows, key=lambda r: json.dumps(r, sort_keys=True, default=str))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def bad_landing(layout: Layout, replayed: dict[str, int]) -> Path:
     """A day of landing files with every kind of bad input, built from real rows."""
     good = (layout.landing / FIRST_DAY.isoformat()).glob("*.csv").__next__().read_text().splitlines()
@@ -53,7 +53,7 @@ def bad_landing(layout: Layout, replayed: dict[str, int]) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def bad_day_ingest(layout: Layout, bad_landing: Path) -> dict:
     path = data_stages.ingest(data_stages.StageInput("flights", BAD_DAY, AFTER_BAD_DAY))
     return json.loads(path.read_text())
@@ -144,7 +144,7 @@ def test_the_profile_lists_the_most_frequent_values_of_each_text_column(good_day
     from flightplan.data.partitions import days_in
 
     profile = json.loads((Path(good_days["profile"]["path"]).parent / "profile.json").read_text())
-    days = days_in(FIRST_DAY, END_DAY)  # the profiled days only: other tests add days of their own
+    days = days_in(FIRST_DAY, END_DAY)  # the profiled days only: this module's other tests add days
     curated = read_partitions(layout.dataset("curated"), layout.config.source.partition_column, days).to_pandas()
     for name in ("carrier", "tailnum", "plane_manufacturer"):
         counts = curated[name].value_counts(dropna=False)

@@ -93,7 +93,7 @@ def test_the_champions_own_search_run_again_is_accepted(challenger: tuple[str, d
     sides of the champion comparison are scored by their native boosters: on the demo year's 49,113 test rows,
     the champion's float32 ONNX answers made its identical retrained model lose (0.70250273 against 0.70250274),
     which a split this small does not show; here the test holds the chain to being deterministic. Both models
-    train here, on one split: other tests of the session rewrite the splits of the shared home."""
+    train here, on one split: other tests of this module add days and split again."""
     from flightplan.tracking import client
 
     mlflow_client = client(layout.settings)

@@ -104,8 +104,8 @@ def test_unshifted_traffic_holds_shifted_traffic_retrains_once(
     started = datetime.now(UTC)
 
     def cooldown_of_this_test() -> dict[str, float]:
-        """A cooldown reaching back to this test's start only: other tests of the session (the e2e loop) may
-        have asked for a retraining before it."""
+        """A cooldown reaching back to this test's start only: the module's earlier checks may have asked for a
+        retraining before it."""
         return {"monitoring.cooldown_hours": (datetime.now(UTC) - started).total_seconds() / 3600}
 
     label = layout.config.label.name

@@ -377,7 +377,7 @@ def test_ground_truth_sent_back_labels_rows_in_the_label_step(api: Any, layout: 
         assert label_of(on_time, "fill")[1] == [0]  # the rule knew it: 'fill' keeps the rule's label
         assert label_of(on_time, "override")[1] == [1]
     finally:
-        label_of(unknown, "ignore")  # the labeled data the other tests share, as the rule alone makes it
+        label_of(unknown, "ignore")  # the labeled data the module's other tests share, as the rule alone makes it
 
 
 def test_the_service_follows_the_pipelines_folder_without_a_restart(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
+from flightplan.layout import Layout
 from flightplan.model import stages
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,6 +49,18 @@ def leftovers(data_root: Path) -> list[str]:
     return staged + hidden + temporary
 
 
+def data_engineering_manifests(layout: Layout, start: date, end: date) -> dict[str, dict]:
+    """What each data_engineering stage left for [start, end): its manifest, or the path of the profile page."""
+    from flightplan.data.partitions import interval_key
+
+    key = interval_key(start, end)
+    stages_with_manifests = ("ingest", "validate", "wrangle", "label")
+    found = {stage: json.loads(layout.manifest(stage, key).read_text()) for stage in stages_with_manifests}
+    found["split"] = json.loads((layout.splits / key / "manifest.json").read_text())
+    found["profile"] = {"path": str(layout.reports("profile") / key / "profile.html")}
+    return found
+
+
 def run_data_engineering(start: date, end: date) -> dict[str, dict]:
     """The data_engineering tasks on [start, end) in this process (its Spark session), in the DAG's order:
     each stage's manifest, or the path of the report it wrote."""
@@ -61,7 +74,7 @@ def run_data_engineering(start: date, end: date) -> dict[str, dict]:
     return manifests
 
 
-# Other tests may have left a champion in the shared registry: a quick model is accepted whatever it is.
+# A module's registry may already hold a champion: a quick model is accepted whatever it is.
 QUICK = {
     "model.tuning.trials": 3,
     "model.tuning.num_boost_round": 60,

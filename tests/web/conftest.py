@@ -71,7 +71,7 @@ def screenshots_folder(home: Path) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def web_stack(request: pytest.FixtureRequest) -> Iterator[WebStack]:
     if os.environ.get("FLIGHTPLAN_WEB_STACK") == "running":
         yield running_stack()
