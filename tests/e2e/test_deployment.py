@@ -57,10 +57,14 @@ def copy_as_challenger(settings: Settings, version: str) -> str:
 
 
 def test_promote_rollback_refuse_and_automatic_rollback(
-    airflow_env: dict[str, str], service: str, settings: Settings, layout: Layout
+    airflow_env: dict[str, str],
+    service: str,
+    settings: Settings,
+    layout: Layout,
+    challenger: tuple[str, dict[str, str]],
 ) -> None:
     env = {**airflow_env, "FLIGHTPLAN_SERVICE_URL": service, **token_environment(TOKEN)}
-    first = aliases(settings)["challenger"]  # registered by the model_engineering test
+    first = challenger[1]["version"]  # the module's first model: there is no champion yet
 
     log = dags_test(env, "flights.deployment", {"reason": "first model"})
     assert "[DAG TEST] end task task_id=smoke_test" in log

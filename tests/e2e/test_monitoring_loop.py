@@ -26,7 +26,8 @@ pytestmark = pytest.mark.airflow
 
 
 @pytest.fixture(scope="module")
-def service(settings: Settings) -> Iterator[str]:
+def service(settings: Settings, champion: str) -> Iterator[str]:
+    """The service of the module's champion, trained on the first days of January; it reloads when told to."""
     with service_process(settings, TOKEN, poll_seconds=3600, wait_ready=True) as running:
         yield running["url"]
 
