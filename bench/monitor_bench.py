@@ -122,7 +122,8 @@ def flightplan_check(window: tuple[datetime, datetime], out: Path) -> None:
     from flightplan.tracking import RunContext
 
     job = MonitorJob(PIPELINE, *window, RunContext(dag_id="bench", run_id=f"monitor-bench-{int(time.time())}"))
-    out.write_text(json.dumps(check(job), default=str))
+    summary, _ = check(job)
+    out.write_text(summary.model_dump_json())
 
 
 def write_frames(window: tuple[datetime, datetime], version: str, frames: Path) -> int:
@@ -185,12 +186,14 @@ def main() -> int:
 
     ours_s = contender("ours", args, folder / "ours.json")
     peer_s = contender("evidently", args, folder / "evidently.json")
-    summary = json.loads((folder / "ours.json").read_text())
+    from flightplan.manifests import MonitoringSummary
+
+    summary = MonitoringSummary.read(folder / "ours.json")
     theirs = json.loads((folder / "evidently.json").read_text())
-    ours = {c["column"]: c["drifted"] for c in [*summary["columns"], *summary["prediction_drift"]]}
+    ours = {c.column: c.drifted for c in [*summary.columns, *summary.prediction_drift]}
     differ = sorted(c for c in theirs if ours.get(c) != theirs[c])
     print(
-        f"\nrows {summary['rows']:,} (labeled {summary['labeled_rows']:,}), reference {reference_rows:,}, "
+        f"\nrows {summary.rows:,} (labeled {summary.labeled_rows:,}), reference {reference_rows:,}, "
         f"columns {len(theirs)} ({sum(theirs.values())} drifting)"
     )
     print("| contender (a fresh process each) | seconds | ratio to Evidently |")
