@@ -56,17 +56,24 @@ def service_process(
             stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
+    try:  # a service that never gets ready is stopped too, not left to outlive the session
+        _wait_until_answering(url, process, output, wait_ready)
+        yield {"url": url, "process": process, "output": output}
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(30)
+
+
+def _wait_until_answering(url: str, process: subprocess.Popen[bytes], output: Path, ready: bool) -> None:
+    """Until the service answers (``ready``: answers that it is ready), for at most 120 s."""
     deadline = time.monotonic() + 120
     while True:
         assert process.poll() is None, output.read_text()
         try:
-            if httpx.get(f"{url}/ready").status_code == 200 or not wait_ready:
-                break
+            if httpx.get(f"{url}/ready").status_code == 200 or not ready:
+                return
         except httpx.TransportError:
             pass
         assert time.monotonic() < deadline, output.read_text()
         time.sleep(0.5)
-    yield {"url": url, "process": process, "output": output}
-    if process.poll() is None:
-        process.terminate()
-        process.wait(30)
