@@ -129,9 +129,7 @@ def serve(args: argparse.Namespace) -> int:
     """Runs the inference API until SIGTERM/SIGINT (in-flight requests finish and are logged first)."""
     import logging
 
-    import uvicorn
-
-    from flightplan.serving.app import ServiceOptions, create_app
+    from flightplan.serving.app import ServiceOptions, create_app, run_service
 
     settings = load_settings()
     tokens = api_tokens(settings)
@@ -148,8 +146,7 @@ def serve(args: argparse.Namespace) -> int:
         for scope in TOKEN_VARIABLES.keys() - tokens.keys():
             logging.warning("no %s: the %s routes answer 403", TOKEN_VARIABLES[scope], scope)
     options = ServiceOptions(args.pipeline, None if args.no_auth else tokens, args.poll_seconds)
-    app = create_app(settings, options)
-    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="info", timeout_graceful_shutdown=30)
+    run_service(create_app(settings, options), args.host, args.port)
     return 0
 
 

@@ -1,7 +1,8 @@
 """Hostile request bodies against the inference API: each is refused with a 4xx that names the field and what
 was expected (or the limit it broke), nothing of it reaches the prediction log, and the service keeps
 answering good requests. In-process for the cheap cases; a real server process for those that could take a
-process down (a deeply nested body, a huge one)."""
+process down (a deeply nested body, a huge one). The service serves the model double: what is refused is
+refused before any model."""
 
 from __future__ import annotations
 
@@ -15,24 +16,26 @@ from flightplan.layout import Layout
 from flightplan.serving.app import MAX_BATCH_ROWS, MAX_BODY_BYTES
 from flightplan.settings import Settings
 
+from tests.support.model_double import DoubleRegistry
 from tests.support.service import scoped_tokens, service_process
-from tests.support.serving_clients import AUTH, FEEDBACK_AUTH, TOKEN, auth_for, client_records, predictions_in_log
+from tests.support.serving_clients import AUTH, FEEDBACK_AUTH, TOKEN, auth_for, predictions_in_log, split_records
 
 PREDICT, BATCH, FEEDBACK = "/v1/flights/predict", "/v1/flights/predict/batch", "/v1/flights/feedback"
 JSON = {**AUTH, "Content-Type": "application/json"}
 
 
 @pytest.fixture(scope="module")
-def record(layout: Layout, challenger: tuple[str, dict[str, str]]) -> dict[str, Any]:
-    return client_records(layout, challenger[0], 1)[0]
+def record(layout: Layout, good_days: dict[str, dict]) -> dict[str, Any]:
+    return split_records(layout, 1)[0]
 
 
 @pytest.fixture(scope="module")
-def api(champion: str, settings: Settings) -> Iterator[Any]:
+def api(settings: Settings) -> Iterator[Any]:
     from fastapi.testclient import TestClient
     from flightplan.serving.app import ServiceOptions, create_app
 
-    app = create_app(settings, ServiceOptions(["flights"], scoped_tokens(TOKEN), poll_seconds=3600))
+    options = ServiceOptions(["flights"], scoped_tokens(TOKEN), poll_seconds=3600)
+    app = create_app(settings, options, DoubleRegistry())
     with TestClient(app) as client:
         yield client
 
@@ -134,8 +137,8 @@ def test_a_bad_body_gets_a_4xx_naming_the_field_and_logs_nothing(
 
 
 @pytest.fixture(scope="module")
-def server(champion: str, settings: Settings) -> Iterator[dict[str, Any]]:
-    with service_process(settings, TOKEN, poll_seconds=3600, wait_ready=True) as running:
+def server(settings: Settings) -> Iterator[dict[str, Any]]:
+    with service_process(settings, TOKEN, poll_seconds=3600, wait_ready=True, double=True) as running:
         yield running
 
 

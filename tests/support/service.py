@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 from flightplan.settings import TOKEN_VARIABLES, ApiScope, Settings
 
+REPOSITORY = Path(__file__).parents[2]
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -39,19 +41,26 @@ def service_process(
     wait_ready: bool,
     env: dict[str, str] | None = None,
     pipelines: tuple[str, ...] | None = ("flights",),
+    double: bool = False,
 ) -> Iterator[dict]:
     """`flightplan serve` for ``pipelines`` (None: every pipeline of the folder, followed) as its own process (in
-    ``env``, by default this one's), on a free port; stopped at exit."""
+    ``env``, by default this one's), on a free port; stopped at exit. ``double``: the service serves the model
+    double (:mod:`tests.support.model_double`) instead of the registry's champions."""
     port = free_port()
     env = {**(os.environ if env is None else env), **token_environment(token), "FLIGHTPLAN_HOME": str(settings.home)}
     output = settings.home / f"serve-{port}.log"
-    command = [str(Path(sys.executable).with_name("flightplan")), "serve"]
+    command = (
+        [sys.executable, "-m", "tests.support.model_double"]
+        if double
+        else [str(Path(sys.executable).with_name("flightplan")), "serve"]
+    )
     for pipeline in pipelines or ():
         command += ["--pipeline", pipeline]
     with output.open("w") as sink:
         process = subprocess.Popen(
             [*command, "--port", str(port), "--poll-seconds", str(poll_seconds)],
             env=env,
+            cwd=REPOSITORY,
             stdout=sink,
             stderr=subprocess.STDOUT,
         )

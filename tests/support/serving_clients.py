@@ -6,12 +6,15 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pandas as pd
 import sqlalchemy as sa
 from flightplan.layout import Layout
+from flightplan.manifests import LatestSplit, SplitManifest
+from flightplan.model.stages import read_side
 from flightplan.serving.inputs import json_records, request_fields
 
 from tests.support.service import scoped_tokens
@@ -33,6 +36,13 @@ def client_records(layout: Layout, run_id: str, rows: int | None = None) -> list
     """Rows of the run's test side as a client would send them: the raw request fields only."""
     frame = pd.read_parquet(layout.model_run(run_id) / "frames" / "test.parquet")
     return json_records(frame.head(rows) if rows else frame, list(request_fields(layout.config)))
+
+
+def split_records(layout: Layout, rows: int) -> list[dict[str, Any]]:
+    """Rows of the newest split's test side as a client would send them, for tests that train no model."""
+    manifest = SplitManifest.read(Path(LatestSplit.read(layout.splits / "latest.json").manifest))
+    frame = read_side(manifest.paths["test"], layout.config)
+    return json_records(frame.head(rows), list(request_fields(layout.config)))
 
 
 def predictions_in_log(url: str, request_ids: list[str] | None = None) -> int:

@@ -39,7 +39,7 @@ from flightplan.prediction_log import (
 from flightplan.serving.collect import SnapshotSource, collect
 from flightplan.serving.inputs import InvalidRecord, python_type, record_type
 from flightplan.serving.metrics import ServiceMetrics
-from flightplan.serving.models import ModelSlot, ServedModel
+from flightplan.serving.models import ModelSlot, ModelSources, RegistryModels, ServedModel
 from flightplan.settings import TOKEN_VARIABLES, ApiScope, Settings
 
 log = logging.getLogger(__name__)
@@ -174,11 +174,13 @@ def bearer_auth(scope: ApiScope, tokens: Mapping[ApiScope, str] | None) -> Calla
 
 
 class Service:
-    """State shared by the routes: the model slots, the prediction log and the metrics."""
+    """State shared by the routes: the model slots, the prediction log and the metrics. Each pipeline's models
+    come from ``models`` (by default the registry)."""
 
-    def __init__(self, settings: Settings, options: ServiceOptions) -> None:
+    def __init__(self, settings: Settings, options: ServiceOptions, models: ModelSources | None = None) -> None:
         self.settings = settings
         self.options = options
+        self.models: ModelSources = models or partial(RegistryModels, settings)
         # Replaced whole, never changed in place, so that a request reading them while the poller follows the
         # pipelines folder sees one state or the other.
         self.config_errors: dict[str, str] = {}  # YAMLs of the folder that do not load: their last config serves
@@ -188,7 +190,7 @@ class Service:
             self.note_config_errors(scan.errors)
         else:
             self.configs = {name: load_pipeline(name, settings.pipelines_dir) for name in options.pipelines}
-        self.slots = {name: ModelSlot(settings, config) for name, config in self.configs.items()}
+        self.slots = {name: ModelSlot(config, self.models(config)) for name, config in self.configs.items()}
         self.on_pipelines_changed: Callable[[set[str]], None] = lambda _changed: None
         self.metrics = ServiceMetrics()
         self.engine = create_store_engine(settings.predictions_db_url)
@@ -250,7 +252,7 @@ class Service:
             return changed
         slots = {name: slot for name, slot in self.slots.items() if name in wanted and name not in changed}
         for name in sorted(changed & wanted.keys()):
-            slots[name] = ModelSlot(self.settings, wanted[name])
+            slots[name] = ModelSlot(wanted[name], self.models(wanted[name]))
             self.metrics.observe_reload(slots[name].refresh(retry_refused=True))
         self.configs, self.slots = wanted, slots
         log.info("pipelines now served: %s (changed: %s)", sorted(wanted), sorted(changed))
@@ -443,8 +445,10 @@ async def refuse_invalid(_: Request, err: RequestValidationError) -> Response:
     return Response(detail, status_code=422, media_type="application/json")
 
 
-def create_app(settings: Settings, options: ServiceOptions) -> FastAPI:
-    service = Service(settings, options)
+def create_app(settings: Settings, options: ServiceOptions, models: ModelSources | None = None) -> FastAPI:
+    """The inference API of the pipelines ``options`` names, their models from ``models`` (by default the
+    registry)."""
+    service = Service(settings, options, models)
     auth = {scope: [Depends(bearer_auth(scope, options.tokens))] for scope in TOKEN_VARIABLES}
 
     @asynccontextmanager
@@ -471,6 +475,13 @@ def create_app(settings: Settings, options: ServiceOptions) -> FastAPI:
     for name, config in service.configs.items():
         add_pipeline_routes(app, service, name, config, auth)
     return app
+
+
+def run_service(app: FastAPI, host: str, port: int) -> None:
+    """Serves ``app`` until SIGTERM/SIGINT; requests in flight get 30 s to finish and be logged."""
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, access_log=False, log_level="info", timeout_graceful_shutdown=30)
 
 
 def add_service_routes(app: FastAPI, service: Service, admin_auth: list[Any]) -> None:

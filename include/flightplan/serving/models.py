@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -26,6 +27,9 @@ class Answer:
     probability: float | None  # binary: P(1); multiclass: P(predicted class); regression: None
 
 
+Scorer = Callable[[np.ndarray], np.ndarray]
+
+
 @dataclass(frozen=True)
 class ServedModel:
     name: str
@@ -34,16 +38,9 @@ class ServedModel:
     threshold: float
     classes: list[str]
     encoder: RowEncoder
-    session: Any
-    booster: Any | None = None  # the version's native booster, when its run kept one
-
-    def scores(self, matrix: np.ndarray) -> np.ndarray:
-        """onnxruntime for small requests (12-18x faster than xgboost on one row); the native booster, whose
-        parity with the ONNX model was proven on the test set, for large ones, where it is faster."""
-        if self.booster is not None and len(matrix) >= BOOSTER_MIN_ROWS:
-            scores = np.asarray(self.booster.inplace_predict(matrix), dtype=np.float64)
-            return scores.reshape(len(matrix), -1) if self.task == "multiclass" else scores
-        return package.predict(self.session, matrix, self.task)
+    # The model's outputs for an encoded matrix, in the shape the native model gives (binary: P(1); multiclass:
+    # one probability per class; regression: the values).
+    scores: Scorer
 
     def predict(self, records: list[dict[str, Any]]) -> list[Answer]:
         outputs = self.scores(self.encoder.encode(records))
@@ -55,8 +52,59 @@ class ServedModel:
         return [Answer(float(value), None) for value in outputs]
 
 
+@dataclass(frozen=True)
+class RegistryScorer:
+    """A registry version's scores: onnxruntime for small requests (12-18x faster than xgboost on one row); the
+    native booster, whose parity with the ONNX model was proven on the test set, for large ones, where it is
+    faster."""
+
+    session: Any
+    task: str
+    booster: Any | None = None  # the version's native booster, when its run kept one
+
+    def __call__(self, matrix: np.ndarray) -> np.ndarray:
+        if self.booster is not None and len(matrix) >= BOOSTER_MIN_ROWS:
+            scores = np.asarray(self.booster.inplace_predict(matrix), dtype=np.float64)
+            return scores.reshape(len(matrix), -1) if self.task == "multiclass" else scores
+        return package.predict(self.session, matrix, self.task)
+
+    def agrees(self, matrix: np.ndarray) -> bool:
+        """Whether the booster, if any, gives the ONNX model's outputs on ``matrix``."""
+        return self.booster is None or bool(
+            np.allclose(self(matrix), package.predict(self.session, matrix, self.task), rtol=1e-4, atol=1e-5)
+        )
+
+
 class ModelRefused(RuntimeError):
-    """A registry version that cannot serve: it failed to load, to encode the pipeline's inputs or to answer."""
+    """A version that cannot serve: it failed to load, to encode the pipeline's inputs or to answer."""
+
+
+class ModelSource(Protocol):
+    """Where the models of one pipeline come from: the registry in service; a double in the API's tests."""
+
+    def version_of(self, alias: str) -> str | None:
+        """The version ``alias`` points at; None while it points at none."""
+
+    def load(self, version: str) -> ServedModel:
+        """The version ready to answer, smoke-tested; :class:`ModelRefused` when it cannot serve."""
+
+
+# The source of each pipeline's models, given its config.
+ModelSources = Callable[[PipelineConfig], ModelSource]
+
+
+@dataclass(frozen=True)
+class RegistryModels:
+    """The pipeline's registered model versions, as the MLflow registry holds them."""
+
+    settings: Settings
+    config: PipelineConfig
+
+    def version_of(self, alias: str) -> str | None:
+        return alias_version(self.settings, self.config.registered_model, alias)
+
+    def load(self, version: str) -> ServedModel:
+        return load_served(self.settings, self.config, version)
 
 
 def load_served(settings: Settings, config: PipelineConfig, version: str) -> ServedModel:
@@ -64,6 +112,11 @@ def load_served(settings: Settings, config: PipelineConfig, version: str) -> Ser
     try:
         registered = load_version(settings, config.registered_model, version)
         feature_map = registered.feature_map
+        scorer = RegistryScorer(
+            package.session(registered.onnx, threads=1),
+            feature_map.task,
+            native_booster(settings, config.registered_model, version),
+        )
         model = ServedModel(
             name=registered.name,
             version=registered.version,
@@ -71,10 +124,10 @@ def load_served(settings: Settings, config: PipelineConfig, version: str) -> Ser
             threshold=decision_threshold(registered.metadata),
             classes=feature_map.classes,
             encoder=RowEncoder(config, feature_map),
-            session=package.session(registered.onnx, threads=1),
-            booster=native_booster(settings, config.registered_model, version),
+            scores=scorer,
         )
-        smoke_test(model)
+        if not scorer.agrees(smoke_test(model)):
+            raise ModelRefused(f"{model.name} version {model.version}: its booster and its ONNX model disagree")
     except ModelRefused:
         raise
     except Exception as err:
@@ -82,24 +135,23 @@ def load_served(settings: Settings, config: PipelineConfig, version: str) -> Ser
     return model
 
 
-def smoke_test(model: ServedModel) -> None:
-    """The model answers records with every field missing (time parts aside) with finite outputs, and its
-    native booster, if any, agrees with its ONNX model on them."""
+def smoke_test(model: ServedModel) -> np.ndarray:
+    """The model answers records with every field missing (time parts aside) with finite outputs; returns the
+    rows it was given."""
     rows = np.full((BOOSTER_MIN_ROWS, len(model.encoder.steps)), np.nan, dtype=np.float32)
-    outputs = package.predict(model.session, rows, model.task)
+    outputs = model.scores(rows)
     if len(outputs) != len(rows) or not np.isfinite(outputs).all():
         raise ModelRefused(f"{model.name} version {model.version} gave {outputs!r} on the smoke-test rows")
-    if model.booster is not None and not np.allclose(model.scores(rows), outputs, rtol=1e-4, atol=1e-5):
-        raise ModelRefused(f"{model.name} version {model.version}: its booster and its ONNX model disagree")
+    return rows
 
 
 class ModelSlot:
     """The model serving one pipeline. Requests take ``current`` once and use it to the end, so a swap
     never changes the model under a request in flight."""
 
-    def __init__(self, settings: Settings, config: PipelineConfig, alias: str = CHAMPION) -> None:
-        self.settings = settings
+    def __init__(self, config: PipelineConfig, models: ModelSource, alias: str = CHAMPION) -> None:
         self.config = config
+        self.models = models
         self.alias = alias
         self.current: ServedModel | None = None
         self.last_error: str | None = None
@@ -113,11 +165,11 @@ class ModelSlot:
             before = self.current.version if self.current else None
             target = None
             try:
-                target = alias_version(self.settings, self.config.registered_model, self.alias)
+                target = self.models.version_of(self.alias)
                 if target == self.refused and not retry_refused:
                     return {"pipeline": self.config.name, "before": before, "serving": before, "error": None}
                 if target is not None and target != before:
-                    self.current = load_served(self.settings, self.config, target)
+                    self.current = self.models.load(target)
                     log.info("%s: now serving version %s (was %s)", self.config.name, target, before)
                 self.last_error, self.refused = None, None
             except Exception as err:
