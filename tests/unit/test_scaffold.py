@@ -9,7 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pytest
-from flightplan.config import ConfigError, load_pipeline
+from flightplan.config import DEFAULT_NULL_VALUES, ColumnSpec, ConfigError, load_pipeline
+from flightplan.data.parse import convert
 from flightplan.features import Feature, FeatureMap, leaking_features
 from flightplan.scaffold import InitError, config_names, draft, infer_task, profile_column
 
@@ -37,7 +38,16 @@ def profiled(values: list, name: str = "c") -> tuple[str, str | None]:
     ],
 )
 def test_column_types_are_inferred_from_text_as_ingestion_parses_them(values: list, expected: tuple) -> None:
+    """The type init drafts is one ingestion reads every value of the column as, none quarantined, with as many
+    present values as init counted: inference is at most as wide as parsing, never wider."""
     assert profiled(values) == expected
+    column_type, column_format = expected
+    raw = pa.array([None if value is None else str(value) for value in values], pa.string())
+    spec = ColumnSpec(name="c", type=column_type, format=column_format)
+    parsed, failed = convert(raw, spec, pa.array(DEFAULT_NULL_VALUES, pa.string()))
+    assert failed is None, (values, spec)
+    profile = profile_column(pa.chunked_array([raw]), "c", "c")
+    assert parsed.null_count == profile.nulls, (values, parsed)
 
 
 def test_a_missing_boolean_stays_missing() -> None:
