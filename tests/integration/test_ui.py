@@ -61,6 +61,16 @@ def ui(champion: str, settings: Settings) -> Iterator[tuple[Any, list[tuple[str,
         yield client, started
 
 
+@pytest.fixture(scope="module")
+def monitoring_report(champion: str, settings: Settings) -> Path:
+    """A monitoring check of the champion (on an hour with no traffic); its summary's path under the reports."""
+    from flightplan.monitoring.stages import MonitorJob, check
+
+    far = datetime(2001, 1, 1, tzinfo=UTC)
+    _, summary = check(MonitorJob("flights", far, far.replace(hour=1)))
+    return summary.relative_to(settings.reports_root)
+
+
 def test_every_page_and_file_needs_a_user(ui: tuple[Any, list]) -> None:
     client, _ = ui
     for path in ("/", "/pipelines/flights/data", "/pipelines/flights/label-queue", "/files/x.html", "/data-docs/x"):
@@ -68,12 +78,8 @@ def test_every_page_and_file_needs_a_user(ui: tuple[Any, list]) -> None:
 
 
 def test_models_page_shows_the_champion_and_deploys_through_the_dag(
-    ui: tuple[Any, list], champion: str, settings: Settings
+    ui: tuple[Any, list], champion: str, monitoring_report: Path
 ) -> None:
-    from flightplan.monitoring.stages import MonitorJob, check
-
-    far = datetime(2001, 1, 1, tzinfo=UTC)
-    check(MonitorJob("flights", far, far.replace(hour=1)))
     client, started = ui
     page = client.get("/")
     assert page.status_code == 200
@@ -138,11 +144,9 @@ def test_a_label_set_in_the_queue_is_stored_as_feedback_with_the_users_name(
     assert queue[0]["id"] not in client.get("/pipelines/flights/label-queue").text
 
 
-def test_files_are_served_from_their_folder_only(ui: tuple[Any, list], settings: Settings) -> None:
+def test_files_are_served_from_their_folder_only(ui: tuple[Any, list], monitoring_report: Path) -> None:
     client, _ = ui
-    report = next(settings.reports_root.glob("flights/monitoring/*/summary.json"))
-    relative = report.relative_to(settings.reports_root)
-    served = client.get(f"/files/{relative}")
+    served = client.get(f"/files/{monitoring_report}")
     assert served.json()["pipeline"] == "flights"
     # Other tools' pages, carrying what clients sent: sandboxed, so their scripts never act as the Airflow user.
     assert served.headers["content-security-policy"] == "sandbox allow-scripts allow-popups allow-downloads"
@@ -154,7 +158,7 @@ def test_files_are_served_from_their_folder_only(ui: tuple[Any, list], settings:
 
 
 def test_a_viewer_reads_but_neither_labels_nor_deploys_and_a_stranger_sees_nothing(
-    ui: tuple[Any, list], champion: str, settings: Settings, config: PipelineConfig
+    ui: tuple[Any, list], champion: str, settings: Settings, config: PipelineConfig, monitoring_report: Path
 ) -> None:
     from flightplan.ui.views import label_queue
 
@@ -174,16 +178,17 @@ def test_a_viewer_reads_but_neither_labels_nor_deploys_and_a_stranger_sees_nothi
 
     stranger = {"X-User": "sam", "X-Role": "stranger"}
     assert "version " not in client.get("/", headers=stranger).text
-    report = next(settings.reports_root.glob("flights/monitoring/*/summary.json")).relative_to(settings.reports_root)
     for path in ("/pipelines/flights/data", "/pipelines/flights/label-queue"):
         assert client.get(path, headers=stranger).status_code == 403, path
     # A file the user may not read is answered as a missing one: pipeline names cannot be probed through files.
-    for path in (f"/files/{report}", "/files/nowhere/x.json"):
+    for path in (f"/files/{monitoring_report}", "/files/nowhere/x.json"):
         assert client.get(path, headers=stranger).json() == {"detail": "no such file"}, path
-    assert client.get(f"/files/{report}", headers=viewer).status_code == 200
+    assert client.get(f"/files/{monitoring_report}", headers=viewer).status_code == 200
 
 
-def test_a_file_is_authorized_on_the_pipeline_it_resolves_to(champion: str, settings: Settings, tmp_path: Path) -> None:
+def test_a_file_is_authorized_on_the_pipeline_it_resolves_to(
+    champion: str, settings: Settings, tmp_path: Path, monitoring_report: Path
+) -> None:
     """A user who may read one pipeline only cannot reach another's reports or Data Docs by a `..` in the path."""
     import dataclasses
 
@@ -201,11 +206,14 @@ def test_a_file_is_authorized_on_the_pipeline_it_resolves_to(champion: str, sett
     async def no_runs(request: Request, dag_ids: list[str]) -> dict[str, dict[str, Any]]:
         return {}
 
-    report = next(settings.reports_root.glob("flights/monitoring/*/summary.json")).relative_to(settings.reports_root)
     docs_page = "validations/twin/%2E%2E/%2E%2E/index.html"
     twin_reader = {"X-User": "tess", "X-Role": "twin-reader"}
     with TestClient(create_ui(user_from_headers, no_run, no_runs, two)) as ui_of_two:
-        for path in (f"/files/twin/%2E%2E/{report}", f"/files/twin/..%2F{report}", f"/data-docs/{docs_page}"):
+        for path in (
+            f"/files/twin/%2E%2E/{monitoring_report}",
+            f"/files/twin/..%2F{monitoring_report}",
+            f"/data-docs/{docs_page}",
+        ):
             assert ui_of_two.get(path, headers=twin_reader).json() == {"detail": "no such file"}, path
         flights_reader = {"X-User": "fay", "X-Role": "flights-reader"}
-        assert ui_of_two.get(f"/files/twin/%2E%2E/{report}", headers=flights_reader).status_code == 200
+        assert ui_of_two.get(f"/files/twin/%2E%2E/{monitoring_report}", headers=flights_reader).status_code == 200
