@@ -108,8 +108,9 @@ def test_the_champions_own_search_run_again_is_accepted(challenger: tuple[str, d
         stages.train(job, again)
         stages.evaluate(job, again)
         stages.accept(job, again)
-    finally:  # the session's champion back, for the tests after this one
-        mlflow_client.set_registered_model_alias("flights-delayed", "champion", challenger[1]["version"])
+    finally:  # the module's champion and challenger back, for the tests after this one
+        for alias in ("champion", "challenger"):
+            mlflow_client.set_registered_model_alias("flights-delayed", alias, challenger[1]["version"])
     verdict = json.loads((layout.model_run(again) / "verdict.json").read_text())
     compared = next(c for c in verdict["checks"] if "vs the champion's" in c["check"])
     assert compared["value"] == compared["bound"], compared

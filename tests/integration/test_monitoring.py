@@ -182,7 +182,7 @@ def test_a_thin_window_does_not_decide(api: Any, layout: Layout, training_rows: 
     assert result["performance"] == {} and "performance_html" not in result["reports"]
 
 
-def test_an_empty_window_reports_no_rows(settings: Settings) -> None:
+def test_an_empty_window_reports_no_rows(champion: str) -> None:
     far = datetime(2001, 1, 1, tzinfo=UTC)
     result = check(far, far + timedelta(hours=1))
     assert result["rows"] == 0 and result["decision"]["outcome"] == "undecided" and result["reports"] == {}

@@ -85,11 +85,18 @@ def api(champion: str, settings: Settings) -> Iterator[Any]:
         yield client
 
 
+def predicted_rows(metrics: str) -> float:
+    """The flights pipeline's count of predicted rows in the service's metrics (0 before its first)."""
+    prefix = 'flightplan_predicted_rows_total{pipeline="flights"} '
+    return next((float(line.removeprefix(prefix)) for line in metrics.splitlines() if line.startswith(prefix)), 0.0)
+
+
 def test_predict_answers_with_version_and_logs_every_row(
     api: Any, champion: str, layout: Layout, challenger: tuple[str, dict[str, str]]
 ) -> None:
     records = client_records(layout, challenger[0], 40)
     assert api.get("/ready").json()["pipelines"]["flights"]["version"] == champion
+    rows_before = predicted_rows(api.get("/metrics").text)
     one = api.post("/v1/flights/predict", json=records[0], headers=AUTH)
     assert one.status_code == 200, one.text
     body = one.json()
@@ -111,7 +118,7 @@ def test_predict_answers_with_version_and_logs_every_row(
     )
     assert feedback.json() == {"stored": [body["id"]], "unknown": ["no-such-id"]}
     metrics = api.get("/metrics").text
-    assert 'flightplan_predicted_rows_total{pipeline="flights"} 42.0' in metrics
+    assert predicted_rows(metrics) == rows_before + 42
     assert f'flightplan_model_version{{model="champion",pipeline="flights"}} {float(champion)}' in metrics
 
 
@@ -240,9 +247,9 @@ def test_openapi_fuzzing_finds_no_server_error(champion: str, settings: Settings
         check()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def server(champion: str, settings: Settings) -> Iterator[dict[str, Any]]:
-    """The service as its own process, polling the alias every second."""
+    """The service as its own process, polling the alias every second: one per test, as one of them stops it."""
     with service_process(settings, TOKEN, poll_seconds=1, wait_ready=True) as running:
         yield running
 
