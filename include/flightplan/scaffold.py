@@ -30,6 +30,7 @@ from flightplan.config import (
     PipelineConfig,
     parse_pipeline,
 )
+from flightplan.data.ingest import read_header
 from flightplan.data.parse import FINITE_NUMBER, INTEGER_BOUNDS, TRUE_WORDS
 from flightplan.files import replace_atomically
 
@@ -191,16 +192,12 @@ def _read_parquet(path: Path) -> pa.Table:
 
 
 def _read_csv(path: Path, delimiter: str) -> pa.Table:
-    head = path.open("rb").read(64 << 10)
-    if not head.strip():
+    try:  # the first line read as ingestion reads it: the same file is refused for the same reason
+        header, _ = read_header(path, delimiter)
+    except ValueError as err:
+        raise InitError(f"{path}: {err}") from None
+    if header is None:
         raise InitError(f"{path} is empty: expected a header line and rows")
-    if b"\x00" in head:
-        raise InitError(f"{path} is not a text table: it holds binary data (NUL bytes)")
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError as err:
-        if err.start < len(head) - 4:  # not a character cut by the 64 KiB boundary
-            raise InitError(f"{path} is not UTF-8 text: byte 0x{head[err.start]:02x} at offset {err.start}") from None
     parse = pcsv.ParseOptions(delimiter=delimiter)
     try:
         # Every column as text: types are inferred the way ingestion parses a field, not the way pyarrow does.

@@ -156,7 +156,9 @@ def test_a_multiclass_gate_must_beat_the_most_frequent_class(tmp_path: Path) -> 
     [
         (b"", "y", "is empty: expected a header line and rows"),
         (b"x,y\n", "y", "has a header but no rows"),
-        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "y", "is not a text table"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "y", "not a UTF-8 CSV file: byte 0x89 at column 1"),
+        (b"x,y\x00\n1,2\n", "y", "its first line holds NUL bytes"),
+        (b"x,y\n1,caf\xe9\n", "y", "is not a table with delimiter ','.*invalid UTF8"),
         (b"x;y\n1;2\n", "y", "found 1 column"),
         (b"x,y\n1,2\n3,4\n", "z", "target 'z' is not a column of .*; its columns are \\['x', 'y'\\]"),
         (b"x,y\n1,a\n2,a\n", "y", "target 'y' has one value \\('a'\\) in its 2 rows"),
