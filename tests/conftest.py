@@ -63,21 +63,30 @@ def stop_spark_gateway() -> None:
     SparkContext._jvm = None
 
 
-@pytest.fixture(scope="module", autouse=True)
-def session_tracking_restored() -> Iterator[None]:
-    """Each module leaves MLflow pointed where it found it. The library points MLflow at a store process-wide
-    (mlflow.set_tracking_uri, which also exports MLFLOW_TRACKING_URI, read by load_settings and child processes):
-    a module that reads the registry of its own tracking server, stopped at its end, would otherwise leave every
-    later module talking to a closed port."""
+@contextmanager
+def tracking_kept() -> Iterator[None]:
+    """MLflow's tracking URI, and the variable that exports it, as they were at exit. The library points MLflow at
+    a store process-wide (mlflow.set_tracking_uri, which also exports MLFLOW_TRACKING_URI, read by load_settings and
+    child processes)."""
     import mlflow
 
     exported, current = os.environ.get("MLFLOW_TRACKING_URI"), mlflow.get_tracking_uri()
-    yield
-    mlflow.set_tracking_uri(current)
-    if exported is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = exported
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(current)
+        if exported is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = exported
+
+
+@pytest.fixture(scope="module", autouse=True)
+def session_tracking_restored() -> Iterator[None]:
+    """Each module leaves MLflow pointed where it found it, home or not: a module that reads the registry of its
+    own tracking server, stopped at its end, would otherwise leave every later module talking to a closed port."""
+    with tracking_kept():
+        yield
 
 
 @dataclass(frozen=True)
@@ -93,21 +102,19 @@ def pointed_at(home: Path) -> Iterator[None]:
     """FLIGHTPLAN_HOME set to ``home`` and MLflow pointed at its store; both as they were at exit."""
     import mlflow
 
-    saved = {name: os.environ.get(name) for name in ("FLIGHTPLAN_HOME", "MLFLOW_TRACKING_URI")}
-    tracking = mlflow.get_tracking_uri()
-    os.environ["FLIGHTPLAN_HOME"] = str(home)
-    # The library exports the store it last used (mlflow.set_tracking_uri), which load_settings would obey.
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    mlflow.set_tracking_uri(load_settings().mlflow_tracking_uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(tracking)
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
+    saved = os.environ.get("FLIGHTPLAN_HOME")
+    with tracking_kept():
+        os.environ["FLIGHTPLAN_HOME"] = str(home)
+        # The library exports the store it last used, which load_settings would obey over the home's own.
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        mlflow.set_tracking_uri(load_settings().mlflow_tracking_uri)
+        try:
+            yield
+        finally:
+            if saved is None:
+                os.environ.pop("FLIGHTPLAN_HOME", None)
             else:
-                os.environ[name] = value
+                os.environ["FLIGHTPLAN_HOME"] = saved
 
 
 @pytest.fixture(scope="session")
