@@ -233,6 +233,7 @@ def test_openapi_fuzzing_finds_no_server_error(champion: str, settings: Settings
     from flightplan.serving.app import ServiceOptions, create_app
     from hypothesis import HealthCheck, given
     from hypothesis import settings as examples
+    from schemathesis.specs.openapi.checks import positive_data_acceptance
 
     app = create_app(settings, ServiceOptions(["flights"], scoped_tokens(TOKEN), poll_seconds=3600))
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
@@ -242,7 +243,10 @@ def test_openapi_fuzzing_finds_no_server_error(champion: str, settings: Settings
         @given(case=op.as_strategy())
         @examples(max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
         def check(case: Any) -> None:
-            case.call_and_validate(headers=auth_for(case.operation.path))
+            # A schema cannot type MLflow's column formats (a value's type depends on its column's position): a
+            # body the schema allows may still be refused there, with a documented 422.
+            positional = [positive_data_acceptance] if case.operation.path.endswith("/invocations") else []
+            case.call_and_validate(headers=auth_for(case.operation.path), excluded_checks=positional)
 
         check()
 

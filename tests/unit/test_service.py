@@ -3,11 +3,13 @@ rules, with no training run and no registry (tests/integration/test_serving.py s
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
@@ -20,6 +22,7 @@ from tests.support.model_double import DoubleRegistry
 from tests.support.service import scoped_tokens
 from tests.support.serving_clients import ADMIN_AUTH, AUTH, TOKEN
 
+JSON = {**AUTH, "Content-Type": "application/json"}
 SAMPLE_VALUES: dict[ColumnType, Any] = {
     "string": "a value no model saw",
     "int": 7,
@@ -122,3 +125,65 @@ def test_without_a_champion_the_service_is_not_ready_and_refuses_predictions(
         assert ready.status_code == 503 and ready.json()["pipelines"]["flights"]["version"] is None
         answer = api.post("/v1/flights/predict", json=full_record(config), headers=AUTH)
         assert answer.status_code == 503 and "no champion" in answer.text
+
+
+def mlflow_bodies(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The same records in each of MLflow's request formats; the split one as MLflow itself writes a serving
+    input from a data frame (missing values as NaN)."""
+    from mlflow.models import convert_input_example_to_serving_input
+
+    frame = pd.DataFrame(records)
+    names = list(frame.columns)
+    serving_input = convert_input_example_to_serving_input(frame)
+    assert serving_input is not None
+    return {
+        "dataframe_split": json.loads(serving_input),
+        "dataframe_records": {"dataframe_records": records},
+        "instances": {"instances": records},
+        "inputs as columns": {"inputs": {name: [record.get(name) for record in records] for name in names}},
+        "inputs as records": {"inputs": records},
+    }
+
+
+def test_mlflow_request_formats_get_the_typed_routes_answers(
+    api: TestClient, settings: Settings, config: PipelineConfig
+) -> None:
+    record = full_record(config)
+    numeric_input = next(name for name in config.features.numeric if name in record)
+    records = [record, {**record, numeric_input: None}, record]
+    typed = api.post("/v1/flights/predict/batch", json={"records": records}, headers=AUTH).json()["predictions"]
+    for form, body in mlflow_bodies(records).items():
+        answer = api.post("/v1/flights/invocations", content=json.dumps(body), headers=JSON)  # NaN included
+        assert answer.status_code == 200, (form, answer.text)
+        served = answer.json()
+        assert served["predictions"] == [row["prediction"] for row in typed], form
+        assert served["probabilities"] == [row["probability"] for row in typed], form
+        assert [row[1] for row in logged(settings, served["request_id"])] == ["1"] * 3, form
+        assert served["ids"] == [f"{served['request_id']}-{row}" for row in range(3)], form
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        (lambda r: {"dataframe_records": [r], "instances": [r]}, "exactly one of"),
+        (lambda r: {"dataframe_records": [r], "params": {"threshold": 0.2}}, "takes no params"),
+        (lambda r: {"dataframe_records": [{**r, "colour": "red"}]}, '"dataframe_records","colour"'),
+        (lambda r: {"dataframe_split": {"columns": list(r), "data": [list(r.values())[:-1]]}}, "row 0 has"),
+        (lambda r: {"inputs": {name: [value, value] for name, value in r.items()} | {"x": [1]}}, "one length"),
+        (lambda r: {"instances": [r, {**r, "distance": "far"}]}, '"instances","distance",1'),
+        (lambda r: {"dataframe_records": [r, {**r, "distance": float("inf")}]}, '"distance",1'),
+        (lambda r: {"dataframe_records": [r, {**r, "time_hour": None}]}, '"time_hour",1'),
+        (lambda r: {"dataframe_records": []}, "expected 1 to 10,000 rows, not 0"),
+        (lambda r: [r], "expected a JSON object"),
+    ],
+)
+def test_a_bad_mlflow_body_is_refused_naming_the_field_and_row_and_logs_nothing(
+    api: TestClient, settings: Settings, config: PipelineConfig, body: Any, said: str
+) -> None:
+    answer = api.post("/v1/flights/invocations", content=json.dumps(body(full_record(config))), headers=JSON)
+    assert answer.status_code == 422, answer.text
+    assert said in answer.text or said in answer.text.replace(" ", ""), answer.text
+    engine = sa.create_engine(settings.predictions_db_url)
+    with engine.connect() as connection:
+        assert connection.execute(sa.text("select count(*) from predictions")).scalar_one() == 0
+    engine.dispose()

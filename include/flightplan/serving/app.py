@@ -37,6 +37,7 @@ from flightplan.prediction_log import (
     record_feedback,
 )
 from flightplan.serving.collect import SnapshotSource, collect
+from flightplan.serving.formats import ColumnTypes, InvalidInvocation, invocation_schema, read_invocation
 from flightplan.serving.inputs import InvalidRecord, python_type, record_type
 from flightplan.serving.metrics import ServiceMetrics
 from flightplan.serving.models import ModelSlot, ModelSources, RegistryModels, ServedModel
@@ -81,6 +82,17 @@ class BatchResponse(BaseModel):
     predictions: list[Prediction]
 
 
+class InvocationResponse(BaseModel):
+    """MLflow's answer (``predictions``, one per row, in the rows' order) and what the typed routes add."""
+
+    predictions: list[Any]
+    probabilities: list[float | None]
+    ids: list[str]  # the id of each row's answer, for its feedback
+    request_id: str
+    pipeline: str
+    model_version: str
+
+
 # What the OpenAPI document says a true label of each task is; features.label_problem decides, also for
 # what a schema cannot say (a multiclass model's classes, known once a version serves).
 LABEL_TYPES: dict[str, Any] = {
@@ -107,6 +119,19 @@ def feedback_type(config: PipelineConfig) -> Any:
         __config__=ConfigDict(extra="forbid"),
         labels=(Annotated[list[label], Field(min_length=1, max_length=MAX_BATCH_ROWS)], ...),
     )
+
+
+class Problem(BaseModel):
+    loc: list[str | int]  # where: "body", then the format, field and row
+    msg: str
+    type: str
+
+
+class Refused(BaseModel):
+    """A 422: what in the body is wrong, each problem where it is (or, for a record that cannot be encoded,
+    one sentence naming the record and field)."""
+
+    detail: list[Problem] | str
 
 
 class FeedbackResponse(BaseModel):
@@ -349,16 +374,21 @@ def json_response(content: Any) -> Response:
     return Response(pydantic_core.to_json(content), media_type="application/json")
 
 
-async def parse_body(request: Request, adapter: TypeAdapter[Any]) -> Any:
-    """The request body validated from its JSON bytes in one pydantic-core pass (three times faster than
-    FastAPI's json.loads then validation for a 1000-record batch); errors answer 422 as FastAPI's do. A body
-    declared as something else than JSON is refused (415), as FastAPI would not read it as JSON either."""
+def require_json(request: Request) -> None:
+    """Refuses (415) a body declared as something else than JSON."""
     media_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise HTTPException(
             status_code=415,
             detail=f"the body must be JSON: Content-Type is '{media_type}', expected 'application/json'",
         )
+
+
+async def parse_body(request: Request, adapter: TypeAdapter[Any]) -> Any:
+    """The request body validated from its JSON bytes in one pydantic-core pass (three times faster than
+    FastAPI's json.loads then validation for a 1000-record batch); errors answer 422 as FastAPI's do. A body
+    declared as something else than JSON is refused (415), as FastAPI would not read it as JSON either."""
+    require_json(request)
     try:
         return adapter.validate_json(await request.body())
     except ValidationError as err:
@@ -372,6 +402,7 @@ def parsed_body(answer: type[BaseModel], schema: dict[str, Any]) -> dict[str, An
     answer's model."""
     return {
         "response_model": answer,
+        "responses": {422: {"model": Refused, "description": "The body does not fit the route's schema"}},
         "openapi_extra": {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}},
     }
 
@@ -573,6 +604,9 @@ def request_bodies(config: PipelineConfig) -> RequestBodies:
 Endpoint = Callable[..., Any]
 
 
+Post = Callable[..., Callable[[Endpoint], Endpoint]]
+
+
 def add_pipeline_routes(
     app: FastAPI, service: Service, name: str, config: PipelineConfig, auth: dict[ApiScope, list[Any]]
 ) -> None:
@@ -583,6 +617,12 @@ def add_pipeline_routes(
         route = f"/v1/{name}/{path}"
         return app.post(route, tags=[f"pipeline {name}"], dependencies=auth[scope], summary=summary, **documented)
 
+    add_typed_prediction_routes(post, service, name, bodies)
+    add_invocation_route(post, service, name, config, bodies.record_schema)
+    add_feedback_routes(post, service, name, config, bodies)
+
+
+def add_typed_prediction_routes(post: Post, service: Service, name: str, bodies: RequestBodies) -> None:
     @post("predict", "predict", f"Predict one {name} record", **parsed_body(PredictionResponse, bodies.record_schema))
     async def predict(request: Request) -> Response:
         record = await parse_body(request, bodies.record)
@@ -602,6 +642,39 @@ def add_pipeline_routes(
             {"request_id": request_id, "pipeline": name, "model_version": version, "predictions": answers}
         )
 
+
+def add_invocation_route(
+    post: Post, service: Service, name: str, config: PipelineConfig, record_schema: dict[str, Any]
+) -> None:
+    """``/invocations``: the rows of a body in MLflow's request formats, validated column by column."""
+    columns = ColumnTypes.of(config, MAX_BATCH_ROWS)
+
+    @post(
+        "invocations",
+        "predict",
+        f"Predict up to {MAX_BATCH_ROWS:,} rows sent in MLflow's request formats",
+        **parsed_body(InvocationResponse, invocation_schema(config, record_schema, MAX_BATCH_ROWS)),
+    )
+    async def invocations(request: Request) -> Response:
+        require_json(request)
+        try:
+            records = read_invocation(await request.body(), columns)
+        except InvalidInvocation as err:
+            raise RequestValidationError(err.errors) from None
+        request_id, version, answers = await service.answer(name, records, batch=True)
+        return json_response(
+            {
+                "predictions": [answer["prediction"] for answer in answers],
+                "probabilities": [answer["probability"] for answer in answers],
+                "ids": [answer["id"] for answer in answers],
+                "request_id": request_id,
+                "pipeline": name,
+                "model_version": version,
+            }
+        )
+
+
+def add_feedback_routes(post: Post, service: Service, name: str, config: PipelineConfig, bodies: RequestBodies) -> None:
     @post(
         "feedback",
         "feedback",

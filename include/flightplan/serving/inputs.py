@@ -75,19 +75,30 @@ def json_records(frame: pd.DataFrame, fields: list[str]) -> list[dict[str, Any]]
     return [{k: v for k, v in row.items() if v is not None} for row in rows]
 
 
+def record_fields(config: PipelineConfig) -> dict[str, Any]:
+    """Each field a record may carry and the type of its value: the request fields, then the source key's
+    columns (optional: a record that carries them can get its true label through the label step)."""
+    fields = {name: python_type(kind, config) for name, kind in request_fields(config).items()}
+    for name in config.source.key:
+        fields.setdefault(name, python_type(config.column(name).type, config))
+    return fields
+
+
+def required_fields(config: PipelineConfig) -> set[str]:
+    """The fields a record cannot leave out: the columns time parts are derived from."""
+    return {d.column for d in config.features.derived}
+
+
 def record_type(config: PipelineConfig) -> type:
     """The typed dict of one record (documented in OpenAPI): the request fields and the source key's columns;
     unknown fields are refused, a missing field is a missing value, except the columns time parts are derived
     from, which are required. A typed dict rather than a model: pydantic validates it from the request's
     JSON bytes into the plain dicts the encoder and the log take, with no model object per record."""
-    required = {d.column for d in config.features.derived}
+    required = required_fields(config)
     fields = {
-        name: Required[python_type(kind, config)] if name in required else NotRequired[python_type(kind, config) | None]
-        for name, kind in request_fields(config).items()
+        name: Required[value_type] if name in required else NotRequired[value_type | None]
+        for name, value_type in record_fields(config).items()
     }
-    # The source key, optional: a record that carries it can get its true label through the label step.
-    for name in config.source.key:
-        fields.setdefault(name, NotRequired[python_type(config.column(name).type, config) | None])
     record: Any = make_typed_dict(f"{config.name.title().replace('_', '')}Record", fields)
     record.__pydantic_config__ = ConfigDict(extra="forbid", allow_inf_nan=False)
     return record  # type: ignore[no-any-return]
