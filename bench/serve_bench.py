@@ -183,11 +183,20 @@ def main() -> int:
     def frame_body(rows: Any) -> dict[str, Any]:
         return {"dataframe_split": {"columns": columns, "data": rows.tolist()}}
 
+    ours = [flightplan, "serve", "--pipeline", PIPELINE, "--port", str(ours_port), "--poll-seconds", "3600"]
+    fields = sorted({name for record in records for name in record})
+    split = {"dataframe_split": {"columns": fields, "data": [[r.get(f) for f in fields] for r in records]}}
     contenders = {
         "flightplan": (
-            [flightplan, "serve", "--pipeline", PIPELINE, "--port", str(ours_port), "--poll-seconds", "3600"],
+            ours,
             f"http://127.0.0.1:{ours_port}",
             {1: ("/v1/flights/predict", records[0]), 1000: ("/v1/flights/predict/batch", {"records": records})},
+        ),
+        # The same rows in MLflow's column-oriented body, as a client of `mlflow models serve` sends them.
+        "flightplan, dataframe_split": (
+            ours,
+            f"http://127.0.0.1:{ours_port}",
+            {1000: ("/v1/flights/invocations", split)},
         ),
         "mlflow models serve (xgboost)": (
             [
@@ -213,7 +222,8 @@ def main() -> int:
     results: list[dict[str, Any]] = []
     for name, (command, url, payloads) in contenders.items():
         log_name = name.replace(" ", "-").replace("(", "").replace(")", "")
-        process = start(command, folder / f"{log_name}.log", f"{url}/health" if name == "flightplan" else f"{url}/ping")
+        health = f"{url}/health" if name.startswith("flightplan") else f"{url}/ping"
+        process = start(command, folder / f"{log_name}.log", health)
         try:
             for rows, (path, body) in payloads.items():
                 load(wrk, url + path, body, 8, min(3, args.seconds), folder)  # warm-up
@@ -238,21 +248,23 @@ def main() -> int:
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
+    """Each of flightplan's rows beside the peers' figures for the same rows per request and connections."""
     by_cell = {(r["contender"], r["rows"], r["connections"]): r for r in results}
-    peers = [name for name in dict.fromkeys(r["contender"] for r in results) if name != "flightplan"]
+    peers = [name for name in dict.fromkeys(r["contender"] for r in results) if not name.startswith("flightplan")]
     head = " | ".join(f"{peer} req/s | p50 ms | p99 ms | ratio" for peer in peers)
-    print(f"\n| rows/request | connections | flightplan req/s | p50 ms | p99 ms | {head} |")
-    print("|---:|---:|---:|---:|---:|" + "---:|" * 4 * len(peers))
+    print(f"\n| flightplan body | rows/request | connections | flightplan req/s | p50 ms | p99 ms | {head} |")
+    print("|---|---:|---:|---:|---:|---:|" + "---:|" * 4 * len(peers))
     for r in results:
-        if r["contender"] != "flightplan":
+        if not r["contender"].startswith("flightplan"):
             continue
+        body = "dataframe_split" if "dataframe_split" in r["contender"] else "typed records"
         cells = [f"{r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f}"]
         for peer in peers:
             p = by_cell[(peer, r["rows"], r["connections"])]
             # A peer that answered nothing in the time given has no ratio (a smoke run's second of 1000-row requests).
             ratio = f"{r['rps'] / p['rps']:.1f}x" if p["rps"] else "-"
             cells.append(f"{p['rps']:,.0f} | {p['p50_ms']:.2f} | {p['p99_ms']:.2f} | {ratio}")
-        print(f"| {r['rows']} | {r['connections']} | " + " | ".join(cells) + " |")
+        print(f"| {body} | {r['rows']} | {r['connections']} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
