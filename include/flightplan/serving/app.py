@@ -653,7 +653,7 @@ def add_invocation_route(
         "invocations",
         "predict",
         f"Predict up to {MAX_BATCH_ROWS:,} rows sent in MLflow's request formats",
-        **parsed_body(InvocationResponse, invocation_schema(config, record_schema, MAX_BATCH_ROWS)),
+        **parsed_body(InvocationResponse, invocation_schema(columns, record_schema)),
     )
     async def invocations(request: Request) -> Response:
         require_json(request)

@@ -58,10 +58,10 @@ class ColumnTypes:
         return cls(columns, required_fields(config), max_rows)
 
 
-def invocation_schema(config: PipelineConfig, record_schema: dict[str, Any], max_rows: int) -> dict[str, Any]:
+def invocation_schema(types: ColumnTypes, record_schema: dict[str, Any]) -> dict[str, Any]:
     """The JSON schema of an ``/invocations`` body, for the API's documentation: its records are the typed
     routes' records; the column formats' values are positional, which a JSON schema cannot type."""
-    fields = list(record_fields(config))
+    fields, max_rows = list(types.columns), types.max_rows
     records = {"type": "array", "items": record_schema, "minItems": 1, "maxItems": max_rows}
     columns = {"type": "object", "properties": {key: {"type": "array"} for key in fields}}
     return {
@@ -156,8 +156,11 @@ def _record_columns(kind: str, content: Any) -> tuple[dict[str, list[Any]], int]
 def _validated_records(kind: str, columns: dict[str, list[Any]], rows: int, types: ColumnTypes) -> list[dict[str, Any]]:
     """The columns validated field by field (the first error of each named), as records without their
     missing values."""
-    errors = [_error((kind, name), "Extra inputs are not permitted", "extra_forbidden") for name in columns]
-    errors = [error for error in errors if error["loc"][-1] not in types.columns]
+    errors = [
+        _error((kind, name), "Extra inputs are not permitted", "extra_forbidden")
+        for name in columns
+        if name not in types.columns
+    ]
     valid: dict[str, list[Any]] = {}
     for name, adapter in types.columns.items():
         if name not in columns:
