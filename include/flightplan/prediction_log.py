@@ -123,13 +123,17 @@ class PredictionLog:
         self._connection: sa.Connection | None = None
         self._closing = threading.Lock()  # nothing is queued behind the writer's stop
         self._closed = False
-        self._queue: queue.Queue[tuple[AnsweredRequest, Future[None]] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[list[AnsweredRequest], Future[None]] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
     def submit(self, answered: AnsweredRequest) -> Future[None]:
         """A future resolved once the rows are committed (or failed with the reason they are not): at once
         with an error after ``close``, when no writer is left to resolve it."""
+        return self.submit_all([answered])
+
+    def submit_all(self, answered: list[AnsweredRequest]) -> Future[None]:
+        """``submit`` for the rows of several requests, committed together."""
         done: Future[None] = Future()
         with self._closing:
             if self._closed:
@@ -154,17 +158,17 @@ class PredictionLog:
                 self._disconnect()
                 return
 
-    def _next_batch(self) -> tuple[list[tuple[AnsweredRequest, Future[None]]], bool]:
+    def _next_batch(self) -> tuple[list[tuple[list[AnsweredRequest], Future[None]]], bool]:
         """What has queued up (waiting for the first item), up to ``max_batch_rows`` rows, and whether the stop
         came after it. A future is marked running as its item is taken, so that it can no longer be cancelled:
         resolving a cancelled future raises, which would end the writer."""
-        batch: list[tuple[AnsweredRequest, Future[None]]] = []
+        batch: list[tuple[list[AnsweredRequest], Future[None]]] = []
         rows = 0
         item = self._queue.get()
         while item is not None:
             if item[1].set_running_or_notify_cancel():
                 batch.append(item)
-                rows += len(item[0].ids)
+                rows += sum(len(answered.ids) for answered in item[0])
             if rows >= self.max_batch_rows:
                 return batch, False
             try:
@@ -179,9 +183,9 @@ class PredictionLog:
                 self._connection.close()
             self._connection = None
 
-    def _commit(self, batch: list[tuple[AnsweredRequest, Future[None]]]) -> None:
+    def _commit(self, batch: list[tuple[list[AnsweredRequest], Future[None]]]) -> None:
         created_at = self._time_value(datetime.now(UTC))
-        rows: list[Any] = [row for answered, _ in batch for row in answered.rows(created_at)]
+        rows: list[Any] = [row for requests, _ in batch for answered in requests for row in answered.rows(created_at)]
         if self._columns is not None:
             rows = [dict(zip(self._columns, row, strict=True)) for row in rows]
         try:

@@ -3,11 +3,16 @@ rules, with no training run and no registry (tests/integration/test_serving.py s
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
+import re
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,9 +21,11 @@ from fastapi.testclient import TestClient
 from flightplan.config import ColumnType, PipelineConfig, load_pipeline
 from flightplan.serving.app import ServiceOptions, create_app
 from flightplan.serving.inputs import request_fields
+from flightplan.serving.models import ServedModel
 from flightplan.settings import Settings, load_settings
 
-from tests.support.model_double import DoubleRegistry
+import tests.support.model_double
+from tests.support.model_double import DoubleRegistry, model_double
 from tests.support.service import scoped_tokens
 from tests.support.serving_clients import ADMIN_AUTH, AUTH, TOKEN
 
@@ -97,6 +104,72 @@ def test_each_row_gets_its_own_answer_and_id_and_is_logged(
     ]
 
 
+def posted_at_once(
+    settings: Settings, registry: DoubleRegistry, records: list[dict[str, Any]]
+) -> tuple[list[httpx.Response], str]:
+    """Each record sent to /predict by a client of its own, all at once on the service's event loop; the answers
+    and then the service's metrics."""
+    app = create_app(settings, ServiceOptions(["flights"], scoped_tokens(TOKEN), poll_seconds=3600), registry)
+
+    async def clients() -> tuple[list[httpx.Response], str]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api", headers=AUTH) as client:
+                answers = await asyncio.gather(*(client.post("/v1/flights/predict", json=body) for body in records))
+                return list(answers), (await client.get("/metrics")).text
+
+    return asyncio.run(clients())
+
+
+def test_concurrent_single_records_are_batched_and_each_client_gets_its_own_answer(
+    settings: Settings, registry: DoubleRegistry, config: PipelineConfig
+) -> None:
+    """200 clients at once, odd ones leaving a numeric input out (one feature fewer present for the double),
+    each marking its record with its number: every client gets the answer of its own record under its own
+    id, the log holds each under that id with the client's inputs, and fewer model calls than requests ran."""
+    record = full_record(config)
+    features = len(config.features.numeric) + len(config.features.derived) + len(config.features.categorical)
+    numeric = len(config.features.numeric) + len(config.features.derived)
+    left_out, marker = [name for name in config.features.numeric if name in record][:2]
+    sent = [
+        {name: value for name, value in {**record, marker: client}.items() if client % 2 == 0 or name != left_out}
+        for client in range(200)
+    ]
+    responses, metrics = posted_at_once(settings, registry, sent)
+    answers = [response.json() for response in responses]
+    expected = [(numeric - client % 2) / features for client in range(200)]
+    assert [answer["probability"] for answer in answers] == pytest.approx(expected)
+    ids = [answer["id"] for answer in answers]
+    assert len(set(ids)) == 200 and all(answer["request_id"] == answer["id"] for answer in answers)
+    engine = sa.create_engine(settings.predictions_db_url)
+    with engine.connect() as connection:
+        rows = connection.execute(sa.text("select id, inputs, probability, model_version from predictions")).all()
+    engine.dispose()
+    by_id = {row[0]: row[1:] for row in rows}
+    for client, (answer_id, probability) in enumerate(zip(ids, expected, strict=True)):
+        inputs, logged_probability, version = by_id[answer_id]
+        assert json.loads(inputs)[marker] == client and (left_out in json.loads(inputs)) == (client % 2 == 0)
+        assert (logged_probability, version) == (pytest.approx(probability), "1")
+    calls = re.search(r'flightplan_model_call_rows_count\{pipeline="flights"\} (\S+)', metrics)
+    assert calls is not None and float(calls[1]) < 200, metrics
+
+
+def test_a_record_that_cannot_be_encoded_fails_only_its_own_request_among_those_batched(
+    settings: Settings, registry: DoubleRegistry, config: PipelineConfig
+) -> None:
+    record = full_record(config)
+    moment = next(name for name, kind in request_fields(config).items() if kind == "timestamp")
+    sent = [record, {**record, moment: "0001-01-01T00:00:00+00:00"}, record]
+    (first, refused, last), _ = posted_at_once(settings, registry, sent)
+    assert (first.status_code, refused.status_code, last.status_code) == (200, 422, 200), refused.text
+    assert f"record 0: {moment}=0001-01-01T00:00:00" in refused.json()["detail"]
+    engine = sa.create_engine(settings.predictions_db_url)
+    with engine.connect() as connection:
+        logged_ids = set(connection.scalars(sa.text("select id from predictions")))
+    engine.dispose()
+    assert logged_ids == {first.json()["id"], last.json()["id"]}
+
+
 def test_the_champion_moves_on_reload_and_a_broken_version_leaves_the_old_one_serving(
     api: TestClient, registry: DoubleRegistry, config: PipelineConfig
 ) -> None:
@@ -114,6 +187,28 @@ def test_the_champion_moves_on_reload_and_a_broken_version_leaves_the_old_one_se
     registry.champions["flights"] = "4"
     assert api.post("/admin/reload", headers=ADMIN_AUTH).json()[0]["serving"] == "4"
     assert api.post("/v1/flights/predict", json=record, headers=AUTH).json()["model_version"] == "4"
+
+
+def test_a_replaced_champion_is_freed_although_the_heap_is_frozen(
+    settings: Settings, registry: DoubleRegistry, config: PipelineConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loaded: dict[str, weakref.ref[ServedModel]] = {}
+
+    def watched(config: PipelineConfig, version: str, classes: list[str] | None = None) -> ServedModel:
+        model = model_double(config, version, classes)
+        loaded[version] = weakref.ref(model)
+        cycle: list[Any] = [model]
+        cycle.append(cycle)  # as a real model's objects can: only the cyclic collector frees it once replaced
+        return model
+
+    monkeypatch.setattr(tests.support.model_double, "model_double", watched)
+    options = ServiceOptions(["flights"], scoped_tokens(TOKEN), poll_seconds=3600)
+    with TestClient(create_app(settings, options, registry)) as api:
+        assert gc.get_freeze_count() > 0  # the service froze what it holds once its models were loaded
+        registry.champions["flights"] = "2"
+        assert api.post("/admin/reload", headers=ADMIN_AUTH).json()[0]["serving"] == "2"
+        assert loaded["1"]() is None
+        assert api.post("/v1/flights/predict", json=full_record(config), headers=AUTH).json()["model_version"] == "2"
 
 
 def test_without_a_champion_the_service_is_not_ready_and_refuses_predictions(

@@ -31,6 +31,13 @@ class ServiceMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.model_call_rows = Histogram(
+            "flightplan_model_call_rows",
+            "Rows per model call (single-record requests arriving together share one)",
+            ["pipeline"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 1000, 10_000),
+            registry=r,
+        )
         self.probability = Histogram(
             "flightplan_prediction_probability",
             "Probability of the answered predictions",
@@ -45,9 +52,15 @@ class ServiceMetrics:
         )
         self.feedback = Counter("flightplan_feedback_labels", "True labels stored", ["pipeline"], registry=r)
 
-    def observe_predictions(self, pipeline: str, task: str, answers: list[Answer], seconds: float) -> None:
+    def observe_predictions(
+        self, pipeline: str, task: str, answers: list[Answer], seconds: float, requests: int
+    ) -> None:
+        """One model call's answers, for ``requests`` requests that each took ``seconds``."""
         self.rows.labels(pipeline).inc(len(answers))
-        self.predict_seconds.labels(pipeline).observe(seconds)
+        self.model_call_rows.labels(pipeline).observe(len(answers))
+        predict_seconds = self.predict_seconds.labels(pipeline)
+        for _ in range(requests):
+            predict_seconds.observe(seconds)
         if task == "regression":
             values = self.value.labels(pipeline)
             for answer in answers:

@@ -1,0 +1,57 @@
+"""Dynamic batching without a timer: the single-record requests of one pipeline that reach the service in the
+same turn of the event loop are answered together, by one model call and one log commit.
+
+A request alone is answered in the turn it arrives, so batching adds no wait at low load; under load, the
+requests that arrived while the loop was busy with others are the batch. (A timer, as Triton's and BentoML's
+batchers have, would add its wait to every request at one connection, where this service's p50 is about a
+millisecond.)"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+# Answers the items of one key together: one result per item, in their order; an exception in the list fails
+# only that item's caller, one raised fails them all.
+BatchAnswer = Callable[[str, list[Item]], Awaitable[list[Result | Exception]]]
+
+
+class TurnBatcher(Generic[Item, Result]):
+    """Gathers the items submitted for a key during one turn of the event loop and answers them with one call
+    of ``answer``; each caller gets the result of its own item."""
+
+    def __init__(self, answer: BatchAnswer[Item, Result]) -> None:
+        self._answer = answer
+        self._pending: dict[str, list[tuple[Item, asyncio.Future[Result]]]] = {}
+        self._answering: set[asyncio.Task[None]] = set()  # referenced until done: the loop keeps only weak ones
+
+    async def submit(self, key: str, item: Item) -> Result:
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future[Result] = loop.create_future()
+        pending = self._pending.setdefault(key, [])
+        if not pending:
+            # Runs after the callbacks ready now: the requests read in this turn submit before it.
+            loop.call_soon(self._start, key)
+        pending.append((item, result))
+        return await result
+
+    def _start(self, key: str) -> None:
+        task = asyncio.ensure_future(self._settle(key, self._pending.pop(key)))
+        self._answering.add(task)
+        task.add_done_callback(self._answering.discard)
+
+    async def _settle(self, key: str, gathered: list[tuple[Item, asyncio.Future[Result]]]) -> None:
+        try:
+            results = await self._answer(key, [item for item, _ in gathered])
+        except Exception as err:
+            results = [err] * len(gathered)
+        for (_, waiting), result in zip(gathered, results, strict=True):
+            if waiting.done():  # its caller stopped waiting (the client went away)
+                continue
+            if isinstance(result, Exception):
+                waiting.set_exception(result)
+            else:
+                waiting.set_result(result)
