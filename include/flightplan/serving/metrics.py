@@ -2,14 +2,67 @@
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import math
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from flightplan.serving.models import Answer
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 PROBABILITY_BUCKETS = tuple(i / 10 for i in range(1, 11))
+FEW_VALUES = 32
+VALUE_BUCKETS = Histogram.DEFAULT_BUCKETS[:-1]  # without its +Inf, which every histogram adds
+
+
+class PipelineHistogram:
+    """A histogram per pipeline observed a request's values at once: numpy counts them into the buckets in one
+    call, where observing a 1000-row request's probabilities one by one cost as much as encoding its rows
+    (measured: 1.06 ms against 0.09 ms for the whole of ``observe_predictions``)."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = np.asarray(buckets, dtype=np.float64)  # upper bounds; +Inf follows
+        self._bounds = self.bounds.tolist()
+        self._counts: dict[str, list[int]] = {}
+        self._sums: dict[str, float] = {}
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe(self, pipeline: str, values: list[float]) -> None:
+        # Bucket i counts bounds[i - 1] < value <= bounds[i], as Prometheus' "le" does. A few values (a batch of
+        # single-record requests) are placed one by one: there numpy's calls cost more than the bisections.
+        if len(values) < FEW_VALUES:
+            counts = [0] * (len(self._bounds) + 1)
+            for value in values:
+                counts[bisect.bisect_left(self._bounds, value)] += 1
+        else:
+            places = np.searchsorted(self.bounds, np.asarray(values, dtype=np.float64), side="left")
+            counts = np.bincount(places, minlength=len(self._bounds) + 1).tolist()
+        total = math.fsum(values)
+        with self._lock:
+            kept = self._counts.setdefault(pipeline, [0] * len(counts))
+            for place, count in enumerate(counts):
+                kept[place] += count
+            self._sums[pipeline] = self._sums.get(pipeline, 0.0) + total
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=["pipeline"])
+        with self._lock:
+            observed = [(pipeline, list(counts), self._sums[pipeline]) for pipeline, counts in self._counts.items()]
+        bounds = [*map(floatToGoString, self._bounds), "+Inf"]
+        for pipeline, counts, total in observed:
+            cumulative = itertools.accumulate(counts)
+            family.add_metric([pipeline], list(zip(bounds, cumulative, strict=True)), total)
+        yield family
 
 
 class ServiceMetrics:
@@ -38,14 +91,10 @@ class ServiceMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 1000, 10_000),
             registry=r,
         )
-        self.probability = Histogram(
-            "flightplan_prediction_probability",
-            "Probability of the answered predictions",
-            ["pipeline"],
-            buckets=PROBABILITY_BUCKETS,
-            registry=r,
+        self.probability = PipelineHistogram(
+            "flightplan_prediction_probability", "Probability of the answered predictions", PROBABILITY_BUCKETS, r
         )
-        self.value = Histogram("flightplan_prediction_value", "Regression predictions", ["pipeline"], registry=r)
+        self.value = PipelineHistogram("flightplan_prediction_value", "Regression predictions", VALUE_BUCKETS, r)
         self.version = Gauge("flightplan_model_version", "Registry version serving", ["pipeline", "model"], registry=r)
         self.reloads = Counter(
             "flightplan_model_reloads", "Model swaps and refusals", ["pipeline", "outcome"], registry=r
@@ -62,13 +111,9 @@ class ServiceMetrics:
         for _ in range(requests):
             predict_seconds.observe(seconds)
         if task == "regression":
-            values = self.value.labels(pipeline)
-            for answer in answers:
-                values.observe(answer.prediction)
+            self.value.observe(pipeline, [answer.prediction for answer in answers])
         else:
-            probabilities = self.probability.labels(pipeline)
-            for answer in answers:
-                probabilities.observe(answer.probability or 0.0)
+            self.probability.observe(pipeline, [answer.probability or 0.0 for answer in answers])
 
     def observe_reload(self, result: dict[str, Any]) -> None:
         pipeline = result["pipeline"]
