@@ -7,10 +7,16 @@ records) or ``inputs`` (a record of columns, or a list of records), and optional
 pipeline's model does not take. Whatever the format, the values are validated column by column, one pydantic
 pass per field, against the types the typed routes use; an error names the format, the field and the row.
 A NaN is a missing value, as pandas writes one.
+
+A ``text/csv`` body, which MLflow's server also takes, is a header line of field names and a line per row; an
+empty value is a missing one (as pandas' ``to_csv`` writes it), the others are read as the field's type reads
+their text.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +28,7 @@ from flightplan.config import PipelineConfig
 from flightplan.serving.inputs import record_fields, required_fields
 
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+CSV = "csv"
 PARAMS = "params"
 
 Error = dict[str, Any]
@@ -109,6 +116,22 @@ def read_invocation(body: bytes, types: ColumnTypes) -> list[dict[str, Any]]:
     return _validated_records(kind, columns, rows, types)
 
 
+def read_csv_invocation(body: bytes, types: ColumnTypes) -> list[dict[str, Any]]:
+    """The records of a ``text/csv`` body, validated; raises :class:`InvalidInvocation`."""
+    try:
+        lines = list(csv.reader(io.StringIO(body.decode("utf-8-sig"), newline=""), strict=True))
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise InvalidInvocation([_error((CSV,), f"not a UTF-8 CSV: {err}", "csv_invalid")]) from None
+    if not lines:
+        raise InvalidInvocation([_error((CSV,), "expected a header line of field names, then a line per row")])
+    header, *data = lines
+    content = {"columns": header, "data": [[value if value != "" else None for value in row] for row in data]}
+    columns, rows = _split_columns(content, CSV)
+    if not 1 <= rows <= types.max_rows:
+        raise InvalidInvocation([_error((CSV,), f"expected 1 to {types.max_rows:,} rows, not {rows:,}")])
+    return _validated_records(CSV, columns, rows, types)
+
+
 def _columns(kind: str, content: Any) -> tuple[dict[str, list[Any]], int]:
     """The body's values as columns of one length, and that length, whatever the format."""
     if kind == "dataframe_split":
@@ -118,8 +141,8 @@ def _columns(kind: str, content: Any) -> tuple[dict[str, list[Any]], int]:
     return _record_columns(kind, content)
 
 
-def _split_columns(content: Any) -> tuple[dict[str, list[Any]], int]:
-    where = ("dataframe_split",)
+def _split_columns(content: Any, kind: str = "dataframe_split") -> tuple[dict[str, list[Any]], int]:
+    where = (kind,)
     if not isinstance(content, dict) or not isinstance(content.get("columns"), list):
         raise InvalidInvocation([_error(where, "expected an object with 'columns' and 'data'")])
     names, data = [str(name) for name in content["columns"]], content.get("data")
