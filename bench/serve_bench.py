@@ -5,8 +5,9 @@ The model is the one `train_bench.py` trains on the demo year (300 rounds, depth
 promoted to `champion`. Our service gets raw records (it encodes them and logs every answer durably before
 replying). `mlflow models serve` runs twice, each time given the already encoded float matrix of the same
 rows and logging nothing: on the model's XGBoost flavor (the usual way to serve an XGBoost model with
-MLflow) and on its registered ONNX version. Each cell runs ``--seconds`` after a warm-up. Run with
-``make bench``.
+MLflow) and on its registered ONNX version. All three servers run at once; each cell (rows per request,
+connections) runs ``--seconds`` per contender, the contenders taking turns, ``--rounds`` times, and keeps each
+one's median run. Run with ``make bench``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -156,10 +158,91 @@ def work_model_name() -> str:
     return load_pipeline(PIPELINE, load_settings().pipelines_dir).registered_model
 
 
+@dataclass(frozen=True)
+class Contender:
+    """A server under test: how it starts, where it listens and the request of each size it gets."""
+
+    command: list[str]
+    url: str
+    payloads: dict[int, tuple[str, Any]]  # rows per request: (path, body)
+
+    @property
+    def health(self) -> str:
+        return f"{self.url}/health" if Path(self.command[0]).name == "flightplan" else f"{self.url}/ping"
+
+
+def contenders(
+    records: list[dict[str, Any]], matrix: Any, xgboost_model: Path, onnx_model: str
+) -> dict[str, Contender]:
+    """Our service (typed records, and the same rows as MLflow's column-oriented body) and `mlflow models serve`
+    on the XGBoost flavor and on the ONNX version, each on a port of its own."""
+    flightplan = str(Path(sys.executable).with_name("flightplan"))
+    mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
+    ours = [flightplan, "serve", "--pipeline", PIPELINE, "--port", "8791", "--poll-seconds", "3600"]
+    columns = [f"f{i}" for i in range(matrix.shape[1])]
+    fields = sorted({name for record in records for name in record})
+    split = {"dataframe_split": {"columns": fields, "data": [[r.get(f) for f in fields] for r in records]}}
+
+    def peer(model: str, port: int) -> list[str]:
+        return [mlflow_bin, "models", "serve", "-m", model, "--env-manager", "local", "--port", str(port)]
+
+    def frame_body(rows: Any) -> dict[str, Any]:
+        return {"dataframe_split": {"columns": columns, "data": rows.tolist()}}
+
+    return {
+        "flightplan": Contender(
+            ours,
+            "http://127.0.0.1:8791",
+            {1: ("/v1/flights/predict", records[0]), 1000: ("/v1/flights/predict/batch", {"records": records})},
+        ),
+        # The same rows in MLflow's column-oriented body, as a client of `mlflow models serve` sends them.
+        "flightplan, dataframe_split": Contender(
+            ours, "http://127.0.0.1:8791", {1000: ("/v1/flights/invocations", split)}
+        ),
+        "mlflow models serve (xgboost)": Contender(
+            peer(str(xgboost_model), 8792),
+            "http://127.0.0.1:8792",
+            {1: ("/invocations", frame_body(matrix[:1])), 1000: ("/invocations", frame_body(matrix))},
+        ),
+        "mlflow models serve (onnx)": Contender(
+            peer(onnx_model, 8793),
+            "http://127.0.0.1:8793",
+            {1: ("/invocations", {"inputs": matrix[:1].tolist()}), 1000: ("/invocations", {"inputs": matrix.tolist()})},
+        ),
+    }
+
+
+def measure_cells(
+    wrk: str, entrants: dict[str, Contender], seconds: int, rounds: int, folder: Path
+) -> list[dict[str, Any]]:
+    """Each contender's figures per cell (rows per request, connections): the median run by req/s of ``rounds``,
+    the contenders taking turns within each round, so that a slower minute of the machine hits them alike."""
+    results: list[dict[str, Any]] = []
+    for rows in (1, 1000):
+        taking = {name: contender for name, contender in entrants.items() if rows in contender.payloads}
+        for contender in taking.values():
+            path, body = contender.payloads[rows]
+            load(wrk, contender.url + path, body, 8, min(3, seconds), folder)  # warm-up
+        for connections in (1, 8, 32):
+            runs: dict[str, list[dict[str, float]]] = {name: [] for name in taking}
+            for _ in range(rounds):
+                for name, contender in taking.items():
+                    path, body = contender.payloads[rows]
+                    runs[name].append(load(wrk, contender.url + path, body, connections, seconds, folder))
+            for name, measured in runs.items():
+                median = sorted(measured, key=lambda run: run["rps"])[len(measured) // 2]
+                figures = {"contender": name, "rows": rows, "connections": connections, "rounds": rounds, **median}
+                figures["rows_per_s"] = median["rps"] * rows
+                results.append(figures)
+                print(json.dumps(figures), flush=True)
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--home", type=Path, required=True)
     parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each cell; the median is kept")
     args = parser.parse_args()
     home = args.home.resolve()
     prepare_split(home)
@@ -167,73 +250,24 @@ def main() -> int:
     _, job, run_id = bench_training(rounds=300, repeats=1, with_spark=False)
     version, records, matrix = promote_bench_model(job, run_id)
     folder = Path(tempfile.mkdtemp(prefix="serve-bench-"))
-    ours_port, peer_port = 8791, 8792
     os.environ.update({"FLIGHTPLAN_HOME": str(home), "FLIGHTPLAN_API_TOKEN": TOKEN})
     # `mlflow models serve` runs `uvicorn` from PATH: the venv's, also when the venv is not activated.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    flightplan = str(Path(sys.executable).with_name("flightplan"))
-    mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
     from flightplan.model.registry import load_booster
     from flightplan.settings import load_settings
 
     onnx_model = f"models:/{work_model_name()}/{version}"
     xgboost_model = save_xgboost_flavor(load_booster(load_settings(), work_model_name(), version), folder)
-    columns = [f"f{i}" for i in range(matrix.shape[1])]
-
-    def frame_body(rows: Any) -> dict[str, Any]:
-        return {"dataframe_split": {"columns": columns, "data": rows.tolist()}}
-
-    ours = [flightplan, "serve", "--pipeline", PIPELINE, "--port", str(ours_port), "--poll-seconds", "3600"]
-    fields = sorted({name for record in records for name in record})
-    split = {"dataframe_split": {"columns": fields, "data": [[r.get(f) for f in fields] for r in records]}}
-    contenders = {
-        "flightplan": (
-            ours,
-            f"http://127.0.0.1:{ours_port}",
-            {1: ("/v1/flights/predict", records[0]), 1000: ("/v1/flights/predict/batch", {"records": records})},
-        ),
-        # The same rows in MLflow's column-oriented body, as a client of `mlflow models serve` sends them.
-        "flightplan, dataframe_split": (
-            ours,
-            f"http://127.0.0.1:{ours_port}",
-            {1000: ("/v1/flights/invocations", split)},
-        ),
-        "mlflow models serve (xgboost)": (
-            [
-                mlflow_bin,
-                "models",
-                "serve",
-                "-m",
-                str(xgboost_model),
-                "--env-manager",
-                "local",
-                "--port",
-                str(peer_port),
-            ],
-            f"http://127.0.0.1:{peer_port}",
-            {1: ("/invocations", frame_body(matrix[:1])), 1000: ("/invocations", frame_body(matrix))},
-        ),
-        "mlflow models serve (onnx)": (
-            [mlflow_bin, "models", "serve", "-m", onnx_model, "--env-manager", "local", "--port", str(peer_port)],
-            f"http://127.0.0.1:{peer_port}",
-            {1: ("/invocations", {"inputs": matrix[:1].tolist()}), 1000: ("/invocations", {"inputs": matrix.tolist()})},
-        ),
-    }
-    results: list[dict[str, Any]] = []
-    for name, (command, url, payloads) in contenders.items():
-        log_name = name.replace(" ", "-").replace("(", "").replace(")", "")
-        health = f"{url}/health" if name.startswith("flightplan") else f"{url}/ping"
-        process = start(command, folder / f"{log_name}.log", health)
-        try:
-            for rows, (path, body) in payloads.items():
-                load(wrk, url + path, body, 8, min(3, args.seconds), folder)  # warm-up
-                for connections in (1, 8, 32):
-                    measured = load(wrk, url + path, body, connections, args.seconds, folder)
-                    figures = {"contender": name, "rows": rows, "connections": connections, **measured}
-                    figures["rows_per_s"] = measured["rps"] * rows
-                    results.append(figures)
-                    print(json.dumps(figures), flush=True)
-        finally:
+    entrants = contenders(records, matrix, xgboost_model, onnx_model)
+    # Every server up at once (an idle one costs the others nothing), each started once.
+    servers = {tuple(contender.command): contender for contender in entrants.values()}
+    processes = []
+    try:
+        for place, contender in enumerate(servers.values()):
+            processes.append(start(contender.command, folder / f"server-{place}.log", contender.health))
+        results = measure_cells(wrk, entrants, args.seconds, args.rounds, folder)
+    finally:
+        for process in processes:
             process.terminate()
             process.wait(60)
     print_table(results)
@@ -254,9 +288,8 @@ def print_table(results: list[dict[str, Any]]) -> None:
     head = " | ".join(f"{peer} req/s | p50 ms | p99 ms | ratio" for peer in peers)
     print(f"\n| flightplan body | rows/request | connections | flightplan req/s | p50 ms | p99 ms | {head} |")
     print("|---|---:|---:|---:|---:|---:|" + "---:|" * 4 * len(peers))
-    for r in results:
-        if not r["contender"].startswith("flightplan"):
-            continue
+    ours = [r for r in results if r["contender"].startswith("flightplan")]
+    for r in sorted(ours, key=lambda r: (r["contender"], r["rows"], r["connections"])):
         body = "dataframe_split" if "dataframe_split" in r["contender"] else "typed records"
         cells = [f"{r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f}"]
         for peer in peers:

@@ -50,7 +50,7 @@ def test_the_ingestion_benchmark_runs(tmp_path: Path) -> None:
 
 
 def test_the_serving_benchmark_runs(trained_home: Path) -> None:
-    printed = run_bench("serve_bench.py", "--home", str(trained_home), "--seconds", "1")
+    printed = run_bench("serve_bench.py", "--home", str(trained_home), "--seconds", "1", "--rounds", "2")
     assert "| rows/request | connections | flightplan req/s |" in printed, printed[-2000:]
     assert "| dataframe_split | 1000 | 8 |" in printed, printed[-2000:]
     assert "batch scoring," in printed and "bare booster" in printed, printed[-2000:]
