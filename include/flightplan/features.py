@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,15 +112,23 @@ def input_columns(config: PipelineConfig) -> list[str]:
     return sorted(set(listed) | {d.column for d in config.features.derived})
 
 
-def build_feature_map(train: pd.DataFrame, config: PipelineConfig) -> FeatureMap:
-    """Every configured feature (derived ones as numeric), with categories as seen on the train side,
-    most frequent first, so codes are stable for the same data."""
+def configured_features(config: PipelineConfig, categories: Callable[[str], list[str]]) -> list[Feature]:
+    """Every configured feature in the order of the model's columns: the numeric ones, the derived ones (as
+    numeric), then the categorical ones, each with the categories ``categories`` gives it."""
     features = [Feature(name, "numeric") for name in config.features.numeric]
     features += [Feature(d.name, "numeric") for d in config.features.derived if d.name not in config.features.numeric]
-    for name in config.features.categorical:
+    return features + [Feature(name, "categorical", categories(name)) for name in config.features.categorical]
+
+
+def build_feature_map(train: pd.DataFrame, config: PipelineConfig) -> FeatureMap:
+    """Every configured feature, with categories as seen on the train side, most frequent first, so codes are
+    stable for the same data."""
+
+    def seen(name: str) -> list[str]:
         counts = train[name].dropna().astype(str).value_counts()
-        ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-        features.append(Feature(name, "categorical", [value for value, _ in ordered]))
+        return [value for value, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0]))]
+
+    features = configured_features(config, seen)
     classes: list[str] = []
     if config.label.task == "multiclass":
         classes = sorted(train[config.label.name].dropna().astype(str).unique().tolist())

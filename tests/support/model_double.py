@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from flightplan.config import PipelineConfig
-from flightplan.features import Feature, FeatureMap
+from flightplan.features import FeatureMap, configured_features
 from flightplan.model.registry import CHAMPION
 from flightplan.serving.inputs import RowEncoder
 from flightplan.serving.models import ModelRefused, ModelSource, Scorer, ServedModel, smoke_test
@@ -24,10 +24,7 @@ DOUBLE_THRESHOLD = 0.5
 def double_feature_map(config: PipelineConfig) -> FeatureMap:
     """Every configured feature (derived ones numeric) in the trained map's order, with no category seen: every
     category a client sends is unseen, so it enters as missing."""
-    derived = [d.name for d in config.features.derived if d.name not in config.features.numeric]
-    features = [Feature(name, "numeric") for name in [*config.features.numeric, *derived]]
-    features += [Feature(name, "categorical") for name in config.features.categorical]
-    return FeatureMap(features, config.label.name, config.label.task)
+    return FeatureMap(configured_features(config, lambda _: []), config.label.name, config.label.task)
 
 
 def present_share(matrix: np.ndarray) -> np.ndarray:
