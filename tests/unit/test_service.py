@@ -264,7 +264,8 @@ def test_mlflow_request_formats_get_the_typed_routes_answers(
         assert [row[1] for row in logged(settings, served["request_id"])] == ["1"] * 3, form
         assert served["ids"] == [f"{served['request_id']}-{row}" for row in range(3)], form
     # MLflow's CSV body, as pandas writes a frame (the missing value an empty field, the int columns with it floats)
-    csv = pd.DataFrame(records).to_csv(index=False)
+    header, *lines = pd.DataFrame(records).to_csv(index=False).splitlines()
+    csv = "\n".join([header, lines[0], "", *lines[1:], ""])  # a blank line is skipped, as pandas skips it
     served = api.post("/v1/flights/invocations", content=csv, headers={**AUTH, "Content-Type": "text/csv"}).json()
     assert served["probabilities"] == [row["probability"] for row in typed], served
 
@@ -275,7 +276,10 @@ def test_mlflow_request_formats_get_the_typed_routes_answers(
         (lambda frame: frame.assign(colour="red").to_csv(index=False), "text/csv", 422, '"csv","colour"'),
         (lambda frame: frame.to_csv(index=False) + "1,2\n", "text/csv", 422, "row 2 has 2 values"),
         (lambda frame: frame.assign(distance="far").to_csv(index=False), "text/csv", 422, '"csv","distance",0'),
-        (lambda frame: frame.to_csv(index=False).encode("utf-16"), "text/csv", 422, "not a UTF-8 CSV"),
+        (lambda frame: frame.to_csv(index=False).encode("utf-16"), "text/csv", 422, "not UTF-8"),
+        (lambda frame: 'a,b\n"1,2\n', "text/csv", 422, "not a CSV: unexpected end of data"),
+        (lambda frame: "\n".join(["a", *["1"] * 10_001]), "text/csv", 422, "1 to 10,000 rows, not more than"),
+        (lambda frame: frame.to_csv(index=False).replace(",time_hour", ",carrier"), "text/csv", 422, "['carrier']"),
         (lambda frame: frame.head(0).to_csv(index=False), "text/csv", 422, "expected 1 to 10,000 rows, not 0"),
         (lambda frame: "", "text/csv", 422, "expected a header line"),
         (lambda frame: frame.to_csv(index=False), "text/plain", 415, "'application/json' or 'text/csv'"),

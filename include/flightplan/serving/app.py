@@ -206,15 +206,19 @@ def bearer_auth(scope: ApiScope, tokens: Mapping[ApiScope, str] | None) -> Calla
     return check
 
 
+HEAP_SETTLING = threading.Lock()
+
+
 def settle_heap() -> None:
     """Puts what the service keeps for its lifetime (models, request schemas, routes: some 200k objects) out of
     the cyclic collector's reach. Otherwise each full collection walks them all, a pause of tens of
     milliseconds that every request in flight waits out: measured with the model double at 8 connections, the
     1-row p99 went from 87 ms to 9 ms. What was frozen before is thawed and collected first, so that the cycles
     of a model or pipeline replaced since are freed."""
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
+    with HEAP_SETTLING:  # the poller and /admin/reload may both call it
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
 
 
 def predicted(model: ServedModel, records: list[dict[str, Any]]) -> list[Answer]:
@@ -223,6 +227,22 @@ def predicted(model: ServedModel, records: list[dict[str, Any]]) -> list[Answer]
         return model.predict(records)
     except InvalidRecord as err:
         raise HTTPException(status_code=422, detail=str(err)) from err
+
+
+def predicted_each(model: ServedModel, records: list[dict[str, Any]]) -> list[Answer | HTTPException]:
+    """The model's answer to each record of single-record requests, in one call; when a record cannot be
+    encoded, each record alone, so that only its own request is refused (naming it as record 0, as it was sent)."""
+    try:
+        return list(predicted(model, records))
+    except HTTPException:
+        return [answer_alone(model, record) for record in records]
+
+
+def answer_alone(model: ServedModel, record: dict[str, Any]) -> Answer | HTTPException:
+    try:
+        return predicted(model, [record])[0]
+    except HTTPException as refusal:
+        return refusal
 
 
 def logged_rows(
@@ -372,29 +392,38 @@ class Service:
     async def answer_together(
         self, pipeline: str, records: list[dict[str, Any]]
     ) -> list[tuple[str, str, dict[str, Any]] | Exception]:
-        """One model call and one log commit for single-record requests: each its request id, version and
-        answer. A record that cannot be encoded fails its own request only (the others are then predicted
-        one by one)."""
+        """One model call and one log commit for single-record requests: for each, its request id, version and
+        answer, or the refusal of that request alone (a record that cannot be encoded). When the whole batch
+        is refused (no model, the log out of reach), each caller gets a refusal of its own."""
+        try:
+            return await self._answer_together(pipeline, records)
+        except HTTPException as err:  # not one instance raised in every caller's task: their tracebacks pile on it
+            return [HTTPException(err.status_code, err.detail, err.headers) for _ in records]
+
+    async def _answer_together(
+        self, pipeline: str, records: list[dict[str, Any]]
+    ) -> list[tuple[str, str, dict[str, Any]] | Exception]:
         model = self.model(pipeline)
         started = time.perf_counter()
-        try:
-            answers = predicted(model, records)
-        except HTTPException as err:
-            if len(records) == 1:
-                return [err]
-            return [result for record in records for result in await self.answer_together(pipeline, [record])]
-        request_ids = [uuid.uuid4().hex for _ in records]
-        await self.commit(
-            pipeline,
-            [
-                logged_rows(pipeline, model, request_id, [request_id], [record], [answer])
-                for request_id, record, answer in zip(request_ids, records, answers, strict=True)
-            ],
-        )
-        elapsed = time.perf_counter() - started
-        self.metrics.observe_predictions(pipeline, model.task, answers, elapsed, requests=len(records))
-        bodies = answer_bodies(request_ids, answers)
-        return [(request_id, model.version, body) for request_id, body in zip(request_ids, bodies, strict=True)]
+        answers = predicted_each(model, records)
+        served = [
+            (place, uuid.uuid4().hex, answer) for place, answer in enumerate(answers) if isinstance(answer, Answer)
+        ]
+        if served:
+            logged = [
+                logged_rows(pipeline, model, rid, [rid], [records[place]], [answer]) for place, rid, answer in served
+            ]
+            await self.commit(pipeline, logged)
+            kept = [answer for _, _, answer in served]
+            elapsed = time.perf_counter() - started
+            self.metrics.observe_predictions(pipeline, model.task, kept, elapsed, requests=len(served))
+        request_ids = {place: rid for place, rid, _ in served}
+        return [
+            answer
+            if isinstance(answer, Exception)
+            else (request_ids[place], model.version, answer_bodies([request_ids[place]], [answer])[0])
+            for place, answer in enumerate(answers)
+        ]
 
     async def commit(self, pipeline: str, answered: list[AnsweredRequest]) -> None:
         """Waits until the rows are committed to the log; refuses (503) when they cannot be."""
@@ -403,7 +432,7 @@ class Service:
             async with asyncio.timeout(LOG_WAIT_SECONDS):
                 await asyncio.wrap_future(self.log.submit_all(answered))
         except (LogUnavailable, TimeoutError) as err:
-            self.metrics.errors.labels(pipeline, "log").inc()
+            self.metrics.errors.labels(pipeline, "log").inc(len(answered))  # one per request refused
             reason = err if isinstance(err, LogUnavailable) else LogUnavailable.waited(LOG_WAIT_SECONDS)
             raise HTTPException(
                 status_code=503, detail=f"{reason}: the prediction is not answered (retry later)"
@@ -459,9 +488,7 @@ def require_json(request: Request, *others: str) -> None:
     declared = media_type(request)
     if declared not in ("application/json", *others) and not declared.endswith("+json"):
         expected = " or ".join(f"'{kind}'" for kind in ("application/json", *others))
-        raise HTTPException(
-            status_code=415, detail=f"the body must be JSON: Content-Type is '{declared}', expected {expected}"
-        )
+        raise HTTPException(status_code=415, detail=f"Content-Type is '{declared}': expected {expected}")
 
 
 async def parse_body(request: Request, adapter: TypeAdapter[Any]) -> Any:

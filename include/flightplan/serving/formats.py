@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,18 +119,25 @@ def read_invocation(body: bytes, types: ColumnTypes) -> list[dict[str, Any]]:
 
 
 def read_csv_invocation(body: bytes, types: ColumnTypes) -> list[dict[str, Any]]:
-    """The records of a ``text/csv`` body, validated; raises :class:`InvalidInvocation`."""
+    """The records of a ``text/csv`` body, validated; raises :class:`InvalidInvocation`. Blank lines are skipped,
+    as pandas skips them; reading stops past the row limit."""
     try:
-        lines = list(csv.reader(io.StringIO(body.decode("utf-8-sig"), newline=""), strict=True))
-    except (UnicodeDecodeError, csv.Error) as err:
-        raise InvalidInvocation([_error((CSV,), f"not a UTF-8 CSV: {err}", "csv_invalid")]) from None
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise InvalidInvocation([_error((CSV,), f"not UTF-8: {err}", "csv_invalid")]) from None
+    try:
+        read = (line for line in csv.reader(io.StringIO(text, newline=""), strict=True) if line)
+        lines = list(itertools.islice(read, types.max_rows + 2))  # the header, the rows and one too many
+    except csv.Error as err:
+        raise InvalidInvocation([_error((CSV,), f"not a CSV: {err}", "csv_invalid")]) from None
     if not lines:
         raise InvalidInvocation([_error((CSV,), "expected a header line of field names, then a line per row")])
     header, *data = lines
+    if not 1 <= len(data) <= types.max_rows:
+        many = f"more than {types.max_rows:,}" if data else "0"
+        raise InvalidInvocation([_error((CSV,), f"expected 1 to {types.max_rows:,} rows, not {many}")])
     content = {"columns": header, "data": [[value if value != "" else None for value in row] for row in data]}
     columns, rows = _split_columns(content, CSV)
-    if not 1 <= rows <= types.max_rows:
-        raise InvalidInvocation([_error((CSV,), f"expected 1 to {types.max_rows:,} rows, not {rows:,}")])
     return _validated_records(CSV, columns, rows, types)
 
 
@@ -149,7 +158,8 @@ def _split_columns(content: Any, kind: str = "dataframe_split") -> tuple[dict[st
     if not isinstance(data, list) or not all(isinstance(row, list) for row in data):
         raise InvalidInvocation([_error((*where, "data"), "expected a list of rows, each a list of values")])
     if len(set(names)) != len(names):
-        raise InvalidInvocation([_error((*where, "columns"), f"a column is named twice in {names}")])
+        twice = sorted(name for name, count in Counter(names).items() if count > 1)
+        raise InvalidInvocation([_error((*where, "columns"), f"columns named more than once: {twice}")])
     for row, values in enumerate(data):
         if len(values) != len(names):
             message = f"row {row} has {len(values)} values for {len(names)} columns"

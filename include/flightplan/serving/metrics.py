@@ -38,16 +38,21 @@ class PipelineHistogram:
         registry.register(self)
 
     def observe(self, pipeline: str, values: list[float]) -> None:
-        # Bucket i counts bounds[i - 1] < value <= bounds[i], as Prometheus' "le" does. A few values (a batch of
-        # single-record requests) are placed one by one: there numpy's calls cost more than the bisections.
+        # Bucket i counts bounds[i - 1] < value <= bounds[i], as Prometheus' "le" does. A NaN is in no bucket,
+        # as in prometheus_client, and left out of the sum too. A few values (a batch of single-record
+        # requests) are placed one by one: there numpy's calls cost more than the bisections.
         if len(values) < FEW_VALUES:
-            counts = [0] * (len(self._bounds) + 1)
+            counts, total = [0] * (len(self._bounds) + 1), 0.0
             for value in values:
-                counts[bisect.bisect_left(self._bounds, value)] += 1
+                if not math.isnan(value):
+                    counts[bisect.bisect_left(self._bounds, value)] += 1
+                    total += value
         else:
-            places = np.searchsorted(self.bounds, np.asarray(values, dtype=np.float64), side="left")
+            numbers = np.asarray(values, dtype=np.float64)
+            numbers = numbers[~np.isnan(numbers)]
+            places = np.searchsorted(self.bounds, numbers, side="left")
             counts = np.bincount(places, minlength=len(self._bounds) + 1).tolist()
-        total = math.fsum(values)
+            total = sum(numbers.tolist())  # in order, as prometheus_client adds them up
         with self._lock:
             kept = self._counts.setdefault(pipeline, [0] * len(counts))
             for place, count in enumerate(counts):
