@@ -24,7 +24,7 @@ def test_a_request_observed_at_once_gives_the_samples_of_observing_each_value() 
     }
     ours, theirs = CollectorRegistry(), CollectorRegistry()
     bulk = PipelineHistogram("answers", "answered values", sorted({*PROBABILITY_BUCKETS, *VALUE_BUCKETS}), ours)
-    single = Histogram("answers", "answered values", ["pipeline"], registry=theirs, buckets=bulk.bounds.tolist())
+    single = Histogram("answers", "answered values", ["pipeline"], registry=theirs, buckets=bulk.bounds)
     for pipeline, observed in values.items():
         bulk.observe(pipeline, observed[:4])
         bulk.observe(pipeline, observed[4:])  # loans: as many as numpy counts

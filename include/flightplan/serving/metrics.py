@@ -30,8 +30,7 @@ class PipelineHistogram:
     def __init__(self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry) -> None:
         self.name = name
         self.documentation = documentation
-        self.bounds = np.asarray(buckets, dtype=np.float64)  # upper bounds; +Inf follows
-        self._bounds = self.bounds.tolist()
+        self.bounds = [float(bound) for bound in buckets]  # upper bounds; +Inf follows
         self._counts: dict[str, list[int]] = {}
         self._sums: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -42,16 +41,16 @@ class PipelineHistogram:
         # as in prometheus_client, and left out of the sum too. A few values (a batch of single-record
         # requests) are placed one by one: there numpy's calls cost more than the bisections.
         if len(values) < FEW_VALUES:
-            counts, total = [0] * (len(self._bounds) + 1), 0.0
+            counts, total = [0] * (len(self.bounds) + 1), 0.0
             for value in values:
                 if not math.isnan(value):
-                    counts[bisect.bisect_left(self._bounds, value)] += 1
+                    counts[bisect.bisect_left(self.bounds, value)] += 1
                     total += value
         else:
             numbers = np.asarray(values, dtype=np.float64)
             numbers = numbers[~np.isnan(numbers)]
             places = np.searchsorted(self.bounds, numbers, side="left")
-            counts = np.bincount(places, minlength=len(self._bounds) + 1).tolist()
+            counts = np.bincount(places, minlength=len(self.bounds) + 1).tolist()
             total = sum(numbers.tolist())  # in order, as prometheus_client adds them up
         with self._lock:
             kept = self._counts.setdefault(pipeline, [0] * len(counts))
@@ -63,7 +62,7 @@ class PipelineHistogram:
         family = HistogramMetricFamily(self.name, self.documentation, labels=["pipeline"])
         with self._lock:
             observed = [(pipeline, list(counts), self._sums[pipeline]) for pipeline, counts in self._counts.items()]
-        bounds = [*map(floatToGoString, self._bounds), "+Inf"]
+        bounds = [*map(floatToGoString, self.bounds), "+Inf"]
         for pipeline, counts, total in observed:
             cumulative = itertools.accumulate(counts)
             family.add_metric([pipeline], list(zip(bounds, cumulative, strict=True)), total)
