@@ -168,9 +168,12 @@ def test_a_record_that_cannot_be_encoded_fails_only_its_own_request_among_those_
     record = full_record(config)
     moment = next(name for name, kind in request_fields(config).items() if kind == "timestamp")
     sent = [record, {**record, moment: "0001-01-01T00:00:00+00:00"}, record]
-    (first, refused, last), _ = posted_at_once(settings, registry, sent)
+    (first, refused, last), metrics = posted_at_once(settings, registry, sent)
     assert (first.status_code, refused.status_code, last.status_code) == (200, 422, 200), refused.text
     assert f"record 0: {moment}=0001-01-01T00:00:00" in refused.json()["detail"]
+    # The two answered records were then predicted one by one: two model calls of one row each.
+    assert 'flightplan_model_call_rows_count{pipeline="flights"} 2.0' in metrics, metrics
+    assert 'flightplan_model_call_rows_sum{pipeline="flights"} 2.0' in metrics, metrics
     engine = sa.create_engine(settings.predictions_db_url)
     with engine.connect() as connection:
         logged_ids = set(connection.scalars(sa.text("select id from predictions")))

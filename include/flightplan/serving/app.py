@@ -207,6 +207,9 @@ def bearer_auth(scope: ApiScope, tokens: Mapping[ApiScope, str] | None) -> Calla
 
 
 HEAP_SETTLING = threading.Lock()
+# Single records answered by one model call at most: the call runs on the event loop, and a larger batch would
+# hold every other request (of any pipeline) for its whole length.
+MAX_GATHERED_RECORDS = 128
 
 
 def settle_heap() -> None:
@@ -293,7 +296,7 @@ class Service:
         self.engine = create_store_engine(settings.predictions_db_url)
         self.log: PredictionLog | None = None
         self.single_records: TurnBatcher[dict[str, Any], tuple[str, str, dict[str, Any]]] = TurnBatcher(
-            self.answer_together
+            self.answer_together, max_items=MAX_GATHERED_RECORDS
         )
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
@@ -314,20 +317,27 @@ class Service:
         gc.unfreeze()
 
     def reload_all(self, retry_refused: bool = False) -> list[dict[str, Any]]:
-        results = [slot.refresh(retry_refused) for slot in self.slots.values()]
-        for result in results:
-            self.metrics.observe_reload(result)
+        results = self._refresh_slots(retry_refused)
         if any(result["before"] != result["serving"] for result in results):
             settle_heap()
         return results
 
+    def _refresh_slots(self, retry_refused: bool) -> list[dict[str, Any]]:
+        results = [slot.refresh(retry_refused) for slot in self.slots.values()]
+        for result in results:
+            self.metrics.observe_reload(result)
+        return results
+
     def _poll(self) -> None:
         while not self._stop.wait(self.options.poll_seconds):
+            changed: set[str] = set()
             try:
-                self.follow_pipelines()
+                changed = self.follow_pipelines()
             except Exception:  # the folder unreadable for a moment: the pipelines served so far go on
                 log.exception("could not read the pipelines folder %s", self.settings.pipelines_dir)
-            self.reload_all()
+            results = self._refresh_slots(retry_refused=False)
+            if changed or any(result["before"] != result["serving"] for result in results):
+                settle_heap()  # once per cycle, whatever changed
 
     def note_config_errors(self, errors: dict[str, str]) -> None:
         """Keeps the YAMLs that do not load, and logs each new reason once (/ready, which asks for no token, names
@@ -342,7 +352,7 @@ class Service:
         """Serve what the pipelines folder holds now (when the service follows it): a new YAML gets its routes
         and its champion, an edited one its new schema, a removed one stops being served (its log stays). A YAML
         that does not load keeps its last good config serving and is reported on /ready. Returns the names
-        whose routes changed."""
+        whose routes changed (the poller then settles the heap)."""
         if self.options.pipelines is not None:
             return set()
         scan = scan_pipelines(self.settings.pipelines_dir)
@@ -360,7 +370,6 @@ class Service:
         self.configs, self.slots = wanted, slots
         log.info("pipelines now served: %s (changed: %s)", sorted(wanted), sorted(changed))
         self.on_pipelines_changed(changed)
-        settle_heap()
         return changed
 
     def model(self, pipeline: str) -> ServedModel:
@@ -381,7 +390,8 @@ class Service:
         request_id = uuid.uuid4().hex
         ids = [f"{request_id}-{row}" for row in range(len(records))]
         await self.commit(pipeline, [logged_rows(pipeline, model, request_id, ids, records, answers)])
-        self.metrics.observe_predictions(pipeline, model.task, answers, time.perf_counter() - started, requests=1)
+        elapsed = time.perf_counter() - started
+        self.metrics.observe_predictions(pipeline, model.task, answers, elapsed, requests=1, calls=[len(answers)])
         return request_id, model.version, answer_bodies(ids, answers)
 
     async def answer_one(self, pipeline: str, record: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
@@ -416,7 +426,9 @@ class Service:
             await self.commit(pipeline, logged)
             kept = [answer for _, _, answer in served]
             elapsed = time.perf_counter() - started
-            self.metrics.observe_predictions(pipeline, model.task, kept, elapsed, requests=len(served))
+            # A refused record made ``predicted_each`` call the model once per record.
+            calls = [len(kept)] if len(kept) == len(records) else [1] * len(kept)
+            self.metrics.observe_predictions(pipeline, model.task, kept, elapsed, requests=len(served), calls=calls)
         request_ids = {place: rid for place, rid, _ in served}
         return [
             answer

@@ -23,8 +23,9 @@ class TurnBatcher(Generic[Item, Result]):
     """Gathers the items submitted for a key during one turn of the event loop and answers them with one call
     of ``answer``; each caller gets the result of its own item."""
 
-    def __init__(self, answer: BatchAnswer[Item, Result]) -> None:
+    def __init__(self, answer: BatchAnswer[Item, Result], max_items: int) -> None:
         self._answer = answer
+        self._max_items = max_items  # a batch this full starts at once, so one model call stays short
         self._pending: dict[str, list[tuple[Item, asyncio.Future[Result]]]] = {}
         self._answering: set[asyncio.Task[None]] = set()  # referenced until done: the loop keeps only weak ones
 
@@ -36,11 +37,14 @@ class TurnBatcher(Generic[Item, Result]):
             # Runs after the callbacks ready now: the requests read in this turn submit before it.
             loop.call_soon(self._start, key)
         pending.append((item, result))
+        if len(pending) >= self._max_items:
+            self._start(key)
         return await result
 
     def _start(self, key: str) -> None:
         # A caller that stopped waiting (its client went away) is left out: its item is not answered, nor logged.
-        gathered = [(item, result) for item, result in self._pending.pop(key) if not result.done()]
+        # (The key may have no items: a full batch started before the turn ended.)
+        gathered = [(item, result) for item, result in self._pending.pop(key, []) if not result.done()]
         if gathered:
             task = asyncio.ensure_future(self._settle(key, gathered))
             self._answering.add(task)

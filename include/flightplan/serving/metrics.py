@@ -106,11 +106,14 @@ class ServiceMetrics:
         self.feedback = Counter("flightplan_feedback_labels", "True labels stored", ["pipeline"], registry=r)
 
     def observe_predictions(
-        self, pipeline: str, task: str, answers: list[Answer], seconds: float, requests: int
+        self, pipeline: str, task: str, answers: list[Answer], seconds: float, requests: int, calls: list[int]
     ) -> None:
-        """One model call's answers, for ``requests`` requests that each took ``seconds``."""
+        """The answers of ``requests`` requests that each took ``seconds``, given by model calls of ``calls``
+        rows each."""
         self.rows.labels(pipeline).inc(len(answers))
-        self.model_call_rows.labels(pipeline).observe(len(answers))
+        call_rows = self.model_call_rows.labels(pipeline)
+        for rows in calls:
+            call_rows.observe(rows)
         predict_seconds = self.predict_seconds.labels(pipeline)
         for _ in range(requests):
             predict_seconds.observe(seconds)
