@@ -4,6 +4,7 @@ as JSON (``FLIGHTPLAN_SOAK_REPORT``) and printed as a table."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import time
@@ -29,9 +30,12 @@ WARM_UP_WINDOWS = 1
 # 25 MB (the allocator returns freed memory to the system in large steps, so RSS moves by MBs with no leak).
 # Over the ten minutes of `make soak` (30,000 requests) that catches a leak of about 1 KB per request.
 GROWTH_SHARE, GROWTH_FLOOR_MB = 0.10, 25.0
-# The last window's p99 against the first after the warm-up: a slow drift (a queue or a table that grows)
-# multiplies it; the noise of a shared machine does not (up to 2x measured on two cores at a load average of 10).
-P99_DRIFT = 3.0
+# The last window's median latency against the first after the warm-up: a slow drift (a queue or a table that
+# grows) moves every request, so the median; the noise of a shared machine moves a few (a p99 went from 16 ms to
+# 136 ms between two windows of one run while the median moved from 5.6 to 6.3 ms).
+P50_DRIFT = 2.0
+# A stall on the request path (a checkpoint, a collection, a lock) shows in the tail: no window's p99 reaches it.
+P99_CEILING_MS = 250.0
 
 
 @dataclass(frozen=True)
@@ -91,11 +95,17 @@ def test_steady_load_keeps_memory_latency_and_the_log_flat(
     records = client_records(layout, challenger[0], 200)
     pid = soak_server["process"].pid
     ends, rss_mb = [], []
-    with Load(soak_server["url"], records, threads=4, rate=RATE) as load:
-        for number in range(1, int(SOAK_SECONDS // WINDOW_SECONDS) + 1):
-            ends.append(load.started + number * WINDOW_SECONDS)
-            time.sleep(max(0.0, ends[-1] - time.monotonic()))
-            rss_mb.append(resident_mb(pid))
+    # The clients' own pauses would count as the server's latency: this process holds the whole session's heap,
+    # which a full collection walks, so it is put out of the collector's reach while the load runs.
+    gc.freeze()
+    try:
+        with Load(soak_server["url"], records, threads=4, rate=RATE) as load:
+            for number in range(1, int(SOAK_SECONDS // WINDOW_SECONDS) + 1):
+                ends.append(load.started + number * WINDOW_SECONDS)
+                time.sleep(max(0.0, ends[-1] - time.monotonic()))
+                rss_mb.append(resident_mb(pid))
+    finally:
+        gc.unfreeze()
     seconds = time.monotonic() - load.started
     # Each window has the requests sent in it, answered in it or just after.
     windows = [
@@ -128,4 +138,5 @@ def test_steady_load_keeps_memory_latency_and_the_log_flat(
     answered = [a["request_id"] for a in load.answers]
     assert predictions_in_log(settings.predictions_db_url, answered) == report["rows"]
     assert last.rss_mb - measured.rss_mb <= allowed_mb, table(windows)
-    assert last.p99_ms < P99_DRIFT * measured.p99_ms, table(windows)
+    assert last.p50_ms < P50_DRIFT * measured.p50_ms, table(windows)
+    assert max(window.p99_ms for window in windows[WARM_UP_WINDOWS:]) < P99_CEILING_MS, table(windows)
