@@ -72,6 +72,7 @@ bench: env
 	$(BIN)/python bench/train_bench.py --home "$$FLIGHTPLAN_HOME/bench/train"
 	$(BIN)/python bench/serve_bench.py --home "$$FLIGHTPLAN_HOME/bench/train"
 	$(BIN)/python bench/monitor_bench.py --home "$$FLIGHTPLAN_HOME/bench/train"
+	$(BIN)/python bench/log_bench.py --home "$$FLIGHTPLAN_HOME/bench/train"
 	$(BIN)/python bench/scale_bench.py --home "$$FLIGHTPLAN_HOME/bench/train"
 
 lint: env

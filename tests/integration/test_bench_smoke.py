@@ -61,6 +61,12 @@ def test_the_monitoring_benchmark_runs(trained_home: Path) -> None:
     assert "Evidently DataDriftPreset" in printed and "same per-column verdicts: yes" in printed, printed[-2000:]
 
 
+def test_the_log_benchmark_runs(trained_home: Path) -> None:
+    printed = run_bench("log_bench.py", "--home", str(trained_home), "--rows", "3000")
+    assert "| write, 1-row requests, 8 per commit |" in printed, printed[-2000:]
+    assert "| read, the monitoring window" in printed, printed[-2000:]
+
+
 def test_the_scale_benchmark_runs(trained_home: Path) -> None:
     printed = run_bench("scale_bench.py", "--home", str(trained_home), "--sizes", "20000")
     assert "executors_peak_mib" in printed, printed[-2000:]

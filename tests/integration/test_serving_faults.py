@@ -128,6 +128,30 @@ def test_a_connection_the_database_closed_while_idle_is_replaced_without_failing
         assert predictions_in_log(url, ["before", "after"]) == 2
 
 
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_the_writer_stores_any_text_exactly(database: str, tmp_path: Path) -> None:
+    """What a client sent is stored as it was, whichever way the rows travel (PostgreSQL's COPY has its own
+    escaping): separators, backslashes, COPY's null marker, quotes, non-ASCII, a missing probability."""
+    hostile = ["a\tb\nc", "\\N", "\\", "\\.", "'; drop table predictions; --", '"quoted"', "é ✈ 中", "\r\x7f"]
+    rows = AnsweredRequest(
+        "hostile", "flights", "1", [f"hostile-{i}" for i in range(len(hostile))], hostile, hostile[::-1], [None] * 8
+    )
+    with contextlib.ExitStack() as stack:
+        if database == "sqlite":
+            url = f"sqlite:///{tmp_path / 'log.db'}"
+        else:
+            require("PostgreSQL", postgres_problem())
+            url = stack.enter_context(postgres_database("text"))
+        engine = create_store_engine(url)
+        stack.callback(engine.dispose)
+        log = PredictionLog(engine)
+        log.submit(rows).result(timeout=10)
+        log.close()
+        with engine.connect() as connection:
+            stored = connection.execute(sa.text("select id, inputs, prediction, probability from predictions")).all()
+    assert sorted(stored) == sorted(zip(rows.ids, hostile, hostile[::-1], [None] * 8, strict=True))
+
+
 def test_a_request_that_stops_waiting_leaves_the_writer_running(tmp_path: Path) -> None:
     """Rows queued behind a commit that waits on a lock: the request gives up (its future cancelled, as the
     API's bounded wait does); the writer drops those rows, not itself, and commits the next request's."""

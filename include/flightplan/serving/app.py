@@ -250,7 +250,7 @@ def answer_alone(model: ServedModel, record: dict[str, Any]) -> Answer | HTTPExc
 
 def logged_rows(
     pipeline: str,
-    model: ServedModel,
+    version: str,
     request_id: str,
     ids: list[str],
     records: list[dict[str, Any]],
@@ -259,12 +259,17 @@ def logged_rows(
     return AnsweredRequest(
         request_id,
         pipeline,
-        model.version,
+        version,
         ids,
         inputs=[pydantic_core.to_json(record).decode() for record in records],  # times as ISO 8601
         predictions=[pydantic_core.to_json(answer.prediction).decode() for answer in answers],
         probabilities=[answer.probability for answer in answers],
     )
+
+
+def versions_changed(reloads: list[dict[str, Any]]) -> bool:
+    """Whether a slot's refresh changed the version it serves."""
+    return any(reload["before"] != reload["serving"] for reload in reloads)
 
 
 def answer_bodies(ids: list[str], answers: list[Answer]) -> list[dict[str, Any]]:
@@ -318,7 +323,7 @@ class Service:
 
     def reload_all(self, retry_refused: bool = False) -> list[dict[str, Any]]:
         results = self._refresh_slots(retry_refused)
-        if any(result["before"] != result["serving"] for result in results):
+        if versions_changed(results):
             settle_heap()
         return results
 
@@ -336,7 +341,7 @@ class Service:
             except Exception:  # the folder unreadable for a moment: the pipelines served so far go on
                 log.exception("could not read the pipelines folder %s", self.settings.pipelines_dir)
             results = self._refresh_slots(retry_refused=False)
-            if changed or any(result["before"] != result["serving"] for result in results):
+            if changed or versions_changed(results):
                 settle_heap()  # once per cycle, whatever changed
 
     def note_config_errors(self, errors: dict[str, str]) -> None:
@@ -389,7 +394,7 @@ class Service:
         answers = await run_in_threadpool(predicted, model, records)
         request_id = uuid.uuid4().hex
         ids = [f"{request_id}-{row}" for row in range(len(records))]
-        await self.commit(pipeline, [logged_rows(pipeline, model, request_id, ids, records, answers)])
+        await self.commit(pipeline, [logged_rows(pipeline, model.version, request_id, ids, records, answers)])
         elapsed = time.perf_counter() - started
         self.metrics.observe_predictions(pipeline, model.task, answers, elapsed, requests=1, calls=[len(answers)])
         return request_id, model.version, answer_bodies(ids, answers)
@@ -421,7 +426,8 @@ class Service:
         ]
         if served:
             logged = [
-                logged_rows(pipeline, model, rid, [rid], [records[place]], [answer]) for place, rid, answer in served
+                logged_rows(pipeline, model.version, rid, [rid], [records[place]], [answer])
+                for place, rid, answer in served
             ]
             await self.commit(pipeline, logged)
             kept = [answer for _, _, answer in served]
