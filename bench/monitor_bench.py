@@ -53,7 +53,7 @@ def fill_log(rows: int, version: str) -> tuple[datetime, datetime]:
     from flightplan.monitoring.window import VersionScores
     from flightplan.prediction_log import AnsweredRequest, PredictionLog, create_store_engine, record_feedback
     from flightplan.scoring import PREDICTION, PROBABILITY, with_outputs
-    from flightplan.serving.inputs import json_records, record_type, request_fields
+    from flightplan.serving.inputs import json_records, record_schema, record_type, request_fields
     from pydantic import TypeAdapter
     from pydantic_core import to_json
 
@@ -65,7 +65,7 @@ def fill_log(rows: int, version: str) -> tuple[datetime, datetime]:
     frame = pd.concat([year] * -(-rows // len(year)), ignore_index=True).head(rows)
     print(f"filling the prediction log with {rows:,} rows (once)", flush=True)
     engine = create_store_engine(settings.predictions_db_url)
-    log = PredictionLog(engine)
+    log = PredictionLog(engine, lambda _pipeline: record_schema(config))
     fields = list(request_fields(config))
     record: Any = record_type(config)  # built from the config: typed as Any for the checker
     records = TypeAdapter(list[record])  # as the service validates, and so logs, them

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 from flightplan.layout import Layout
 from flightplan.manifests import MonitoringSummary
 from flightplan.monitoring.stages import outcome
@@ -188,32 +189,38 @@ def test_an_empty_window_reports_no_rows(champion: str) -> None:
     assert result["rows"] == 0 and result["decision"]["outcome"] == "undecided" and result["reports"] == {}
 
 
-def test_the_window_takes_the_latest_label_of_each_answer_in_the_order_answered(tmp_path: Path, layout: Layout) -> None:
+def test_the_window_takes_the_latest_label_of_each_answer_in_the_order_answered(tmp_path: Path) -> None:
+    """Two requests sealed into a segment, a third left as text (its writer knew no schema): one table, in the
+    order answered, each row with its latest label."""
+    import pyarrow as pa
     from flightplan.prediction_log import (
+        LOG_LABEL,
         AnsweredRequest,
         PredictionLog,
-        answered_chunks,
+        answered_table,
         create_store_engine,
         record_feedback,
     )
 
     url = f"sqlite:///{tmp_path / 'log.db'}"
     engine = create_store_engine(url)
-    log = PredictionLog(engine)
+    schema = pa.schema([("row", pa.string())])
     start = datetime.now(UTC)
     for request in range(3):
+        log = PredictionLog(engine, (lambda _pipeline: schema) if request < 2 else None)
         ids = [f"r{request}-{row}" for row in range(4)]
         inputs = [json.dumps({"row": f"{request}.{row}"}) for row in range(4)]
         log.submit(AnsweredRequest(f"r{request}", "flights", "1", ids, inputs, ["1"] * 4, [0.5] * 4)).result()
-    log.close()
+        log.close()
     record_feedback(engine, "flights", {"r0-1": 0, "r2-3": 1}, source="test")
     record_feedback(engine, "flights", {"r0-1": 1}, source="test")
-    chunks = list(answered_chunks(url, "flights", start, datetime.now(UTC) + timedelta(seconds=1), rows=5))
+    with engine.connect() as connection:
+        sealed = connection.execute(sa.text("select count(*) from prediction_segments where data is not null"))
+        assert sealed.scalar_one() == 2
+    table = answered_table(url, "flights", start, datetime.now(UTC) + timedelta(seconds=1), schema)
     engine.dispose()
-    assert [len(chunk["inputs"]) for chunk in chunks] == [5, 5, 2]
-    rows = [json.loads(i)["row"] for chunk in chunks for i in chunk["inputs"]]
-    assert rows == [f"{request}.{row}" for request in range(3) for row in range(4)]
-    labels = [label for chunk in chunks for label in chunk["label"]]
+    assert table.column("row").to_pylist() == [f"{request}.{row}" for request in range(3) for row in range(4)]
+    labels = table.column(LOG_LABEL).to_pylist()
     assert labels[1] == "1" and labels[11] == "1" and labels.count(None) == 10
 
 

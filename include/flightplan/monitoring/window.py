@@ -3,7 +3,6 @@ truth sent back for them) and the reference, the training split of the model tha
 
 from __future__ import annotations
 
-import io
 import json
 from datetime import datetime
 from pathlib import Path
@@ -13,78 +12,38 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from flightplan.config import ColumnType, PipelineConfig
+from flightplan.config import PipelineConfig
 from flightplan.features import derive
 from flightplan.scoring import PREDICTION, PROBABILITY, REFERENCE_FILE, save_reference
 
 if TYPE_CHECKING:
     from flightplan.settings import Settings
 
-ARROW_TYPES: dict[ColumnType, pa.DataType] = {
-    "string": pa.string(),
-    "int": pa.int64(),
-    "long": pa.int64(),
-    "double": pa.float64(),
-    "boolean": pa.bool_(),
-    "date": pa.date32(),
-    "timestamp": pa.timestamp("us", tz="UTC"),
-}
 
-
-def parse_inputs(inputs: list[str], config: PipelineConfig) -> pa.Table:
-    """The logged request records (JSON text, one per row) as typed columns, in one pass of Arrow's JSON
-    reader rather than a ``json.loads`` per row (1M records: seconds instead of tens of seconds).
-
-    Whole numbers are read as floats and then cast, so that a record logged with ``2.0`` for an int field
-    still reads (the cast refuses ``2.5``, naming the field; ints are exact up to 2**53)."""
-    from pyarrow import json as pa_json
-
-    from flightplan.serving.inputs import request_fields
-
-    schema = pa.schema([(name, ARROW_TYPES[kind]) for name, kind in request_fields(config).items()])
-    if not inputs:
-        return schema.empty_table()
-    read_as = pa.schema([f.with_type(pa.float64()) if pa.types.is_integer(f.type) else f for f in schema])
-    options = pa_json.ParseOptions(explicit_schema=read_as, unexpected_field_behavior="ignore")
-    text = "\n".join(inputs).encode()
-    table = pa_json.read_json(io.BytesIO(text), parse_options=options).select(schema.names)
-    columns = []
-    for field in schema:
+def decoded_values(texts: pa.ChunkedArray) -> Any:
+    """JSON texts (None: missing) as a column's values: numbers, what binary and regression answers and labels
+    are, by Arrow's cast (ints without a gap stay ints, as pandas would make them); anything else (a class named
+    by a string) in one ``json.loads`` rather than one per value."""
+    for kind in (pa.int64(), pa.float64()):
         try:
-            columns.append(table.column(field.name).cast(field.type))
-        except pa.ArrowInvalid:
-            raise ValueError(f"logged records: int field '{field.name}' holds a value that is not whole") from None
-    return pa.Table.from_arrays(columns, schema=schema)
-
-
-def _json_values(texts: list[str | None]) -> list[Any]:
-    """JSON texts (None: missing) decoded in one call rather than one per value."""
-    return list(json.loads("[" + ",".join("null" if text is None else text for text in texts) + "]"))
+            return texts.cast(kind).to_pandas().to_numpy()
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+    values = texts.to_pylist()
+    return list(json.loads("[" + ",".join("null" if text is None else text for text in values) + "]"))
 
 
 def current_window(settings: Settings, config: PipelineConfig, start: datetime, end: datetime) -> pd.DataFrame:
     """Every prediction answered for the pipeline in [start, end): the request's fields, the derived features,
-    what was answered, and the latest true label sent back (missing where none was).
+    what was answered, and the latest true label sent back (missing where none was)."""
+    from flightplan.prediction_log import LOG_LABEL, LOG_PREDICTION, LOG_PROBABILITY, answered_table
+    from flightplan.serving.inputs import record_schema, request_fields
 
-    The log is read in chunks, each parsed by Arrow in a second thread (which releases the GIL) while the
-    next chunk is fetched."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from flightplan.prediction_log import answered_chunks
-
-    answers: dict[str, list[Any]] = {"prediction": [], "probability": [], "label": []}
-    with ThreadPoolExecutor(1, thread_name_prefix="parse-inputs") as parser:
-        parsed = []
-        for chunk in answered_chunks(settings.predictions_db_url, config.name, start, end):
-            parsed.append(parser.submit(parse_inputs, chunk["inputs"], config))
-            for name, values in answers.items():
-                values += chunk[name]
-        tables = [part.result() for part in parsed]
-    inputs = pa.concat_tables(tables) if tables else parse_inputs([], config)
-    frame = derive(inputs, config.features.derived).to_pandas()
-    frame[PREDICTION] = _json_values(answers["prediction"])
-    frame[PROBABILITY] = np.asarray(answers["probability"], dtype=np.float64)
-    frame[config.label.name] = _json_values(answers["label"])
+    answered = answered_table(settings.predictions_db_url, config.name, start, end, record_schema(config))
+    frame = derive(answered.select(list(request_fields(config))), config.features.derived).to_pandas()
+    frame[PREDICTION] = decoded_values(answered.column(LOG_PREDICTION))
+    frame[PROBABILITY] = answered.column(LOG_PROBABILITY).to_numpy(zero_copy_only=False).astype(np.float64)
+    frame[config.label.name] = decoded_values(answered.column(LOG_LABEL))
     return frame
 
 

@@ -18,6 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import pyarrow as pa
 import pydantic_core
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -46,7 +47,7 @@ from flightplan.serving.formats import (
     read_csv_invocation,
     read_invocation,
 )
-from flightplan.serving.inputs import InvalidRecord, python_type, record_type
+from flightplan.serving.inputs import InvalidRecord, python_type, record_schema, record_type
 from flightplan.serving.metrics import ServiceMetrics
 from flightplan.serving.models import Answer, ModelSlot, ModelSources, RegistryModels, ServedModel
 from flightplan.settings import TOKEN_VARIABLES, ApiScope, Settings
@@ -307,10 +308,15 @@ class Service:
         self._poller: threading.Thread | None = None
 
     def start(self) -> None:
-        self.log = PredictionLog(self.engine)
+        self.log = PredictionLog(self.engine, self.record_schema)
         self.reload_all(retry_refused=True)
         self._poller = threading.Thread(target=self._poll, name="alias-poller", daemon=True)
         self._poller.start()
+
+    def record_schema(self, pipeline: str) -> pa.Schema | None:
+        """How the log's segments type the records of ``pipeline`` (None once it is no longer served)."""
+        config = self.configs.get(pipeline)
+        return None if config is None else record_schema(config)
 
     def stop(self) -> None:
         self._stop.set()

@@ -1,0 +1,210 @@
+"""The prediction log's columnar copy: rows sealed into Arrow segments read back exactly as their text does
+(every column type, missing values, labels, a window cutting a segment), across a schema change, after a
+writer that died with its segment open, and for a log written before segments existed. On SQLite and on
+PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pydantic_core
+import pytest
+import sqlalchemy as sa
+from flightplan.prediction_log import (
+    LOG_LABEL,
+    LOG_PREDICTION,
+    LOG_PROBABILITY,
+    LOG_TIME,
+    ORPHAN_SECONDS,
+    AnsweredRequest,
+    PredictionLog,
+    answered_table,
+    create_store_engine,
+    predictions,
+    record_feedback,
+)
+
+from tests.support.engines import postgres_database, postgres_problem, require
+
+PIPELINE = "shop"
+SCHEMA = pa.schema(
+    [
+        ("name", pa.string()),
+        ("count", pa.int64()),
+        ("price", pa.float64()),
+        ("member", pa.bool_()),
+        ("born", pa.date32()),
+        ("seen", pa.timestamp("us", tz="UTC")),
+    ]
+)
+WIDER = SCHEMA.append(pa.field("coupon", pa.string()))
+
+
+def record(row: int) -> dict[str, object]:
+    """A record as the service validates it, every third one leaving fields out; odd rows carry a coupon."""
+    full = {
+        "name": f'n{row} ✈ \t"quoted"',
+        "count": row * 1_000_000_007,
+        "price": row / 7,
+        "member": row % 2 == 0,
+        "born": date(1970, 1, 1) + timedelta(days=row),
+        "seen": datetime(2013, 1, 1, tzinfo=UTC) + timedelta(microseconds=row * 1_000_001),
+        "coupon": f"c{row}",
+    }
+    return {key: value for key, value in full.items() if row % 3 != 0 or key in ("name", "coupon")}
+
+
+def answered(request: int, rows: int, fields: list[str]) -> AnsweredRequest:
+    records = [{k: v for k, v in record(request * rows + row).items() if k in fields} for row in range(rows)]
+    return AnsweredRequest(
+        f"q{request}",
+        PIPELINE,
+        "1",
+        [f"q{request}-{row}" for row in range(rows)],
+        [pydantic_core.to_json(each).decode() for each in records],
+        [json.dumps(row % 2) for row in range(rows)],
+        [None if row == 0 else row / 10 for row in range(rows)],
+    )
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'log.db'}"
+        return
+    require("PostgreSQL", postgres_problem())
+    with postgres_database("segments") as database:
+        yield database
+
+
+def write(url: str, requests: range, schema: pa.Schema | None, rows: int = 5) -> None:
+    engine = create_store_engine(url)
+    log = PredictionLog(engine, None if schema is None else lambda _pipeline: schema)
+    fields = (schema or SCHEMA).names
+    log.submit_all([answered(request, rows, fields) for request in requests]).result(timeout=30)
+    log.close()
+    engine.dispose()
+
+
+def sealed_rows(url: str) -> list[int | None]:
+    engine = sa.create_engine(url)
+    with engine.connect() as connection:
+        found = connection.execute(sa.text("select rows from prediction_segments order by id")).scalars().all()
+    engine.dispose()
+    return list(found)
+
+
+def window(url: str, schema: pa.Schema = SCHEMA, start: datetime | None = None) -> pa.Table:
+    since = start or datetime.now(UTC) - timedelta(hours=1)
+    return answered_table(url, PIPELINE, since, datetime.now(UTC) + timedelta(seconds=1), schema)
+
+
+def expected(requests: range, schema: pa.Schema, rows: int = 5) -> pa.Table:
+    """What the window must hold: the records typed by ``schema``, missing fields None."""
+    records = [record(request * rows + row) for request in requests for row in range(rows)]
+    return pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in records], schema=schema)
+
+
+def test_a_sealed_segment_reads_as_its_text_does(url: str) -> None:
+    write(url, range(0, 2), schema=None)  # a writer that knows no schema: its rows stay text
+    write(url, range(2, 4), schema=SCHEMA)
+    assert sealed_rows(url) == [None, 10]
+    engine = create_store_engine(url)
+    record_feedback(engine, PIPELINE, {"q0-1": 1, "q3-4": 0}, source="test")
+    record_feedback(engine, PIPELINE, {"q3-4": 1}, source="test")
+    engine.dispose()
+    table = window(url)
+    assert table.select(SCHEMA.names).equals(expected(range(4), SCHEMA))
+    assert table.column(LOG_PREDICTION).to_pylist() == ["0", "1", "0", "1", "0"] * 4
+    assert table.column(LOG_PROBABILITY).to_pylist() == [None, 0.1, 0.2, 0.3, 0.4] * 4
+    labels = table.column(LOG_LABEL).to_pylist()
+    assert labels[1] == "1" and labels[19] == "1" and labels.count(None) == 18
+
+
+def test_a_window_takes_only_its_own_rows_of_a_segment(url: str) -> None:
+    engine = create_store_engine(url)
+    log = PredictionLog(engine, lambda _pipeline: SCHEMA)
+    log.submit(answered(0, 5, SCHEMA.names)).result(timeout=30)
+    cut = datetime.now(UTC)
+    log.submit(answered(1, 5, SCHEMA.names)).result(timeout=30)
+    log.close()  # one segment for both requests, on either side of the cut
+    engine.dispose()
+    assert sealed_rows(url) == [10]
+    assert window(url, start=cut).select(SCHEMA.names).equals(expected(range(1, 2), SCHEMA))
+    assert window(url).num_rows == 10
+
+
+def test_a_field_added_between_versions_is_none_in_older_segments(url: str) -> None:
+    write(url, range(0, 2), schema=SCHEMA)
+    write(url, range(2, 4), schema=WIDER)
+    table = window(url, WIDER)
+    assert table.select(WIDER.names).slice(10).equals(expected(range(2, 4), WIDER))
+    assert table.column("coupon").slice(0, 10).null_count == 10
+    assert window(url).select(SCHEMA.names).equals(expected(range(4), SCHEMA))  # the older schema reads it all
+
+
+def test_a_segment_left_open_by_a_dead_writer_is_sealed_by_the_next(url: str) -> None:
+    write(url, range(0, 2), schema=None)  # stands for a writer that died: nothing sealed its segment
+    before = window(url)
+    engine = create_store_engine(url)
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text("update prediction_segments set opened_at = :old"),
+            {"old": datetime.now(UTC) - timedelta(seconds=ORPHAN_SECONDS + 60)},
+        )
+    PredictionLog(engine, lambda _pipeline: SCHEMA).close()
+    engine.dispose()
+    assert sealed_rows(url) == [10]
+    assert window(url).equals(before)
+
+
+def test_a_log_written_before_segments_is_sealed_by_the_first_writer(url: str) -> None:
+    """The log as it was before segments existed: no segment column, every row text."""
+    engine = sa.create_engine(url)
+    legacy = sa.MetaData()
+    table = sa.Table(
+        "predictions",
+        legacy,
+        *(
+            sa.Column(column.name, column.type, primary_key=column.primary_key, nullable=column.nullable)
+            for column in predictions.columns
+            if column.name != "segment"
+        ),
+    )
+    legacy.create_all(engine)
+    now = datetime.now(UTC) - timedelta(minutes=1)  # logged before the writer below answers
+    logged = [answered(request, 5, SCHEMA.names) for request in range(3)]
+    with engine.begin() as connection:
+        connection.execute(
+            table.insert(),
+            [
+                {
+                    "id": each.ids[row],
+                    "request_id": each.request_id,
+                    "pipeline": PIPELINE,
+                    "model_version": "1",
+                    "created_at": now + timedelta(milliseconds=5 * request + row),
+                    "inputs": each.inputs[row],
+                    "prediction": each.predictions[row],
+                    "probability": each.probabilities[row],
+                }
+                for request, each in enumerate(logged)
+                for row in range(5)
+            ],
+        )
+    engine.dispose()
+    before = window(url)  # its reader adds the segment column, as any process opening the log does
+    store = create_store_engine(url)
+    log = PredictionLog(store, lambda _pipeline: SCHEMA)
+    log.submit(answered(3, 5, SCHEMA.names)).result(timeout=30)
+    log.close()
+    store.dispose()
+    assert sorted(rows or 0 for rows in sealed_rows(url)) == [5, 15]
+    after = window(url)
+    assert after.slice(0, 15).equals(before) and after.num_rows == 20
+    assert after.select(SCHEMA.names).equals(expected(range(4), SCHEMA))
+    assert after.column(LOG_TIME).is_valid().to_pylist() == [True] * 20
