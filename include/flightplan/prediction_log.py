@@ -220,7 +220,7 @@ class Sealer:
         schema = self.schemas(pipeline)
         if schema is not None:
             with self.engine.begin() as connection:
-                _store_segment(connection, segment, schema, predictions.c.segment == segment)
+                _store_segment(connection, segment, schema)
 
     def _seal_left_behind(self) -> None:
         cutoff = datetime.now(UTC) - timedelta(seconds=ORPHAN_SECONDS)
@@ -253,7 +253,7 @@ def seal_unsegmented(engine: sa.Engine, pipeline: str, schema: pa.Schema | None,
             moved = connection.execute(
                 sa.update(predictions).where(predictions.c.id.in_(chosen)).values(segment=segment)
             ).rowcount
-            _store_segment(connection, segment, schema, predictions.c.segment == segment)
+            _store_segment(connection, segment, schema)
         if moved < rows:
             return
 
@@ -264,10 +264,10 @@ def open_segment(connection: sa.Connection, pipeline: str, now: datetime) -> int
     return int(connection.execute(opened).scalar_one())
 
 
-def _store_segment(connection: sa.Connection, segment: int, schema: pa.Schema, rows_of: Any) -> None:
-    """Seals ``segment`` with the rows ``rows_of`` selects: one Arrow stream, LZ4-compressed (a third of the
-    bytes to write and sync; reading it back costs under a microsecond per row)."""
-    query = sa.select(*SEGMENT_SOURCE).where(rows_of).order_by(predictions.c.created_at)
+def _store_segment(connection: sa.Connection, segment: int, schema: pa.Schema) -> None:
+    """Seals ``segment`` with its rows: one Arrow stream, LZ4-compressed (a third of the bytes to write and sync;
+    reading it back costs under a microsecond per row)."""
+    query = sa.select(*SEGMENT_SOURCE).where(predictions.c.segment == segment).order_by(predictions.c.created_at)
     found = connection.execute(query).cursor.fetchall()  # the driver's rows: SQLAlchemy's cost more than the seal
     if not found:
         connection.execute(sa.delete(segments).where(segments.c.id == segment))
@@ -314,12 +314,12 @@ def segment_table(found: Sequence[Any], schema: pa.Schema) -> pa.Table:
 
 
 def _times(values: list[Any]) -> pa.Array:
-    """The log's times as UTC instants: SQLite gives them back as text (through the driver's cursor) or as times
-    without their zone (through SQLAlchemy), both in UTC as the writer wrote them."""
+    """The log's times, as the driver's cursor gives them back, as UTC instants: SQLite's are text in UTC, as the
+    writer wrote them; PostgreSQL's are times with their zone."""
     utc = pa.timestamp("us", tz="UTC")
     if values and isinstance(values[0], str):
         return pa.array(values, pa.string()).cast(pa.timestamp("us")).cast(utc)
-    return pa.array([v if v.tzinfo is not None else v.replace(tzinfo=UTC) for v in values], utc)
+    return pa.array(values, utc)
 
 
 def parse_records(texts: list[str], schema: pa.Schema) -> pa.Table:
@@ -363,9 +363,9 @@ class PredictionLog:
     """Group-committing writer of prediction records.
 
     Measured costs drove its shape: the writer keeps one connection (taking one from the pool per commit
-    more than doubled the cost of a one-row commit); rows go to the driver's ``executemany`` as tuples of
-    values already in the column's form (SQLAlchemy's per-row parameter processing cost more than the
-    insert). A failed commit drops the connection, and the next batch connects afresh."""
+    more than doubled the cost of a one-row commit); rows go to the driver's ``executemany`` (COPY on
+    PostgreSQL) as tuples of values already in the column's form (SQLAlchemy's per-row parameter processing
+    cost more than the insert). A failed commit drops the connection, and the next batch connects afresh."""
 
     def __init__(self, engine: sa.Engine, schemas: RecordSchemas | None = None, max_batch_rows: int = 50_000) -> None:
         self.engine = engine
