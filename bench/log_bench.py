@@ -60,9 +60,8 @@ def write(url: str, records: list[dict[str, Any]], labels: list[Any], size: int,
     per row (wall, CPU) of the commits, then of the close, where the segments left by the commits are sealed
     (the sealer waits for a quiet writer, and this writer never is)."""
     from flightplan.layout import open_pipeline
-    from flightplan.prediction_log import PredictionLog, create_store_engine
+    from flightplan.prediction_log import PredictionLog, create_store_engine, record_schema
     from flightplan.serving.app import logged_rows
-    from flightplan.serving.inputs import record_schema
     from flightplan.serving.models import Answer
 
     _, config, _ = open_pipeline(PIPELINE)

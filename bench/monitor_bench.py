@@ -51,9 +51,15 @@ def fill_log(rows: int, version: str) -> tuple[datetime, datetime]:
     from flightplan.features import derive
     from flightplan.layout import open_pipeline
     from flightplan.monitoring.window import VersionScores
-    from flightplan.prediction_log import AnsweredRequest, PredictionLog, create_store_engine, record_feedback
+    from flightplan.prediction_log import (
+        AnsweredRequest,
+        PredictionLog,
+        create_store_engine,
+        record_feedback,
+        record_schema,
+    )
     from flightplan.scoring import PREDICTION, PROBABILITY, with_outputs
-    from flightplan.serving.inputs import json_records, record_schema, record_type, request_fields
+    from flightplan.serving.inputs import json_records, record_type, request_fields
     from pydantic import TypeAdapter
     from pydantic_core import to_json
 

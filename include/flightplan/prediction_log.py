@@ -10,9 +10,10 @@ Rows are logged as text (the inputs as JSON), which is cheap for the small commi
 requests, and each row names the segment it belongs to. A segment gathers a pipeline's rows for a while
 (``SEAL_ROWS`` rows or ``SEAL_SECONDS``); then a second thread seals it: its rows, typed by the pipeline's
 record schema, become one Arrow stream stored in the segment. Readers take the sealed segments as columns and
-only the rows of no sealed segment as text, so that monitoring reads a day of traffic without parsing JSON. The
-text stays the record: a segment is a copy, sealed by the writer that filled it, or, when that writer is gone
-(a crash) or the rows predate segments, by the next writer that starts.
+only the rows of no sealed segment as text, so that monitoring reads a day of traffic, and the label step the
+labelled answers, without parsing JSON. The text stays the record: a segment is a copy, sealed by the writer
+that filled it, or, when that writer is gone (a crash) or the rows predate segments, by the next writer that
+starts.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
+from flightplan.config import ColumnType, PipelineConfig
+from flightplan.features import input_columns
+
 log = logging.getLogger(__name__)
 
 SEAL_ROWS = 20_000  # rows of a segment before it is sealed
@@ -51,6 +55,16 @@ LOG_ID, LOG_TIME, LOG_VERSION = "log.id", "log.created_at", "log.model_version"
 LOG_PREDICTION, LOG_PROBABILITY, LOG_LABEL = "log.prediction", "log.probability", "log.label"
 RecordSchemas = Callable[[str], pa.Schema | None]  # a pipeline's record schema, None for one not known here
 
+# How the prediction log's segments type a record's fields (every integer as int64, as JSON gives them).
+LOG_TYPES: dict[ColumnType, pa.DataType] = {
+    "string": pa.string(),
+    "int": pa.int64(),
+    "long": pa.int64(),
+    "double": pa.float64(),
+    "boolean": pa.bool_(),
+    "date": pa.date32(),
+    "timestamp": pa.timestamp("us", tz="UTC"),
+}
 metadata = sa.MetaData()
 predictions = sa.Table(
     "predictions",
@@ -579,27 +593,68 @@ def _reading(url: str) -> Iterator[sa.Connection | None]:
         engine.dispose()
 
 
-def ground_truth(url: str, pipeline: str, key: list[str]) -> list[dict[str, Any]]:
-    """The latest true label sent back for each source key of ``pipeline`` (from predictions whose record
-    carried every key column): dicts of the key columns plus ``label``. Empty when no log exists yet."""
-    query = (
-        sa.select(predictions.c.inputs, feedback.c.label)
-        .join(feedback, feedback.c.prediction_id == predictions.c.id)
+def record_schema(config: PipelineConfig) -> pa.Schema:
+    """The fields a record may carry as the log keeps them in columns: the request's raw fields, then the source
+    key's columns."""
+    names = dict.fromkeys([*input_columns(config), *config.source.key])
+    return pa.schema([(name, LOG_TYPES[config.column(name).type]) for name in names])
+
+
+def key_schema(config: PipelineConfig) -> pa.Schema:
+    """The source key's columns as the log keeps them (what ``ground_truth`` matches labels by)."""
+    schema = record_schema(config)
+    return pa.schema([schema.field(name) for name in config.source.key])
+
+
+def ground_truth(url: str, pipeline: str, key: pa.Schema) -> list[dict[str, Any]]:
+    """The latest true label sent back for each source key of ``pipeline`` (``key``: its columns as the log
+    types them), from predictions whose record carried every key column: dicts of the key columns plus
+    ``label``. The key columns are read from the labelled rows' sealed segments, and from text only for rows of
+    no sealed segment. Empty when no log exists yet."""
+    sent = (
+        sa.select(feedback.c.prediction_id, feedback.c.label)
         .where(feedback.c.pipeline == pipeline)
         .order_by(feedback.c.created_at, feedback.c.id)
     )
-    if not key:
-        return []
-    latest: dict[tuple[Any, ...], dict[str, Any]] = {}
     with _reading(url) as connection:
-        if connection is None:
+        if connection is None or not key.names:
             return []
-        for inputs, label in connection.execute(query):
-            record = json.loads(inputs)
-            if all(record.get(column) is not None for column in key):
-                values = tuple(record[column] for column in key)
-                latest[values] = {**dict(zip(key, values, strict=True)), "label": json.loads(label)}
-    return list(latest.values())
+        labels = connection.execute(sent).all()
+        wanted = pa.array([prediction for prediction, _ in labels], pa.string())
+        rows = _labelled_rows(connection, pipeline, key, wanted).drop_null()  # a record without its whole key
+    place = {prediction: at for at, (prediction, _) in enumerate(labels)}  # an answer's latest label wins
+    latest: dict[tuple[Any, ...], int] = {}
+    for row in sorted(rows.to_pylist(), key=lambda row: place[row[LOG_ID]]):
+        latest[tuple(row[name] for name in key.names)] = place[row[LOG_ID]]
+    return [
+        {**dict(zip(key.names, values, strict=True)), "label": json.loads(labels[at][1])}
+        for values, at in latest.items()
+    ]
+
+
+def _labelled_rows(connection: sa.Connection, pipeline: str, key: pa.Schema, wanted: pa.Array) -> pa.Table:
+    """The id and ``key`` columns of the answers of ``pipeline`` whose ids are ``wanted`` (those that got a label):
+    first those of no sealed segment, from their text; then the others from their segments. A segment sealed
+    between the two reads is read in the first and skipped in the second (a seal is never undone), so no row is
+    lost or read twice."""
+    labelled = sa.select(feedback.c.prediction_id).where(feedback.c.pipeline == pipeline)
+    as_text = (
+        sa.select(*SEGMENT_SOURCE)
+        .select_from(predictions.outerjoin(segments, segments.c.id == predictions.c.segment))
+        .where(predictions.c.id.in_(labelled), segments.c.data.is_(None))
+    )
+    columns = [LOG_ID, *key.names]
+    text = segment_table(connection.execute(as_text).all(), key)
+    read = [text.filter(pc.is_in(text.column(LOG_ID), value_set=wanted)).select(columns)]  # not a label sent since
+    done = text.column(LOG_ID).combine_chunks()
+    their_segments = sa.select(predictions.c.segment).where(predictions.c.id.in_(labelled)).distinct()
+    sealed = sa.select(segments.c.data).where(segments.c.id.in_(their_segments), segments.c.data.is_not(None))
+    for (data,) in connection.execute(sealed):
+        table = _conformed(pa.ipc.open_stream(data).read_all(), key)
+        ids = table.column(LOG_ID)
+        keep = pc.and_(pc.is_in(ids, value_set=wanted), pc.invert(pc.is_in(ids, value_set=done)))
+        read.append(table.filter(keep).select(columns))
+    return pa.concat_tables(read)
 
 
 def _answered(pipeline: str, start: datetime, end: datetime) -> Any:

@@ -197,7 +197,7 @@ def test_the_service_loads_from_the_tracking_server_and_logs_to_postgres(
     """Serves what the test above registered, promoted to champion by hand (the deployment DAG is tested apart)."""
     from flightplan.dev.replay import replay_traffic
     from flightplan.model.registry import CHALLENGER, CHAMPION, alias_version
-    from flightplan.prediction_log import answered_versions, ground_truth
+    from flightplan.prediction_log import answered_versions, ground_truth, key_schema
     from flightplan.tracking import client
 
     settings, model = engines_layout.settings, engines_layout.config.registered_model
@@ -214,7 +214,7 @@ def test_the_service_loads_from_the_tracking_server_and_logs_to_postgres(
     assert sent["answered"] == sent["rows"] == sent["labeled"] > 1000
     logged = answered_versions(predictions_db, "flights", start, datetime.now(UTC) + timedelta(minutes=1))
     assert logged == {version: sent["answered"]}
-    assert len(ground_truth(predictions_db, "flights", engines_layout.config.source.key)) == sent["labeled"]
+    assert len(ground_truth(predictions_db, "flights", key_schema(engines_layout.config))) == sent["labeled"]
 
 
 def test_two_celery_workers_run_data_and_model_engineering_at_once(

@@ -24,6 +24,7 @@ from flightplan.prediction_log import (
     PredictionLog,
     answered_table,
     create_store_engine,
+    ground_truth,
     predictions,
     record_feedback,
 )
@@ -208,3 +209,27 @@ def test_a_log_written_before_segments_is_sealed_by_the_first_writer(url: str) -
     assert after.slice(0, 15).equals(before) and after.num_rows == 20
     assert after.select(SCHEMA.names).equals(expected(range(4), SCHEMA))
     assert after.column(LOG_TIME).is_valid().to_pylist() == [True] * 20
+
+
+def test_ground_truth_takes_each_keys_latest_label_from_segments_and_text(url: str) -> None:
+    write(url, range(0, 2), schema=None)  # rows of no sealed segment: read as text
+    write(url, range(2, 4), schema=SCHEMA)  # sealed
+    engine = create_store_engine(url)
+    log = PredictionLog(engine)  # the same record as q3-4 answered again, later
+    again = AnsweredRequest(
+        "again", PIPELINE, "1", ["again-0"], [pydantic_core.to_json(record(19)).decode()], ["1"], [0.5]
+    )
+    log.submit(again).result(timeout=30)
+    log.close()
+    record_feedback(engine, PIPELINE, {"q0-1": 1, "q0-3": 1, "q2-1": 0, "q3-4": 0}, source="test")  # q0-3: no count
+    record_feedback(engine, PIPELINE, {"again-0": 1}, source="test")
+    engine.dispose()
+
+    found = ground_truth(url, PIPELINE, pa.schema([("count", pa.int64())]))
+
+    assert sorted(found, key=lambda row: row["count"]) == [
+        {"count": record(1)["count"], "label": 1},
+        {"count": record(11)["count"], "label": 0},
+        {"count": record(19)["count"], "label": 1},  # the label sent last wins, whichever answer it names
+    ]
+    assert ground_truth(url, "no such pipeline", pa.schema([("count", pa.int64())])) == []

@@ -6,8 +6,7 @@ import json
 
 import pytest
 from flightplan.config import load_pipeline
-from flightplan.prediction_log import parse_records
-from flightplan.serving.inputs import record_schema
+from flightplan.prediction_log import parse_records, record_schema
 from flightplan.settings import PACKAGE_PIPELINES_DIR
 
 

@@ -168,7 +168,7 @@ def label(job: StageInput) -> Path:
 
     from flightplan.data.label import label_frame, truth_frame, usable_labels
     from flightplan.data.rewrite import read_days, rewrite_days
-    from flightplan.prediction_log import ground_truth
+    from flightplan.prediction_log import ground_truth, key_schema
     from flightplan.spark import get_spark
 
     job, settings, config, layout = job.open()
@@ -177,7 +177,7 @@ def label(job: StageInput) -> Path:
         truth_rows = (
             []
             if config.label.feedback == "ignore"
-            else ground_truth(settings.predictions_db_url, config.name, config.source.key)
+            else ground_truth(settings.predictions_db_url, config.name, key_schema(config))
         )
         truth_rows, set_aside = usable_labels(config.label.task, truth_rows)
         wrangled = read_days(spark, layout, "wrangled", job.days)

@@ -36,8 +36,8 @@ def decoded_values(texts: pa.ChunkedArray) -> Any:
 def current_window(settings: Settings, config: PipelineConfig, start: datetime, end: datetime) -> pd.DataFrame:
     """Every prediction answered for the pipeline in [start, end): the request's fields, the derived features,
     what was answered, and the latest true label sent back (missing where none was)."""
-    from flightplan.prediction_log import LOG_LABEL, LOG_PREDICTION, LOG_PROBABILITY, answered_table
-    from flightplan.serving.inputs import record_schema, request_fields
+    from flightplan.prediction_log import LOG_LABEL, LOG_PREDICTION, LOG_PROBABILITY, answered_table, record_schema
+    from flightplan.serving.inputs import request_fields
 
     answered = answered_table(settings.predictions_db_url, config.name, start, end, record_schema(config))
     frame = derive(answered.select(list(request_fields(config))), config.features.derived).to_pandas()

@@ -37,6 +37,7 @@ from flightplan.prediction_log import (
     PredictionLog,
     create_store_engine,
     record_feedback,
+    record_schema,
 )
 from flightplan.serving.batching import TurnBatcher
 from flightplan.serving.collect import SnapshotSource, collect
@@ -47,7 +48,7 @@ from flightplan.serving.formats import (
     read_csv_invocation,
     read_invocation,
 )
-from flightplan.serving.inputs import InvalidRecord, python_type, record_schema, record_type
+from flightplan.serving.inputs import InvalidRecord, python_type, record_type
 from flightplan.serving.metrics import ServiceMetrics
 from flightplan.serving.models import Answer, ModelSlot, ModelSources, RegistryModels, ServedModel
 from flightplan.settings import TOKEN_VARIABLES, ApiScope, Settings

@@ -18,7 +18,6 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 from pydantic import ConfigDict, StringConstraints
 from typing_extensions import TypedDict
 
@@ -28,16 +27,6 @@ from flightplan.features import FeatureMap, input_columns
 # pydantic needs typing_extensions' TypedDict before Python 3.12; its functional form builds one from config.
 make_typed_dict: Any = TypedDict
 
-# How the prediction log's segments type a record's fields (every integer as int64, as JSON gives them).
-LOG_TYPES: dict[ColumnType, pa.DataType] = {
-    "string": pa.string(),
-    "int": pa.int64(),
-    "long": pa.int64(),
-    "double": pa.float64(),
-    "boolean": pa.bool_(),
-    "date": pa.date32(),
-    "timestamp": pa.timestamp("us", tz="UTC"),
-}
 PYTHON_TYPES: dict[ColumnType, type] = {
     "string": str,
     "int": int,
@@ -78,12 +67,6 @@ def python_type(kind: ColumnType, config: PipelineConfig) -> Any:
 def request_fields(config: PipelineConfig) -> dict[str, ColumnType]:
     """The raw fields of a request and their types; a derived feature's source column is required."""
     return {name: config.column(name).type for name in input_columns(config)}
-
-
-def record_schema(config: PipelineConfig) -> pa.Schema:
-    """The fields a record may carry (``record_fields``) as the log keeps them in columns."""
-    kinds = {**request_fields(config), **{name: config.column(name).type for name in config.source.key}}
-    return pa.schema([(name, LOG_TYPES[kind]) for name, kind in kinds.items()])
 
 
 def json_records(frame: pd.DataFrame, fields: list[str]) -> list[dict[str, Any]]:
