@@ -130,11 +130,13 @@ def test_unshifted_traffic_holds_shifted_traffic_retrains_once(
     )
     assert stormy["performance"]["roc_auc"] < 0.5
     assert [c["column"] for c in stormy["prediction_drift"]] == ["probability"]
-    for report in ("drift_html", "drift_json", "performance_html", "performance_json"):
-        assert Path(stormy["reports"][report]).stat().st_size > 1000, report
-    drawn = Path(stormy["reports"]["drift_html"]).read_text()
-    # The airport's name is shown (Evidently's JSON writes U+FF1C as \uff1c), and no value opens a script.
-    assert "<script>alert(" not in drawn and "\\uff1cscript>alert(" in drawn
+    for report in ("drift", "summary", "performance"):
+        for kind in ("html", "json"):
+            assert Path(stormy["reports"][f"{report}_{kind}"]).stat().st_size > 1000, (report, kind)
+    for report in ("drift_html", "summary_html"):
+        drawn = Path(stormy["reports"][report]).read_text()
+        # The airport's name is shown (Evidently's JSON writes U+FF1C as \uff1c), and no value opens a script.
+        assert "<script>alert(" not in drawn and "\\uff1cscript>alert(" in drawn, report
     written = Path(stormy["summary"])
     assert outcome(MonitoringSummary.read(written), written)["decision"] == stormy["decision"]
 

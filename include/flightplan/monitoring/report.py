@@ -6,16 +6,19 @@ row it is given), with each column's test pinned to the one the verdicts of reco
 
 They are drawn in a child process (``python -m flightplan.monitoring.report``), started when a check starts:
 importing Evidently (about 5 s here) overlaps the reading of the window, and the drawing overlaps the
-verdicts, which do not depend on it. The check waits for the child before it logs the reports."""
+verdicts, which do not depend on it. The child draws each report in a fork of itself, all at once. The check
+waits for the child before it logs the reports."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,9 @@ SAMPLE_SEED = 0
 
 
 CATEGORY_TESTS = ("chisquare", "z")
+# The reports each kind of job draws, one file pair each: the drift and the summary of the columns apart, so that
+# they are drawn at once (in forks of the child), as the performance report is.
+REPORTS = {"drift": ("drift", "summary"), "performance": ("performance",)}
 FULLWIDTH_LESS_THAN = "\uff1c"
 
 
@@ -50,7 +56,7 @@ class ReportJob:
     """One report to draw: its name (the files are ``<name>.html`` and ``<name>.json``), the two frames,
     the columns' roles and, for a drift report, the test pinned for each column."""
 
-    name: str  # "drift" or "performance"
+    name: str  # "drift" (its reports: the drift and a summary of the columns) or "performance"
     current: pd.DataFrame
     reference: pd.DataFrame
     roles: Roles
@@ -134,10 +140,8 @@ class ReportProcess:
                 inputs[side] = str(self._scratch / f"{job.name}-{side}.parquet")
                 inert_text(_sample(getattr(job, side)[columns], rows)).to_parquet(inputs[side], index=False)
             described.append({"name": job.name, **inputs, "roles": asdict(job.roles), "methods": job.methods})
-            self._expected |= {
-                f"{job.name}_html": folder / f"{job.name}.html",
-                f"{job.name}_json": folder / f"{job.name}.json",
-            }
+            for report in REPORTS[job.name]:
+                self._expected |= {f"{report}_{kind}": folder / f"{report}.{kind}" for kind in ("html", "json")}
         job_file = self._scratch / "jobs.json"
         job_file.write_text(json.dumps({"folder": str(folder), "reports": described}))
         assert self._child.stdin is not None
@@ -181,15 +185,14 @@ def _definition(roles: Roles) -> Any:
     return DataDefinition(numerical_columns=numeric, categorical_columns=categorical, **outcome)
 
 
-def _draw(job: dict[str, Any], folder: Path) -> None:
-    """One report of a job file, run and saved as HTML and JSON."""
-    from evidently import Dataset, Report
+def _presets(job: dict[str, Any], report: str) -> list[Any]:
+    """The Evidently presets of one of a job's reports (``REPORTS``)."""
     from evidently.presets import ClassificationPreset, DataDriftPreset, DataSummaryPreset, RegressionPreset
 
-    roles = Roles(**job["roles"])
-    definition = _definition(roles)
-    if job["name"] == "drift":
-        methods = job["methods"]
+    roles, methods = Roles(**job["roles"]), job["methods"]
+    if report == "summary":
+        return [DataSummaryPreset(columns=list(methods))]
+    if report == "drift":
         # Evidently refuses the name of a test for categories on a numeric column, though its own default
         # picks that very test for a numeric column of few values in a small sample: leave those to it.
         named = {
@@ -197,32 +200,61 @@ def _draw(job: dict[str, Any], folder: Path) -> None:
             for column, method in methods.items()
             if not (column in roles.numeric and method in CATEGORY_TESTS)
         }
-        presets = [
-            DataDriftPreset(columns=list(methods), per_column_method=named),
-            DataSummaryPreset(columns=list(methods)),
-        ]
-    else:
-        presets = [RegressionPreset() if roles.task == "regression" else ClassificationPreset()]
-    snapshot = Report(presets).run(
+        return [DataDriftPreset(columns=list(methods), per_column_method=named)]
+    return [RegressionPreset() if roles.task == "regression" else ClassificationPreset()]
+
+
+def _draw(job: dict[str, Any], report: str, folder: Path) -> None:
+    """One report of a job, run and saved as HTML and JSON."""
+    from evidently import Dataset, Report
+
+    definition = _definition(Roles(**job["roles"]))
+    snapshot = Report(_presets(job, report)).run(
         Dataset.from_pandas(pd.read_parquet(job["current"]), data_definition=definition),
         Dataset.from_pandas(pd.read_parquet(job["reference"]), data_definition=definition),
     )
-    snapshot.save_html(str(folder / f"{job['name']}.html"))  # Evidently writes only to a path given as a str
-    snapshot.save_json(str(folder / f"{job['name']}.json"))
+    snapshot.save_html(str(folder / f"{report}.html"))  # Evidently writes only to a path given as a str
+    snapshot.save_json(str(folder / f"{report}.json"))
 
 
 def main() -> int:
     """The child: imports Evidently, then draws the jobs of the file whose path arrives on stdin (none when
-    stdin closes empty)."""
+    stdin closes empty). Each report but the first is drawn in a fork of this process, which shares the import:
+    the reports are drawn on all cores while the parent finishes its verdicts and waits."""
     import evidently.presets  # noqa: F401  (imported while the parent reads the window)
 
     line = sys.stdin.readline().strip()
     if not line:
         return 0
     jobs = json.loads(Path(line).read_text())
-    for job in jobs["reports"]:
-        _draw(job, Path(jobs["folder"]))
-    return 0
+    folder = Path(jobs["folder"])
+    reports = [(job, report) for job in jobs["reports"] for report in REPORTS[job["name"]]]
+    forks = [_draw_in_fork(job, report, folder) for job, report in reports[1:]]
+    try:
+        for job, report in reports[:1]:
+            _draw(job, report, folder)
+    finally:
+        failed = [pid for pid in forks if os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0]
+    return 1 if failed else 0
+
+
+def _draw_in_fork(job: dict[str, Any], report: str, folder: Path) -> int:
+    """Forks; the fork draws ``report`` of ``job`` and exits 0, or 1 with the error written to the log. Returns
+    the fork's pid. Safe here: the child has no thread when it forks."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        _draw(job, report, folder)
+        code = 0
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return pid  # not reached: os._exit ends the fork
 
 
 def drift_verdicts(snapshot: Any) -> dict[str, tuple[float, bool]]:
