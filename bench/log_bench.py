@@ -4,14 +4,15 @@ monitoring.
 Write: records as the service holds them (validated from JSON by the pipeline's record type), encoded for the
 log by the service's own ``logged_rows`` and committed through its log writer (``PredictionLog``), one request
 outstanding at a time as a caller awaiting its commit: single-row requests committed in groups of
-``--group`` (what the batcher gathers at that many connections) and 1000-row requests one per commit. Per row:
+``--group`` (what the batcher gathers at that many connections), as JSON text, and 1000-row requests one per
+commit, as columns. Per row:
 wall time (fsyncs included) and CPU time of the whole process (the writer thread included), which is what the
 log takes from serving on a busy machine.
 
 Sealing: the columnar copy of those rows that the log's sealer makes once the writer is quiet, measured apart.
-Read: ``current_window``, the monitoring check's read of the same rows (log → columns → derived features), per
-row. The rows are the demo's labeled days in time order; each answer is its row's label (the log's cost does
-not depend on the model), with a probability for a classifier.
+Read: ``current_window``, the monitoring check's read of the rows of each write (log → columns → derived
+features), per row. The rows are the demo's labeled days in time order; each answer is its row's label (the
+log's cost does not depend on the model), with a probability for a classifier.
 
 The log is the home's default (SQLite) unless ``--url`` names another database (a PostgreSQL URL, for instance);
 each size gets a fresh log."""
@@ -68,7 +69,8 @@ def write(url: str, records: list[dict[str, Any]], labels: list[Any], size: int,
     probability = None if config.label.task == "regression" else 0.5
     answers = [Answer(label, probability) for label in labels]
     engine = create_store_engine(url)
-    log = PredictionLog(engine, lambda _pipeline: record_schema(config))
+    schema = record_schema(config)
+    log = PredictionLog(engine, lambda _pipeline: schema)
     per_commit = size * group
 
     def log_all() -> None:
@@ -78,7 +80,8 @@ def write(url: str, records: list[dict[str, Any]], labels: list[Any], size: int,
                 end = min(start + size, len(records))
                 request = f"bench-{start}"
                 ids = [f"{request}-{row}" for row in range(end - start)]
-                committed.append(logged_rows(config.name, "1", request, ids, records[start:end], answers[start:end]))
+                rows = (records[start:end], answers[start:end])
+                committed.append(logged_rows(config.name, "1", request, ids, *rows, schema))
             log.submit_all(committed).result()
 
     try:
@@ -143,8 +146,8 @@ def main() -> int:
         started = datetime.now(UTC)
         figures = write(url, records, labels, size, group)
         print(f"| {label} | {' | '.join(f'{figure:.2f}' for figure in figures)} |", flush=True)
-    wall, cpu = read(len(records), started)
-    print(f"| read, the monitoring window (log → columns → derived features) | {wall:.2f} | {cpu:.2f} | | |")
+        wall, cpu = read(len(records), started)
+        print(f"| read, the monitoring window of those rows | {wall:.2f} | {cpu:.2f} | | |", flush=True)
     return 0
 
 

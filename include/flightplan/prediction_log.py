@@ -14,17 +14,25 @@ only the rows of no sealed segment as text, so that monitoring reads a day of tr
 labelled answers, without parsing JSON. The text stays the record: a segment is a copy, sealed by the writer
 that filled it, or, when that writer is gone (a crash) or the rows predate segments, by the next writer that
 starts.
+
+A large request skips the text: its records arrive as typed columns and are stored, with its answers, as a
+segment of its own, sealed in the commit that answers it (one row in the database instead of one per answer,
+and no JSON to write or parse). Its answers' ids, ``<request_id>-<row>``, are found through the segment's
+request id.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import logging
+import math
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -90,6 +98,10 @@ segments = sa.Table(
     sa.Column("last_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("rows", sa.Integer, nullable=True),
     sa.Column("data", sa.LargeBinary, nullable=True),
+    # Set for the segment of one large request, written as columns when it is answered and sealed from the
+    # start: none of its rows is in the predictions table; their ids are ``<request_id>-<row>``.
+    sa.Column("request_id", sa.String(64), nullable=True, index=True),
+    sa.Column("model_version", sa.String(32), nullable=True),
 )
 feedback = sa.Table(
     "feedback",
@@ -118,7 +130,9 @@ class LogUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class AnsweredRequest:
-    """The rows one request answered, as they are logged: inputs and outputs already JSON text."""
+    """The rows one request answered, as they are logged: outputs as JSON text, inputs as JSON text or, for a
+    large request, as typed columns (``columns``: its records in the pipeline's record schema, ``inputs`` then
+    empty), which are stored as the request's own sealed segment."""
 
     request_id: str
     pipeline: str
@@ -127,6 +141,7 @@ class AnsweredRequest:
     inputs: list[str]
     predictions: list[str]
     probabilities: list[float | None]
+    columns: pa.Table | None = None
 
     def rows(self, created_at: Any, segment: int) -> Iterator[tuple[Any, ...]]:
         """Rows in the column order of the predictions table."""
@@ -151,21 +166,34 @@ def create_store_engine(url: str) -> sa.Engine:
     else:
         engine = sa.create_engine(url, pool_pre_ping=True, hide_parameters=True)
     metadata.create_all(engine)
-    _add_segment_column(engine)
+    _add_missing_columns(engine)
     return engine
 
 
-def _add_segment_column(engine: sa.Engine) -> None:
-    """Gives a log created before segments existed their column (its rows are sealed by the next writer)."""
-    if "segment" in {column["name"] for column in sa.inspect(engine).get_columns(predictions.name)}:
-        return
-    try:
-        with engine.begin() as connection:
-            connection.execute(sa.text(f"ALTER TABLE {predictions.name} ADD COLUMN segment INTEGER"))
-            connection.execute(sa.text(f"CREATE INDEX ix_predictions_segment ON {predictions.name} (segment)"))
-    except sa.exc.DBAPIError:
-        # Another process added it first; anything else shows at the first write.
-        log.info("prediction log: the segment column was added by another process")
+# Columns newer than the first logs (name, type, indexed), added to an older log by the first process that opens it.
+ADDED_COLUMNS = {
+    predictions.name: [("segment", "INTEGER", True)],
+    segments.name: [("request_id", "VARCHAR(64)", True), ("model_version", "VARCHAR(32)", False)],
+}
+
+
+def _add_missing_columns(engine: sa.Engine) -> None:
+    """Gives a log created by an older version the columns it lacks (rows logged before segments existed are
+    sealed by the next writer)."""
+    inspector = sa.inspect(engine)
+    for table, added in ADDED_COLUMNS.items():
+        present = {column["name"] for column in inspector.get_columns(table)}
+        for name, kind, indexed in added:
+            if name in present:
+                continue
+            try:
+                with engine.begin() as connection:
+                    connection.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"))
+                    if indexed:
+                        connection.execute(sa.text(f"CREATE INDEX ix_{table}_{name} ON {table} ({name})"))
+            except sa.exc.DBAPIError:
+                # Another process added it first; anything else shows at the first write.
+                log.info("prediction log: column %s.%s was added by another process", table, name)
 
 
 def no_schemas(_pipeline: str) -> None:
@@ -278,24 +306,55 @@ def open_segment(connection: sa.Connection, pipeline: str, now: datetime) -> int
     return int(connection.execute(opened).scalar_one())
 
 
+def request_segment(answered: AnsweredRequest, now: datetime) -> dict[str, Any]:
+    """The segment of a request logged as columns: its records and answers, sealed from the start."""
+    assert answered.columns is not None
+    rows = len(answered.ids)
+    logged = {
+        LOG_ID: pa.array(answered.ids, pa.string()),
+        LOG_TIME: pa.repeat(pa.scalar(now, pa.timestamp("us", tz="UTC")), rows),
+        LOG_VERSION: pa.repeat(pa.scalar(answered.model_version, pa.string()), rows),
+        LOG_PREDICTION: pa.array(answered.predictions, pa.string()),
+        LOG_PROBABILITY: pa.array(answered.probabilities, pa.float64()),
+    }
+    table = answered.columns
+    for name, values in logged.items():
+        table = table.append_column(name, values)
+    return {
+        "pipeline": answered.pipeline,
+        "opened_at": now,
+        "first_at": now,
+        "last_at": now,
+        "rows": rows,
+        "data": _arrow_stream(table),
+        "request_id": answered.request_id,
+        "model_version": answered.model_version,
+    }
+
+
+def _arrow_stream(table: pa.Table) -> bytes:
+    """A segment's rows as one Arrow stream, LZ4-compressed (a third of the bytes to write and sync; reading it
+    back costs under a microsecond per row)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression="lz4")) as stream:
+        stream.write_table(table)
+    return bytes(sink.getvalue().to_pybytes())
+
+
 def _store_segment(connection: sa.Connection, segment: int, schema: pa.Schema) -> None:
-    """Seals ``segment`` with its rows: one Arrow stream, LZ4-compressed (a third of the bytes to write and sync;
-    reading it back costs under a microsecond per row)."""
+    """Seals ``segment`` with its rows (``_arrow_stream``)."""
     query = sa.select(*SEGMENT_SOURCE).where(predictions.c.segment == segment).order_by(predictions.c.created_at)
     found = connection.execute(query).cursor.fetchall()  # the driver's rows: SQLAlchemy's cost more than the seal
     if not found:
         connection.execute(sa.delete(segments).where(segments.c.id == segment))
         return
     table = segment_table(found, schema)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression="lz4")) as stream:
-        stream.write_table(table)
     times = table.column(LOG_TIME)
     sealed = {"first_at": times[0].as_py(), "last_at": times[-1].as_py(), "rows": len(found)}
     connection.execute(
         sa.update(segments)
         .where(segments.c.id == segment, segments.c.data.is_(None))
-        .values(**sealed, data=sink.getvalue().to_pybytes())
+        .values(**sealed, data=_arrow_stream(table))
     )
 
 
@@ -491,7 +550,7 @@ class PredictionLog:
         self._last_commit = time.monotonic()
         for pipeline, segment in opened.items():
             self._open.setdefault(pipeline, OpenSegment(segment, time.monotonic())).rows += sum(
-                len(each.ids) for each in answered if each.pipeline == pipeline
+                len(each.ids) for each in answered if each.pipeline == pipeline and each.columns is None
             )
         for _, done in batch:
             done.set_result(None)
@@ -516,16 +575,22 @@ class PredictionLog:
 
     def _write(self, connection: sa.Connection, answered: list[AnsweredRequest]) -> dict[str, int]:
         """The rows into the table in the connection's transaction, a pipeline without an open segment opening
-        one in the same transaction (so that a failed commit leaves no segment behind)."""
+        one in the same transaction (so that a failed commit leaves no segment behind); the requests logged as
+        columns as their own segments, in the same transaction."""
         now = datetime.now(UTC)
-        opened = {each.pipeline: self._open[each.pipeline].id for each in answered if each.pipeline in self._open}
-        for pipeline in {each.pipeline for each in answered} - opened.keys():
+        as_text = [each for each in answered if each.columns is None]
+        opened = {each.pipeline: self._open[each.pipeline].id for each in as_text if each.pipeline in self._open}
+        for pipeline in {each.pipeline for each in as_text} - opened.keys():
             opened[pipeline] = open_segment(connection, pipeline, now)
         created_at = self._time_value(now)
-        rows: list[Any] = [row for each in answered for row in each.rows(created_at, opened[each.pipeline])]
+        rows: list[Any] = [row for each in as_text for row in each.rows(created_at, opened[each.pipeline])]
         if self._columns is not None:
             rows = [dict(zip(self._columns, row, strict=True)) for row in rows]
-        self._send(connection, rows)
+        if rows:
+            self._send(connection, rows)
+        whole = [request_segment(each, now) for each in answered if each.columns is not None]
+        if whole:
+            connection.execute(segments.insert(), whole)
         return opened
 
     def _send(self, connection: sa.Connection, rows: list[Any]) -> None:
@@ -559,6 +624,7 @@ def record_feedback(
                 sa.select(predictions.c.id).where(predictions.c.id.in_(ids), predictions.c.pipeline == pipeline)
             )
         )
+        known |= _rows_of_requests(connection, pipeline, [i for i in ids if i not in known])
         stored = [i for i in ids if i in known]
         if stored:
             now = datetime.now(UTC)
@@ -576,6 +642,29 @@ def record_feedback(
                 ],
             )
     return stored, [i for i in ids if i not in known]
+
+
+def _rows_of_requests(connection: sa.Connection, pipeline: str, ids: list[str]) -> set[str]:
+    """Those of ``ids`` that name a row of a request of ``pipeline`` logged as columns (``<request_id>-<row>``)."""
+    wanted: dict[str, list[tuple[str, int]]] = {}
+    for each in ids:
+        request, _, row = each.rpartition("-")
+        if row.isdigit() and str(int(row)) == row:
+            wanted.setdefault(request, []).append((each, int(row)))
+    found: set[str] = set()
+    for chunk in _chunks(list(wanted)):
+        query = sa.select(segments.c.request_id, segments.c.rows).where(
+            segments.c.pipeline == pipeline, segments.c.request_id.in_(chunk)
+        )
+        for request, rows in connection.execute(query):
+            found |= {each for each, row in wanted[request] if row < rows}
+    return found
+
+
+def _chunks(values: list[str], size: int = 500) -> Iterator[list[str]]:
+    """``values`` in lists of at most ``size``: the bound parameters of one IN stay far below SQLite's limit."""
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
 
 
 @contextlib.contextmanager
@@ -648,8 +737,15 @@ def _labelled_rows(connection: sa.Connection, pipeline: str, key: pa.Schema, wan
     read = [text.filter(pc.is_in(text.column(LOG_ID), value_set=wanted)).select(columns)]  # not a label sent since
     done = text.column(LOG_ID).combine_chunks()
     their_segments = sa.select(predictions.c.segment).where(predictions.c.id.in_(labelled)).distinct()
-    sealed = sa.select(segments.c.data).where(segments.c.id.in_(their_segments), segments.c.data.is_not(None))
-    for (data,) in connection.execute(sealed):
+    sealed = [sa.select(segments.c.data).where(segments.c.id.in_(their_segments), segments.c.data.is_not(None))]
+    # Labels of rows that are no row of the table: those of requests logged as columns.
+    elsewhere = labelled.where(~sa.exists().where(predictions.c.id == feedback.c.prediction_id))
+    requests = sorted({each.rpartition("-")[0] for each in connection.scalars(elsewhere)})
+    sealed += [
+        sa.select(segments.c.data).where(segments.c.pipeline == pipeline, segments.c.request_id.in_(chunk))
+        for chunk in _chunks(requests)
+    ]
+    for data in (data for statement in sealed for data in connection.scalars(statement)):
         table = _conformed(pa.ipc.open_stream(data).read_all(), key)
         ids = table.column(LOG_ID)
         keep = pc.and_(pc.is_in(ids, value_set=wanted), pc.invert(pc.is_in(ids, value_set=done)))
@@ -663,13 +759,23 @@ def _answered(pipeline: str, start: datetime, end: datetime) -> Any:
 
 def answered_versions(url: str, pipeline: str, start: datetime, end: datetime) -> dict[str, int]:
     """How many predictions each model version answered for ``pipeline`` in [start, end) (UTC)."""
-    query = (
+    as_rows = (
         sa.select(predictions.c.model_version, sa.func.count())
         .where(_answered(pipeline, start, end))
         .group_by(predictions.c.model_version)
     )
+    as_columns = (
+        sa.select(segments.c.model_version, sa.func.sum(segments.c.rows))
+        .where(segments.c.pipeline == pipeline, segments.c.request_id.is_not(None))
+        .where(segments.c.first_at >= start, segments.c.first_at < end)
+        .group_by(segments.c.model_version)
+    )
+    counts: Counter[str] = Counter()
     with _reading(url) as connection:
-        return {} if connection is None else {str(v): int(n) for v, n in connection.execute(query)}
+        if connection is not None:
+            for statement in (as_rows, as_columns):
+                counts.update({str(version): int(rows) for version, rows in connection.execute(statement)})
+    return dict(counts)
 
 
 def answered_table(url: str, pipeline: str, start: datetime, end: datetime, schema: pa.Schema) -> pa.Table:
@@ -701,23 +807,29 @@ def answered_table(url: str, pipeline: str, start: datetime, end: datetime, sche
 def _answered_tables(
     connection: sa.Connection, pipeline: str, start: datetime, end: datetime, schema: pa.Schema, rows: int = 100_000
 ) -> Iterator[pa.Table]:
-    """Each sealed segment's rows in the window, in time order, then those of no segment read so far in chunks of
-    ``rows``, through the driver's cursor. The second read is one statement, so one snapshot: a segment sealed
-    in between (by its writer, or with the rows of a log older than segments) is read there, as text, once."""
+    """The sealed segments' rows in the window, in time order (the segments of one schema filtered and typed
+    together: a large request's is small), then those of no segment read so far in chunks of ``rows``, through
+    the driver's cursor. The second read is one statement, so one snapshot: a segment sealed in between (by its
+    writer, or with the rows of a log older than segments) is read there, as text, once. A request's own
+    segment has no text to read."""
     sealed_query = (
-        sa.select(segments.c.id, segments.c.data)
+        sa.select(segments.c.id, segments.c.request_id, segments.c.data)
         .where(segments.c.pipeline == pipeline, segments.c.data.is_not(None))
         .where(segments.c.first_at < end, segments.c.last_at >= start)
         .order_by(segments.c.first_at)
     )
-    sealed = []
-    for segment, data in connection.execute(sealed_query):
-        sealed.append(segment)
-        table = pa.ipc.open_stream(data).read_all()
+    sealed, decoded = [], []
+    for segment, request, data in connection.execute(sealed_query):
+        if request is None:
+            sealed.append(segment)
+        decoded.append(pa.ipc.open_stream(data).read_all())
+    for _, same_schema in itertools.groupby(decoded, key=lambda table: table.schema):
+        table = pa.concat_tables(list(same_schema))
         times = table.column(LOG_TIME)
         yield _conformed(table.filter(pc.and_(pc.greater_equal(times, start), pc.less(times, end))), schema)
     unread = sa.select(segments.c.id).where(
         segments.c.pipeline == pipeline,
+        segments.c.request_id.is_(None),
         segments.c.id.not_in(sealed),
         sa.or_(segments.c.data.is_(None), (segments.c.first_at < end) & (segments.c.last_at >= start)),
     )
@@ -750,7 +862,8 @@ def _conformed(table: pa.Table, schema: pa.Schema) -> pa.Table:
 
 def least_sure_unlabeled(url: str, pipeline: str, task: str, limit: int) -> list[dict[str, Any]]:
     """Answered predictions without feedback, the least sure first (binary: probability nearest 0.5;
-    multiclass: the lowest probability of the chosen class; regression, which has none: the newest)."""
+    multiclass: the lowest probability of the chosen class; regression, which has none: the newest): the
+    ``limit`` first of the table's rows, and of each request logged as columns."""
     order = {
         "binary": sa.func.abs(predictions.c.probability - 0.5),
         "multiclass": predictions.c.probability,
@@ -759,9 +872,52 @@ def least_sure_unlabeled(url: str, pipeline: str, task: str, limit: int) -> list
         sa.select(*SEGMENT_SOURCE)
         .outerjoin(feedback, feedback.c.prediction_id == predictions.c.id)
         .where(predictions.c.pipeline == pipeline, feedback.c.id.is_(None))
-        .order_by(order, predictions.c.id)
+        .order_by(sa.nullslast(order), predictions.c.id)
         .limit(limit)
     )
+    whole = sa.select(segments.c.data).where(segments.c.pipeline == pipeline, segments.c.request_id.is_not(None))
+    labelled = sa.select(feedback.c.prediction_id).where(feedback.c.pipeline == pipeline)
     with _reading(url) as connection:
-        rows = [] if connection is None else connection.execute(query).mappings().all()
-    return [{**row, "inputs": json.loads(row["inputs"]), "prediction": json.loads(row["prediction"])} for row in rows]
+        if connection is None:
+            return []
+        found = [
+            {**row, "created_at": _as_utc(row["created_at"]), "inputs": json.loads(row["inputs"])}
+            for row in connection.execute(query).mappings()
+        ]
+        sent = pa.array(connection.scalars(labelled).all(), pa.string())
+        for data in connection.scalars(whole):
+            found += _least_sure_of(pa.ipc.open_stream(data).read_all(), sent, task, limit)
+    found.sort(key=partial(_unsureness, task))
+    return [{**row, "prediction": json.loads(row["prediction"])} for row in found[:limit]]
+
+
+def _least_sure_of(table: pa.Table, labelled: pa.Array, task: str, limit: int) -> list[dict[str, Any]]:
+    """The ``limit`` least sure rows of a request's segment that have no label, as ``least_sure_unlabeled`` gives
+    them (inputs without their missing fields)."""
+    table = table.filter(pc.invert(pc.is_in(table.column(LOG_ID), value_set=labelled)))
+    probability = table.column(LOG_PROBABILITY)
+    sureness = {"binary": pc.abs(pc.subtract(probability, 0.5)), "multiclass": probability}.get(task)
+    if sureness is not None:
+        table = table.take(pc.sort_indices(pa.table({"s": sureness}), sort_keys=[("s", "ascending")])[:limit])
+    logged = {LOG_ID: "id", LOG_TIME: "created_at", LOG_VERSION: "model_version", LOG_PREDICTION: "prediction"}
+    rows = []
+    for row in table.slice(0, limit).to_pylist():
+        inputs = {name: value for name, value in row.items() if value is not None and not name.startswith("log.")}
+        rows.append({**{to: row[name] for name, to in logged.items()}, "probability": row[LOG_PROBABILITY]})
+        rows[-1]["inputs"] = inputs
+    return rows
+
+
+def _unsureness(task: str, row: dict[str, Any]) -> tuple[float, str]:
+    """The order of ``least_sure_unlabeled``: the least sure first, then by id."""
+    probability = row["probability"]
+    if task in ("binary", "multiclass"):
+        if probability is None:
+            return math.inf, row["id"]
+        return (abs(probability - 0.5) if task == "binary" else probability), row["id"]
+    return -row["created_at"].timestamp(), row["id"]
+
+
+def _as_utc(moment: datetime) -> datetime:
+    """A time read back from the log as an instant in UTC (SQLite gives back the UTC time without its zone)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

@@ -5,6 +5,7 @@ PostgreSQL."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -23,10 +24,13 @@ from flightplan.prediction_log import (
     AnsweredRequest,
     PredictionLog,
     answered_table,
+    answered_versions,
     create_store_engine,
     ground_truth,
+    least_sure_unlabeled,
     predictions,
     record_feedback,
+    segments,
 )
 
 from tests.support.engines import postgres_database, postgres_problem, require
@@ -233,3 +237,55 @@ def test_ground_truth_takes_each_keys_latest_label_from_segments_and_text(url: s
         {"count": record(19)["count"], "label": 1},  # the label sent last wins, whichever answer it names
     ]
     assert ground_truth(url, "no such pipeline", pa.schema([("count", pa.int64())])) == []
+
+
+def answered_as_columns(request: int, rows: int, schema: pa.Schema) -> AnsweredRequest:
+    """``answered`` as the service logs a large request: its records as typed columns, no text."""
+    records = [{k: v for k, v in record(request * rows + row).items() if k in schema.names} for row in range(rows)]
+    text = answered(request, rows, schema.names)
+    return dataclasses.replace(text, inputs=[], columns=pa.Table.from_pylist(records, schema=schema))
+
+
+def test_a_request_logged_as_columns_is_read_as_its_text_would_be(url: str) -> None:
+    engine = create_store_engine(url)
+    log = PredictionLog(engine, lambda _pipeline: SCHEMA)
+    for each in (answered(0, 5, SCHEMA.names), answered_as_columns(1, 5, SCHEMA), answered(2, 5, SCHEMA.names)):
+        log.submit(each).result(timeout=30)
+    log.close()
+    sent = {"q1-4": 1, "q1-0": 0, "q0-1": 1, "q1-5": 1, "q1-04": 1, "q9-0": 1, "q1-x": 1}
+    stored, unknown = record_feedback(engine, PIPELINE, sent, source="test")
+    assert (sorted(stored), sorted(unknown)) == (["q0-1", "q1-0", "q1-4"], ["q1-04", "q1-5", "q1-x", "q9-0"])
+    with engine.connect() as connection:
+        assert connection.execute(sa.text("select count(*) from predictions")).scalar_one() == 10
+
+    table = window(url)
+    assert table.select(SCHEMA.names).equals(expected(range(0, 3), SCHEMA))
+    labels = table.column(LOG_LABEL).to_pylist()
+    assert [labels[place] for place in (1, 5, 9)] == ["1", "0", "1"] and labels.count(None) == 12
+    assert table.column(LOG_PROBABILITY).to_pylist() == [None, 0.1, 0.2, 0.3, 0.4] * 3
+    since = datetime.now(UTC) - timedelta(hours=1)
+    assert answered_versions(url, PIPELINE, since, datetime.now(UTC)) == {"1": 15}
+    key = pa.schema([("count", pa.int64())])
+    assert sorted(row["count"] for row in ground_truth(url, PIPELINE, key)) == [record(1)["count"], record(5)["count"]]
+    # q1-1 .. q1-3 come from the request's columns, the others from text; nothing labelled, no probability last.
+    unsure = least_sure_unlabeled(url, PIPELINE, "binary", 4)
+    assert [row["id"] for row in unsure] == ["q0-4", "q2-4", "q0-3", "q1-3"]
+    assert unsure[3]["inputs"] == {k: v for k, v in record(8).items() if k in SCHEMA.names}
+    assert (unsure[3]["prediction"], unsure[3]["probability"], unsure[3]["model_version"]) == (1, 0.3, "1")
+    engine.dispose()
+
+
+def test_a_log_whose_segments_predate_requests_as_columns_gets_their_columns(url: str) -> None:
+    engine = sa.create_engine(url)
+    legacy = sa.MetaData()
+    old = [column for column in segments.columns if column.name not in ("request_id", "model_version")]
+    sa.Table(segments.name, legacy, *(sa.Column(c.name, c.type, primary_key=c.primary_key) for c in old))
+    legacy.create_all(engine)
+    engine.dispose()
+    write(url, range(0, 1), schema=SCHEMA)
+    engine = create_store_engine(url)
+    log = PredictionLog(engine, lambda _pipeline: SCHEMA)
+    log.submit(answered_as_columns(1, 5, SCHEMA)).result(timeout=30)
+    log.close()
+    engine.dispose()
+    assert window(url).select(SCHEMA.names).equals(expected(range(0, 2), SCHEMA))

@@ -46,17 +46,22 @@ def split_records(layout: Layout, rows: int) -> list[dict[str, Any]]:
 
 
 def predictions_in_log(url: str, request_ids: list[str] | None = None) -> int:
-    """How many prediction rows the log at ``url`` holds (of ``request_ids`` only, when given)."""
+    """How many answered rows the log at ``url`` holds (of ``request_ids`` only, when given): rows of text and
+    rows of the requests logged as columns."""
+    counts = [
+        "select count(*) from predictions where {}",
+        "select coalesce(sum(rows), 0) from prediction_segments where request_id is not null and {}",
+    ]
+    if request_ids is None:
+        chosen = ["1 = 1"]
+    else:
+        quoted = [f"'{request}'" for request in request_ids]
+        chosen = [f"request_id in ({','.join(quoted[at : at + 500])})" for at in range(0, len(quoted), 500)]
     engine = sa.create_engine(url)
+    found = 0
     with engine.connect() as connection:
-        query = "select count(*) from predictions"
-        if request_ids is None:
-            return int(connection.execute(sa.text(query)).scalar_one())
-        found = 0
-        for start in range(0, len(request_ids), 500):
-            chunk = request_ids[start : start + 500]
-            marks = ",".join(f"'{r}'" for r in chunk)
-            found += int(connection.execute(sa.text(f"{query} where request_id in ({marks})")).scalar_one())
+        for where in chosen:
+            found += sum(int(connection.execute(sa.text(count.format(where))).scalar_one()) for count in counts)
     engine.dispose()
     return found
 

@@ -27,7 +27,7 @@ from flightplan.settings import Settings, load_settings
 import tests.support.model_double
 from tests.support.model_double import DoubleRegistry, model_double
 from tests.support.service import scoped_tokens
-from tests.support.serving_clients import ADMIN_AUTH, AUTH, TOKEN
+from tests.support.serving_clients import ADMIN_AUTH, AUTH, FEEDBACK_AUTH, TOKEN
 
 JSON = {**AUTH, "Content-Type": "application/json"}
 SAMPLE_VALUES: dict[ColumnType, Any] = {
@@ -110,6 +110,38 @@ def test_each_row_gets_its_own_answer_and_id_and_is_logged(
     assert logged(settings, body["request_id"]) == [
         (i, "1", pytest.approx(p)) for i, p in zip(ids, expected, strict=True)
     ]
+
+
+def test_a_large_batch_is_logged_as_columns_and_read_back_as_sent(
+    api: TestClient, settings: Settings, config: PipelineConfig
+) -> None:
+    """A request of COLUMNAR_ROWS records or more becomes a segment of its own (no row of text): its ids take
+    feedback, and the monitoring window reads its records back as they were sent."""
+    from datetime import UTC, datetime, timedelta
+
+    from flightplan.prediction_log import answered_table, record_schema
+    from flightplan.serving.app import COLUMNAR_ROWS
+
+    record = full_record(config)
+    moment = next(name for name, kind in request_fields(config).items() if kind == "timestamp")
+    text = next(name for name, kind in request_fields(config).items() if kind == "string")
+    records = [{**record, text: f"</script><b>{row}"} for row in range(COLUMNAR_ROWS)]
+    records[1] = {name: value for name, value in record.items() if name != text}
+    started = datetime.now(UTC)
+    body = api.post("/v1/flights/predict/batch", json={"records": records}, headers=AUTH).json()
+    assert rows_in_log(settings) == 0 and logged(settings, body["request_id"]) == []
+    last = f"{body['request_id']}-{COLUMNAR_ROWS - 1}"
+    labels = [{"id": last, "label": 1}, {"id": f"{body['request_id']}-{COLUMNAR_ROWS}", "label": 1}]
+    sent = api.post("/v1/flights/feedback", json={"labels": labels}, headers=FEEDBACK_AUTH).json()
+    assert (sent["stored"], sent["unknown"]) == ([last], [labels[1]["id"]]), sent
+
+    window = answered_table(
+        settings.predictions_db_url, "flights", started, datetime.now(UTC) + timedelta(seconds=1), record_schema(config)
+    ).to_pylist()
+    assert [row[text] for row in window] == [records[row].get(text) for row in range(COLUMNAR_ROWS)]
+    assert {row[moment].isoformat() for row in window} == {record[moment]}
+    assert [row["log.probability"] for row in window] == [a["probability"] for a in body["predictions"]]
+    assert [row["log.label"] for row in window] == [None] * (COLUMNAR_ROWS - 1) + ["1"]
 
 
 def posted_at_once(

@@ -62,6 +62,9 @@ MAX_BODY_BYTES = 32 << 20
 # (a network dropping packets, a database that hangs) must not hold clients and their connections without end.
 # Far above a commit's usual milliseconds, below the 30 s clients and proxies commonly give a request.
 LOG_WAIT_SECONDS = 10.0
+# Requests of this many rows or more are logged as typed columns, as a segment of their own: a tenth of the cost
+# per row of a row of JSON text each (bench/log_bench.py), and monitoring reads them without parsing.
+COLUMNAR_ROWS = 100
 
 
 @dataclass(frozen=True)
@@ -257,15 +260,20 @@ def logged_rows(
     ids: list[str],
     records: list[dict[str, Any]],
     answers: list[Answer],
+    schema: pa.Schema | None = None,
 ) -> AnsweredRequest:
+    """The rows of a request as the log takes them: the records as JSON text, or, for a request of
+    ``COLUMNAR_ROWS`` or more when the pipeline's record ``schema`` is given, as typed columns."""
+    columnar = schema is not None and len(records) >= COLUMNAR_ROWS
     return AnsweredRequest(
         request_id,
         pipeline,
         version,
         ids,
-        inputs=[pydantic_core.to_json(record).decode() for record in records],  # times as ISO 8601
+        inputs=[] if columnar else [pydantic_core.to_json(record).decode() for record in records],  # times in ISO
         predictions=[pydantic_core.to_json(answer.prediction).decode() for answer in answers],
         probabilities=[answer.probability for answer in answers],
+        columns=pa.Table.from_pylist(records, schema=schema) if columnar else None,
     )
 
 
@@ -401,7 +409,8 @@ class Service:
         answers = await run_in_threadpool(predicted, model, records)
         request_id = uuid.uuid4().hex
         ids = [f"{request_id}-{row}" for row in range(len(records))]
-        await self.commit(pipeline, [logged_rows(pipeline, model.version, request_id, ids, records, answers)])
+        logged = logged_rows(pipeline, model.version, request_id, ids, records, answers, self.record_schema(pipeline))
+        await self.commit(pipeline, [logged])
         elapsed = time.perf_counter() - started
         self.metrics.observe_predictions(pipeline, model.task, answers, elapsed, requests=1, calls=[len(answers)])
         return request_id, model.version, answer_bodies(ids, answers)
