@@ -102,6 +102,8 @@ segments = sa.Table(
     # start: none of its rows is in the predictions table; their ids are ``<request_id>-<row>``.
     sa.Column("request_id", sa.String(64), nullable=True, index=True),
     sa.Column("model_version", sa.String(32), nullable=True),
+    # Windows are read by time: with a segment per large request, the table grows with the requests.
+    sa.Index("ix_prediction_segments_pipeline_first_at", "pipeline", "first_at"),
 )
 feedback = sa.Table(
     "feedback",
@@ -170,30 +172,40 @@ def create_store_engine(url: str) -> sa.Engine:
     return engine
 
 
-# Columns newer than the first logs (name, type, indexed), added to an older log by the first process that opens it.
+# Columns newer than the first logs, added to an older log by the first process that opens it.
 ADDED_COLUMNS = {
-    predictions.name: [("segment", "INTEGER", True)],
-    segments.name: [("request_id", "VARCHAR(64)", True), ("model_version", "VARCHAR(32)", False)],
+    predictions.name: [("segment", "INTEGER")],
+    segments.name: [("request_id", "VARCHAR(64)"), ("model_version", "VARCHAR(32)")],
 }
 
 
 def _add_missing_columns(engine: sa.Engine) -> None:
-    """Gives a log created by an older version the columns it lacks (rows logged before segments existed are
-    sealed by the next writer)."""
+    """Gives a log created by an older version the columns and indexes it lacks (rows logged before segments
+    existed are sealed by the next writer). Each is added on its own: a process stopped in between leaves the
+    rest to the next one."""
     inspector = sa.inspect(engine)
-    for table, added in ADDED_COLUMNS.items():
-        present = {column["name"] for column in inspector.get_columns(table)}
-        for name, kind, indexed in added:
-            if name in present:
-                continue
-            try:
-                with engine.begin() as connection:
-                    connection.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"))
-                    if indexed:
-                        connection.execute(sa.text(f"CREATE INDEX ix_{table}_{name} ON {table} ({name})"))
-            except sa.exc.DBAPIError:
-                # Another process added it first; anything else shows at the first write.
-                log.info("prediction log: column %s.%s was added by another process", table, name)
+    for table in (predictions, segments):
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        for name, kind in ADDED_COLUMNS[table.name]:
+            if name not in present:
+                _apply(engine, partial(_add_column, f"{table.name} ADD COLUMN {name} {kind}"))
+        indexed = {index["name"] for index in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name not in indexed:
+                _apply(engine, partial(index.create, checkfirst=True))
+
+
+def _add_column(change: str, connection: sa.Connection) -> None:
+    connection.execute(sa.text(f"ALTER TABLE {change}"))
+
+
+def _apply(engine: sa.Engine, change: Callable[[sa.Connection], object]) -> None:
+    try:
+        with engine.begin() as connection:
+            change(connection)
+    except sa.exc.DBAPIError:
+        # Another process made it first; anything else shows at the first write.
+        log.info("prediction log: a column or index was added by another process")
 
 
 def no_schemas(_pipeline: str) -> None:
@@ -586,9 +598,9 @@ class PredictionLog:
         rows: list[Any] = [row for each in as_text for row in each.rows(created_at, opened[each.pipeline])]
         if self._columns is not None:
             rows = [dict(zip(self._columns, row, strict=True)) for row in rows]
+        whole = [request_segment(each, now) for each in answered if each.columns is not None]  # before any lock
         if rows:
             self._send(connection, rows)
-        whole = [request_segment(each, now) for each in answered if each.columns is not None]
         if whole:
             connection.execute(segments.insert(), whole)
         return opened
@@ -649,7 +661,7 @@ def _rows_of_requests(connection: sa.Connection, pipeline: str, ids: list[str]) 
     wanted: dict[str, list[tuple[str, int]]] = {}
     for each in ids:
         request, _, row = each.rpartition("-")
-        if row.isdigit() and str(int(row)) == row:
+        if row.isascii() and row.isdigit() and str(int(row)) == row:
             wanted.setdefault(request, []).append((each, int(row)))
     found: set[str] = set()
     for chunk in _chunks(list(wanted)):

@@ -289,3 +289,7 @@ def test_a_log_whose_segments_predate_requests_as_columns_gets_their_columns(url
     log.close()
     engine.dispose()
     assert window(url).select(SCHEMA.names).equals(expected(range(0, 2), SCHEMA))
+    engine = sa.create_engine(url)
+    indexes = {index["name"] for index in sa.inspect(engine).get_indexes(segments.name)}
+    engine.dispose()
+    assert indexes >= {index.name for index in segments.indexes}

@@ -142,6 +142,21 @@ def test_a_large_batch_is_logged_as_columns_and_read_back_as_sent(
     assert {row[moment].isoformat() for row in window} == {record[moment]}
     assert [row["log.probability"] for row in window] == [a["probability"] for a in body["predictions"]]
     assert [row["log.label"] for row in window] == [None] * (COLUMNAR_ROWS - 1) + ["1"]
+    # An id that only looks like a row number of that request is unknown, not an error.
+    odd = [{"id": f"{body['request_id']}-{row}", "label": 1} for row in ("²", "01", "-1", "")]
+    answer = api.post("/v1/flights/feedback", json={"labels": odd}, headers=FEEDBACK_AUTH)
+    assert answer.status_code == 200 and answer.json()["unknown"] == [label["id"] for label in odd], answer.text
+
+
+def test_an_integer_beyond_64_bits_is_refused_naming_its_field(api: TestClient, config: PipelineConfig) -> None:
+    record = full_record(config)
+    field = next(name for name, kind in request_fields(config).items() if kind in ("int", "long"))
+    for body, path in (
+        ({**record, field: 2**63}, "predict"),
+        ({"records": [record] * 100 + [{**record, field: -(2**63) - 1}]}, "predict/batch"),
+    ):
+        answer = api.post(f"/v1/flights/{path}", json=body, headers=AUTH)
+        assert answer.status_code == 422 and field in answer.text, answer.text
 
 
 def posted_at_once(

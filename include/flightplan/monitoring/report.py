@@ -6,8 +6,8 @@ row it is given), with each column's test pinned to the one the verdicts of reco
 
 They are drawn in a child process (``python -m flightplan.monitoring.report``), started when a check starts:
 importing Evidently (about 5 s here) overlaps the reading of the window, and the drawing overlaps the
-verdicts, which do not depend on it. The child draws each report in a fork of itself, all at once. The check
-waits for the child before it logs the reports."""
+verdicts, which do not depend on it. The child draws the first report and forks itself for each other one, so
+that all are drawn at once. The check waits for the child before it logs the reports."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -103,7 +104,7 @@ def _role_columns(roles: Roles) -> tuple[list[str], list[str]]:
 
 class ReportProcess:
     """The child process that draws a check's reports: started at once, given its jobs with ``draw``, waited
-    for with ``wait``; a child still running when the context ends (the check failed) is killed."""
+    for with ``wait``; a child or fork still running when the context ends (the check failed) is killed."""
 
     def __init__(self) -> None:
         self._scratch = Path(tempfile.mkdtemp(prefix="flightplan-reports-"))
@@ -115,6 +116,7 @@ class ReportProcess:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 text=True,
+                start_new_session=True,  # a group of its own, which its forks join: killed together
             )
         self._expected: dict[str, Path] = {}
 
@@ -122,8 +124,8 @@ class ReportProcess:
         return self
 
     def __exit__(self, *_: object) -> None:
-        if self._child.poll() is None:
-            self._child.kill()
+        if self._child.poll() is None:  # the check failed or timed out: the child and its forks go
+            os.killpg(self._child.pid, signal.SIGKILL)
             self._child.wait()
         if self._child.stdin is not None:
             with contextlib.suppress(BrokenPipeError):

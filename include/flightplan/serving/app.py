@@ -62,8 +62,8 @@ MAX_BODY_BYTES = 32 << 20
 # (a network dropping packets, a database that hangs) must not hold clients and their connections without end.
 # Far above a commit's usual milliseconds, below the 30 s clients and proxies commonly give a request.
 LOG_WAIT_SECONDS = 10.0
-# Requests of this many rows or more are logged as typed columns, as a segment of their own: a tenth of the cost
-# per row of a row of JSON text each (bench/log_bench.py), and monitoring reads them without parsing.
+# Requests of this many rows or more are logged as typed columns, as a segment of their own: about half the cost
+# per row of a row of JSON text each, with no sealing after (bench/log_bench.py).
 COLUMNAR_ROWS = 100
 
 

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
-from pydantic import ConfigDict, StringConstraints
+from pydantic import ConfigDict, Field, StringConstraints
 from typing_extensions import TypedDict
 
 from flightplan.config import ColumnType, PipelineConfig
@@ -27,10 +27,12 @@ from flightplan.features import FeatureMap, input_columns
 # pydantic needs typing_extensions' TypedDict before Python 3.12; its functional form builds one from config.
 make_typed_dict: Any = TypedDict
 
-PYTHON_TYPES: dict[ColumnType, type] = {
+# An integer as the log and the data keep it, in 64 bits: a larger one is refused, its field named.
+INT64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+PYTHON_TYPES: dict[ColumnType, Any] = {
     "string": str,
-    "int": int,
-    "long": int,
+    "int": INT64,
+    "long": INT64,
     "double": float,
     "boolean": bool,
     "date": date,
