@@ -264,7 +264,8 @@ def logged_rows(
 ) -> AnsweredRequest:
     """The rows of a request as the log takes them: the records as JSON text, or, for a request of
     ``COLUMNAR_ROWS`` or more when the pipeline's record ``schema`` is given, as typed columns."""
-    columnar = schema is not None and len(records) >= COLUMNAR_ROWS
+    columns = typed_columns(records, schema) if schema is not None and len(records) >= COLUMNAR_ROWS else None
+    columnar = columns is not None
     return AnsweredRequest(
         request_id,
         pipeline,
@@ -273,8 +274,17 @@ def logged_rows(
         inputs=[] if columnar else [pydantic_core.to_json(record).decode() for record in records],  # times in ISO
         predictions=[pydantic_core.to_json(answer.prediction).decode() for answer in answers],
         probabilities=[answer.probability for answer in answers],
-        columns=pa.Table.from_pylist(records, schema=schema) if columnar else None,
+        columns=columns,
     )
+
+
+def typed_columns(records: list[dict[str, Any]], schema: pa.Schema) -> pa.Table | None:
+    """The records as columns of ``schema``, or None when one holds a value the columns cannot (an integer
+    beyond 64 bits): the request is then logged as text, as a small one is."""
+    try:
+        return pa.Table.from_pylist(records, schema=schema)
+    except (OverflowError, pa.ArrowException):
+        return None
 
 
 def versions_changed(reloads: list[dict[str, Any]]) -> bool:

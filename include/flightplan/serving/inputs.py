@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
-from pydantic import ConfigDict, Field, StringConstraints
+from pydantic import ConfigDict, StringConstraints
 from typing_extensions import TypedDict
 
 from flightplan.config import ColumnType, PipelineConfig
@@ -27,12 +27,10 @@ from flightplan.features import FeatureMap, input_columns
 # pydantic needs typing_extensions' TypedDict before Python 3.12; its functional form builds one from config.
 make_typed_dict: Any = TypedDict
 
-# An integer as the log and the data keep it, in 64 bits: a larger one is refused, its field named.
-INT64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
-PYTHON_TYPES: dict[ColumnType, Any] = {
+PYTHON_TYPES: dict[ColumnType, type] = {
     "string": str,
-    "int": INT64,
-    "long": INT64,
+    "int": int,
+    "long": int,
     "double": float,
     "boolean": bool,
     "date": date,
