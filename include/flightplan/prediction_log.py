@@ -912,12 +912,14 @@ def _least_sure_of(table: pa.Table, labelled: pa.Array, task: str, limit: int) -
     if sureness is not None:
         table = table.take(pc.sort_indices(pa.table({"s": sureness}), sort_keys=[("s", "ascending")])[:limit])
     logged = {LOG_ID: "id", LOG_TIME: "created_at", LOG_VERSION: "model_version", LOG_PREDICTION: "prediction"}
-    rows = []
-    for row in table.slice(0, limit).to_pylist():
-        inputs = {name: value for name, value in row.items() if value is not None and not name.startswith("log.")}
-        rows.append({**{to: row[name] for name, to in logged.items()}, "probability": row[LOG_PROBABILITY]})
-        rows[-1]["inputs"] = inputs
-    return rows
+    return [
+        {
+            **{to: row[name] for name, to in logged.items()},
+            "probability": row[LOG_PROBABILITY],
+            "inputs": {name: value for name, value in row.items() if value is not None and not name.startswith("log.")},
+        }
+        for row in table.slice(0, limit).to_pylist()
+    ]
 
 
 def _unsureness(task: str, row: dict[str, Any]) -> tuple[float, str]:
