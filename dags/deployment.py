@@ -3,7 +3,8 @@
 
 From a new `challenger` to the served `champion`, safely:
 
-**compare** (the candidate against the champion on the newest labeled days; a loss stops here) →
+**compare** (the candidate against the champion on the newest labeled days, less the rows either trained
+on; a loss stops here) →
 **approve** (only when the pipeline's `deployment.require_approval` is on: a person answers in the
 Airflow UI; no answer in 24 h is a rejection) → **promote** (`champion` → the candidate, `previous` → the
 old champion) → **reload_service** (the inference API loads it now) → **smoke_test** (recent records

@@ -306,6 +306,17 @@ class DeploymentSpec(Strict):
     smoke_rows: Annotated[int, Field(ge=1, le=1000)] = Field(
         default=20, description="recent records sent through the live API after a promotion"
     )
+    shadow: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.0,
+        description="share of the champion's requests that the `challenger` answers too, unseen by the caller: "
+        "its answers are logged beside the champion's, to compare the two on the same live rows",
+    )
+    canary: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.0,
+        description="share of requests that the `challenger` answers instead of the champion (a request with "
+        "an X-Caller-Key header always gets the version its key falls on); the champion answers each of them "
+        "in shadow",
+    )
     max_string_length: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
         default=256,
         description="the longest text a field of a request to the inference API may carry (records, raw records, "
@@ -594,6 +605,11 @@ class PipelineConfig(Strict):
     def all_columns(self) -> list[ColumnSpec]:
         """Source columns then the columns the dimensions add: the schema of an ingested row."""
         return list(self.source.columns) + [c for d in self.dimensions for c in d.joined_columns]
+
+    @property
+    def split_key(self) -> list[str]:
+        """The columns a row's split side is drawn from: the source key, or every column when there is none."""
+        return self.source.key or [c.name for c in self.all_columns]
 
     @property
     def registered_model(self) -> str:

@@ -224,7 +224,8 @@ class MonitoringSummary(Manifest):
 
 class DeploymentDecision(Manifest):
     """The deployment gate's decision: ``note`` when there was nothing to compare (no champion yet, or the
-    candidate is the champion), else the comparison on the newest labeled days."""
+    candidate is the champion), else the comparison on the newest labeled days: ``rows`` compared, after
+    ``learned_rows_left_out`` rows that either version trained on."""
 
     pipeline: str
     candidate: str
@@ -234,6 +235,7 @@ class DeploymentDecision(Manifest):
     note: str | None = Field(default=None, exclude_if=_absent_when_none)
     checks: list[dict[str, Any]] | None = Field(default=None, exclude_if=_absent_when_none)
     rows: int | None = Field(default=None, exclude_if=_absent_when_none)
+    learned_rows_left_out: int | None = Field(default=None, exclude_if=_absent_when_none)
     days: list[date] | None = Field(default=None, exclude_if=_absent_when_none)
     candidate_metrics: dict[str, float] | None = Field(default=None, exclude_if=_absent_when_none)
     champion_metrics: dict[str, float] | None = Field(default=None, exclude_if=_absent_when_none)

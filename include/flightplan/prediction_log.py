@@ -19,6 +19,10 @@ A large request skips the text: its records arrive as typed columns and are stor
 segment of its own, sealed in the commit that answers it (one row in the database instead of one per answer,
 and no JSON to write or parse). Its answers' ids, ``<request_id>-<row>``, are found through the segment's
 request id.
+
+A version answering in shadow (a challenger beside the champion, or the champion beside a canary) has its
+answers in a table of their own, keyed by the served answer's id and the shadow's version: they share the
+served row's inputs and ground truth, and no reader of the served answers sees them.
 """
 
 from __future__ import annotations
@@ -105,6 +109,19 @@ segments = sa.Table(
     # Windows are read by time: with a segment per large request, the table grows with the requests.
     sa.Index("ix_prediction_segments_pipeline_first_at", "pipeline", "first_at"),
 )
+# What a version answered in shadow (unseen by the caller) to a request another version served: the served
+# answer's id, so that its inputs and ground truth are the served row's.
+shadow_answers = sa.Table(
+    "shadow_answers",
+    metadata,
+    sa.Column("id", sa.String(80), primary_key=True),
+    sa.Column("model_version", sa.String(32), primary_key=True),
+    sa.Column("pipeline", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("prediction", sa.Text, nullable=False),
+    sa.Column("probability", sa.Float, nullable=True),
+    sa.Index("ix_shadow_answers_pipeline_version", "pipeline", "model_version"),
+)
 feedback = sa.Table(
     "feedback",
     metadata,
@@ -144,6 +161,15 @@ class AnsweredRequest:
     predictions: list[str]
     probabilities: list[float | None]
     columns: pa.Table | None = None
+
+    def shadow_rows(self, created_at: datetime) -> list[dict[str, Any]]:
+        """The rows of answers given in shadow (``submit_shadow``: ``ids`` are the served answers', no inputs)."""
+        answers = zip(self.ids, self.predictions, self.probabilities, strict=True)
+        return [
+            {"id": i, "model_version": self.model_version, "pipeline": self.pipeline, "created_at": created_at,
+             "prediction": prediction, "probability": probability}
+            for i, prediction, probability in answers
+        ]  # fmt: skip
 
     def rows(self, created_at: Any, segment: int) -> Iterator[tuple[Any, ...]]:
         """Rows in the column order of the predictions table."""
@@ -472,6 +498,7 @@ class PredictionLog:
         self._closing = threading.Lock()  # nothing is queued behind the writer's stop
         self._closed = False
         self._queue: queue.Queue[tuple[list[AnsweredRequest], Future[None]] | None] = queue.Queue()
+        self._shadows: list[AnsweredRequest] = []  # answers given in shadow, committed when no request waits
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
@@ -490,6 +517,22 @@ class PredictionLog:
                 self._queue.put((answered, done))
         return done
 
+    def submit_shadow(self, answered: AnsweredRequest) -> bool:
+        """Answers given in shadow, committed in a transaction of their own once no served request waits: they
+        never delay nor fail a served answer's commit. False when the log is closed (they are dropped)."""
+        with self._closing:
+            if self._closed:
+                return False
+            if not self._shadows:
+                self._queue.put(([], Future()))  # wakes the writer, as a request with no rows
+            self._shadows.append(answered)
+        return True
+
+    @property
+    def shadow_rows_waiting(self) -> int:
+        with self._closing:
+            return sum(len(each.ids) for each in self._shadows)
+
     def close(self) -> None:
         """Commit what is queued, seal the open segments, then stop the writer."""
         with self._closing:
@@ -503,6 +546,8 @@ class PredictionLog:
             batch, stop = self._next_batch()
             if batch:
                 self._commit(batch)
+            if stop or self._queue.empty():
+                self._commit_shadows()
             self._hand_over_segments(everything=stop)
             if stop:
                 self._disconnect()
@@ -550,6 +595,10 @@ class PredictionLog:
 
     def _commit(self, batch: list[tuple[list[AnsweredRequest], Future[None]]]) -> None:
         answered = [each for requests, _ in batch for each in requests]
+        if not answered:  # only the wake-ups of shadow answers
+            for _, done in batch:
+                done.set_result(None)
+            return
         try:
             opened = self._insert_rows(answered)
         except Exception as err:
@@ -566,6 +615,22 @@ class PredictionLog:
             )
         for _, done in batch:
             done.set_result(None)
+
+    def _commit_shadows(self) -> None:
+        with self._closing:
+            shadows, self._shadows = self._shadows, []
+        rows = [row for each in shadows for row in each.shadow_rows(datetime.now(UTC))]
+        if not rows:
+            return
+        try:
+            if self._connection is None:
+                self._connection = self.engine.connect()
+            self._connection.execute(shadow_answers.insert(), rows)
+            self._connection.commit()
+        except Exception as err:  # the served answers stand; these are missing from the live comparison
+            log.error("prediction log: %d answer(s) given in shadow not committed: %s", len(rows), err)
+            self._disconnect()
+        self._last_commit = time.monotonic()
 
     def _insert_rows(self, answered: list[AnsweredRequest]) -> dict[str, int]:
         """Commits the rows; returns the segment of each pipeline they went to."""

@@ -574,6 +574,8 @@ def _training_sections(
             "min_rows": min(1000, max(50, profile.rows // 10)),
             "min_labeled_rows": min(200, max(30, profile.rows // 20)),
         },
+        # Half the test side: on a snapshot, the only rows that no model of its split trained on.
+        "deployment": {"min_rows": min(100, max(30, profile.rows * 15 // 200))},
     }
 
 
@@ -653,6 +655,10 @@ SECTION_NOTES = {
         "The nightly check of the served model's traffic (drift, and performance once ground truth is sent",
         "back): with fewer answered or labeled rows in its window it reports but does not decide. Sized to",
         "this file; see the configuration reference for the drift and metric thresholds.",
+    ],
+    "deployment": [
+        "A retrained challenger is compared with the champion on recent labeled rows that neither trained",
+        "on; with fewer such rows it is not promoted (half the test side of this file's split).",
     ],
     "model": [
         "Model engineering: slices get their own metrics, selection drops features that earn less than",

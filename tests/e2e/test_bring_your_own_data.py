@@ -213,6 +213,8 @@ def test_init_drafts_what_each_dataset_needs(byod: dict) -> None:
     assert len(caravan.features.numeric) == 85 and caravan.source.key == ["rownames"]
     assert (penguins.source.format, penguins.label.task) == ("parquet", "multiclass")
     assert penguins.column("sex").max_null_fraction > 0 and "sex" in penguins.features.categorical
+    # Its 344 rows leave about 50 that no model of its split trained on (the test side): the gate needs 30.
+    assert (penguins.deployment.min_rows, caravan.deployment.min_rows) == (30, 100)
     assert diamonds.label.task == "regression" and diamonds.split.strategy == "stratified"
     assert set(diamonds.features.categorical) == {"cut", "color", "clarity"}
     assert "rownames" not in diamonds.features.numeric and "price" not in diamonds.features.numeric
@@ -449,6 +451,12 @@ def test_a_pending_approval_holds_no_other_pipeline_and_a_stale_event_only_its_o
     assert state == "success", api.task_states(dag_id("penguins", "deployment"), deployment["dag_run_id"])
     ready = httpx.get(f"{byod['url']}/ready").json()
     assert ready["pipelines"]["penguins"]["version"] == str(trained[0].version)
+    decided = Path(byod["settings"].reports_root, "penguins", "deployment", f"{deployment['dag_run_id']}.json")
+    decision = json.loads(decided.read_text())
+    split = json.loads(Path(run.data.tags["flightplan.split_manifest"]).read_text())["sides"]
+    # Both versions trained on the one stratified split of the snapshot: compared on its test side alone.
+    assert decision["rows"] == split["test"]["rows"] and decision["champion"] is not None
+    assert decision["learned_rows_left_out"] == split["train"]["rows"] + split["validation"]["rows"]
     states = api.task_states(dag_id("caravan", "deployment"), waiting["dag_run_id"])
     assert states["approve"] == "awaiting_input" and states["promote"] is None  # still waiting for its person
     detail = api.http.get(

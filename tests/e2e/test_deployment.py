@@ -77,6 +77,7 @@ def test_promote_rollback_refuse_and_automatic_rollback(
 
     dags_test(env, "flights.rollback", {"reason": "e2e rollback"})
     assert aliases(settings)["champion"] == first and "previous" not in aliases(settings)
+    assert "challenger" not in aliases(settings)  # the version rolled back held it: no shadow or canary traffic
     assert serving(service) == first
 
     worse = register_worse_challenger()

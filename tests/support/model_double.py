@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from flightplan.config import PipelineConfig
 from flightplan.features import FeatureMap, configured_features
-from flightplan.model.registry import CHAMPION
+from flightplan.model.registry import CHALLENGER, CHAMPION
 from flightplan.serving.inputs import RowEncoder
 from flightplan.serving.models import ModelRefused, ModelSource, Scorer, ServedModel, smoke_test
 
@@ -32,11 +32,12 @@ def present_share(matrix: np.ndarray) -> np.ndarray:
     return 1.0 - np.isnan(matrix).mean(axis=1)
 
 
-def double_scores(task: str, classes: list[str]) -> Scorer:
-    """binary: P(1) is the present share; regression: the sum of the present values; multiclass: all the
+def double_scores(task: str, classes: list[str], version: str) -> Scorer:
+    """binary: P(1) is the present share divided by the version's number, so that versions answer apart;
+    regression: the sum of the present values; multiclass: all the
     probability on the class whose index is the count of present features, modulo the classes."""
     if task == "binary":
-        return present_share
+        return lambda matrix: present_share(matrix) / int(version)
     if task == "regression":
         return lambda matrix: np.nansum(matrix.astype(np.float64), axis=1)
 
@@ -60,16 +61,18 @@ def model_double(config: PipelineConfig, version: str, classes: list[str] | None
         threshold=DOUBLE_THRESHOLD,
         classes=chosen,
         encoder=RowEncoder(config, double_feature_map(config)),
-        scores=double_scores(task, chosen),
+        scores=double_scores(task, chosen, version),
     )
 
 
 @dataclass
 class DoubleRegistry:
-    """The double's registry: each pipeline's champion alias points at version 1 until a test moves it, and a
-    version listed in ``broken`` fails to load, as a version a registry holds but cannot serve."""
+    """The double's registry: each pipeline's champion alias points at version 1 until a test moves it, its
+    challenger alias at none until a test sets it, and a version listed in ``broken`` fails to load, as a
+    version a registry holds but cannot serve."""
 
     champions: dict[str, str | None] = field(default_factory=dict)
+    challengers: dict[str, str | None] = field(default_factory=dict)
     broken: set[str] = field(default_factory=set)
     classes: list[str] | None = None
 
@@ -83,6 +86,8 @@ class PipelineDoubles:
     config: PipelineConfig
 
     def version_of(self, alias: str) -> str | None:
+        if alias == CHALLENGER:
+            return self.registry.challengers.get(self.config.name)
         assert alias == CHAMPION, alias
         return self.registry.champions.get(self.config.name, "1")
 

@@ -22,7 +22,7 @@ class Doubler:
 
 def test_items_submitted_in_one_turn_are_answered_by_one_call_per_key() -> None:
     answer = Doubler()
-    batcher: TurnBatcher[int, int] = TurnBatcher(answer, max_items=100)
+    batcher: TurnBatcher[str, int, int] = TurnBatcher(answer, max_items=100)
 
     async def clients() -> list[int]:
         return await asyncio.gather(*(batcher.submit("odd" if n % 2 else "even", n) for n in range(6)))
@@ -33,7 +33,7 @@ def test_items_submitted_in_one_turn_are_answered_by_one_call_per_key() -> None:
 
 def test_a_full_batch_starts_at_once_and_the_rest_form_the_next() -> None:
     answer = Doubler()
-    batcher: TurnBatcher[int, int] = TurnBatcher(answer, max_items=2)
+    batcher: TurnBatcher[str, int, int] = TurnBatcher(answer, max_items=2)
 
     async def clients() -> list[int]:
         return await asyncio.gather(*(batcher.submit("key", n) for n in range(5)))
@@ -43,7 +43,7 @@ def test_a_full_batch_starts_at_once_and_the_rest_form_the_next() -> None:
 
 
 def test_an_item_answered_with_an_exception_fails_only_its_caller() -> None:
-    batcher: TurnBatcher[int, int] = TurnBatcher(Doubler(refused=frozenset({1})), max_items=10)
+    batcher: TurnBatcher[str, int, int] = TurnBatcher(Doubler(refused=frozenset({1})), max_items=10)
 
     async def clients() -> list[int | BaseException]:
         return await asyncio.gather(*(batcher.submit("key", n) for n in range(3)), return_exceptions=True)
@@ -55,7 +55,7 @@ def test_an_item_answered_with_an_exception_fails_only_its_caller() -> None:
 
 def test_a_caller_that_stopped_waiting_before_its_batch_started_is_left_out() -> None:
     answer = Doubler()
-    batcher: TurnBatcher[int, int] = TurnBatcher(answer, max_items=10)
+    batcher: TurnBatcher[str, int, int] = TurnBatcher(answer, max_items=10)
 
     async def clients() -> int:
         gone = asyncio.ensure_future(batcher.submit("key", 7))

@@ -235,7 +235,9 @@ def test_the_champion_moves_on_reload_and_a_broken_version_leaves_the_old_one_se
     record = full_record(config)
     registry.champions["flights"], registry.broken = "3", {"3"}
     refused = api.post("/admin/reload", headers=ADMIN_AUTH).json()
-    assert refused == [{"pipeline": "flights", "before": "1", "serving": "1", "error": refused[0]["error"]}]
+    assert refused == [
+        {"pipeline": "flights", "alias": "champion", "before": "1", "serving": "1", "error": refused[0]["error"]}
+    ]
     assert "version 3" in refused[0]["error"]
     assert api.get("/ready").json()["pipelines"]["flights"] == {
         "model": config.registered_model,

@@ -33,8 +33,7 @@ def assign_split(frame: DataFrame, config: PipelineConfig) -> DataFrame:
         moment = F.col(config.source.time_column).cast("double")
         low, high = _time_cuts(frame, config.source.time_column, train_end, validation_end)
         return frame.withColumn("split", _side(moment, low, high))
-    key = config.source.key or [c.name for c in config.all_columns]
-    order = F.xxhash64(F.lit(spec.seed), *[F.col(k) for k in key])
+    order = F.xxhash64(F.lit(spec.seed), *[F.col(k) for k in config.split_key])
     if config.label.task == "regression":
         # A continuous label has no classes to stratify by: each row's side is its hash's place in [0, 1).
         place = F.pmod(order, F.lit(HASH_BUCKETS)) / HASH_BUCKETS

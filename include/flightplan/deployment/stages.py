@@ -1,10 +1,10 @@
 """Promotion and rollback of a pipeline's served model, as the deployment DAG's tasks call them.
 
 A candidate (the `challenger`, or a version asked for) is compared with the `champion` on the newest
-labeled data; if it wins, `champion` moves to it and the old champion keeps the alias `previous`; the
-service is told to reload and a few recent records go through the live API. When the service cannot load
-it or answers wrongly, `champion` moves back. Every decision is an MLflow run of the
-``<pipeline>-deployment`` experiment."""
+labeled data, less the rows either of them trained on; if it wins, `champion` moves to it and the old
+champion keeps the alias `previous`; the service is told to reload and a few recent records go through the
+live API. When the service cannot load it or answers wrongly, `champion` moves back. Every decision is an
+MLflow run of the ``<pipeline>-deployment`` experiment."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from flightplan.config import AcceptanceSpec, PipelineConfig
 from flightplan.layout import Layout, open_pipeline
@@ -29,6 +31,7 @@ from flightplan.model.registry import (
     decision_threshold,
 )
 from flightplan.serving.client import service_client
+from flightplan.serving.traffic import ALIAS_HEADER
 from flightplan.settings import Settings
 from flightplan.tracking import RunContext, stage_run
 
@@ -58,6 +61,7 @@ class DeployJob:
         return open_pipeline(self.pipeline)
 
 
+NULL_TEXT = "\x00"  # a missing value, in the text of rows compared by hash: no value of a column reads so
 ALREADY_CHAMPION = "version {} is already the champion"
 FIRST_CHAMPION = "no champion yet: the first model is deployed"
 
@@ -66,7 +70,7 @@ def deployment_experiment(config: PipelineConfig) -> str:
     return f"{config.name}-deployment"
 
 
-def recent_labeled(layout: Layout, days: int) -> tuple[pd.DataFrame, list[date]]:
+def recent_labeled(layout: Layout, days: int) -> tuple[pa.Table, list[date]]:
     """The newest ``days`` day partitions of the labeled data, with derived features, in a fixed order."""
     from flightplan.data.batches import read_in_order
     from flightplan.features import derive
@@ -77,7 +81,60 @@ def recent_labeled(layout: Layout, days: int) -> tuple[pd.DataFrame, list[date]]
     found = sorted(date.fromisoformat(p.name.split("=", 1)[1]) for p in root.glob(f"{column}=*") if p.is_dir())
     chosen = found[-days:]
     table = read_in_order(root, column, chosen, source.time_column)
-    return derive(table, layout.config.features.derived).to_pandas(), chosen
+    return derive(table, layout.config.features.derived), chosen
+
+
+def learned_rows(config: PipelineConfig, table: pa.Table, splits: list[Path]) -> np.ndarray:
+    """Which rows of ``table`` are in a train or validation side of the ``splits`` (manifests), matched by the
+    split key. A model learned from its train side and stopped early on its validation side: a stratified or
+    snapshot split puts such rows among the newest days, where they would flatter it."""
+    import pyarrow.parquet as pq
+
+    from flightplan.manifests import SplitManifest
+
+    key = table.select(config.split_key)
+    seen = [np.empty(0, dtype=np.uint64)]
+    for manifest in map(SplitManifest.read, dict.fromkeys(splits)):
+        for side in ("train", "validation"):
+            # Cast to the table's types, so that equal values hash alike whatever each file's widths or units.
+            seen.append(_row_hashes(pq.read_table(manifest.paths[side], columns=key.column_names).cast(key.schema)))
+    return np.isin(_row_hashes(key), np.concatenate(seen))
+
+
+def _row_hashes(table: pa.Table) -> np.ndarray:
+    """A hash per row, equal for equal rows (nulls included) of tables of one schema. Hashed as text: pandas
+    hashes an integer column by its dtype, which its nulls change (float64 with, int64 without)."""
+    import pyarrow.compute as pc
+
+    texts = [pc.fill_null(column.cast(pa.string()), NULL_TEXT) for column in table.columns]
+    return pd.util.hash_pandas_object(pa.table(texts, names=table.column_names).to_pandas(), index=False).to_numpy()
+
+
+def _training_splits(
+    settings: Settings, config: PipelineConfig, candidate: str, champion: str
+) -> tuple[list[Path], str | None]:
+    """The split manifests of what the two versions trained on, and a note when the champion's cannot be known
+    (a version registered by hand, a split since deleted): nothing is then left out for it. The candidate's
+    must be known."""
+    from mlflow.exceptions import MlflowException
+
+    from flightplan.model.registry import split_manifest_path
+
+    splits, note = [], None
+    for version in (candidate, champion):
+        try:
+            path = Path(split_manifest_path(settings, config.registered_model, version))
+            if not path.is_file():
+                raise FileNotFoundError(f"its split manifest {path} is gone")
+            splits.append(path)
+        except (KeyError, FileNotFoundError, MlflowException) as unknown:
+            if version == candidate:
+                raise ChallengerRefused(
+                    f"{config.registered_model} version {version}: the rows it trained on are unknown ({unknown}), "
+                    "so no recent row can be trusted to compare it on"
+                ) from unknown
+            note = f"champion version {version}: the rows it trained on are unknown ({unknown}); none left out for it"
+    return splits, note
 
 
 def _metrics(model: RegisteredModel, frame: pd.DataFrame) -> dict[str, float]:
@@ -127,11 +184,15 @@ def _contest(layout: Layout, settings: Settings, version: str, champion_version:
     from flightplan.model.registry import load_version
 
     config, spec = layout.config, layout.config.deployment
-    frame, days = recent_labeled(layout, spec.recent_days)
+    recent, days = recent_labeled(layout, spec.recent_days)
+    splits, note = _training_splits(settings, config, version, champion_version)
+    learned = learned_rows(config, recent, splits)
+    frame = recent.filter(pa.array(~learned)).to_pandas()
     if len(frame) < spec.min_rows:
         raise ChallengerRefused(
-            f"only {len(frame)} labeled rows in the newest {spec.recent_days} days (need {spec.min_rows}): "
-            "cannot compare the candidate with the champion"
+            f"only {len(frame)} labeled rows in the newest {spec.recent_days} days that neither version trained on "
+            f"({learned.sum()} of {len(recent)} left out; need {spec.min_rows}): cannot compare the candidate with "
+            "the champion"
         )
     candidate_metrics = _metrics(load_version(settings, config.registered_model, version), frame)
     champion_metrics = _metrics(load_version(settings, config.registered_model, champion_version), frame)
@@ -142,6 +203,8 @@ def _contest(layout: Layout, settings: Settings, version: str, champion_version:
         "reasons": verdict.reasons,
         "checks": verdict.checks,
         "rows": len(frame),
+        "learned_rows_left_out": int(learned.sum()),
+        "note": note,
         "days": [d.isoformat() for d in days],
         "candidate_metrics": candidate_metrics,
         "champion_metrics": champion_metrics,
@@ -192,8 +255,9 @@ def promote(job: DeployJob) -> dict[str, str | None]:
 
 
 def rollback(job: DeployJob, why: str, promoted: str | None = None) -> dict[str, str | None]:
-    """`champion` → `previous` (which is then cleared, so a second rollback cannot go further back by accident).
-    With ``promoted``, only if the champion is still that version (someone may have moved it since)."""
+    """`champion` → `previous` (which is then cleared, so a second rollback cannot go further back by accident);
+    the version rolled back loses the `challenger` alias too, if it held it. With ``promoted``, only if the
+    champion is still that version (someone may have moved it since)."""
     from flightplan.tracking import client
 
     settings, config, _ = job.open()
@@ -209,6 +273,8 @@ def rollback(job: DeployJob, why: str, promoted: str | None = None) -> dict[str,
     mlflow_client.delete_registered_model_alias(name, PREVIOUS)
     if current is not None:
         mlflow_client.set_model_version_tag(name, current, "flightplan.rolled_back", why)
+        if alias_version(settings, name, CHALLENGER) == current:  # no shadow or canary traffic for it either
+            mlflow_client.delete_registered_model_alias(name, CHALLENGER)
     log.warning("%s: champion moved back from version %s to %s: %s", name, current, previous, why)
     return {"champion": previous, "rolled_back_from": current}
 
@@ -217,8 +283,8 @@ def recent_records(layout: Layout, rows: int) -> tuple[pd.DataFrame, list[dict[s
     """The newest ``rows`` labeled rows, and the same rows as a client sends them to the API."""
     from flightplan.serving.inputs import json_records, request_fields
 
-    frame, _ = recent_labeled(layout, layout.config.deployment.recent_days)
-    recent = frame.tail(rows)
+    table, _ = recent_labeled(layout, layout.config.deployment.recent_days)
+    recent = table.slice(max(0, len(table) - rows)).to_pandas()
     return recent, json_records(recent, list(request_fields(layout.config)))
 
 
@@ -233,7 +299,8 @@ def reload_service(job: DeployJob) -> str:
         raise ServiceCheckFailed(f"the service at {settings.service_url} cannot be reached: {err}") from err
     if response.status_code != 200:
         raise ServiceCheckFailed(f"reload at {settings.service_url}: HTTP {response.status_code} {response.text}")
-    result = next((r for r in response.json() if r["pipeline"] == config.name), None)
+    champions = (r for r in response.json() if r.get("alias", CHAMPION) == CHAMPION)
+    result = next((r for r in champions if r["pipeline"] == config.name), None)
     if result is None:
         raise ServiceCheckFailed(f"the service at {settings.service_url} does not serve pipeline '{config.name}'")
     if result["serving"] != expected:
@@ -249,7 +316,10 @@ def smoke_test(job: DeployJob) -> dict[str, Any]:
     expected = alias_version(settings, config.registered_model, CHAMPION)
     _, records = recent_records(layout, config.deployment.smoke_rows)
     with service_client(settings) as http:
-        response = http.post(f"/v1/{config.name}/predict/batch", json={"records": records})
+        # Asked of the champion: a canary share would otherwise answer some requests with the challenger.
+        response = http.post(
+            f"/v1/{config.name}/predict/batch", json={"records": records}, headers={ALIAS_HEADER: CHAMPION}
+        )
     problems = []
     if response.status_code != 200:
         problems.append(f"HTTP {response.status_code}: {response.text[:500]}")

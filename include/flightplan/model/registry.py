@@ -86,6 +86,12 @@ def training_run_id(settings: Settings, name: str, version: str) -> str:
     return str(client(settings).get_model_version(name, version).tags["flightplan.run_id"])
 
 
+def split_manifest_path(settings: Settings, name: str, version: str) -> str:
+    """The manifest of the split a registry version was trained on (its training run's lineage tag)."""
+    run = client(settings).get_run(training_run_id(settings, name, version))
+    return str(run.data.tags["flightplan.split_manifest"])
+
+
 def native_booster(settings: Settings, name: str, version: str) -> Any | None:
     """A registry version's booster, loaded; None for a version registered by hand, without the run that
     trained it (its ONNX model then answers everything)."""

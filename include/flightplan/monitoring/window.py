@@ -71,11 +71,10 @@ def reference_frame(settings: Settings, config: PipelineConfig, version: str) ->
     run → its folder), its file, and the manifest of the split it was taken from. A version trained before
     models kept one is scored once now and its reference kept."""
     from flightplan.layout import Layout
-    from flightplan.model.registry import training_run_id
-    from flightplan.tracking import client
+    from flightplan.model.registry import split_manifest_path, training_run_id
 
     run_id = training_run_id(settings, config.registered_model, version)
-    manifest_path = str(client(settings).get_run(run_id).data.tags["flightplan.split_manifest"])
+    manifest_path = split_manifest_path(settings, config.registered_model, version)
     run_dir = Layout(settings, config).model_run(run_id)
     path = run_dir / REFERENCE_FILE
     if not path.exists():

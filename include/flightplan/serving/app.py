@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from flightplan.config import PipelineConfig, load_pipeline, scan_pipelines
 from flightplan.features import label_problem
 from flightplan.layout import Layout
+from flightplan.model.registry import CHALLENGER, CHAMPION
 from flightplan.prediction_log import (
     AnsweredRequest,
     LogUnavailable,
@@ -50,7 +51,16 @@ from flightplan.serving.formats import (
 )
 from flightplan.serving.inputs import InvalidRecord, python_type, record_type
 from flightplan.serving.metrics import ServiceMetrics
-from flightplan.serving.models import Answer, ModelSlot, ModelSources, RegistryModels, ServedModel
+from flightplan.serving.models import (
+    Answer,
+    ModelSlot,
+    ModelSources,
+    RegistryModels,
+    ServedModel,
+    answer_texts,
+    answers_each,
+)
+from flightplan.serving.traffic import Challenger, Route, RouteKey, Routing, ShadowRunner, challenger_of
 from flightplan.settings import TOKEN_VARIABLES, ApiScope, Settings
 
 log = logging.getLogger(__name__)
@@ -65,6 +75,7 @@ LOG_WAIT_SECONDS = 10.0
 # Requests of this many rows or more are logged as typed columns, as a segment of their own: about half the cost
 # per row of a row of JSON text each, with no sealing after (bench/log_bench.py).
 COLUMNAR_ROWS = 100
+ANY_VERSION = Routing()  # a request that asks nothing of the routing
 
 
 @dataclass(frozen=True)
@@ -169,6 +180,7 @@ class CollectResponse(BaseModel):
 
 class ReloadResult(BaseModel):
     pipeline: str
+    alias: str = Field(description="`champion`, or `challenger` for a pipeline that shadows or canaries it")
     before: str | None
     serving: str | None
     error: str | None
@@ -238,19 +250,12 @@ def predicted(model: ServedModel, records: list[dict[str, Any]]) -> list[Answer]
 
 
 def predicted_each(model: ServedModel, records: list[dict[str, Any]]) -> list[Answer | HTTPException]:
-    """The model's answer to each record of single-record requests, in one call; when a record cannot be
-    encoded, each record alone, so that only its own request is refused (naming it as record 0, as it was sent)."""
-    try:
-        return list(predicted(model, records))
-    except HTTPException:
-        return [answer_alone(model, record) for record in records]
-
-
-def answer_alone(model: ServedModel, record: dict[str, Any]) -> Answer | HTTPException:
-    try:
-        return predicted(model, [record])[0]
-    except HTTPException as refusal:
-        return refusal
+    """The model's answer to each record of single-record requests (``answers_each``), a record that cannot be
+    encoded refusing only its own request (naming it as record 0, as it was sent)."""
+    return [
+        HTTPException(status_code=422, detail=str(answer)) if isinstance(answer, InvalidRecord) else answer
+        for answer in answers_each(model, records)
+    ]
 
 
 def logged_rows(
@@ -272,7 +277,7 @@ def logged_rows(
         version,
         ids,
         inputs=[] if columnar else [pydantic_core.to_json(record).decode() for record in records],  # times in ISO
-        predictions=[pydantic_core.to_json(answer.prediction).decode() for answer in answers],
+        predictions=answer_texts(answers),
         probabilities=[answer.probability for answer in answers],
         columns=columns,
     )
@@ -316,18 +321,23 @@ class Service:
         else:
             self.configs = {name: load_pipeline(name, settings.pipelines_dir) for name in options.pipelines}
         self.slots = {name: ModelSlot(config, self.models(config)) for name, config in self.configs.items()}
+        self.challengers = {
+            name: made for name, config in self.configs.items() if (made := challenger_of(config, self.models))
+        }
         self.on_pipelines_changed: Callable[[set[str]], None] = lambda _changed: None
         self.metrics = ServiceMetrics()
         self.engine = create_store_engine(settings.predictions_db_url)
         self.log: PredictionLog | None = None
-        self.single_records: TurnBatcher[dict[str, Any], tuple[str, str, dict[str, Any]]] = TurnBatcher(
-            self.answer_together, max_items=MAX_GATHERED_RECORDS
+        self.shadows: ShadowRunner | None = None
+        self.single_records: TurnBatcher[RouteKey, tuple[dict[str, Any], Route], tuple[str, str, dict[str, Any]]] = (
+            TurnBatcher(self.answer_together, max_items=MAX_GATHERED_RECORDS)
         )
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
 
     def start(self) -> None:
         self.log = PredictionLog(self.engine, self.record_schema)
+        self.shadows = ShadowRunner(self.log, self.metrics)
         self.reload_all(retry_refused=True)
         self._poller = threading.Thread(target=self._poll, name="alias-poller", daemon=True)
         self._poller.start()
@@ -341,6 +351,8 @@ class Service:
         self._stop.set()
         if self._poller:
             self._poller.join()
+        if self.shadows:
+            self.shadows.close()
         if self.log:
             self.log.close()
         self.engine.dispose()
@@ -353,7 +365,8 @@ class Service:
         return results
 
     def _refresh_slots(self, retry_refused: bool) -> list[dict[str, Any]]:
-        results = [slot.refresh(retry_refused) for slot in self.slots.values()]
+        challengers = [challenger.slot for challenger in self.challengers.values()]
+        results = [slot.refresh(retry_refused) for slot in [*self.slots.values(), *challengers]]
         for result in results:
             self.metrics.observe_reload(result)
         return results
@@ -394,10 +407,14 @@ class Service:
         if not changed:
             return changed
         slots = {name: slot for name, slot in self.slots.items() if name in wanted and name not in changed}
+        challengers = {name: each for name, each in self.challengers.items() if name in slots}
         for name in sorted(changed & wanted.keys()):
             slots[name] = ModelSlot(wanted[name], self.models(wanted[name]))
             self.metrics.observe_reload(slots[name].refresh(retry_refused=True))
-        self.configs, self.slots = wanted, slots
+            if made := challenger_of(wanted[name], self.models):
+                challengers[name] = made
+                self.metrics.observe_reload(made.slot.refresh(retry_refused=True))
+        self.configs, self.slots, self.challengers = wanted, slots, challengers
         log.info("pipelines now served: %s (changed: %s)", sorted(wanted), sorted(changed))
         self.on_pipelines_changed(changed)
         return changed
@@ -411,10 +428,28 @@ class Service:
             raise HTTPException(status_code=503, detail=f"pipeline '{pipeline}' has no champion model to serve yet")
         return model
 
-    async def answer(self, pipeline: str, records: list[dict[str, Any]]) -> tuple[str, str, list[dict[str, Any]]]:
+    def route(self, pipeline: str, routing: Routing) -> Route:
+        """The version that answers a request of ``pipeline``, and the one that answers it in shadow, if any."""
+        champion = self.model(pipeline)
+        challenger = self.challengers.get(pipeline)
+        loaded = challenger.slot.current if challenger else None
+        if routing.alias == CHAMPION:
+            return Route(champion)
+        if routing.alias == CHALLENGER:
+            if loaded is None:
+                raise HTTPException(409, f"pipeline '{pipeline}' has no challenger loaded (see /ready)")
+            return Route(loaded, canary=True)
+        if challenger is None:
+            return Route(champion)
+        return challenger.router.route(champion, loaded, routing.caller_key)
+
+    async def answer(
+        self, pipeline: str, records: list[dict[str, Any]], routing: Routing = ANY_VERSION
+    ) -> tuple[str, str, list[dict[str, Any]]]:
         """Predict the records of one request (off the event loop), commit every row to the log, then return
         (request id, model version, one answer per record); a row that cannot be logged is not answered."""
-        model = self.model(pipeline)
+        route = self.route(pipeline, routing)
+        model = route.serving
         started = time.perf_counter()
         answers = await run_in_threadpool(predicted, model, records)
         request_id = uuid.uuid4().hex
@@ -423,28 +458,39 @@ class Service:
         await self.commit(pipeline, [logged])
         elapsed = time.perf_counter() - started
         self.metrics.observe_predictions(pipeline, model.task, answers, elapsed, requests=1, calls=[len(answers)])
+        self.answered(pipeline, route, ids, records)
         return request_id, model.version, answer_bodies(ids, answers)
 
-    async def answer_one(self, pipeline: str, record: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
-        """``answer`` for a single-record request, batched with those of the same pipeline arriving with it
-        (``batching``); its request id is also its answer's id."""
-        return await self.single_records.submit(pipeline, record)
+    def answered(self, pipeline: str, route: Route, ids: list[str], records: list[dict[str, Any]]) -> None:
+        """Once the callers have their answers: counted by the alias that gave them, and shadowed."""
+        self.metrics.routed_rows.labels(pipeline, route.alias).inc(len(ids))
+        if route.shadow is not None and self.shadows is not None:
+            self.shadows.submit(pipeline, route.shadow, ids, records)
+
+    async def answer_one(
+        self, pipeline: str, record: dict[str, Any], routing: Routing = ANY_VERSION
+    ) -> tuple[str, str, dict[str, Any]]:
+        """``answer`` for a single-record request, batched with those of the same pipeline and route arriving
+        with it (``batching``); its request id is also its answer's id."""
+        route = self.route(pipeline, routing)
+        return await self.single_records.submit(RouteKey(pipeline, *route.key), (record, route))
 
     async def answer_together(
-        self, pipeline: str, records: list[dict[str, Any]]
+        self, key: RouteKey, items: list[tuple[dict[str, Any], Route]]
     ) -> list[tuple[str, str, dict[str, Any]] | Exception]:
         """One model call and one log commit for single-record requests: for each, its request id, version and
         answer, or the refusal of that request alone (a record that cannot be encoded). When the whole batch
-        is refused (no model, the log out of reach), each caller gets a refusal of its own."""
+        is refused (the log out of reach), each caller gets a refusal of its own."""
         try:
-            return await self._answer_together(pipeline, records)
+            # The items of a key were routed alike: to models of the same versions.
+            return await self._answer_together(key.pipeline, items[0][1], [record for record, _ in items])
         except HTTPException as err:  # not one instance raised in every caller's task: their tracebacks pile on it
-            return [HTTPException(err.status_code, err.detail, err.headers) for _ in records]
+            return [HTTPException(err.status_code, err.detail, err.headers) for _ in items]
 
     async def _answer_together(
-        self, pipeline: str, records: list[dict[str, Any]]
+        self, pipeline: str, route: Route, records: list[dict[str, Any]]
     ) -> list[tuple[str, str, dict[str, Any]] | Exception]:
-        model = self.model(pipeline)
+        model = route.serving
         started = time.perf_counter()
         answers = predicted_each(model, records)
         served = [
@@ -461,6 +507,7 @@ class Service:
             # A refused record made ``predicted_each`` call the model once per record.
             calls = [len(kept)] if len(kept) == len(records) else [1] * len(kept)
             self.metrics.observe_predictions(pipeline, model.task, kept, elapsed, requests=len(served), calls=calls)
+            self.answered(pipeline, route, [rid for _, rid, _ in served], [records[place] for place, _, _ in served])
         request_ids = {place: rid for place, rid, _ in served}
         return [
             answer
@@ -513,6 +560,13 @@ class Service:
             raise HTTPException(status_code=409, detail=str(err)) from None
         refused = [Refusal(**refusal) for refusal in result.refused]
         return CollectResponse(accepted=result.accepted, refused=refused, file=result.file)
+
+
+def routing_of(request: Request) -> Routing:
+    try:
+        return Routing.of(request.headers)
+    except ValueError as err:
+        raise HTTPException(status_code=400, detail=str(err)) from None
 
 
 def json_response(content: Any) -> Response:
@@ -683,6 +737,7 @@ def add_service_routes(app: FastAPI, service: Service, admin_auth: list[Any]) ->
                 "model": slot.config.registered_model,
                 "version": slot.current.version if slot.current else None,
                 "refused_version": slot.refused if slot.last_error else None,
+                **challenger_state(service.challengers.get(name)),
             }
             for name, slot in service.slots.items()
         }
@@ -699,6 +754,22 @@ def add_service_routes(app: FastAPI, service: Service, admin_auth: list[Any]) ->
         """Load now the version each alias points at (the poller does it every few seconds), retrying a
         version refused before."""
         return service.reload_all(retry_refused=True)
+
+
+def challenger_state(challenger: Challenger | None) -> dict[str, Any]:
+    """What /ready says of a pipeline's challenger, when it shadows or canaries one: the version loaded and the
+    shares of requests it answers in shadow and as the canary."""
+    if challenger is None:
+        return {}
+    slot, router = challenger.slot, challenger.router
+    return {
+        "challenger": {
+            "version": slot.current.version if slot.current else None,
+            "refused_version": slot.refused if slot.last_error else None,
+            "shadow": router.shadow.share,
+            "canary": router.canary.share,
+        }
+    }
 
 
 def routes_of(names: set[str]) -> Callable[[Any], bool]:
@@ -777,7 +848,7 @@ def add_typed_prediction_routes(post: Post, service: Service, name: str, bodies:
     @post("predict", "predict", f"Predict one {name} record", **parsed_body(PredictionResponse, bodies.record_schema))
     async def predict(request: Request) -> Response:
         record = await parse_body(request, bodies.record)
-        request_id, version, answer = await service.answer_one(name, record)
+        request_id, version, answer = await service.answer_one(name, record, routing_of(request))
         return json_response({"request_id": request_id, "pipeline": name, "model_version": version, **answer})
 
     @post(
@@ -788,7 +859,7 @@ def add_typed_prediction_routes(post: Post, service: Service, name: str, bodies:
     )
     async def predict_batch(request: Request) -> Response:
         records = (await parse_body(request, bodies.batch)).records
-        request_id, version, answers = await service.answer(name, records)
+        request_id, version, answers = await service.answer(name, records, routing_of(request))
         return json_response(
             {"request_id": request_id, "pipeline": name, "model_version": version, "predictions": answers}
         )
@@ -816,7 +887,7 @@ def add_invocation_route(
             records = await run_in_threadpool(read, await request.body(), columns)
         except InvalidInvocation as err:
             raise RequestValidationError(err.errors) from None
-        request_id, version, answers = await service.answer(name, records)
+        request_id, version, answers = await service.answer(name, records, routing_of(request))
         return json_response(
             {
                 "predictions": [answer["prediction"] for answer in answers],

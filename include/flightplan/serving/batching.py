@@ -9,27 +9,28 @@ where this service's p50 is about a millisecond.)"""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
+Key = TypeVar("Key", bound=Hashable)
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 # Answers the items of one key together: one result per item, in their order; an exception in the list fails
 # only that item's caller, one raised fails them all.
-BatchAnswer = Callable[[str, list[Item]], Awaitable[list[Result | Exception]]]
+BatchAnswer = Callable[[Key, list[Item]], Awaitable[list[Result | Exception]]]
 
 
-class TurnBatcher(Generic[Item, Result]):
+class TurnBatcher(Generic[Key, Item, Result]):
     """Gathers the items submitted for a key during one turn of the event loop and answers them with one call
     of ``answer``; each caller gets the result of its own item."""
 
-    def __init__(self, answer: BatchAnswer[Item, Result], max_items: int) -> None:
+    def __init__(self, answer: BatchAnswer[Key, Item, Result], max_items: int) -> None:
         self._answer = answer
         self._max_items = max_items  # a batch this full starts at once, so one model call stays short
-        self._pending: dict[str, list[tuple[Item, asyncio.Future[Result]]]] = {}
+        self._pending: dict[Key, list[tuple[Item, asyncio.Future[Result]]]] = {}
         self._answering: set[asyncio.Task[None]] = set()  # referenced until done: the loop keeps only weak ones
 
-    async def submit(self, key: str, item: Item) -> Result:
+    async def submit(self, key: Key, item: Item) -> Result:
         loop = asyncio.get_running_loop()
         result: asyncio.Future[Result] = loop.create_future()
         pending = self._pending.setdefault(key, [])
@@ -41,7 +42,7 @@ class TurnBatcher(Generic[Item, Result]):
             self._start(key)
         return await result
 
-    def _start(self, key: str) -> None:
+    def _start(self, key: Key) -> None:
         # A caller that stopped waiting (its client went away) is left out: its item is not answered, nor logged.
         # (The key may have no items: a full batch started before the turn ended.)
         gathered = [(item, result) for item, result in self._pending.pop(key, []) if not result.done()]
@@ -50,7 +51,7 @@ class TurnBatcher(Generic[Item, Result]):
             self._answering.add(task)
             task.add_done_callback(self._answering.discard)
 
-    async def _settle(self, key: str, gathered: list[tuple[Item, asyncio.Future[Result]]]) -> None:
+    async def _settle(self, key: Key, gathered: list[tuple[Item, asyncio.Future[Result]]]) -> None:
         try:
             try:
                 results = await self._answer(key, [item for item, _ in gathered])

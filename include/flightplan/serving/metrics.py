@@ -101,9 +101,17 @@ class ServiceMetrics:
         self.value = PipelineHistogram("flightplan_prediction_value", "Regression predictions", VALUE_BUCKETS, r)
         self.version = Gauge("flightplan_model_version", "Registry version serving", ["pipeline", "model"], registry=r)
         self.reloads = Counter(
-            "flightplan_model_reloads", "Model swaps and refusals", ["pipeline", "outcome"], registry=r
+            "flightplan_model_reloads", "Model swaps and refusals", ["pipeline", "alias", "outcome"], registry=r
         )
         self.feedback = Counter("flightplan_feedback_labels", "True labels stored", ["pipeline"], registry=r)
+        self.routed_rows = Counter(
+            "flightplan_routed_rows", "Rows answered by the champion or, as a canary, the challenger",
+            ["pipeline", "alias"], registry=r,
+        )  # fmt: skip
+        self.shadow_rows = Counter(
+            "flightplan_shadow_rows", "Rows answered in shadow, refused by the shadow version, failed or skipped",
+            ["pipeline", "outcome"], registry=r,
+        )  # fmt: skip
 
     def observe_predictions(
         self, pipeline: str, task: str, answers: list[Answer], seconds: float, requests: int, calls: list[int]
@@ -123,13 +131,15 @@ class ServiceMetrics:
             self.probability.observe(pipeline, [answer.probability or 0.0 for answer in answers])
 
     def observe_reload(self, result: dict[str, Any]) -> None:
-        pipeline = result["pipeline"]
+        pipeline, alias = result["pipeline"], result["alias"]
         if result["error"]:
-            self.reloads.labels(pipeline, "refused").inc()
+            self.reloads.labels(pipeline, alias, "refused").inc()
         elif result["serving"] != result["before"]:
-            self.reloads.labels(pipeline, "swapped").inc()
+            self.reloads.labels(pipeline, alias, "swapped").inc()
         if result["serving"] is not None:
-            self.version.labels(pipeline, "champion").set(float(result["serving"]))
+            self.version.labels(pipeline, alias).set(float(result["serving"]))
+        elif result["before"] is not None:  # a challenger unloaded: no version is its any more
+            self.version.remove(pipeline, alias)
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+import pydantic_core
 
 from flightplan.config import PipelineConfig
 from flightplan.model import package
 from flightplan.model.registry import CHAMPION, alias_version, decision_threshold, load_version, native_booster
-from flightplan.serving.inputs import RowEncoder
+from flightplan.serving.inputs import InvalidRecord, RowEncoder
 from flightplan.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,11 @@ BOOSTER_MIN_ROWS = 100
 class Answer:
     prediction: Any  # binary: 0/1 at the model's threshold; multiclass: the class; regression: the value
     probability: float | None  # binary: P(1); multiclass: P(predicted class); regression: None
+
+
+def answer_texts(answers: list[Answer]) -> list[str]:
+    """The predictions as the log keeps them: JSON text."""
+    return [pydantic_core.to_json(answer.prediction).decode() for answer in answers]
 
 
 Scorer = Callable[[np.ndarray], np.ndarray]
@@ -50,6 +56,22 @@ class ServedModel:
             best = outputs.argmax(axis=1)
             return [Answer(self.classes[i], float(row[i])) for i, row in zip(best, outputs, strict=True)]
         return [Answer(float(value), None) for value in outputs]
+
+
+def answers_each(model: ServedModel, records: list[dict[str, Any]]) -> list[Answer | InvalidRecord]:
+    """The model's answer to each record, in one call; when a record cannot be encoded, each record alone, so
+    that only that one is refused."""
+    try:
+        return list(model.predict(records))
+    except InvalidRecord:
+        return [_answer_alone(model, record) for record in records]
+
+
+def _answer_alone(model: ServedModel, record: dict[str, Any]) -> Answer | InvalidRecord:
+    try:
+        return model.predict([record])[0]
+    except InvalidRecord as refusal:
+        return refusal
 
 
 @dataclass(frozen=True)
@@ -166,14 +188,19 @@ class ModelSlot:
             target = None
             try:
                 target = self.models.version_of(self.alias)
-                if target == self.refused and not retry_refused:
-                    return {"pipeline": self.config.name, "before": before, "serving": before, "error": None}
-                if target is not None and target != before:
+                if target is None and self.alias != CHAMPION:
+                    # A challenger whose alias is gone stops answering; a champion's last version serves on.
+                    self.current = None
+                elif target == self.refused and not retry_refused:
+                    return self._result(before, before, None)
+                elif target is not None and target != before:
                     self.current = self.models.load(target)
-                    log.info("%s: now serving version %s (was %s)", self.config.name, target, before)
+                    log.info("%s: %s is version %s (was %s)", self.config.name, self.alias, target, before)
                 self.last_error, self.refused = None, None
             except Exception as err:
                 self.last_error, self.refused = str(err), target
                 log.error("%s: reload refused, still serving version %s: %s", self.config.name, before, err)
-            now = self.current.version if self.current else None
-            return {"pipeline": self.config.name, "before": before, "serving": now, "error": self.last_error}
+            return self._result(before, self.current.version if self.current else None, self.last_error)
+
+    def _result(self, before: str | None, serving: str | None, error: str | None) -> dict[str, Any]:
+        return {"pipeline": self.config.name, "alias": self.alias, "before": before, "serving": serving, "error": error}

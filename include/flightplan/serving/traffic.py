@@ -1,0 +1,200 @@
+"""Which version answers a request, and which answers it unseen (in shadow).
+
+A pipeline with a `challenger` to prove (``deployment.canary`` or ``deployment.shadow`` above zero) routes each
+request: the canary share is answered by the challenger, with the champion in shadow, so that every canary
+answer has the champion's beside it; of the others, the shadow share gets the challenger in shadow. The caller
+only ever sees the answer of the version that served it, and the log keeps both, each with its version.
+
+Shares are kept exactly rather than drawn at random: of the first n requests, the share of n (rounded down)
+takes the route (10% canary: every tenth request, whatever the traffic). A request with a caller key goes by
+its key instead: the key's hash falls below the share or not, so a caller keeps the version it got for as long
+as the share stays the same."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import threading
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+from flightplan.config import DeploymentSpec, PipelineConfig
+from flightplan.model.registry import CHALLENGER, CHAMPION
+from flightplan.prediction_log import AnsweredRequest
+from flightplan.serving.metrics import ServiceMetrics
+from flightplan.serving.models import Answer, ModelSlot, ModelSources, ServedModel, answer_texts, answers_each
+
+log = logging.getLogger(__name__)
+
+# The request header naming its caller (a user, a session, a device): the same key always gets the same version.
+CALLER_KEY_HEADER = "X-Caller-Key"
+# The request header that asks for one alias, with nothing in shadow (the deployment's smoke test asks for the
+# champion, which a canary share could otherwise answer).
+ALIAS_HEADER = "X-Model-Alias"
+HASH_PLACES = 2**64
+# Rows waiting for their shadow answers at most: beyond, a request is not shadowed (the shadow falls behind only
+# when the service is saturated, and then it must not take memory or CPU from the served answers).
+SHADOW_BACKLOG_ROWS = 20_000
+
+
+class Share:
+    """Takes ``share`` of the requests it is asked about, spread evenly."""
+
+    def __init__(self, share: float) -> None:
+        self.share = share
+        self._asked = 0
+        self._taken = 0
+        self._lock = threading.Lock()  # the routes ask from the event loop; a test may ask from threads
+
+    def take(self, caller_key: str | None = None) -> bool:
+        if self.share <= 0:
+            return False
+        if caller_key is not None:
+            digest = hashlib.blake2b(caller_key.encode(), digest_size=8).digest()
+            return int.from_bytes(digest, "big") < self.share * HASH_PLACES
+        with self._lock:
+            self._asked += 1
+            # Counted rather than added up: a sum of shares drifts by its rounding (ten times 0.1 is below 1).
+            if self._taken < math.floor(self._asked * self.share + 1e-9):
+                self._taken += 1
+                return True
+        return False
+
+
+@dataclass(frozen=True)
+class Routing:
+    """What a request asks of the routing: its caller key, or an alias to be answered by."""
+
+    caller_key: str | None = None
+    alias: str | None = None
+
+    @classmethod
+    def of(cls, headers: Mapping[str, str]) -> Routing:
+        alias = headers.get(ALIAS_HEADER)
+        if alias not in (None, CHAMPION, CHALLENGER):
+            expected = f"expected {CHAMPION} or {CHALLENGER}"
+            raise ValueError(f"header {ALIAS_HEADER}: {alias!r:.40} is not an alias: {expected}")
+        return cls(headers.get(CALLER_KEY_HEADER), alias)
+
+
+@dataclass(frozen=True)
+class Route:
+    serving: ServedModel
+    shadow: ServedModel | None = None
+    canary: bool = False  # served by the challenger
+
+    @property
+    def alias(self) -> str:
+        return CHALLENGER if self.canary else CHAMPION
+
+    @property
+    def key(self) -> tuple[str, str | None]:
+        """The versions of the route: requests of one route can be answered by the same model calls."""
+        return self.serving.version, self.shadow.version if self.shadow else None
+
+
+class Router:
+    """The routes of one pipeline's requests, by its deployment spec."""
+
+    def __init__(self, spec: DeploymentSpec) -> None:
+        self.canary = Share(spec.canary)
+        self.shadow = Share(spec.shadow)
+
+    @property
+    def wants_challenger(self) -> bool:
+        return self.canary.share > 0 or self.shadow.share > 0
+
+    def route(self, champion: ServedModel, challenger: ServedModel | None, caller_key: str | None = None) -> Route:
+        if challenger is None or challenger.version == champion.version:
+            return Route(champion)
+        if self.canary.take(caller_key):
+            return Route(challenger, champion, canary=True)
+        return Route(champion, challenger if self.shadow.take() else None)
+
+
+class RouteKey(NamedTuple):
+    """The single-record requests of one key are answered together: one pipeline, the same versions."""
+
+    pipeline: str
+    serving: str
+    shadow: str | None
+
+
+@dataclass(frozen=True)
+class Challenger:
+    router: Router
+    slot: ModelSlot  # the `challenger` alias's version, loaded
+
+
+def challenger_of(config: PipelineConfig, models: ModelSources) -> Challenger | None:
+    """What a pipeline that shadows or canaries its challenger needs; None for the others."""
+    router = Router(config.deployment)
+    return Challenger(router, ModelSlot(config, models(config), CHALLENGER)) if router.wants_challenger else None
+
+
+class ShadowLog(Protocol):
+    """Where answers given in shadow go: the prediction log (``PredictionLog.submit_shadow``)."""
+
+    def submit_shadow(self, answered: AnsweredRequest) -> bool: ...
+
+    @property
+    def shadow_rows_waiting(self) -> int: ...
+
+
+class ShadowRunner:
+    """Answers requests in shadow on a thread of its own, once their callers have their answers, and hands the
+    answers to the log, which commits them when no served request waits: the shadow adds no wait to a served
+    answer's commit and takes at most one core. A request whose rows would put more than ``max_backlog_rows``
+    in waiting (to be answered, or committed) is not shadowed (``flightplan_shadow_rows_total{outcome="skipped"}``)."""
+
+    def __init__(self, log: ShadowLog, metrics: ServiceMetrics, max_backlog_rows: int = SHADOW_BACKLOG_ROWS) -> None:
+        self._log = log
+        self._metrics = metrics
+        self._max_backlog_rows = max_backlog_rows
+        self._backlog = 0  # rows waiting to be answered
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="shadow")
+        self._closed = False
+
+    def submit(self, pipeline: str, model: ServedModel, ids: list[str], records: list[dict[str, Any]]) -> None:
+        with self._lock:
+            taken = not self._closed and (
+                self._backlog + self._log.shadow_rows_waiting + len(ids) <= self._max_backlog_rows
+            )
+            if taken:
+                self._backlog += len(ids)
+                self._pool.submit(self._answer, pipeline, model, ids, records)
+        if not taken:
+            self._metrics.shadow_rows.labels(pipeline, "skipped").inc(len(ids))
+
+    def close(self) -> None:
+        """Answers what is waiting (the log, closed after, commits it); what comes later is skipped."""
+        with self._lock:
+            self._closed = True
+        self._pool.shutdown(wait=True)
+
+    def _answer(self, pipeline: str, model: ServedModel, ids: list[str], records: list[dict[str, Any]]) -> None:
+        try:
+            answered = answers_each(model, records)  # a record the shadow's version cannot take is left out
+            kept = [(i, answer) for i, answer in zip(ids, answered, strict=True) if isinstance(answer, Answer)]
+            if kept and not self._log.submit_shadow(shadow_request(pipeline, model.version, kept)):
+                raise RuntimeError("the prediction log is closed")
+            self._metrics.shadow_rows.labels(pipeline, "answered").inc(len(kept))
+            self._metrics.shadow_rows.labels(pipeline, "refused").inc(len(ids) - len(kept))
+        except Exception:  # the served answers stand; the shadow's are missing from the comparison
+            log.exception("%s: version %s could not answer %d rows in shadow", pipeline, model.version, len(ids))
+            self._metrics.shadow_rows.labels(pipeline, "failed").inc(len(ids))
+        finally:
+            with self._lock:
+                self._backlog -= len(ids)
+
+
+def shadow_request(pipeline: str, version: str, answered: list[tuple[str, Answer]]) -> AnsweredRequest:
+    """The log's rows of answers given in shadow, each under the id of the answer that was served."""
+    answers = [answer for _, answer in answered]
+    probabilities = [answer.probability for answer in answers]
+    ids = [i for i, _ in answered]
+    return AnsweredRequest("", pipeline, version, ids, [], answer_texts(answers), probabilities)

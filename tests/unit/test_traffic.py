@@ -1,0 +1,201 @@
+"""A challenger proven on live traffic, in process with the model double (version v answers P(1) / v): in shadow
+beside the champion, or answering a canary share with the champion in shadow; the caller sees only the answer
+of the version that served it, and the log keeps both."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+import yaml
+from fastapi.testclient import TestClient
+from flightplan.config import DeploymentSpec, PipelineConfig, load_pipeline
+from flightplan.prediction_log import AnsweredRequest
+from flightplan.serving.app import COLUMNAR_ROWS, ServiceOptions, create_app
+from flightplan.serving.inputs import request_fields
+from flightplan.serving.metrics import ServiceMetrics
+from flightplan.serving.traffic import ALIAS_HEADER, CALLER_KEY_HEADER, Router, ShadowRunner
+from flightplan.settings import PACKAGE_PIPELINES_DIR, Settings, load_settings
+
+from tests.support.model_double import DoubleRegistry, model_double
+from tests.support.service import scoped_tokens
+from tests.support.serving_clients import ADMIN_AUTH, AUTH, TOKEN
+from tests.unit.test_service import full_record
+
+
+def serving(tmp_path: Path, **shares: float) -> tuple[Settings, PipelineConfig]:
+    """A home whose flights pipeline shadows or canaries its challenger by ``shares``."""
+    folder = tmp_path / "pipelines"
+    folder.mkdir()
+    pipeline = yaml.safe_load((PACKAGE_PIPELINES_DIR / "flights.yaml").read_text())
+    pipeline.setdefault("deployment", {}).update(shares)
+    (folder / "flights.yaml").write_text(yaml.safe_dump(pipeline))
+    settings = load_settings({"FLIGHTPLAN_HOME": str(tmp_path / "home"), "FLIGHTPLAN_PIPELINES_DIR": str(folder)})
+    return settings, load_pipeline("flights", folder)
+
+
+def shadow_rows(settings: Settings) -> dict[str, tuple[str, float]]:
+    """The log's answers given in shadow: version and probability by the served answer's id."""
+    engine = sa.create_engine(settings.predictions_db_url)
+    with engine.connect() as connection:
+        rows = connection.execute(sa.text("select id, model_version, probability from shadow_answers")).all()
+    engine.dispose()
+    return {row[0]: (row[1], row[2]) for row in rows}
+
+
+def served(settings: Settings, registry: DoubleRegistry, sends: list[tuple[str, Any]]) -> tuple[list[Any], str]:
+    """Each (route, body) sent by a client of its own, all at once; the answers' bodies, then the metrics. The
+    service has stopped on return, so that its shadow answers are in the log."""
+    app = create_app(settings, ServiceOptions(["flights"], scoped_tokens(TOKEN), poll_seconds=3600), registry)
+
+    async def clients() -> tuple[list[Any], str]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api", headers=AUTH) as client:
+                answers = await asyncio.gather(*(client.post(f"/v1/flights/{r}", json=b) for r, b in sends))
+                assert all(answer.status_code == 200 for answer in answers), [a.text for a in answers]
+                return [answer.json() for answer in answers], (await client.get("/metrics")).text
+
+    return asyncio.run(clients())
+
+
+def test_the_challenger_answers_every_request_in_shadow_and_only_the_champions_answer_is_sent(
+    tmp_path: Path,
+) -> None:
+    settings, config = serving(tmp_path, shadow=1.0)
+    registry = DoubleRegistry(challengers={"flights": "2"})
+    record = full_record(config)
+    singles = [("predict", record)] * 40
+    batches = [("predict/batch", {"records": [record] * 3}), ("predict/batch", {"records": [record] * COLUMNAR_ROWS})]
+    answers, metrics = served(settings, registry, [*singles, *batches])
+
+    champion = answers[0]["probability"]  # the double's version 2 answers half of version 1's P(1)
+    sent = [(a["id"], a["probability"]) for a in answers[:40]]
+    sent += [(p["id"], p["probability"]) for a in answers[40:] for p in a["predictions"]]
+    assert {a["model_version"] for a in answers} == {"1"} and all(p == pytest.approx(champion) for _, p in sent)
+    assert len(sent) == 40 + 3 + COLUMNAR_ROWS
+    # Every served answer has the challenger's beside it in the log, under the served answer's id.
+    assert shadow_rows(settings) == {i: ("2", pytest.approx(champion / 2)) for i, _ in sent}
+    assert f'flightplan_routed_rows_total{{alias="champion",pipeline="flights"}} {len(sent)}.0' in metrics
+
+
+def test_a_canary_share_is_answered_by_the_challenger_with_the_champion_in_shadow(tmp_path: Path) -> None:
+    settings, config = serving(tmp_path, canary=0.1)
+    registry = DoubleRegistry(challengers={"flights": "2"})
+    record = full_record(config)
+    answers, _ = served(settings, registry, [("predict", record)] * 200)
+    by_version = {v: [a for a in answers if a["model_version"] == v] for v in ("1", "2")}
+    assert (len(by_version["1"]), len(by_version["2"])) == (180, 20)
+    champion = by_version["1"][0]["probability"]
+    assert {a["probability"] for a in by_version["1"]} == {champion}
+    assert all(a["probability"] == pytest.approx(champion / 2) for a in by_version["2"])
+    # Each canary answer has the champion's in shadow; the champion's own answers have none (no shadow share).
+    assert shadow_rows(settings) == {a["id"]: ("1", pytest.approx(champion)) for a in by_version["2"]}
+
+
+def test_a_caller_key_always_gets_the_same_version(tmp_path: Path) -> None:
+    settings, config = serving(tmp_path, canary=0.3)
+    registry = DoubleRegistry(challengers={"flights": "2"})
+    options = ServiceOptions(["flights"], scoped_tokens(TOKEN), poll_seconds=3600)
+    with TestClient(create_app(settings, options, registry)) as api:
+        assert api.get("/ready").json()["pipelines"]["flights"]["challenger"] == {
+            "version": "2",
+            "refused_version": None,
+            "shadow": 0.0,
+            "canary": 0.3,
+        }
+        versions: dict[str, set[str]] = {}
+        for key in [f"user-{n}" for n in range(40)] * 3:
+            answer = api.post("/v1/flights/predict", json=full_record(config), headers={**AUTH, CALLER_KEY_HEADER: key})
+            versions.setdefault(key, set()).add(answer.json()["model_version"])
+    assert all(len(found) == 1 for found in versions.values())
+    assert {"1", "2"} == set().union(*versions.values())
+
+
+def test_a_request_may_ask_for_an_alias_and_a_removed_challenger_stops_answering(tmp_path: Path) -> None:
+    settings, config = serving(tmp_path, canary=1.0)
+    registry = DoubleRegistry(challengers={"flights": "2"})
+    options = ServiceOptions(["flights"], scoped_tokens(TOKEN), poll_seconds=3600)
+    record = full_record(config)
+
+    def version(**headers: str) -> Any:
+        answer = api.post("/v1/flights/predict/batch", json={"records": [record]}, headers={**AUTH, **headers})
+        return answer.json()["model_version"] if answer.status_code == 200 else (answer.status_code, answer.text)
+
+    with TestClient(create_app(settings, options, registry)) as api:
+        assert version() == "2" and version(**{ALIAS_HEADER: "champion"}) == "1"
+        assert version(**{ALIAS_HEADER: "challenger"}) == "2"
+        status, text = version(**{ALIAS_HEADER: "previous"})
+        assert status == 400 and f"header {ALIAS_HEADER}: 'previous' is not an alias" in text
+        registry.challengers["flights"] = None
+        reloads = api.post("/admin/reload", headers=ADMIN_AUTH).json()
+        assert [(r["alias"], r["before"], r["serving"]) for r in reloads] == [
+            ("champion", "1", "1"),
+            ("challenger", "2", None),
+        ]
+        assert version() == "1" and api.get("/ready").json()["pipelines"]["flights"]["challenger"]["version"] is None
+        status, text = version(**{ALIAS_HEADER: "challenger"})
+        assert status == 409 and "no challenger loaded" in text
+        metrics = api.get("/metrics").text
+    assert 'flightplan_model_version{model="challenger"' not in metrics and 'model="champion"' in metrics
+    # Only the first request was answered with the champion in shadow: the others asked for an alias.
+    assert {row[0] for row in shadow_rows(settings).values()} == {"1"} and len(shadow_rows(settings)) == 1
+
+
+def test_over_ten_thousand_requests_the_canary_share_is_kept_within_a_point(tmp_path: Path) -> None:
+    _, config = serving(tmp_path)
+    champion, challenger = model_double(config, "1"), model_double(config, "2")
+    router = Router(DeploymentSpec(canary=0.07))
+    keyless = [router.route(champion, challenger).canary for _ in range(10_000)]
+    keyed = [router.route(champion, challenger, f"caller-{n}").canary for n in range(10_000)]
+    assert sum(keyless) == 700 and abs(sum(keyed) / 10_000 - 0.07) <= 0.01
+    assert not any(router.route(champion, model_double(config, "1")).shadow for _ in range(10))  # no challenger
+
+
+class HeldLog:
+    """A log that keeps what it is given in shadow, uncommitted."""
+
+    def __init__(self) -> None:
+        self.held: list[AnsweredRequest] = []
+
+    def submit_shadow(self, answered: AnsweredRequest) -> bool:
+        self.held.append(answered)
+        return True
+
+    @property
+    def shadow_rows_waiting(self) -> int:
+        return sum(len(each.ids) for each in self.held)
+
+
+def validated(config: PipelineConfig, record: dict[str, Any]) -> dict[str, Any]:
+    """A record as the service holds it once validated: times and dates as Python values."""
+    kinds = request_fields(config)
+    parse = {"timestamp": datetime.fromisoformat, "date": date.fromisoformat}
+    return {name: parse.get(kinds[name], lambda value: value)(value) for name, value in record.items()}
+
+
+def test_a_full_shadow_backlog_skips_requests_and_counts_them(tmp_path: Path) -> None:
+    """Rows waiting to be committed count against the backlog as those waiting to be answered do."""
+    _, config = serving(tmp_path)
+    metrics, log = ServiceMetrics(), HeldLog()
+    runner = ShadowRunner(log, metrics, max_backlog_rows=3)
+    record, challenger = validated(config, full_record(config)), model_double(config, "2")
+    runner.submit("flights", challenger, ["a", "b", "c", "d"], [record] * 4)  # more than the backlog takes
+    runner.submit("flights", challenger, ["e", "f"], [record] * 2)
+    runner.close()  # "e" and "f" answered and held by the log
+    runner = ShadowRunner(log, metrics, max_backlog_rows=3)
+    runner.submit("flights", challenger, ["g", "h"], [record] * 2)  # with the two held: over the backlog
+    runner.submit("flights", challenger, ["i"], [record])
+    runner.close()
+    runner.submit("flights", challenger, ["j"], [record])  # the service is stopping
+    assert [each.ids for each in log.held] == [["e", "f"], ["i"]]
+    assert {each.model_version for each in log.held} == {"2"}
+    text = metrics.render().decode()
+    assert re.search(r'flightplan_shadow_rows_total\{outcome="skipped",pipeline="flights"\} 7\.0', text), text
+    assert re.search(r'flightplan_shadow_rows_total\{outcome="answered",pipeline="flights"\} 3\.0', text), text
