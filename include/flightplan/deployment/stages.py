@@ -118,12 +118,12 @@ def _training_splits(
     must be known."""
     from mlflow.exceptions import MlflowException
 
-    from flightplan.model.registry import split_manifest_path
+    from flightplan.model.registry import split_manifest_path, training_run_id
 
     splits, note = [], None
     for version in (candidate, champion):
         try:
-            path = Path(split_manifest_path(settings, config.registered_model, version))
+            path = Path(split_manifest_path(settings, training_run_id(settings, config.registered_model, version)))
             if not path.is_file():
                 raise FileNotFoundError(f"its split manifest {path} is gone")
             splits.append(path)

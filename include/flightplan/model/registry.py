@@ -86,10 +86,9 @@ def training_run_id(settings: Settings, name: str, version: str) -> str:
     return str(client(settings).get_model_version(name, version).tags["flightplan.run_id"])
 
 
-def split_manifest_path(settings: Settings, name: str, version: str) -> str:
-    """The manifest of the split a registry version was trained on (its training run's lineage tag)."""
-    run = client(settings).get_run(training_run_id(settings, name, version))
-    return str(run.data.tags["flightplan.split_manifest"])
+def split_manifest_path(settings: Settings, run_id: str) -> str:
+    """The manifest of the split a training run (``training_run_id``) trained on: its lineage tag."""
+    return str(client(settings).get_run(run_id).data.tags["flightplan.split_manifest"])
 
 
 def native_booster(settings: Settings, name: str, version: str) -> Any | None:

@@ -74,7 +74,7 @@ def reference_frame(settings: Settings, config: PipelineConfig, version: str) ->
     from flightplan.model.registry import split_manifest_path, training_run_id
 
     run_id = training_run_id(settings, config.registered_model, version)
-    manifest_path = split_manifest_path(settings, config.registered_model, version)
+    manifest_path = split_manifest_path(settings, run_id)
     run_dir = Layout(settings, config).model_run(run_id)
     path = run_dir / REFERENCE_FILE
     if not path.exists():
