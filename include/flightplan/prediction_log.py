@@ -499,6 +499,7 @@ class PredictionLog:
         self._closed = False
         self._queue: queue.Queue[tuple[list[AnsweredRequest], Future[None]] | None] = queue.Queue()
         self._shadows: list[AnsweredRequest] = []  # answers given in shadow, committed when no request waits
+        self._shadow_rows = 0  # their rows, counted as they come: the shadow runner asks before each request
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
@@ -526,12 +527,12 @@ class PredictionLog:
             if not self._shadows:
                 self._queue.put(([], Future()))  # wakes the writer, as a request with no rows
             self._shadows.append(answered)
+            self._shadow_rows += len(answered.ids)
         return True
 
     @property
     def shadow_rows_waiting(self) -> int:
-        with self._closing:
-            return sum(len(each.ids) for each in self._shadows)
+        return self._shadow_rows
 
     def close(self) -> None:
         """Commit what is queued, seal the open segments, then stop the writer."""
@@ -618,8 +619,9 @@ class PredictionLog:
 
     def _commit_shadows(self) -> None:
         with self._closing:
-            shadows, self._shadows = self._shadows, []
-        rows = [row for each in shadows for row in each.shadow_rows(datetime.now(UTC))]
+            shadows, self._shadows, self._shadow_rows = self._shadows, [], 0
+        now = datetime.now(UTC)
+        rows = [row for each in shadows for row in each.shadow_rows(now)]
         if not rows:
             return
         try:
