@@ -4,7 +4,10 @@
 From a new `challenger` to the served `champion`, safely:
 
 **compare** (the candidate against the champion on the newest labeled days, less the rows either trained
-on; a loss stops here) →
+on; a loss stops here) → with `deployment.live_rows` set, **wait_for_live_rows** (the candidate becomes the
+`challenger` the service answers with in shadow or canary; the task waits deferred, holding no worker, until
+that many of the rows both versions answered have their true label) → **live_compare** (a paired bootstrap
+on those rows; a candidate not surely better by the margin stops here) →
 **approve** (only when the pipeline's `deployment.require_approval` is on: a person answers in the
 Airflow UI; no answer in 24 h is a rejection) → **promote** (`champion` → the candidate, `previous` → the
 old champion) → **reload_service** (the inference API loads it now) → **smoke_test** (recent records
@@ -19,14 +22,54 @@ back on demand.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
+from airflow.sdk import BaseOperator, Context, Param, chain, dag, get_current_context, task
 from flightplan import orchestration
 from flightplan.config import PipelineConfig
 from shared import PIPELINES, asset, dag_options, job
+
+
+class WaitForLiveRows(BaseOperator):
+    """Has the service answer with the candidate, then counts its labeled live rows until it has enough; between
+    counts the task is deferred on a timer in the triggerer, so a wait of days holds no worker slot."""
+
+    def __init__(self, *, pipeline: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pipeline = pipeline
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from flightplan.deployment import live
+
+        live.start(job(self.pipeline, orchestration.deploy_job))
+        return self.count_again(context, since=datetime.now(UTC).isoformat())
+
+    def count_again(self, context: Context, since: str, event: Any = None) -> dict[str, Any]:
+        from flightplan.deployment import live
+
+        count = live.counted(job(self.pipeline, orchestration.deploy_job), datetime.fromisoformat(since))
+        if not count["ready"]:
+            self.defer(
+                trigger=TimeDeltaTrigger(timedelta(seconds=count["poll_seconds"])),
+                method_name="count_again",
+                kwargs={"since": since},
+            )
+        return count
+
+
+def live_gate(pipeline: str) -> list[Any]:
+    """The live gate's tasks, in order: wait for the labeled live rows, then judge the candidate on them."""
+
+    @task
+    def live_compare() -> dict[str, Any]:
+        from flightplan.deployment import live
+
+        return live.decide(job(pipeline, orchestration.deploy_job))
+
+    return [WaitForLiveRows(task_id="wait_for_live_rows", pipeline=pipeline), live_compare()]
 
 
 def build(config: PipelineConfig) -> None:
@@ -112,7 +155,8 @@ def build(config: PipelineConfig) -> None:
 
         promoted = promote()
         checks = [reload_service(), smoke_test()]
-        compare() >> approval_needed() >> [approve, promoted]
+        gates = [compare(), *(live_gate(pipeline) if config.deployment.live_rows else [])]
+        chain(*gates, approval_needed(), [approve, promoted])
         approve >> promoted >> checks[0] >> checks[1]
         checks >> roll_back()
 

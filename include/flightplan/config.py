@@ -317,11 +317,37 @@ class DeploymentSpec(Strict):
         "an X-Caller-Key header always gets the version its key falls on); the champion answers each of them "
         "in shadow",
     )
+    live_rows: Annotated[int, Field(ge=0)] = Field(
+        default=0,
+        description="labeled live rows the `challenger` and the champion must both have answered (one serving, "
+        "the other in shadow) before a promotion is decided: deployment waits for them without holding a worker, "
+        "then promotes only if the challenger beats the champion on those rows by `margin`, by a paired "
+        "bootstrap at `live_confidence`. 0: no live gate. Needs `shadow` or `canary` above 0",
+    )
+    live_confidence: Annotated[float, Field(ge=0.5, lt=1)] = Field(
+        default=0.95,
+        description="how sure the live gate's paired bootstrap must be that the challenger's gain on the live rows "
+        "exceeds `margin`",
+    )
+    live_wait_hours: Annotated[float, Field(gt=0)] = Field(
+        default=72.0, description="how long the live gate waits for its rows; fewer by then: the challenger is refused"
+    )
+    live_poll_seconds: Annotated[int, Field(ge=1)] = Field(
+        default=300, description="how often the waiting live gate counts its rows (it holds no worker in between)"
+    )
     max_string_length: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
         default=256,
         description="the longest text a field of a request to the inference API may carry (records, raw records, "
         "class labels); a longer one is refused before it reaches the log, the reports or a training set",
     )
+
+    @model_validator(mode="after")
+    def _live_gate_has_live_rows(self) -> DeploymentSpec:
+        if self.live_rows and not (self.shadow or self.canary):
+            raise ValueError(
+                "live_rows: the live gate compares answers given in shadow or canary: set `shadow` or `canary` above 0"
+            )
+        return self
 
 
 class MonitoringSpec(Strict):
@@ -581,6 +607,11 @@ class PipelineConfig(Strict):
             unknown = sorted(set(names) - set(reported))
             if unknown:
                 raise ValueError(f"{where}: {unknown} are not {self.label.task} metrics (known: {list(reported)})")
+        if self.deployment.live_rows and self.label.task == "multiclass" and self.primary_metric == "log_loss":
+            raise ValueError(
+                "deployment.live_rows: the prediction log keeps only the chosen class's probability, so the live gate "
+                "cannot judge multiclass log_loss: set model.primary_metric to accuracy or f1_macro"
+            )
 
     def _check_imputed_columns_exist(self) -> None:
         imputed = sorted(set(self.wrangle.impute) - self.column_names)

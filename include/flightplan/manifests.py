@@ -241,6 +241,21 @@ class DeploymentDecision(Manifest):
     champion_metrics: dict[str, float] | None = Field(default=None, exclude_if=_absent_when_none)
 
 
+class LiveDecision(Manifest):
+    """The live gate's decision: ``note`` when there was nothing to prove (no champion yet, or the candidate is
+    the champion), else ``test``: the paired bootstrap on the labeled live rows both versions answered (its
+    metric, rows, both versions' values, the gain, its lower bound, the p-value, margin and confidence)."""
+
+    pipeline: str
+    candidate: str
+    champion: str | None
+    decided_at: datetime
+    accepted: bool
+    reasons: list[str]
+    note: str | None = Field(default=None, exclude_if=_absent_when_none)
+    test: dict[str, Any] | None = Field(default=None, exclude_if=_absent_when_none)
+
+
 class BatchScoringManifest(Manifest):
     stage: Literal["batch_inference"] = "batch_inference"
     model: str

@@ -939,6 +939,87 @@ def _conformed(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays([*columns, *(table.column(name) for name in logged)], names=[*schema.names, *logged])
 
 
+# What ``paired_answers`` gives: per row, each version's answer (JSON text) and probability.
+PAIRED_SCHEMA = pa.schema(
+    [("id", pa.string()), ("served", pa.string()), ("label", pa.string()),
+     ("first_prediction", pa.string()), ("first_probability", pa.float64()),
+     ("second_prediction", pa.string()), ("second_probability", pa.float64())]
+)  # fmt: skip
+
+
+def paired_answers(url: str, pipeline: str, first: str, second: str) -> pa.Table:
+    """The rows of ``pipeline`` that versions ``first`` and ``second`` both answered, one serving the caller and
+    the other in shadow (a shadow or canary share), in id order: the row's id, the version that ``served`` it,
+    the latest true label sent back for it (JSON text, None where none was), then each version's answer (JSON
+    text) and probability. Empty when no log exists yet."""
+    pair = [first, second]
+    shadowed = sa.select(
+        shadow_answers.c.id, shadow_answers.c.model_version, shadow_answers.c.prediction, shadow_answers.c.probability
+    ).where(shadow_answers.c.pipeline == pipeline, shadow_answers.c.model_version.in_(pair))
+    served = (
+        sa.select(predictions.c.id, predictions.c.model_version, predictions.c.prediction, predictions.c.probability)
+        .join(shadow_answers, shadow_answers.c.id == predictions.c.id)
+        .where(shadow_answers.c.pipeline == pipeline, shadow_answers.c.model_version.in_(pair))
+        .where(predictions.c.model_version.in_(pair), predictions.c.model_version != shadow_answers.c.model_version)
+    )
+    labels = (
+        sa.select(feedback.c.prediction_id, feedback.c.label)
+        .join(shadow_answers, shadow_answers.c.id == feedback.c.prediction_id)
+        .where(feedback.c.pipeline == pipeline, shadow_answers.c.model_version.in_(pair))
+        .order_by(feedback.c.id)
+    )
+    answer = ["id", "version", "prediction", "probability"]
+    with _reading(url) as connection:
+        if connection is None:
+            return PAIRED_SCHEMA.empty_table()
+        shadow = _answer_table(connection.execute(shadowed).all(), answer)
+        in_table = _answer_table(connection.execute(served).all(), answer)
+        in_segments = _served_in_segments(connection, pipeline, shadow.column("id"), in_table.column("id"), answer)
+        latest = dict(connection.execute(labels).all())  # a later label replaces an earlier one
+    both = pa.concat_tables([in_table, in_segments]).join(shadow, "id", right_suffix="_shadow")
+    both = both.filter(
+        pc.and_(pc.is_in(both["version"], pa.array(pair)), pc.not_equal(both["version"], both["version_shadow"]))
+    )
+    both = both.sort_by("id")
+    served_first = pc.equal(both["version"], first)
+    found = pc.index_in(both["id"], value_set=pa.array(list(latest), pa.string()))
+    return pa.table(
+        [
+            both["id"],
+            both["version"],
+            pa.array(list(latest.values()), pa.string()).take(found),
+            pc.if_else(served_first, both["prediction"], both["prediction_shadow"]),
+            pc.if_else(served_first, both["probability"], both["probability_shadow"]),
+            pc.if_else(served_first, both["prediction_shadow"], both["prediction"]),
+            pc.if_else(served_first, both["probability_shadow"], both["probability"]),
+        ],
+        schema=PAIRED_SCHEMA,
+    )
+
+
+def _answer_table(rows: Sequence[Any], names: list[str]) -> pa.Table:
+    """Answers read from the log (id, version, prediction, probability) as a table."""
+    kinds = [pa.string(), pa.string(), pa.string(), pa.float64()]
+    return pa.table([pa.array([row[i] for row in rows], kind) for i, kind in enumerate(kinds)], names=names)
+
+
+def _served_in_segments(
+    connection: sa.Connection, pipeline: str, shadowed: pa.ChunkedArray, in_table: pa.ChunkedArray, names: list[str]
+) -> pa.Table:
+    """The served answers of the ``shadowed`` ids that are no row of the table (``in_table``: those that are):
+    rows of requests logged as columns, read from their segments."""
+    elsewhere = pc.filter(shadowed, pc.invert(pc.is_in(shadowed, value_set=in_table.combine_chunks()))).to_pylist()
+    requests = sorted({each.rpartition("-")[0] for each in elsewhere})
+    found = [_answer_table([], names)]
+    for chunk in _chunks(requests):
+        query = sa.select(segments.c.data).where(segments.c.pipeline == pipeline, segments.c.request_id.in_(chunk))
+        for data in connection.scalars(query):
+            table = pa.ipc.open_stream(data).read_all().select([LOG_ID, LOG_VERSION, LOG_PREDICTION, LOG_PROBABILITY])
+            table = table.rename_columns(names)
+            found.append(table.filter(pc.is_in(table["id"], value_set=pa.array(elsewhere, pa.string()))))
+    return pa.concat_tables(found)
+
+
 def least_sure_unlabeled(url: str, pipeline: str, task: str, limit: int) -> list[dict[str, Any]]:
     """Answered predictions without feedback, the least sure first (binary: probability nearest 0.5;
     multiclass: the lowest probability of the chosen class; regression, which has none: the newest): the

@@ -19,7 +19,7 @@ from flightplan.layout import Layout
 from flightplan.settings import Settings
 
 from tests.support.airflow import OPERATOR, VIEWER, airflow_api, dags_test, dags_test_failing, running_airflow
-from tests.support.pipeline import WORSE, run_chain
+from tests.support.pipeline import aliases, copy_as_challenger, register_worse_challenger
 from tests.support.service import free_port, service_process, token_environment
 
 TOKEN = "e2e-deployment-token"
@@ -33,27 +33,8 @@ def service(settings: Settings) -> Iterator[str]:
         yield running["url"]
 
 
-def aliases(settings: Settings) -> dict[str, str]:
-    from flightplan.tracking import client
-
-    return {k: str(v) for k, v in client(settings).get_registered_model("flights-delayed").aliases.items()}
-
-
 def serving(url: str) -> str | None:
     return httpx.get(f"{url}/ready").json()["pipelines"]["flights"]["version"]
-
-
-def copy_as_challenger(settings: Settings, version: str) -> str:
-    """A new registry version of the same model (as good as the original, with its lineage tags), with the
-    challenger alias."""
-    import mlflow
-    from flightplan.tracking import client
-
-    mlflow_client = client(settings)
-    original = mlflow_client.get_model_version("flights-delayed", version)
-    new = str(mlflow.register_model(original.source, "flights-delayed", tags=original.tags).version)
-    mlflow_client.set_registered_model_alias("flights-delayed", "challenger", new)
-    return new
 
 
 def test_promote_rollback_refuse_and_automatic_rollback(
@@ -89,15 +70,6 @@ def test_promote_rollback_refuse_and_automatic_rollback(
     log = dags_test_failing(unreachable, "flights.deployment", {"version": second})
     assert "cannot be reached" in log and "RolledBack" in log
     assert aliases(settings)["champion"] == first
-
-
-def register_worse_challenger() -> str:
-    """A one-split-deep, one-round model of the same data, registered as challenger without its gate."""
-    from flightplan.model import stages
-    from flightplan.tracking import RunContext
-
-    job = stages.ModelJob("flights", RunContext(dag_id="e2e", run_id="worse"), {**WORSE, "model.tuning.trials": 1})
-    return run_chain(job, gate=False)[1]["version"]
 
 
 @pytest.fixture(scope="module")

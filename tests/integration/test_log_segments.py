@@ -28,6 +28,7 @@ from flightplan.prediction_log import (
     create_store_engine,
     ground_truth,
     least_sure_unlabeled,
+    paired_answers,
     predictions,
     record_feedback,
     segments,
@@ -293,3 +294,40 @@ def test_a_log_whose_segments_predate_requests_as_columns_gets_their_columns(url
     indexes = {index["name"] for index in sa.inspect(engine).get_indexes(segments.name)}
     engine.dispose()
     assert indexes >= {index.name for index in segments.indexes}
+
+
+def in_shadow(version: str, ids: list[str]) -> AnsweredRequest:
+    """What ``version`` answered in shadow to the served rows ``ids``: 7, with probability 0.7."""
+    return AnsweredRequest("", PIPELINE, version, ids, [], ["7"] * len(ids), [0.7] * len(ids))
+
+
+def test_paired_answers_pair_each_served_row_with_the_other_versions_shadow_answer(url: str) -> None:
+    """Version 1 serves q0 (as text) and q2 (as columns) with 2 in shadow; 2 serves q1 as a canary with 1 in
+    shadow; 3 serves q3 with 2 in shadow, which pairs 2 with 3, not with 1."""
+    engine = create_store_engine(url)
+    log = PredictionLog(engine, lambda _pipeline: SCHEMA)
+    canary = dataclasses.replace(answered(1, 5, SCHEMA.names), model_version="2")
+    other = dataclasses.replace(answered(3, 5, SCHEMA.names), model_version="3")
+    for each in (answered(0, 5, SCHEMA.names), canary, answered_as_columns(2, 5, SCHEMA), other):
+        log.submit(each).result(timeout=30)
+    for version, request in (("2", 0), ("1", 1), ("2", 2), ("2", 3)):
+        assert log.submit_shadow(in_shadow(version, [f"q{request}-{row}" for row in range(5)]))
+    log.close()
+    record_feedback(engine, PIPELINE, {"q0-1": 0, "q1-2": 1, "q2-3": 0, "q3-0": 1}, source="test")
+    record_feedback(engine, PIPELINE, {"q0-1": 1}, source="test")  # the later label wins
+    engine.dispose()
+
+    pairs = paired_answers(url, PIPELINE, "2", "1")
+    ids = [f"q{request}-{row}" for request in range(3) for row in range(5)]
+    assert pairs.column("id").to_pylist() == ids
+    assert pairs.column("served").to_pylist() == ["1"] * 5 + ["2"] * 5 + ["1"] * 5
+    labels = dict(zip(ids, pairs.column("label").to_pylist(), strict=True))
+    assert {i: label for i, label in labels.items() if label is not None} == {"q0-1": "1", "q1-2": "1", "q2-3": "0"}
+    served = [json.dumps(row % 2) for row in range(5)]
+    served_probability = [None, 0.1, 0.2, 0.3, 0.4]
+    assert pairs.column("first_prediction").to_pylist() == ["7"] * 5 + served + ["7"] * 5
+    assert pairs.column("first_probability").to_pylist() == [0.7] * 5 + served_probability + [0.7] * 5
+    assert pairs.column("second_prediction").to_pylist() == served + ["7"] * 5 + served
+    assert pairs.column("second_probability").to_pylist() == served_probability + [0.7] * 5 + served_probability
+    assert paired_answers(url, PIPELINE, "2", "3").column("id").to_pylist() == [f"q3-{row}" for row in range(5)]
+    assert paired_answers(url, PIPELINE, "1", "3").num_rows == 0

@@ -17,6 +17,8 @@ from flightplan.config import PipelineConfig
 from flightplan.layout import Layout
 from flightplan.settings import Settings
 
+from tests.support.web import chart, plotted
+
 
 @dataclass(frozen=True)
 class HeaderVisitor:
@@ -217,3 +219,29 @@ def test_a_file_is_authorized_on_the_pipeline_it_resolves_to(
             assert ui_of_two.get(path, headers=twin_reader).json() == {"detail": "no such file"}, path
         flights_reader = {"X-User": "fay", "X-Role": "flights-reader"}
         assert ui_of_two.get(f"/files/twin/%2E%2E/{monitoring_report}", headers=flights_reader).status_code == 200
+
+
+def test_the_models_page_plots_live_gates_and_monitoring_windows(
+    ui: tuple[Any, list], layout: Layout, monitoring_report: Path
+) -> None:
+    """Two live gates (one refused with a reason that carries markup) and the monitoring check on the page: a
+    point per gate and side, a point per window, every text escaped."""
+    from flightplan.manifests import LiveDecision
+
+    client, _ = ui
+    folder = layout.reports("deployment")
+    for run, accepted, values in (("gate-1", False, (0.61, 0.64)), ("gate-2", True, (0.70, 0.64))):
+        test = {"metric": "roc_auc", "rows": 400, "candidate": values[0], "champion": values[1], "p_value": 0.01,
+                "gain": values[0] - values[1], "gain_lower": 0.01, "margin": 0.0, "confidence": 0.95,
+                "resamples": 2000}  # fmt: skip
+        reasons = [] if accepted else ["live roc_auc <script>alert(1)</script> lower"]
+        decided = datetime(2026, 1, int(run[-1]), tzinfo=UTC)
+        LiveDecision(pipeline="flights", candidate=run[-1], champion="9", decided_at=decided, accepted=accepted,
+                     reasons=reasons, test=test).write(folder / f"{run}-live.json")  # fmt: skip
+    page = client.get("/").text
+    gate = chart(page, "live-gate")
+    assert plotted(gate) == [0.61, 0.7, 0.64, 0.64]  # the candidate's points, then the champion's
+    assert "version 2 over 9: promoted" in gate and "version 1 over 9: refused" in gate
+    assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)" in page
+    assert "data-chart='drift-share'" in page and "<svg class='chart' data-chart='drift-share'" in page
+    assert "<p class='no-chart' data-chart='live-metric'>" in page  # the check's hour had no labeled rows

@@ -12,6 +12,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from flightplan.layout import Layout
 from flightplan.model import stages
+from flightplan.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -103,3 +104,30 @@ def run_chain(job: stages.ModelJob, gate: bool = True) -> tuple[str, dict[str, s
     if gate:
         stages.accept(job, run_id)
     return run_id, stages.register(job, run_id, stages.package_onnx(job, run_id))
+
+
+def register_worse_challenger() -> str:
+    """A one-split-deep, one-round model of the same data, registered as challenger without its gate."""
+    from flightplan.tracking import RunContext
+
+    job = stages.ModelJob("flights", RunContext(dag_id="e2e", run_id="worse"), {**WORSE, "model.tuning.trials": 1})
+    return run_chain(job, gate=False)[1]["version"]
+
+
+def aliases(settings: Settings) -> dict[str, str]:
+    from flightplan.tracking import client
+
+    return {k: str(v) for k, v in client(settings).get_registered_model("flights-delayed").aliases.items()}
+
+
+def copy_as_challenger(settings: Settings, version: str) -> str:
+    """A new registry version of the same model (as good as the original, with its lineage tags), with the
+    challenger alias."""
+    import mlflow
+    from flightplan.tracking import client
+
+    mlflow_client = client(settings)
+    original = mlflow_client.get_model_version("flights-delayed", version)
+    new = str(mlflow.register_model(original.source, "flights-delayed", tags=original.tags).version)
+    mlflow_client.set_registered_model_alias("flights-delayed", "challenger", new)
+    return new

@@ -42,6 +42,7 @@ ALLOWED_IN_TESTS = {
     "faults-token",  # tests/e2e/test_faults.py
     "e2e-byod-token",  # tests/e2e/test_bring_your_own_data.py
     "e2e-deployment-token",  # tests/e2e/test_deployment.py
+    "e2e-live-gate-token",  # tests/e2e/test_live_gate.py
     "e2e-monitoring-token",  # tests/e2e/test_monitoring_loop.py
     "test-token-0123456789",  # tests/support/serving_clients.py: the service of the serving tests
     "monitoring-test-token",  # tests/integration/test_monitoring.py

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import pytest
+from flightplan.manifests import MonitoringSummary
 from playwright.sync_api import Dialog, Page, expect
 
 from tests.support.web import WebStack
@@ -96,6 +97,18 @@ def test_a_run_triggered_from_the_form_succeeds_and_its_version_is_on_the_models
 def test_the_models_page_opens_the_validation_and_the_drift_report(page: Page, web_stack: WebStack) -> None:
     base = sign_in(page, web_stack)
     page.goto(f"{base}/flightplan/")
+    # The charts are drawn from the monitoring checks of the live traffic (tests/web/conftest.py).
+    checks = [
+        MonitoringSummary.read(p) for p in web_stack.settings.reports_root.glob("flights/monitoring/*/summary.json")
+    ]
+    for name, values in (
+        ("live-metric", [c.performance[c.primary_metric] for c in checks if c.primary_metric in c.performance]),
+        ("drift-share", [c.drift_share for c in checks]),
+    ):
+        points = page.locator(f"svg[data-chart='{name}'] circle")
+        expect(points.first).to_be_visible()
+        drawn = [float(value or "nan") for value in points.evaluate_all("all => all.map(c => c.dataset.value)")]
+        assert values and sorted(drawn) == pytest.approx(sorted(values), rel=1e-5), (name, drawn, values)
     page.get_by_role("link", name=re.compile("^GX validation ")).click()
     expect(page.get_by_text("Expectation Validation Result")).to_be_visible()
     overview = page.get_by_text("Expectation Suite: flights")

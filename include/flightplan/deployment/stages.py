@@ -288,10 +288,10 @@ def recent_records(layout: Layout, rows: int) -> tuple[pd.DataFrame, list[dict[s
     return recent, json_records(recent, list(request_fields(layout.config)))
 
 
-def reload_service(job: DeployJob) -> str:
-    """Asks the service to load the champion now; returns the version it serves, which must be the champion."""
+def loaded_versions(job: DeployJob) -> dict[str, dict[str, Any]]:
+    """Has the service load what the pipeline's aliases point at now; its answer per alias (``serving``: the
+    version it serves, ``error``: why it kept another)."""
     settings, config, _ = job.open()
-    expected = alias_version(settings, config.registered_model, CHAMPION)
     try:
         with service_client(settings, "admin") as http:
             response = http.post("/admin/reload")
@@ -299,10 +299,17 @@ def reload_service(job: DeployJob) -> str:
         raise ServiceCheckFailed(f"the service at {settings.service_url} cannot be reached: {err}") from err
     if response.status_code != 200:
         raise ServiceCheckFailed(f"reload at {settings.service_url}: HTTP {response.status_code} {response.text}")
-    champions = (r for r in response.json() if r.get("alias", CHAMPION) == CHAMPION)
-    result = next((r for r in champions if r["pipeline"] == config.name), None)
-    if result is None:
+    loaded = {r.get("alias", CHAMPION): r for r in response.json() if r["pipeline"] == config.name}
+    if CHAMPION not in loaded:
         raise ServiceCheckFailed(f"the service at {settings.service_url} does not serve pipeline '{config.name}'")
+    return loaded
+
+
+def reload_service(job: DeployJob) -> str:
+    """Asks the service to load the champion now; returns the version it serves, which must be the champion."""
+    settings, config, _ = job.open()
+    expected = alias_version(settings, config.registered_model, CHAMPION)
+    result = loaded_versions(job)[CHAMPION]
     if result["serving"] != expected:
         raise ServiceCheckFailed(
             f"the service serves version {result['serving']}, not the champion {expected}: {result['error']}"

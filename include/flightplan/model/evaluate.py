@@ -37,35 +37,54 @@ def expected_calibration_error(y: np.ndarray, proba: np.ndarray, bins: int = CAL
     return float(error)
 
 
+# A metric: its value for labels ``y``, predictions (P(1), class probabilities, or values) and the binary cut.
+Metric = Callable[[np.ndarray, np.ndarray, float], float]
+
+
+def _both_classes(score: Callable[..., float]) -> Metric:
+    """A ranking metric, undefined (NaN) when the labels hold one class only."""
+    return lambda y, p, _: float(score(y, p)) if len(np.unique(y)) == 2 else float("nan")
+
+
+def _at_cut(score: Callable[..., float]) -> Metric:
+    """A metric of the classes chosen at the cut."""
+    return lambda y, p, cut: float(score(y, (p >= cut).astype(int), zero_division=0))
+
+
+def _classes(p: np.ndarray) -> list[int]:
+    return list(range(p.shape[1]))
+
+
+METRICS: dict[str, dict[str, Metric]] = {
+    "regression": {
+        "rmse": lambda y, p, _: float(np.sqrt(skm.mean_squared_error(y, p))),
+        "mae": lambda y, p, _: float(skm.mean_absolute_error(y, p)),
+        "r2": lambda y, p, _: float(skm.r2_score(y, p)),
+    },
+    "multiclass": {
+        "log_loss": lambda y, p, _: float(skm.log_loss(y, p, labels=_classes(p))),
+        "accuracy": lambda y, p, _: float(skm.accuracy_score(y, p.argmax(axis=1))),
+        "f1_macro": lambda y, p, _: float(
+            skm.f1_score(y, p.argmax(axis=1), average="macro", labels=_classes(p), zero_division=0)
+        ),
+    },
+    "binary": {
+        "roc_auc": _both_classes(skm.roc_auc_score),
+        "pr_auc": _both_classes(skm.average_precision_score),
+        "log_loss": lambda y, p, _: float(skm.log_loss(y, p, labels=[0, 1])),
+        "brier": lambda y, p, _: float(skm.brier_score_loss(y, p)),
+        "calibration_error": lambda y, p, _: expected_calibration_error(y, p),
+        "f1": _at_cut(skm.f1_score),
+        "precision": _at_cut(skm.precision_score),
+        "recall": _at_cut(skm.recall_score),
+        "positive_rate": lambda y, p, _: float(np.mean(y)),
+    },
+}
+
+
 def compute_metrics(task: str, y: np.ndarray, prediction: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
     """The task's metrics for labels ``y`` and predictions (P(1), class probabilities, or values)."""
-    if task == "regression":
-        return {
-            "rmse": float(np.sqrt(skm.mean_squared_error(y, prediction))),
-            "mae": float(skm.mean_absolute_error(y, prediction)),
-            "r2": float(skm.r2_score(y, prediction)),
-        }
-    if task == "multiclass":
-        labels = list(range(prediction.shape[1]))
-        chosen = prediction.argmax(axis=1)
-        return {
-            "log_loss": float(skm.log_loss(y, prediction, labels=labels)),
-            "accuracy": float(skm.accuracy_score(y, chosen)),
-            "f1_macro": float(skm.f1_score(y, chosen, average="macro", labels=labels, zero_division=0)),
-        }
-    chosen = (prediction >= threshold).astype(int)
-    both_classes = len(np.unique(y)) == 2
-    return {
-        "roc_auc": float(skm.roc_auc_score(y, prediction)) if both_classes else float("nan"),
-        "pr_auc": float(skm.average_precision_score(y, prediction)) if both_classes else float("nan"),
-        "log_loss": float(skm.log_loss(y, prediction, labels=[0, 1])),
-        "brier": float(skm.brier_score_loss(y, prediction)),
-        "calibration_error": expected_calibration_error(y, prediction),
-        "f1": float(skm.f1_score(y, chosen, zero_division=0)),
-        "precision": float(skm.precision_score(y, chosen, zero_division=0)),
-        "recall": float(skm.recall_score(y, chosen, zero_division=0)),
-        "positive_rate": float(np.mean(y)),
-    }
+    return {name: metric(y, prediction, threshold) for name, metric in METRICS[task].items()}
 
 
 def slice_metrics(

@@ -27,7 +27,7 @@ from flightplan.features import label_problem
 from flightplan.layout import Layout
 from flightplan.orchestration import STAGES, dag_id
 from flightplan.settings import Settings, load_settings
-from flightplan.ui import views
+from flightplan.ui import charts, views
 
 # A FastAPI dependency that answers the signed-in user as a Visitor, or refuses the request.
 CurrentUser = Callable[..., Any]
@@ -236,6 +236,8 @@ def _add_models_routes(app: FastAPI, site: Site, current_user: CurrentUser) -> N
             pipelines=pipelines,
             airflow_url=site.settings.airflow_url,
             metric_rows=_metric_rows,
+            charts=views.charts,
+            svg=charts.svg,
         )
 
     @app.post("/pipelines/{pipeline}/deploy", response_class=HTMLResponse)

@@ -12,8 +12,9 @@ import pandas as pd
 
 from flightplan.config import PipelineConfig
 from flightplan.layout import Layout
-from flightplan.manifests import MonitoringSummary
+from flightplan.manifests import LiveDecision, MonitoringSummary
 from flightplan.settings import Settings
+from flightplan.ui.charts import Chart, Point
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -37,6 +38,7 @@ class Overview:
     versions: list[VersionCard]
     all_versions: list[str]
     checks: list[MonitoringSummary] = field(default_factory=list)  # newest first
+    live_decisions: list[LiveDecision] = field(default_factory=list)  # newest first
     profiles: list[str] = field(default_factory=list)  # report-relative paths of profile pages
     data_docs: bool = False
     validations: list[str] = field(default_factory=list)  # newest first, relative to the Data Docs folder
@@ -49,7 +51,7 @@ def _run_url(settings: Settings, experiment_id: str, run_id: str | None = None) 
     return f"{runs}/{run_id}" if run_id else runs
 
 
-def overview(layout: Layout, checks: int = 10) -> Overview:
+def overview(layout: Layout, checks: int = 60) -> Overview:
     from flightplan.tracking import client
 
     settings, config = layout.settings, layout.config
@@ -62,6 +64,7 @@ def overview(layout: Layout, checks: int = 10) -> Overview:
         versions=cards,
         all_versions=known,
         checks=monitoring_checks(layout, checks),
+        live_decisions=live_decisions(layout, checks),
         profiles=profile_pages(layout),
         data_docs=data_docs_index(settings).exists(),
         validations=validation_pages(settings, config.name),
@@ -136,6 +139,38 @@ def monitoring_checks(layout: Layout, limit: int) -> list[MonitoringSummary]:
     return [
         s.model_copy(update={"reports": {k: str(Path(v).relative_to(root)) for k, v in s.reports.items()}})
         for s in summaries[:limit]
+    ]
+
+
+def live_decisions(layout: Layout, limit: int) -> list[LiveDecision]:
+    """The live gate's decisions of the pipeline, the newest ``limit`` first."""
+    found = [LiveDecision.read(p) for p in layout.reports("deployment").glob("*-live.json")]
+    return sorted(found, key=lambda decision: decision.decided_at, reverse=True)[:limit]
+
+
+def charts(found: Overview) -> list[Chart]:
+    """What the Models page plots for a pipeline: the live primary metric per monitoring window by the version
+    that answered it, the share of drifting columns per window, and each live gate's two values, every point
+    with the decision taken there."""
+    metric, checks = found.primary_metric, found.checks
+    by_version: dict[str, list[Point]] = {}
+    for check in checks:
+        if metric in check.performance:
+            point = Point(check.window.end, check.performance[metric], check.decision.outcome)
+            by_version.setdefault(f"version {check.model_version}", []).append(point)
+    drift = [Point(c.window.end, c.drift_share, f"{c.decision.outcome}: {c.decision.reason}") for c in checks]
+    gates: dict[str, list[Point]] = {"candidate": [], "champion": []}
+    for decision in found.live_decisions:
+        if decision.test is None:  # nothing was proven: no champion yet, or the candidate was the champion
+            continue
+        verdict = "promoted" if decision.accepted else "refused"
+        for side, points in gates.items():
+            note = f"version {decision.candidate} over {decision.champion}: {verdict}"
+            points.append(Point(decision.decided_at, decision.test[side], note))
+    return [
+        Chart("live-metric", f"live {metric} per monitoring window, by the version that answered", by_version),
+        Chart("drift-share", "share of drifting columns per monitoring window", {"drift share": drift}),
+        Chart("live-gate", f"live gate: {metric} of candidate and champion on the same live rows", gates),
     ]
 
 
