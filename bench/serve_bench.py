@@ -5,7 +5,9 @@ The model is the one `train_bench.py` trains on the demo year (300 rounds, depth
 promoted to `champion`. Our service gets raw records (it encodes them and logs every answer durably before
 replying). `mlflow models serve` runs twice, each time given the already encoded float matrix of the same
 rows and logging nothing: on the model's XGBoost flavor (the usual way to serve an XGBoost model with
-MLflow) and on its registered ONNX version. All three servers run at once; each cell (rows per request,
+MLflow) and on its registered ONNX version. A second instance of our service answers with a `challenger` (a
+copy of the same model) in shadow on every request, to measure what the shadow costs the served answers. All
+servers run at once; each cell (rows per request,
 connections) runs ``--seconds`` per contender, the contenders taking turns, ``--rounds`` times, and keeps each
 one's median run. Run with ``make bench``.
 """
@@ -20,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +74,11 @@ def wait_for(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
             time.sleep(0.5)
 
 
-def start(command: list[str], log: Path, url: str) -> subprocess.Popen[bytes]:
+def start(contender: Contender, log: Path) -> subprocess.Popen[bytes]:
     with log.open("w") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=os.environ.copy())
+        env = {**os.environ, **contender.env}
+        process = subprocess.Popen(contender.command, stdout=sink, stderr=subprocess.STDOUT, env=env)
+    url = contender.health
     wait_for(url, process, log)
     return process
 
@@ -107,6 +111,26 @@ def promote_bench_model(job: Any, run_id: str) -> tuple[str, list[dict[str, Any]
     records = json_records(test, list(request_fields(work.config)))
     matrix = work.frames.matrix("test")[0][:1000]
     return registered["version"], records, matrix
+
+
+def shadowing_pipelines(version: str, folder: Path) -> Path:
+    """A pipelines folder whose flights pipeline answers every request with its `challenger` in shadow too, and
+    the challenger: a new registry version of the champion's model (the same version is not shadowed)."""
+    import mlflow
+    from flightplan.settings import load_settings
+    from flightplan.tracking import client
+
+    settings = load_settings()
+    mlflow_client = client(settings)
+    name = work_model_name()
+    original = mlflow_client.get_model_version(name, version)
+    copy = mlflow.register_model(original.source, name, tags=original.tags)
+    mlflow_client.set_registered_model_alias(name, "challenger", str(copy.version))
+    pipelines = folder / "pipelines-with-shadow"
+    shutil.copytree(settings.pipelines_dir, pipelines)
+    config = pipelines / f"{PIPELINE}.yaml"
+    config.write_text(config.read_text() + "\ndeployment:\n  shadow: 1.0\n")
+    return pipelines
 
 
 def save_xgboost_flavor(booster: bytes, folder: Path) -> Path:
@@ -165,6 +189,7 @@ class Contender:
     command: list[str]
     url: str
     payloads: dict[int, tuple[str, Any]]  # rows per request: (path, body)
+    env: dict[str, str] = field(default_factory=dict)  # besides this process's environment
 
     @property
     def health(self) -> str:
@@ -172,10 +197,11 @@ class Contender:
 
 
 def contenders(
-    records: list[dict[str, Any]], matrix: Any, xgboost_model: Path, onnx_model: str
+    records: list[dict[str, Any]], matrix: Any, xgboost_model: Path, onnx_model: str, shadowing: Path
 ) -> dict[str, Contender]:
-    """Our service (typed records, and the same rows as MLflow's column-oriented body) and `mlflow models serve`
-    on the XGBoost flavor and on the ONNX version, each on a port of its own."""
+    """Our service (typed records, and the same rows as MLflow's column-oriented body; and, from the pipelines
+    folder ``shadowing``, with its challenger in shadow) and `mlflow models serve` on the XGBoost flavor and on
+    the ONNX version, each on a port of its own."""
     flightplan = str(Path(sys.executable).with_name("flightplan"))
     mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
     ours = [flightplan, "serve", "--pipeline", PIPELINE, "--port", "8791", "--poll-seconds", "3600"]
@@ -189,11 +215,15 @@ def contenders(
     def frame_body(rows: Any) -> dict[str, Any]:
         return {"dataframe_split": {"columns": columns, "data": rows.tolist()}}
 
+    typed = {1: ("/v1/flights/predict", records[0]), 1000: ("/v1/flights/predict/batch", {"records": records})}
     return {
-        "flightplan": Contender(
-            ours,
-            "http://127.0.0.1:8791",
-            {1: ("/v1/flights/predict", records[0]), 1000: ("/v1/flights/predict/batch", {"records": records})},
+        "flightplan": Contender(ours, "http://127.0.0.1:8791", typed),
+        "flightplan, challenger in shadow": Contender(
+            [*ours[:-4], "--port", "8794", "--poll-seconds", "3600"],
+            "http://127.0.0.1:8794",
+            typed,
+            # A log of its own: the two services writing one SQLite file would slow each other's commits.
+            {"FLIGHTPLAN_PIPELINES_DIR": str(shadowing), "FLIGHTPLAN_PREDICTIONS_DB": f"sqlite:///{shadowing}/log.db"},
         ),
         # The same rows in MLflow's column-oriented body, as a client of `mlflow models serve` sends them.
         "flightplan, dataframe_split": Contender(
@@ -258,19 +288,20 @@ def main() -> int:
 
     onnx_model = f"models:/{work_model_name()}/{version}"
     xgboost_model = save_xgboost_flavor(load_booster(load_settings(), work_model_name(), version), folder)
-    entrants = contenders(records, matrix, xgboost_model, onnx_model)
+    entrants = contenders(records, matrix, xgboost_model, onnx_model, shadowing_pipelines(version, folder))
     # Every server up at once (an idle one costs the others nothing), each started once.
-    servers = {tuple(contender.command): contender for contender in entrants.values()}
+    servers = {(*contender.command, *contender.env.values()): contender for contender in entrants.values()}
     processes = []
     try:
         for place, contender in enumerate(servers.values()):
-            processes.append(start(contender.command, folder / f"server-{place}.log", contender.health))
+            processes.append(start(contender, folder / f"server-{place}.log"))
         results = measure_cells(wrk, entrants, args.seconds, args.rounds, folder)
     finally:
         for process in processes:
             process.terminate()
             process.wait(60)
     print_table(results)
+    print_shadow_cost(results)
     scoring = bench_batch_scoring(job)
     print(json.dumps(scoring))
     spark_rate, bare_rate = scoring["spark_rows_per_s"], scoring["bare_rows_per_s"]
@@ -279,6 +310,18 @@ def main() -> int:
         f"bare booster {bare_rate:,.0f} rows/s, ratio {spark_rate / bare_rate:.2f}"
     )
     return 0
+
+
+def print_shadow_cost(results: list[dict[str, Any]]) -> None:
+    """The served answers' p99 with the challenger in shadow on every request, against the same service without."""
+    by_cell = {(r["contender"], r["rows"], r["connections"]): r for r in results}
+    print("\n| rows/request | connections | p99 ms, no shadow | p99 ms, challenger in shadow | req/s ratio |")
+    print("|---:|---:|---:|---:|---:|")
+    for (name, rows, connections), shadowed in by_cell.items():
+        if name == "flightplan, challenger in shadow":
+            alone = by_cell[("flightplan", rows, connections)]
+            ratio = f"{shadowed['rps'] / alone['rps']:.2f}" if alone["rps"] else "-"
+            print(f"| {rows} | {connections} | {alone['p99_ms']:.2f} | {shadowed['p99_ms']:.2f} | {ratio} |")
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
@@ -291,6 +334,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
     ours = [r for r in results if r["contender"].startswith("flightplan")]
     for r in sorted(ours, key=lambda r: (r["contender"], r["rows"], r["connections"])):
         body = "dataframe_split" if "dataframe_split" in r["contender"] else "typed records"
+        body += ", challenger in shadow" if "shadow" in r["contender"] else ""
         cells = [f"{r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f}"]
         for peer in peers:
             p = by_cell[(peer, r["rows"], r["connections"])]

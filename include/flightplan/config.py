@@ -324,7 +324,7 @@ class DeploymentSpec(Strict):
         "then promotes only if the challenger beats the champion on those rows by `margin`, by a paired "
         "bootstrap at `live_confidence`. 0: no live gate. Needs `shadow` or `canary` above 0",
     )
-    live_confidence: Annotated[float, Field(ge=0.5, lt=1)] = Field(
+    live_confidence: Annotated[float, Field(ge=0.5, le=0.999)] = Field(
         default=0.95,
         description="how sure the live gate's paired bootstrap must be that the challenger's gain on the live rows "
         "exceeds `margin`",
@@ -333,7 +333,18 @@ class DeploymentSpec(Strict):
         default=72.0, description="how long the live gate waits for its rows; fewer by then: the challenger is refused"
     )
     live_poll_seconds: Annotated[int, Field(ge=1)] = Field(
-        default=300, description="how often the waiting live gate counts its rows (it holds no worker in between)"
+        default=300,
+        description="how often the live gate and the watch count their rows (they hold no worker in between)",
+    )
+    watch_hours: Annotated[float, Field(ge=0)] = Field(
+        default=0.0,
+        description="after a promotion, for this many hours the replaced champion answers again as the "
+        "`challenger` (in shadow or canary) and the deployment run watches the new champion on the labeled live "
+        "rows both answered: if the replaced one beats it by `margin` with `live_confidence`, `champion` moves "
+        "back to it. 0: no watch. Needs `shadow` or `canary` above 0",
+    )
+    watch_rows: Annotated[int, Field(ge=1)] = Field(
+        default=200, description="labeled live rows the watch waits for before it judges, and between judgements"
     )
     max_string_length: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
         default=256,
@@ -342,11 +353,13 @@ class DeploymentSpec(Strict):
     )
 
     @model_validator(mode="after")
-    def _live_gate_has_live_rows(self) -> DeploymentSpec:
-        if self.live_rows and not (self.shadow or self.canary):
-            raise ValueError(
-                "live_rows: the live gate compares answers given in shadow or canary: set `shadow` or `canary` above 0"
-            )
+    def _live_comparisons_have_live_rows(self) -> DeploymentSpec:
+        for key, value in (("live_rows", self.live_rows), ("watch_hours", self.watch_hours)):
+            if value and not (self.shadow or self.canary):
+                raise ValueError(
+                    f"{key}: the live gate and the watch compare answers given in shadow or canary: set `shadow` or "
+                    "`canary` above 0"
+                )
         return self
 
 
@@ -607,10 +620,11 @@ class PipelineConfig(Strict):
             unknown = sorted(set(names) - set(reported))
             if unknown:
                 raise ValueError(f"{where}: {unknown} are not {self.label.task} metrics (known: {list(reported)})")
-        if self.deployment.live_rows and self.label.task == "multiclass" and self.primary_metric == "log_loss":
+        live = self.deployment.live_rows or self.deployment.watch_hours
+        if live and self.label.task == "multiclass" and self.primary_metric == "log_loss":
             raise ValueError(
-                "deployment.live_rows: the prediction log keeps only the chosen class's probability, so the live gate "
-                "cannot judge multiclass log_loss: set model.primary_metric to accuracy or f1_macro"
+                "deployment: the prediction log keeps only the chosen class's probability, so the live gate and the "
+                "watch cannot judge multiclass log_loss: set model.primary_metric to accuracy or f1_macro"
             )
 
     def _check_imputed_columns_exist(self) -> None:

@@ -242,10 +242,13 @@ class DeploymentDecision(Manifest):
 
 
 class LiveDecision(Manifest):
-    """The live gate's decision: ``note`` when there was nothing to prove (no champion yet, or the candidate is
-    the champion), else ``test``: the paired bootstrap on the labeled live rows both versions answered (its
-    metric, rows, both versions' values, the gain, its lower bound, the p-value, margin and confidence)."""
+    """A decision taken on live rows. The live gate's (``gate`` "live"): whether the candidate is promoted over
+    the champion. The watch's after a promotion ("watch"): the replaced champion is the candidate, challenging
+    the new one, and ``accepted`` means it took the champion back (a rollback). ``note`` when there was nothing
+    to prove, else ``test``: the paired bootstrap on the labeled live rows both versions answered (its metric,
+    rows, both versions' values, the candidate's gain, its lower bound, the p-value, margin and confidence)."""
 
+    gate: Literal["live", "watch"] = "live"
     pipeline: str
     candidate: str
     champion: str | None

@@ -947,25 +947,29 @@ PAIRED_SCHEMA = pa.schema(
 )  # fmt: skip
 
 
-def paired_answers(url: str, pipeline: str, first: str, second: str) -> pa.Table:
+def paired_answers(url: str, pipeline: str, first: str, second: str, since: datetime | None = None) -> pa.Table:
     """The rows of ``pipeline`` that versions ``first`` and ``second`` both answered, one serving the caller and
     the other in shadow (a shadow or canary share), in id order: the row's id, the version that ``served`` it,
     the latest true label sent back for it (JSON text, None where none was), then each version's answer (JSON
-    text) and probability. Empty when no log exists yet."""
+    text) and probability. With ``since``, only rows answered in shadow from then on. Empty when no log exists
+    yet."""
     pair = [first, second]
+    in_shadow = (shadow_answers.c.pipeline == pipeline) & shadow_answers.c.model_version.in_(pair)
+    if since is not None:
+        in_shadow &= shadow_answers.c.created_at >= since
     shadowed = sa.select(
         shadow_answers.c.id, shadow_answers.c.model_version, shadow_answers.c.prediction, shadow_answers.c.probability
-    ).where(shadow_answers.c.pipeline == pipeline, shadow_answers.c.model_version.in_(pair))
+    ).where(in_shadow)
     served = (
         sa.select(predictions.c.id, predictions.c.model_version, predictions.c.prediction, predictions.c.probability)
         .join(shadow_answers, shadow_answers.c.id == predictions.c.id)
-        .where(shadow_answers.c.pipeline == pipeline, shadow_answers.c.model_version.in_(pair))
+        .where(in_shadow)
         .where(predictions.c.model_version.in_(pair), predictions.c.model_version != shadow_answers.c.model_version)
     )
     labels = (
         sa.select(feedback.c.prediction_id, feedback.c.label)
         .join(shadow_answers, shadow_answers.c.id == feedback.c.prediction_id)
-        .where(feedback.c.pipeline == pipeline, shadow_answers.c.model_version.in_(pair))
+        .where(feedback.c.pipeline == pipeline, in_shadow)
         .order_by(feedback.c.id)
     )
     answer = ["id", "version", "prediction", "probability"]
@@ -976,10 +980,15 @@ def paired_answers(url: str, pipeline: str, first: str, second: str) -> pa.Table
         in_table = _answer_table(connection.execute(served).all(), answer)
         in_segments = _served_in_segments(connection, pipeline, shadow.column("id"), in_table.column("id"), answer)
         latest = dict(connection.execute(labels).all())  # a later label replaces an earlier one
-    both = pa.concat_tables([in_table, in_segments]).join(shadow, "id", right_suffix="_shadow")
-    both = both.filter(
-        pc.and_(pc.is_in(both["version"], pa.array(pair)), pc.not_equal(both["version"], both["version_shadow"]))
-    )
+    return _paired(pa.concat_tables([in_table, in_segments]), shadow, first, second, latest)
+
+
+def _paired(served: pa.Table, shadow: pa.Table, first: str, second: str, latest: dict[str, str]) -> pa.Table:
+    """Each served answer of ``first`` or ``second`` beside the other's answer in shadow, as ``paired_answers``
+    gives them, with its latest label from ``latest`` (id: label)."""
+    both = served.join(shadow, "id", right_suffix="_shadow")
+    pair = pa.array([first, second])
+    both = both.filter(pc.and_(pc.is_in(both["version"], pair), pc.not_equal(both["version"], both["version_shadow"])))
     both = both.sort_by("id")
     served_first = pc.equal(both["version"], first)
     found = pc.index_in(both["id"], value_set=pa.array(list(latest), pa.string()))

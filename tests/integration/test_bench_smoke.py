@@ -53,6 +53,8 @@ def test_the_serving_benchmark_runs(trained_home: Path) -> None:
     printed = run_bench("serve_bench.py", "--home", str(trained_home), "--seconds", "1", "--rounds", "2")
     assert "| rows/request | connections | flightplan req/s |" in printed, printed[-2000:]
     assert "| dataframe_split | 1000 | 8 |" in printed, printed[-2000:]
+    assert "| typed records, challenger in shadow | 1 | 8 |" in printed, printed[-2000:]
+    assert "| p99 ms, no shadow | p99 ms, challenger in shadow |" in printed, printed[-2000:]
     assert "batch scoring," in printed and "bare booster" in printed, printed[-2000:]
 
 

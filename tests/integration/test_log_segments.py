@@ -331,3 +331,6 @@ def test_paired_answers_pair_each_served_row_with_the_other_versions_shadow_answ
     assert pairs.column("second_probability").to_pylist() == served_probability + [0.7] * 5 + served_probability
     assert paired_answers(url, PIPELINE, "2", "3").column("id").to_pylist() == [f"q3-{row}" for row in range(5)]
     assert paired_answers(url, PIPELINE, "1", "3").num_rows == 0
+    now = datetime.now(UTC)
+    assert paired_answers(url, PIPELINE, "2", "1", since=now - timedelta(minutes=5)).num_rows == 15
+    assert paired_answers(url, PIPELINE, "2", "1", since=now + timedelta(seconds=1)).num_rows == 0

@@ -229,7 +229,7 @@ def test_the_models_page_plots_live_gates_and_monitoring_windows(
     from flightplan.manifests import LiveDecision
 
     client, _ = ui
-    folder = layout.reports("deployment")
+    folder = layout.reports("deployment") / "live"
     for run, accepted, values in (("gate-1", False, (0.61, 0.64)), ("gate-2", True, (0.70, 0.64))):
         test = {"metric": "roc_auc", "rows": 400, "candidate": values[0], "champion": values[1], "p_value": 0.01,
                 "gain": values[0] - values[1], "gain_lower": 0.01, "margin": 0.0, "confidence": 0.95,
@@ -238,10 +238,12 @@ def test_the_models_page_plots_live_gates_and_monitoring_windows(
         decided = datetime(2026, 1, int(run[-1]), tzinfo=UTC)
         LiveDecision(pipeline="flights", candidate=run[-1], champion="9", decided_at=decided, accepted=accepted,
                      reasons=reasons, test=test).write(folder / f"{run}-live.json")  # fmt: skip
+    LiveDecision(pipeline="flights", candidate="3", champion="2", decided_at=datetime(2026, 1, 3, tzinfo=UTC),
+                 accepted=True, reasons=[], note="no champion yet").write(folder / "gate-3-live.json")  # fmt: skip
     page = client.get("/").text
     gate = chart(page, "live-gate")
     assert plotted(gate) == [0.61, 0.7, 0.64, 0.64]  # the candidate's points, then the champion's
-    assert "version 2 over 9: promoted" in gate and "version 1 over 9: refused" in gate
+    assert "live: version 2 against 9: promoted" in gate and "live: version 1 against 9: refused" in gate
     assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)" in page
     assert "data-chart='drift-share'" in page and "<svg class='chart' data-chart='drift-share'" in page
     assert "<p class='no-chart' data-chart='live-metric'>" in page  # the check's hour had no labeled rows

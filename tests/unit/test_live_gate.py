@@ -13,8 +13,9 @@ from flightplan.model.evaluate import METRICS
 ROWS = 2000
 
 
-def scored(task: str, metric: str, cut: float = 0.5) -> Score:
-    return lambda y, prediction: METRICS[task][metric](y, prediction, cut)
+def scored(task: str, metric: str, y: np.ndarray, prediction: np.ndarray, cut: float = 0.5) -> Score:
+    """A version's metric on a draw of rows, as the live gate builds it."""
+    return lambda draw: METRICS[task][metric](y[draw], prediction[draw], cut)
 
 
 LABELS = (np.random.default_rng(0).random(ROWS) < 0.3).astype(np.float32)
@@ -28,14 +29,14 @@ def binary_answers(noise: float, seed: int) -> np.ndarray:
 def roc_auc_test(candidate_noise: float, champion_noise: float, margin: float = 0.0) -> PairedTest:
     candidate = binary_answers(candidate_noise, 1)
     champion = binary_answers(champion_noise, 1 if candidate_noise == champion_noise else 2)
-    metric = scored("binary", "roc_auc")
-    return paired_bootstrap("roc_auc", (metric, metric), LABELS, (candidate, champion), margin, 0.95, resamples=400)
+    scores = (scored("binary", "roc_auc", LABELS, candidate), scored("binary", "roc_auc", LABELS, champion))
+    return paired_bootstrap("roc_auc", scores, ROWS, margin, 0.95, resamples=450)
 
 
 def test_a_surely_better_candidate_passes_and_the_test_says_by_how_much() -> None:
     test = roc_auc_test(candidate_noise=2.0, champion_noise=4.0)
     assert test.passed and test.gain > 0.05 and 0 < test.gain_lower < test.gain
-    assert test.p_value < 0.01 and test.rows == ROWS and test.resamples == 400
+    assert test.p_value < 0.01 and test.rows == ROWS and test.resamples == 450
     assert test.candidate - test.champion == pytest.approx(test.gain)
 
 
@@ -53,15 +54,16 @@ def test_for_a_lower_is_better_metric_the_gain_is_counted_downwards() -> None:
     rng = np.random.default_rng(3)
     y = rng.normal(0, 1, ROWS)
     close, far = y + rng.normal(0, 0.1, ROWS), y + rng.normal(0, 1.0, ROWS)
-    rmse = scored("regression", "rmse")
-    test = paired_bootstrap("rmse", (rmse, rmse), y, (close, far), 0.0, 0.95, resamples=200)
+    scores = (scored("regression", "rmse", y, close), scored("regression", "rmse", y, far))
+    test = paired_bootstrap("rmse", scores, ROWS, 0.0, 0.95, resamples=200)
     assert test.passed and test.candidate < test.champion and test.gain == pytest.approx(test.champion - test.candidate)
-    again = paired_bootstrap("rmse", (rmse, rmse), y, (close, far), 0.0, 0.95, resamples=200)
-    assert again == test
+    assert paired_bootstrap("rmse", scores, ROWS, 0.0, 0.95, resamples=200) == test
 
 
-def test_rows_of_one_class_cannot_judge_a_ranking_metric() -> None:
+def test_rows_of_one_class_or_no_row_cannot_judge() -> None:
     y = np.zeros(50, dtype=np.float32)
-    metric = scored("binary", "roc_auc")
+    scores = (scored("binary", "roc_auc", y, np.full(50, 0.2)), scored("binary", "roc_auc", y, np.full(50, 0.3)))
     with pytest.raises(ChallengerRefused, match="undefined"):
-        paired_bootstrap("roc_auc", (metric, metric), y, (np.full(50, 0.2), np.full(50, 0.3)), 0.0, 0.95, 50)
+        paired_bootstrap("roc_auc", scores, 50, 0.0, 0.95, 50)
+    with pytest.raises(ChallengerRefused, match="no labeled live row"):
+        paired_bootstrap("roc_auc", scores, 0, 0.0, 0.95, 50)

@@ -43,7 +43,10 @@ log = logging.getLogger(__name__)
 
 RESAMPLES = 2000  # bootstrap draws: the p-value's own error near 0.05 is then about 0.005
 SEED = 20131  # the same rows give the same test
-Score = Callable[[np.ndarray, np.ndarray], float]  # a version's metric of labels and its answers
+Score = Callable[[np.ndarray], float]  # a version's metric on a draw of rows (their numbers)
+MAX_ROWS = 20_000  # rows a test is run on at most
+# A decision's tag in MLflow, by gate and whether its candidate won.
+DECISIONS = {"live": {True: "promote", False: "refused"}, "watch": {True: "rolled back", False: "kept"}}
 
 
 @dataclass(frozen=True)
@@ -69,32 +72,34 @@ class PairedTest:
 
 def paired_bootstrap(
     metric: str,
-    scores: tuple[Score, Score],  # the candidate's metric and the champion's (their binary cuts may differ)
-    y: np.ndarray,
-    predictions: tuple[np.ndarray, np.ndarray],
+    scores: tuple[Score, Score],  # the candidate's metric of a draw of rows, and the champion's
+    rows: int,
     margin: float,
     confidence: float,
     resamples: int = RESAMPLES,
 ) -> PairedTest:
     """The candidate's gain over the champion on ``metric``, and how sure it exceeds ``margin``: each draw takes
-    len(y) rows with replacement and scores both versions on that same draw. A draw whose metric is undefined
-    (a ranking metric of a draw holding one class) is left out."""
+    ``rows`` row numbers with replacement and scores both versions on that same draw. ``p_value`` is the share of
+    draws whose gain does not exceed the margin. A draw whose metric is undefined (a ranking metric of a draw
+    holding one class) is left out."""
     sign = 1.0 if metric in HIGHER_IS_BETTER else -1.0
 
-    def gain(rows: np.ndarray | slice) -> tuple[float, float, float]:
-        candidate = scores[0](y[rows], predictions[0][rows])
-        champion = scores[1](y[rows], predictions[1][rows])
+    def gain(draw: np.ndarray) -> tuple[float, float, float]:
+        candidate, champion = scores[0](draw), scores[1](draw)
         return sign * (candidate - champion), candidate, champion
 
-    observed, candidate, champion = gain(slice(None))
-    draws = np.random.default_rng(SEED).integers(0, len(y), size=(resamples, len(y)))
-    gains = np.array([gain(rows)[0] for rows in draws])
-    gains = gains[np.isfinite(gains)]
+    if rows == 0:
+        raise ChallengerRefused(f"no labeled live row to judge {metric} on")
+    observed, candidate, champion = gain(np.arange(rows))
+    rng = np.random.default_rng(SEED)
+    # Drawn a block at a time: all draws at once would take resamples x rows row numbers of memory.
+    gains = np.array([gain(draw)[0] for _ in range(0, resamples, 100) for draw in rng.integers(0, rows, (100, rows))])
+    gains = gains[:resamples][np.isfinite(gains[:resamples])]
     if not math.isfinite(observed) or len(gains) == 0:
         raise ChallengerRefused(f"live {metric} is undefined on these rows (one class only?): no comparison")
     return PairedTest(
         metric=metric,
-        rows=len(y),
+        rows=rows,
         candidate=candidate,
         champion=champion,
         gain=observed,
@@ -129,25 +134,29 @@ def _nothing_to_prove(candidate: str, champion: str | None) -> str | None:
 def start(job: DeployJob) -> dict[str, Any]:
     """Makes the candidate the `challenger` (a version asked for by hand takes the alias) and has the service
     load it, so that it answers in shadow or canary from now on."""
-    from flightplan.tracking import client
-
     settings, config, _, candidate, champion = _contest(job)
     note = _nothing_to_prove(candidate, champion)
     if note is None:
-        if alias_version(settings, config.registered_model, CHALLENGER) != candidate:
-            client(settings).set_registered_model_alias(config.registered_model, CHALLENGER, candidate)
-            log.info("%s: version %s is the challenger now", config.registered_model, candidate)
-        loaded = loaded_versions(job).get(CHALLENGER, {"serving": None, "error": "no challenger slot"})
-        if loaded["serving"] != candidate:
-            raise ServiceCheckFailed(
-                f"the service did not load challenger version {candidate}: it has {loaded['serving']} "
-                f"({loaded['error']})"
-            )
+        serve_as_challenger(job, settings, config, candidate)
     return {"candidate": candidate, "champion": champion, "note": note}
 
 
-def counted(job: DeployJob, since: datetime) -> dict[str, Any]:
-    """How many labeled live rows the candidate has of the ``live_rows`` it needs (``ready`` once it has them, or
+def serve_as_challenger(job: DeployJob, settings: Settings, config: PipelineConfig, version: str) -> None:
+    """Points the `challenger` alias at ``version`` and has the service load it."""
+    from flightplan.tracking import client
+
+    if alias_version(settings, config.registered_model, CHALLENGER) != version:
+        client(settings).set_registered_model_alias(config.registered_model, CHALLENGER, version)
+        log.info("%s: version %s is the challenger now", config.registered_model, version)
+    loaded = loaded_versions(job).get(CHALLENGER, {"serving": None, "error": "no challenger slot"})
+    if loaded["serving"] != version:
+        raise ServiceCheckFailed(
+            f"the service did not load challenger version {version}: it has {loaded['serving']} ({loaded['error']})"
+        )
+
+
+def counted(job: DeployJob, since: datetime) -> dict[str, Any]:  # job: its version pinned by the run
+    """How many labeled live rows the candidate has of the ``live_rows`` it needs (``done`` once it has them, or
     when there is nothing to prove), and how long to wait before counting again. Raises ChallengerRefused once
     ``live_wait_hours`` have passed since ``since`` without them."""
     settings, config, _, candidate, champion = _contest(job)
@@ -159,24 +168,27 @@ def counted(job: DeployJob, since: datetime) -> dict[str, Any]:
         "poll_seconds": spec.live_poll_seconds,
     }
     if _nothing_to_prove(candidate, champion) is not None:
-        return {**count, "labeled": 0, "ready": True}
-    labeled = _labeled_pairs(settings, config, candidate, str(champion)).num_rows
+        return {**count, "labeled": 0, "done": True}
+    labeled = labeled_pairs(settings, config, candidate, str(champion)).num_rows
     if labeled < spec.live_rows and datetime.now(UTC) >= since + timedelta(hours=spec.live_wait_hours):
         raise ChallengerRefused(
             f"{config.registered_model} version {candidate}: {labeled} labeled live rows in {spec.live_wait_hours:g} h "
             f"of the {spec.live_rows} the live gate needs (deployment.live_rows); not promoted"
         )
     log.info("%s: %d of %d labeled live rows", config.name, labeled, spec.live_rows)
-    return {**count, "labeled": labeled, "ready": labeled >= spec.live_rows}
+    return {**count, "labeled": labeled, "done": labeled >= spec.live_rows}
 
 
-def _labeled_pairs(settings: Settings, config: PipelineConfig, candidate: str, champion: str) -> pa.Table:
-    """The rows both versions answered and that have a true label, the candidate's answers first."""
+def labeled_pairs(
+    settings: Settings, config: PipelineConfig, candidate: str, champion: str, since: datetime | None = None
+) -> pa.Table:
+    """The rows both versions answered (``since`` then, if given) and that have a true label, the candidate's
+    answers first."""
     import pyarrow.compute as pc
 
     from flightplan.prediction_log import paired_answers
 
-    pairs = paired_answers(settings.predictions_db_url, config.name, candidate, champion)
+    pairs = paired_answers(settings.predictions_db_url, config.name, candidate, champion, since)
     return pairs.filter(pc.is_valid(pairs["label"]))
 
 
@@ -190,18 +202,28 @@ def decide(job: DeployJob) -> dict[str, Any]:
     if note is not None:
         decision = LiveDecision(**versions, accepted=True, reasons=[], note=note)
     else:
-        pairs = _labeled_pairs(settings, config, candidate, str(champion))
-        test = _test(settings, config, candidate, str(champion), pairs)
+        pairs = labeled_pairs(settings, config, candidate, str(champion))
+        if pairs.num_rows < config.deployment.live_rows:  # the champion moved since the rows were counted
+            raise ChallengerRefused(
+                f"{pairs.num_rows} labeled live rows of version {candidate} beside champion version {champion}, "
+                f"of the {config.deployment.live_rows} the live gate needs: not promoted"
+            )
+        test = paired_test(settings, config, candidate, str(champion), pairs)
         reasons = [] if test.passed else [_refusal(test)]
         decision = LiveDecision(**versions, accepted=test.passed, reasons=reasons, test=asdict(test))
-    path = decision.write(layout.reports("deployment") / f"{job.context.run_id}-live.json")
-    _log_decision(job, settings, config, decision, path, pairs)
+    path = decision.write(live_decision_path(layout, job.context.run_id, decision.gate))
+    log_decision(job, settings, config, decision, path, pairs)
     if not decision.accepted:
         raise ChallengerRefused(
             f"{config.registered_model} version {candidate} not promoted over champion version {champion} on live "
             "rows:\n  - " + "\n  - ".join(decision.reasons)
         )
     return decision.to_json()
+
+
+def live_decision_path(layout: Layout, run_id: str, gate: str) -> Path:
+    """Where a decision taken on live rows is kept: a folder of their own beside the offline decisions."""
+    return layout.reports("deployment") / "live" / f"{run_id}-{gate}.json"
 
 
 def _refusal(test: PairedTest) -> str:
@@ -212,26 +234,29 @@ def _refusal(test: PairedTest) -> str:
     )
 
 
-def _test(settings: Settings, config: PipelineConfig, candidate: str, champion: str, pairs: pa.Table) -> PairedTest:
-    """The paired bootstrap of the two versions' logged answers on ``pairs`` (``_labeled_pairs``)."""
+def paired_test(
+    settings: Settings, config: PipelineConfig, candidate: str, champion: str, pairs: pa.Table
+) -> PairedTest:
+    """The paired bootstrap of the two versions' logged answers on ``pairs`` (``labeled_pairs``): at most
+    MAX_ROWS of them, a seeded sample beyond (the test's error is then far below any margin worth setting)."""
     from flightplan.model.evaluate import METRICS
     from flightplan.model.registry import decision_threshold, version_metadata
 
+    if pairs.num_rows > MAX_ROWS:
+        pairs = pairs.take(np.sort(np.random.default_rng(SEED).choice(pairs.num_rows, MAX_ROWS, replace=False)))
     metric = config.primary_metric
     scores: list[Score] = []
-    predictions, y = [], np.empty(0)
     for version, side in ((candidate, "first"), (champion, "second")):
         metadata, feature_map = version_metadata(settings, config.registered_model, version)
-        y, prediction = _answers(feature_map, pairs, side)
-        scores.append(_at(METRICS[feature_map.task][metric], decision_threshold(metadata)))
-        predictions.append(prediction)
+        y, prediction = _answers(feature_map, pairs, side)  # labels coded by this version's own classes
+        scores.append(_scored(METRICS[feature_map.task][metric], decision_threshold(metadata), y, prediction))
     spec = config.deployment
-    return paired_bootstrap(metric, (scores[0], scores[1]), y, (predictions[0], predictions[1]), spec.margin,
-                            spec.live_confidence)  # fmt: skip
+    return paired_bootstrap(metric, (scores[0], scores[1]), pairs.num_rows, spec.margin, spec.live_confidence)
 
 
-def _at(metric: Metric, cut: float) -> Score:
-    return lambda y, prediction: metric(y, prediction, cut)
+def _scored(metric: Metric, cut: float, y: np.ndarray, prediction: np.ndarray) -> Score:
+    """A version's metric of a draw of rows."""
+    return lambda draw: metric(y[draw], prediction[draw], cut)
 
 
 def _answers(feature_map: FeatureMap, pairs: pa.Table, side: str) -> tuple[np.ndarray, np.ndarray]:
@@ -252,7 +277,7 @@ def _answers(feature_map: FeatureMap, pairs: pa.Table, side: str) -> tuple[np.nd
     return y, np.eye(len(feature_map.classes))[codes]
 
 
-def _log_decision(
+def log_decision(
     job: DeployJob,
     settings: Settings,
     config: PipelineConfig,
@@ -265,19 +290,19 @@ def _log_decision(
     import mlflow
     import pyarrow.parquet as pq
 
-    with stage_run(settings, config, job.context, deployment_experiment(config), "live_compare"):
+    with stage_run(settings, config, job.context, deployment_experiment(config), f"{decision.gate}_compare"):
         mlflow.set_tags(
             {
                 "flightplan.candidate_version": decision.candidate,
                 "flightplan.champion_version": decision.champion or "-",
-                "flightplan.decision": "promote" if decision.accepted else "refused",
-                "flightplan.gate": "live",
+                "flightplan.decision": DECISIONS[decision.gate][decision.accepted],
+                "flightplan.gate": decision.gate,
             }
         )
         figures = {k: v for k, v in (decision.test or {}).items() if isinstance(v, int | float)}
         mlflow.log_metrics({f"live_{k}": float(v) for k, v in figures.items() if math.isfinite(v)})
         mlflow.log_artifact(str(path))
         if pairs is not None:
-            rows = path.with_name(f"{job.context.run_id}-live-rows.parquet")
+            rows = path.with_name(f"{path.stem}-rows.parquet")
             pq.write_table(pairs, rows)
             mlflow.log_artifact(str(rows))

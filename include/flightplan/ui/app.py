@@ -237,6 +237,7 @@ def _add_models_routes(app: FastAPI, site: Site, current_user: CurrentUser) -> N
             airflow_url=site.settings.airflow_url,
             metric_rows=_metric_rows,
             charts=views.charts,
+            verdict=views.verdict,
             svg=charts.svg,
         )
 

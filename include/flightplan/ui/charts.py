@@ -3,6 +3,7 @@ of its own. Every text in them (versions, decisions, reasons) is escaped."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,13 +32,15 @@ class Chart:
 
     @property
     def empty(self) -> bool:
-        return not any(self.series.values())
+        return not any(math.isfinite(p.value) for series in self.series.values() for p in series)
 
 
 def svg(chart: Chart) -> Markup:
     """The chart as an ``<svg>`` element: a polyline and a circle per point for each series (its colour in the
     legend), the value range on the y axis, the first and last time on the x axis."""
-    points = [p for series in chart.series.values() for p in series]
+    # A metric may be undefined in a window (NaN: a ranking metric of one class): such a point is not drawn.
+    drawn = {name: [p for p in series if math.isfinite(p.value)] for name, series in chart.series.items()}
+    points = [p for series in drawn.values() for p in series]
     if not points:
         return Markup("")
     times = [p.at.timestamp() for p in points]
@@ -64,7 +67,7 @@ def svg(chart: Chart) -> Markup:
         f"<text x='{LEFT + inner_w}' y='{HEIGHT - 8}' text-anchor='end'>"
         f"{max(points, key=lambda p: p.at).at:%Y-%m-%d %H:%M}</text>",
     ]
-    for place, (name, series) in enumerate(chart.series.items()):
+    for place, (name, series) in enumerate(drawn.items()):
         parts += _series(name, sorted(series, key=lambda p: p.at), COLORS[place % len(COLORS)], place, xy)
     parts.append("</svg>")
     return Markup("".join(parts))

@@ -143,9 +143,16 @@ def monitoring_checks(layout: Layout, limit: int) -> list[MonitoringSummary]:
 
 
 def live_decisions(layout: Layout, limit: int) -> list[LiveDecision]:
-    """The live gate's decisions of the pipeline, the newest ``limit`` first."""
-    found = [LiveDecision.read(p) for p in layout.reports("deployment").glob("*-live.json")]
+    """The decisions taken on live rows (live gates and watches) of the pipeline, the newest ``limit`` first."""
+    found = [LiveDecision.read(p) for p in (layout.reports("deployment") / "live").glob("*.json")]
     return sorted(found, key=lambda decision: decision.decided_at, reverse=True)[:limit]
+
+
+def verdict(decision: LiveDecision) -> str:
+    """What a decision on live rows did, in a word or two."""
+    if decision.gate == "watch":
+        return "rolled back" if decision.accepted else "kept"
+    return "promoted" if decision.accepted else "refused"
 
 
 def charts(found: Overview) -> list[Chart]:
@@ -163,14 +170,13 @@ def charts(found: Overview) -> list[Chart]:
     for decision in found.live_decisions:
         if decision.test is None:  # nothing was proven: no champion yet, or the candidate was the champion
             continue
-        verdict = "promoted" if decision.accepted else "refused"
         for side, points in gates.items():
-            note = f"version {decision.candidate} over {decision.champion}: {verdict}"
+            note = f"{decision.gate}: version {decision.candidate} against {decision.champion}: {verdict(decision)}"
             points.append(Point(decision.decided_at, decision.test[side], note))
     return [
         Chart("live-metric", f"live {metric} per monitoring window, by the version that answered", by_version),
         Chart("drift-share", "share of drifting columns per monitoring window", {"drift share": drift}),
-        Chart("live-gate", f"live gate: {metric} of candidate and champion on the same live rows", gates),
+        Chart("live-gate", f"live gates and watches: {metric} of both versions on the same live rows", gates),
     ]
 
 
