@@ -63,9 +63,11 @@ chromium:
 	  else echo "the browser tests need Debian's chromium: sudo apt-get install chromium"; exit 1; fi; \
 	fi
 
-# The browser tests against the stack that `make demo` left running; their screenshots are the README's.
+# The browser tests against the stack that `make demo` left running, and the live gate's test on a stack of its
+# own (a challenger in shadow, a rollback); their screenshots are the README's.
 screenshots: env chromium
 	FLIGHTPLAN_WEB_STACK=running FLIGHTPLAN_SCREENSHOTS=$(CURDIR)/docs/screenshots $(BIN)/pytest tests/web -p no:cacheprovider
+	FLIGHTPLAN_SCREENSHOTS=$(CURDIR)/docs/screenshots $(BIN)/pytest tests/e2e/test_live_gate.py -p no:cacheprovider
 
 bench: env
 	$(BIN)/python bench/ingest_bench.py --home "$$FLIGHTPLAN_HOME/bench"

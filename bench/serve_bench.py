@@ -32,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from train_bench import END, PIPELINE, START, bench_training, prepare_split, timed
 
 TOKEN = "bench-token"
+# The longest a run waits for the shadow to answer its backlog (20,000 rows at most) before the next run.
+SHADOW_DRAIN_SECONDS = 120
 LUA = """
 local f = assert(io.open(os.getenv("BODY_FILE"), "rb"))
 wrk.method = "POST"; wrk.body = f:read("*a"); f:close()
@@ -190,6 +192,18 @@ class Contender:
     url: str
     payloads: dict[int, tuple[str, Any]]  # rows per request: (path, body)
     env: dict[str, str] = field(default_factory=dict)  # besides this process's environment
+    shadows: bool = False  # answers a challenger in shadow: its runs count the rows it skipped
+
+    def shadow_counts(self) -> tuple[float, float, float]:
+        """Rows served so far, rows the shadow skipped (the service too busy to answer them in its budget), and
+        rows it is done with (skipped, answered, refused or failed)."""
+        text = httpx.get(f"{self.url}/metrics", timeout=30).text
+        skipped = metric_sum(text, 'flightplan_shadow_rows_total{outcome="skipped"')
+        return (
+            metric_sum(text, "flightplan_routed_rows_total"),
+            skipped,
+            metric_sum(text, "flightplan_shadow_rows_total"),
+        )
 
     @property
     def health(self) -> str:
@@ -224,6 +238,7 @@ def contenders(
             typed,
             # A log of its own: the two services writing one SQLite file would slow each other's commits.
             {"FLIGHTPLAN_PIPELINES_DIR": str(shadowing), "FLIGHTPLAN_PREDICTIONS_DB": f"sqlite:///{shadowing}/log.db"},
+            shadows=True,
         ),
         # The same rows in MLflow's column-oriented body, as a client of `mlflow models serve` sends them.
         "flightplan, dataframe_split": Contender(
@@ -257,8 +272,7 @@ def measure_cells(
             runs: dict[str, list[dict[str, float]]] = {name: [] for name in taking}
             for _ in range(rounds):
                 for name, contender in taking.items():
-                    path, body = contender.payloads[rows]
-                    runs[name].append(load(wrk, contender.url + path, body, connections, seconds, folder))
+                    runs[name].append(measured_run(wrk, contender, rows, connections, seconds, folder))
             for name, measured in runs.items():
                 median = sorted(measured, key=lambda run: run["rps"])[len(measured) // 2]
                 figures = {"contender": name, "rows": rows, "connections": connections, "rounds": rounds, **median}
@@ -266,6 +280,29 @@ def measure_cells(
                 results.append(figures)
                 print(json.dumps(figures), flush=True)
     return results
+
+
+def measured_run(
+    wrk: str, contender: Contender, rows: int, connections: int, seconds: int, folder: Path
+) -> dict[str, float]:
+    """One run of a cell; for a service with a shadow, also the share of the rows served that it shadowed."""
+    path, body = contender.payloads[rows]
+    before = contender.shadow_counts() if contender.shadows else (0.0, 0.0, 0.0)
+    figures = load(wrk, contender.url + path, body, connections, seconds, folder)
+    if contender.shadows:
+        served, skipped, done = (after - first for after, first in zip(contender.shadow_counts(), before, strict=True))
+        figures["shadowed"] = 1 - skipped / served if served else 0.0
+        # The shadow's backlog is answered now that the service is quiet: before the next contender's run.
+        deadline = time.monotonic() + SHADOW_DRAIN_SECONDS
+        while done < served and time.monotonic() < deadline:
+            time.sleep(0.2)
+            done = contender.shadow_counts()[2] - before[2]
+    return figures
+
+
+def metric_sum(text: str, prefix: str) -> float:
+    """The sum of the Prometheus samples whose line starts with ``prefix`` (a name, or a name and labels)."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
 
 
 def main() -> int:
@@ -313,15 +350,26 @@ def main() -> int:
 
 
 def print_shadow_cost(results: list[dict[str, Any]]) -> None:
-    """The served answers' p99 with the challenger in shadow on every request, against the same service without."""
+    """The served answers' p99 with the challenger in shadow on every request, against the same service without,
+    beside the default budget the shadow may add (``deployment.shadow_budget_ms``), and the share of the rows
+    served that the shadow answered rather than skipped."""
+    from flightplan.config import DeploymentSpec
+
+    budget = DeploymentSpec().shadow_budget_ms
     by_cell = {(r["contender"], r["rows"], r["connections"]): r for r in results}
-    print("\n| rows/request | connections | p99 ms, no shadow | p99 ms, challenger in shadow | req/s ratio |")
-    print("|---:|---:|---:|---:|---:|")
+    print(f"\nshadow budget: {budget:g} ms of p99")
+    columns = "p99 ms, no shadow | p99 ms, challenger in shadow | added p99 ms | within budget | rows shadowed"
+    print(f"\n| rows/request | connections | {columns} | req/s ratio |")
+    print("|---:|---:|---:|---:|---:|---|---:|---:|")
     for (name, rows, connections), shadowed in by_cell.items():
         if name == "flightplan, challenger in shadow":
             alone = by_cell[("flightplan", rows, connections)]
             ratio = f"{shadowed['rps'] / alone['rps']:.2f}" if alone["rps"] else "-"
-            print(f"| {rows} | {connections} | {alone['p99_ms']:.2f} | {shadowed['p99_ms']:.2f} | {ratio} |")
+            added = shadowed["p99_ms"] - alone["p99_ms"]
+            print(
+                f"| {rows} | {connections} | {alone['p99_ms']:.2f} | {shadowed['p99_ms']:.2f} | {added:+.2f} "
+                f"| {'yes' if added <= budget else 'no'} | {shadowed['shadowed']:.0%} | {ratio} |"
+            )
 
 
 def print_table(results: list[dict[str, Any]]) -> None:

@@ -31,6 +31,8 @@ from tests.support.pipeline import (
 from tests.support.processes import mark_session, wait_for_leftovers
 
 SESSION = mark_session()
+# The browser and its pages, for the tests that use the web UIs (tests/web, and the Models page of an e2e test).
+pytest_plugins = ["tests.support.browser"]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -2,7 +2,10 @@
 service: runs triggered through the REST API wait, deferred and holding no worker slot, until the candidate has
 its labeled live rows; live traffic and its ground truth come through the service's API. A candidate that wins
 offline but loses on live rows (their labels drifted) is refused with the test's numbers; a better one is
-promoted, and rolled back by the watch when the live labels then turn against it."""
+promoted, and rolled back by the watch when the live labels then turn against it. A watch ends early when a new
+model takes the challenger alias, and keeps a champion that holds on its live rows until its time is over. The
+Models page, opened in a browser, plots each decision's numbers. Each scenario starts from the worse model made
+champion by hand, so that the tests pass alone and in any order."""
 
 from __future__ import annotations
 
@@ -15,31 +18,33 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
-from flightplan.dev.airflow_rest import AirflowApi
+from flightplan.dev.airflow_rest import AirflowApi, admin_password
 from flightplan.layout import Layout
 from flightplan.settings import Settings
+from playwright.sync_api import Page, expect
 
 from tests.support.airflow import airflow_api, running_airflow
+from tests.support.browser import screenshots_folder, shot, sign_in
 from tests.support.pipeline import aliases, copy_as_challenger, register_worse_challenger
 from tests.support.service import scoped_tokens, service_process, token_environment
-from tests.support.web import chart, plotted
 
 TOKEN = "e2e-live-gate-token"
 DAG = "flights.deployment"
 LIVE_ROWS = 300
+WATCH_HOURS = 0.05
 pytestmark = pytest.mark.airflow
 
 
 @pytest.fixture(scope="module")
 def live_pipelines(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo pipeline, its challenger answering every request in shadow and proven on live rows, and each
-    promotion watched for an hour."""
+    promotion watched for three minutes."""
     pipelines = tmp_path_factory.mktemp("pipelines-with-live-gate")
     shutil.copytree(settings.pipelines_dir, pipelines, dirs_exist_ok=True)
     config = pipelines / "flights.yaml"
     gate = (
         f"  shadow: 1.0\n  live_rows: {LIVE_ROWS}\n  live_poll_seconds: 20\n  live_confidence: 0.95\n"
-        f"  watch_hours: 1\n  watch_rows: {LIVE_ROWS}\n"
+        f"  watch_hours: {WATCH_HOURS}\n  watch_rows: {LIVE_ROWS}\n"
     )
     config.write_text(config.read_text() + "\ndeployment:\n" + gate)
     return pipelines
@@ -134,26 +139,56 @@ def logged(settings: Settings) -> tuple[dict[str, int], int]:
     return answered, int(shadowed)
 
 
+def make_champion(settings: Settings, version: str) -> None:
+    """``version`` made the champion by hand, with no challenger: where each scenario starts."""
+    from flightplan.tracking import client
+
+    client(settings).set_registered_model_alias("flights-delayed", "champion", version)
+    if "challenger" in aliases(settings):
+        client(settings).delete_registered_model_alias("flights-delayed", "challenger")
+
+
+@pytest.fixture(scope="module")
+def worse() -> str:
+    """A model worse offline than the quick challenger: the champion each scenario starts from."""
+    return register_worse_challenger()
+
+
+@pytest.fixture(scope="module")
+def refused(
+    live_airflow: AirflowApi, service: str, settings: Settings, layout: Layout, challenger: tuple[str, dict[str, str]],
+    worse: str,
+) -> str:  # fmt: skip
+    """The run of a candidate better offline than the worse champion, but worse on live rows whose labels
+    drifted: refused by the live gate."""
+    make_champion(settings, worse)
+    run_id = waits_deferred_for_live_rows(live_airflow, service, layout, challenger[1]["version"], flipped=True)
+    assert live_airflow.wait_for_run(DAG, run_id, timeout=600) == "failed"
+    return run_id
+
+
 def test_live_gate_refuses_then_promotes_and_the_watch_rolls_a_regression_back(
-    live_airflow: AirflowApi, service: str, settings: Settings, layout: Layout, challenger: tuple[str, dict[str, str]]
+    live_airflow: AirflowApi,
+    service: str,
+    settings: Settings,
+    layout: Layout,
+    challenger: tuple[str, dict[str, str]],
+    worse: str,
+    refused: str,
 ) -> None:
     from flightplan.tracking import client
 
-    good = challenger[1]["version"]
-    worse = register_worse_challenger()
-    client(settings).set_registered_model_alias("flights-delayed", "champion", worse)
-
-    # Better offline, worse on live rows whose labels drifted: refused by the live gate, with its numbers.
-    refused = waits_deferred_for_live_rows(live_airflow, service, layout, good, flipped=True)
-    assert live_airflow.wait_for_run(DAG, refused, timeout=600) == "failed"
+    # Refused with its numbers, in the task, the decision and MLflow.
     assert live_airflow.task_states(DAG, refused)["live_compare"] == "failed"
     decision = decision_file(layout, refused)
     test = decision["test"]
     assert not decision["accepted"] and test["rows"] >= LIVE_ROWS and test["gain"] < 0, decision
-    assert f"gain {test['gain']:+.4f}" in decision["reasons"][0] and aliases(settings)["champion"] == worse
+    assert f"gain {test['gain']:+.4f}" in decision["reasons"][0]
 
     # Better live too: promoted; then the replaced champion answers in shadow while the watch looks on.
-    better = copy_as_challenger(settings, good)
+    make_champion(settings, worse)
+    answered, shadowed = logged(settings)
+    better = copy_as_challenger(settings, challenger[1]["version"])
     promoted = waits_deferred_for_live_rows(live_airflow, service, layout, better, flipped=False)
     live_airflow.wait_for_task(DAG, promoted, "watch_champion", "deferred", timeout=600)
     assert_no_slot_but_a_deferred_one(live_airflow)
@@ -175,22 +210,74 @@ def test_live_gate_refuses_then_promotes_and_the_watch_rolls_a_regression_back(
     assert watch["accepted"] and watch["candidate"] == worse and watch["test"]["gain"] > 0, watch
     rolled_back = client(settings).get_model_version("flights-delayed", better).tags["flightplan.rolled_back"]
     assert f"version {worse} did better on live rows" in rolled_back
-    # Every answer, the smoke test's (asked of the champion alone) included, and each live one's shadow.
-    assert logged(settings) == ({worse: 800, better: 400 + layout.config.deployment.smoke_rows}, 1200)
+    # Every answer, the smoke test's (asked of the champion alone) included, and each live one's shadow: the worse
+    # model answered the 400 rows before the promotion, the better one those after, each with the other in shadow.
+    now_answered, now_shadowed = logged(settings)
+    smoke_rows = layout.config.deployment.smoke_rows
+    assert (now_answered[worse] - answered[worse], now_answered[better]) == (400, 400 + smoke_rows), now_answered
+    assert now_shadowed - shadowed == 800
 
     experiment = client(settings).get_experiment_by_name("flights-deployment")
     assert experiment is not None
-    runs = client(settings).search_runs([experiment.experiment_id], "tags.`flightplan.gate` != ''")
+    runs = [
+        run
+        for run in client(settings).search_runs([experiment.experiment_id], "tags.`flightplan.gate` != ''")
+        if run.data.tags.get("airflow.run_id") in (refused, promoted)
+    ]
     decided = {(run.data.tags["flightplan.gate"], run.data.tags["flightplan.decision"]) for run in runs}
     assert decided == {("live", "promote"), ("live", "refused"), ("watch", "rolled back")}
     assert all(run.data.metrics["live_rows"] >= LIVE_ROWS for run in runs)
     artifacts = {a.path for a in client(settings).list_artifacts(runs[0].info.run_id)}
     assert any(path.endswith("-rows.parquet") for path in artifacts), artifacts
 
-    page = httpx.get(
-        f"{live_airflow.base_url}/flightplan/", headers={"Authorization": f"Bearer {live_airflow.token}"}, timeout=60
-    )
-    tests = [decision_file(layout, *run)["test"] for run in ((refused,), (promoted,), (promoted, "watch"))]
-    expected = [test[side] for side in ("candidate", "champion") for test in tests]
-    assert plotted(chart(page.text, "live-gate")) == pytest.approx(expected, rel=1e-5), page.text[-3000:]
-    assert "rolled back" in page.text
+
+def test_a_new_challenger_ends_a_watch_and_a_champion_that_holds_is_kept(
+    live_airflow: AirflowApi,
+    service: str,
+    settings: Settings,
+    layout: Layout,
+    challenger: tuple[str, dict[str, str]],
+    worse: str,
+) -> None:
+    from flightplan.deployment.live import live_decision_path
+
+    good = challenger[1]["version"]
+    make_champion(settings, worse)
+    ended = waits_deferred_for_live_rows(live_airflow, service, layout, copy_as_challenger(settings, good), False)
+    live_airflow.wait_for_task(DAG, ended, "watch_champion", "deferred", timeout=600)
+    newcomer = copy_as_challenger(settings, worse)  # the replaced champion answers no more: the watch is over
+    assert live_airflow.wait_for_run(DAG, ended, timeout=300) == "success"
+    assert aliases(settings)["challenger"] == newcomer and not live_decision_path(layout, ended, "watch").exists()
+
+    # Replaced by a better one again, which holds on its live rows until the watch is over.
+    make_champion(settings, worse)
+    holding = copy_as_challenger(settings, good)
+    kept = waits_deferred_for_live_rows(live_airflow, service, layout, holding, flipped=False)
+    live_airflow.wait_for_task(DAG, kept, "watch_champion", "deferred", timeout=600)
+    assert send_live_traffic(service, layout, flipped=False) >= LIVE_ROWS
+    assert live_airflow.wait_for_run(DAG, kept, timeout=600) == "success"
+    watch = decision_file(layout, kept, "watch")
+    assert not watch["accepted"] and watch["note"].startswith(f"kept after {WATCH_HOURS:g} h"), watch
+    assert watch["test"]["rows"] >= LIVE_ROWS and watch["test"]["gain"] < 0, watch  # the replaced one did worse
+    assert {k: v for k, v in aliases(settings).items() if k != "previous"} == {"champion": holding}
+    ready = httpx.get(f"{service}/ready").json()["pipelines"]["flights"]
+    assert ready["version"] == holding and ready["challenger"]["version"] is None, ready
+
+
+@pytest.mark.browser
+def test_the_models_page_plots_every_live_decision(
+    live_airflow: AirflowApi, refused: str, settings: Settings, layout: Layout, airflow_env: dict[str, str], page: Page
+) -> None:
+    """In a browser signed in to Airflow: both versions' values at each decision on file, and the decisions."""
+    decisions = [json.loads(path.read_text()) for path in (layout.reports("deployment") / "live").glob("*.json")]
+    expected = [d["test"][side] for d in decisions if d["test"] for side in ("candidate", "champion")]
+    base = sign_in(page, live_airflow.base_url, admin_password(Path(airflow_env["AIRFLOW_HOME"])))
+    page.goto(f"{base}/flightplan/")
+    live = page.locator("section.live-traffic").first
+    points = live.locator("svg[data-chart='live-gate'] circle")
+    expect(points.first).to_be_visible()
+    drawn = points.evaluate_all("all => all.map(point => Number(point.dataset.value))")
+    assert sorted(drawn) == pytest.approx(sorted(expected), rel=1e-5), (drawn, expected)
+    verdicts = live.locator("table tbody tr td:last-child span").all_inner_texts()
+    assert verdicts.count("refused") >= 1 and len(verdicts) == len(decisions), verdicts
+    shot(live, screenshots_folder(settings.home), "live-gate")

@@ -5,6 +5,7 @@ the figures themselves come from full runs (docs/performance.md), never from her
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,7 +55,8 @@ def test_the_serving_benchmark_runs(trained_home: Path) -> None:
     assert "| rows/request | connections | flightplan req/s |" in printed, printed[-2000:]
     assert "| dataframe_split | 1000 | 8 |" in printed, printed[-2000:]
     assert "| typed records, challenger in shadow | 1 | 8 |" in printed, printed[-2000:]
-    assert "| p99 ms, no shadow | p99 ms, challenger in shadow |" in printed, printed[-2000:]
+    assert "| p99 ms, no shadow | p99 ms, challenger in shadow | added p99 ms | within budget |" in printed
+    assert re.search(r"\| 1 \| 1 \| [\d.]+ \| [\d.]+ \| [-+][\d.]+ \| (yes|no) \| \d+% \|", printed), printed[-2000:]
     assert "batch scoring," in printed and "bare booster" in printed, printed[-2000:]
 
 

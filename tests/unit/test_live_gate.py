@@ -4,10 +4,14 @@ downwards; the same rows give the same test."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pyarrow as pa
 import pytest
-from flightplan.deployment.live import PairedTest, Score, paired_bootstrap
+from flightplan.deployment.live import PairedTest, Score, logged_answers, paired_bootstrap
 from flightplan.deployment.stages import ChallengerRefused
+from flightplan.features import FeatureMap
 from flightplan.model.evaluate import METRICS
 
 ROWS = 2000
@@ -67,3 +71,17 @@ def test_rows_of_one_class_or_no_row_cannot_judge() -> None:
         paired_bootstrap("roc_auc", scores, 50, 0.0, 0.95, 50)
     with pytest.raises(ChallengerRefused, match="no labeled live row"):
         paired_bootstrap("roc_auc", scores, 0, 0.0, 0.95, 50)
+
+
+def test_a_multiclass_versions_answers_are_one_hot_and_a_class_it_does_not_know_is_named() -> None:
+    """The log keeps a multiclass version's chosen class only: its answers are scored as a one-hot of that class,
+    and a class missing from the version's map stops the gate with its name, not as another class's column."""
+    feature_map = FeatureMap(features=[], label="carrier", task="multiclass", classes=["AA", "B6", "UA"])
+    texts = [json.dumps(value) for value in ("UA", "AA", "B6")]
+    pairs = pa.table({"label": texts, "candidate_prediction": texts, "champion_prediction": texts[::-1]})
+    y, candidate = logged_answers(feature_map, pairs, "candidate")
+    assert y.tolist() == [2, 0, 1] and candidate.tolist() == [[0, 0, 1], [1, 0, 0], [0, 1, 0]]
+    assert logged_answers(feature_map, pairs, "champion")[1].tolist() == [[0, 1, 0], [1, 0, 0], [0, 0, 1]]
+    unknown = pairs.set_column(2, "champion_prediction", pa.array([json.dumps("DL")] * 3))
+    with pytest.raises(ValueError, match=r"classes not seen in training: \['DL'\]"):
+        logged_answers(feature_map, unknown, "champion")

@@ -5,7 +5,10 @@ of the version that served it, and the log keeps both."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
+import threading
+import time
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,8 @@ from flightplan.prediction_log import AnsweredRequest
 from flightplan.serving.app import COLUMNAR_ROWS, ServiceOptions, create_app
 from flightplan.serving.inputs import request_fields
 from flightplan.serving.metrics import ServiceMetrics
-from flightplan.serving.traffic import ALIAS_HEADER, CALLER_KEY_HEADER, Router, ShadowRunner
+from flightplan.serving.models import ServedModel
+from flightplan.serving.traffic import ALIAS_HEADER, CALLER_KEY_HEADER, InFlight, Router, ShadowJob, ShadowRunner
 from flightplan.settings import PACKAGE_PIPELINES_DIR, Settings, load_settings
 
 from tests.support.model_double import DoubleRegistry, model_double
@@ -183,19 +187,73 @@ def validated(config: PipelineConfig, record: dict[str, Any]) -> dict[str, Any]:
 def test_a_full_shadow_backlog_skips_requests_and_counts_them(tmp_path: Path) -> None:
     """Rows waiting to be committed count against the backlog as those waiting to be answered do."""
     _, config = serving(tmp_path)
-    metrics, log = ServiceMetrics(), HeldLog()
-    runner = ShadowRunner(log, metrics, max_backlog_rows=3)
+    metrics, log, in_flight = ServiceMetrics(), HeldLog(), InFlight()
     record, challenger = validated(config, full_record(config)), model_double(config, "2")
-    runner.submit("flights", challenger, ["a", "b", "c", "d"], [record] * 4)  # more than the backlog takes
-    runner.submit("flights", challenger, ["e", "f"], [record] * 2)
+
+    def job(*ids: str) -> ShadowJob:
+        return ShadowJob("flights", challenger, list(ids), [record] * len(ids), budget_seconds=0.002)
+
+    runner = ShadowRunner(log, metrics, in_flight, max_backlog_rows=3)
+    with in_flight.serving():  # a request being served: the shadow waits, its backlog full
+        runner.submit(job("a", "b", "c", "d"))  # more than the backlog takes
+        runner.submit(job("e", "f"))
+        runner.submit(job("x", "y"))  # with "e" and "f" waiting: over the backlog
     runner.close()  # "e" and "f" answered and held by the log
-    runner = ShadowRunner(log, metrics, max_backlog_rows=3)
-    runner.submit("flights", challenger, ["g", "h"], [record] * 2)  # with the two held: over the backlog
-    runner.submit("flights", challenger, ["i"], [record])
+    runner = ShadowRunner(log, metrics, in_flight, max_backlog_rows=3)
+    runner.submit(job("g", "h"))  # with the two held: over the backlog
+    runner.submit(job("i"))
     runner.close()
-    runner.submit("flights", challenger, ["j"], [record])  # the service is stopping
+    runner.submit(job("j"))  # the service is stopping
     assert [each.ids for each in log.held] == [["e", "f"], ["i"]]
     assert {each.model_version for each in log.held} == {"2"}
     text = metrics.render().decode()
-    assert re.search(r'flightplan_shadow_rows_total\{outcome="skipped",pipeline="flights"\} 7\.0', text), text
+    assert re.search(r'flightplan_shadow_rows_total\{outcome="skipped",pipeline="flights"\} 9\.0', text), text
     assert re.search(r'flightplan_shadow_rows_total\{outcome="answered",pipeline="flights"\} 3\.0', text), text
+
+
+def test_the_shadow_answers_only_while_no_request_is_served_in_slices_of_its_budget(tmp_path: Path) -> None:
+    """A request arriving while the shadow answers waits for one slice at most: the first slice is one row, the
+    next ones as many rows as the version answered in the budget so far."""
+    _, config = serving(tmp_path)
+    log, in_flight, slices = HeldLog(), InFlight(), []
+
+    def counted(version: str) -> ServedModel:
+        double = model_double(config, version)
+
+        def scores(matrix: Any) -> Any:
+            slices.append(len(matrix))
+            return double.scores(matrix)
+
+        return dataclasses.replace(double, scores=scores)
+
+    record = validated(config, full_record(config))
+    runner = ShadowRunner(log, ServiceMetrics(), in_flight)
+    ids = [f"r{n}" for n in range(300)]
+    with in_flight.serving():
+        runner.submit(ShadowJob("flights", counted("2"), ids, [record] * 300, budget_seconds=1e-9))
+        time.sleep(0.3)
+        assert not slices and not log.held  # nothing answered while a request is served
+    deadline = time.monotonic() + 10
+    while len(log.held) < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert slices == [1] * 300  # a budget no row fits: one row at a time
+    slices.clear()
+    runner.submit(ShadowJob("flights", counted("3"), ids, [record] * 300, budget_seconds=60.0))  # a new version
+    runner.close()
+    assert slices == [1, 299]  # the first row timed, then all that is left fits the budget
+    assert [len(each.ids) for each in log.held] == [300, 300]
+
+
+def test_a_shadow_never_given_quiet_waits_at_most_its_longest_wait() -> None:
+    """So that a service that is never quiet still answers a slice now and then (the live gate gets its rows)."""
+    in_flight, stop = InFlight(), threading.Event()
+    with in_flight.serving():
+        started = time.monotonic()
+        in_flight.wait_until_quiet(stop, longest=0.2)
+        assert 0.2 <= time.monotonic() - started < 5
+        stop.set()
+        started = time.monotonic()
+        in_flight.wait_until_quiet(stop, longest=60)  # the service stopping: no wait
+        assert time.monotonic() - started < 1
+    with in_flight.serving(counted=False):  # a probe: nothing to wait for
+        in_flight.wait_until_quiet(threading.Event(), longest=60)

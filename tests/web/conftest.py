@@ -1,6 +1,6 @@
-"""A browser and a stack to point it at, for the tests that use the web UIs as a person does.
+"""A browser (tests/support/browser.py) and a stack to point it at, for the tests that use the web UIs as a
+person does.
 
-The browser is Debian's Chromium driven by Playwright (Playwright cannot download a browser of its own here).
 The stack is, by default, one that `flightplan up` starts for these tests on the session's home, with an
 Airflow of its own and a copy of the flights pipeline that accepts any model (the gate is tested elsewhere;
 here a quick search must register a version). With ``FLIGHTPLAN_WEB_STACK=running`` the tests use the stack
@@ -13,7 +13,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from flightplan.config import PipelineConfig
@@ -21,54 +20,14 @@ from flightplan.dev.airflow_rest import admin_password
 from flightplan.layout import Layout
 from flightplan.settings import Settings, api_token, load_settings
 
-from tests.support.engines import pipelines_with, require
+from tests.support.browser import screenshots_folder
+from tests.support.engines import pipelines_with
 from tests.support.pipeline import END_DAY, FIRST_DAY, REPO, SCRIPT_PAYLOAD
 from tests.support.service import free_port, token_environment
 from tests.support.web import WebStack
 
-CHROMIUM = os.environ.get("FLIGHTPLAN_CHROMIUM", "/usr/bin/chromium")
-# As root, without a sandbox; and none of the background connections that a closed network refuses.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-VIEWPORT = {"width": 1400, "height": 900}
 TOKEN = "web-test-token"
 FLIGHTPLAN = str(Path(sys.executable).with_name("flightplan"))
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    require("Chromium (apt-get install chromium, or `make chromium`)", None if Path(CHROMIUM).exists() else CHROMIUM)
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
-
-
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    """A fresh page (cookies of its own) at the size of a laptop screen; every wait and expectation fails after
-    60 s (an API server writing to SQLite beside a scheduler and a task answers in seconds, not milliseconds)."""
-    from playwright.sync_api import expect
-
-    expect.set_options(timeout=60_000)
-    context = browser.new_context(viewport=VIEWPORT)
-    context.set_default_timeout(60_000)
-    yield context.new_page()
-    context.close()
-
-
-def screenshots_folder(home: Path) -> Path:
-    folder = Path(os.environ.get("FLIGHTPLAN_SCREENSHOTS", home / "screenshots"))
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 @pytest.fixture(scope="module")

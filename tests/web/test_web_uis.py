@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -21,28 +20,11 @@ import pytest
 from flightplan.manifests import MonitoringSummary
 from playwright.sync_api import Dialog, Page, expect
 
+from tests.support.browser import shot, sign_in
 from tests.support.web import WebStack
 
 pytestmark = pytest.mark.browser
 RUN_TIMEOUT_MS = 900_000
-
-
-def shot(page: Page, web: WebStack, name: str, full_page: bool = False) -> Path:
-    path = web.screenshots / f"{name}.png"
-    page.screenshot(path=path, full_page=full_page)
-    assert path.stat().st_size > 10_000, f"{path} is nearly empty"
-    return path
-
-
-def sign_in(page: Page, web: WebStack) -> str:
-    """Signs in to the Airflow UI as the admin; returns its base URL."""
-    base = web.settings.airflow_url.rstrip("/")
-    page.goto(f"{base}/")
-    page.get_by_label("Username").fill("admin")
-    page.get_by_label("Password").fill(web.password)
-    page.get_by_role("button", name="Sign in").click()
-    expect(page.get_by_role("button", name="Browse")).to_be_visible()
-    return base
 
 
 def registered_by(web: WebStack, run_id: str) -> str:
@@ -58,10 +40,10 @@ def registered_by(web: WebStack, run_id: str) -> str:
 def test_a_run_triggered_from_the_form_succeeds_and_its_version_is_on_the_models_page(
     page: Page, web_stack: WebStack
 ) -> None:
-    base = sign_in(page, web_stack)
+    base = sign_in(page, web_stack.settings.airflow_url, web_stack.password)
     page.goto(f"{base}/dags")
     expect(page.get_by_role("link", name="flights.model_engineering", exact=True)).to_be_visible()
-    shot(page, web_stack, "airflow-dags")
+    shot(page, web_stack.screenshots, "airflow-dags")
 
     page.get_by_role("link", name="flights.model_engineering", exact=True).click()
     trigger = page.get_by_role("button", name="Trigger Dag")
@@ -70,14 +52,14 @@ def test_a_run_triggered_from_the_form_succeeds_and_its_version_is_on_the_models
     form = page.get_by_role("dialog")
     form.locator("input[name=element_trials]").fill(str(web_stack.trials))
     form.locator("input[name=element_reason]").fill("retrained from the browser")
-    shot(page, web_stack, "airflow-trigger-form")
+    shot(page, web_stack.screenshots, "airflow-trigger-form")
     form.get_by_role("button", name="Trigger", exact=True).click()
 
     expect(page).to_have_url(re.compile(r"/dags/flights\.model_engineering/runs/"))
     run_id = unquote(page.url.rsplit("/runs/", 1)[1])
     state = page.get_by_role("heading", name=run_id, exact=True).locator("xpath=..").get_by_test_id("state-badge")
     expect(state).to_have_text(re.compile("^(Success|Failed)$"), timeout=RUN_TIMEOUT_MS)
-    shot(page, web_stack, "airflow-run")
+    shot(page, web_stack.screenshots, "airflow-run")
     assert state.inner_text() == "Success", f"model_engineering {run_id} failed: see {page.url}"
     tasks = page.get_by_test_id("table-list")
     for task in ("features", "tune", "train", "evaluate", "accept", "package", "register"):
@@ -91,11 +73,11 @@ def test_a_run_triggered_from_the_form_succeeds_and_its_version_is_on_the_models
     challenger = models.locator(".card").filter(has_text=f"challenger: version {version}")
     expect(challenger).to_contain_text("retrained from the browser")
     expect(challenger).to_contain_text("test roc_auc")
-    shot(page, web_stack, "models-page")
+    shot(page, web_stack.screenshots, "models-page")
 
 
 def test_the_models_page_opens_the_validation_and_the_drift_report(page: Page, web_stack: WebStack) -> None:
-    base = sign_in(page, web_stack)
+    base = sign_in(page, web_stack.settings.airflow_url, web_stack.password)
     page.goto(f"{base}/flightplan/")
     # The charts are drawn from the monitoring checks of the live traffic (tests/web/conftest.py).
     checks = [
@@ -114,7 +96,7 @@ def test_the_models_page_opens_the_validation_and_the_drift_report(page: Page, w
     overview = page.get_by_text("Expectation Suite: flights")
     expect(overview).to_be_visible()
     overview.evaluate("element => element.scrollIntoView({block: 'start'})")
-    shot(page, web_stack, "gx-validation")
+    shot(page, web_stack.screenshots, "gx-validation")
 
     page.go_back()
     # The report draws on traffic that carried a script (tests/web/conftest.py): it must not run.
@@ -134,7 +116,7 @@ def test_the_models_page_opens_the_validation_and_the_drift_report(page: Page, w
     expect(page.get_by_text(re.compile(r"Drift is (not )?detected for"))).to_be_visible()
     assert dialogs == [] and page.title() != "pwned"
     assert [url for url in requests if "/api/" in url] == []
-    shot(page, web_stack, "evidently-drift")
+    shot(page, web_stack.screenshots, "evidently-drift")
 
 
 def test_two_training_runs_side_by_side_in_mlflow(page: Page, web_stack: WebStack) -> None:
@@ -149,7 +131,7 @@ def test_two_training_runs_side_by_side_in_mlflow(page: Page, web_stack: WebStac
         assistant.last.click()
     rows = page.get_by_role("checkbox", name=re.compile("toggle row selection"))
     expect(rows.nth(1)).to_be_visible()
-    shot(page, web_stack, "mlflow-runs")
+    shot(page, web_stack.screenshots, "mlflow-runs")
     rows.first.check()  # the newest run and the oldest: the model of the first data
     rows.last.check()
     page.get_by_role("button", name="Compare", exact=True).click()
@@ -164,7 +146,7 @@ def test_two_training_runs_side_by_side_in_mlflow(page: Page, web_stack: WebStac
     metrics = page.get_by_text("Metrics", exact=True).last
     metrics.evaluate("element => element.scrollIntoView({block: 'start'})")
     expect(page.get_by_text("test_roc_auc", exact=True).last).to_be_visible()
-    shot(page, web_stack, "mlflow-compare")
+    shot(page, web_stack.screenshots, "mlflow-compare")
 
 
 def test_the_api_docs_send_an_authorized_prediction(page: Page, web_stack: WebStack) -> None:
@@ -195,7 +177,7 @@ def test_the_api_docs_send_an_authorized_prediction(page: Page, web_stack: WebSt
     assert answer["model_version"] == champion and 0.0 <= answer["probability"] <= 1.0
     # The answer at the top of the screen: the curl command above it shows the token.
     response.evaluate("element => element.scrollIntoView({block: 'start'})")
-    shot(page, web_stack, "api-docs")
+    shot(page, web_stack.screenshots, "api-docs")
 
 
 def _config(web: WebStack) -> Any:

@@ -22,14 +22,13 @@ import pyarrow as pa
 
 from flightplan.config import HIGHER_IS_BETTER, PipelineConfig
 from flightplan.deployment.stages import (
-    ALREADY_CHAMPION,
-    FIRST_CHAMPION,
     ChallengerRefused,
     DeployJob,
     ServiceCheckFailed,
     candidate_version,
     deployment_experiment,
     loaded_versions,
+    nothing_to_prove,
 )
 from flightplan.features import FeatureMap
 from flightplan.layout import Layout
@@ -125,17 +124,11 @@ def _contest(job: DeployJob) -> Contest:
     return Contest(settings, config, layout, candidate_version(job, settings, config), champion)
 
 
-def _nothing_to_prove(candidate: str, champion: str | None) -> str | None:
-    if champion is None:
-        return FIRST_CHAMPION
-    return ALREADY_CHAMPION.format(candidate) if champion == candidate else None
-
-
 def start(job: DeployJob) -> dict[str, Any]:
     """Makes the candidate the `challenger` (a version asked for by hand takes the alias) and has the service
     load it, so that it answers in shadow or canary from now on."""
     settings, config, _, candidate, champion = _contest(job)
-    note = _nothing_to_prove(candidate, champion)
+    note = nothing_to_prove(candidate, champion)
     if note is None:
         serve_as_challenger(job, settings, config, candidate)
     return {"candidate": candidate, "champion": champion, "note": note}
@@ -167,7 +160,7 @@ def counted(job: DeployJob, since: datetime) -> dict[str, Any]:  # job: its vers
         "needed": spec.live_rows,
         "poll_seconds": spec.live_poll_seconds,
     }
-    if _nothing_to_prove(candidate, champion) is not None:
+    if nothing_to_prove(candidate, champion) is not None:
         return {**count, "labeled": 0, "done": True}
     labeled = labeled_pairs(settings, config, candidate, str(champion)).num_rows
     if labeled < spec.live_rows and datetime.now(UTC) >= since + timedelta(hours=spec.live_wait_hours):
@@ -197,7 +190,7 @@ def decide(job: DeployJob) -> dict[str, Any]:
     it does not beat it. Returns the decision (also written next to the data and logged to MLflow)."""
     settings, config, layout, candidate, champion = _contest(job)
     versions = {"pipeline": config.name, "candidate": candidate, "champion": champion, "decided_at": datetime.now(UTC)}
-    note = _nothing_to_prove(candidate, champion)
+    note = nothing_to_prove(candidate, champion)
     pairs = None
     if note is not None:
         decision = LiveDecision(**versions, accepted=True, reasons=[], note=note)
@@ -248,7 +241,7 @@ def paired_test(
     scores: list[Score] = []
     for version, side in ((candidate, "first"), (champion, "second")):
         metadata, feature_map = version_metadata(settings, config.registered_model, version)
-        y, prediction = _answers(feature_map, pairs, side)  # labels coded by this version's own classes
+        y, prediction = logged_answers(feature_map, pairs, side)  # labels coded by this version's own classes
         scores.append(_scored(METRICS[feature_map.task][metric], decision_threshold(metadata), y, prediction))
     spec = config.deployment
     return paired_bootstrap(metric, (scores[0], scores[1]), pairs.num_rows, spec.margin, spec.live_confidence)
@@ -259,7 +252,7 @@ def _scored(metric: Metric, cut: float, y: np.ndarray, prediction: np.ndarray) -
     return lambda draw: metric(y[draw], prediction[draw], cut)
 
 
-def _answers(feature_map: FeatureMap, pairs: pa.Table, side: str) -> tuple[np.ndarray, np.ndarray]:
+def logged_answers(feature_map: FeatureMap, pairs: pa.Table, side: str) -> tuple[np.ndarray, np.ndarray]:
     """The labels and one version's logged answers as its metrics take them: P(1) for a binary model, values
     for a regression, and for a multiclass model its chosen class (the log keeps no other class's probability)."""
     import pandas as pd
@@ -273,7 +266,8 @@ def _answers(feature_map: FeatureMap, pairs: pa.Table, side: str) -> tuple[np.nd
     chosen = pd.Series(decoded_values(pairs[f"{side}_prediction"]))
     if feature_map.task == "regression":
         return y, pd.to_numeric(chosen).to_numpy(dtype=np.float64)
-    codes = pd.Categorical(chosen.astype("string"), categories=feature_map.classes).codes
+    # A class this version's map does not know is refused by name (a code of -1 would read as the last class).
+    codes = encode_label(pd.DataFrame({feature_map.label: chosen}), feature_map).astype(np.int64)
     return y, np.eye(len(feature_map.classes))[codes]
 
 

@@ -155,6 +155,13 @@ def candidate_version(job: DeployJob, settings: Settings, config: PipelineConfig
     return version
 
 
+def nothing_to_prove(candidate: str, champion: str | None) -> str | None:
+    """Why the candidate needs no comparison (no champion yet, or it is the champion already); None if it does."""
+    if champion is None:
+        return FIRST_CHAMPION
+    return ALREADY_CHAMPION.format(candidate) if champion == candidate else None
+
+
 def compare(job: DeployJob) -> dict[str, Any]:
     """The candidate against the champion on recent labeled data; raises ChallengerRefused when it loses.
     Returns the decision (also written next to the data and logged to MLflow)."""
@@ -162,12 +169,11 @@ def compare(job: DeployJob) -> dict[str, Any]:
     version = candidate_version(job, settings, config)
     champion_version = alias_version(settings, config.registered_model, CHAMPION)
     versions = {"pipeline": config.name, "candidate": version, "champion": champion_version}
-    if champion_version == version:
-        decision = DeploymentDecision(**versions, accepted=True, reasons=[], note=ALREADY_CHAMPION.format(version))
-    elif champion_version is None:
-        decision = DeploymentDecision(**versions, accepted=True, reasons=[], note=FIRST_CHAMPION)
-    else:
+    note = nothing_to_prove(version, champion_version)
+    if note is None and champion_version is not None:
         decision = DeploymentDecision(**versions, **_contest(layout, settings, version, champion_version))
+    else:
+        decision = DeploymentDecision(**versions, accepted=True, reasons=[], note=note)
     path = decision.write(layout.reports("deployment") / f"{job.context.run_id}.json")
     _log_decision(job, settings, config, decision, path)
     if not decision.accepted:

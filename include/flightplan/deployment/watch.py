@@ -76,8 +76,9 @@ def watched(job: DeployJob, promoted: str, since: datetime, judged_rows: int) ->
     over = datetime.now(UTC) >= since + timedelta(hours=spec.watch_hours)
     fresh = pairs.num_rows - judged_rows
     test = None
-    # A look every watch_rows new rows, and a last one at the end on whatever came since (if enough rows in all).
-    if fresh >= spec.watch_rows or (over and fresh > 0 and pairs.num_rows >= spec.watch_rows):
+    # A look every watch_rows new rows, and a last one at the end on all rows (if enough), whose figures the
+    # decision to keep the champion carries.
+    if fresh >= spec.watch_rows or (over and pairs.num_rows >= spec.watch_rows):
         judged_rows, test = pairs.num_rows, _judged(settings, config, previous, promoted, pairs)
         if test is not None and test.passed:
             _roll_back(job, previous, promoted, test, pairs)

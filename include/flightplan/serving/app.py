@@ -60,7 +60,16 @@ from flightplan.serving.models import (
     answer_texts,
     answers_each,
 )
-from flightplan.serving.traffic import Challenger, Route, RouteKey, Routing, ShadowRunner, challenger_of
+from flightplan.serving.traffic import (
+    Challenger,
+    InFlight,
+    Route,
+    RouteKey,
+    Routing,
+    ShadowJob,
+    ShadowRunner,
+    challenger_of,
+)
 from flightplan.settings import TOKEN_VARIABLES, ApiScope, Settings
 
 log = logging.getLogger(__name__)
@@ -76,6 +85,8 @@ LOG_WAIT_SECONDS = 10.0
 # per row of a row of JSON text each, with no sealing after (bench/log_bench.py).
 COLUMNAR_ROWS = 100
 ANY_VERSION = Routing()  # a request that asks nothing of the routing
+# The pipelines' routes (predictions, feedback): the requests the shadow waits for.
+API_PREFIX = "/v1/"
 
 
 @dataclass(frozen=True)
@@ -329,6 +340,7 @@ class Service:
         self.engine = create_store_engine(settings.predictions_db_url)
         self.log: PredictionLog | None = None
         self.shadows: ShadowRunner | None = None
+        self.in_flight = InFlight()  # the requests being answered: the shadow waits until there are none
         self.single_records: TurnBatcher[RouteKey, tuple[dict[str, Any], Route], tuple[str, str, dict[str, Any]]] = (
             TurnBatcher(self.answer_together, max_items=MAX_GATHERED_RECORDS)
         )
@@ -337,7 +349,7 @@ class Service:
 
     def start(self) -> None:
         self.log = PredictionLog(self.engine, self.record_schema)
-        self.shadows = ShadowRunner(self.log, self.metrics)
+        self.shadows = ShadowRunner(self.log, self.metrics, self.in_flight)
         self.reload_all(retry_refused=True)
         self._poller = threading.Thread(target=self._poll, name="alias-poller", daemon=True)
         self._poller.start()
@@ -464,8 +476,10 @@ class Service:
     def answered(self, pipeline: str, route: Route, ids: list[str], records: list[dict[str, Any]]) -> None:
         """Once the callers have their answers: counted by the alias that gave them, and shadowed."""
         self.metrics.routed_rows.labels(pipeline, route.alias).inc(len(ids))
-        if route.shadow is not None and self.shadows is not None:
-            self.shadows.submit(pipeline, route.shadow, ids, records)
+        config = self.configs.get(pipeline)
+        if route.shadow is not None and self.shadows is not None and config is not None:
+            budget = config.deployment.shadow_budget_ms / 1000
+            self.shadows.submit(ShadowJob(pipeline, route.shadow, ids, records, budget))
 
     async def answer_one(
         self, pipeline: str, record: dict[str, Any], routing: Routing = ANY_VERSION
@@ -613,13 +627,15 @@ def parsed_body(answer: type[BaseModel], schema: dict[str, Any]) -> dict[str, An
 
 
 class RequestMetrics:
-    """Counts requests and their latency per route. A plain ASGI middleware: Starlette's ``BaseHTTPMiddleware``
-    (``@app.middleware("http")``) runs the app in a task of its own and streams the response through a queue,
-    on every request."""
+    """Counts requests and their latency per route, and the API's requests in flight from their first byte
+    received to their last sent (the shadow answers only when there are none). A plain ASGI middleware: Starlette's
+    ``BaseHTTPMiddleware`` (``@app.middleware("http")``) runs the app in a task of its own and streams the
+    response through a queue, on every request."""
 
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, in_flight: InFlight) -> None:
         self.app = app
         self.metrics = metrics
+        self.in_flight = in_flight
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -635,7 +651,8 @@ class RequestMetrics:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_status)
+            with self.in_flight.serving(scope["path"].startswith(API_PREFIX)):
+                await self.app(scope, receive, send_with_status)
         finally:
             path = getattr(scope.get("route"), "path", "unmatched")
             self.metrics.requests.labels(path, str(status)).inc()
@@ -703,7 +720,7 @@ def create_app(settings: Settings, options: ServiceOptions, models: ModelSources
     )
     patch_fastapi(app, redirect_from_root_to_docs=False)  # Swagger UI served from this process, at /docs
 
-    app.add_middleware(RequestMetrics, metrics=service.metrics)
+    app.add_middleware(RequestMetrics, metrics=service.metrics, in_flight=service.in_flight)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     app.exception_handler(RequestValidationError)(refuse_invalid)
     add_service_routes(app, service, auth["admin"])
@@ -773,7 +790,7 @@ def challenger_state(challenger: Challenger | None) -> dict[str, Any]:
 
 
 def routes_of(names: set[str]) -> Callable[[Any], bool]:
-    prefixes = tuple(f"/v1/{name}/" for name in names)
+    prefixes = tuple(f"{API_PREFIX}{name}/" for name in names)
     return lambda route: getattr(route, "path", "").startswith(prefixes)
 
 
@@ -836,7 +853,7 @@ def add_pipeline_routes(
     bodies = request_bodies(config)
 
     def post(path: str, scope: ApiScope, summary: str, **documented: Any) -> Callable[[Endpoint], Endpoint]:
-        route = f"/v1/{name}/{path}"
+        route = f"{API_PREFIX}{name}/{path}"
         return app.post(route, tags=[f"pipeline {name}"], dependencies=auth[scope], summary=summary, **documented)
 
     add_typed_prediction_routes(post, service, name, bodies)

@@ -15,17 +15,27 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import queue
 import threading
-from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from flightplan.config import DeploymentSpec, PipelineConfig
 from flightplan.model.registry import CHALLENGER, CHAMPION
 from flightplan.prediction_log import AnsweredRequest
+from flightplan.serving.inputs import InvalidRecord
 from flightplan.serving.metrics import ServiceMetrics
-from flightplan.serving.models import Answer, ModelSlot, ModelSources, ServedModel, answer_texts, answers_each
+from flightplan.serving.models import (
+    Answer,
+    ModelSlot,
+    ModelSources,
+    ServedModel,
+    answer_texts,
+    answers_each,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +48,11 @@ HASH_PLACES = 2**64
 # Rows waiting for their shadow answers at most: beyond, a request is not shadowed (the shadow falls behind only
 # when the service is saturated, and then it must not take memory or CPU from the served answers).
 SHADOW_BACKLOG_ROWS = 20_000
+# How often a shadow waiting for quiet looks whether the service is stopping.
+QUIET_POLL_SECONDS = 0.1
+# The longest the shadow waits for quiet before it answers one slice anyway: a service never quiet still has its
+# challenger answer a slice a second (a sliver of its time), so that a live gate gets its rows, slowly.
+SHADOW_LONGEST_WAIT_SECONDS = 1.0
 
 
 class Share:
@@ -144,52 +159,123 @@ class ShadowLog(Protocol):
     def shadow_rows_waiting(self) -> int: ...
 
 
+class InFlight:
+    """Counts the served requests being answered, so that the shadow can wait until there are none."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._quiet = threading.Condition()
+
+    @contextmanager
+    def serving(self, counted: bool = True) -> Iterator[None]:
+        if not counted:  # a request the shadow need not wait for (a probe, a scrape of the metrics)
+            yield
+            return
+        with self._quiet:
+            self._count += 1
+        try:
+            yield
+        finally:
+            with self._quiet:
+                self._count -= 1
+                if not self._count:
+                    self._quiet.notify_all()
+
+    def wait_until_quiet(self, stop: threading.Event, longest: float = SHADOW_LONGEST_WAIT_SECONDS) -> None:
+        """Returns once no request is in flight, when ``stop`` is set, or after ``longest`` seconds anyway."""
+        deadline = time.monotonic() + longest
+        with self._quiet:
+            while self._count and not stop.is_set() and (left := deadline - time.monotonic()) > 0:
+                self._quiet.wait(min(left, QUIET_POLL_SECONDS))  # woken when quiet; the timeout looks at ``stop``
+
+
+@dataclass(frozen=True)
+class ShadowJob:
+    pipeline: str
+    model: ServedModel
+    ids: list[str]
+    records: list[dict[str, Any]]
+    budget_seconds: float  # the longest one slice of the job may take (``deployment.shadow_budget_ms``)
+
+
 class ShadowRunner:
     """Answers requests in shadow on a thread of its own, once their callers have their answers, and hands the
-    answers to the log, which commits them when no served request waits: the shadow adds no wait to a served
-    answer's commit and takes at most one core. A request whose rows would put more than ``max_backlog_rows``
-    in waiting (to be answered, or committed) is not shadowed (``flightplan_shadow_rows_total{outcome="skipped"}``)."""
+    answers to the log, which commits them when no served request waits.
 
-    def __init__(self, log: ShadowLog, metrics: ServiceMetrics, max_backlog_rows: int = SHADOW_BACKLOG_ROWS) -> None:
-        self._log = log
-        self._metrics = metrics
+    A served request must not wait for the shadow longer than its pipeline's budget: the runner answers only
+    while no served request is in flight (or after waiting a second for it), in slices that take about the
+    budget (sized from the time the version took per row so far), so a request that arrives meanwhile waits
+    at most one slice. A busy service thus shadows fewer requests: one whose rows would put more than
+    ``max_backlog_rows`` in waiting (to be answered, or committed) is not shadowed
+    (``flightplan_shadow_rows_total{outcome="skipped"}``)."""
+
+    def __init__(
+        self, log: ShadowLog, metrics: ServiceMetrics, in_flight: InFlight, max_backlog_rows: int = SHADOW_BACKLOG_ROWS
+    ) -> None:
+        self._log, self._metrics, self._in_flight = log, metrics, in_flight
         self._max_backlog_rows = max_backlog_rows
         self._backlog = 0  # rows waiting to be answered
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="shadow")
-        self._closed = False
+        self._jobs: queue.SimpleQueue[ShadowJob | None] = queue.SimpleQueue()
+        self._seconds_per_row: dict[tuple[str, str], float] = {}  # by pipeline and version
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="shadow", daemon=True)
+        self._thread.start()
 
-    def submit(self, pipeline: str, model: ServedModel, ids: list[str], records: list[dict[str, Any]]) -> None:
+    def submit(self, job: ShadowJob) -> None:
         with self._lock:
-            taken = not self._closed and (
-                self._backlog + self._log.shadow_rows_waiting + len(ids) <= self._max_backlog_rows
+            taken = not self._closing.is_set() and (
+                self._backlog + self._log.shadow_rows_waiting + len(job.ids) <= self._max_backlog_rows
             )
             if taken:
-                self._backlog += len(ids)
-                self._pool.submit(self._answer, pipeline, model, ids, records)
+                self._backlog += len(job.ids)
+                self._jobs.put(job)
         if not taken:
-            self._metrics.shadow_rows.labels(pipeline, "skipped").inc(len(ids))
+            self._metrics.shadow_rows.labels(job.pipeline, "skipped").inc(len(job.ids))
 
     def close(self) -> None:
-        """Answers what is waiting (the log, closed after, commits it); what comes later is skipped."""
+        """Answers what is waiting, without waiting for quiet (the log, closed after, commits it); what comes
+        later is skipped."""
         with self._lock:
-            self._closed = True
-        self._pool.shutdown(wait=True)
+            self._closing.set()
+            self._jobs.put(None)
+        self._thread.join()
 
-    def _answer(self, pipeline: str, model: ServedModel, ids: list[str], records: list[dict[str, Any]]) -> None:
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            self._answer(job)
+
+    def _answer(self, job: ShadowJob) -> None:
         try:
-            answered = answers_each(model, records)  # a record the shadow's version cannot take is left out
-            kept = [(i, answer) for i, answer in zip(ids, answered, strict=True) if isinstance(answer, Answer)]
-            if kept and not self._log.submit_shadow(shadow_request(pipeline, model.version, kept)):
+            answered = self._answered_in_slices(job)  # a record the shadow's version cannot take is left out
+            kept = [(i, answer) for i, answer in zip(job.ids, answered, strict=True) if isinstance(answer, Answer)]
+            if kept and not self._log.submit_shadow(shadow_request(job.pipeline, job.model.version, kept)):
                 raise RuntimeError("the prediction log is closed")
-            self._metrics.shadow_rows.labels(pipeline, "answered").inc(len(kept))
-            self._metrics.shadow_rows.labels(pipeline, "refused").inc(len(ids) - len(kept))
+            self._metrics.shadow_rows.labels(job.pipeline, "answered").inc(len(kept))
+            self._metrics.shadow_rows.labels(job.pipeline, "refused").inc(len(job.ids) - len(kept))
         except Exception:  # the served answers stand; the shadow's are missing from the comparison
-            log.exception("%s: version %s could not answer %d rows in shadow", pipeline, model.version, len(ids))
-            self._metrics.shadow_rows.labels(pipeline, "failed").inc(len(ids))
+            log.exception(
+                "%s: version %s could not answer %d rows in shadow", job.pipeline, job.model.version, len(job.ids)
+            )
+            self._metrics.shadow_rows.labels(job.pipeline, "failed").inc(len(job.ids))
         finally:
             with self._lock:
-                self._backlog -= len(ids)
+                self._backlog -= len(job.ids)
+
+    def _answered_in_slices(self, job: ShadowJob) -> list[Answer | InvalidRecord]:
+        answered: list[Answer | InvalidRecord] = []
+        key = (job.pipeline, job.model.version)
+        while len(answered) < len(job.records):
+            self._in_flight.wait_until_quiet(self._closing)
+            per_row = self._seconds_per_row.get(key)
+            rows = 1 if per_row is None else max(1, int(job.budget_seconds / per_row))
+            records = job.records[len(answered) : len(answered) + rows]
+            started = time.perf_counter()
+            answered += answers_each(job.model, records)
+            took = (time.perf_counter() - started) / len(records)
+            # Averaged with the last estimate: one slow slice (a collection, a page fault) halves the next only.
+            self._seconds_per_row[key] = took if per_row is None else (per_row + took) / 2
+        return answered
 
 
 def shadow_request(pipeline: str, version: str, answered: list[tuple[str, Answer]]) -> AnsweredRequest:
