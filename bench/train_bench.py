@@ -111,11 +111,12 @@ def bench_training(rounds: int, repeats: int, with_spark: bool = True) -> tuple[
 def bench_inference(work: Any, single_rows: int) -> dict[str, float]:
     from flightplan.model import package
     from flightplan.model.train import predict
+    from flightplan.model.tree_onnx import booster_to_onnx
 
     booster = work.booster()
     task = work.frames.feature_map.task
     matrix, _ = work.frames.matrix("test")
-    onnx_session = package.session(package.to_onnx(booster, matrix.shape[1]))
+    onnx_session = package.session(booster_to_onnx(booster, matrix.shape[1]))
     figures: dict[str, float] = {"test_rows": len(matrix)}
     for name, run in (
         ("onnx", lambda rows: package.predict(onnx_session, rows, task)),

@@ -50,6 +50,13 @@ def test_the_ingestion_benchmark_runs(tmp_path: Path) -> None:
     assert "flightplan ingest, spark engine, first run" in printed and "pyarrow" in printed, printed[-2000:]
 
 
+def test_the_packaging_benchmark_runs() -> None:
+    printed = run_bench("package_bench.py", "--rows", "2000", "--rounds", "5", "--categories", "30")
+    assert "| model | categories | trees | flightplan s | onnxmltools s |" in printed, printed[-2000:]
+    for model, trees in (("multiclass", 35), ("regression", 5)):
+        assert re.search(rf"\| {model} \| 30 \| {trees} \| [\d.]+ \| [\d.]+ \| \d+x \|", printed), printed[-2000:]
+
+
 def test_the_serving_benchmark_runs(trained_home: Path) -> None:
     printed = run_bench("serve_bench.py", "--home", str(trained_home), "--seconds", "1", "--rounds", "2")
     assert "| rows/request | connections | flightplan req/s |" in printed, printed[-2000:]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -11,6 +13,7 @@ from flightplan.features import Feature, FeatureMap, derive, encode, encode_labe
 from flightplan.model import package
 from flightplan.model.gate import decide
 from flightplan.model.train import booster_params, fit, matrices, predict
+from flightplan.model.tree_onnx import booster_to_onnx
 
 FEATURES = FeatureMap(
     [Feature("x", "numeric"), Feature("colour", "categorical", ["red", "blue", "green"])], "y", "binary"
@@ -81,7 +84,10 @@ def test_gate_on_a_loss_wants_it_lower() -> None:
 
 
 @pytest.mark.parametrize("task", ["binary", "multiclass", "regression"])
-def test_onnx_matches_xgboost_with_categorical_features(task: str) -> None:
+@pytest.mark.parametrize("split", ["partition", "one-hot", "none"])
+def test_onnx_matches_xgboost_with_categorical_features(task: str, split: str) -> None:
+    """Categorical splits by a set (partition) or by one category (one-hot), and trees of one leaf (no split is
+    worth its loss); missing and infinite values."""
     rng = np.random.default_rng(7)
     rows = 3000
     colour = rng.integers(0, 3, rows).astype(np.float32)
@@ -95,13 +101,58 @@ def test_onnx_matches_xgboost_with_categorical_features(task: str) -> None:
     }[task]
     feature_map = FeatureMap(FEATURES.features, "y", task, ["0", "1", "2"] if task == "multiclass" else [])
     dtrain, dval = matrices(feature_map, (matrix, labels), (matrix, labels))
-    booster = fit(booster_params(feature_map, {"max_cat_to_onehot": 1}, {"max_depth": 4}, 1), dtrain, dval, 30)
-    native = predict(booster, matrix, task)
-    converted = package.predict(package.session(package.to_onnx(booster, 2)), matrix, task)
+    fixed: dict[str, dict[str, Any]] = {
+        "partition": {"max_cat_to_onehot": 1},
+        "one-hot": {"max_cat_to_onehot": 8},
+        "none": {"gamma": 1e9},
+    }
+    booster = fit(booster_params(feature_map, fixed[split], {"max_depth": 4}, 1), dtrain, dval, 30)
+    leaves_per_tree = booster.trees_to_dataframe().groupby("Tree").size()
+    assert (leaves_per_tree.max() == 1) == (split == "none")
+    scored = matrix.copy()
+    scored[:20, 0] = [np.inf, -np.inf, np.nan, 0.0] * 5  # XGBoost trains on none of these, but answers them
+    native = predict(booster, scored, task)
+    converted = package.predict(package.session(booster_to_onnx(booster, 2)), scored, task)
     parity = package.parity(native, converted, 1e-5)
     assert parity.ok, parity
     assert parity.rows == rows
     assert package.parity(native, converted + 1e-3, 1e-5).ok is False
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "regression"])
+def test_a_categorical_of_five_thousand_values_converts_to_one_node_per_split(task: str) -> None:
+    """Each categorical split is one ONNX node holding its set, whatever its size (onnxmltools makes one node per
+    category); the graph answers as the booster on rows with every category, unseen codes and missing values."""
+    import onnx
+
+    rng = np.random.default_rng(11)
+    rows, values = 20_000, 5_000
+    code = rng.integers(0, values, rows).astype(np.float32)
+    effect = rng.normal(size=values)[code.astype(int)]
+    code[rng.random(rows) < 0.05] = np.nan
+    code[:50] = values + np.arange(50)  # codes the model never saw
+    matrix = np.column_stack([rng.normal(size=rows), code]).astype(np.float32)
+    signal = effect + 0.5 * matrix[:, 0]
+    labels = {
+        "binary": (signal > 0).astype(np.float32),
+        "multiclass": np.digitize(signal, [-0.5, 0.5]).astype(np.float32),
+        "regression": (100 * signal).astype(np.float32),
+    }[task]
+    feature_map = FeatureMap(FEATURES.features, "y", task, ["0", "1", "2"] if task == "multiclass" else [])
+    dtrain, dval = matrices(feature_map, (matrix, labels), (matrix, labels))
+    booster = fit(booster_params(feature_map, {}, {"max_depth": 6}, 1), dtrain, dval, 20)
+    model = booster_to_onnx(booster, 2)
+    native, converted = predict(booster, matrix, task), package.predict(package.session(model, threads=1), matrix, task)
+    assert package.parity(native, converted, 1e-5).ok
+    if task == "regression":  # summed in XGBoost's order, on one thread as the service runs it: to the bit
+        assert np.array_equal(native, converted)
+    trees = booster.trees_to_dataframe()
+    splits, sets = int((trees.Feature != "Leaf").sum()), int((trees.Feature == "f1").sum())
+    one_leaf = int((trees.groupby("Tree").size() == 1).sum())  # a tree of one leaf is one node that reaches it
+    (ensemble,) = [node for node in onnx.load_from_string(model).graph.node if node.op_type == "TreeEnsemble"]
+    modes = onnx.numpy_helper.to_array(next(a.t for a in ensemble.attribute if a.name == "nodes_modes"))
+    bias_nodes = 3 if task == "multiclass" else 1  # a one-leaf tree of the base margin per target
+    assert len(modes) == splits + one_leaf + bias_nodes and (modes == 6).sum() == sets > 0
 
 
 @pytest.mark.parametrize(

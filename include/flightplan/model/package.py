@@ -1,20 +1,16 @@
-"""The ONNX adapter: convert a booster with onnxmltools, run it with onnxruntime, prove parity.
+"""The ONNX adapter: run a booster's ONNX graph (tree_onnx) with onnxruntime, prove parity.
 
-Boosters are trained on features named f0..fN with categorical codes as floats (see features.py), which
-is what the converter accepts; the ONNX graph takes one float32 matrix named ``input``."""
+Boosters are trained on features named f0..fN with categorical codes as floats (see features.py); the ONNX
+graph takes one float32 matrix named ``input``."""
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import xgboost as xgb
 
-INPUT_NAME = "input"
-TARGET_OPSET = 15
-CONVERSION_RECURSION_LIMIT = 100_000
+from flightplan.model.tree_onnx import INPUT_NAME
 
 
 @dataclass(frozen=True)
@@ -27,23 +23,6 @@ class Parity:
     @property
     def ok(self) -> bool:
         return self.max_scaled_diff <= self.tolerance
-
-
-def to_onnx(booster: xgb.Booster, n_features: int) -> bytes:
-    import onnxmltools
-    from onnxmltools.convert.common.data_types import FloatTensorType
-
-    # The converter walks each tree recursively, and a categorical split becomes one nested node per category:
-    # a split over hundreds of categories nests deeper than Python's default limit of 1,000 frames.
-    limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(max(limit, CONVERSION_RECURSION_LIMIT))
-    try:
-        model = onnxmltools.convert_xgboost(
-            booster, initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))], target_opset=TARGET_OPSET
-        )
-    finally:
-        sys.setrecursionlimit(limit)
-    return bytes(model.SerializeToString())
 
 
 def session(model: bytes, threads: int = 0) -> Any:
