@@ -320,7 +320,7 @@ class DeploymentSpec(Strict):
     shadow_budget_ms: Annotated[float, Field(gt=0, le=1000)] = Field(
         default=2.0,
         description="the longest a served request may wait for answers given in shadow: the service answers in "
-        "shadow only while no served request is in flight, in slices of about this many milliseconds; a busy "
+        "shadow only while no served request is in flight, in slices of about half this many milliseconds; a busy "
         "service answers fewer requests in shadow rather than answer its callers later",
     )
     live_rows: Annotated[int, Field(ge=0)] = Field(

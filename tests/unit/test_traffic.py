@@ -213,7 +213,7 @@ def test_a_full_shadow_backlog_skips_requests_and_counts_them(tmp_path: Path) ->
 
 def test_the_shadow_answers_only_while_no_request_is_served_in_slices_of_its_budget(tmp_path: Path) -> None:
     """A request arriving while the shadow answers waits for one slice at most: the first slice is one row, the
-    next ones as many rows as the version answered in the budget so far."""
+    next ones as many rows as the version answered in half the budget so far."""
     _, config = serving(tmp_path)
     log, in_flight, slices = HeldLog(), InFlight(), []
 

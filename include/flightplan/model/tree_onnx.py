@@ -31,7 +31,6 @@ POST_TRANSFORM_NONE = 0
 LEAF = -1  # a leaf's children in XGBoost's JSON
 CATEGORICAL_SPLIT = 1
 SET_ENDING = np.array([np.nan], dtype=np.float32)  # ends a node's set in ``membership_values``
-OBJECTIVE_TASKS = {"binary:logistic": "binary", "multi:softprob": "multiclass", "reg:squarederror": "regression"}
 
 
 @dataclass
@@ -139,9 +138,12 @@ class Ensemble:
 def booster_to_onnx(booster: Any, n_features: int) -> bytes:
     """The booster (gbtree, one of the objectives flightplan trains with) as a serialized ONNX model taking one
     float32 matrix named ``input``."""
+    from flightplan.model.train import OBJECTIVES  # imports xgboost, which a service loading a graph does not need
+
+    tasks = {objective: task for task, (objective, _) in OBJECTIVES.items()}
     learner = json.loads(bytes(booster.save_raw("json")))["learner"]
     objective, model = learner["objective"]["name"], learner["gradient_booster"]
-    if objective not in OBJECTIVE_TASKS or model["name"] != "gbtree":
+    if objective not in tasks or model["name"] != "gbtree":
         raise ValueError(f"cannot convert a {model['name']} booster with objective {objective} to ONNX")
     if int(learner["learner_model_param"].get("num_target", 1)) > 1 or any(
         int(tree["tree_param"].get("size_leaf_vector", 1)) > 1 for tree in model["model"]["trees"]
@@ -156,7 +158,7 @@ def booster_to_onnx(booster: Any, n_features: int) -> bytes:
         ensemble.add_tree({"left_children": [LEAF], "right_children": [LEAF], "split_conditions": [margin]}, target)
     for tree, target in zip(model["model"]["trees"], model["model"]["tree_info"], strict=True):
         ensemble.add_tree(tree, int(target))
-    return _graph(ensemble, targets, OBJECTIVE_TASKS[objective], n_features).SerializeToString()  # type: ignore[no-any-return]
+    return _graph(ensemble, targets, tasks[objective], n_features).SerializeToString()  # type: ignore[no-any-return]
 
 
 def base_margins(learner: dict[str, Any], objective: str, targets: int) -> list[float]:

@@ -53,6 +53,10 @@ QUIET_POLL_SECONDS = 0.1
 # The longest the shadow waits for quiet before it answers one slice anyway: a service never quiet still has its
 # challenger answer a slice a second (a sliver of its time), so that a live gate gets its rows, slowly.
 SHADOW_LONGEST_WAIT_SECONDS = 1.0
+# The share of its budget a shadow slice is sized to take: a served request that arrives during a slice also waits
+# for the interpreter's lock to pass back and for the slice's answers to be handed to the log, and at 8 connections
+# slices of the whole budget added more than the budget to the served p99 (docs/performance.md).
+SHADOW_SLICE_SHARE_OF_BUDGET = 0.5
 
 
 class Share:
@@ -195,7 +199,7 @@ class ShadowJob:
     model: ServedModel
     ids: list[str]
     records: list[dict[str, Any]]
-    budget_seconds: float  # the longest one slice of the job may take (``deployment.shadow_budget_ms``)
+    budget_seconds: float  # the longest a served request may wait for the job (``deployment.shadow_budget_ms``)
 
 
 class ShadowRunner:
@@ -203,11 +207,11 @@ class ShadowRunner:
     answers to the log, which commits them when no served request waits.
 
     A served request must not wait for the shadow longer than its pipeline's budget: the runner answers only
-    while no served request is in flight (or after waiting a second for it), in slices that take about the
-    budget (sized from the time the version took per row so far), so a request that arrives meanwhile waits
-    at most one slice. A busy service thus shadows fewer requests: one whose rows would put more than
-    ``max_backlog_rows`` in waiting (to be answered, or committed) is not shadowed
-    (``flightplan_shadow_rows_total{outcome="skipped"}``)."""
+    while no served request is in flight (or after waiting a second for it), in slices that take about half
+    the budget (sized from the time the version took per row so far), so a request that arrives meanwhile waits
+    one slice at most, and the hand-over after it fits the other half. A busy service thus shadows fewer
+    requests: one whose rows would put more than ``max_backlog_rows`` in waiting (to be answered, or committed)
+    is not shadowed (``flightplan_shadow_rows_total{outcome="skipped"}``)."""
 
     def __init__(
         self, log: ShadowLog, metrics: ServiceMetrics, in_flight: InFlight, max_backlog_rows: int = SHADOW_BACKLOG_ROWS
@@ -268,7 +272,7 @@ class ShadowRunner:
         while len(answered) < len(job.records):
             self._in_flight.wait_until_quiet(self._closing)
             per_row = self._seconds_per_row.get(key)
-            rows = 1 if per_row is None else max(1, int(job.budget_seconds / per_row))
+            rows = 1 if per_row is None else max(1, int(job.budget_seconds * SHADOW_SLICE_SHARE_OF_BUDGET / per_row))
             records = job.records[len(answered) : len(answered) + rows]
             started = time.perf_counter()
             answered += answers_each(job.model, records)
