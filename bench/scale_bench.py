@@ -45,7 +45,7 @@ def run_contender(stage: str, frames: Path) -> dict[str, Any]:
     settings = load_settings()
     layout = Layout(settings, load_pipeline(PIPELINE, settings.pipelines_dir))
     started = time.perf_counter()
-    spark = get_spark(settings, f"flightplan-scale-{stage}")
+    spark = get_spark(settings, f"flightplan-scale-{stage}", classic=True)  # xgboost.spark needs a classic session
     figures: dict[str, Any] = {}
     if stage == "ingest":
         from flightplan.data.ingest import ingest

@@ -85,7 +85,7 @@ def bench_training(rounds: int, repeats: int, with_spark: bool = True) -> tuple[
 
     on_spark = replace(job, overrides={"model.engine": "spark"})
     if with_spark:
-        get_spark(work.settings)
+        get_spark(work.settings, classic=True)
     ours, peer, spark = [], [], []
     for _ in range(repeats):
         peer.append(timed(bare))

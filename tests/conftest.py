@@ -29,6 +29,7 @@ from tests.support.pipeline import (
     run_data_engineering,
 )
 from tests.support.processes import mark_session, wait_for_leftovers
+from tests.support.spark_connect import spark_connect_server
 
 SESSION = mark_session()
 # The browser and its pages, for the tests that use the web UIs (tests/web, and the Models page of an e2e test).
@@ -166,6 +167,14 @@ def spark(prepared_home: PreparedHome):  # type: ignore[no-untyped-def]
     session.stop()
     # py4j logs at INFO while its connections are collected at exit, after pytest has closed the streams.
     logging.getLogger("py4j").setLevel(logging.WARNING)
+
+
+@pytest.fixture(scope="session")
+def spark_connect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The session's Spark Connect server (the embedded stack's): the environment that points a process at it.
+    The DAGs' tasks of the end-to-end tier connect to it; this process never does."""
+    with spark_connect_server(tmp_path_factory.mktemp("spark-connect")) as environment:
+        yield environment
 
 
 @pytest.fixture(scope="module")

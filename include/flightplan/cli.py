@@ -245,6 +245,7 @@ def _print_status(settings: Settings, found: dict[str, int | None]) -> None:
     from flightplan.dev.stack import stack_dir
 
     urls = {
+        "spark-connect": settings.spark_server,
         "airflow-api-server": settings.airflow_url,
         "mlflow": settings.mlflow_ui_url,
         "service": settings.service_url,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 PACKAGE_PIPELINES_DIR = Path(__file__).resolve().parents[1] / "pipelines"
+SPARK_REMOTE_NONE = "none"
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,10 @@ class Settings:
     pipelines_dir: Path
     spark_master: str
     spark_driver_memory: str
+    # A Spark Connect server every stage connects to (``sc://host:port``); "none": each process starts its own
+    # Spark; None (not set): the same, except in the embedded stack, whose tasks connect to its own server.
+    spark_remote: str | None
+    spark_server: str  # where the embedded stack's Spark Connect server listens
     ingest_engine: str
     mlflow_tracking_uri: str
     mlflow_artifact_root: str | None  # None: the tracking server keeps the artifacts (it proxies them)
@@ -38,6 +43,11 @@ class Settings:
     def tracks_locally(self) -> bool:
         """MLflow's store is a database or folder of this machine (not a tracking server someone else runs)."""
         return not self.mlflow_tracking_uri.startswith("http")
+
+    @property
+    def spark_connect_url(self) -> str | None:
+        """The Spark Connect server this process's stages connect to (None: a Spark of its own)."""
+        return None if self.spark_remote in (None, SPARK_REMOTE_NONE) else self.spark_remote
 
     @property
     def gx_root(self) -> Path:
@@ -59,6 +69,9 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         pipelines_dir=Path(env.get("FLIGHTPLAN_PIPELINES_DIR", PACKAGE_PIPELINES_DIR)),
         spark_master=env.get("FLIGHTPLAN_SPARK_MASTER", "local[*]"),
         spark_driver_memory=env.get("FLIGHTPLAN_SPARK_DRIVER_MEMORY", "4g"),
+        spark_remote=env.get("FLIGHTPLAN_SPARK_REMOTE") or None,
+        # "localhost", not 127.0.0.1: Spark's client sends a token without TLS only to that name.
+        spark_server=env.get("FLIGHTPLAN_SPARK_SERVER", "sc://localhost:15002"),
         ingest_engine=env.get("FLIGHTPLAN_INGEST_ENGINE", "spark"),
         mlflow_tracking_uri=tracking_uri,
         mlflow_artifact_root=env.get(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import pyarrow as pa
 
@@ -15,6 +17,7 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
     from pyspark.sql.types import DataType, StructType
 
+Item = TypeVar("Item")
 ARROW_TYPES: dict[ColumnType, pa.DataType] = {
     "string": pa.string(),
     "int": pa.int32(),
@@ -48,35 +51,114 @@ def spark_schema(fields: list[tuple[str, ColumnType]]) -> StructType:
     return T.StructType([T.StructField(name, spark_type(kind), True) for name, kind in fields])
 
 
-def get_spark(settings: Settings, app_name: str = "flightplan") -> SparkSession:
-    """The session for this process: created once, then shared by every stage that runs in it."""
-    # Workers must run the interpreter that has flightplan and pyarrow, even when no venv is activated.
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    from pyspark.sql import SparkSession
+# The session's SQL settings, which a Spark Connect client may set on its own session too.
+SESSION_CONFIGS = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.sql.sources.partitionOverwriteMode": "static",
+    "spark.sql.sources.partitionColumnTypeInference.enabled": "false",
+    # A stage reads one folder per day: above this many paths Spark lists them with a job of its own,
+    # which costs seconds where the driver lists a local or mounted folder in milliseconds.
+    "spark.sql.sources.parallelPartitionDiscovery.threshold": "100000",
+    "spark.sql.parquet.compression.codec": "snappy",
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+}
 
-    local_dir = settings.home / "spark" / "tmp"
-    local_dir.mkdir(parents=True, exist_ok=True)
-    session = (
-        SparkSession.builder.master(settings.spark_master)
-        .appName(app_name)
-        .config("spark.driver.memory", settings.spark_driver_memory)
-        .config("spark.local.dir", str(local_dir))
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.sql.shuffle.partitions", os.environ.get("FLIGHTPLAN_SPARK_SHUFFLE_PARTITIONS", "8"))
-        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .config("spark.sql.sources.partitionOverwriteMode", "static")
-        .config("spark.sql.sources.partitionColumnTypeInference.enabled", "false")
-        # A stage reads one folder per day: above this many paths Spark lists them with a job of its own,
-        # which costs seconds where the driver lists a local or mounted folder in milliseconds.
-        .config("spark.sql.sources.parallelPartitionDiscovery.threshold", "100000")
-        .config("spark.sql.parquet.compression.codec", "snappy")
-        .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.ui.enabled", os.environ.get("FLIGHTPLAN_SPARK_UI", "false"))
-        .config("spark.driver.extraJavaOptions", "-Dlog4j2.level=WARN")
-        .getOrCreate()
-    )
+
+def session_configs() -> dict[str, str]:
+    return {
+        **SESSION_CONFIGS,
+        "spark.sql.shuffle.partitions": os.environ.get("FLIGHTPLAN_SPARK_SHUFFLE_PARTITIONS", "8"),
+    }
+
+
+def driver_configs(settings: Settings) -> dict[str, str]:
+    """What is fixed when the driver starts: a process's own session sets it, a Connect server takes it on its
+    command line."""
+    return {
+        "spark.master": settings.spark_master,
+        "spark.driver.memory": settings.spark_driver_memory,
+        "spark.local.dir": str(settings.home / "spark" / "tmp"),
+        "spark.ui.showConsoleProgress": "false",
+        "spark.ui.enabled": os.environ.get("FLIGHTPLAN_SPARK_UI", "false"),
+        "spark.driver.extraJavaOptions": "-Dlog4j2.level=WARN",
+    }
+
+
+def worker_environment() -> dict[str, str]:
+    """Workers must run the interpreter that has flightplan and pyarrow, even when no venv is activated."""
+    return {
+        "PYSPARK_PYTHON": os.environ.get("PYSPARK_PYTHON", sys.executable),
+        "PYSPARK_DRIVER_PYTHON": os.environ.get("PYSPARK_DRIVER_PYTHON", sys.executable),
+        "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
+    }
+
+
+def run_each(spark: SparkSession, work: Callable[[Item], object], items: list[Item]) -> None:
+    """``work`` on every item, one Spark task each, on the executors; through Spark Connect too, which has no
+    ``sparkContext`` to parallelize a list with."""
+    from pyspark.sql import types as T
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for index in batch.column(0).to_pylist():
+                work(items[index])
+        return iter(())
+
+    nothing = T.StructType([T.StructField("done", T.BooleanType())])
+    spark.range(0, len(items), 1, len(items)).mapInArrow(run, nothing).collect()
+
+
+def get_spark(settings: Settings, app_name: str = "flightplan", classic: bool = False) -> SparkSession:
+    """The session for this process: created once, then shared by every stage that runs in it. With
+    ``FLIGHTPLAN_SPARK_REMOTE`` it is a Spark Connect session of that server, unless ``classic`` asks for a Spark
+    of this process (what needs the JVM's objects: ``xgboost.spark``)."""
+    if settings.spark_connect_url and not classic:
+        return _connected(settings, settings.spark_connect_url)
+    for name, value in worker_environment().items():
+        os.environ.setdefault(name, value)
+    from pyspark.sql import SparkSession
+    from pyspark.sql.utils import is_remote
+
+    if is_remote():
+        raise RuntimeError(
+            "this process already holds a Spark Connect session, and Spark cannot start one of its own beside it: "
+            "run the stage that needs it in a process of its own (an Airflow task is one)"
+        )
+    configs = driver_configs(settings)
+    Path(configs["spark.local.dir"]).mkdir(parents=True, exist_ok=True)
+    builder = SparkSession.builder.appName(app_name)
+    for key, value in {**configs, **session_configs()}.items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
     session.sparkContext.setLogLevel("WARN")
     return session
+
+
+def _connected(settings: Settings, url: str) -> SparkSession:
+    from pyspark.sql import SparkSession
+
+    token = connect_token(settings, url)
+    if token:  # where the client looks for it; kept out of the URL, which errors and logs print
+        os.environ["SPARK_CONNECT_AUTHENTICATE_TOKEN"] = token
+    # A task's session, and what it cached, is let go when its process ends rather than at the server's timeout.
+    os.environ.setdefault("SPARK_CONNECT_RELEASE_SESSION_ON_EXIT", "true")
+    builder = SparkSession.builder.remote(url)
+    for key, value in session_configs().items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
+
+
+def connect_token(settings: Settings, url: str) -> str | None:
+    """The token of the Spark Connect server at ``url``: ``SPARK_CONNECT_AUTHENTICATE_TOKEN`` (Spark's own
+    variable), else, for the embedded stack's server only, the one the stack generated (readable by its owner
+    only), which no other server is sent."""
+    token = os.environ.get("SPARK_CONNECT_AUTHENTICATE_TOKEN")
+    if token or url != settings.spark_server:
+        return token or None
+    stored = connect_token_file(settings)
+    return (stored.read_text().strip() or None) if stored.exists() else None
+
+
+def connect_token_file(settings: Settings) -> Path:
+    return settings.home / "spark" / "connect-token"

@@ -60,7 +60,7 @@ DATASETS = (
 
 
 @pytest.fixture(scope="module")
-def byod(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+def byod(settings: Settings, tmp_path_factory: pytest.TempPathFactory, spark_connect: dict[str, str]) -> Iterator[dict]:
     """The three drafts and a copy of the flights pipeline (daily drops, three days landed) in a home of their own,
     with the service for the four, a tracking server and a live Airflow (scheduler, API server, triggerer) of
     their own. Every pipeline's data_engineering is triggered at the same moment over the REST API with
@@ -99,6 +99,7 @@ def byod(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             env = migrated_airflow(
                 own_settings,
                 **own,
+                **spark_connect,  # the pipelines' tasks share one Spark
                 FLIGHTPLAN_SERVICE_URL=service["url"],
                 **token_environment(TOKEN),
                 FLIGHTPLAN_TASK_RETRY_DELAY_SECONDS="2",

@@ -64,7 +64,9 @@ def slow_training_pipelines(settings: Settings, folder: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def faults(tmp_path_factory: pytest.TempPathFactory, settings: Settings) -> Iterator[FaultStack]:
+def faults(
+    tmp_path_factory: pytest.TempPathFactory, settings: Settings, spark_connect: dict[str, str]
+) -> Iterator[FaultStack]:
     from flightplan.dev.replay import replay
 
     home = tmp_path_factory.mktemp("faults-home")
@@ -85,6 +87,7 @@ def faults(tmp_path_factory: pytest.TempPathFactory, settings: Settings) -> Iter
             env = migrated_airflow(
                 fault_settings,
                 **own,
+                **spark_connect,  # a killed task's jobs may run on in the server: its writes must never land
                 FLIGHTPLAN_SERVICE_URL=service["url"],
                 **token_environment(TOKEN),
                 FLIGHTPLAN_TASK_RETRY_DELAY_SECONDS="2",

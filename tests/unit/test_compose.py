@@ -76,7 +76,7 @@ def test_the_stack_has_every_engine_and_scales_out_by_configuration(generated_en
     resolved = yaml.safe_load(compose_config(env_file=generated_env).stdout)
     services = resolved["services"]
     for name in ("postgres", "redis", "airflow-init", "api-server", "scheduler", "dag-processor", "triggerer",
-                 "airflow-worker", "mlflow", "spark-master", "spark-worker", "inference"):  # fmt: skip
+                 "airflow-worker", "mlflow", "spark-master", "spark-connect", "spark-worker", "inference"):  # fmt: skip
         assert name in services, name
     assert services["airflow-worker"]["deploy"]["replicas"] == 2
     assert services["spark-worker"]["deploy"]["replicas"] == 2
@@ -84,6 +84,9 @@ def test_the_stack_has_every_engine_and_scales_out_by_configuration(generated_en
     assert worker["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert worker["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://redis:")
     assert worker["FLIGHTPLAN_SPARK_MASTER"] == "spark://spark-master:7077"
+    assert worker["FLIGHTPLAN_SPARK_REMOTE"] == "sc://spark-connect:15002"
+    assert "spark://spark-master:7077" in services["spark-connect"]["command"]
+    assert "ports" not in services["spark-connect"]  # reachable on the compose network only
     assert worker["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert "--backend-store-uri" in services["mlflow"]["command"]
 

@@ -21,6 +21,7 @@ from flightplan.dev.stack import (
     stack_airflow_environment,
 )
 from flightplan.settings import TOKEN_VARIABLES, api_tokens, load_settings, token_file
+from flightplan.spark import connect_token_file
 
 from tests.support.pipeline import REPO
 from tests.support.service import free_port
@@ -53,7 +54,9 @@ def test_the_embedded_stack_listens_on_loopback_only_by_default(tmp_path: Path) 
         "airflow-triggerer",
         "mlflow",
         "service",
+        "spark-connect",
     }
+    assert "spark.connect.grpc.binding.address=127.0.0.1" in commands["spark-connect"]
     for name, command in commands.items():
         if "--host" in command:
             assert command[command.index("--host") + 1] == "127.0.0.1", name
@@ -78,7 +81,8 @@ def test_the_generated_password_and_tokens_are_readable_by_their_owner_only(
     tokens = api_tokens(settings)
     assert len(password) >= 20 and set(tokens) == set(TOKEN_VARIABLES)
     assert all(len(token) >= 40 for token in tokens.values()) and len(set(tokens.values())) == len(tokens)
-    for path in (settings.airflow_home / PASSWORDS_FILE, *(token_file(settings, scope) for scope in TOKEN_VARIABLES)):
+    generated = (*(token_file(settings, scope) for scope in TOKEN_VARIABLES), connect_token_file(settings))
+    for path in (settings.airflow_home / PASSWORDS_FILE, *generated):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     ensure_airflow_password(settings)
     ensure_tokens(settings)

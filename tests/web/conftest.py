@@ -70,6 +70,7 @@ def own_stack(request: pytest.FixtureRequest) -> Iterator[WebStack]:
         "FLIGHTPLAN_HOME": str(settings.home),
         "FLIGHTPLAN_PIPELINES_DIR": str(pipelines),
         "AIRFLOW_HOME": str(folder / "airflow"),
+        "FLIGHTPLAN_SPARK_SERVER": f"sc://localhost:{free_port()}",  # the stack's own, its tasks connect to it
         "FLIGHTPLAN_AIRFLOW_URL": f"http://127.0.0.1:{free_port()}",
         "FLIGHTPLAN_MLFLOW_UI_URL": f"http://127.0.0.1:{free_port()}",
         "FLIGHTPLAN_SERVICE_URL": f"http://127.0.0.1:{free_port()}",

@@ -16,6 +16,7 @@ from flightplan.dev.airflow_rest import AirflowApi
 from flightplan.dev.stack import status
 from flightplan.model.registry import CHAMPION, alias_version
 from flightplan.settings import Settings
+from flightplan.spark import connect_token_file
 
 from tests.support.web import WebStack
 
@@ -52,6 +53,7 @@ def live_secrets(web: WebStack) -> dict[str, str]:
     cfg = configparser.ConfigParser(interpolation=None)
     cfg.read(web.settings.airflow_home / "airflow.cfg")
     secrets = {"inference API token": web.token, "Airflow admin password": web.password}
+    secrets["Spark Connect token"] = connect_token_file(web.settings).read_text().strip()
     secrets |= {f"[{section}] {key}": cfg.get(section, key, fallback="") for section, key in AIRFLOW_SECRETS}
     return secrets
 
@@ -69,7 +71,8 @@ def test_nothing_listens_beyond_loopback_and_every_door_asks_for_a_login(web_sta
     settings = web_stack.settings
     sockets = listening(stack_processes(settings))
     ports = {port for _, _, port in sockets}
-    for url in (settings.airflow_url, settings.mlflow_ui_url, settings.service_url):
+    spark = settings.spark_server.replace("sc://", "http://", 1)
+    for url in (spark, settings.airflow_url, settings.mlflow_ui_url, settings.service_url):
         assert httpx.URL(url).port in ports, (url, sockets)  # the census sees the stack's servers
     assert {(name, address, port) for name, address, port in sockets if address not in LOOPBACK} == set()
 

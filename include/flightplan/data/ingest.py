@@ -39,7 +39,7 @@ from flightplan.data.partitions import (
 from flightplan.files import write_parquet_atomic
 from flightplan.layout import Layout
 from flightplan.manifests import IngestManifest, Interval
-from flightplan.spark import ARROW_TYPES, get_spark
+from flightplan.spark import ARROW_TYPES, get_spark, run_each
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -110,8 +110,7 @@ def _chunk_task(layout: Layout, dimensions: list[PreparedDimension], staging: Pa
 def _run_tasks(task: ChunkTask, chunks: list[Chunk], engine: str, spark: SparkSession | None, layout: Layout) -> None:
     """``task`` on every chunk: on Spark's executors, or on a pool of threads, one per core, in this process."""
     if chunks and engine == "spark":
-        spark = spark or get_spark(layout.settings)
-        spark.sparkContext.parallelize(chunks, len(chunks)).foreach(task)
+        run_each(spark or get_spark(layout.settings), task, chunks)
     elif chunks:
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             list(pool.map(task, chunks))

@@ -3,6 +3,7 @@ one in a single rename, so readers see the old partition or the new one, never a
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -10,6 +11,7 @@ import fcntl
 import logging
 import os
 import shutil
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import date, timedelta
@@ -90,13 +92,20 @@ def staging_area(layout: Layout, stage: str, key: str) -> Iterator[Path]:
     """The stage's scratch folder for the interval ``key``, empty and held by this process alone until the block
     ends, then removed. Another attempt at the same stage and interval (a retry that starts while an orphaned try
     still runs, two runs of one interval) waits here: the kernel releases the lock when its holder exits, killed
-    or not, so two attempts never write into one folder nor publish at once."""
+    or not, so two attempts never publish at once. Each attempt writes into a folder of its own: the jobs of a
+    killed attempt may run on after it in a Spark Connect server, and what they write is never published (the
+    next attempt removes it)."""
     with held(layout.lock(stage, key), f"another attempt at {stage} {key}"):
-        staging = fresh_dir(layout.staging(stage, key))
+        # What earlier attempts left goes; an orphan still writing may keep its folder busy, which is no error here.
+        shutil.rmtree(layout.staging(stage, key), ignore_errors=True)
+        staging = layout.staging(stage, key) / uuid.uuid4().hex
+        staging.mkdir(parents=True)
         try:
             yield staging
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+            with contextlib.suppress(OSError):  # not empty: an orphaned attempt writes on into its folder
+                staging.parent.rmdir()
 
 
 @contextmanager

@@ -11,15 +11,17 @@ what is left of the group of a process that died before it (a killed scheduler's
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import logging
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -31,7 +33,8 @@ from flightplan.settings import TOKEN_VARIABLES, Settings, airflow_environment, 
 
 log = logging.getLogger(__name__)
 AIRFLOW_PROCESSES = ("api-server", "scheduler", "dag-processor", "triggerer")
-COMPONENTS = ("airflow", "mlflow", "service")
+COMPONENTS = ("spark", "airflow", "mlflow", "service")
+SPARK_CONNECT_SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
 
 
 class StackError(RuntimeError):
@@ -42,7 +45,8 @@ class StackError(RuntimeError):
 class Process:
     name: str  # the pid and log file names under <home>/stack/
     command: list[str]
-    health_url: str | None  # answers 200 once the process serves; None: alive is enough
+    health_url: str | None  # answers 200 once the process serves (tcp://: accepts connections); None: alive is enough
+    environment: dict[str, str] = field(default_factory=dict)  # its own, over the stack's
 
 
 def _bin(name: str) -> str:
@@ -75,6 +79,7 @@ def stack_airflow_environment(settings: Settings, dags_folder: Path, plugins_fol
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN}:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
         "FLIGHTPLAN_PIPELINES_DIR": str(settings.pipelines_dir),
+        "FLIGHTPLAN_SPARK_REMOTE": settings.spark_remote or settings.spark_server,
         "FLIGHTPLAN_SERVICE_URL": settings.service_url,
         "FLIGHTPLAN_MLFLOW_UI_URL": settings.mlflow_ui_url,
         "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
@@ -89,7 +94,49 @@ def airflow_api_environment(url: str) -> dict[str, str]:
     }
 
 
+def spark_connect_server(settings: Settings) -> list[Process]:
+    """The stack's Spark Connect server, which its tasks connect to instead of each starting a Spark (none when
+    ``FLIGHTPLAN_SPARK_REMOTE`` names a server someone else runs, or asks for none). It listens on loopback only,
+    and serves only clients with its token: a client's Python functions run as this user."""
+    if settings.spark_remote is not None:
+        return []
+    from flightplan.spark import connect_token_file, driver_configs, session_configs, worker_environment
+
+    pyspark = importlib.util.find_spec("pyspark")
+    assert pyspark is not None and pyspark.origin is not None, "pyspark is a dependency of flightplan"
+    spark_home = os.environ.get("SPARK_HOME") or str(Path(pyspark.origin).parent)
+    server = httpx.URL(settings.spark_server.replace("sc://", "http://", 1))
+    if server.host != "localhost":
+        raise StackError(
+            f"FLIGHTPLAN_SPARK_SERVER={settings.spark_server}: the embedded server's host must be 'localhost', the one "
+            "name Spark's client sends the server's token to without TLS"
+        )
+    port = str(server.port or 15002)
+    configs = {
+        **driver_configs(settings),
+        **session_configs(),  # the defaults of every client's session
+        "spark.connect.grpc.binding.address": "127.0.0.1",
+        "spark.connect.grpc.binding.port": port,
+        # The jobs of a task that was killed stop within about a minute rather than the default 5 (their writes
+        # are never published: data.partitions.staging_area).
+        "spark.connect.execute.manager.detachedTimeout": "30s",
+        "spark.connect.execute.manager.maintenanceInterval": "10s",
+    }
+    command = [f"{spark_home}/bin/spark-submit", "--class", SPARK_CONNECT_SERVER_CLASS, "--name", "flightplan"]
+    command += [option for key, value in configs.items() for option in ("--conf", f"{key}={value}")]
+    token = connect_token_file(settings)
+    environment = {
+        **worker_environment(),
+        "SPARK_HOME": spark_home,
+        # Read by the server from its environment, where `ps` does not show it.
+        **({"SPARK_CONNECT_AUTHENTICATE_TOKEN": token.read_text().strip()} if token.exists() else {}),
+    }
+    return [Process("spark-connect", command, f"tcp://127.0.0.1:{port}", environment)]
+
+
 def processes(settings: Settings, component: str) -> list[Process]:
+    if component == "spark":
+        return spark_connect_server(settings)
     if component == "airflow":
         health = f"{settings.airflow_url}/api/v2/monitor/health"
         options = {
@@ -173,10 +220,14 @@ def running_pid(settings: Settings, name: str) -> int | None:
 
 
 def ensure_tokens(settings: Settings) -> None:
-    """Generates the inference API's bearer token of each scope once."""
+    """Generates the inference API's bearer token of each scope, and the stack's Spark Connect server's, once."""
+    from flightplan.spark import connect_token_file
+
     for scope in TOKEN_VARIABLES:
         if api_token(settings, scope) is None:
             write_owner_only(token_file(settings, scope), secrets.token_urlsafe(32))
+    if settings.spark_remote is None and not connect_token_file(settings).exists():
+        write_owner_only(connect_token_file(settings), secrets.token_urlsafe(32))
 
 
 def ensure_airflow_password(settings: Settings) -> None:
@@ -214,7 +265,11 @@ def launch(settings: Settings, process: Process, env: dict[str, str]) -> int:
     _remember_orphans(settings, process.name)
     with (folder / f"{process.name}.log").open("a") as log_file:
         child = subprocess.Popen(
-            process.command, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+            process.command,
+            env={**env, **process.environment},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     partial = folder / f".{process.name}.pid.partial"
     partial.write_text(f"{child.pid} {_started_at(child.pid) or ''}".strip())
@@ -282,17 +337,26 @@ def wait_ready(settings: Settings, started: list[Process], timeout: float = 240)
         log_path = stack_dir(settings) / f"{process.name}.log"
         if running_pid(settings, process.name) is None:
             raise StackError(f"{process.name} exited; {log_path}:\n{_tail(log_path)}")
-        try:
-            if httpx.get(str(process.health_url), timeout=2).status_code == 200:
-                waiting.pop(0)
-                continue
-        except httpx.TransportError:
-            pass
+        if _answers(str(process.health_url)):
+            waiting.pop(0)
+            continue
         if time.monotonic() > deadline:
             raise StackError(
                 f"{process.name} did not answer {process.health_url} in {timeout:.0f} s:\n{_tail(log_path)}"
             )
         time.sleep(0.5)
+
+
+def _answers(url: str) -> bool:
+    parsed = httpx.URL(url)
+    if parsed.scheme == "tcp":
+        with socket.socket() as probe:
+            probe.settimeout(2)
+            return probe.connect_ex((parsed.host, parsed.port or 0)) == 0
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def _tail(path: Path, characters: int = 3000) -> str:

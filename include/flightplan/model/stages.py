@@ -309,7 +309,7 @@ def train(job: ModelJob, run_id: str) -> str:
             from flightplan.spark import get_spark
 
             booster = fit_on_spark(
-                get_spark(settings),
+                get_spark(settings, classic=True),  # xgboost.spark needs the JVM's objects: not Spark Connect
                 run_dir / "frames",
                 frames.feature_map,
                 params,
