@@ -27,6 +27,7 @@ served row's inputs and ground truth, and no reader of the served answers sees t
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import itertools
@@ -51,6 +52,7 @@ import sqlalchemy as sa
 
 from flightplan.config import ColumnType, PipelineConfig
 from flightplan.features import input_columns
+from flightplan.slices import SliceSizer
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,7 @@ QUIET_SECONDS, SEAL_DELAY_SECONDS = 0.25, 300.0
 # A segment open this long has no writer left: a live one stops adding to its segments after SEAL_SECONDS. A
 # sealer looks for such segments when it starts and then every SEAL_SECONDS.
 ORPHAN_SECONDS = 10 * SEAL_SECONDS
+SHADOW_COMMITS = "shadow commits"  # the key the writer sizes its slices of answers given in shadow by
 # The columns a segment holds besides the record's fields (a field name cannot hold a dot).
 LOG_ID, LOG_TIME, LOG_VERSION = "log.id", "log.created_at", "log.model_version"
 LOG_PREDICTION, LOG_PROBABILITY, LOG_LABEL = "log.prediction", "log.probability", "log.label"
@@ -498,8 +501,10 @@ class PredictionLog:
         self._closing = threading.Lock()  # nothing is queued behind the writer's stop
         self._closed = False
         self._queue: queue.Queue[tuple[list[AnsweredRequest], Future[None]] | None] = queue.Queue()
-        self._shadows: list[AnsweredRequest] = []  # answers given in shadow, committed when no request waits
+        # Rows of answers given in shadow, each run with its budget, committed in slices when no request waits.
+        self._shadows: collections.deque[tuple[list[dict[str, Any]], float]] = collections.deque()
         self._shadow_rows = 0  # their rows, counted as they come: the shadow runner asks before each request
+        self._shadow_sizer = SliceSizer()
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
@@ -518,16 +523,19 @@ class PredictionLog:
                 self._queue.put((answered, done))
         return done
 
-    def submit_shadow(self, answered: AnsweredRequest) -> bool:
-        """Answers given in shadow, committed in a transaction of their own once no served request waits: they
-        never delay nor fail a served answer's commit. False when the log is closed (they are dropped)."""
+    def submit_shadow(self, answered: AnsweredRequest, budget_seconds: float) -> bool:
+        """Answers given in shadow, committed in transactions of their own while no served request waits, each
+        sized to take half of ``budget_seconds`` (the longest a served request may wait for the shadow): they
+        never fail a served answer's commit, and delay it by one slice at most. False when the log is closed
+        (they are dropped)."""
+        rows = answered.shadow_rows(datetime.now(UTC))
         with self._closing:
             if self._closed:
                 return False
             if not self._shadows:
                 self._queue.put(([], Future()))  # wakes the writer, as a request with no rows
-            self._shadows.append(answered)
-            self._shadow_rows += len(answered.ids)
+            self._shadows.append((rows, budget_seconds))
+            self._shadow_rows += len(rows)
         return True
 
     @property
@@ -547,8 +555,7 @@ class PredictionLog:
             batch, stop = self._next_batch()
             if batch:
                 self._commit(batch)
-            if stop or self._queue.empty():
-                self._commit_shadows()
+            self._commit_shadows()
             self._hand_over_segments(everything=stop)
             if stop:
                 self._disconnect()
@@ -618,21 +625,35 @@ class PredictionLog:
             done.set_result(None)
 
     def _commit_shadows(self) -> None:
+        """Commits the answers given in shadow, a slice at a time, for as long as no served request waits."""
+        while self._queue.empty() and (rows := self._shadow_slice()):
+            started = time.perf_counter()
+            try:
+                if self._connection is None:
+                    self._connection = self.engine.connect()
+                self._connection.execute(shadow_answers.insert(), rows)
+                self._connection.commit()
+            except Exception as err:  # the served answers stand; these are missing from the live comparison
+                log.error("prediction log: %d answer(s) given in shadow not committed: %s", len(rows), err)
+                self._disconnect()
+            self._shadow_sizer.measured(SHADOW_COMMITS, len(rows), time.perf_counter() - started)
+            self._last_commit = time.monotonic()
+
+    def _shadow_slice(self) -> list[dict[str, Any]]:
+        """The next rows given in shadow that fit half the budget of the first of them (none when none wait)."""
         with self._closing:
-            shadows, self._shadows, self._shadow_rows = self._shadows, [], 0
-        now = datetime.now(UTC)
-        rows = [row for each in shadows for row in each.shadow_rows(now)]
-        if not rows:
-            return
-        try:
-            if self._connection is None:
-                self._connection = self.engine.connect()
-            self._connection.execute(shadow_answers.insert(), rows)
-            self._connection.commit()
-        except Exception as err:  # the served answers stand; these are missing from the live comparison
-            log.error("prediction log: %d answer(s) given in shadow not committed: %s", len(rows), err)
-            self._disconnect()
-        self._last_commit = time.monotonic()
+            if not self._shadows:
+                return []
+            fits = self._shadow_sizer.rows(SHADOW_COMMITS, self._shadows[0][1])
+            taken: list[dict[str, Any]] = []
+            while self._shadows and len(taken) < fits:
+                rows, budget = self._shadows.popleft()
+                room = fits - len(taken)
+                if len(rows) > room:
+                    self._shadows.appendleft((rows[room:], budget))
+                taken += rows[:room]
+            self._shadow_rows -= len(taken)
+        return taken
 
     def _insert_rows(self, answered: list[AnsweredRequest]) -> dict[str, int]:
         """Commits the rows; returns the segment of each pipeline they went to."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -32,6 +33,7 @@ from flightplan.prediction_log import (
     predictions,
     record_feedback,
     segments,
+    shadow_answers,
 )
 
 from tests.support.engines import postgres_database, postgres_problem, require
@@ -301,6 +303,26 @@ def in_shadow(version: str, ids: list[str]) -> AnsweredRequest:
     return AnsweredRequest("", PIPELINE, version, ids, [], ["7"] * len(ids), [0.7] * len(ids))
 
 
+def test_answers_given_in_shadow_are_committed_in_slices_of_their_budget(url: str) -> None:
+    """A served request that comes while they are committed waits for one slice at most: the first slice is one
+    row (to time it), the next ones as many rows as half the budget holds at the time per row measured."""
+    engine = create_store_engine(url)
+    commits: list[int] = []
+    sa.event.listen(engine, "commit", lambda _connection: commits.append(1))
+    log = PredictionLog(engine, lambda _pipeline: SCHEMA)
+    assert log.submit_shadow(in_shadow("2", [f"q0-{row}" for row in range(5)]), budget_seconds=1e-9)
+    deadline = datetime.now(UTC) + timedelta(seconds=30)
+    while len(commits) < 5 and datetime.now(UTC) < deadline:
+        time.sleep(0.01)
+    assert len(commits) == 5  # a budget no row fits: a row per commit
+    assert log.submit_shadow(in_shadow("2", [f"q1-{row}" for row in range(5)]), budget_seconds=60)
+    log.close()
+    assert len(commits) == 6  # all five fit half a minute
+    with engine.connect() as connection:
+        assert connection.execute(sa.select(sa.func.count()).select_from(shadow_answers)).scalar_one() == 10
+    engine.dispose()
+
+
 def test_paired_answers_pair_each_served_row_with_the_other_versions_shadow_answer(url: str) -> None:
     """Version 1 serves q0 (as text) and q2 (as columns) with 2 in shadow; 2 serves q1 as a canary with 1 in
     shadow; 3 serves q3 with 2 in shadow, which pairs 2 with 3, not with 1."""
@@ -311,7 +333,7 @@ def test_paired_answers_pair_each_served_row_with_the_other_versions_shadow_answ
     for each in (answered(0, 5, SCHEMA.names), canary, answered_as_columns(2, 5, SCHEMA), other):
         log.submit(each).result(timeout=30)
     for version, request in (("2", 0), ("1", 1), ("2", 2), ("2", 3)):
-        assert log.submit_shadow(in_shadow(version, [f"q{request}-{row}" for row in range(5)]))
+        assert log.submit_shadow(in_shadow(version, [f"q{request}-{row}" for row in range(5)]), budget_seconds=60)
     log.close()
     record_feedback(engine, PIPELINE, {"q0-1": 0, "q1-2": 1, "q2-3": 0, "q3-0": 1}, source="test")
     record_feedback(engine, PIPELINE, {"q0-1": 1}, source="test")  # the later label wins

@@ -168,7 +168,7 @@ class HeldLog:
     def __init__(self) -> None:
         self.held: list[AnsweredRequest] = []
 
-    def submit_shadow(self, answered: AnsweredRequest) -> bool:
+    def submit_shadow(self, answered: AnsweredRequest, budget_seconds: float) -> bool:
         self.held.append(answered)
         return True
 
@@ -204,7 +204,7 @@ def test_a_full_shadow_backlog_skips_requests_and_counts_them(tmp_path: Path) ->
     runner.submit(job("i"))
     runner.close()
     runner.submit(job("j"))  # the service is stopping
-    assert [each.ids for each in log.held] == [["e", "f"], ["i"]]
+    assert [each.ids for each in log.held] == [["e"], ["f"], ["i"]]  # handed over by slice, the first one row
     assert {each.model_version for each in log.held} == {"2"}
     text = metrics.render().decode()
     assert re.search(r'flightplan_shadow_rows_total\{outcome="skipped",pipeline="flights"\} 9\.0', text), text
@@ -234,14 +234,14 @@ def test_the_shadow_answers_only_while_no_request_is_served_in_slices_of_its_bud
         time.sleep(0.3)
         assert not slices and not log.held  # nothing answered while a request is served
     deadline = time.monotonic() + 10
-    while len(log.held) < 1 and time.monotonic() < deadline:
+    while len(log.held) < 300 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert slices == [1] * 300  # a budget no row fits: one row at a time
     slices.clear()
     runner.submit(ShadowJob("flights", counted("3"), ids, [record] * 300, budget_seconds=60.0))  # a new version
     runner.close()
     assert slices == [1, 299]  # the first row timed, then all that is left fits the budget
-    assert [len(each.ids) for each in log.held] == [300, 300]
+    assert [len(each.ids) for each in log.held] == [1] * 300 + [1, 299]  # each slice handed over as answered
 
 
 def test_a_shadow_never_given_quiet_waits_at_most_its_longest_wait() -> None:

@@ -26,7 +26,6 @@ from typing import Any, NamedTuple, Protocol
 from flightplan.config import DeploymentSpec, PipelineConfig
 from flightplan.model.registry import CHALLENGER, CHAMPION
 from flightplan.prediction_log import AnsweredRequest
-from flightplan.serving.inputs import InvalidRecord
 from flightplan.serving.metrics import ServiceMetrics
 from flightplan.serving.models import (
     Answer,
@@ -36,6 +35,7 @@ from flightplan.serving.models import (
     answer_texts,
     answers_each,
 )
+from flightplan.slices import SliceSizer
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +53,6 @@ QUIET_POLL_SECONDS = 0.1
 # The longest the shadow waits for quiet before it answers one slice anyway: a service never quiet still has its
 # challenger answer a slice a second (a sliver of its time), so that a live gate gets its rows, slowly.
 SHADOW_LONGEST_WAIT_SECONDS = 1.0
-# The share of its budget a shadow slice is sized to take: a served request that arrives during a slice also waits
-# for the interpreter's lock to pass back and for the slice's answers to be handed to the log, and at 8 connections
-# slices of the whole budget added more than the budget to the served p99 (docs/performance.md).
-SHADOW_SLICE_SHARE_OF_BUDGET = 0.5
 
 
 class Share:
@@ -157,7 +153,7 @@ def challenger_of(config: PipelineConfig, models: ModelSources) -> Challenger | 
 class ShadowLog(Protocol):
     """Where answers given in shadow go: the prediction log (``PredictionLog.submit_shadow``)."""
 
-    def submit_shadow(self, answered: AnsweredRequest) -> bool: ...
+    def submit_shadow(self, answered: AnsweredRequest, budget_seconds: float) -> bool: ...
 
     @property
     def shadow_rows_waiting(self) -> int: ...
@@ -207,9 +203,9 @@ class ShadowRunner:
     answers to the log, which commits them when no served request waits.
 
     A served request must not wait for the shadow longer than its pipeline's budget: the runner answers only
-    while no served request is in flight (or after waiting a second for it), in slices that take about half
-    the budget (sized from the time the version took per row so far), so a request that arrives meanwhile waits
-    one slice at most, and the hand-over after it fits the other half. A busy service thus shadows fewer
+    while no served request is in flight (or after waiting a second for it), in slices sized to take half the
+    budget (``flightplan.slices``), each handed to the log as it is answered, which commits them in slices of
+    the budget too. A request that arrives meanwhile waits one slice at most. A busy service thus shadows fewer
     requests: one whose rows would put more than ``max_backlog_rows`` in waiting (to be answered, or committed)
     is not shadowed (``flightplan_shadow_rows_total{outcome="skipped"}``)."""
 
@@ -221,7 +217,7 @@ class ShadowRunner:
         self._backlog = 0  # rows waiting to be answered
         self._lock = threading.Lock()
         self._jobs: queue.SimpleQueue[ShadowJob | None] = queue.SimpleQueue()
-        self._seconds_per_row: dict[tuple[str, str], float] = {}  # by pipeline and version
+        self._sizer = SliceSizer()  # by pipeline and version
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name="shadow", daemon=True)
         self._thread.start()
@@ -250,36 +246,36 @@ class ShadowRunner:
             self._answer(job)
 
     def _answer(self, job: ShadowJob) -> None:
+        done = 0  # rows answered and handed over
         try:
-            answered = self._answered_in_slices(job)  # a record the shadow's version cannot take is left out
-            kept = [(i, answer) for i, answer in zip(job.ids, answered, strict=True) if isinstance(answer, Answer)]
-            if kept and not self._log.submit_shadow(shadow_request(job.pipeline, job.model.version, kept)):
-                raise RuntimeError("the prediction log is closed")
-            self._metrics.shadow_rows.labels(job.pipeline, "answered").inc(len(kept))
-            self._metrics.shadow_rows.labels(job.pipeline, "refused").inc(len(job.ids) - len(kept))
+            while done < len(job.ids):
+                self._in_flight.wait_until_quiet(self._closing)
+                rows = self._sizer.rows((job.pipeline, job.model.version), job.budget_seconds)
+                rows = min(rows, len(job.ids) - done)
+                self._answer_slice(job, done, rows)
+                done += rows
         except Exception:  # the served answers stand; the shadow's are missing from the comparison
             log.exception(
                 "%s: version %s could not answer %d rows in shadow", job.pipeline, job.model.version, len(job.ids)
             )
-            self._metrics.shadow_rows.labels(job.pipeline, "failed").inc(len(job.ids))
+            self._metrics.shadow_rows.labels(job.pipeline, "failed").inc(len(job.ids) - done)
         finally:
             with self._lock:
                 self._backlog -= len(job.ids)
 
-    def _answered_in_slices(self, job: ShadowJob) -> list[Answer | InvalidRecord]:
-        answered: list[Answer | InvalidRecord] = []
-        key = (job.pipeline, job.model.version)
-        while len(answered) < len(job.records):
-            self._in_flight.wait_until_quiet(self._closing)
-            per_row = self._seconds_per_row.get(key)
-            rows = 1 if per_row is None else max(1, int(job.budget_seconds * SHADOW_SLICE_SHARE_OF_BUDGET / per_row))
-            records = job.records[len(answered) : len(answered) + rows]
-            started = time.perf_counter()
-            answered += answers_each(job.model, records)
-            took = (time.perf_counter() - started) / len(records)
-            # Averaged with the last estimate: one slow slice (a collection, a page fault) halves the next only.
-            self._seconds_per_row[key] = took if per_row is None else (per_row + took) / 2
-        return answered
+    def _answer_slice(self, job: ShadowJob, start: int, rows: int) -> None:
+        """Answers ``rows`` of the job's records from ``start`` and hands them to the log; a record the shadow's
+        version cannot take is left out."""
+        ids, records = job.ids[start : start + rows], job.records[start : start + rows]
+        started = time.perf_counter()
+        answered = answers_each(job.model, records)
+        self._sizer.measured((job.pipeline, job.model.version), rows, time.perf_counter() - started)
+        kept = [(i, answer) for i, answer in zip(ids, answered, strict=True) if isinstance(answer, Answer)]
+        request = shadow_request(job.pipeline, job.model.version, kept)
+        if kept and not self._log.submit_shadow(request, job.budget_seconds):
+            raise RuntimeError("the prediction log is closed")
+        self._metrics.shadow_rows.labels(job.pipeline, "answered").inc(len(kept))
+        self._metrics.shadow_rows.labels(job.pipeline, "refused").inc(rows - len(kept))
 
 
 def shadow_request(pipeline: str, version: str, answered: list[tuple[str, Answer]]) -> AnsweredRequest:
