@@ -71,6 +71,7 @@ screenshots: env chromium
 
 bench: env
 	$(BIN)/python bench/ingest_bench.py --home "$$FLIGHTPLAN_HOME/bench"
+	$(BIN)/python bench/pipeline_bench.py --home "$$FLIGHTPLAN_HOME/bench/pipelines"
 	$(BIN)/python bench/train_bench.py --home "$$FLIGHTPLAN_HOME/bench/train"
 	$(BIN)/python bench/package_bench.py
 	$(BIN)/python bench/serve_bench.py --home "$$FLIGHTPLAN_HOME/bench/train"

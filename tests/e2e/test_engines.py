@@ -268,10 +268,9 @@ def worker(number: int) -> list[str]:
 
 def task_spans(api: AirflowApi, dag_id: str, triggered: dict[str, Any]) -> dict[str, tuple[datetime, datetime]]:
     """When each task of the run started and ended."""
-    listed = api.http.get(f"/dags/{dag_id}/dagRuns/{triggered['dag_run_id']}/taskInstances").json()
     return {
         ti["task_id"]: (datetime.fromisoformat(ti["start_date"]), datetime.fromisoformat(ti["end_date"]))
-        for ti in listed["task_instances"]
+        for ti in api.task_instances(dag_id, triggered["dag_run_id"])
     }
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from flightplan.dev.stack import Process, launch, running_pid, stop
+import pytest
+from flightplan.dev.stack import Process, StackError, launch, running_pid, stop
 from flightplan.settings import load_settings
 
 from tests.support.processes import MARK, leftovers
@@ -96,3 +98,27 @@ def test_the_sessions_check_names_a_process_that_outlives_it(tmp_path: Path) -> 
 def test_stop_of_a_process_that_never_ran_does_nothing(tmp_path: Path) -> None:
     settings = load_settings({"FLIGHTPLAN_HOME": str(tmp_path)})
     assert stop(settings, "worker", grace_seconds=1) is None
+
+
+def test_a_process_is_not_started_on_a_port_another_answers_nor_without_its_secret_file(tmp_path: Path) -> None:
+    """Either would pass for a healthy start: the other listener's answers for its own, or a Spark Connect server
+    serving without its token."""
+    settings = load_settings({"FLIGHTPLAN_HOME": str(tmp_path)})
+    env = {**os.environ, "FLIGHTPLAN_HOME": str(tmp_path)}
+    sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        taken = f"tcp://127.0.0.1:{other.getsockname()[1]}"
+        with pytest.raises(StackError, match=f"something else already answers {taken}"):
+            launch(settings, Process("server", sleeper, taken), env)
+    token = tmp_path / "token"
+    with pytest.raises(StackError, match=f"{token} missing"):
+        launch(settings, Process("server", sleeper, None, secret_files={"TOKEN": token}), env)
+    assert running_pid(settings, "server") is None
+    token.write_text("a value\n")
+    pid = launch(settings, Process("server", sleeper, None, secret_files={"TOKEN": token}), env)
+    try:
+        assert b"TOKEN=a value\x00" in Path(f"/proc/{pid}/environ").read_bytes()
+    finally:
+        stop(settings, "server")

@@ -94,9 +94,14 @@ class AirflowApi:
         found.raise_for_status()
         return dict(found.json())
 
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        """The run's task instances: each one's id, state, start, end and duration."""
+        found = self.http.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
+        found.raise_for_status()
+        return list(found.json()["task_instances"])
+
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
-        found = self.http.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances").json()["task_instances"]
-        return {t["task_id"]: t["state"] for t in found}
+        return {t["task_id"]: t["state"] for t in self.task_instances(dag_id, run_id)}
 
     def task_instance(self, dag_id: str, run_id: str, task_id: str) -> dict[str, Any]:
         """One task instance of a run: its state, try number, id."""

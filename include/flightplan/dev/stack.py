@@ -47,6 +47,9 @@ class Process:
     command: list[str]
     health_url: str | None  # answers 200 once the process serves (tcp://: accepts connections); None: alive is enough
     environment: dict[str, str] = field(default_factory=dict)  # its own, over the stack's
+    # Variables of its environment read from files when it starts (where `ps` does not show them): it does not
+    # start without them.
+    secret_files: dict[str, Path] = field(default_factory=dict)
 
 
 def _bin(name: str) -> str:
@@ -124,14 +127,9 @@ def spark_connect_server(settings: Settings) -> list[Process]:
     }
     command = [f"{spark_home}/bin/spark-submit", "--class", SPARK_CONNECT_SERVER_CLASS, "--name", "flightplan"]
     command += [option for key, value in configs.items() for option in ("--conf", f"{key}={value}")]
-    token = connect_token_file(settings)
-    environment = {
-        **worker_environment(),
-        "SPARK_HOME": spark_home,
-        # Read by the server from its environment, where `ps` does not show it.
-        **({"SPARK_CONNECT_AUTHENTICATE_TOKEN": token.read_text().strip()} if token.exists() else {}),
-    }
-    return [Process("spark-connect", command, f"tcp://127.0.0.1:{port}", environment)]
+    environment = {**worker_environment(), "SPARK_HOME": spark_home}
+    token = {"SPARK_CONNECT_AUTHENTICATE_TOKEN": connect_token_file(settings)}  # the server reads it from there
+    return [Process("spark-connect", command, f"tcp://127.0.0.1:{port}", environment, token)]
 
 
 def processes(settings: Settings, component: str) -> list[Process]:
@@ -262,11 +260,18 @@ def launch(settings: Settings, process: Process, env: dict[str, str]) -> int:
     running = running_pid(settings, process.name)
     if running is not None:
         return running
+    if process.health_url is not None and _answers(process.health_url):
+        # It would fail to listen, and the other's answers would pass for its own.
+        raise StackError(f"{process.name}: something else already answers {process.health_url}; stop it or move one")
+    missing = [str(path) for path in process.secret_files.values() if not path.is_file()]
+    if missing:
+        raise StackError(f"{process.name}: {', '.join(missing)} missing (`flightplan up` writes it)")
+    secret_values = {name: path.read_text().strip() for name, path in process.secret_files.items()}
     _remember_orphans(settings, process.name)
     with (folder / f"{process.name}.log").open("a") as log_file:
         child = subprocess.Popen(
             process.command,
-            env={**env, **process.environment},
+            env={**env, **process.environment, **secret_values},
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,

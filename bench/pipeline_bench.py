@@ -1,0 +1,166 @@
+"""data_engineering end to end through a live Airflow: its tasks on the stack's long-lived Spark Connect server,
+against each task starting a Spark of its own (``FLIGHTPLAN_SPARK_REMOTE=none``), measured in the same run.
+
+Two pipelines, in a home of their own per engine: a snapshot table drafted by ``flightplan init`` (the first
+``--snapshot-rows`` rows of ggplot2's diamonds) and the demo's flights pipeline with ``FLIGHTPLAN_BENCH_DAYS``
+days of daily drops (the demo's half year by default). ``flightplan up spark airflow`` starts the engine's stack
+(the Connect server only for Connect); each data_engineering run is triggered over the REST API with
+``logical_date: null``, one at a time, and timed by Airflow: the run from its start to its end, and each task.
+The server's own start is left out, as it is paid once a day or less; its first run is in the figures. Run with
+``make bench``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+SNAPSHOT, FLIGHTS = "snapshot", "flights"
+START = date(2013, 1, 1)
+END = START + timedelta(days=int(os.environ.get("FLIGHTPLAN_BENCH_DAYS", "181")))
+ENGINES = {"Spark Connect": None, "a Spark per task": "none"}  # engine -> FLIGHTPLAN_SPARK_REMOTE
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def engine_environment(home: Path, remote: str | None) -> dict[str, str]:
+    """The variables of one engine's home: its own ports, Airflow and pipelines; only the runs triggered here."""
+    env = {
+        "FLIGHTPLAN_HOME": str(home),
+        "FLIGHTPLAN_PIPELINES_DIR": str(home / "pipelines"),
+        "AIRFLOW_HOME": str(home / "airflow"),
+        "FLIGHTPLAN_AIRFLOW_URL": f"http://127.0.0.1:{free_port()}",
+        "FLIGHTPLAN_SPARK_SERVER": f"sc://localhost:{free_port()}",
+        "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+    }
+    return env if remote is None else {**env, "FLIGHTPLAN_SPARK_REMOTE": remote}
+
+
+def snapshot_file(base: Path, rows: int) -> Path:
+    """The snapshot table's file: the first ``rows`` rows of ggplot2's diamonds."""
+    from flightplan.dev.replay import load_rdataset
+
+    target = base / f"diamonds-{rows}.csv"
+    if not target.exists():
+        load_rdataset("ggplot2", "diamonds").head(rows).to_csv(target, index=False)
+    return target
+
+
+def prepare_home(env: dict[str, str], snapshot: Path) -> None:
+    """Both pipelines' YAML (the snapshot's drafted by `flightplan init`) and the flights days' drops."""
+    from flightplan.config import load_pipeline
+    from flightplan.dev.replay import replay
+    from flightplan.layout import Layout
+    from flightplan.settings import PACKAGE_PIPELINES_DIR, load_settings
+
+    pipelines = Path(env["FLIGHTPLAN_PIPELINES_DIR"])
+    pipelines.mkdir(parents=True, exist_ok=True)
+    shutil.copy(PACKAGE_PIPELINES_DIR / f"{FLIGHTS}.yaml", pipelines / f"{FLIGHTS}.yaml")
+    flightplan = str(Path(sys.executable).with_name("flightplan"))
+    init = [flightplan, "init", str(snapshot), "--target", "price", "--name", SNAPSHOT]
+    subprocess.run(init, env={**os.environ, **env}, check=True, capture_output=True)
+    settings = load_settings({**os.environ, **env})
+    replay(Layout(settings, load_pipeline(FLIGHTS, pipelines)), START, END)
+
+
+@contextmanager
+def running_stack(env: dict[str, str]) -> Iterator[Any]:
+    """The engine's stack (`flightplan up spark airflow`), yielding a REST client logged in as its admin."""
+    from flightplan.dev import stack
+    from flightplan.dev.airflow_rest import AirflowApi
+    from flightplan.settings import load_settings
+
+    saved = dict(os.environ)
+    os.environ.update(env)
+    settings = load_settings()
+    try:
+        stack.up(settings, REPO / "dags", REPO / "plugins", ["spark", "airflow"])
+        api = AirflowApi(settings.airflow_url, settings.airflow_home)
+        try:
+            yield api
+        finally:
+            api.close()
+    finally:
+        stack.down(settings, ["spark", "airflow"])
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def seconds_between(start: str, end: str) -> float:
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+
+
+def timed_run(api: Any, pipeline: str, conf: dict[str, str]) -> dict[str, float]:
+    """One data_engineering run of ``pipeline``, triggered now: its seconds from start to end, and each task's."""
+    from flightplan.orchestration import dag_id
+
+    dag = dag_id(pipeline, "data_engineering")
+    api.wait_until_parsed(dag)
+    api.set_paused(dag, False)
+    run_id = api.trigger(dag, conf)["dag_run_id"]
+    state = api.wait_for_run(dag, run_id, timeout=1800)
+    if state != "success":
+        raise SystemExit(f"{dag} {run_id} ended {state}: {api.task_states(dag, run_id)}")
+    run = api.run(dag, run_id)
+    tasks = sorted(api.task_instances(dag, run_id), key=lambda task: task["start_date"] or "")
+    timings = {task["task_id"]: float(task["duration"] or 0.0) for task in tasks}
+    return {"run": seconds_between(run["start_date"], run["end_date"]), **timings}
+
+
+def measure(base: Path, rows: int) -> dict[str, dict[str, dict[str, float]]]:
+    """By engine, by pipeline: the run's and its tasks' seconds."""
+    snapshot = snapshot_file(base, rows)
+    measured: dict[str, dict[str, dict[str, float]]] = {}
+    for engine, remote in ENGINES.items():
+        home = base / ("connect" if remote is None else "per-task")
+        shutil.rmtree(home, ignore_errors=True)
+        env = engine_environment(home, remote)
+        prepare_home(env, snapshot)
+        with running_stack(env) as api:
+            measured[engine] = {
+                SNAPSHOT: timed_run(api, SNAPSHOT, {}),
+                FLIGHTS: timed_run(api, FLIGHTS, {"start": str(START), "end": str(END)}),
+            }
+        print(f"{engine}: {measured[engine]}", flush=True)
+    return measured
+
+
+def report(measured: dict[str, dict[str, dict[str, float]]], rows: int) -> None:
+    connect, per_task = (measured[engine] for engine in ENGINES)
+    titles = {SNAPSHOT: f"snapshot, {rows:,} rows", FLIGHTS: f"flights, {(END - START).days} days of drops"}
+    print("\n## data_engineering through a live Airflow, seconds\n")
+    print(f"| pipeline | step | {' | '.join(ENGINES)} | a Spark per task / Connect |")
+    print("|---|---|---:|---:|---:|")
+    for pipeline, title in titles.items():
+        for step in connect[pipeline]:
+            fast, slow = connect[pipeline].get(step, 0.0), per_task[pipeline].get(step, 0.0)
+            ratio = f"{slow / fast:.1f}x" if fast else "-"
+            name = "**whole run**" if step == "run" else step
+            print(f"| {title} | {name} | {fast:.1f} | {slow:.1f} | {ratio} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--home", type=Path, required=True, help="where the engines' homes are made (replaced)")
+    parser.add_argument("--snapshot-rows", type=int, default=10_000)
+    args = parser.parse_args()
+    args.home.mkdir(parents=True, exist_ok=True)
+    report(measure(args.home.resolve(), args.snapshot_rows), args.snapshot_rows)
+
+
+if __name__ == "__main__":
+    main()
