@@ -38,8 +38,14 @@ def free_port() -> int:
 
 
 def engine_environment(home: Path, remote: str | None) -> dict[str, str]:
-    """The variables of one engine's home: its own ports, Airflow and pipelines; only the runs triggered here."""
+    """The whole environment of one engine's stack: the caller's without its own flightplan, MLflow and Airflow
+    settings (a shell's ``FLIGHTPLAN_SPARK_REMOTE`` would measure another engine), then the engine's home, its
+    own ports, and only the runs triggered here."""
+    caller = {
+        key: value for key, value in os.environ.items() if not key.startswith(("FLIGHTPLAN_", "MLFLOW_", "AIRFLOW"))
+    }
     env = {
+        **caller,
         "FLIGHTPLAN_HOME": str(home),
         "FLIGHTPLAN_PIPELINES_DIR": str(home / "pipelines"),
         "AIRFLOW_HOME": str(home / "airflow"),
@@ -72,8 +78,10 @@ def prepare_home(env: dict[str, str], snapshot: Path) -> None:
     shutil.copy(PACKAGE_PIPELINES_DIR / f"{FLIGHTS}.yaml", pipelines / f"{FLIGHTS}.yaml")
     flightplan = str(Path(sys.executable).with_name("flightplan"))
     init = [flightplan, "init", str(snapshot), "--target", "price", "--name", SNAPSHOT]
-    subprocess.run(init, env={**os.environ, **env}, check=True, capture_output=True)
-    settings = load_settings({**os.environ, **env})
+    drafted = subprocess.run(init, env=env, capture_output=True, text=True)
+    if drafted.returncode != 0:
+        raise SystemExit(f"flightplan init {snapshot} failed:\n{drafted.stderr}")
+    settings = load_settings(env)
     replay(Layout(settings, load_pipeline(FLIGHTS, pipelines)), START, END)
 
 
@@ -85,6 +93,7 @@ def running_stack(env: dict[str, str]) -> Iterator[Any]:
     from flightplan.settings import load_settings
 
     saved = dict(os.environ)
+    os.environ.clear()
     os.environ.update(env)
     settings = load_settings()
     try:
@@ -117,6 +126,9 @@ def timed_run(api: Any, pipeline: str, conf: dict[str, str]) -> dict[str, float]
         raise SystemExit(f"{dag} {run_id} ended {state}: {api.task_states(dag, run_id)}")
     run = api.run(dag, run_id)
     tasks = sorted(api.task_instances(dag, run_id), key=lambda task: task["start_date"] or "")
+    retried = [task["task_id"] for task in tasks if int(task["try_number"]) > 1]
+    if retried:  # the run's time would hold a failed try, its task's duration not
+        raise SystemExit(f"{dag} {run_id}: {retried} needed more than one try; the figures would not compare")
     timings = {task["task_id"]: float(task["duration"] or 0.0) for task in tasks}
     return {"run": seconds_between(run["start_date"], run["end_date"]), **timings}
 
@@ -147,10 +159,10 @@ def report(measured: dict[str, dict[str, dict[str, float]]], rows: int) -> None:
     print("|---|---|---:|---:|---:|")
     for pipeline, title in titles.items():
         for step in connect[pipeline]:
-            fast, slow = connect[pipeline].get(step, 0.0), per_task[pipeline].get(step, 0.0)
-            ratio = f"{slow / fast:.1f}x" if fast else "-"
+            on_connect, on_own = connect[pipeline].get(step, 0.0), per_task[pipeline].get(step, 0.0)
+            ratio = f"{on_own / on_connect:.1f}x" if on_connect else "-"
             name = "**whole run**" if step == "run" else step
-            print(f"| {title} | {name} | {fast:.1f} | {slow:.1f} | {ratio} |")
+            print(f"| {title} | {name} | {on_connect:.1f} | {on_own:.1f} | {ratio} |")
 
 
 def main() -> None:

@@ -473,6 +473,16 @@ def copy_statement(engine: sa.Engine) -> str | None:
     return f"COPY {predictions.name} ({', '.join(column.name for column in predictions.columns)}) FROM STDIN"
 
 
+@dataclass
+class WaitingShadows:
+    """Rows of answers given in shadow waiting to be committed, from ``start`` on, and the budget they were
+    given."""
+
+    rows: list[dict[str, Any]]
+    budget_seconds: float
+    start: int = 0
+
+
 class PredictionLog:
     """Group-committing writer of prediction records.
 
@@ -501,8 +511,7 @@ class PredictionLog:
         self._closing = threading.Lock()  # nothing is queued behind the writer's stop
         self._closed = False
         self._queue: queue.Queue[tuple[list[AnsweredRequest], Future[None]] | None] = queue.Queue()
-        # Rows of answers given in shadow, each run with its budget, committed in slices when no request waits.
-        self._shadows: collections.deque[tuple[list[dict[str, Any]], float]] = collections.deque()
+        self._shadows: collections.deque[WaitingShadows] = collections.deque()  # committed when no request waits
         self._shadow_rows = 0  # their rows, counted as they come: the shadow runner asks before each request
         self._shadow_sizer = SliceSizer()
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
@@ -534,7 +543,7 @@ class PredictionLog:
                 return False
             if not self._shadows:
                 self._queue.put(([], Future()))  # wakes the writer, as a request with no rows
-            self._shadows.append((rows, budget_seconds))
+            self._shadows.append(WaitingShadows(rows, budget_seconds))
             self._shadow_rows += len(rows)
         return True
 
@@ -555,7 +564,7 @@ class PredictionLog:
             batch, stop = self._next_batch()
             if batch:
                 self._commit(batch)
-            self._commit_shadows()
+            self._commit_shadows(everything=stop)
             self._hand_over_segments(everything=stop)
             if stop:
                 self._disconnect()
@@ -624,9 +633,11 @@ class PredictionLog:
         for _, done in batch:
             done.set_result(None)
 
-    def _commit_shadows(self) -> None:
-        """Commits the answers given in shadow, a slice at a time, for as long as no served request waits."""
-        while self._queue.empty() and (rows := self._shadow_slice()):
+    def _commit_shadows(self, everything: bool = False) -> None:
+        """Commits the answers given in shadow a slice at a time, for as long as no served request waits; all of
+        them at once when the log stops (no request can come any more). A failed commit drops those still waiting
+        too: the database is likely down, and an attempt per slice would only hold up the served answers."""
+        while self._queue.empty() and (rows := self._shadow_slice(everything)):
             started = time.perf_counter()
             try:
                 if self._connection is None:
@@ -634,24 +645,32 @@ class PredictionLog:
                 self._connection.execute(shadow_answers.insert(), rows)
                 self._connection.commit()
             except Exception as err:  # the served answers stand; these are missing from the live comparison
-                log.error("prediction log: %d answer(s) given in shadow not committed: %s", len(rows), err)
+                with self._closing:
+                    dropped, self._shadows, self._shadow_rows = self._shadow_rows, collections.deque(), 0
+                log.error("prediction log: %d answer(s) given in shadow not committed: %s", len(rows) + dropped, err)
                 self._disconnect()
+                return
+            finally:
+                self._last_commit = time.monotonic()
             self._shadow_sizer.measured(SHADOW_COMMITS, len(rows), time.perf_counter() - started)
-            self._last_commit = time.monotonic()
 
-    def _shadow_slice(self) -> list[dict[str, Any]]:
-        """The next rows given in shadow that fit half the budget of the first of them (none when none wait)."""
+    def _shadow_slice(self, everything: bool) -> list[dict[str, Any]]:
+        """The next rows given in shadow, as many as half the smallest budget among them holds (all of them with
+        ``everything``; none when none wait)."""
+        taken: list[dict[str, Any]] = []
+        budget = math.inf
         with self._closing:
-            if not self._shadows:
-                return []
-            fits = self._shadow_sizer.rows(SHADOW_COMMITS, self._shadows[0][1])
-            taken: list[dict[str, Any]] = []
-            while self._shadows and len(taken) < fits:
-                rows, budget = self._shadows.popleft()
-                room = fits - len(taken)
-                if len(rows) > room:
-                    self._shadows.appendleft((rows[room:], budget))
-                taken += rows[:room]
+            while self._shadows:
+                waiting = self._shadows[0]
+                budget = min(budget, waiting.budget_seconds)
+                fits = self._shadow_rows if everything else self._shadow_sizer.rows(SHADOW_COMMITS, budget)
+                if len(taken) >= fits:
+                    break
+                part = waiting.rows[waiting.start : waiting.start + fits - len(taken)]
+                taken += part
+                waiting.start += len(part)
+                if waiting.start == len(waiting.rows):
+                    self._shadows.popleft()
             self._shadow_rows -= len(taken)
         return taken
 

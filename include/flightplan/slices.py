@@ -16,8 +16,9 @@ SLICE_SHARE_OF_BUDGET = 0.5
 class SliceSizer:
     """The rows a slice of work may hold to take ``SLICE_SHARE_OF_BUDGET`` of a budget, per kind of work (a key):
     one row while nothing is measured, then as many as the time per row measured so far allows (at least one).
-    Each measure is averaged with the last estimate, so that one slow slice (a collection, a page fault) halves
-    the next only. Not thread-safe: each user sizes its slices on one thread."""
+    Each measure is averaged with the last estimate, so that one slow slice (a collection, a page fault) weighs
+    half in the next size and a quarter in the one after. Not thread-safe: each user sizes its slices on one
+    thread."""
 
     def __init__(self) -> None:
         self._seconds_per_row: dict[Hashable, float] = {}
@@ -27,6 +28,6 @@ class SliceSizer:
         return 1 if per_row is None else max(1, int(budget_seconds * SLICE_SHARE_OF_BUDGET / per_row))
 
     def measured(self, key: Hashable, rows: int, seconds: float) -> None:
-        took = seconds / max(rows, 1)
+        took = max(seconds, 1e-9) / max(rows, 1)  # a clock too coarse to see the slice must not size the next
         last = self._seconds_per_row.get(key)
         self._seconds_per_row[key] = took if last is None else (last + took) / 2

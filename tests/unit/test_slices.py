@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from flightplan.slices import SLICE_SHARE_OF_BUDGET, SliceSizer
+from flightplan.slices import SliceSizer
 
 
 def test_a_slice_takes_half_the_budget_at_the_time_per_row_measured() -> None:
     sizer = SliceSizer()
     assert sizer.rows("v1", budget_seconds=0.010) == 1  # nothing measured: one row, to time it
     sizer.measured("v1", rows=10, seconds=0.010)  # 1 ms a row
-    assert SLICE_SHARE_OF_BUDGET == 0.5
     assert sizer.rows("v1", budget_seconds=0.010) == 5  # half of 10 ms, not the whole (10 rows)
     assert sizer.rows("v1", budget_seconds=0.0001) == 1  # a budget no row fits: still one row at a time
     assert sizer.rows("v2", budget_seconds=0.010) == 1  # each kind of work is measured on its own

@@ -205,7 +205,7 @@ class ShadowRunner:
     A served request must not wait for the shadow longer than its pipeline's budget: the runner answers only
     while no served request is in flight (or after waiting a second for it), in slices sized to take half the
     budget (``flightplan.slices``), each handed to the log as it is answered, which commits them in slices of
-    the budget too. A request that arrives meanwhile waits one slice at most. A busy service thus shadows fewer
+    half the budget too. A request that arrives meanwhile waits one slice at most. A busy service thus shadows fewer
     requests: one whose rows would put more than ``max_backlog_rows`` in waiting (to be answered, or committed)
     is not shadowed (``flightplan_shadow_rows_total{outcome="skipped"}``)."""
 
@@ -246,7 +246,7 @@ class ShadowRunner:
             self._answer(job)
 
     def _answer(self, job: ShadowJob) -> None:
-        done = 0  # rows answered and handed over
+        done = 0  # rows answered and handed over: the log counts them as waiting from then on
         try:
             while done < len(job.ids):
                 self._in_flight.wait_until_quiet(self._closing)
@@ -254,14 +254,14 @@ class ShadowRunner:
                 rows = min(rows, len(job.ids) - done)
                 self._answer_slice(job, done, rows)
                 done += rows
+                with self._lock:
+                    self._backlog -= rows
         except Exception:  # the served answers stand; the shadow's are missing from the comparison
-            log.exception(
-                "%s: version %s could not answer %d rows in shadow", job.pipeline, job.model.version, len(job.ids)
-            )
-            self._metrics.shadow_rows.labels(job.pipeline, "failed").inc(len(job.ids) - done)
-        finally:
+            left = len(job.ids) - done
+            log.exception("%s: version %s could not answer %d rows in shadow", job.pipeline, job.model.version, left)
+            self._metrics.shadow_rows.labels(job.pipeline, "failed").inc(left)
             with self._lock:
-                self._backlog -= len(job.ids)
+                self._backlog -= left
 
     def _answer_slice(self, job: ShadowJob, start: int, rows: int) -> None:
         """Answers ``rows`` of the job's records from ``start`` and hands them to the log; a record the shadow's
