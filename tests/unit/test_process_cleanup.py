@@ -4,6 +4,7 @@ do) has that group stopped with its successor, and the test session's own check 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -110,10 +111,13 @@ def test_a_process_is_not_started_on_a_port_another_answers_nor_without_its_secr
         other.bind(("127.0.0.1", 0))
         other.listen()
         taken = f"tcp://127.0.0.1:{other.getsockname()[1]}"
-        with pytest.raises(StackError, match=f"something else already answers {taken}"):
+        with pytest.raises(StackError, match=re.escape(f"something else already answers {taken}")):
             launch(settings, Process("server", sleeper, taken), env)
     token = tmp_path / "token"
-    with pytest.raises(StackError, match=f"{token} missing"):
+    with pytest.raises(StackError, match=re.escape(f"{token} missing or empty")):
+        launch(settings, Process("server", sleeper, None, secret_files={"TOKEN": token}), env)
+    token.write_text("\n")
+    with pytest.raises(StackError, match=re.escape(f"{token} missing or empty")):
         launch(settings, Process("server", sleeper, None, secret_files={"TOKEN": token}), env)
     assert running_pid(settings, "server") is None
     token.write_text("a value\n")

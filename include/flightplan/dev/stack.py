@@ -263,10 +263,12 @@ def launch(settings: Settings, process: Process, env: dict[str, str]) -> int:
     if process.health_url is not None and _answers(process.health_url):
         # It would fail to listen, and the other's answers would pass for its own.
         raise StackError(f"{process.name}: something else already answers {process.health_url}; stop it or move one")
-    missing = [str(path) for path in process.secret_files.values() if not path.is_file()]
+    secret_values = {
+        name: path.read_text().strip() if path.is_file() else "" for name, path in process.secret_files.items()
+    }
+    missing = [str(process.secret_files[name]) for name, value in secret_values.items() if not value]
     if missing:
-        raise StackError(f"{process.name}: {', '.join(missing)} missing (`flightplan up` writes it)")
-    secret_values = {name: path.read_text().strip() for name, path in process.secret_files.items()}
+        raise StackError(f"{process.name}: {', '.join(missing)} missing or empty (`flightplan up` writes it)")
     _remember_orphans(settings, process.name)
     with (folder / f"{process.name}.log").open("a") as log_file:
         child = subprocess.Popen(

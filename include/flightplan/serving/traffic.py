@@ -271,8 +271,9 @@ class ShadowRunner:
         answered = answers_each(job.model, records)
         self._sizer.measured((job.pipeline, job.model.version), rows, time.perf_counter() - started)
         kept = [(i, answer) for i, answer in zip(ids, answered, strict=True) if isinstance(answer, Answer)]
-        request = shadow_request(job.pipeline, job.model.version, kept)
-        if kept and not self._log.submit_shadow(request, job.budget_seconds):
+        if kept and not self._log.submit_shadow(
+            shadow_request(job.pipeline, job.model.version, kept), job.budget_seconds
+        ):
             raise RuntimeError("the prediction log is closed")
         self._metrics.shadow_rows.labels(job.pipeline, "answered").inc(len(kept))
         self._metrics.shadow_rows.labels(job.pipeline, "refused").inc(rows - len(kept))
