@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -55,6 +55,7 @@ from flightplan.features import input_columns
 from flightplan.slices import SliceSizer
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SEAL_ROWS = 20_000  # rows of a segment before it is sealed
 SEAL_SECONDS = 600.0  # age of a segment at which it is sealed, even when few rows came
@@ -640,10 +641,7 @@ class PredictionLog:
         while self._queue.empty() and (rows := self._shadow_slice(everything)):
             started = time.perf_counter()
             try:
-                if self._connection is None:
-                    self._connection = self.engine.connect()
-                self._connection.execute(shadow_answers.insert(), rows)
-                self._connection.commit()
+                self._insert_shadow_rows(rows)
             except Exception as err:  # the served answers stand; these are missing from the live comparison
                 with self._closing:
                     dropped, self._shadows, self._shadow_rows = self._shadow_rows, collections.deque(), 0
@@ -676,21 +674,28 @@ class PredictionLog:
 
     def _insert_rows(self, answered: list[AnsweredRequest]) -> dict[str, int]:
         """Commits the rows; returns the segment of each pipeline they went to."""
+        return self._committed(lambda connection: self._write(connection, answered))
+
+    def _insert_shadow_rows(self, rows: list[dict[str, Any]]) -> None:
+        self._committed(lambda connection: connection.execute(shadow_answers.insert(), rows))
+
+    def _committed(self, write: Callable[[sa.Connection], T]) -> T:
+        """``write`` on the writer's connection, committed; what it returns."""
         kept = self._connection is not None
         if self._connection is None:
             self._connection = self.engine.connect()
         try:
-            opened = self._write(self._connection, answered)
+            written = write(self._connection)
         except sa.exc.DBAPIError as err:
             if not (kept and err.connection_invalidated):
                 raise
             # The connection kept from an earlier batch was closed while idle (the database restarted, a proxy
-            # or a failover dropped it): the insert was not committed, so it goes once more on a new connection.
+            # or a failover dropped it): nothing was committed, so the write goes once more on a new connection.
             self._disconnect()
             self._connection = self.engine.connect()
-            opened = self._write(self._connection, answered)
+            written = write(self._connection)
         self._connection.commit()
-        return opened
+        return written
 
     def _write(self, connection: sa.Connection, answered: list[AnsweredRequest]) -> dict[str, int]:
         """The rows into the table in the connection's transaction, a pipeline without an open segment opening
@@ -899,11 +904,11 @@ def answered_versions(url: str, pipeline: str, start: datetime, end: datetime) -
 
 def answered_table(url: str, pipeline: str, start: datetime, end: datetime, schema: pa.Schema) -> pa.Table:
     """The predictions answered for ``pipeline`` in [start, end) (UTC) in the order they were committed: the
-    record's fields typed by ``schema`` (None where a record left one out), then ``LOG_TIME``, ``LOG_PREDICTION``
-    (JSON text), ``LOG_PROBABILITY`` and ``LOG_LABEL``: the latest true label sent back for it (JSON text, None
-    where none was). Sealed segments are read as they are; only rows of no sealed segment are parsed. The
-    labels are read apart and matched by id in one vectorized lookup: on 1M rows, a join and its sort cost more
-    than the rows, and a dictionary lookup per row a second."""
+    record's fields typed by ``schema`` (None where a record left one out), then ``LOG_TIME``, ``LOG_VERSION``,
+    ``LOG_PREDICTION`` (JSON text), ``LOG_PROBABILITY`` and ``LOG_LABEL``: the latest true label sent back for it
+    (JSON text, None where none was). Sealed segments are read as they are; only rows of no sealed segment are
+    parsed. The labels are read apart and matched by id in one vectorized lookup: on 1M rows, a join and its sort
+    cost more than the rows, and a dictionary lookup per row a second."""
     labels = (
         sa.select(feedback.c.prediction_id, feedback.c.label)
         .where(feedback.c.pipeline == pipeline)
@@ -975,7 +980,7 @@ def _conformed(table: pa.Table, schema: pa.Schema) -> pa.Table:
             columns.append(table.column(field.name).cast(field.type))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             raise ValueError(f"logged records: field '{field.name}' does not read as {field.type}") from None
-    logged = [LOG_ID, LOG_TIME, LOG_PREDICTION, LOG_PROBABILITY]
+    logged = [LOG_ID, LOG_TIME, LOG_VERSION, LOG_PREDICTION, LOG_PROBABILITY]
     return pa.Table.from_arrays([*columns, *(table.column(name) for name in logged)], names=[*schema.names, *logged])
 
 

@@ -177,6 +177,35 @@ def test_a_bad_label_in_the_log_is_set_aside_and_the_check_still_decides(
     assert result["decision"]["outcome"] in ("hold", "retrain") and "roc_auc" in result["performance"]
 
 
+def test_rows_another_version_answered_are_counted_but_not_judged(
+    api: Any, champion: str, layout: Layout, settings: Settings, training_rows: pd.DataFrame
+) -> None:
+    """A canary's rows in the champion's window (here shifted inputs, answered all wrong): the window's drift and
+    live metrics stay the champion's own, and ``answered_by`` counts both versions."""
+    from flightplan.prediction_log import AnsweredRequest, PredictionLog, create_store_engine, record_feedback
+    from flightplan.serving.inputs import json_records, request_fields
+
+    label = layout.config.label.name
+    rows = training_rows.sample(n=min(len(training_rows), 400), random_state=3)
+    start, end = send(api, layout, rows, rows[label])
+    alone = check(start, end)
+    canary, moved = str(int(champion) + 100), shifted(rows.head(300), layout)
+    ids = [f"canary-{row}" for row in range(len(moved))]
+    inputs = [json.dumps(record) for record in json_records(moved, list(request_fields(layout.config)))]
+    engine = create_store_engine(settings.predictions_db_url)
+    log = PredictionLog(engine)
+    try:
+        log.submit(AnsweredRequest("canary", "flights", canary, ids, inputs, ["1"] * len(ids), [0.99] * len(ids)))
+        log.close()
+        record_feedback(engine, "flights", dict.fromkeys(ids, 0), source="test")  # each answered 0.99 for 1
+    finally:
+        engine.dispose()
+    mixed = check(start, datetime.now(UTC) + timedelta(seconds=1))
+    assert mixed["answered_by"] == {champion: len(rows), canary: len(moved)}
+    assert mixed["model_version"] == champion and mixed["rows"] == len(rows) == mixed["labeled_rows"]
+    assert mixed["performance"] == alone["performance"] and mixed["drift_share"] == alone["drift_share"]
+
+
 def test_a_thin_window_does_not_decide(api: Any, layout: Layout, training_rows: pd.DataFrame) -> None:
     few = shifted(training_rows.head(50), layout)
     result = check(*send(api, layout, few, None))

@@ -106,9 +106,10 @@ def answered(request_id: str) -> AnsweredRequest:
     return AnsweredRequest(request_id, "flights", "1", [request_id], ["{}"], ["1"], [0.5])
 
 
-def test_a_connection_the_database_closed_while_idle_is_replaced_without_failing_rows() -> None:
+@pytest.mark.parametrize("next_write", ["served", "shadow"])
+def test_a_connection_the_database_closed_while_idle_is_replaced_without_failing_rows(next_write: str) -> None:
     """The writer keeps its connection between batches; the database ends it (a restart, a failover): the next
-    batch is committed on a new connection instead of failing."""
+    write, served answers or answers given in shadow, is committed on a new connection instead of failing."""
     require("PostgreSQL", postgres_problem())
     with postgres_database("idle") as url:
         engine = create_store_engine(url)
@@ -122,10 +123,16 @@ def test_a_connection_the_database_closed_while_idle_is_replaced_without_failing
                 )
             ).all()
         assert ended == [(True,)]  # the writer's connection, the only other one
-        assert log.submit(answered("after")).result(timeout=10) is None
+        if next_write == "served":
+            assert log.submit(answered("after")).result(timeout=10) is None
+        else:
+            assert log.submit_shadow(answered("before"), budget_seconds=60.0)
         log.close()
+        with engine.connect() as connection:
+            in_shadow = connection.execute(sa.text("select count(*) from shadow_answers")).scalar_one()
         engine.dispose()
-        assert predictions_in_log(url, ["before", "after"]) == 2
+        assert predictions_in_log(url, ["before", "after"]) == (2 if next_write == "served" else 1)
+        assert in_shadow == (next_write == "shadow")
 
 
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])

@@ -244,6 +244,32 @@ def test_the_shadow_answers_only_while_no_request_is_served_in_slices_of_its_bud
     assert [len(each.ids) for each in log.held] == [1] * 300 + [1, 299]  # each slice handed over as answered
 
 
+def test_requests_that_waited_for_quiet_are_answered_in_shadow_together_per_version(tmp_path: Path) -> None:
+    """One-row requests queued while the service was busy cost the shadow one call per slice, not one per request:
+    the jobs of a version are merged, the first row still timed alone."""
+    _, config = serving(tmp_path)
+    log, in_flight, calls = HeldLog(), InFlight(), []
+
+    def counted(version: str) -> ServedModel:
+        double = model_double(config, version)
+
+        def scores(matrix: Any) -> Any:
+            calls.append((version, len(matrix)))
+            return double.scores(matrix)
+
+        return dataclasses.replace(double, scores=scores)
+
+    record = validated(config, full_record(config))
+    runner = ShadowRunner(log, ServiceMetrics(), in_flight)
+    second, third = counted("2"), counted("3")
+    with in_flight.serving():
+        for i, model in [("a", second), ("x", third), ("b", second), ("c", second), ("y", third), ("d", second)]:
+            runner.submit(ShadowJob("flights", model, [i], [record], budget_seconds=60.0))
+    runner.close()
+    assert calls == [("2", 1), ("2", 3), ("3", 1), ("3", 1)]
+    assert [each.ids for each in log.held] == [["a"], ["b", "c", "d"], ["x"], ["y"]]
+
+
 def test_a_shadow_never_given_quiet_waits_at_most_its_longest_wait() -> None:
     """So that a service that is never quiet still answers a slice now and then (the live gate gets its rows)."""
     in_flight, stop = InFlight(), threading.Event()

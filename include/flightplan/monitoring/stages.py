@@ -28,7 +28,7 @@ from flightplan.manifests import (
 from flightplan.monitoring import policy
 from flightplan.monitoring.drift import NO_VALUES, ColumnDrift, ColumnValues, drift_share, frame_values, judge
 from flightplan.monitoring.window import VersionScores, current_window, reference_frame
-from flightplan.scoring import PREDICTION, PROBABILITY
+from flightplan.scoring import PREDICTION, PROBABILITY, VERSION
 from flightplan.settings import Settings
 from flightplan.tracking import RunContext
 
@@ -155,7 +155,7 @@ class Comparison:
     """The window's rows set against the reference: the values of each column to judge for drift, and the rows
     whose ground truth can judge the model."""
 
-    current: pd.DataFrame  # the window's rows
+    current: pd.DataFrame  # the window's rows answered by the reference's version
     numeric: list[str]  # the model's features, by kind
     categorical: list[str]
     values: list[ColumnValues]  # of the features; none when the window is empty
@@ -165,10 +165,14 @@ class Comparison:
     judged: bool  # enough labeled rows, of two classes at least, to measure performance
 
 
-def compare(config: PipelineConfig, reference: Reference, current: pd.DataFrame) -> Comparison:
+def compare(config: PipelineConfig, reference: Reference, window: pd.DataFrame) -> Comparison:
+    """The rows of the window that the reference's version answered, set against its reference. Those another
+    version answered (a canary's, the previous champion's before a promotion) are left out, drift included: their
+    outputs and live metrics are not the version's, and the summary's ``answered_by`` counts them."""
     from flightplan.features import label_problem
     from flightplan.monitoring.report import model_output
 
+    current = window[window[VERSION] == reference.version].drop(columns=VERSION)
     task, label = config.label.task, config.label.name
     features = reference.feature_map.features
     numeric = [f.name for f in features if f.kind == "numeric"]

@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from flightplan.config import PipelineConfig
 from flightplan.features import derive
-from flightplan.scoring import PREDICTION, PROBABILITY, REFERENCE_FILE, save_reference
+from flightplan.scoring import PREDICTION, PROBABILITY, REFERENCE_FILE, VERSION, save_reference
 
 if TYPE_CHECKING:
     from flightplan.settings import Settings
@@ -35,8 +35,15 @@ def decoded_values(texts: pa.ChunkedArray) -> Any:
 
 def current_window(settings: Settings, config: PipelineConfig, start: datetime, end: datetime) -> pd.DataFrame:
     """Every prediction answered for the pipeline in [start, end): the request's fields, the derived features,
-    what was answered, and the latest true label sent back (missing where none was)."""
-    from flightplan.prediction_log import LOG_LABEL, LOG_PREDICTION, LOG_PROBABILITY, answered_table, record_schema
+    what was answered and by which version, and the latest true label sent back (missing where none was)."""
+    from flightplan.prediction_log import (
+        LOG_LABEL,
+        LOG_PREDICTION,
+        LOG_PROBABILITY,
+        LOG_VERSION,
+        answered_table,
+        record_schema,
+    )
     from flightplan.serving.inputs import request_fields
 
     answered = answered_table(settings.predictions_db_url, config.name, start, end, record_schema(config))
@@ -44,6 +51,7 @@ def current_window(settings: Settings, config: PipelineConfig, start: datetime, 
     frame[PREDICTION] = decoded_values(answered.column(LOG_PREDICTION))
     frame[PROBABILITY] = answered.column(LOG_PROBABILITY).to_numpy(zero_copy_only=False).astype(np.float64)
     frame[config.label.name] = decoded_values(answered.column(LOG_LABEL))
+    frame[VERSION] = answered.column(LOG_VERSION).to_numpy(zero_copy_only=False)
     return frame
 
 
