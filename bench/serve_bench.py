@@ -205,6 +205,21 @@ class Contender:
             metric_sum(text, "flightplan_shadow_rows_total"),
         )
 
+    def shadow_slices(self) -> tuple[float, float]:
+        """Slices of shadow work so far (answered or committed), and those of them that took longer than the
+        default budget: the longest a served request arriving during one may wait for it."""
+        from flightplan.config import DeploymentSpec
+        from flightplan.serving.metrics import SHADOW_SLICE_BUCKETS
+
+        text = httpx.get(f"{self.url}/metrics", timeout=30).text
+        name = "flightplan_shadow_slice_seconds"
+        budget = DeploymentSpec().shadow_budget_ms / 1000
+        if budget not in SHADOW_SLICE_BUCKETS:
+            raise ValueError(f"the default shadow budget {budget} s is not a bound of the slices' histogram")
+        within = metric_sum(text, f"{name}_bucket", containing=f'le="{budget}"')
+        total = metric_sum(text, f"{name}_count")
+        return total, total - within
+
     @property
     def health(self) -> str:
         return f"{self.url}/health" if Path(self.command[0]).name == "flightplan" else f"{self.url}/ping"
@@ -291,10 +306,13 @@ def measured_run(
     """One run of a cell; for a service with a shadow, also the share of the rows served that it shadowed."""
     path, body = contender.payloads[rows]
     before = contender.shadow_counts() if contender.shadows else (0.0, 0.0, 0.0)
+    slices_before = contender.shadow_slices() if contender.shadows else (0.0, 0.0)
     figures = load(wrk, contender.url + path, body, connections, seconds, folder)
     if contender.shadows:
         served, skipped, done = (after - first for after, first in zip(contender.shadow_counts(), before, strict=True))
         figures["shadowed"] = 1 - skipped / served if served else 0.0
+        slices, over = (after - first for after, first in zip(contender.shadow_slices(), slices_before, strict=True))
+        figures["shadow_slices"], figures["shadow_slices_over_budget"] = slices, over
         # The shadow's backlog is answered now that the service is quiet: before the next contender's run.
         deadline = time.monotonic() + SHADOW_DRAIN_SECONDS
         while done < served and time.monotonic() < deadline:
@@ -303,9 +321,11 @@ def measured_run(
     return figures
 
 
-def metric_sum(text: str, prefix: str) -> float:
-    """The sum of the Prometheus samples whose line starts with ``prefix`` (a name, or a name and labels)."""
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+def metric_sum(text: str, prefix: str, containing: str = "") -> float:
+    """The sum of the Prometheus samples whose line starts with ``prefix`` (a name, or a name and labels) and
+    holds ``containing``."""
+    lines = (line for line in text.splitlines() if line.startswith(prefix) and containing in line)
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
 
 
 def main() -> int:
@@ -364,8 +384,8 @@ def print_shadow_cost(results: list[dict[str, Any]]) -> None:
     by_cell = {(r["contender"], r["rows"], r["connections"]): r for r in results}
     print(f"\nshadow budget: {budget:g} ms of p99")
     columns = "p99 ms, no shadow | p99 ms, challenger in shadow | added p99 ms | added by round | within budget"
-    print(f"\n| rows/request | connections | {columns} | rows shadowed | req/s ratio |")
-    print("|---:|---:|---:|---:|---:|---|---|---:|---:|")
+    print(f"\n| rows/request | connections | {columns} | rows shadowed | slices over budget | req/s ratio |")
+    print("|---:|---:|---:|---:|---:|---|---|---:|---:|---:|")
     for (name, rows, connections), shadowed in by_cell.items():
         if name == "flightplan, challenger in shadow":
             alone = by_cell[("flightplan", rows, connections)]
@@ -375,7 +395,8 @@ def print_shadow_cost(results: list[dict[str, Any]]) -> None:
             verdict = "yes" if max(rounds) <= budget else "no" if min(rounds) > budget else "rounds disagree"
             print(
                 f"| {rows} | {connections} | {alone['p99_ms']:.2f} | {shadowed['p99_ms']:.2f} | {added:+.2f} "
-                f"| {' '.join(f'{each:+.1f}' for each in rounds)} | {verdict} | {shadowed['shadowed']:.0%} | {ratio} |"
+                f"| {' '.join(f'{each:+.1f}' for each in rounds)} | {verdict} | {shadowed['shadowed']:.0%} "
+                f"| {shadowed['shadow_slices_over_budget']:,.0f} of {shadowed['shadow_slices']:,.0f} | {ratio} |"
             )
 
 

@@ -492,7 +492,15 @@ class PredictionLog:
     PostgreSQL) as tuples of values already in the column's form (SQLAlchemy's per-row parameter processing
     cost more than the insert). A failed commit drops the connection, and the next batch connects afresh."""
 
-    def __init__(self, engine: sa.Engine, schemas: RecordSchemas | None = None, max_batch_rows: int = 50_000) -> None:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        schemas: RecordSchemas | None = None,
+        max_batch_rows: int = 50_000,
+        shadow_slice_timer: Callable[[float], None] | None = None,
+    ) -> None:
+        """``shadow_slice_timer`` is given the seconds of each slice of shadow answers committed while the log
+        serves (those committed at its stop, all at once, are not timed)."""
         self.engine = engine
         self.max_batch_rows = max_batch_rows
         columns = [column.name for column in predictions.columns]
@@ -515,6 +523,7 @@ class PredictionLog:
         self._shadows: collections.deque[WaitingShadows] = collections.deque()  # committed when no request waits
         self._shadow_rows = 0  # their rows, counted as they come: the shadow runner asks before each request
         self._shadow_sizer = SliceSizer()
+        self._shadow_slice_timer = shadow_slice_timer or (lambda _seconds: None)
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
@@ -650,7 +659,10 @@ class PredictionLog:
                 return
             finally:
                 self._last_commit = time.monotonic()
-            self._shadow_sizer.measured(SHADOW_COMMITS, len(rows), time.perf_counter() - started)
+            took = time.perf_counter() - started
+            self._shadow_sizer.measured(SHADOW_COMMITS, len(rows), took)
+            if not everything:
+                self._shadow_slice_timer(took)
 
     def _shadow_slice(self, everything: bool) -> list[dict[str, Any]]:
         """The next rows given in shadow, as many as half the smallest budget among them holds (all of them with

@@ -309,18 +309,53 @@ def test_answers_given_in_shadow_are_committed_in_slices_of_their_budget(url: st
     engine = create_store_engine(url)
     commits: list[int] = []
     sa.event.listen(engine, "commit", lambda _connection: commits.append(1))
-    log = PredictionLog(engine, lambda _pipeline: SCHEMA)
+    timed: list[float] = []
+    log = PredictionLog(engine, lambda _pipeline: SCHEMA, shadow_slice_timer=timed.append)
     assert log.submit_shadow(in_shadow("2", [f"q0-{row}" for row in range(5)]), budget_seconds=1e-9)
     deadline = datetime.now(UTC) + timedelta(seconds=30)
-    while len(commits) < 5 and datetime.now(UTC) < deadline:
+    while len(timed) < 5 and datetime.now(UTC) < deadline:
         time.sleep(0.01)
-    assert len(commits) == 5  # a budget no row fits: a row per commit
+    assert len(commits) == 5 == len(timed)  # a budget no row fits: a row per commit, each slice timed
     assert log.submit_shadow(in_shadow("2", [f"q1-{row}" for row in range(5)]), budget_seconds=60)
     log.close()
     assert len(commits) == 6  # all five fit half a minute
     with engine.connect() as connection:
         assert connection.execute(sa.select(sa.func.count()).select_from(shadow_answers)).scalar_one() == 10
     engine.dispose()
+
+
+def test_a_served_request_that_comes_while_shadows_are_committed_waits_for_one_slice_at_most(url: str) -> None:
+    """The writer looks for served rows between two shadow slices: of the commits made after the served rows were
+    queued, at most one (the slice under way) holds shadow answers before theirs."""
+    engine = create_store_engine(url)
+    commits: list[str] = []
+    written: set[str] = set()
+
+    def executed(_connection: object, _cursor: object, statement: str, *_: object) -> None:
+        for table in ("shadow_answers", "prediction_segments"):
+            if statement.lstrip().upper().startswith("INSERT") and f"INTO {table}" in statement:
+                written.add(table)
+
+    def committed(_connection: object) -> None:
+        # The first served rows of a pipeline open its segment, in their own transaction.
+        kinds = {"shadow_answers": "shadow", "prediction_segments": "served"}
+        commits.extend(kinds[table] for table in sorted(written))
+        written.clear()
+
+    sa.event.listen(engine, "before_cursor_execute", executed)
+    sa.event.listen(engine, "commit", committed)
+    log = PredictionLog(engine, lambda _pipeline: SCHEMA)
+    assert log.submit_shadow(in_shadow("2", [f"q0-{row}" for row in range(300)]), budget_seconds=1e-9)
+    deadline = time.monotonic() + 30
+    while commits.count("shadow") < 3 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    queued_after = len(commits)
+    log.submit(answered(1, 5, SCHEMA.names)).result(timeout=30)
+    seen = list(commits)
+    log.close()
+    engine.dispose()
+    assert queued_after >= 3 and seen.count("served") == 1, seen
+    assert seen[queued_after : seen.index("served")].count("shadow") <= 1, seen[queued_after:]
 
 
 def test_paired_answers_pair_each_served_row_with_the_other_versions_shadow_answer(url: str) -> None:

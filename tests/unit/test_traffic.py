@@ -24,13 +24,30 @@ from flightplan.serving.app import COLUMNAR_ROWS, ServiceOptions, create_app
 from flightplan.serving.inputs import request_fields
 from flightplan.serving.metrics import ServiceMetrics
 from flightplan.serving.models import ServedModel
-from flightplan.serving.traffic import ALIAS_HEADER, CALLER_KEY_HEADER, InFlight, Router, ShadowJob, ShadowRunner
+from flightplan.serving.traffic import (
+    ALIAS_HEADER,
+    CALLER_KEY_HEADER,
+    SHADOW_MIN_IDLE_SHARE,
+    CpuCounters,
+    CpuIdle,
+    InFlight,
+    Router,
+    ShadowJob,
+    ShadowRunner,
+    cgroup_usage,
+    machine_ticks,
+)
 from flightplan.settings import PACKAGE_PIPELINES_DIR, Settings, load_settings
 
 from tests.support.model_double import DoubleRegistry, model_double
 from tests.support.service import scoped_tokens
 from tests.support.serving_clients import ADMIN_AUTH, AUTH, TOKEN
 from tests.unit.test_service import full_record
+
+
+def always_idle() -> float:
+    """CPUs that are always idle, whatever the machine running the tests does meanwhile."""
+    return 1.0
 
 
 def serving(tmp_path: Path, **shares: float) -> tuple[Settings, PipelineConfig]:
@@ -193,13 +210,13 @@ def test_a_full_shadow_backlog_skips_requests_and_counts_them(tmp_path: Path) ->
     def job(*ids: str) -> ShadowJob:
         return ShadowJob("flights", challenger, list(ids), [record] * len(ids), budget_seconds=0.002)
 
-    runner = ShadowRunner(log, metrics, in_flight, max_backlog_rows=3)
+    runner = ShadowRunner(log, metrics, in_flight, max_backlog_rows=3, cpu_idle=always_idle)
     with in_flight.serving():  # a request being served: the shadow waits, its backlog full
         runner.submit(job("a", "b", "c", "d"))  # more than the backlog takes
         runner.submit(job("e", "f"))
         runner.submit(job("x", "y"))  # with "e" and "f" waiting: over the backlog
     runner.close()  # "e" and "f" answered and held by the log
-    runner = ShadowRunner(log, metrics, in_flight, max_backlog_rows=3)
+    runner = ShadowRunner(log, metrics, in_flight, max_backlog_rows=3, cpu_idle=always_idle)
     runner.submit(job("g", "h"))  # with the two held: over the backlog
     runner.submit(job("i"))
     runner.close()
@@ -227,7 +244,7 @@ def test_the_shadow_answers_only_while_no_request_is_served_in_slices_of_its_bud
         return dataclasses.replace(double, scores=scores)
 
     record = validated(config, full_record(config))
-    runner = ShadowRunner(log, ServiceMetrics(), in_flight)
+    runner = ShadowRunner(log, ServiceMetrics(), in_flight, cpu_idle=always_idle)
     ids = [f"r{n}" for n in range(300)]
     with in_flight.serving():
         runner.submit(ShadowJob("flights", counted("2"), ids, [record] * 300, budget_seconds=1e-9))
@@ -259,8 +276,8 @@ def test_requests_that_waited_for_quiet_are_answered_in_shadow_together_per_vers
 
         return dataclasses.replace(double, scores=scores)
 
-    record = validated(config, full_record(config))
-    runner = ShadowRunner(log, ServiceMetrics(), in_flight)
+    record, metrics = validated(config, full_record(config)), ServiceMetrics()
+    runner = ShadowRunner(log, metrics, in_flight, cpu_idle=always_idle)
     second, third = counted("2"), counted("3")
     with in_flight.serving():
         for i, model in [("a", second), ("x", third), ("b", second), ("c", second), ("y", third), ("d", second)]:
@@ -268,6 +285,47 @@ def test_requests_that_waited_for_quiet_are_answered_in_shadow_together_per_vers
     runner.close()
     assert calls == [("2", 1), ("2", 3), ("3", 1), ("3", 1)]
     assert [each.ids for each in log.held] == [["a"], ["b", "c", "d"], ["x"], ["y"]]
+    assert 'flightplan_shadow_slice_seconds_count{work="answer"} 4.0' in metrics.render().decode()
+
+
+def test_the_shadow_waits_for_idle_cpus_as_it_waits_for_quiet(tmp_path: Path) -> None:
+    """A quiet service on a saturated machine: the shadow waits for the CPUs to have idle time (a second at most),
+    so that it does not take the CPU the served answers need."""
+    _, config = serving(tmp_path)
+    log, idle = HeldLog(), [0.0]
+    record = validated(config, full_record(config))
+    runner = ShadowRunner(log, ServiceMetrics(), InFlight(), cpu_idle=lambda: idle[0])
+    runner.submit(ShadowJob("flights", model_double(config, "2"), ["a"], [record], budget_seconds=60.0))
+    time.sleep(0.3)
+    assert not log.held
+    idle[0] = SHADOW_MIN_IDLE_SHARE
+    deadline = time.monotonic() + 10
+    while not log.held and time.monotonic() < deadline:
+        time.sleep(0.01)
+    runner.close()
+    assert [each.ids for each in log.held] == [["a"]]
+
+
+def test_the_cpus_idle_share_is_the_machines_or_what_the_cgroups_quota_leaves(tmp_path: Path) -> None:
+    stat, cgroup = tmp_path / "stat", tmp_path / "cgroup"
+    cgroup.mkdir()
+
+    def counters(idle: int, busy: int, used_usec: int, quota: str, moment: float = 1.0) -> CpuCounters:
+        stat.write_text(f"cpu  {busy} 0 0 {idle - 10} 10 0 0 0 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n")
+        (cgroup / "cpu.max").write_text(f"{quota} 100000\n")
+        (cgroup / "cpu.stat").write_text(f"usage_usec {used_usec}\nuser_usec 1\n")
+        return CpuCounters(moment, machine_ticks(stat), cgroup_usage(cgroup))
+
+    first = counters(idle=1000, busy=1000, used_usec=1_000_000, quota="max")
+    assert first.machine == (1000, 2000) and first.cgroup is None
+    assert counters(idle=1300, busy=1100, used_usec=2_000_000, quota="max", moment=2.0).idle_since(first) == 0.75
+    first = counters(idle=1000, busy=1000, used_usec=1_000_000, quota="50000")  # half a core
+    # The machine 75% idle, the cgroup using 0.4 s of its half core over a second: 20% left.
+    later = counters(idle=1300, busy=1100, used_usec=1_400_000, quota="50000", moment=2.0)
+    assert later.idle_since(first) == pytest.approx(0.2)
+    assert counters(idle=1300, busy=1100, used_usec=1_600_000, quota="50000", moment=2.0).idle_since(first) == 0.0
+    assert machine_ticks(tmp_path / "none") is None and cgroup_usage(tmp_path) is None
+    assert CpuIdle(tmp_path / "none", tmp_path).share() == 1.0  # nothing to read: only quiet is waited for
 
 
 def test_a_shadow_never_given_quiet_waits_at_most_its_longest_wait() -> None:

@@ -348,7 +348,8 @@ class Service:
         self._poller: threading.Thread | None = None
 
     def start(self) -> None:
-        self.log = PredictionLog(self.engine, self.record_schema)
+        committed = self.metrics.shadow_slice_seconds.labels("commit").observe
+        self.log = PredictionLog(self.engine, self.record_schema, shadow_slice_timer=committed)
         self.shadows = ShadowRunner(self.log, self.metrics, self.in_flight)
         self.reload_all(retry_refused=True)
         self._poller = threading.Thread(target=self._poll, name="alias-poller", daemon=True)

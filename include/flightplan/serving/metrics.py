@@ -20,6 +20,9 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05
 PROBABILITY_BUCKETS = tuple(i / 10 for i in range(1, 11))
 FEW_VALUES = 32
 VALUE_BUCKETS = Histogram.DEFAULT_BUCKETS[:-1]  # without its +Inf, which every histogram adds
+# A slice of shadow work is sized to half of ``deployment.shadow_budget_ms`` (2 ms unless set): bounds at half the
+# default budget and at the whole of it tell the slices that kept to it.
+SHADOW_SLICE_BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.064, 0.25, 1.0)
 
 
 class PipelineHistogram:
@@ -112,6 +115,14 @@ class ServiceMetrics:
             "flightplan_shadow_rows", "Rows answered in shadow, refused by the shadow version, failed or skipped",
             ["pipeline", "outcome"], registry=r,
         )  # fmt: skip
+        self.shadow_slice_seconds = Histogram(
+            "flightplan_shadow_slice_seconds",
+            "Time of one slice of shadow work, which a served request arriving meanwhile may wait for: the CPU "
+            "time of answering it and handing it to the log, or the time of committing it",
+            ["work"],
+            buckets=SHADOW_SLICE_BUCKETS,
+            registry=r,
+        )
 
     def observe_predictions(
         self, pipeline: str, task: str, answers: list[Answer], seconds: float, requests: int, calls: list[int]

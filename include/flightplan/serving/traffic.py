@@ -18,9 +18,10 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from flightplan.config import DeploymentSpec, PipelineConfig
@@ -53,6 +54,12 @@ QUIET_POLL_SECONDS = 0.1
 # The longest the shadow waits for quiet before it answers one slice anyway: a service never quiet still has its
 # challenger answer a slice a second (a sliver of its time), so that a live gate gets its rows, slowly.
 SHADOW_LONGEST_WAIT_SECONDS = 1.0
+# The share of the CPUs that must have gone unused lately for the shadow to answer. Work the served answers need
+# the CPU for waits for the shadow's whatever its slices: on a saturated machine (1-row requests at 32
+# connections), shadowing every row added 14-26 ms to the served p99 (docs/performance.md).
+SHADOW_MIN_IDLE_SHARE = 0.15
+# How long the CPUs' idle share is measured over (reading the counters costs some 20 µs).
+IDLE_SAMPLE_SECONDS = 0.1
 
 
 class Share:
@@ -189,6 +196,61 @@ class InFlight:
                 self._quiet.wait(min(left, QUIET_POLL_SECONDS))  # woken when quiet; the timeout looks at ``stop``
 
 
+class CpuIdle:
+    """The share of the CPUs the service may use that went unused over the last ``IDLE_SAMPLE_SECONDS`` or so: the
+    machine's (``/proc/stat``), or what is left of its cgroup's quota (cgroup v2 ``cpu.max`` and ``cpu.stat``)
+    when a quota is set and leaves less. 1 where neither can be read: the shadow then waits for quiet only. Not
+    thread-safe: the shadow runner asks it from its one thread."""
+
+    def __init__(self, proc_stat: Path = Path("/proc/stat"), cgroup: Path = Path("/sys/fs/cgroup")) -> None:
+        self._proc_stat, self._cgroup = proc_stat, cgroup
+        self._sample = self._counters()
+        self._idle = 1.0
+
+    def share(self) -> float:
+        sample = self._counters()
+        if sample.moment - self._sample.moment >= IDLE_SAMPLE_SECONDS:
+            self._idle, self._sample = sample.idle_since(self._sample), sample
+        return self._idle
+
+    def _counters(self) -> CpuCounters:
+        return CpuCounters(time.monotonic(), machine_ticks(self._proc_stat), cgroup_usage(self._cgroup))
+
+
+class CpuCounters(NamedTuple):
+    moment: float  # time.monotonic()
+    machine: tuple[int, int] | None  # idle and total ticks of the machine's CPUs
+    cgroup: tuple[float, float] | None  # CPU seconds the cgroup used, and the cores its quota allows
+
+    def idle_since(self, earlier: CpuCounters) -> float:
+        shares = [1.0]
+        if self.machine and earlier.machine and self.machine[1] > earlier.machine[1]:
+            shares.append((self.machine[0] - earlier.machine[0]) / (self.machine[1] - earlier.machine[1]))
+        if self.cgroup and earlier.cgroup:
+            allowed = self.cgroup[1] * (self.moment - earlier.moment)
+            shares.append(max(0.0, 1 - (self.cgroup[0] - earlier.cgroup[0]) / allowed))
+        return min(shares)
+
+
+def machine_ticks(proc_stat: Path) -> tuple[int, int] | None:
+    """Idle (with I/O wait) and total ticks of all CPUs since boot; None where there is no ``/proc/stat``."""
+    try:
+        ticks = [int(field) for field in proc_stat.read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return ticks[3] + ticks[4], sum(ticks)
+
+
+def cgroup_usage(folder: Path) -> tuple[float, float] | None:
+    """CPU seconds the cgroup has used, and the cores its quota allows; None without a quota."""
+    try:
+        quota, period = (folder / "cpu.max").read_text().split()
+        usage = next(line for line in (folder / "cpu.stat").read_text().splitlines() if line.startswith("usage_usec"))
+        return (int(usage.split()[1]) / 1e6, int(quota) / int(period)) if quota != "max" else None
+    except (OSError, ValueError, StopIteration):
+        return None
+
+
 @dataclass(frozen=True)
 class ShadowJob:
     pipeline: str
@@ -203,16 +265,23 @@ class ShadowRunner:
     answers to the log, which commits them when no served request waits.
 
     A served request must not wait for the shadow longer than its pipeline's budget: the runner answers only
-    while no served request is in flight (or after waiting a second for it), in slices sized to take half the
-    budget (``flightplan.slices``), each handed to the log as it is answered, which commits them in slices of
-    half the budget too. A request that arrives meanwhile waits one slice at most. A busy service thus shadows fewer
+    while no served request is in flight and the CPUs have idle time (``cpu_idle``, by default ``CpuIdle``), or
+    after waiting a second for both, in slices sized to take half the budget of its thread's CPU time
+    (``flightplan.slices``), each handed to the log as it is answered, which commits them in slices of half the
+    budget too. A request that arrives meanwhile waits one slice at most. A busy service thus shadows fewer
     requests: one whose rows would put more than ``max_backlog_rows`` in waiting (to be answered, or committed)
     is not shadowed (``flightplan_shadow_rows_total{outcome="skipped"}``)."""
 
     def __init__(
-        self, log: ShadowLog, metrics: ServiceMetrics, in_flight: InFlight, max_backlog_rows: int = SHADOW_BACKLOG_ROWS
+        self,
+        log: ShadowLog,
+        metrics: ServiceMetrics,
+        in_flight: InFlight,
+        max_backlog_rows: int = SHADOW_BACKLOG_ROWS,
+        cpu_idle: Callable[[], float] | None = None,
     ) -> None:
         self._log, self._metrics, self._in_flight = log, metrics, in_flight
+        self._cpu_idle = cpu_idle or CpuIdle().share
         self._max_backlog_rows = max_backlog_rows
         self._backlog = 0  # rows waiting to be answered
         self._lock = threading.Lock()
@@ -254,7 +323,7 @@ class ShadowRunner:
         first = self._jobs.get()
         if first is None:
             return [], True
-        self._in_flight.wait_until_quiet(self._closing)
+        self._wait_for_room()
         jobs = [first]
         while True:
             try:
@@ -269,7 +338,7 @@ class ShadowRunner:
         done = 0  # rows answered and handed over: the log counts them as waiting from then on
         try:
             while done < len(job.ids):
-                self._in_flight.wait_until_quiet(self._closing)
+                self._wait_for_room()
                 rows = self._sizer.rows((job.pipeline, job.model.version), job.budget_seconds)
                 rows = min(rows, len(job.ids) - done)
                 self._answer_slice(job, done, rows)
@@ -283,13 +352,25 @@ class ShadowRunner:
             with self._lock:
                 self._backlog -= left
 
+    def _wait_for_room(self) -> None:
+        """Returns once no request is in flight and the CPUs have idle time, when the service stops, or after
+        ``SHADOW_LONGEST_WAIT_SECONDS`` anyway."""
+        deadline = time.monotonic() + SHADOW_LONGEST_WAIT_SECONDS
+        while (left := deadline - time.monotonic()) > 0 and not self._closing.is_set():
+            self._in_flight.wait_until_quiet(self._closing, longest=left)
+            if self._cpu_idle() >= SHADOW_MIN_IDLE_SHARE:
+                return
+            self._closing.wait(min(left, IDLE_SAMPLE_SECONDS))
+
     def _answer_slice(self, job: ShadowJob, start: int, rows: int) -> None:
         """Answers ``rows`` of the job's records from ``start`` and hands them to the log; a record the shadow's
         version cannot take is left out."""
         ids, records = job.ids[start : start + rows], job.records[start : start + rows]
-        started = time.perf_counter()
+        # The thread's CPU time: a served request waits for what the slice holds the CPU and the interpreter's lock
+        # for, not for the time the slice itself waited for them while served requests ran.
+        started = time.thread_time()
         answered = answers_each(job.model, records)
-        self._sizer.measured((job.pipeline, job.model.version), rows, time.perf_counter() - started)
+        self._sizer.measured((job.pipeline, job.model.version), rows, time.thread_time() - started)
         kept = [(i, answer) for i, answer in zip(ids, answered, strict=True) if isinstance(answer, Answer)]
         if kept and not self._log.submit_shadow(
             shadow_request(job.pipeline, job.model.version, kept), job.budget_seconds
@@ -297,6 +378,7 @@ class ShadowRunner:
             raise RuntimeError("the prediction log is closed")
         self._metrics.shadow_rows.labels(job.pipeline, "answered").inc(len(kept))
         self._metrics.shadow_rows.labels(job.pipeline, "refused").inc(rows - len(kept))
+        self._metrics.shadow_slice_seconds.labels("answer").observe(time.thread_time() - started)
 
 
 def merged(jobs: list[ShadowJob]) -> list[ShadowJob]:
