@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -325,11 +326,12 @@ def test_answers_given_in_shadow_are_committed_in_slices_of_their_budget(url: st
 
 
 def test_a_served_request_that_comes_while_shadows_are_committed_waits_for_one_slice_at_most(url: str) -> None:
-    """The writer looks for served rows between two shadow slices: of the commits made after the served rows were
-    queued, at most one (the slice under way) holds shadow answers before theirs."""
+    """The writer looks for served rows between two shadow slices: served rows queued during a slice's commit
+    (the third, held until they are queued) are committed right after that slice, before any other."""
     engine = create_store_engine(url)
     commits: list[str] = []
     written: set[str] = set()
+    queued, held = threading.Event(), threading.Event()
 
     def executed(_connection: object, _cursor: object, statement: str, *_: object) -> None:
         for table in ("shadow_answers", "prediction_segments"):
@@ -341,21 +343,22 @@ def test_a_served_request_that_comes_while_shadows_are_committed_waits_for_one_s
         kinds = {"shadow_answers": "shadow", "prediction_segments": "served"}
         commits.extend(kinds[table] for table in sorted(written))
         written.clear()
+        if commits.count("shadow") == 3 and not held.is_set():
+            held.set()
+            queued.wait(30)
 
     sa.event.listen(engine, "before_cursor_execute", executed)
     sa.event.listen(engine, "commit", committed)
     log = PredictionLog(engine, lambda _pipeline: SCHEMA)
     assert log.submit_shadow(in_shadow("2", [f"q0-{row}" for row in range(300)]), budget_seconds=1e-9)
-    deadline = time.monotonic() + 30
-    while commits.count("shadow") < 3 and time.monotonic() < deadline:
-        time.sleep(0.001)
-    queued_after = len(commits)
-    log.submit(answered(1, 5, SCHEMA.names)).result(timeout=30)
+    assert held.wait(30)
+    done = log.submit(answered(1, 5, SCHEMA.names))
+    queued.set()
+    done.result(timeout=30)
     seen = list(commits)
     log.close()
     engine.dispose()
-    assert queued_after >= 3 and seen.count("served") == 1, seen
-    assert seen[queued_after : seen.index("served")].count("shadow") <= 1, seen[queued_after:]
+    assert seen[:4] == ["shadow", "shadow", "shadow", "served"], seen
 
 
 def test_paired_answers_pair_each_served_row_with_the_other_versions_shadow_answer(url: str) -> None:

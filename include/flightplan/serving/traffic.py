@@ -54,9 +54,9 @@ QUIET_POLL_SECONDS = 0.1
 # The longest the shadow waits for quiet before it answers one slice anyway: a service never quiet still has its
 # challenger answer a slice a second (a sliver of its time), so that a live gate gets its rows, slowly.
 SHADOW_LONGEST_WAIT_SECONDS = 1.0
-# The share of the CPUs that must have gone unused lately for the shadow to answer. Work the served answers need
-# the CPU for waits for the shadow's whatever its slices: on a saturated machine (1-row requests at 32
-# connections), shadowing every row added 14-26 ms to the served p99 (docs/performance.md).
+# The share of the CPUs that must have gone unused lately for the shadow to answer. On a saturated machine the
+# shadow's CPU work delays the served answers however small its slices: with 1-row requests at 32 connections,
+# shadowing every row in quiet moments added 14-26 ms to the served p99 (docs/performance.md).
 SHADOW_MIN_IDLE_SHARE = 0.15
 # How long the CPUs' idle share is measured over (reading the counters costs some 20 µs).
 IDLE_SAMPLE_SECONDS = 0.1
