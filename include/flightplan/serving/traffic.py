@@ -208,8 +208,8 @@ class CpuIdle:
         self._idle = 1.0
 
     def share(self) -> float:
-        sample = self._counters()
-        if sample.moment - self._sample.moment >= IDLE_SAMPLE_SECONDS:
+        if time.monotonic() - self._sample.moment >= IDLE_SAMPLE_SECONDS:  # the counters are read only when due
+            sample = self._counters()
             self._idle, self._sample = sample.idle_since(self._sample), sample
         return self._idle
 
