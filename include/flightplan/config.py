@@ -381,7 +381,7 @@ class MonitoringSpec(Strict):
         default=24, description="a manual run checks the predictions answered in the last N hours"
     )
     min_rows: Annotated[int, Field(ge=1)] = Field(
-        default=1000, description="fewer answered rows in the window: the run reports but does not decide"
+        default=1000, description="fewer rows of the judged version in the window: the run reports but does not decide"
     )
     min_labeled_rows: Annotated[int, Field(ge=1)] = Field(
         default=200, description="fewer rows with ground truth: performance is not judged"

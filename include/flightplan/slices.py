@@ -11,6 +11,10 @@ from collections.abc import Hashable
 # the interpreter's lock to pass back and for the slice's result to be handed on, and at 8 connections slices of
 # the whole budget added more than the budget to the served p99 (docs/performance.md).
 SLICE_SHARE_OF_BUDGET = 0.5
+# The longest a slice of shadow work waits for a moment with no served request before it is done anyway: a service
+# never free still has its challenger answer, and its answers committed, a slice a second (a sliver of its time),
+# so that a live gate gets its rows, slowly.
+SHADOW_LONGEST_WAIT_SECONDS = 1.0
 
 
 class SliceSizer:

@@ -323,7 +323,7 @@ def test_the_schedulers_nightly_runs_each_process_their_own_day_and_a_missing_da
         api.set_paused(dag_id(name, "data_engineering"), False)
 
     for name in ("north", "south"):
-        run = api.wait_for_new_run(dag_id(name, "data_engineering"), "2000-01-01T00:00:00+00:00", timeout=300)
+        run = api.wait_for_new_run(dag_id(name, "data_engineering"), "2000-01-01T00:00:00+00:00", timeout=900)
         assert run["run_type"] == "scheduled" and run["data_interval_start"].startswith(yesterday.isoformat())
         state = api.wait_for_run(dag_id(name, "data_engineering"), run["dag_run_id"], timeout=1200)
         assert state == "success", api.task_states(dag_id(name, "data_engineering"), run["dag_run_id"])
@@ -332,7 +332,7 @@ def test_the_schedulers_nightly_runs_each_process_their_own_day_and_a_missing_da
         rows_of[name] = rows
     assert landed["north"] != landed["south"]  # two different days: each pipeline ingested its own
 
-    run = api.wait_for_new_run(dag_id("late", "data_engineering"), "2000-01-01T00:00:00+00:00", timeout=300)
+    run = api.wait_for_new_run(dag_id("late", "data_engineering"), "2000-01-01T00:00:00+00:00", timeout=900)
     assert api.wait_for_run(dag_id("late", "data_engineering"), run["dag_run_id"], timeout=600) == "failed"
     sensor = api.task_instance(dag_id("late", "data_engineering"), run["dag_run_id"], "wait_for_landing")
     assert (sensor["state"], sensor["try_number"]) == ("failed", 1)
@@ -363,7 +363,7 @@ def test_the_schedulers_nightly_runs_each_process_their_own_day_and_a_missing_da
         if done.returncode == 0 or "database is locked" not in done.stderr + done.stdout:
             break
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    rerun_run = api.wait_for_new_run(dag_id("south", "data_engineering"), started, timeout=300)
+    rerun_run = api.wait_for_new_run(dag_id("south", "data_engineering"), started, timeout=900)
     state = api.wait_for_run(dag_id("south", "data_engineering"), rerun_run["dag_run_id"], timeout=1200)
     assert state == "success" and rerun_run["run_type"] == "manual"
     assert curated_rows(own, "south", yesterday) == rows_of["south"]  # replaced, not appended
@@ -428,7 +428,7 @@ def test_a_pending_approval_holds_no_other_pipeline_and_a_stale_event_only_its_o
 
     queued = post_splits("diamonds")
     posted = post_splits("penguins")
-    training = api.wait_for_new_run(dag_id("penguins", "model_engineering"), posted, timeout=300)
+    training = api.wait_for_new_run(dag_id("penguins", "model_engineering"), posted, timeout=900)
     assert training["run_type"] == "asset_triggered"
     state = api.wait_for_run(dag_id("penguins", "model_engineering"), training["dag_run_id"], timeout=1200)
     assert state == "success", api.task_states(dag_id("penguins", "model_engineering"), training["dag_run_id"])
@@ -447,7 +447,7 @@ def test_a_pending_approval_holds_no_other_pipeline_and_a_stale_event_only_its_o
         and "/splits/penguins/" in run.data.tags["flightplan.split_manifest"]
     )
 
-    deployment = api.wait_for_new_run(dag_id("penguins", "deployment"), training["run_after"], timeout=300)
+    deployment = api.wait_for_new_run(dag_id("penguins", "deployment"), training["run_after"], timeout=900)
     state = api.wait_for_run(dag_id("penguins", "deployment"), deployment["dag_run_id"], timeout=900)
     assert state == "success", api.task_states(dag_id("penguins", "deployment"), deployment["dag_run_id"])
     ready = httpx.get(f"{byod['url']}/ready").json()
@@ -472,7 +472,7 @@ def test_a_pending_approval_holds_no_other_pipeline_and_a_stale_event_only_its_o
     assert api.newest_run(diamonds_training, queued) is None  # the paused DAG got no run from the stale event
     api.set_paused(diamonds_training, False)
     post_splits("diamonds")
-    stale = api.wait_for_new_run(diamonds_training, queued, timeout=300)
+    stale = api.wait_for_new_run(diamonds_training, queued, timeout=900)
     consumed = api.http.get(f"/dags/{diamonds_training}/dagRuns/{stale['dag_run_id']}/upstreamAssetEvents")
     assert [e["extra"]["pipeline"] for e in consumed.json()["asset_events"]] == ["diamonds", "diamonds"]
     state = api.wait_for_run(diamonds_training, stale["dag_run_id"], timeout=1200)

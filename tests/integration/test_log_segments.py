@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pydantic_core
@@ -36,6 +37,7 @@ from flightplan.prediction_log import (
     segments,
     shadow_answers,
 )
+from flightplan.slices import SHADOW_LONGEST_WAIT_SECONDS
 
 from tests.support.engines import postgres_database, postgres_problem, require
 
@@ -359,6 +361,83 @@ def test_a_served_request_that_comes_while_shadows_are_committed_waits_for_one_s
     log.close()
     engine.dispose()
     assert seen[:4] == ["shadow", "shadow", "shadow", "served"], seen
+
+
+def test_answers_given_in_shadow_are_committed_without_waiting_for_the_disk_and_served_ones_with(url: str) -> None:
+    """Only the shadow's transactions give up the flush at commit: PostgreSQL's setting is the transaction's own,
+    SQLite's is set back to FULL once the shadow's rows are committed, before any served row. Read at each
+    commit, in its transaction."""
+    engine = create_store_engine(url)
+    log = PredictionLog(engine, lambda _pipeline: SCHEMA)
+    shadow, flushes = threading.Event(), []
+    sqlite = engine.dialect.name == "sqlite"
+    setting = "PRAGMA synchronous" if sqlite else "SHOW synchronous_commit"
+
+    def executed(_connection: object, _cursor: object, statement: str, *_: object) -> None:
+        if statement.startswith("INSERT INTO shadow_answers"):
+            shadow.set()
+
+    def committed(connection: sa.Connection) -> None:
+        driver: Any = connection.connection.driver_connection
+        value = driver.execute(setting).fetchone()[0]
+        flushes.append(("shadow" if shadow.is_set() else "served", {0: "off", 1: "off", 2: "on"}.get(value, value)))
+        shadow.clear()
+
+    sa.event.listen(engine, "before_cursor_execute", executed)
+    sa.event.listen(engine, "commit", committed)
+    log.submit(answered(0, 5, SCHEMA.names)).result(timeout=30)
+    assert log.submit_shadow(in_shadow("2", ["q0-0"]), budget_seconds=60)
+    deadline = time.monotonic() + 30
+    while log.shadow_rows_waiting and time.monotonic() < deadline:
+        time.sleep(0.01)
+    log.submit(answered(1, 5, SCHEMA.names)).result(timeout=30)
+    seen = list(flushes)
+    log.close()
+    engine.dispose()
+    assert ("shadow", "off") in seen and {kind for kind, flush in seen if flush == "on"} == {"served"}, seen
+    assert seen[-1] == ("served", "on"), seen  # set back after the shadow's commit
+
+
+def test_answers_given_in_shadow_are_committed_a_slice_a_second_while_served_rows_never_stop(url: str) -> None:
+    """A log that always has served rows queued (each served commit queues the next, for 3 s) still commits a
+    slice of the answers given in shadow once they have waited ``SHADOW_LONGEST_WAIT_SECONDS``: a saturated
+    service's challenger gets its live rows, slowly."""
+    engine = create_store_engine(url)
+    commits: list[tuple[str, float]] = []
+    written: set[str] = set()
+    shadow_came, stream_ends = threading.Event(), [0.0]
+
+    def executed(_connection: object, _cursor: object, statement: str, *_: object) -> None:
+        if statement.lstrip().upper().startswith("INSERT") and "INTO shadow_answers" in statement:
+            written.add("shadow")
+
+    def committed(_connection: object) -> None:
+        kind = "shadow" if written else "served"
+        written.clear()
+        commits.append((kind, time.monotonic()))
+        if kind == "served":
+            shadow_came.wait(30)  # the first served commit is held until the shadow's answers are waiting
+            if time.monotonic() < stream_ends[0]:
+                log.submit(answered(len(commits), 1, SCHEMA.names))
+
+    log = PredictionLog(engine, lambda _pipeline: SCHEMA)
+    sa.event.listen(engine, "before_cursor_execute", executed)
+    sa.event.listen(engine, "commit", committed)
+    stream_ends[0] = time.monotonic() + 3 * SHADOW_LONGEST_WAIT_SECONDS
+    first = log.submit(answered(0, 1, SCHEMA.names))
+    came = time.monotonic()
+    assert log.submit_shadow(in_shadow("2", [f"q0-{row}" for row in range(5)]), budget_seconds=60)
+    shadow_came.set()
+    first.result(timeout=30)
+    time.sleep(3 * SHADOW_LONGEST_WAIT_SECONDS + 0.5)
+    seen = list(commits)
+    log.close()
+    engine.dispose()
+    shadows = [moment for kind, moment in seen if kind == "shadow"]
+    last_served = max(moment for kind, moment in seen if kind == "served")
+    assert shadows and shadows[0] < last_served, seen[-5:]  # committed while served rows kept coming
+    assert shadows[0] - came >= SHADOW_LONGEST_WAIT_SECONDS  # after waiting for a free moment that never came
+    assert sum(kind == "served" for kind, _ in seen) > 10
 
 
 def test_paired_answers_pair_each_served_row_with_the_other_versions_shadow_answer(url: str) -> None:

@@ -20,13 +20,16 @@ import yaml
 from fastapi.testclient import TestClient
 from flightplan.config import DeploymentSpec, PipelineConfig, load_pipeline
 from flightplan.prediction_log import AnsweredRequest
+from flightplan.serving import traffic
 from flightplan.serving.app import COLUMNAR_ROWS, ServiceOptions, create_app
 from flightplan.serving.inputs import request_fields
 from flightplan.serving.metrics import ServiceMetrics
-from flightplan.serving.models import ServedModel
+from flightplan.serving.models import BOOSTER_MIN_ROWS, ServedModel
 from flightplan.serving.traffic import (
     ALIAS_HEADER,
     CALLER_KEY_HEADER,
+    IDLE_SAMPLE_SECONDS,
+    SHADOW_MAX_SLICE_ROWS,
     SHADOW_MIN_IDLE_SHARE,
     CpuCounters,
     CpuIdle,
@@ -257,8 +260,9 @@ def test_the_shadow_answers_only_while_no_request_is_served_in_slices_of_its_bud
     slices.clear()
     runner.submit(ShadowJob("flights", counted("3"), ids, [record] * 300, budget_seconds=60.0))  # a new version
     runner.close()
-    assert slices == [1, 299]  # the first row timed, then all that is left fits the budget
-    assert [len(each.ids) for each in log.held] == [1] * 300 + [1, 299]  # each slice handed over as answered
+    # The first row timed, then all that is left fits the budget, in slices the booster does not take.
+    assert slices == [1, 99, 99, 99, 2] and SHADOW_MAX_SLICE_ROWS == BOOSTER_MIN_ROWS - 1 == 99
+    assert [len(each.ids) for each in log.held] == [1] * 300 + [1, 99, 99, 99, 2]  # each handed over as answered
 
 
 def test_requests_that_waited_for_quiet_are_answered_in_shadow_together_per_version(tmp_path: Path) -> None:
@@ -288,9 +292,11 @@ def test_requests_that_waited_for_quiet_are_answered_in_shadow_together_per_vers
     assert 'flightplan_shadow_slice_seconds_count{work="answer"} 4.0' in metrics.render().decode()
 
 
-def test_the_shadow_waits_for_idle_cpus_as_it_waits_for_quiet(tmp_path: Path) -> None:
-    """A quiet service on a saturated machine: the shadow waits for the CPUs to have idle time (a second at most),
-    so that it does not take the CPU the served answers need."""
+def test_the_shadow_waits_for_idle_cpus_as_it_waits_for_quiet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A quiet service on a saturated machine: the shadow waits for the CPUs to have idle time (a second at most;
+    a minute here, so that only idle CPUs can end the wait), so that it does not take the CPU the served answers
+    need."""
+    monkeypatch.setattr(traffic, "SHADOW_LONGEST_WAIT_SECONDS", 60.0)
     _, config = serving(tmp_path)
     log, idle = HeldLog(), [0.0]
     record = validated(config, full_record(config))
@@ -325,7 +331,31 @@ def test_the_cpus_idle_share_is_the_machines_or_what_the_cgroups_quota_leaves(tm
     assert later.idle_since(first) == pytest.approx(0.2)
     assert counters(idle=1300, busy=1100, used_usec=1_600_000, quota="50000", moment=2.0).idle_since(first) == 0.0
     assert machine_ticks(tmp_path / "none") is None and cgroup_usage(tmp_path) is None
-    assert CpuIdle(tmp_path / "none", tmp_path).share() == 1.0  # nothing to read: only quiet is waited for
+    stat.write_text("cpu  1 2 3\n")  # not the eight counters: as unreadable, and the runner's thread lives on
+    (cgroup / "cpu.stat").write_text("usage_usec\n")
+    assert machine_ticks(stat) is None and cgroup_usage(cgroup) is None
+
+
+def test_the_idle_share_is_measured_afresh_after_a_gap(tmp_path: Path) -> None:
+    """The share is 0 (wait) until a measure has ended; a measure begun before the runner went without work for a
+    while would count the idle gap, and is begun again instead."""
+    stat, clock = tmp_path / "stat", [0.0]
+
+    def share_at(moment: float, idle: int, busy: int) -> float:
+        clock[0] = moment
+        stat.write_text(f"cpu  {busy} 0 0 {idle} 0 0 0 0 0 0\n")
+        return cpu_idle.share()
+
+    stat.write_text("cpu  1000 0 0 1000 0 0 0 0 0 0\n")
+    cpu_idle = CpuIdle(stat, tmp_path / "no-cgroup", clock=lambda: clock[0])
+    assert cpu_idle.share() == 0.0  # nothing measured yet
+    assert share_at(IDLE_SAMPLE_SECONDS, idle=1300, busy=1100) == 0.75
+    assert share_at(60.0, idle=9000, busy=1100) == 0.0  # a minute without work, the CPUs idle: not counted
+    assert share_at(60.0 + IDLE_SAMPLE_SECONDS, idle=9000, busy=1200) == 0.0  # busy now
+    assert share_at(60.0 + 2 * IDLE_SAMPLE_SECONDS, idle=9050, busy=1250) == 0.5
+    unreadable = CpuIdle(tmp_path / "none", tmp_path, clock=lambda: clock[0])
+    clock[0] += IDLE_SAMPLE_SECONDS
+    assert unreadable.share() == 1.0  # nothing to read: only quiet is waited for
 
 
 def test_a_shadow_never_given_quiet_waits_at_most_its_longest_wait() -> None:

@@ -69,7 +69,7 @@ class AirflowApi:
     def close(self) -> None:
         self.http.close()
 
-    def wait_until_parsed(self, dag_id: str, timeout: float = 180) -> None:
+    def wait_until_parsed(self, dag_id: str, timeout: float = 600) -> None:
         deadline = time.monotonic() + timeout
         while self.http.get(f"/dags/{dag_id}").status_code != 200:
             if time.monotonic() > deadline:

@@ -62,7 +62,8 @@ def triggers(evidence: Evidence, spec: MonitoringSpec) -> list[str]:
 
 def decide(evidence: Evidence, spec: MonitoringSpec, last_retrain: datetime | None, now: datetime) -> Decision:
     if evidence.rows < spec.min_rows:
-        return Decision(UNDECIDED, f"only {evidence.rows} answered rows in the window, fewer than {spec.min_rows}")
+        judged = f"only {evidence.rows} rows in the window answered by the version judged"
+        return Decision(UNDECIDED, f"{judged}, fewer than {spec.min_rows}")
     reasons = triggers(evidence, spec)
     if not reasons:
         performance = (

@@ -29,6 +29,7 @@ from flightplan.model.registry import CHALLENGER, CHAMPION
 from flightplan.prediction_log import AnsweredRequest
 from flightplan.serving.metrics import ServiceMetrics
 from flightplan.serving.models import (
+    BOOSTER_MIN_ROWS,
     Answer,
     ModelSlot,
     ModelSources,
@@ -36,7 +37,7 @@ from flightplan.serving.models import (
     answer_texts,
     answers_each,
 )
-from flightplan.slices import SliceSizer
+from flightplan.slices import SHADOW_LONGEST_WAIT_SECONDS, SliceSizer
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +50,20 @@ HASH_PLACES = 2**64
 # Rows waiting for their shadow answers at most: beyond, a request is not shadowed (the shadow falls behind only
 # when the service is saturated, and then it must not take memory or CPU from the served answers).
 SHADOW_BACKLOG_ROWS = 20_000
+# The most rows of one slice: fewer than the booster takes, so that the shadow answers on one thread, in
+# onnxruntime (one intra-op thread, the calling one). The booster would answer on every core: CPU the served
+# answers need, and which the slice's clock (its thread's CPU time) would not count.
+SHADOW_MAX_SLICE_ROWS = BOOSTER_MIN_ROWS - 1
 # How often a shadow waiting for quiet looks whether the service is stopping.
 QUIET_POLL_SECONDS = 0.1
-# The longest the shadow waits for quiet before it answers one slice anyway: a service never quiet still has its
-# challenger answer a slice a second (a sliver of its time), so that a live gate gets its rows, slowly.
-SHADOW_LONGEST_WAIT_SECONDS = 1.0
 # The share of the CPUs that must have gone unused lately for the shadow to answer. On a saturated machine the
 # shadow's CPU work delays the served answers however small its slices: with 1-row requests at 32 connections,
 # shadowing every row in quiet moments added 14-26 ms to the served p99 (docs/performance.md).
 SHADOW_MIN_IDLE_SHARE = 0.15
 # How long the CPUs' idle share is measured over (reading the counters costs some 20 µs).
 IDLE_SAMPLE_SECONDS = 0.1
+# A measure begun longer ago than this (the runner had no work meanwhile) would say how idle the CPUs were then.
+IDLE_SAMPLE_STALE_SECONDS = 1.0
 
 
 class Share:
@@ -199,22 +203,30 @@ class InFlight:
 class CpuIdle:
     """The share of the CPUs the service may use that went unused over the last ``IDLE_SAMPLE_SECONDS`` or so: the
     machine's (``/proc/stat``), or what is left of its cgroup's quota (cgroup v2 ``cpu.max`` and ``cpu.stat``)
-    when a quota is set and leaves less. 1 where neither can be read: the shadow then waits for quiet only. Not
+    when a quota is set and leaves less. 1 where neither can be read: the shadow then waits for quiet only. 0 until
+    a first measure has ended, and again after a measure grew stale: the shadow then waits for one. Not
     thread-safe: the shadow runner asks it from its one thread."""
 
-    def __init__(self, proc_stat: Path = Path("/proc/stat"), cgroup: Path = Path("/sys/fs/cgroup")) -> None:
-        self._proc_stat, self._cgroup = proc_stat, cgroup
+    def __init__(
+        self,
+        proc_stat: Path = Path("/proc/stat"),
+        cgroup: Path = Path("/sys/fs/cgroup"),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._proc_stat, self._cgroup, self._clock = proc_stat, cgroup, clock
         self._sample = self._counters()
-        self._idle = 1.0
+        self._idle = 0.0
 
     def share(self) -> float:
-        if time.monotonic() - self._sample.moment >= IDLE_SAMPLE_SECONDS:  # the counters are read only when due
+        age = self._clock() - self._sample.moment
+        if age >= IDLE_SAMPLE_SECONDS:  # the counters are read only when due
             sample = self._counters()
-            self._idle, self._sample = sample.idle_since(self._sample), sample
+            self._idle = sample.idle_since(self._sample) if age < IDLE_SAMPLE_STALE_SECONDS else 0.0
+            self._sample = sample
         return self._idle
 
     def _counters(self) -> CpuCounters:
-        return CpuCounters(time.monotonic(), machine_ticks(self._proc_stat), cgroup_usage(self._cgroup))
+        return CpuCounters(self._clock(), machine_ticks(self._proc_stat), cgroup_usage(self._cgroup))
 
 
 class CpuCounters(NamedTuple):
@@ -233,21 +245,23 @@ class CpuCounters(NamedTuple):
 
 
 def machine_ticks(proc_stat: Path) -> tuple[int, int] | None:
-    """Idle (with I/O wait) and total ticks of all CPUs since boot; None where there is no ``/proc/stat``."""
+    """Idle (with I/O wait) and total ticks of all CPUs since boot; None where there is no ``/proc/stat`` or its
+    first line is not the CPUs' eight counters."""
     try:
         ticks = [int(field) for field in proc_stat.read_text().split("\n", 1)[0].split()[1:9]]
     except (OSError, ValueError):
         return None
-    return ticks[3] + ticks[4], sum(ticks)
+    return (ticks[3] + ticks[4], sum(ticks)) if len(ticks) == 8 else None
 
 
 def cgroup_usage(folder: Path) -> tuple[float, float] | None:
-    """CPU seconds the cgroup has used, and the cores its quota allows; None without a quota."""
+    """CPU seconds the cgroup has used, and the cores its quota allows; None without a quota, or where the files
+    are not as cgroup v2 writes them."""
     try:
         quota, period = (folder / "cpu.max").read_text().split()
-        usage = next(line for line in (folder / "cpu.stat").read_text().splitlines() if line.startswith("usage_usec"))
+        usage = next(line for line in (folder / "cpu.stat").read_text().splitlines() if line.startswith("usage_usec "))
         return (int(usage.split()[1]) / 1e6, int(quota) / int(period)) if quota != "max" else None
-    except (OSError, ValueError, StopIteration):
+    except (OSError, ValueError, StopIteration, IndexError, ZeroDivisionError):
         return None
 
 
@@ -340,7 +354,7 @@ class ShadowRunner:
             while done < len(job.ids):
                 self._wait_for_room()
                 rows = self._sizer.rows((job.pipeline, job.model.version), job.budget_seconds)
-                rows = min(rows, len(job.ids) - done)
+                rows = min(rows, len(job.ids) - done, SHADOW_MAX_SLICE_ROWS)
                 self._answer_slice(job, done, rows)
                 done += rows
                 with self._lock:
