@@ -75,6 +75,7 @@ bench: env
 	$(BIN)/python bench/train_bench.py --home "$$FLIGHTPLAN_HOME/bench/train"
 	$(BIN)/python bench/package_bench.py
 	$(BIN)/python bench/serve_bench.py --home "$$FLIGHTPLAN_HOME/bench/train"
+	$(BIN)/python bench/batch_bench.py --home "$$FLIGHTPLAN_HOME/bench/train"
 	$(BIN)/python bench/monitor_bench.py --home "$$FLIGHTPLAN_HOME/bench/train"
 	$(BIN)/python bench/log_bench.py --home "$$FLIGHTPLAN_HOME/bench/train"
 	$(BIN)/python bench/scale_bench.py --home "$$FLIGHTPLAN_HOME/bench/train"

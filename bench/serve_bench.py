@@ -1,5 +1,5 @@
 """Serving benchmark: our inference API against `mlflow models serve` on the same model, on loopback, driven
-by wrk in the same run; then batch scoring on Spark against the bare booster.
+by wrk in the same run (batch scoring is batch_bench.py's).
 
 The model is the one `train_bench.py` trains on the demo year (300 rounds, depth 6), registered and
 promoted to `champion`. Our service gets raw records (it encodes them and logs every answer durably before
@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_bench import END, PIPELINE, START, bench_training, prepare_split, timed
+from train_bench import PIPELINE, bench_training, prepare_split
 
 TOKEN = "bench-token"
 # The longest a run waits for the shadow to answer its backlog (20,000 rows at most) before the next run.
@@ -143,38 +143,6 @@ def save_xgboost_flavor(booster: bytes, folder: Path) -> Path:
     target = folder / "xgboost-model"
     mlflow.xgboost.save_model(xgb.Booster(model_file=bytearray(booster)), str(target))
     return target
-
-
-def bench_batch_scoring(job: Any, repeats: int = 3) -> dict[str, float]:
-    """Rows/s of the batch_inference scorer on Spark (read, derive, encode, predict, no write) against bare
-    derive + encode + inplace_predict on the same rows already in memory; best of ``repeats``."""
-    import pyarrow as pa
-    import xgboost as xgb
-    from flightplan.data.rewrite import read_days
-    from flightplan.data.stages import StageInput
-    from flightplan.deployment.batch import champion_scorer, scored_rows
-    from flightplan.features import FeatureMap, derive, encode
-    from flightplan.spark import get_spark
-
-    stage = StageInput(PIPELINE, START, END, job.context)
-    stage, settings, config, layout = stage.open()
-    scorer = champion_scorer(stage)
-    spark = get_spark(settings)
-    frame = read_days(spark, layout, "wrangled", stage.days)
-    rows = frame.count()
-    table = pa.Table.from_pandas(frame.toPandas(), preserve_index=False)
-    feature_map = FeatureMap.from_json(scorer.feature_map_json)
-    booster = xgb.Booster(model_file=bytearray(scorer.booster))
-
-    def bare() -> None:
-        booster.inplace_predict(encode(derive(table, scorer.derived).to_pandas(), feature_map))
-
-    def on_spark() -> None:
-        scored_rows(frame, scorer, config).write.format("noop").mode("overwrite").save()
-
-    bare_s = min(timed(bare) for _ in range(repeats))
-    spark_s = min(timed(on_spark) for _ in range(repeats))
-    return {"rows": rows, "bare_rows_per_s": rows / bare_s, "spark_rows_per_s": rows / spark_s}
 
 
 def work_model_name() -> str:
@@ -362,13 +330,6 @@ def main() -> int:
             process.wait(60)
     print_table(results)
     print_shadow_cost(results)
-    scoring = bench_batch_scoring(job)
-    print(json.dumps(scoring))
-    spark_rate, bare_rate = scoring["spark_rows_per_s"], scoring["bare_rows_per_s"]
-    print(
-        f"\nbatch scoring, {scoring['rows']:,} rows: Spark {spark_rate:,.0f} rows/s, "
-        f"bare booster {bare_rate:,.0f} rows/s, ratio {spark_rate / bare_rate:.2f}"
-    )
     return 0
 
 
