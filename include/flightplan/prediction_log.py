@@ -709,7 +709,7 @@ class PredictionLog:
     def _insert_shadow_rows(self, rows: list[dict[str, Any]]) -> None:
         """The rows committed without waiting for the disk: no caller holds these answers, and a power cut that lost
         the last ones would cost the live comparison a few rows, while a durable commit costs a served request that
-        arrives meanwhile the disk's flush (1.8 ms on average on a disk in I/O wait, docs/performance.md). The
+        arrives meanwhile the disk's flush (most of the shadow's slices over its budget, docs/performance.md). The
         served rows keep their durable commits: PostgreSQL's setting lasts the transaction, SQLite's (which cannot
         change inside one) is set back after the commit."""
         dialect = self.engine.dialect.name
@@ -721,9 +721,20 @@ class PredictionLog:
                 sqlite_synchronous(connection, "NORMAL")  # in WAL mode: no flush at each commit
             connection.execute(shadow_answers.insert(), rows)
 
-        self._committed(write)
-        if dialect == "sqlite" and self._connection is not None:  # a failed commit drops the connection instead
-            sqlite_synchronous(self._connection, "FULL")
+        try:
+            self._committed(write)
+        finally:
+            if dialect == "sqlite" and self._connection is not None:
+                self._durable_again(self._connection)
+
+    def _durable_again(self, connection: sa.Connection) -> None:
+        """SQLite's flush at commit back for the served rows, even after a failed shadow commit; a connection on
+        which it cannot be set back (a transaction left open) is thrown away, never returned to the pool."""
+        try:
+            sqlite_synchronous(connection, "FULL")
+        except Exception:
+            connection.invalidate()
+            self._connection = None
 
     def _committed(self, write: Callable[[sa.Connection], T]) -> T:
         """``write`` on the writer's connection, committed; what it returns."""

@@ -398,6 +398,38 @@ def test_answers_given_in_shadow_are_committed_without_waiting_for_the_disk_and_
     assert seen[-1] == ("served", "on"), seen  # set back after the shadow's commit
 
 
+def test_a_failed_shadow_commit_leaves_the_served_commits_durable(url: str) -> None:
+    """A shadow commit that fails inside its transaction (without the flush at commit, on SQLite) must not hand
+    its connection on without the flush: the next served rows are committed with it."""
+    engine = create_store_engine(url)
+    log = PredictionLog(engine, lambda _pipeline: SCHEMA)
+    pending, failed, flushes = threading.Event(), threading.Event(), []
+    setting = "PRAGMA synchronous" if engine.dialect.name == "sqlite" else "SHOW synchronous_commit"
+
+    def executed(_connection: object, _cursor: object, statement: str, *_: object) -> None:
+        if statement.startswith("INSERT INTO shadow_answers"):
+            pending.set()
+
+    def committed(connection: sa.Connection) -> None:
+        if pending.is_set() and not failed.is_set():
+            failed.set()
+            raise RuntimeError("disk I/O error")  # the commit fails, its transaction still open
+        driver: Any = connection.connection.driver_connection
+        flushes.append({2: "on"}.get(value := driver.execute(setting).fetchone()[0], value))
+
+    sa.event.listen(engine, "before_cursor_execute", executed)
+    sa.event.listen(engine, "commit", committed)
+    assert log.submit_shadow(in_shadow("2", ["q0-0"]), budget_seconds=60)
+    deadline = time.monotonic() + 30
+    while (not failed.is_set() or log.shadow_rows_waiting) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    log.submit(answered(0, 5, SCHEMA.names)).result(timeout=30)
+    seen = list(flushes)
+    log.close()
+    engine.dispose()
+    assert failed.is_set() and seen and set(seen) == {"on"}, seen
+
+
 def test_answers_given_in_shadow_are_committed_a_slice_a_second_while_served_rows_never_stop(url: str) -> None:
     """A log that always has served rows queued (each served commit queues the next, for 3 s) still commits a
     slice of the answers given in shadow once they have waited ``SHADOW_LONGEST_WAIT_SECONDS``: a saturated

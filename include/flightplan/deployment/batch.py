@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +37,8 @@ _boosters: dict[str, Any] = {}
 # rows, enough that every core of a small cluster gets some.
 TASK_BYTES = 64 << 20
 MIN_TASKS = 16
-# The prediction column's type by task, whatever a file holds (an empty one included).
+BATCH_ROWS = 262_144  # rows a task scores at once: its memory does not grow with its files
+# The prediction column's type by task.
 PREDICTION_TYPES = {"binary": pa.int32(), "multiclass": pa.string(), "regression": pa.float64()}
 
 
@@ -55,15 +57,27 @@ class BatchScorer:
     def score(self, table: pa.Table) -> pa.Table:
         """The passthrough columns of ``table`` as they are, with the champion's prediction, probability and
         version."""
+        schema = self.output_schema(table.schema)
+        if table.num_rows == 0:
+            return schema.empty_table()
         feature_map = FeatureMap.from_json(self.feature_map_json)
         frame = derive(table, self.derived).to_pandas()
         scores = np.asarray(self._booster().inplace_predict(encode(frame, feature_map)), dtype=np.float64)
         prediction, probability = outputs(scores, feature_map, self.threshold)
         columns = [table.column(name) for name in self.passthrough]
-        columns.append(pa.array(prediction, PREDICTION_TYPES[feature_map.task]))
-        columns.append(pa.array(probability, pa.float64(), from_pandas=True))  # NaN (regression): null
+        columns += [pa.array(prediction), pa.array(probability, from_pandas=True)]  # NaN (regression): null
         columns.append(pa.repeat(pa.scalar(self.version), table.num_rows))
-        return pa.Table.from_arrays(columns, names=[*self.passthrough, PREDICTION, PROBABILITY, VERSION])
+        return pa.Table.from_arrays(columns, schema=schema)
+
+    def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
+        """The passthrough fields as the input has them, then the outputs, typed by the model's task."""
+        task = FeatureMap.from_json(self.feature_map_json).task
+        outputs_fields = [
+            pa.field(PREDICTION, PREDICTION_TYPES[task]),
+            pa.field(PROBABILITY, pa.float64()),
+            pa.field(VERSION, pa.string()),
+        ]
+        return pa.schema([input_schema.field(name) for name in self.passthrough] + outputs_fields)
 
     def _booster(self) -> Any:
         """The worker's booster, on the cores Spark gave its task: each task of an executor runs in a Python worker
@@ -80,34 +94,60 @@ class BatchScorer:
 
 
 @dataclass(frozen=True)
+class FilePiece:
+    """Row groups of a wrangled file (all of them: None), the scored file they become, and their share of the
+    file's bytes."""
+
+    source: str
+    row_groups: tuple[int, ...] | None
+    target: str
+    size: int
+
+
+@dataclass(frozen=True)
 class ScoreFiles:
-    """A Spark task's work: each (wrangled file, scored file) pair of its group read, scored and written."""
+    """A Spark task's work: each piece of its group read, scored and written, ``BATCH_ROWS`` at a time."""
 
     scorer: BatchScorer
     columns: list[str]  # what a prediction reads, and the passthrough
 
-    def __call__(self, group: list[tuple[str, str]]) -> None:
+    def __call__(self, pieces: list[FilePiece]) -> None:
+        from flightplan.files import replace_atomically
+
+        for piece in pieces:
+            replace_atomically(Path(piece.target), partial(self._write, piece))
+
+    def _write(self, piece: FilePiece, path: Path) -> None:
         import pyarrow.parquet as pq
 
-        from flightplan.files import write_parquet_atomic
+        reader = pq.ParquetFile(piece.source)
+        try:
+            schema = self.scorer.output_schema(reader.schema_arrow)
+            with pq.ParquetWriter(path, schema) as writer:  # a piece with no rows makes a file of the schema
+                for batch in reader.iter_batches(BATCH_ROWS, row_groups=piece.row_groups, columns=self.columns):
+                    writer.write_table(self.scorer.score(pa.Table.from_batches([batch])))
+        finally:
+            reader.close()
 
-        for source, target in group:
-            write_parquet_atomic(self.scorer.score(pq.read_table(source, columns=self.columns)), Path(target))
+
+def contiguous_runs(weights: list[int], count: int) -> list[list[int]]:
+    """The indexes of ``weights`` cut into at most ``count`` runs of neighbours of about equal weight: each index
+    goes to the run whose share of the total its middle falls in."""
+    share = max(sum(weights), 1) / max(count, 1)
+    runs: list[list[int]] = [[] for _ in range(count)]
+    before = 0  # the weight of the indexes before this one
+    for index, weight in enumerate(weights):
+        runs[min(count - 1, int((before + weight / 2) / share))].append(index)
+        before += weight
+    return [run for run in runs if run]
 
 
-def file_groups(pairs: list[tuple[Path, Path]]) -> list[list[tuple[str, str]]]:
-    """The (source, target) pairs cut into tasks of about ``TASK_BYTES`` of source, ``MIN_TASKS`` at least while
-    there are as many files, each task a run of neighbouring files (in day order)."""
-    sizes = [source.stat().st_size for source, _ in pairs]
-    tasks = min(len(pairs), max(MIN_TASKS, -(-sum(sizes) // TASK_BYTES)))
-    share = max(sum(sizes), 1) / max(tasks, 1)
-    groups: list[list[tuple[str, str]]] = [[] for _ in range(tasks)]
-    before = 0  # source bytes of the files before this one
-    for (source, target), size in zip(pairs, sizes, strict=True):
-        # The task whose share of the bytes the file's middle falls in.
-        groups[min(tasks - 1, int((before + size / 2) / share))].append((str(source), str(target)))
-        before += size
-    return [group for group in groups if group]
+def file_groups(pieces: list[FilePiece]) -> list[list[FilePiece]]:
+    """The pieces cut into tasks of about ``TASK_BYTES``, ``MIN_TASKS`` at least while there are as many pieces,
+    each task a run of neighbouring pieces (in day order)."""
+    total = sum(piece.size for piece in pieces)
+    tasks = min(len(pieces), max(MIN_TASKS, -(-total // TASK_BYTES)))
+    return [[pieces[i] for i in run] for run in contiguous_runs([piece.size for piece in pieces], tasks)]
 
 
 def columns_read(config: PipelineConfig, scorer: BatchScorer) -> list[str]:
@@ -118,14 +158,38 @@ def columns_read(config: PipelineConfig, scorer: BatchScorer) -> list[str]:
     return [c for c in dict.fromkeys([*scorer.passthrough, *input_columns(config)]) if c != part]
 
 
-def day_files(folders: list[Path], target: Path) -> list[tuple[Path, Path]]:
-    """Each Parquet file of the day folders, with its scored file's place in the same day's folder under
+def day_files(folders: list[Path], target: Path) -> list[FilePiece]:
+    """The pieces of each Parquet file of the day folders, each scored file in the same day's folder under
     ``target``."""
     return [
-        (file, target / folder.name / file.name)
+        piece
         for folder in folders
         for file in sorted(folder.glob("*.parquet"))
         if not file.name.startswith((".", "_"))
+        for piece in file_pieces(file, target / folder.name)
+    ]
+
+
+def file_pieces(file: Path, folder: Path) -> list[FilePiece]:
+    """The file as one piece, or, when it holds more than ``TASK_BYTES`` in several row groups, as runs of its row
+    groups of about that size each (as Spark splits a large file), so that a large day is scored by several
+    tasks."""
+    import pyarrow.parquet as pq
+
+    size = file.stat().st_size
+    metadata = pq.read_metadata(file) if size > TASK_BYTES else None
+    if metadata is None or metadata.num_row_groups < 2:
+        return [FilePiece(str(file), None, str(folder / file.name), size)]
+    weights = [metadata.row_group(index).total_byte_size for index in range(metadata.num_row_groups)]
+    stem = file.name.removesuffix(".parquet")
+    return [
+        FilePiece(
+            str(file),
+            tuple(run),
+            str(folder / f"{stem}-{number}.parquet"),
+            size * sum(weights[i] for i in run) // sum(weights),
+        )
+        for number, run in enumerate(contiguous_runs(weights, -(-size // TASK_BYTES)))
     ]
 
 
