@@ -5,7 +5,7 @@ Turns a pipeline's landing files into validated, labeled, reproducible splits:
 
 **wait_for_landing** (a scheduled run waits, deferred, for its day's folder) →
 **ingest** (Spark: typed Parquet per day, bad rows to quarantine with file, line and reason) →
-**profile** (statistics page) → **validate** (Great Expectations; a failure stops the run) →
+**profile** (statistics page), beside **validate** (Great Expectations; a failure stops the run) →
 **wrangle** (tidy, deduplicate, impute) → **label** → **split** (train / validation / test + manifest).
 
 One DAG per pipeline (`<pipeline>.data_engineering`). Scheduled runs follow the pipeline's `schedule.data` cron
@@ -79,10 +79,10 @@ def build(config: PipelineConfig) -> None:
         landed = LandingSensor(task_id="wait_for_landing", pipeline=pipeline, retries=0)
         ingested = ingest()
         landed >> ingested
-        # Each task takes the one before's XComArg, which Airflow turns into its value at run time.
-        validated = validate(ingested)  # type: ignore[arg-type]
-        profile(ingested) >> validated  # type: ignore[arg-type]
-        split(label(wrangle(validated)))  # type: ignore[arg-type]
+        # Each task takes the one before's XComArg, which Airflow turns into its value at run time. The profile
+        # runs beside validation and what follows it: nothing reads it, and a failed validation still gets it.
+        profile(ingested)  # type: ignore[arg-type]
+        split(label(wrangle(validate(ingested))))  # type: ignore[arg-type]
 
     data_engineering()
 

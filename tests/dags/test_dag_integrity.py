@@ -64,6 +64,10 @@ def test_data_engineering_shape(dagbag) -> None:  # type: ignore[no-untyped-def]
     assert dag.get_task("wait_for_landing").retries == 0  # its timeout fails once
     assert dag.get_task("validate").retries == 0  # a broken expectation is not transient
     assert dag.get_task("wrangle").upstream_task_ids == {"validate"}
+    # The profile runs beside validation: it holds nothing up, and a failed validation still gets its profile.
+    assert dag.get_task("profile").upstream_task_ids == {"ingest"}
+    assert dag.get_task("profile").downstream_task_ids == set()
+    assert dag.get_task("validate").upstream_task_ids == {"ingest"}
     assert [o.name for o in dag.get_task("split").outlets] == ["flights.splits"]
     assert {"start", "end"} <= set(dag.params.keys())
 

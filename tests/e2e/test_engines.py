@@ -139,6 +139,7 @@ def test_the_dags_run_on_postgres_a_spark_cluster_and_a_tracking_server(
         assert [e["extra"]["pipeline"] for e in events.json()["asset_events"]] == ["flights"]
         after_data = applications_per_worker(cluster)
         assert after_data["worker-0"] == after_data["worker-1"] >= 1, after_data  # every task's executors on both
+        executor_workers_hold_the_stages_modules(load_settings(engines_env))
 
         model_run = api.trigger("flights.model_engineering", {"trials": 2, "reason": "engines"})
         run_id = model_run["dag_run_id"]
@@ -159,6 +160,21 @@ def test_the_dags_run_on_postgres_a_spark_cluster_and_a_tracking_server(
     assert run.data.params["engine"] == "spark"
     assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # stored by the server, not by the client
     assert any(Path(tracking_server["artifacts"]).rglob("booster.ubj"))
+
+
+def executor_workers_hold_the_stages_modules(settings: Settings) -> None:
+    """The scheduler forked its LocalExecutor workers after importing the stages' modules (flightplan.preload):
+    each worker has xgboost's library and gRPC's (Spark Connect's client) mapped before any task asks for them."""
+    import psutil
+    from flightplan.dev.stack import running_pid
+
+    scheduler = running_pid(settings, "airflow-scheduler")
+    assert scheduler is not None
+    workers = psutil.Process(scheduler).children()
+    assert workers
+    for worker in workers:
+        mapped = Path(f"/proc/{worker.pid}/maps").read_text()
+        assert "libxgboost" in mapped and "cygrpc" in mapped, worker.cmdline()
 
 
 def models_page_answers_only_a_logged_in_airflow_user(base: str, api: AirflowApi, settings: Settings) -> None:
