@@ -6,8 +6,12 @@ Two pipelines, in a home of their own per engine: a snapshot table drafted by ``
 days of daily drops (the demo's half year by default). ``flightplan up spark airflow`` starts the engine's stack
 (the Connect server only for Connect); each data_engineering run is triggered over the REST API with
 ``logical_date: null``, one at a time, and timed by Airflow: the run from its start to its end, and each task.
-The server's own start is left out, as it is paid once a day or less; its first run is in the figures. Run with
-``make bench``.
+The server's own start is left out, as it is paid once a day or less; its first run is in the figures.
+
+Then, on Connect's stack, a wide table drafted by ``flightplan init``: ``--wide-rows`` rows shaped like a loan
+book (packaging's benchmark table: 50 numeric columns and a job title of ``--categories`` values) with a 7-class
+grade, through data_engineering and then model_engineering with ``--trials`` Optuna trials, each timed the same
+way. Run with ``make bench``.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-SNAPSHOT, FLIGHTS = "snapshot", "flights"
+SNAPSHOT, FLIGHTS, WIDE = "snapshot", "flights", "loans"
 START = date(2013, 1, 1)
 END = START + timedelta(days=int(os.environ.get("FLIGHTPLAN_BENCH_DAYS", "181")))
 ENGINES = {"Spark Connect": None, "a Spark per task": "none"}  # engine -> FLIGHTPLAN_SPARK_REMOTE
@@ -66,8 +70,38 @@ def snapshot_file(base: Path, rows: int) -> Path:
     return target
 
 
-def prepare_home(env: dict[str, str], snapshot: Path) -> None:
-    """Both pipelines' YAML (the snapshot's drafted by `flightplan init`) and the flights days' drops."""
+def wide_file(base: Path, rows: int, categories: int) -> Path:
+    """The wide table's file: packaging's synthetic loan book, its category codes as job titles and its signal
+    cut into 7 grades of equal size."""
+    import numpy as np
+    import pandas as pd
+    from package_bench import CLASSES, NUMERIC_COLUMNS, synthetic
+
+    target = base / f"loans-{rows}-{categories}.csv"
+    if not target.exists():
+        matrix, signal = synthetic(rows, categories)
+        frame = pd.DataFrame(matrix[:, :NUMERIC_COLUMNS], columns=[f"x{i:02d}" for i in range(NUMERIC_COLUMNS)])
+        codes = matrix[:, NUMERIC_COLUMNS]
+        frame["job_title"] = [None if np.isnan(code) else f"title {int(code)}" for code in codes]
+        cuts = np.quantile(signal, np.linspace(0, 1, CLASSES + 1)[1:-1])
+        frame["grade"] = np.array(list("ABCDEFG"))[np.digitize(signal, cuts)]
+        frame.to_csv(target, index=False)
+    return target
+
+
+def drafted(env: dict[str, str], table: Path, target: str, name: str) -> None:
+    """``flightplan init`` drafts the table's pipeline YAML, as a user would."""
+    flightplan = str(Path(sys.executable).with_name("flightplan"))
+    init = [flightplan, "init", str(table), "--target", target, "--name", name]
+    result = subprocess.run(init, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"flightplan init {table} failed:\n{result.stderr}")
+
+
+def prepare_home(env: dict[str, str], snapshot: Path, wide: Path, trials: int) -> None:
+    """The pipelines' YAML (the snapshot's and the wide table's drafted by `flightplan init`, the latter tuned
+    with ``trials`` trials) and the flights days' drops."""
+    import yaml
     from flightplan.config import load_pipeline
     from flightplan.dev.replay import replay
     from flightplan.layout import Layout
@@ -76,11 +110,12 @@ def prepare_home(env: dict[str, str], snapshot: Path) -> None:
     pipelines = Path(env["FLIGHTPLAN_PIPELINES_DIR"])
     pipelines.mkdir(parents=True, exist_ok=True)
     shutil.copy(PACKAGE_PIPELINES_DIR / f"{FLIGHTS}.yaml", pipelines / f"{FLIGHTS}.yaml")
-    flightplan = str(Path(sys.executable).with_name("flightplan"))
-    init = [flightplan, "init", str(snapshot), "--target", "price", "--name", SNAPSHOT]
-    drafted = subprocess.run(init, env=env, capture_output=True, text=True)
-    if drafted.returncode != 0:
-        raise SystemExit(f"flightplan init {snapshot} failed:\n{drafted.stderr}")
+    drafted(env, snapshot, "price", SNAPSHOT)
+    drafted(env, wide, "grade", WIDE)
+    wide_yaml = pipelines / f"{WIDE}.yaml"
+    spec = yaml.safe_load(wide_yaml.read_text())
+    spec.setdefault("model", {}).setdefault("tuning", {})["trials"] = trials
+    wide_yaml.write_text(yaml.safe_dump(spec, sort_keys=False))
     settings = load_settings(env)
     replay(Layout(settings, load_pipeline(FLIGHTS, pipelines)), START, END)
 
@@ -120,7 +155,11 @@ def timed_run(api: Any, pipeline: str, conf: dict[str, str]) -> dict[str, float]
     dag = dag_id(pipeline, "data_engineering")
     api.wait_until_parsed(dag)
     api.set_paused(dag, False)
-    run_id = api.trigger(dag, conf)["dag_run_id"]
+    return run_timings(api, dag, api.trigger(dag, conf)["dag_run_id"])
+
+
+def run_timings(api: Any, dag: str, run_id: str) -> dict[str, float]:
+    """Once run ``run_id`` of ``dag`` has ended well: its seconds from start to end, and each task's."""
     state = api.wait_for_run(dag, run_id, timeout=1800)
     if state != "success":
         raise SystemExit(f"{dag} {run_id} ended {state}: {api.task_states(dag, run_id)}")
@@ -133,27 +172,49 @@ def timed_run(api: Any, pipeline: str, conf: dict[str, str]) -> dict[str, float]
     return {"run": seconds_between(run["start_date"], run["end_date"]), **timings}
 
 
-def measure(base: Path, rows: int) -> dict[str, dict[str, dict[str, float]]]:
-    """By engine, by pipeline: the run's and its tasks' seconds."""
-    snapshot = snapshot_file(base, rows)
-    measured: dict[str, dict[str, dict[str, float]]] = {}
+def chained_runs(api: Any, pipeline: str) -> dict[str, dict[str, float]]:
+    """data_engineering of ``pipeline``, then model_engineering on the splits it made, each triggered over the REST
+    API (the bench's Airflow creates no asset-triggered run: only those triggered here): each run's seconds and its
+    tasks'."""
+    from flightplan.orchestration import dag_id
+
+    model_dag = dag_id(pipeline, "model_engineering")
+    data = timed_run(api, pipeline, {})
+    api.wait_until_parsed(model_dag)
+    api.set_paused(model_dag, False)
+    return {
+        "data_engineering": data,
+        "model_engineering": run_timings(api, model_dag, api.trigger(model_dag, {})["dag_run_id"]),
+    }
+
+
+def measure(args: argparse.Namespace) -> dict[str, dict[str, dict[str, Any]]]:
+    """By engine, by pipeline: the run's and its tasks' seconds; the wide table's two stages on Connect only."""
+    snapshot = snapshot_file(args.home, args.snapshot_rows)
+    wide = wide_file(args.home, args.wide_rows, args.categories)
+    measured: dict[str, dict[str, dict[str, Any]]] = {}
     for engine, remote in ENGINES.items():
-        home = base / ("connect" if remote is None else "per-task")
+        home = args.home / ("connect" if remote is None else "per-task")
         shutil.rmtree(home, ignore_errors=True)
         env = engine_environment(home, remote)
-        prepare_home(env, snapshot)
+        prepare_home(env, snapshot, wide, args.trials)
         with running_stack(env) as api:
             measured[engine] = {
                 SNAPSHOT: timed_run(api, SNAPSHOT, {}),
                 FLIGHTS: timed_run(api, FLIGHTS, {"start": str(START), "end": str(END)}),
             }
+            if remote is None:
+                measured[engine][WIDE] = chained_runs(api, WIDE)
         print(f"{engine}: {measured[engine]}", flush=True)
     return measured
 
 
-def report(measured: dict[str, dict[str, dict[str, float]]], rows: int) -> None:
+def report(measured: dict[str, dict[str, dict[str, Any]]], args: argparse.Namespace) -> None:
     connect, per_task = (measured[engine] for engine in ENGINES)
-    titles = {SNAPSHOT: f"snapshot, {rows:,} rows", FLIGHTS: f"flights, {(END - START).days} days of drops"}
+    titles = {
+        SNAPSHOT: f"snapshot, {args.snapshot_rows:,} rows",
+        FLIGHTS: f"flights, {(END - START).days} days of drops",
+    }
     print("\n## data_engineering through a live Airflow, seconds\n")
     print(f"| pipeline | step | {' | '.join(ENGINES)} | a Spark per task / Connect |")
     print("|---|---|---:|---:|---:|")
@@ -163,15 +224,26 @@ def report(measured: dict[str, dict[str, dict[str, float]]], rows: int) -> None:
             ratio = f"{on_own / on_connect:.1f}x" if on_connect else "-"
             name = "**whole run**" if step == "run" else step
             print(f"| {title} | {name} | {on_connect:.1f} | {on_own:.1f} | {ratio} |")
+    title = f"{args.wide_rows:,} rows, 51 features, {args.categories:,} job titles, 7 grades, {args.trials} trials"
+    print(f"\n## A wide table through a live Airflow on Spark Connect ({title}), seconds\n")
+    print("| DAG | step | seconds |")
+    print("|---|---|---:|")
+    for stage, timings in connect[WIDE].items():
+        for step, seconds in timings.items():
+            print(f"| {stage} | {'**whole run**' if step == 'run' else step} | {seconds:.1f} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--home", type=Path, required=True, help="where the engines' homes are made (replaced)")
     parser.add_argument("--snapshot-rows", type=int, default=10_000)
+    parser.add_argument("--wide-rows", type=int, default=10_000)
+    parser.add_argument("--categories", type=int, default=5_000, help="distinct job titles of the wide table")
+    parser.add_argument("--trials", type=int, default=20, help="Optuna trials of the wide table's model")
     args = parser.parse_args()
     args.home.mkdir(parents=True, exist_ok=True)
-    report(measure(args.home.resolve(), args.snapshot_rows), args.snapshot_rows)
+    args.home = args.home.resolve()
+    report(measure(args), args)
 
 
 if __name__ == "__main__":

@@ -257,11 +257,15 @@ def test_two_celery_workers_run_data_and_model_engineering_at_once(
         "AIRFLOW__CELERY__BROKER_URL": redis_database(),
         "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + airflow_db,
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": "1",
+        "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "flightplan_celery.CELERY_CONFIG",  # as the compose stack's
     }
     with running_airflow(env) as base:
         logs = [folder / f"worker-{i}.log" for i in (1, 2)]
         workers_env = {**env, **airflow_api_environment(base)}  # the workers reach the API server's execution API
-        with background(worker(1), logs[0], workers_env), background(worker(2), logs[1], workers_env):
+        with (
+            background(worker(1), logs[0], workers_env) as first,
+            background(worker(2), logs[1], workers_env) as second,
+        ):
             api = airflow_api(base, env)
             data_run = api.trigger("flights.data_engineering", {**CONF, "start": str(later), "end": str(later_end)})
             model_run = api.trigger("flights.model_engineering", {"trials": 2, "reason": "celery"})
@@ -270,12 +274,26 @@ def test_two_celery_workers_run_data_and_model_engineering_at_once(
                 assert state == "success", api.task_states(dag_id, run["dag_run_id"])
             data_spans = task_spans(api, "flights.data_engineering", data_run)
             model_spans = task_spans(api, "flights.model_engineering", model_run)
+            for celery_worker in (first, second):
+                pool_processes_hold_the_stages_modules(celery_worker.pid)
     overlapping = [
         (d, m) for d, m in itertools.product(data_spans, model_spans) if overlap(data_spans[d], model_spans[m])
     ]
     assert overlapping, (data_spans, model_spans)  # a task of each DAG ran at the same time as one of the other
     for log in logs:  # and each worker carried out tasks (the line is written per task it runs)
         assert "Executing workload in Celery" in log.read_text(), log.read_text()[-2000:]
+
+
+def pool_processes_hold_the_stages_modules(worker_pid: int) -> None:
+    """The Celery worker imported the stages' modules (flightplan.preload) before it forked its pool: each pool
+    process has xgboost's library and gRPC's mapped."""
+    import psutil
+
+    pool = [child for child in psutil.Process(worker_pid).children() if "ForkPoolWorker" in " ".join(child.cmdline())]
+    assert pool, [child.cmdline() for child in psutil.Process(worker_pid).children()]
+    for process in pool:
+        mapped = Path(f"/proc/{process.pid}/maps").read_text()
+        assert "libxgboost" in mapped and "cygrpc" in mapped, process.cmdline()
 
 
 def worker(number: int) -> list[str]:

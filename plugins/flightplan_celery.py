@@ -1,0 +1,24 @@
+"""The Celery configuration of the compose stack's workers: Airflow's own, and the stages' modules imported
+(``flightplan.preload``) in each worker's main process before it forks its pool, so that a task process,
+forked from a pool process, does not import them again.
+
+Not a plugin: listed in this folder's .airflowignore. Airflow puts the plugins folder on ``sys.path``, which is
+how ``[celery] celery_config_options = flightplan_celery.CELERY_CONFIG`` finds it. The scheduler imports this
+module too, to configure its CeleryExecutor; the signal below fires only in a worker."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from airflow.providers.celery.executors.default_celery import DEFAULT_CELERY_CONFIG
+from celery.signals import worker_init
+from flightplan.preload import preload_task_modules
+
+CELERY_CONFIG = DEFAULT_CELERY_CONFIG
+
+
+@worker_init.connect
+def preload_before_the_pool_forks(**_: Any) -> None:
+    for module, error in preload_task_modules().items():
+        logging.getLogger(__name__).warning("not preloaded for tasks: %s (%s)", module, error)
