@@ -89,7 +89,7 @@ def wide_file(base: Path, rows: int, categories: int) -> Path:
     return target
 
 
-def drafted(env: dict[str, str], table: Path, target: str, name: str) -> None:
+def draft_pipeline(env: dict[str, str], table: Path, target: str, name: str) -> None:
     """``flightplan init`` drafts the table's pipeline YAML, as a user would."""
     flightplan = str(Path(sys.executable).with_name("flightplan"))
     init = [flightplan, "init", str(table), "--target", target, "--name", name]
@@ -110,8 +110,8 @@ def prepare_home(env: dict[str, str], snapshot: Path, wide: Path, trials: int) -
     pipelines = Path(env["FLIGHTPLAN_PIPELINES_DIR"])
     pipelines.mkdir(parents=True, exist_ok=True)
     shutil.copy(PACKAGE_PIPELINES_DIR / f"{FLIGHTS}.yaml", pipelines / f"{FLIGHTS}.yaml")
-    drafted(env, snapshot, "price", SNAPSHOT)
-    drafted(env, wide, "grade", WIDE)
+    draft_pipeline(env, snapshot, "price", SNAPSHOT)
+    draft_pipeline(env, wide, "grade", WIDE)
     wide_yaml = pipelines / f"{WIDE}.yaml"
     spec = yaml.safe_load(wide_yaml.read_text())
     spec.setdefault("model", {}).setdefault("tuning", {})["trials"] = trials
@@ -224,7 +224,12 @@ def report(measured: dict[str, dict[str, dict[str, Any]]], args: argparse.Namesp
             ratio = f"{on_own / on_connect:.1f}x" if on_connect else "-"
             name = "**whole run**" if step == "run" else step
             print(f"| {title} | {name} | {on_connect:.1f} | {on_own:.1f} | {ratio} |")
-    title = f"{args.wide_rows:,} rows, 51 features, {args.categories:,} job titles, 7 grades, {args.trials} trials"
+    from package_bench import CLASSES, NUMERIC_COLUMNS
+
+    title = (
+        f"{args.wide_rows:,} rows, {NUMERIC_COLUMNS + 1} features, job titles drawn from {args.categories:,}, "
+        f"{CLASSES} grades, {args.trials} trials"
+    )
     print(f"\n## A wide table through a live Airflow on Spark Connect ({title}), seconds\n")
     print("| DAG | step | seconds |")
     print("|---|---|---:|")

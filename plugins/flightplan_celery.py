@@ -1,6 +1,6 @@
-"""The Celery configuration of the compose stack's workers: Airflow's own, and the stages' modules imported
-(``flightplan.preload``) in each worker's main process before it forks its pool, so that a task process,
-forked from a pool process, does not import them again.
+"""The Celery configuration of the compose stack's workers: Airflow's own, and the libraries the stages import
+(``flightplan.preload``) imported in each worker's main process before it forks its pool, so that a task
+process, forked from a pool process, does not import them again.
 
 Not a plugin: listed in this folder's .airflowignore. Airflow puts the plugins folder on ``sys.path``, which is
 how ``[celery] celery_config_options = flightplan_celery.CELERY_CONFIG`` finds it. The scheduler imports this
@@ -8,6 +8,7 @@ module too, to configure its CeleryExecutor; the signal below fires only in a wo
 
 from __future__ import annotations
 
+import gc
 import logging
 from typing import Any
 
@@ -22,3 +23,6 @@ CELERY_CONFIG = DEFAULT_CELERY_CONFIG
 def preload_before_the_pool_forks(**_: Any) -> None:
     for module, error in preload_task_modules().items():
         logging.getLogger(__name__).warning("not preloaded for tasks: %s (%s)", module, error)
+    # Airflow froze the collector's generations before this signal; the preloaded objects join them, so that the
+    # pool processes' collections do not write to (and so copy) their pages. Airflow unfreezes at worker_ready.
+    gc.freeze()

@@ -1,5 +1,6 @@
-"""The embedded stack's executor: Airflow's LocalExecutor, whose workers start with the stages' modules already
-imported (``flightplan.preload``), so that a task process, forked from a worker, does not import them again.
+"""The embedded stack's executor: Airflow's LocalExecutor, whose workers start with the libraries the stages
+import already imported (``flightplan.preload``), so that a task process, forked from a worker, does not import
+them again.
 
 Not a plugin: listed in this folder's .airflowignore. Airflow puts the plugins folder on ``sys.path``, which is
 how ``[core] executor = flightplan_executor.PreloadingLocalExecutor`` finds it."""

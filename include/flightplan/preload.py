@@ -1,48 +1,45 @@
-"""The modules that the stages' tasks import, loaded once in the process that forks the task processes.
+"""The libraries that the stages' tasks import, loaded once in the process that forks the task processes.
 
-An Airflow task runs in a process forked from an executor's worker, which is itself forked from the scheduler:
-what the scheduler has imported before its workers start, every task has for free. Imported by each task
-instead, these cost 0.5 to 3.5 s apiece (mlflow's SQL store, Great Expectations, Evidently, xgboost, scikit-learn),
-on every task of every run, which on a small table is most of a stage's time.
+Airflow runs a task in a process forked from the executor's worker: a LocalExecutor's worker is forked from the
+scheduler, a Celery worker's pool process from the worker's main process. What that process has imported before
+it forks, every task has for free. Imported by each task instead, these cost 0.5 to 3 s apiece (MLflow's SQL store,
+Great Expectations, xgboost, scikit-learn), on every task of every run, which on a small table is most of a
+stage's time.
 
-None of them may start a Python thread when imported: a thread does not survive a fork, and a lock it held stays
+flightplan's own modules are left out: each task imports them from disk, so a task always runs the library as it
+is now, and an edited library needs no restart of the scheduler. They cost a few tens of milliseconds; the
+libraries they import are here. Evidently is left out too: the monitoring task draws its reports in a child
+interpreter of its own.
+
+None of these may start a Python thread when imported: a thread does not survive a fork, and a lock it held stays
 held in the child. The native threads some start (OpenBLAS's pool, jemalloc's purger) stop and restart around a
 fork by their own `pthread_atfork` handlers; onnxruntime starts one that has none, so it stays out.
-`tests/unit/test_preload.py` holds both: no Python thread, and a forked child that uses them all."""
+`tests/unit/test_preload.py` holds both: no Python thread, and a forked child that uses them."""
 
 from __future__ import annotations
 
 import importlib
 
 TASK_MODULES = (
-    # Every stage: its MLflow run, in the embedded stack's SQLite store.
+    # Every stage: its MLflow run, in the embedded stack's SQLite store; the typed config; the data frames.
     "mlflow",
     "mlflow.store.tracking.sqlalchemy_store",
-    # Data engineering: Spark Connect's client, Great Expectations, the stages themselves.
+    "pydantic",
+    "yaml",
+    "pandas",
+    "pyarrow.compute",
+    "pyarrow.csv",
+    "pyarrow.dataset",
+    "pyarrow.parquet",
+    # Data engineering: Spark Connect's client, Great Expectations.
     "pyspark.sql.connect.session",
     "great_expectations",
     "great_expectations.checkpoint",
     "great_expectations.expectations",
-    "flightplan.data.stages",
-    "flightplan.data.ingest",
-    "flightplan.data.profile",
-    "flightplan.data.rewrite",
-    "flightplan.data.validate",
-    "flightplan.data.wrangle",
-    "flightplan.data.label",
-    "flightplan.data.split",
-    # Model engineering, deployment, monitoring and batch scoring.
-    "flightplan.model.stages",
-    "flightplan.model.train",
-    "flightplan.model.tune",
-    "flightplan.model.evaluate",
-    "flightplan.model.package",
-    "flightplan.model.registry",
-    "flightplan.deployment.stages",
-    "flightplan.monitoring.stages",
-    "flightplan.monitoring.report",
-    "evidently",
-    "evidently.presets",
+    # Model engineering, deployment and batch scoring.
+    "xgboost",
+    "optuna",
+    "sklearn.metrics",
 )
 
 

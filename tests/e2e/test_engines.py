@@ -163,18 +163,19 @@ def test_the_dags_run_on_postgres_a_spark_cluster_and_a_tracking_server(
 
 
 def executor_workers_hold_the_stages_modules(settings: Settings) -> None:
-    """The scheduler forked its LocalExecutor workers after importing the stages' modules (flightplan.preload):
+    """The scheduler forked its LocalExecutor workers after importing the stages' libraries (flightplan.preload):
     each worker has xgboost's library and gRPC's (Spark Connect's client) mapped before any task asks for them."""
     import psutil
     from flightplan.dev.stack import running_pid
 
     scheduler = running_pid(settings, "airflow-scheduler")
     assert scheduler is not None
-    workers = psutil.Process(scheduler).children()
-    assert workers
-    for worker in workers:
-        mapped = Path(f"/proc/{worker.pid}/maps").read_text()
-        assert "libxgboost" in mapped and "cygrpc" in mapped, worker.cmdline()
+    titles = {child.pid: " ".join(child.cmdline()) for child in psutil.Process(scheduler).children()}
+    workers = [pid for pid, title in titles.items() if title.startswith("airflow worker -- LocalExecutor")]
+    assert workers, titles
+    for pid in workers:
+        mapped = Path(f"/proc/{pid}/maps").read_text()
+        assert "libxgboost" in mapped and "cygrpc" in mapped, titles[pid]
 
 
 def models_page_answers_only_a_logged_in_airflow_user(base: str, api: AirflowApi, settings: Settings) -> None:
