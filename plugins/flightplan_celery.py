@@ -9,7 +9,6 @@ module too, to configure its CeleryExecutor; the signal below fires only in a wo
 from __future__ import annotations
 
 import gc
-import logging
 from typing import Any
 
 from airflow.providers.celery.executors.default_celery import DEFAULT_CELERY_CONFIG
@@ -21,8 +20,7 @@ CELERY_CONFIG = DEFAULT_CELERY_CONFIG
 
 @worker_init.connect
 def preload_before_the_pool_forks(**_: Any) -> None:
-    for module, error in preload_task_modules().items():
-        logging.getLogger(__name__).warning("not preloaded for tasks: %s (%s)", module, error)
+    preload_task_modules()
     # Airflow froze the collector's generations before this signal; the preloaded objects join them, so that the
     # pool processes' collections do not write to (and so copy) their pages. Airflow unfreezes at worker_ready.
     gc.freeze()

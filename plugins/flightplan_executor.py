@@ -14,6 +14,5 @@ from flightplan.preload import preload_task_modules
 class PreloadingLocalExecutor(LocalExecutor):
     def start(self) -> None:
         # Before super().start(): it forks the workers, and later ones are forked from this process too.
-        for module, error in preload_task_modules().items():
-            self.log.warning("not preloaded for tasks: %s (%s)", module, error)
+        preload_task_modules()
         super().start()

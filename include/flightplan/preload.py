@@ -19,6 +19,7 @@ fork by their own `pthread_atfork` handlers; onnxruntime starts one that has non
 from __future__ import annotations
 
 import importlib
+import logging
 
 TASK_MODULES = (
     # Every stage: its MLflow run, in the embedded stack's SQLite store; the typed config; the data frames.
@@ -44,12 +45,13 @@ TASK_MODULES = (
 
 
 def preload_task_modules() -> dict[str, str]:
-    """Imports each of ``TASK_MODULES``. Returns the ones that failed, each with its error: a task that needs one
-    fails on its own import with the same error, which is where a user looks for it."""
+    """Imports each of ``TASK_MODULES``. Logs and returns the ones that failed, each with its error: a task that
+    needs one fails on its own import with the same error, which is where a user looks for it."""
     failed: dict[str, str] = {}
     for name in TASK_MODULES:
         try:
             importlib.import_module(name)
         except Exception as err:  # an import may fail with any error; the scheduler must start regardless
             failed[name] = f"{type(err).__name__}: {err}"
+            logging.getLogger(__name__).warning("not preloaded for tasks: %s (%s)", name, failed[name])
     return failed

@@ -106,7 +106,7 @@ def airflow_environment(settings: Settings, dags_folder: Path, plugins_folder: P
         "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(plugins_folder),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        # The LocalExecutor, whose workers have the stages' modules imported before they fork a task (plugins/).
+        # The LocalExecutor, whose workers have the stages' libraries imported before they fork a task (plugins/).
         "AIRFLOW__CORE__EXECUTOR": "flightplan_executor.PreloadingLocalExecutor",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": settings.airflow_database_url,
         "FLIGHTPLAN_HOME": str(settings.home),

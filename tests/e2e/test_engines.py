@@ -12,7 +12,7 @@ import dataclasses
 import itertools
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -164,16 +164,23 @@ def test_the_dags_run_on_postgres_a_spark_cluster_and_a_tracking_server(
 
 def executor_workers_hold_the_stages_modules(settings: Settings) -> None:
     """The scheduler forked its LocalExecutor workers after importing the stages' libraries (flightplan.preload):
-    each worker has xgboost's library and gRPC's (Spark Connect's client) mapped before any task asks for them."""
-    import psutil
+    each worker has them mapped before any task asks for them."""
     from flightplan.dev.stack import running_pid
 
     scheduler = running_pid(settings, "airflow-scheduler")
     assert scheduler is not None
-    titles = {child.pid: " ".join(child.cmdline()) for child in psutil.Process(scheduler).children()}
-    workers = [pid for pid, title in titles.items() if title.startswith("airflow worker -- LocalExecutor")]
-    assert workers, titles
-    for pid in workers:
+    children_hold_the_preloaded_libraries(scheduler, lambda title: title.startswith("airflow worker -- LocalExecutor"))
+
+
+def children_hold_the_preloaded_libraries(parent: int, forked_after_the_preload: Callable[[str], bool]) -> None:
+    """Each child of ``parent`` whose title says it was forked after the preload has xgboost's library and gRPC's
+    (Spark Connect's client) mapped; there is at least one."""
+    import psutil
+
+    titles = {child.pid: " ".join(child.cmdline()) for child in psutil.Process(parent).children()}
+    forked = [pid for pid, title in titles.items() if forked_after_the_preload(title)]
+    assert forked, titles
+    for pid in forked:
         mapped = Path(f"/proc/{pid}/maps").read_text()
         assert "libxgboost" in mapped and "cygrpc" in mapped, titles[pid]
 
@@ -286,17 +293,12 @@ def test_two_celery_workers_run_data_and_model_engineering_at_once(
 
 
 def pool_processes_hold_the_stages_modules(worker_pid: int) -> None:
-    """The Celery worker imported the stages' modules (flightplan.preload) before it forked its pool: each pool
-    process (titled by Celery, or by the last task it supervised) has xgboost's library and gRPC's mapped. The
-    worker's other child, Airflow's bundle cleanup, is forked before Celery starts."""
-    import psutil
-
-    titles = {child.pid: " ".join(child.cmdline()) for child in psutil.Process(worker_pid).children()}
-    pool = [pid for pid, title in titles.items() if "ForkPoolWorker" in title or title.startswith("airflow supervisor")]
-    assert pool, titles
-    for pid in pool:
-        mapped = Path(f"/proc/{pid}/maps").read_text()
-        assert "libxgboost" in mapped and "cygrpc" in mapped, titles[pid]
+    """The Celery worker imported the stages' libraries (flightplan.preload) before it forked its pool: each pool
+    process (titled by Celery, or by the last task it supervised) has them mapped. The worker's other child,
+    Airflow's bundle cleanup, is forked before Celery starts."""
+    children_hold_the_preloaded_libraries(
+        worker_pid, lambda title: "ForkPoolWorker" in title or title.startswith("airflow supervisor")
+    )
 
 
 def worker(number: int) -> list[str]:

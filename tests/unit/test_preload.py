@@ -74,7 +74,7 @@ def test_flightplan_itself_is_not_preloaded() -> None:
 
 
 def test_a_module_that_does_not_import_is_reported_and_the_rest_still_load(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     from flightplan import preload
 
@@ -85,5 +85,6 @@ def test_a_module_that_does_not_import_is_reported_and_the_rest_still_load(
     failed = preload.preload_task_modules()
     assert list(failed) == ["flightplan.no_such_stage"]
     assert "ModuleNotFoundError" in failed["flightplan.no_such_stage"]
+    assert "not preloaded for tasks: flightplan.no_such_stage (ModuleNotFoundError" in caplog.text
     assert sys.modules["preload_probe"].LOADED
     monkeypatch.delitem(sys.modules, "preload_probe")
