@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,8 @@ from train_bench import PIPELINE, bench_training, prepare_split
 TOKEN = "bench-token"
 # The longest a run waits for the shadow to answer its backlog (20,000 rows at most) before the next run.
 SHADOW_DRAIN_SECONDS = 120
+# The share of requests above their p99.
+P99_SHARE = 0.01
 LUA = """
 local f = assert(io.open(os.getenv("BODY_FILE"), "rb"))
 wrk.method = "POST"; wrk.body = f:read("*a"); f:close()
@@ -162,35 +164,49 @@ class Contender:
     env: dict[str, str] = field(default_factory=dict)  # besides this process's environment
     shadows: bool = False  # answers a challenger in shadow: its runs count the rows it skipped
 
-    def shadow_counts(self) -> tuple[float, float, float]:
-        """Rows served so far, rows the shadow skipped (the service too busy to answer them in its budget), and
-        rows it is done with (skipped, answered, refused or failed)."""
-        text = httpx.get(f"{self.url}/metrics", timeout=30).text
-        skipped = metric_sum(text, 'flightplan_shadow_rows_total{outcome="skipped"')
-        return (
-            metric_sum(text, "flightplan_routed_rows_total"),
-            skipped,
-            metric_sum(text, "flightplan_shadow_rows_total"),
-        )
-
-    def shadow_slices(self) -> tuple[float, float]:
-        """Slices of shadow work so far (answered or committed), and those of them that took longer than the
-        default budget: the longest a served request arriving during one may wait for it."""
+    def shadow_state(self) -> ShadowState:
+        """The shadow's counters so far, from one read of the service's metrics."""
         from flightplan.config import DeploymentSpec
         from flightplan.serving.metrics import SHADOW_SLICE_BUCKETS
 
-        text = httpx.get(f"{self.url}/metrics", timeout=30).text
-        name = "flightplan_shadow_slice_seconds"
         budget = DeploymentSpec().shadow_budget_ms / 1000
         if budget not in SHADOW_SLICE_BUCKETS:
-            raise ValueError(f"the default shadow budget {budget} s is not a bound of the slices' histogram")
-        within = metric_sum(text, f"{name}_bucket", containing=f'le="{budget}"')
-        total = metric_sum(text, f"{name}_count")
-        return total, total - within
+            raise ValueError(f"the default shadow budget {budget} s is not a bound of the shadow's histograms")
+        text = httpx.get(f"{self.url}/metrics", timeout=30).text
+        within = f'le="{budget}"'
+        slices, taken = "flightplan_shadow_slice_seconds", "flightplan_request_shadow_cpu_seconds"
+        return ShadowState(
+            served=metric_sum(text, "flightplan_routed_rows_total"),
+            skipped=metric_sum(text, 'flightplan_shadow_rows_total{outcome="skipped"'),
+            done=metric_sum(text, "flightplan_shadow_rows_total"),
+            slices=metric_sum(text, f"{slices}_count"),
+            slices_within=metric_sum(text, f"{slices}_bucket", containing=within),
+            requests=metric_sum(text, f"{taken}_count"),
+            requests_within=metric_sum(text, f"{taken}_bucket", containing=within),
+        )
 
     @property
     def health(self) -> str:
         return f"{self.url}/health" if Path(self.command[0]).name == "flightplan" else f"{self.url}/ping"
+
+
+@dataclass(frozen=True)
+class ShadowState:
+    """Counters of a service with a shadow: rows served, rows the shadow skipped (the service too busy to answer
+    them in its budget), rows it is done with (skipped, answered, refused or failed); slices of shadow work
+    (answered or committed) and those within the default budget; API requests, and those during which shadow work
+    took no more CPU time than the budget (the most it could have taken from them)."""
+
+    served: float
+    skipped: float
+    done: float
+    slices: float
+    slices_within: float
+    requests: float
+    requests_within: float
+
+    def __sub__(self, earlier: ShadowState) -> ShadowState:
+        return ShadowState(*(now - then for now, then in zip(astuple(self), astuple(earlier), strict=True)))
 
 
 def contenders(
@@ -263,6 +279,8 @@ def measure_cells(
                     "rows_per_s": median["rps"] * rows,
                     "p99_rounds_ms": [run["p99_ms"] for run in measured],  # in the order of the rounds
                 }  # fmt: skip
+                if entrants[name].shadows:
+                    figures["requests_over_budget_rounds"] = [run["requests_over_budget"] for run in measured]
                 results.append(figures)
                 print(json.dumps(figures), flush=True)
     return results
@@ -273,19 +291,18 @@ def measured_run(
 ) -> dict[str, float]:
     """One run of a cell; for a service with a shadow, also the share of the rows served that it shadowed."""
     path, body = contender.payloads[rows]
-    before = contender.shadow_counts() if contender.shadows else (0.0, 0.0, 0.0)
-    slices_before = contender.shadow_slices() if contender.shadows else (0.0, 0.0)
+    before = contender.shadow_state() if contender.shadows else None
     figures = load(wrk, contender.url + path, body, connections, seconds, folder)
-    if contender.shadows:
-        served, skipped, done = (after - first for after, first in zip(contender.shadow_counts(), before, strict=True))
-        figures["shadowed"] = 1 - skipped / served if served else 0.0
-        slices, over = (after - first for after, first in zip(contender.shadow_slices(), slices_before, strict=True))
-        figures["shadow_slices"], figures["shadow_slices_over_budget"] = slices, over
+    if before is not None:
+        run = contender.shadow_state() - before
+        figures["shadowed"] = 1 - run.skipped / run.served if run.served else 0.0
+        figures["shadow_slices"], figures["shadow_slices_over_budget"] = run.slices, run.slices - run.slices_within
+        figures["requests_over_budget"] = 1 - run.requests_within / run.requests if run.requests else 0.0
         # The shadow's backlog is answered now that the service is quiet: before the next contender's run.
         deadline = time.monotonic() + SHADOW_DRAIN_SECONDS
-        while done < served and time.monotonic() < deadline:
+        while run.done < run.served and time.monotonic() < deadline:
             time.sleep(0.2)
-            done = contender.shadow_counts()[2] - before[2]
+            run = contender.shadow_state() - before
     return figures
 
 
@@ -334,29 +351,35 @@ def main() -> int:
 
 
 def print_shadow_cost(results: list[dict[str, Any]]) -> None:
-    """The served answers' p99 with the challenger in shadow on every request, against the same service without,
-    beside the default budget the shadow may add (``deployment.shadow_budget_ms``), and the share of the rows
-    served that the shadow answered rather than skipped. The added p99 is also given round by round (the two
-    take turns within a round): within the budget when every round's is, over it when every round's is, and
-    not resolved by this run when the rounds disagree."""
+    """What the challenger in shadow on every request costs the served answers, against the default budget
+    (``deployment.shadow_budget_ms``: the longest a served request may wait for the shadow).
+
+    The verdict reads the service's own measure: the share of requests during which shadow work took more CPU
+    time than the budget (the most it could have taken from them), within the budget when that share is at most
+    1% (their p99) in every round. Beside it, the served p99 against the same service without shadow, round by
+    round (the two take turns within a round): where a request takes tens of milliseconds or queues, that
+    difference is mostly the noise of either instance. Then the share of the rows served that the shadow answered
+    rather than skipped, and the slices of shadow work longer than the budget."""
     from flightplan.config import DeploymentSpec
 
     budget = DeploymentSpec().shadow_budget_ms
     by_cell = {(r["contender"], r["rows"], r["connections"]): r for r in results}
     print(f"\nshadow budget: {budget:g} ms of p99")
-    columns = "p99 ms, no shadow | p99 ms, challenger in shadow | added p99 ms | added by round | within budget"
-    print(f"\n| rows/request | connections | {columns} | rows shadowed | slices over budget | req/s ratio |")
-    print("|---:|---:|---:|---:|---:|---|---|---:|---:|---:|")
+    columns = "p99 ms, no shadow | p99 ms, challenger in shadow | added p99 ms by round"
+    waited = "requests with shadow CPU > budget, by round | p99 within budget"
+    print(f"\n| rows/request | connections | {columns} | {waited} | rows shadowed | slices over budget | req/s ratio |")
+    print("|---:|---:|---:|---:|---|---|---|---:|---:|---:|")
     for (name, rows, connections), shadowed in by_cell.items():
         if name == "flightplan, challenger in shadow":
             alone = by_cell[("flightplan", rows, connections)]
             ratio = f"{shadowed['rps'] / alone['rps']:.2f}" if alone["rps"] else "-"
-            added = shadowed["p99_ms"] - alone["p99_ms"]
-            rounds = [s - a for s, a in zip(shadowed["p99_rounds_ms"], alone["p99_rounds_ms"], strict=True)]
-            verdict = "yes" if max(rounds) <= budget else "no" if min(rounds) > budget else "rounds disagree"
+            added = [s - a for s, a in zip(shadowed["p99_rounds_ms"], alone["p99_rounds_ms"], strict=True)]
+            over = shadowed["requests_over_budget_rounds"]
+            verdict = "yes" if max(over) <= P99_SHARE else "no" if min(over) > P99_SHARE else "rounds disagree"
             print(
-                f"| {rows} | {connections} | {alone['p99_ms']:.2f} | {shadowed['p99_ms']:.2f} | {added:+.2f} "
-                f"| {' '.join(f'{each:+.1f}' for each in rounds)} | {verdict} | {shadowed['shadowed']:.0%} "
+                f"| {rows} | {connections} | {alone['p99_ms']:.2f} | {shadowed['p99_ms']:.2f} "
+                f"| {' '.join(f'{each:+.1f}' for each in added)} | {' '.join(f'{each:.2%}' for each in over)} "
+                f"| {verdict} | {shadowed['shadowed']:.0%} "
                 f"| {shadowed['shadow_slices_over_budget']:,.0f} of {shadowed['shadow_slices']:,.0f} | {ratio} |"
             )
 

@@ -53,7 +53,7 @@ import sqlalchemy as sa
 
 from flightplan.config import ColumnType, PipelineConfig
 from flightplan.features import input_columns
-from flightplan.slices import SHADOW_LONGEST_WAIT_SECONDS, SliceSizer
+from flightplan.slices import SHADOW_LONGEST_WAIT_SECONDS, ShadowClock, SliceSizer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -507,9 +507,14 @@ class PredictionLog:
         schemas: RecordSchemas | None = None,
         max_batch_rows: int = 50_000,
         shadow_slice_timer: Callable[[float], None] | None = None,
+        shadow_clock: ShadowClock | None = None,
+        service_quiet: Callable[[], bool] | None = None,
     ) -> None:
         """``shadow_slice_timer`` is given the seconds of each slice of shadow answers committed while the log
-        serves (those committed at its stop, all at once, are not timed)."""
+        serves (those committed at its stop, all at once, are not timed); ``shadow_clock`` counts their CPU time.
+        ``service_quiet`` says whether the service has no request in flight: the slices are committed only then
+        (a request on its way to the log would wait for one), or once they are overdue; the service calls
+        ``wake_for_shadows`` as it goes quiet."""
         self.engine = engine
         self.max_batch_rows = max_batch_rows
         columns = [column.name for column in predictions.columns]
@@ -534,6 +539,8 @@ class PredictionLog:
         self._last_shadow_commit = 0.0  # time.monotonic() of the last slice committed
         self._shadow_sizer = SliceSizer()
         self._shadow_slice_timer = shadow_slice_timer or (lambda _seconds: None)
+        self._shadow_clock = shadow_clock or ShadowClock()
+        self._service_quiet = service_quiet or (lambda: True)
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
@@ -566,6 +573,12 @@ class PredictionLog:
             self._shadows.append(WaitingShadows(rows, budget_seconds))
             self._shadow_rows += len(rows)
         return True
+
+    def wake_for_shadows(self) -> None:
+        """The service has gone quiet: the writer looks whether answers given in shadow wait to be committed."""
+        with self._closing:
+            if self._shadows and not self._closed:
+                self._queue.put(([], Future()))  # as a request with no rows
 
     @property
     def shadow_rows_waiting(self) -> int:
@@ -658,10 +671,11 @@ class PredictionLog:
         slice anyway once they have waited ``SHADOW_LONGEST_WAIT_SECONDS``; all of them at once when the log stops
         (no request can come any more). A failed commit drops those still waiting too: the database is likely
         down, and an attempt per slice would only hold up the served answers."""
-        while (self._queue.empty() or self._shadows_overdue()) and (rows := self._shadow_slice(everything)):
+        while self._may_commit_shadows(everything) and (rows := self._shadow_slice(everything)):
             started = time.perf_counter()
             try:
-                self._insert_shadow_rows(rows)
+                with self._shadow_clock.working():
+                    self._insert_shadow_rows(rows)
             except Exception as err:  # the served answers stand; these are missing from the live comparison
                 with self._closing:
                     dropped, self._shadows, self._shadow_rows = self._shadow_rows, collections.deque(), 0
@@ -674,6 +688,11 @@ class PredictionLog:
             self._shadow_sizer.measured(SHADOW_COMMITS, len(rows), took)
             if not everything:
                 self._shadow_slice_timer(took)
+
+    def _may_commit_shadows(self, everything: bool) -> bool:
+        """At the stop; while no served answer waits to be committed and no request is in flight; or once the
+        oldest have waited too long."""
+        return everything or (self._queue.empty() and self._service_quiet()) or self._shadows_overdue()
 
     def _shadows_overdue(self) -> bool:
         """Whether the oldest answers given in shadow have waited ``SHADOW_LONGEST_WAIT_SECONDS`` for a moment with no

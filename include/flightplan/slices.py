@@ -5,7 +5,10 @@ one slice at most: the runner per model version, the prediction log for its comm
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 
 # The share of its budget a slice is sized to take: a served request that arrives during a slice also waits for
 # the interpreter's lock to pass back and for the slice's result to be handed on, and at 8 connections slices of
@@ -35,3 +38,39 @@ class SliceSizer:
         took = max(seconds, 1e-9) / max(rows, 1)  # a clock too coarse to see the slice must not size the next
         last = self._seconds_per_row.get(key)
         self._seconds_per_row[key] = took if last is None else (last + took) / 2
+
+
+class ShadowClock:
+    """The CPU time shadow work has taken (slices answered, slices committed, each on its thread), counted as it
+    goes: what it advanced by over a served request's lifetime is the most the shadow could have taken from that
+    request, which ``deployment.shadow_budget_ms`` caps. Thread-safe: the shadow's runner and the log's writer
+    work, and the served requests read, on threads of their own."""
+
+    def __init__(self, cpu_seconds: Callable[[int], float] | None = None) -> None:
+        self._cpu_seconds = cpu_seconds or thread_cpu_seconds
+        self._lock = threading.Lock()
+        self._spent = 0.0  # by the slices that have ended
+        self._running: dict[int, float] = {}  # by thread: its CPU time when its slice began
+
+    def now(self) -> float:
+        with self._lock:
+            running = sum(self._cpu_seconds(thread) - began for thread, began in self._running.items())
+            return self._spent + running
+
+    @contextmanager
+    def working(self) -> Iterator[None]:
+        """A slice of shadow work on this thread."""
+        thread = threading.get_ident()
+        with self._lock:
+            self._running[thread] = self._cpu_seconds(thread)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._spent += self._cpu_seconds(thread) - self._running.pop(thread)
+
+
+def thread_cpu_seconds(thread: int) -> float:
+    """The CPU time of a thread of this process, given its ``threading.get_ident()``: ``time.thread_time`` of
+    another thread."""
+    return time.clock_gettime(time.pthread_getcpuclockid(thread))

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pydantic_core
 import pytest
 import sqlalchemy as sa
+from flightplan import prediction_log
 from flightplan.prediction_log import (
     LOG_LABEL,
     LOG_PREDICTION,
@@ -37,7 +38,7 @@ from flightplan.prediction_log import (
     segments,
     shadow_answers,
 )
-from flightplan.slices import SHADOW_LONGEST_WAIT_SECONDS
+from flightplan.slices import SHADOW_LONGEST_WAIT_SECONDS, ShadowClock
 
 from tests.support.engines import postgres_database, postgres_problem, require
 
@@ -313,12 +314,14 @@ def test_answers_given_in_shadow_are_committed_in_slices_of_their_budget(url: st
     commits: list[int] = []
     sa.event.listen(engine, "commit", lambda _connection: commits.append(1))
     timed: list[float] = []
-    log = PredictionLog(engine, lambda _pipeline: SCHEMA, shadow_slice_timer=timed.append)
+    clock = ShadowClock()
+    log = PredictionLog(engine, lambda _pipeline: SCHEMA, shadow_slice_timer=timed.append, shadow_clock=clock)
     assert log.submit_shadow(in_shadow("2", [f"q0-{row}" for row in range(5)]), budget_seconds=1e-9)
     deadline = datetime.now(UTC) + timedelta(seconds=30)
     while len(timed) < 5 and datetime.now(UTC) < deadline:
         time.sleep(0.01)
     assert len(commits) == 5 == len(timed)  # a budget no row fits: a row per commit, each slice timed
+    assert 0 < clock.now() <= sum(timed)  # the shadow's clock ran while each slice was committed
     assert log.submit_shadow(in_shadow("2", [f"q1-{row}" for row in range(5)]), budget_seconds=60)
     log.close()
     assert len(commits) == 6  # all five fit half a minute
@@ -470,6 +473,31 @@ def test_answers_given_in_shadow_are_committed_a_slice_a_second_while_served_row
     assert shadows and shadows[0] < last_served, seen[-5:]  # committed while served rows kept coming
     assert shadows[0] - came >= SHADOW_LONGEST_WAIT_SECONDS  # after waiting for a free moment that never came
     assert sum(kind == "served" for kind, _ in seen) > 10
+
+
+def test_answers_given_in_shadow_wait_for_the_service_to_be_quiet(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request in flight has yet to reach the log: a shadow commit then would take CPU from it, so the log
+    commits none until the service says it has none in flight and wakes it (here never overdue: a minute)."""
+    monkeypatch.setattr(prediction_log, "SHADOW_LONGEST_WAIT_SECONDS", 60.0)
+    engine = create_store_engine(url)
+    quiet = threading.Event()
+    log = PredictionLog(engine, lambda _pipeline: SCHEMA, service_quiet=quiet.is_set)
+
+    def shadowed() -> int:
+        with engine.connect() as connection:
+            return int(connection.execute(sa.select(sa.func.count()).select_from(shadow_answers)).scalar_one())
+
+    assert log.submit_shadow(in_shadow("2", ["q0-0", "q0-1"]), budget_seconds=60)
+    time.sleep(1)
+    assert shadowed() == 0  # a request in flight all along
+    quiet.set()
+    log.wake_for_shadows()  # as the service does when its last request leaves
+    deadline = time.monotonic() + 30
+    while shadowed() < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert shadowed() == 2
+    log.close()
+    engine.dispose()
 
 
 def test_paired_answers_pair_each_served_row_with_the_other_versions_shadow_answer(url: str) -> None:

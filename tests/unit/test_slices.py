@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from flightplan.slices import SliceSizer
+import threading
+import time
+
+import pytest
+from flightplan.slices import ShadowClock, SliceSizer, thread_cpu_seconds
 
 
 def test_a_slice_takes_half_the_budget_at_the_time_per_row_measured() -> None:
@@ -21,3 +25,54 @@ def test_one_slow_slice_halves_the_next_only() -> None:
     assert sizer.rows("v1", budget_seconds=0.020) == 5
     sizer.measured("v1", rows=10, seconds=0.010)  # back to 1 ms: averaged to 1.5 ms
     assert sizer.rows("v1", budget_seconds=0.030) == 10
+
+
+def test_the_shadow_clock_counts_the_cpu_time_of_shadow_work_as_it_goes() -> None:
+    """Each thread's slice counts its thread's CPU time while it runs (an answer's and a commit's may overlap);
+    between slices nothing counts."""
+    cpu: dict[int, float] = {}
+    clock = ShadowClock(cpu_seconds=lambda thread: cpu[thread])
+    me = threading.get_ident()
+    cpu[me] = 10.0
+    with clock.working():
+        cpu[me] = 11.0
+        assert clock.now() == 1.0  # read by a request while the slice runs
+        began, end = threading.Event(), threading.Event()
+
+        def other_slice() -> None:
+            cpu[threading.get_ident()] = 4.0
+            with clock.working():
+                cpu[threading.get_ident()] = 4.5
+                began.set()
+                end.wait(10)
+
+        worker = threading.Thread(target=other_slice)
+        worker.start()
+        assert began.wait(10)
+        assert clock.now() == 1.5
+        end.set()
+        worker.join()
+    cpu[me] = 20.0  # CPU spent outside any slice
+    assert clock.now() == 1.5
+    with pytest.raises(RuntimeError), clock.working():
+        cpu[me] = 21.0
+        raise RuntimeError("a failed slice")
+    assert clock.now() == 2.5  # counted too
+
+
+def test_a_threads_cpu_time_is_read_from_another_thread() -> None:
+    burnt, stop = threading.Event(), threading.Event()
+
+    def burn() -> None:
+        started = time.thread_time()
+        while time.thread_time() - started < 0.05:
+            pass
+        burnt.set()
+        stop.wait(10)
+
+    worker = threading.Thread(target=burn)
+    worker.start()
+    assert burnt.wait(10) and worker.ident is not None
+    assert thread_cpu_seconds(worker.ident) >= 0.05
+    stop.set()
+    worker.join()

@@ -24,7 +24,7 @@ from flightplan.serving import traffic
 from flightplan.serving.app import COLUMNAR_ROWS, ServiceOptions, create_app
 from flightplan.serving.inputs import request_fields
 from flightplan.serving.metrics import ServiceMetrics
-from flightplan.serving.models import BOOSTER_MIN_ROWS, ServedModel
+from flightplan.serving.models import BOOSTER_MIN_ROWS, ModelSource, ServedModel
 from flightplan.serving.traffic import (
     ALIAS_HEADER,
     CALLER_KEY_HEADER,
@@ -41,6 +41,7 @@ from flightplan.serving.traffic import (
     machine_ticks,
 )
 from flightplan.settings import PACKAGE_PIPELINES_DIR, Settings, load_settings
+from flightplan.slices import ShadowClock
 
 from tests.support.model_double import DoubleRegistry, model_double
 from tests.support.service import scoped_tokens
@@ -204,6 +205,55 @@ def validated(config: PipelineConfig, record: dict[str, Any]) -> dict[str, Any]:
     return {name: parse.get(kinds[name], lambda value: value)(value) for name, value in record.items()}
 
 
+@dataclasses.dataclass(frozen=True)
+class SlowChallenger:
+    """The double's models, its challenger (version 2) taking half a second of CPU to answer, having said it
+    began."""
+
+    doubles: ModelSource
+    began: threading.Event
+
+    def version_of(self, alias: str) -> str | None:
+        return self.doubles.version_of(alias)
+
+    def load(self, version: str) -> ServedModel:
+        double = self.doubles.load(version)
+
+        def scores(matrix: Any) -> Any:
+            self.began.set()
+            started = time.thread_time()
+            while time.thread_time() - started < 0.5:  # CPU the shadow takes while a request comes and goes
+                pass
+            return double.scores(matrix)
+
+        return dataclasses.replace(double, scores=scores) if version == "2" else double
+
+
+def test_each_request_counts_the_cpu_time_shadow_work_took_while_it_was_served(tmp_path: Path) -> None:
+    """What the shadow budget caps, measured by the service: a request that comes while a slice is answered counts
+    the CPU time the slice takes meanwhile (the most it could have taken from the request); one served while the
+    shadow waited counts none, and a scrape of the metrics is not an API request."""
+    settings, config = serving(tmp_path, shadow=1.0)
+    registry, slice_began = DoubleRegistry(challengers={"flights": "2"}), threading.Event()
+
+    def slow_challenger(config: PipelineConfig) -> SlowChallenger:
+        return SlowChallenger(registry(config), slice_began)
+
+    options = ServiceOptions(["flights"], scoped_tokens(TOKEN), poll_seconds=3600)
+    with TestClient(create_app(settings, options, slow_challenger)) as api:
+        assert api.post("/v1/flights/predict", json=full_record(config), headers=AUTH).status_code == 200
+        assert slice_began.wait(30)
+        started = time.perf_counter()
+        assert api.post("/v1/flights/predict", json=full_record(config), headers=AUTH).status_code == 200
+        took = time.perf_counter() - started
+        api.get("/metrics")
+        text = api.get("/metrics").text
+    count = float(re.search(r"^flightplan_request_shadow_cpu_seconds_count (\S+)$", text, re.M)[1])  # type: ignore[index]
+    total = float(re.search(r"^flightplan_request_shadow_cpu_seconds_sum (\S+)$", text, re.M)[1])  # type: ignore[index]
+    assert count == 2
+    assert 0 < total <= took  # the CPU the slice took during the second request, at most its whole time
+
+
 def test_a_full_shadow_backlog_skips_requests_and_counts_them(tmp_path: Path) -> None:
     """Rows waiting to be committed count against the backlog as those waiting to be answered do."""
     _, config = serving(tmp_path)
@@ -237,17 +287,23 @@ def test_the_shadow_answers_only_while_no_request_is_served_in_slices_of_its_bud
     _, config = serving(tmp_path)
     log, in_flight, slices = HeldLog(), InFlight(), []
 
+    clock = ShadowClock()
+
     def counted(version: str) -> ServedModel:
         double = model_double(config, version)
 
         def scores(matrix: Any) -> Any:
             slices.append(len(matrix))
+            started, cpu = clock.now(), time.thread_time()
+            while time.thread_time() - cpu < 0.001:  # a millisecond of CPU
+                pass
+            assert clock.now() - started >= 0.001  # a request arriving now sees the shadow's clock run
             return double.scores(matrix)
 
         return dataclasses.replace(double, scores=scores)
 
     record = validated(config, full_record(config))
-    runner = ShadowRunner(log, ServiceMetrics(), in_flight, cpu_idle=always_idle)
+    runner = ShadowRunner(log, ServiceMetrics(), in_flight, cpu_idle=always_idle, clock=clock)
     ids = [f"r{n}" for n in range(300)]
     with in_flight.serving():
         runner.submit(ShadowJob("flights", counted("2"), ids, [record] * 300, budget_seconds=1e-9))
@@ -369,5 +425,3 @@ def test_a_shadow_never_given_quiet_waits_at_most_its_longest_wait() -> None:
         started = time.monotonic()
         in_flight.wait_until_quiet(stop, longest=60)  # the service stopping: no wait
         assert time.monotonic() - started < 1
-    with in_flight.serving(counted=False):  # a probe: nothing to wait for
-        in_flight.wait_until_quiet(threading.Event(), longest=60)

@@ -11,8 +11,8 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -71,6 +71,7 @@ from flightplan.serving.traffic import (
     challenger_of,
 )
 from flightplan.settings import TOKEN_VARIABLES, ApiScope, Settings
+from flightplan.slices import ShadowClock
 
 log = logging.getLogger(__name__)
 MAX_BATCH_ROWS = 10_000
@@ -341,6 +342,7 @@ class Service:
         self.log: PredictionLog | None = None
         self.shadows: ShadowRunner | None = None
         self.in_flight = InFlight()  # the requests being answered: the shadow waits until there are none
+        self.shadow_clock = ShadowClock()  # the shadow's CPU time: what it may take from the requests it overlaps
         self.single_records: TurnBatcher[RouteKey, tuple[dict[str, Any], Route], tuple[str, str, dict[str, Any]]] = (
             TurnBatcher(self.answer_together, max_items=MAX_GATHERED_RECORDS)
         )
@@ -349,8 +351,15 @@ class Service:
 
     def start(self) -> None:
         committed = self.metrics.shadow_slice_seconds.labels("commit").observe
-        self.log = PredictionLog(self.engine, self.record_schema, shadow_slice_timer=committed)
-        self.shadows = ShadowRunner(self.log, self.metrics, self.in_flight)
+        self.log = PredictionLog(
+            self.engine,
+            self.record_schema,
+            shadow_slice_timer=committed,
+            shadow_clock=self.shadow_clock,
+            service_quiet=self.in_flight.quiet,
+        )
+        self.in_flight.on_quiet = self.log.wake_for_shadows
+        self.shadows = ShadowRunner(self.log, self.metrics, self.in_flight, clock=self.shadow_clock)
         self.reload_all(retry_refused=True)
         self._poller = threading.Thread(target=self._poll, name="alias-poller", daemon=True)
         self._poller.start()
@@ -633,10 +642,11 @@ class RequestMetrics:
     ``BaseHTTPMiddleware`` (``@app.middleware("http")``) runs the app in a task of its own and streams the
     response through a queue, on every request."""
 
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, in_flight: InFlight) -> None:
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, in_flight: InFlight, shadow_clock: ShadowClock) -> None:
         self.app = app
         self.metrics = metrics
         self.in_flight = in_flight
+        self.shadow_clock = shadow_clock
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -652,12 +662,26 @@ class RequestMetrics:
             await send(message)
 
         try:
-            with self.in_flight.serving(scope["path"].startswith(API_PREFIX)):
+            with self.served(scope["path"].startswith(API_PREFIX)):
                 await self.app(scope, receive, send_with_status)
         finally:
             path = getattr(scope.get("route"), "path", "unmatched")
             self.metrics.requests.labels(path, str(status)).inc()
             self.metrics.latency.labels(path).observe(time.perf_counter() - started)
+
+    @contextmanager
+    def served(self, api: bool) -> Iterator[None]:
+        """An API request in flight (the shadow waits for none), and the CPU time shadow work took meanwhile: read
+        before it leaves, since the shadow may begin as soon as it has."""
+        if not api:  # a probe, a scrape of the metrics
+            yield
+            return
+        shadow_started = self.shadow_clock.now()
+        with self.in_flight.serving():
+            try:
+                yield
+            finally:
+                self.metrics.request_shadow_cpu_seconds.observe(self.shadow_clock.now() - shadow_started)
 
 
 class BodyLimit:
@@ -721,7 +745,9 @@ def create_app(settings: Settings, options: ServiceOptions, models: ModelSources
     )
     patch_fastapi(app, redirect_from_root_to_docs=False)  # Swagger UI served from this process, at /docs
 
-    app.add_middleware(RequestMetrics, metrics=service.metrics, in_flight=service.in_flight)
+    app.add_middleware(
+        RequestMetrics, metrics=service.metrics, in_flight=service.in_flight, shadow_clock=service.shadow_clock
+    )
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     app.exception_handler(RequestValidationError)(refuse_invalid)
     add_service_routes(app, service, auth["admin"])

@@ -111,6 +111,9 @@ class ServiceMetrics:
             "flightplan_routed_rows", "Rows answered by the champion or, as a canary, the challenger",
             ["pipeline", "alias"], registry=r,
         )  # fmt: skip
+        self._add_shadow_metrics(r)
+
+    def _add_shadow_metrics(self, r: CollectorRegistry) -> None:
         self.shadow_rows = Counter(
             "flightplan_shadow_rows", "Rows answered in shadow, refused by the shadow version, failed or skipped",
             ["pipeline", "outcome"], registry=r,
@@ -120,6 +123,13 @@ class ServiceMetrics:
             "Time of one slice of shadow work, which a served request arriving meanwhile may wait for: the CPU "
             "time of answering it and handing it to the log, or the time of committing it",
             ["work"],
+            buckets=SHADOW_SLICE_BUCKETS,
+            registry=r,
+        )
+        self.request_shadow_cpu_seconds = Histogram(
+            "flightplan_request_shadow_cpu_seconds",
+            "CPU time shadow work took while an API request was served, from its first byte received to its last "
+            "sent: the most the shadow could have taken from it",
             buckets=SHADOW_SLICE_BUCKETS,
             registry=r,
         )

@@ -37,7 +37,7 @@ from flightplan.serving.models import (
     answer_texts,
     answers_each,
 )
-from flightplan.slices import SHADOW_LONGEST_WAIT_SECONDS, SliceSizer
+from flightplan.slices import SHADOW_LONGEST_WAIT_SECONDS, ShadowClock, SliceSizer
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ QUIET_POLL_SECONDS = 0.1
 # The share of the CPUs that must have gone unused lately for the shadow to answer. On a saturated machine the
 # shadow's CPU work delays the served answers however small its slices: with 1-row requests at 32 connections,
 # shadowing every row in quiet moments added 14-26 ms to the served p99 (docs/performance.md).
+# The shadow's own CPU counts as used: it then leaves the machine that idle share rather than filling it.
 SHADOW_MIN_IDLE_SHARE = 0.15
 # How long the CPUs' idle share is measured over (reading the counters costs some 20 µs).
 IDLE_SAMPLE_SECONDS = 0.1
@@ -176,12 +177,10 @@ class InFlight:
     def __init__(self) -> None:
         self._count = 0
         self._quiet = threading.Condition()
+        self.on_quiet: Callable[[], None] = lambda: None  # called as the last request in flight leaves
 
     @contextmanager
-    def serving(self, counted: bool = True) -> Iterator[None]:
-        if not counted:  # a request the shadow need not wait for (a probe, a scrape of the metrics)
-            yield
-            return
+    def serving(self) -> Iterator[None]:
         with self._quiet:
             self._count += 1
         try:
@@ -189,8 +188,14 @@ class InFlight:
         finally:
             with self._quiet:
                 self._count -= 1
-                if not self._count:
+                quiet = not self._count
+                if quiet:
                     self._quiet.notify_all()
+            if quiet:
+                self.on_quiet()
+
+    def quiet(self) -> bool:
+        return not self._count
 
     def wait_until_quiet(self, stop: threading.Event, longest: float = SHADOW_LONGEST_WAIT_SECONDS) -> None:
         """Returns once no request is in flight, when ``stop`` is set, or after ``longest`` seconds anyway."""
@@ -293,8 +298,10 @@ class ShadowRunner:
         in_flight: InFlight,
         max_backlog_rows: int = SHADOW_BACKLOG_ROWS,
         cpu_idle: Callable[[], float] | None = None,
+        clock: ShadowClock | None = None,
     ) -> None:
         self._log, self._metrics, self._in_flight = log, metrics, in_flight
+        self._clock = clock or ShadowClock()  # runs while a slice is answered
         self._cpu_idle = cpu_idle or CpuIdle().share
         self._max_backlog_rows = max_backlog_rows
         self._backlog = 0  # rows waiting to be answered
@@ -355,7 +362,8 @@ class ShadowRunner:
                 self._wait_for_room()
                 rows = self._sizer.rows((job.pipeline, job.model.version), job.budget_seconds)
                 rows = min(rows, len(job.ids) - done, SHADOW_MAX_SLICE_ROWS)
-                self._answer_slice(job, done, rows)
+                with self._clock.working():
+                    self._answer_slice(job, done, rows)
                 done += rows
                 with self._lock:
                     self._backlog -= rows
