@@ -136,16 +136,6 @@ def kill_task_when(
     worker.kill()
 
 
-def wait_until_in_flight(api: AirflowApi, dag_id: str, run_id: str, task_id: str, timeout: float = 900) -> None:
-    """Returns once the task is scheduled, queued or running. On the stack's Spark a stage runs for a few seconds
-    only, so it is looked at often: a look every few seconds could miss it and wait for a state long gone."""
-    deadline = time.monotonic() + timeout
-    while (state := api.task_states(dag_id, run_id).get(task_id)) not in ("scheduled", "queued", "running"):
-        assert state in (None, "none"), f"{dag_id}.{task_id} is {state} before it was seen in flight"
-        assert time.monotonic() < deadline, f"{dag_id}.{task_id} never got in flight"
-        time.sleep(0.1)
-
-
 def wait_succeeded(api: AirflowApi, dag_id: str, run_id: str) -> dict[str, str | None]:
     state = api.wait_for_run(dag_id, run_id, timeout=900)
     states = api.task_states(dag_id, run_id)
@@ -193,7 +183,8 @@ def test_a_killed_ingestion_and_a_restarted_scheduler_end_as_the_clean_chain(
 
     staging = faults.layout.staging(ingest.STAGE, interval_key(FIRST_DAY, END_DAY))
     kill_task_when(api, "flights.data_engineering", run_id, "ingest", staging.exists)
-    wait_until_in_flight(api, "flights.data_engineering", run_id, "wrangle")
+    # On the stack's Spark a stage runs for a few seconds only: looked at often, not to wait for a state long gone.
+    api.wait_for_task("flights.data_engineering", run_id, "wrangle", ("scheduled", "queued", "running"), 900, 0.1)
     with scheduler_restarted(faults):
         time.sleep(5)
     wait_succeeded(api, "flights.data_engineering", run_id)

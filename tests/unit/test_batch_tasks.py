@@ -60,3 +60,13 @@ def test_a_file_larger_than_a_task_is_cut_into_runs_of_its_row_groups(
     assert sum(piece.size for piece in cut) <= file.stat().st_size
     monkeypatch.setattr(batch, "TASK_BYTES", file.stat().st_size)
     assert [piece.row_groups for piece in file_pieces(file, tmp_path)] == [None]  # fits one task: whole
+
+
+def test_a_file_without_a_column_scoring_reads_is_named_with_the_columns_it_lacks(tmp_path: Path) -> None:
+    file = tmp_path / "part-0.parquet"
+    pq.write_table(pa.table({"flight_id": ["a"], "distance": [1.0]}), file)
+    scorer = batch.BatchScorer("1", b"", "", "{}", [], 0.5, passthrough=["flight_id"])
+    files = batch.ScoreFiles(scorer, ["flight_id", "distance", "carrier"])
+    with pytest.raises(ValueError, match=r"part-0\.parquet lacks column\(s\) \['carrier'\] that scoring reads"):
+        files([FilePiece(str(file), None, str(tmp_path / "scored.parquet"), 1)])
+    assert not (tmp_path / "scored.parquet").exists()

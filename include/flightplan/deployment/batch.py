@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,16 +54,19 @@ class BatchScorer:
     threshold: float
     passthrough: list[str]  # columns copied to the output (key, time; the partition column is the folder's)
 
-    def score(self, table: pa.Table) -> pa.Table:
+    @cached_property
+    def feature_map(self) -> FeatureMap:
+        return FeatureMap.from_json(self.feature_map_json)
+
+    def score(self, table: pa.Table, schema: pa.Schema | None = None) -> pa.Table:
         """The passthrough columns of ``table`` as they are, with the champion's prediction, probability and
-        version."""
-        schema = self.output_schema(table.schema)
+        version; ``schema`` is ``output_schema`` of the table's, when the caller has it already."""
+        schema = schema or self.output_schema(table.schema)
         if table.num_rows == 0:
             return schema.empty_table()
-        feature_map = FeatureMap.from_json(self.feature_map_json)
         frame = derive(table, self.derived).to_pandas()
-        scores = np.asarray(self._booster().inplace_predict(encode(frame, feature_map)), dtype=np.float64)
-        prediction, probability = outputs(scores, feature_map, self.threshold)
+        scores = np.asarray(self._booster().inplace_predict(encode(frame, self.feature_map)), dtype=np.float64)
+        prediction, probability = outputs(scores, self.feature_map, self.threshold)
         columns = [table.column(name) for name in self.passthrough]
         columns += [pa.array(prediction), pa.array(probability, from_pandas=True)]  # NaN (regression): null
         columns.append(pa.repeat(pa.scalar(self.version), table.num_rows))
@@ -71,7 +74,7 @@ class BatchScorer:
 
     def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
         """The passthrough fields as the input has them, then the outputs, typed by the model's task."""
-        task = FeatureMap.from_json(self.feature_map_json).task
+        task = self.feature_map.task
         outputs_fields = [
             pa.field(PREDICTION, PREDICTION_TYPES[task]),
             pa.field(PROBABILITY, pa.float64()),
@@ -122,10 +125,17 @@ class ScoreFiles:
 
         reader = pq.ParquetFile(piece.source)
         try:
+            missing = [name for name in self.columns if name not in reader.schema_arrow.names]
+            if missing:
+                raise ValueError(f"{piece.source} lacks column(s) {missing} that scoring reads")
             schema = self.scorer.output_schema(reader.schema_arrow)
+            # One thread reads: the booster scores on the task's cores.
+            batches = reader.iter_batches(
+                BATCH_ROWS, row_groups=piece.row_groups, columns=self.columns, use_threads=False
+            )
             with pq.ParquetWriter(path, schema) as writer:  # a piece with no rows makes a file of the schema
-                for batch in reader.iter_batches(BATCH_ROWS, row_groups=piece.row_groups, columns=self.columns):
-                    writer.write_table(self.scorer.score(pa.Table.from_batches([batch])))
+                for batch in batches:
+                    writer.write_table(self.scorer.score(pa.Table.from_batches([batch]), schema))
         finally:
             reader.close()
 

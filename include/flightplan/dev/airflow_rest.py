@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ import httpx
 PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
 ADMIN = "admin"  # the user the embedded stack's simple auth manager is given
 FINISHED = ("success", "failed")
+ENDED_TASK_STATES = ("success", "failed", "skipped", "upstream_failed", "removed")  # a task in none of these may go on
 
 
 class RetryingTransport(httpx.HTTPTransport):
@@ -138,12 +139,25 @@ class AirflowApi:
                 progress(self.task_states(dag_id, run_id))
         return state
 
-    def wait_for_task(self, dag_id: str, run_id: str, task_id: str, state: str, timeout: float = 600) -> None:
+    def wait_for_task(
+        self,
+        dag_id: str,
+        run_id: str,
+        task_id: str,
+        state: str | Collection[str],
+        timeout: float = 600,
+        every: float = 3.0,
+    ) -> None:
+        """Returns once the task is in ``state`` (or one of them), looking ``every`` seconds: often for a task in a
+        state a few seconds long. Raises at once when the task ended in another state."""
+        wanted = {state} if isinstance(state, str) else set(state)
         deadline = time.monotonic() + timeout
-        while (states := self.task_states(dag_id, run_id)).get(task_id) != state:
+        while (found := (states := self.task_states(dag_id, run_id)).get(task_id)) not in wanted:
+            if found in ENDED_TASK_STATES:
+                raise RuntimeError(f"{dag_id}.{task_id} ended {found} before it was seen {sorted(wanted)}: {states}")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{dag_id}.{task_id} never reached {state}: {states}")
-            time.sleep(3)
+                raise TimeoutError(f"{dag_id}.{task_id} never reached {sorted(wanted)}: {states}")
+            time.sleep(every)
 
     def newest_run(self, dag_id: str, after: str) -> dict[str, Any] | None:
         """The newest run of ``dag_id`` whose ``run_after`` is later than ``after`` (an ISO time), if any."""
