@@ -56,6 +56,7 @@ class PartitionCounts(Manifest):
     quarantined_total: int
     output: str
     quarantine: str
+    engine: str = "spark"  # what wrote them: Spark, or Arrow in the task's process ("local")
 
 
 class LandingFile(Manifest):
@@ -72,7 +73,6 @@ class LandingFile(Manifest):
 class IngestManifest(PartitionCounts):
     pipeline: str
     stage: Literal["ingest"] = "ingest"
-    engine: str
     interval: Interval
     days_without_landing: list[date]
     files: list[LandingFile]

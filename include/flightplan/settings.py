@@ -29,6 +29,9 @@ class Settings:
     spark_remote: str | None
     spark_server: str  # where the embedded stack's Spark Connect server listens
     ingest_engine: str
+    # Stages whose input holds at most this many rows run in this process on Arrow rather than on Spark, with the
+    # same outputs (0: always Spark).
+    local_engine_rows: int
     mlflow_tracking_uri: str
     mlflow_artifact_root: str | None  # None: the tracking server keeps the artifacts (it proxies them)
     mlflow_ui_url: str  # where people open the MLflow UI (links from the Models page)
@@ -73,6 +76,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         # "localhost", not 127.0.0.1: Spark's client sends a token without TLS only to that name.
         spark_server=env.get("FLIGHTPLAN_SPARK_SERVER", "sc://localhost:15002"),
         ingest_engine=env.get("FLIGHTPLAN_INGEST_ENGINE", "spark"),
+        local_engine_rows=int(env.get("FLIGHTPLAN_LOCAL_ENGINE_ROWS", "0")),
         mlflow_tracking_uri=tracking_uri,
         mlflow_artifact_root=env.get(
             "FLIGHTPLAN_MLFLOW_ARTIFACT_ROOT",

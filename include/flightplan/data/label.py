@@ -7,6 +7,9 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from flightplan.config import PipelineConfig
 from flightplan.data.profile import label_expression
 from flightplan.data.rewrite import REASON
@@ -54,12 +57,18 @@ def _text(label: Any) -> str:
     return str(int(label)) if isinstance(label, bool) else str(label)
 
 
+def unknown_label(config: PipelineConfig) -> str:
+    """The quarantine reason of a row whose label the rule (or the column) leaves unknown."""
+    label = config.label
+    source = f"rule '{label.rule}'" if label.rule else f"column '{label.column}'"
+    return f"label unknown: {source} is null"
+
+
 def label_frame(frame: DataFrame, config: PipelineConfig, truth: DataFrame | None = None) -> DataFrame:
     from pyspark.sql import functions as F
 
     label = config.label
-    source = f"rule '{label.rule}'" if label.rule else f"column '{label.column}'"
-    reason = f"label unknown: {source} is null"
+    reason = unknown_label(config)
     labeled = frame.withColumn(label.name, F.expr(label_expression(config)))
     if truth is not None and label.feedback != "ignore":
         labeled = labeled.join(F.broadcast(truth), on=config.source.key, how="left")
@@ -69,3 +78,32 @@ def label_frame(frame: DataFrame, config: PipelineConfig, truth: DataFrame | Non
         ).drop(TRUTH)
         reason += " and no ground truth was sent back"
     return labeled.withColumn(REASON, F.when(F.col(label.name).isNull(), F.lit(reason)).otherwise(None))
+
+
+def local_refusal(config: PipelineConfig, truth: list[dict[str, Any]]) -> str | None:
+    """Why the local engine cannot label the pipeline's rows as Spark does (None: it can): ground truth to join,
+    or a rule the local evaluator does not read as Spark does."""
+    from flightplan.data.rules import Unsupported, evaluate
+    from flightplan.spark import ARROW_TYPES
+
+    if truth:
+        return f"{len(truth)} label(s) sent back to join"
+    empty = pa.schema([(c.name, ARROW_TYPES[c.type]) for c in config.all_columns]).empty_table()
+    try:
+        evaluate(label_expression(config), empty)
+    except Unsupported as err:
+        return f"the label rule: {err}"
+    return None
+
+
+def label_table(table: pa.Table, config: PipelineConfig) -> pa.Table:
+    """``label_frame`` on an Arrow table, without ground truth (``local_refusal``): the label column set (or
+    replaced) by the rule, the rows it leaves unknown marked for quarantine."""
+    from flightplan.data.rules import evaluate
+
+    values = evaluate(label_expression(config), table)
+    name = config.label.name
+    place = table.schema.get_field_index(name)
+    labeled = table.set_column(place, name, values) if place >= 0 else table.append_column(name, values)
+    reasons = pc.if_else(pc.is_null(values), pa.scalar(unknown_label(config)), pa.scalar(None, pa.string()))
+    return labeled.append_column(REASON, reasons)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -142,20 +143,27 @@ def validate(job: StageInput) -> Path:
 def wrangle(job: StageInput) -> Path:
     import mlflow
 
-    from flightplan.data.rewrite import rewrite_days
-    from flightplan.data.wrangle import wrangle_frame
-    from flightplan.spark import get_spark
+    from flightplan.data.rewrite import LOCAL, engine_for, rewrite_days, rewrite_days_locally
+    from flightplan.data.wrangle import local_refusal, wrangle_frame, wrangle_table
 
     job, settings, config, layout = job.open()
     with stage_run(settings, config, job.context, data_experiment(config), "wrangle"):
         used: dict[str, Any] = {}
+        engine = engine_for(layout, "curated", job.days, local_refusal(config))
+        mlflow.set_tag("flightplan.engine", engine)
+        wrangled = wrangle_table if engine == LOCAL else wrangle_frame
 
         def mark(frame: Any) -> Any:
-            marked, values = wrangle_frame(frame, config)
+            marked, values = wrangled(frame, config)
             used.update(values)
             return marked
 
-        counts = rewrite_days(get_spark(settings), layout, "curated", "wrangled", job.days, job.key, mark)
+        if engine == LOCAL:
+            counts = rewrite_days_locally(layout, "curated", "wrangled", job.days, job.key, mark)
+        else:
+            from flightplan.spark import get_spark
+
+            counts = rewrite_days(get_spark(settings), layout, "curated", "wrangled", job.days, job.key, mark)
         manifest = WrangleManifest(**counts.model_dump(), imputed_with=used)
         path = manifest.write(layout.manifest("wrangle", job.key))
         _log_counts("wrangle", manifest)
@@ -166,29 +174,25 @@ def wrangle(job: StageInput) -> Path:
 def label(job: StageInput) -> Path:
     import mlflow
 
-    from flightplan.data.label import label_frame, truth_frame, usable_labels
-    from flightplan.data.rewrite import read_days, rewrite_days
+    from flightplan.data.label import label_table, local_refusal, usable_labels
+    from flightplan.data.rewrite import LOCAL, engine_for, rewrite_days_locally
     from flightplan.prediction_log import ground_truth, key_schema
-    from flightplan.spark import get_spark
 
     job, settings, config, layout = job.open()
     with stage_run(settings, config, job.context, data_experiment(config), "label"):
-        spark = get_spark(settings)
         truth_rows = (
             []
             if config.label.feedback == "ignore"
             else ground_truth(settings.predictions_db_url, config.name, key_schema(config))
         )
         truth_rows, set_aside = usable_labels(config.label.task, truth_rows)
-        wrangled = read_days(spark, layout, "wrangled", job.days)
-        truth = truth_frame(wrangled, config, truth_rows).cache() if truth_rows else None
-        counts = rewrite_days(
-            spark, layout, "wrangled", "labeled", job.days, job.key, lambda f: label_frame(f, config, truth)
-        )
-        matched = 0
-        if truth is not None:
-            matched = wrangled.join(truth, on=config.source.key, how="left_semi").count()
-            truth.unpersist()
+        engine = engine_for(layout, "wrangled", job.days, local_refusal(config, truth_rows))
+        mlflow.set_tag("flightplan.engine", engine)
+        if engine == LOCAL:
+            mark = partial(label_table, config=config)
+            counts, matched = rewrite_days_locally(layout, "wrangled", "labeled", job.days, job.key, mark), 0
+        else:
+            counts, matched = _label_on_spark(settings, layout, job, truth_rows)
         manifest = LabelManifest(
             **counts.model_dump(),
             ground_truth_matched=matched,
@@ -235,6 +239,28 @@ def split(job: StageInput) -> Path:
         mlflow.set_tag("flightplan.data_fingerprint", manifest.fingerprint)
         mlflow.log_artifact(str(path))
     return path
+
+
+def _label_on_spark(
+    settings: Settings, layout: Layout, job: StageInput, truth_rows: list[dict[str, Any]]
+) -> tuple[PartitionCounts, int]:
+    """The labeled days written by Spark, with the ground truth sent back joined; how many rows it matched."""
+    from flightplan.data.label import label_frame, truth_frame
+    from flightplan.data.rewrite import read_days, rewrite_days
+    from flightplan.spark import get_spark
+
+    config = layout.config
+    spark = get_spark(settings)
+    wrangled = read_days(spark, layout, "wrangled", job.days)
+    truth = truth_frame(wrangled, config, truth_rows).cache() if truth_rows else None
+    counts = rewrite_days(
+        spark, layout, "wrangled", "labeled", job.days, job.key, lambda f: label_frame(f, config, truth)
+    )
+    matched = 0
+    if truth is not None:
+        matched = wrangled.join(truth, on=config.source.key, how="left_semi").count()
+        truth.unpersist()
+    return counts, matched
 
 
 # The stages in the order data_engineering runs them, for a caller that runs the chain without Airflow.

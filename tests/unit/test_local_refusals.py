@@ -1,0 +1,51 @@
+"""What keeps a stage on Spark when its batch is small enough for the local engine: the parts of a pipeline the
+local engine does not do as Spark does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from flightplan.config import PipelineConfig, load_pipeline
+from flightplan.data import label, wrangle
+from flightplan.settings import PACKAGE_PIPELINES_DIR
+
+
+def flights(tmp_path: Path, change: Any) -> PipelineConfig:
+    """The demo pipeline with ``change`` applied to its YAML."""
+    pipeline = yaml.safe_load((PACKAGE_PIPELINES_DIR / "flights.yaml").read_text())
+    change(pipeline)
+    (tmp_path / "flights.yaml").write_text(yaml.safe_dump(pipeline))
+    return load_pipeline("flights", tmp_path)
+
+
+def test_the_demo_pipeline_runs_locally(tmp_path: Path) -> None:
+    config = flights(tmp_path, lambda _pipeline: None)
+    assert wrangle.local_refusal(config) is None and label.local_refusal(config, []) is None
+
+
+def test_a_double_in_the_key_or_a_median_of_a_timestamp_stays_on_spark(tmp_path: Path) -> None:
+    def double_key(pipeline: dict[str, Any]) -> None:
+        pipeline["source"]["key"] = ["flight", "distance"]
+
+    refusal = wrangle.local_refusal(flights(tmp_path, double_key))
+    assert refusal is not None and "['distance']" in refusal
+
+    def timestamp_mode(pipeline: dict[str, Any]) -> None:
+        pipeline["wrangle"]["impute"]["time_hour"] = {"strategy": "mode"}
+
+    refusal = wrangle.local_refusal(flights(tmp_path, timestamp_mode))
+    assert refusal is not None and "['time_hour']" in refusal
+
+
+def test_ground_truth_to_join_or_a_rule_beyond_the_evaluator_stays_on_spark(tmp_path: Path) -> None:
+    config = flights(tmp_path, lambda _pipeline: None)
+    refusal = label.local_refusal(config, [{"year": "2013", "label": 1}])
+    assert refusal == "1 label(s) sent back to join"
+
+    def function_rule(pipeline: dict[str, Any]) -> None:
+        pipeline["label"]["rule"] = "abs(arr_delay) > 15"
+
+    refusal = label.local_refusal(flights(tmp_path, function_rule), [])
+    assert refusal is not None and refusal.startswith("the label rule: function ABS")
