@@ -85,9 +85,11 @@ def test_the_serving_benchmark_runs(served_home: tuple[Path, str]) -> None:
     assert "| rows/request | connections | flightplan req/s |" in printed, printed[-2000:]
     assert "| dataframe_split | 1000 | 8 |" in printed, printed[-2000:]
     assert "| typed records, challenger in shadow | 1 | 8 |" in printed, printed[-2000:]
-    assert "| p99 ms, no shadow | p99 ms, challenger in shadow | added p99 ms | added by round |" in printed
+    columns = "| p99 ms, no shadow | p99 ms, challenger in shadow | added p99 ms by round |"
+    assert columns + " requests with shadow CPU > budget, by round | p99 within budget |" in printed
     cell = (
-        r"\| 1 \| 1 \| [\d.]+ \| [\d.]+ \| [-+][\d.]+ \| [-+][\d.]+ [-+][\d.]+ \| (yes|no|rounds disagree) \| \d+% \|"
+        r"\| 1 \| 1 \| [\d.]+ \| [\d.]+ \| [-+][\d.]+ [-+][\d.]+ \| [\d.]+% [\d.]+% "
+        r"\| (yes|no|rounds disagree) \| \d+% \|"
     )
     assert re.search(cell, printed), printed[-2000:]
 
