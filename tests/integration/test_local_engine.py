@@ -26,14 +26,6 @@ ANY_DAY = date(2030, 1, 1)
 LOCAL_ROWS = "1000000"
 
 
-@pytest.fixture
-def pipelines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spark) -> Path:  # type: ignore[no-untyped-def]
-    folder = tmp_path / "pipelines"
-    monkeypatch.setenv("FLIGHTPLAN_PIPELINES_DIR", str(folder))
-    monkeypatch.setenv("FLIGHTPLAN_INGEST_ENGINE", "local")
-    return folder
-
-
 def day_contents(root: Path, part: str, days: list[date]) -> dict[str, Any]:
     """Each day folder's files (how many), schema and rows (sorted: the engines write them in different orders)."""
     found: dict[str, Any] = {}

@@ -19,14 +19,6 @@ from flightplan.scaffold import draft
 ANY_DAY = date(2030, 1, 1)
 
 
-@pytest.fixture
-def pipelines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spark) -> Path:  # type: ignore[no-untyped-def]
-    folder = tmp_path / "pipelines"
-    monkeypatch.setenv("FLIGHTPLAN_PIPELINES_DIR", str(folder))
-    monkeypatch.setenv("FLIGHTPLAN_INGEST_ENGINE", "local")
-    return folder
-
-
 def run_stages(name: str, start: date, end: date) -> dict[str, dict]:
     job = data_stages.StageInput(name, start, end)
     found = {}
