@@ -53,7 +53,7 @@ import sqlalchemy as sa
 
 from flightplan.config import ColumnType, PipelineConfig
 from flightplan.features import input_columns
-from flightplan.slices import SHADOW_LONGEST_WAIT_SECONDS, ShadowClock, SliceSizer
+from flightplan.slices import SHADOW_LONGEST_WAIT_SECONDS, NoServedRequests, ServedRequests, ShadowClock, SliceSizer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -508,13 +508,13 @@ class PredictionLog:
         max_batch_rows: int = 50_000,
         shadow_slice_timer: Callable[[float], None] | None = None,
         shadow_clock: ShadowClock | None = None,
-        service_quiet: Callable[[], bool] | None = None,
+        served: ServedRequests | None = None,
     ) -> None:
         """``shadow_slice_timer`` is given the seconds of each slice of shadow answers committed while the log
         serves (those committed at its stop, all at once, are not timed); ``shadow_clock`` counts their CPU time.
-        ``service_quiet`` says whether the service has no request in flight: the slices are committed only then
-        (a request on its way to the log would wait for one), or once they are overdue; the service calls
-        ``wake_for_shadows`` as it goes quiet."""
+        ``served`` are the service's requests in flight: the slices are committed only while there are none (a
+        request on its way to the log would wait for one), or once they are overdue and none in flight has seen
+        shadow work yet; the service calls ``wake_for_shadows`` as it goes quiet."""
         self.engine = engine
         self.max_batch_rows = max_batch_rows
         columns = [column.name for column in predictions.columns]
@@ -540,7 +540,7 @@ class PredictionLog:
         self._shadow_sizer = SliceSizer()
         self._shadow_slice_timer = shadow_slice_timer or (lambda _seconds: None)
         self._shadow_clock = shadow_clock or ShadowClock()
-        self._service_quiet = service_quiet or (lambda: True)
+        self._served = served or NoServedRequests()
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
@@ -668,31 +668,41 @@ class PredictionLog:
 
     def _commit_shadows(self, everything: bool = False) -> None:
         """Commits the answers given in shadow a slice at a time, for as long as no served request waits, and one
-        slice anyway once they have waited ``SHADOW_LONGEST_WAIT_SECONDS``; all of them at once when the log stops
-        (no request can come any more). A failed commit drops those still waiting too: the database is likely
-        down, and an attempt per slice would only hold up the served answers."""
-        while self._may_commit_shadows(everything) and (rows := self._shadow_slice(everything)):
-            started = time.perf_counter()
-            try:
-                with self._shadow_clock.working():
+        slice anyway once they have waited ``SHADOW_LONGEST_WAIT_SECONDS`` and no request in flight has seen shadow
+        work; all of them at once when the log stops (no request can come any more). A failed commit drops those
+        still waiting too: the database is likely down, and an attempt per slice would only hold up the served
+        answers."""
+        while True:
+            with self._shadow_clock.working(partial(self._may_commit_shadows, everything)) as working:
+                started = time.perf_counter()
+                if not working or not (rows := self._shadow_slice(everything)):
+                    return
+                try:
                     self._insert_shadow_rows(rows)
-            except Exception as err:  # the served answers stand; these are missing from the live comparison
-                with self._closing:
-                    dropped, self._shadows, self._shadow_rows = self._shadow_rows, collections.deque(), 0
-                log.error("prediction log: %d answer(s) given in shadow not committed: %s", len(rows) + dropped, err)
-                self._disconnect()
-                return
-            finally:
-                self._last_commit = self._last_shadow_commit = time.monotonic()
+                except Exception as err:  # the served answers stand; these are missing from the live comparison
+                    self._drop_shadows(len(rows), err)
+                    return
+                finally:
+                    self._last_commit = self._last_shadow_commit = time.monotonic()
             took = time.perf_counter() - started
             self._shadow_sizer.measured(SHADOW_COMMITS, len(rows), took)
             if not everything:
                 self._shadow_slice_timer(took)
 
+    def _drop_shadows(self, failed: int, err: Exception) -> None:
+        with self._closing:
+            dropped, self._shadows, self._shadow_rows = self._shadow_rows, collections.deque(), 0
+        log.error("prediction log: %d answer(s) given in shadow not committed: %s", failed + dropped, err)
+        self._disconnect()
+
     def _may_commit_shadows(self, everything: bool) -> bool:
         """At the stop; while no served answer waits to be committed and no request is in flight; or once the
-        oldest have waited too long."""
-        return everything or (self._queue.empty() and self._service_quiet()) or self._shadows_overdue()
+        oldest have waited too long, if no request in flight has seen shadow work."""
+        if everything:
+            return True
+        if self._queue.empty() and self._served.quiet():
+            return True
+        return self._shadows_overdue() and self._served.untouched()
 
     def _shadows_overdue(self) -> bool:
         """Whether the oldest answers given in shadow have waited ``SHADOW_LONGEST_WAIT_SECONDS`` for a moment with no

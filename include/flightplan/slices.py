@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
 # The share of its budget a slice is sized to take: a served request that arrives during a slice also waits for
 # the interpreter's lock to pass back and for the slice's result to be handed on, and at 8 connections slices of
@@ -40,15 +41,39 @@ class SliceSizer:
         self._seconds_per_row[key] = took if last is None else (last + took) / 2
 
 
+class ServedRequests(Protocol):
+    """The requests a service is answering, as shadow work asks about them (``serving.traffic.InFlight``)."""
+
+    def quiet(self) -> bool:
+        """Whether none is in flight."""
+        ...
+
+    def untouched(self) -> bool:
+        """Whether none in flight has shared its time with shadow work yet."""
+        ...
+
+
+class NoServedRequests:
+    """A log with no service in front: it is always quiet."""
+
+    def quiet(self) -> bool:
+        return True
+
+    def untouched(self) -> bool:
+        return True
+
+
 class ShadowClock:
     """The CPU time shadow work has taken (slices answered, slices committed, each on its thread), counted as it
     goes: what it advanced by over a served request's lifetime is the most the shadow could have taken from that
-    request, which ``deployment.shadow_budget_ms`` caps. Thread-safe: the shadow's runner and the log's writer
+    request, which ``deployment.shadow_budget_ms`` caps. Slices run one at a time, so that a request arriving
+    meanwhile shares its time with one of them at most. Thread-safe: the shadow's runner and the log's writer
     work, and the served requests read, on threads of their own."""
 
     def __init__(self, cpu_seconds: Callable[[int], float] | None = None) -> None:
         self._cpu_seconds = cpu_seconds or thread_cpu_seconds
         self._lock = threading.Lock()
+        self._one_slice = threading.Lock()
         self._spent = 0.0  # by the slices that have ended
         self._running: dict[int, float] = {}  # by thread: its CPU time when its slice began
 
@@ -58,16 +83,22 @@ class ShadowClock:
             return self._spent + running
 
     @contextmanager
-    def working(self) -> Iterator[None]:
-        """A slice of shadow work on this thread."""
-        thread = threading.get_ident()
-        with self._lock:
-            self._running[thread] = self._cpu_seconds(thread)
-        try:
-            yield
-        finally:
+    def working(self, room: Callable[[], bool] = lambda: True) -> Iterator[bool]:
+        """A slice of shadow work on this thread, once no other slice runs, if ``room()`` holds then (asked after
+        the wait, which another slice may have filled): yields whether it does, the caller skipping the work when
+        it does not."""
+        with self._one_slice:
+            if not room():
+                yield False
+                return
+            thread = threading.get_ident()
             with self._lock:
-                self._spent += self._cpu_seconds(thread) - self._running.pop(thread)
+                self._running[thread] = self._cpu_seconds(thread)
+            try:
+                yield True
+            finally:
+                with self._lock:
+                    self._spent += self._cpu_seconds(thread) - self._running.pop(thread)
 
 
 def thread_cpu_seconds(thread: int) -> float:

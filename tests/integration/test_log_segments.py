@@ -9,7 +9,7 @@ import dataclasses
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -302,6 +302,14 @@ def test_a_log_whose_segments_predate_requests_as_columns_gets_their_columns(url
     assert indexes >= {index.name for index in segments.indexes}
 
 
+@dataclasses.dataclass(frozen=True)
+class Served:
+    """A service's requests in flight, as a test says they are."""
+
+    quiet: Callable[[], bool]
+    untouched: Callable[[], bool] = lambda: True
+
+
 def in_shadow(version: str, ids: list[str]) -> AnsweredRequest:
     """What ``version`` answered in shadow to the served rows ``ids``: 7, with probability 0.7."""
     return AnsweredRequest("", PIPELINE, version, ids, [], ["7"] * len(ids), [0.7] * len(ids))
@@ -481,7 +489,7 @@ def test_answers_given_in_shadow_wait_for_the_service_to_be_quiet(url: str, monk
     monkeypatch.setattr(prediction_log, "SHADOW_LONGEST_WAIT_SECONDS", 60.0)
     engine = create_store_engine(url)
     quiet = threading.Event()
-    log = PredictionLog(engine, lambda _pipeline: SCHEMA, service_quiet=quiet.is_set)
+    log = PredictionLog(engine, lambda _pipeline: SCHEMA, served=Served(quiet.is_set))
 
     def shadowed() -> int:
         with engine.connect() as connection:
@@ -495,6 +503,37 @@ def test_answers_given_in_shadow_wait_for_the_service_to_be_quiet(url: str, monk
     deadline = time.monotonic() + 30
     while shadowed() < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert shadowed() == 2
+    log.close()
+    engine.dispose()
+
+
+def test_overdue_answers_given_in_shadow_wait_for_no_request_in_flight_to_have_seen_shadow_work(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service never quiet, whose requests in flight have shared their time with shadow work: overdue answers
+    given in shadow wait (each request sees one slice at most) until those requests have left; served commits
+    are not held up meanwhile."""
+    monkeypatch.setattr(prediction_log, "SHADOW_LONGEST_WAIT_SECONDS", 0.05)
+    engine = create_store_engine(url)
+    untouched = threading.Event()
+    log = PredictionLog(engine, lambda _pipeline: SCHEMA, served=Served(lambda: False, untouched.is_set))
+
+    def shadowed() -> int:
+        with engine.connect() as connection:
+            return int(connection.execute(sa.select(sa.func.count()).select_from(shadow_answers)).scalar_one())
+
+    assert log.submit_shadow(in_shadow("2", ["q0-0", "q0-1"]), budget_seconds=60)
+    for request in range(10):  # served rows keep the writer looking, long after the shadow's are overdue
+        log.submit(answered(request, 1, SCHEMA.names)).result(timeout=30)
+        time.sleep(0.05)
+    assert shadowed() == 0
+    untouched.set()  # the requests that saw the last slice have left
+    request, deadline = 10, time.monotonic() + 30
+    while shadowed() < 2 and time.monotonic() < deadline:
+        log.submit(answered(request, 1, SCHEMA.names)).result(timeout=30)
+        request += 1
+        time.sleep(0.05)
     assert shadowed() == 2
     log.close()
     engine.dispose()

@@ -28,36 +28,45 @@ def test_one_slow_slice_halves_the_next_only() -> None:
 
 
 def test_the_shadow_clock_counts_the_cpu_time_of_shadow_work_as_it_goes() -> None:
-    """Each thread's slice counts its thread's CPU time while it runs (an answer's and a commit's may overlap);
-    between slices nothing counts."""
+    """Each slice counts its thread's CPU time while it runs; between slices nothing counts. Slices run one at a
+    time: another thread's waits for the first to end, then asks again whether there is room for it."""
     cpu: dict[int, float] = {}
     clock = ShadowClock(cpu_seconds=lambda thread: cpu[thread])
     me = threading.get_ident()
     cpu[me] = 10.0
-    with clock.working():
+    asked, began = threading.Event(), threading.Event()
+
+    def room() -> bool:
+        asked.set()
+        return True
+
+    def other_slice() -> None:
+        cpu[threading.get_ident()] = 4.0
+        with clock.working(room) as working:
+            assert working
+            cpu[threading.get_ident()] = 4.5
+            began.set()
+
+    with clock.working() as working:
+        assert working
         cpu[me] = 11.0
         assert clock.now() == 1.0  # read by a request while the slice runs
-        began, end = threading.Event(), threading.Event()
-
-        def other_slice() -> None:
-            cpu[threading.get_ident()] = 4.0
-            with clock.working():
-                cpu[threading.get_ident()] = 4.5
-                began.set()
-                end.wait(10)
-
         worker = threading.Thread(target=other_slice)
         worker.start()
-        assert began.wait(10)
-        assert clock.now() == 1.5
-        end.set()
-        worker.join()
+        assert not asked.wait(0.2)  # waits for this slice to end before asking
+    assert began.wait(10)
+    worker.join()
+    assert clock.now() == 1.5
     cpu[me] = 20.0  # CPU spent outside any slice
     assert clock.now() == 1.5
     with pytest.raises(RuntimeError), clock.working():
         cpu[me] = 21.0
         raise RuntimeError("a failed slice")
     assert clock.now() == 2.5  # counted too
+    with clock.working(lambda: False) as working:
+        assert not working  # no room: the caller skips its work, and nothing counts
+        cpu[me] = 30.0
+    assert clock.now() == 2.5
 
 
 def test_a_threads_cpu_time_is_read_from_another_thread() -> None:

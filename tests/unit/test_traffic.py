@@ -285,9 +285,8 @@ def test_the_shadow_answers_only_while_no_request_is_served_in_slices_of_its_bud
     """A request arriving while the shadow answers waits for one slice at most: the first slice is one row, the
     next ones as many rows as the version answered in half the budget so far."""
     _, config = serving(tmp_path)
-    log, in_flight, slices = HeldLog(), InFlight(), []
-
     clock = ShadowClock()
+    log, in_flight, slices = HeldLog(), InFlight(clock), []
 
     def counted(version: str) -> ServedModel:
         double = model_double(config, version)
@@ -303,7 +302,7 @@ def test_the_shadow_answers_only_while_no_request_is_served_in_slices_of_its_bud
         return dataclasses.replace(double, scores=scores)
 
     record = validated(config, full_record(config))
-    runner = ShadowRunner(log, ServiceMetrics(), in_flight, cpu_idle=always_idle, clock=clock)
+    runner = ShadowRunner(log, ServiceMetrics(), in_flight, cpu_idle=always_idle)
     ids = [f"r{n}" for n in range(300)]
     with in_flight.serving():
         runner.submit(ShadowJob("flights", counted("2"), ids, [record] * 300, budget_seconds=1e-9))
@@ -425,3 +424,65 @@ def test_a_shadow_never_given_quiet_waits_at_most_its_longest_wait() -> None:
         started = time.monotonic()
         in_flight.wait_until_quiet(stop, longest=60)  # the service stopping: no wait
         assert time.monotonic() - started < 1
+
+
+def test_a_request_in_flight_is_touched_once_shadow_work_has_run_since_it_came() -> None:
+    """Shadow work taken during a request is what it may have cost it; the shadow waits for the requests that saw
+    a slice to leave, not for those that came after it."""
+    cpu = {threading.get_ident(): 0.0}
+    clock = ShadowClock(cpu_seconds=lambda thread: cpu[thread])
+    in_flight, stop, waited = InFlight(clock), threading.Event(), threading.Event()
+    assert in_flight.untouched()  # quiet
+    first = in_flight.serving()
+    first_taken = first.__enter__()
+    assert in_flight.untouched()
+    with clock.working():
+        cpu[threading.get_ident()] = 0.001
+    assert not in_flight.untouched() and first_taken() == 0.001
+
+    def wait() -> None:
+        in_flight.wait_until_untouched(stop)
+        waited.set()
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    second = in_flight.serving()
+    second_taken = second.__enter__()
+    assert not waited.wait(0.3)  # the first request saw the slice
+    first.__exit__(None, None, None)
+    assert waited.wait(5)  # only the second is left, which has not
+    assert in_flight.untouched() and second_taken() == 0.0 and not in_flight.quiet()
+    second.__exit__(None, None, None)
+    waiter.join()
+
+
+def test_a_shadow_never_given_quiet_answers_one_slice_per_request_at_most(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests overlapping one another, so that the service is never quiet: after its longest wait the shadow
+    answers a slice, then waits for the requests that saw it to leave, however long they last."""
+    monkeypatch.setattr(traffic, "SHADOW_LONGEST_WAIT_SECONDS", 0.05)
+    _, config = serving(tmp_path)
+    in_flight, log, slices = InFlight(), HeldLog(), []
+    double = model_double(config, "2")
+
+    def scores(matrix: Any) -> Any:
+        slices.append(len(matrix))
+        return double.scores(matrix)
+
+    record = validated(config, full_record(config))
+    runner = ShadowRunner(log, ServiceMetrics(), in_flight, cpu_idle=always_idle)
+    first = in_flight.serving()
+    first.__enter__()
+    ids = [f"r{n}" for n in range(5)]
+    runner.submit(ShadowJob("flights", dataclasses.replace(double, scores=scores), ids, [record] * 5, 1e-9))
+    time.sleep(0.5)
+    assert slices == [1]  # one slice, after the longest wait; the first request saw it
+    second = in_flight.serving()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    time.sleep(0.5)
+    assert slices == [1, 1]  # the second request had seen none: one more, which it saw
+    second.__exit__(None, None, None)  # quiet
+    runner.close()
+    assert slices == [1] * 5

@@ -341,8 +341,9 @@ class Service:
         self.engine = create_store_engine(settings.predictions_db_url)
         self.log: PredictionLog | None = None
         self.shadows: ShadowRunner | None = None
-        self.in_flight = InFlight()  # the requests being answered: the shadow waits until there are none
-        self.shadow_clock = ShadowClock()  # the shadow's CPU time: what it may take from the requests it overlaps
+        # The requests being answered, and the shadow's CPU time (what it may take from those it overlaps): the
+        # shadow waits until there are none.
+        self.in_flight = InFlight(ShadowClock())
         self.single_records: TurnBatcher[RouteKey, tuple[dict[str, Any], Route], tuple[str, str, dict[str, Any]]] = (
             TurnBatcher(self.answer_together, max_items=MAX_GATHERED_RECORDS)
         )
@@ -355,11 +356,11 @@ class Service:
             self.engine,
             self.record_schema,
             shadow_slice_timer=committed,
-            shadow_clock=self.shadow_clock,
-            service_quiet=self.in_flight.quiet,
+            shadow_clock=self.in_flight.clock,
+            served=self.in_flight,
         )
         self.in_flight.on_quiet = self.log.wake_for_shadows
-        self.shadows = ShadowRunner(self.log, self.metrics, self.in_flight, clock=self.shadow_clock)
+        self.shadows = ShadowRunner(self.log, self.metrics, self.in_flight)
         self.reload_all(retry_refused=True)
         self._poller = threading.Thread(target=self._poll, name="alias-poller", daemon=True)
         self._poller.start()
@@ -642,11 +643,10 @@ class RequestMetrics:
     ``BaseHTTPMiddleware`` (``@app.middleware("http")``) runs the app in a task of its own and streams the
     response through a queue, on every request."""
 
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, in_flight: InFlight, shadow_clock: ShadowClock) -> None:
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, in_flight: InFlight) -> None:
         self.app = app
         self.metrics = metrics
         self.in_flight = in_flight
-        self.shadow_clock = shadow_clock
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -676,12 +676,11 @@ class RequestMetrics:
         if not api:  # a probe, a scrape of the metrics
             yield
             return
-        shadow_started = self.shadow_clock.now()
-        with self.in_flight.serving():
+        with self.in_flight.serving() as shadow_taken:
             try:
                 yield
             finally:
-                self.metrics.request_shadow_cpu_seconds.observe(self.shadow_clock.now() - shadow_started)
+                self.metrics.request_shadow_cpu_seconds.observe(shadow_taken())
 
 
 class BodyLimit:
@@ -745,9 +744,7 @@ def create_app(settings: Settings, options: ServiceOptions, models: ModelSources
     )
     patch_fastapi(app, redirect_from_root_to_docs=False)  # Swagger UI served from this process, at /docs
 
-    app.add_middleware(
-        RequestMetrics, metrics=service.metrics, in_flight=service.in_flight, shadow_clock=service.shadow_clock
-    )
+    app.add_middleware(RequestMetrics, metrics=service.metrics, in_flight=service.in_flight)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     app.exception_handler(RequestValidationError)(refuse_invalid)
     add_service_routes(app, service, auth["admin"])

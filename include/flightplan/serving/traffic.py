@@ -172,37 +172,56 @@ class ShadowLog(Protocol):
 
 
 class InFlight:
-    """Counts the served requests being answered, so that the shadow can wait until there are none."""
+    """The served requests being answered, and the shadow's CPU time (``clock``) when each came: the shadow waits
+    until there are none, or at least none that has shared its time with shadow work yet."""
 
-    def __init__(self) -> None:
-        self._count = 0
-        self._quiet = threading.Condition()
+    def __init__(self, clock: ShadowClock | None = None) -> None:
+        self.clock = clock or ShadowClock()
+        self._came: dict[object, float] = {}  # by request: the clock when it came
+        self._changed = threading.Condition()  # notified as each request leaves
         self.on_quiet: Callable[[], None] = lambda: None  # called as the last request in flight leaves
 
     @contextmanager
-    def serving(self) -> Iterator[None]:
-        with self._quiet:
-            self._count += 1
+    def serving(self) -> Iterator[Callable[[], float]]:
+        """A request in flight; yields what gives the CPU time shadow work has taken since it came."""
+        request, came = object(), self.clock.now()
+        with self._changed:
+            self._came[request] = came
         try:
-            yield
+            yield lambda: self.clock.now() - came
         finally:
-            with self._quiet:
-                self._count -= 1
-                quiet = not self._count
-                if quiet:
-                    self._quiet.notify_all()
+            with self._changed:
+                del self._came[request]
+                quiet = not self._came
+                self._changed.notify_all()
             if quiet:
                 self.on_quiet()
 
     def quiet(self) -> bool:
-        return not self._count
+        return not self._came
+
+    def untouched(self) -> bool:
+        """Whether no request in flight has shared its time with shadow work yet (true when quiet): one more slice
+        then overlaps each of them once at most, however long they last."""
+        with self._changed:
+            earliest = min(self._came.values(), default=None)
+        return earliest is None or self.clock.now() == earliest
 
     def wait_until_quiet(self, stop: threading.Event, longest: float = SHADOW_LONGEST_WAIT_SECONDS) -> None:
         """Returns once no request is in flight, when ``stop`` is set, or after ``longest`` seconds anyway."""
+        self._wait_for(self.quiet, stop, longest)
+
+    def wait_until_untouched(self, stop: threading.Event) -> None:
+        """Returns once no request in flight has shared its time with shadow work (``untouched``), or when ``stop``
+        is set: after the requests that saw the last slice have left."""
+        self._wait_for(self.untouched, stop, math.inf)
+
+    def _wait_for(self, condition: Callable[[], bool], stop: threading.Event, longest: float) -> None:
         deadline = time.monotonic() + longest
-        with self._quiet:
-            while self._count and not stop.is_set() and (left := deadline - time.monotonic()) > 0:
-                self._quiet.wait(min(left, QUIET_POLL_SECONDS))  # woken when quiet; the timeout looks at ``stop``
+        with self._changed:
+            while not condition() and not stop.is_set() and (left := deadline - time.monotonic()) > 0:
+                # Woken as a request leaves; the timeout looks at ``stop``.
+                self._changed.wait(min(left, QUIET_POLL_SECONDS))
 
 
 class CpuIdle:
@@ -285,9 +304,10 @@ class ShadowRunner:
 
     A served request must not wait for the shadow longer than its pipeline's budget: the runner answers only
     while no served request is in flight and the CPUs have idle time (``cpu_idle``, by default ``CpuIdle``), or
-    after waiting a second for both, in slices sized to take half the budget of its thread's CPU time
-    (``flightplan.slices``), each handed to the log as it is answered, which commits them in slices of half the
-    budget too. A request that arrives meanwhile waits one slice at most. A busy service thus shadows fewer
+    after waiting a second for both, once no request in flight has seen shadow work; in slices sized to take half
+    the budget of its thread's CPU time (``flightplan.slices``), each handed to the log as it is answered, which
+    commits them in slices of half the budget too. Slices run one at a time: a request shares its time with one
+    of them at most. A busy service thus shadows fewer
     requests: one whose rows would put more than ``max_backlog_rows`` in waiting (to be answered, or committed)
     is not shadowed (``flightplan_shadow_rows_total{outcome="skipped"}``)."""
 
@@ -298,10 +318,9 @@ class ShadowRunner:
         in_flight: InFlight,
         max_backlog_rows: int = SHADOW_BACKLOG_ROWS,
         cpu_idle: Callable[[], float] | None = None,
-        clock: ShadowClock | None = None,
     ) -> None:
         self._log, self._metrics, self._in_flight = log, metrics, in_flight
-        self._clock = clock or ShadowClock()  # runs while a slice is answered
+        self._clock = in_flight.clock  # runs while a slice is answered
         self._cpu_idle = cpu_idle or CpuIdle().share
         self._max_backlog_rows = max_backlog_rows
         self._backlog = 0  # rows waiting to be answered
@@ -362,7 +381,9 @@ class ShadowRunner:
                 self._wait_for_room()
                 rows = self._sizer.rows((job.pipeline, job.model.version), job.budget_seconds)
                 rows = min(rows, len(job.ids) - done, SHADOW_MAX_SLICE_ROWS)
-                with self._clock.working():
+                with self._clock.working(self._has_room) as working:
+                    if not working:
+                        continue
                     self._answer_slice(job, done, rows)
                 done += rows
                 with self._lock:
@@ -376,13 +397,21 @@ class ShadowRunner:
 
     def _wait_for_room(self) -> None:
         """Returns once no request is in flight and the CPUs have idle time, when the service stops, or after
-        ``SHADOW_LONGEST_WAIT_SECONDS`` anyway."""
+        ``SHADOW_LONGEST_WAIT_SECONDS`` once no request in flight has seen shadow work: a service never quiet then
+        gets a slice as the requests that saw the last one have left, each request sharing its time with one slice
+        at most, however long it lasts."""
         deadline = time.monotonic() + SHADOW_LONGEST_WAIT_SECONDS
         while (left := deadline - time.monotonic()) > 0 and not self._closing.is_set():
             self._in_flight.wait_until_quiet(self._closing, longest=left)
-            if self._cpu_idle() >= SHADOW_MIN_IDLE_SHARE:
+            if self._in_flight.quiet() and self._cpu_idle() >= SHADOW_MIN_IDLE_SHARE:
                 return
             self._closing.wait(min(left, IDLE_SAMPLE_SECONDS))
+        self._in_flight.wait_until_untouched(self._closing)
+
+    def _has_room(self) -> bool:
+        """Whether a slice may begin now that no other runs: at the stop, or while no request in flight has seen
+        shadow work."""
+        return self._closing.is_set() or self._in_flight.untouched()
 
     def _answer_slice(self, job: ShadowJob, start: int, rows: int) -> None:
         """Answers ``rows`` of the job's records from ``start`` and hands them to the log; a record the shadow's
