@@ -1,5 +1,6 @@
 """data_engineering end to end through a live Airflow: its tasks on the stack's long-lived Spark Connect server,
-against each task starting a Spark of its own (``FLIGHTPLAN_SPARK_REMOTE=none``), measured in the same run.
+against each task starting a Spark of its own (``FLIGHTPLAN_SPARK_REMOTE=none``), and against Connect with the
+local engine for batches of up to a million rows (``FLIGHTPLAN_LOCAL_ENGINE_ROWS``), measured in the same run.
 
 Two pipelines, in a home of their own per engine: a snapshot table drafted by ``flightplan init`` (the first
 ``--snapshot-rows`` rows of ggplot2's diamonds) and the demo's flights pipeline with ``FLIGHTPLAN_BENCH_DAYS``
@@ -17,6 +18,7 @@ way. Run with ``make bench``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import socket
@@ -32,7 +34,13 @@ REPO = Path(__file__).resolve().parents[1]
 SNAPSHOT, FLIGHTS, WIDE = "snapshot", "flights", "loans"
 START = date(2013, 1, 1)
 END = START + timedelta(days=int(os.environ.get("FLIGHTPLAN_BENCH_DAYS", "181")))
-ENGINES = {"Spark Connect": None, "a Spark per task": "none"}  # engine -> FLIGHTPLAN_SPARK_REMOTE
+CONNECT, PER_TASK, LOCAL = "Spark Connect", "a Spark per task", "Connect + local engine"
+# Each engine's settings, and the folder of its home.
+ENGINES = {
+    CONNECT: ({}, "connect"),
+    PER_TASK: ({"FLIGHTPLAN_SPARK_REMOTE": "none"}, "per-task"),
+    LOCAL: ({"FLIGHTPLAN_LOCAL_ENGINE_ROWS": "1000000"}, "local"),
+}
 
 
 def free_port() -> int:
@@ -41,10 +49,10 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def engine_environment(home: Path, remote: str | None) -> dict[str, str]:
+def engine_environment(home: Path, settings: dict[str, str]) -> dict[str, str]:
     """The whole environment of one engine's stack: the caller's without its own flightplan, MLflow and Airflow
     settings (a shell's ``FLIGHTPLAN_SPARK_REMOTE`` would measure another engine), then the engine's home, its
-    own ports, and only the runs triggered here."""
+    own ports, only the runs triggered here, and the engine's ``settings``."""
     caller = {
         key: value for key, value in os.environ.items() if not key.startswith(("FLIGHTPLAN_", "MLFLOW_", "AIRFLOW"))
     }
@@ -57,7 +65,7 @@ def engine_environment(home: Path, remote: str | None) -> dict[str, str]:
         "FLIGHTPLAN_SPARK_SERVER": f"sc://localhost:{free_port()}",
         "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
     }
-    return env if remote is None else {**env, "FLIGHTPLAN_SPARK_REMOTE": remote}
+    return {**env, **settings}
 
 
 def snapshot_file(base: Path, rows: int) -> Path:
@@ -193,37 +201,48 @@ def measure(args: argparse.Namespace) -> dict[str, dict[str, dict[str, Any]]]:
     snapshot = snapshot_file(args.home, args.snapshot_rows)
     wide = wide_file(args.home, args.wide_rows, args.categories)
     measured: dict[str, dict[str, dict[str, Any]]] = {}
-    for engine, remote in ENGINES.items():
-        home = args.home / ("connect" if remote is None else "per-task")
+    for engine, (settings, folder) in ENGINES.items():
+        home = args.home / folder
         shutil.rmtree(home, ignore_errors=True)
-        env = engine_environment(home, remote)
+        env = engine_environment(home, settings)
         prepare_home(env, snapshot, wide, args.trials)
         with running_stack(env) as api:
             measured[engine] = {
                 SNAPSHOT: timed_run(api, SNAPSHOT, {}),
                 FLIGHTS: timed_run(api, FLIGHTS, {"start": str(START), "end": str(END)}),
             }
-            if remote is None:
+            if engine == CONNECT:
                 measured[engine][WIDE] = chained_runs(api, WIDE)
+        if engine == LOCAL:
+            require_local_rewrites(home)
         print(f"{engine}: {measured[engine]}", flush=True)
     return measured
 
 
+def require_local_rewrites(home: Path) -> None:
+    """Fails unless every wrangle and label manifest of the home says the local engine wrote its rows: a batch the
+    engine refused would be timed on Spark under its name."""
+    manifests = [path for stage in ("wrangle", "label") for path in home.glob(f"**/manifests/*/{stage}/*.json")]
+    on_spark = [str(path) for path in manifests if json.loads(path.read_text()).get("engine") != "local"]
+    if not manifests or on_spark:
+        raise RuntimeError(f"not written by the local engine: {on_spark or 'no wrangle or label manifest'}")
+
+
 def report(measured: dict[str, dict[str, dict[str, Any]]], args: argparse.Namespace) -> None:
-    connect, per_task = (measured[engine] for engine in ENGINES)
+    connect = measured[CONNECT]
     titles = {
         SNAPSHOT: f"snapshot, {args.snapshot_rows:,} rows",
         FLIGHTS: f"flights, {(END - START).days} days of drops",
     }
     print("\n## data_engineering through a live Airflow, seconds\n")
-    print(f"| pipeline | step | {' | '.join(ENGINES)} | a Spark per task / Connect |")
-    print("|---|---|---:|---:|---:|")
+    print(f"| pipeline | step | {' | '.join(ENGINES)} | {PER_TASK} / Connect | local engine / Connect |")
+    print(f"|---|---|{'---:|' * (len(ENGINES) + 2)}")
     for pipeline, title in titles.items():
         for step in connect[pipeline]:
-            on_connect, on_own = connect[pipeline].get(step, 0.0), per_task[pipeline].get(step, 0.0)
-            ratio = f"{on_own / on_connect:.1f}x" if on_connect else "-"
+            seconds = [measured[engine][pipeline].get(step, 0.0) for engine in ENGINES]
+            ratios = [f"{each / seconds[0]:.1f}x" if seconds[0] else "-" for each in seconds[1:]]
             name = "**whole run**" if step == "run" else step
-            print(f"| {title} | {name} | {on_connect:.1f} | {on_own:.1f} | {ratio} |")
+            print(f"| {title} | {name} | {' | '.join(f'{each:.1f}' for each in seconds)} | {' | '.join(ratios)} |")
     from package_bench import CLASSES, NUMERIC_COLUMNS
 
     title = (

@@ -59,9 +59,21 @@ def difference(local: Any, spark: Any, where: str = "") -> str | None:
     return None if local == spark else f"{where}: {local!r} locally, {spark!r} on Spark"
 
 
+def split_contents(manifest: Path) -> dict[str, Any]:
+    """The split's manifest, and each side's schema and rows (sorted; Spark may write a side in several files)."""
+    sides: dict[str, Any] = {}
+    for side, folder in json.loads(manifest.read_text())["paths"].items():
+        files = sorted(Path(folder).glob("*.parquet"))
+        tables = [pq.read_table(file) for file in files]
+        schemas = {table.schema.to_string(show_field_metadata=False, show_schema_metadata=False) for table in tables}
+        rows = sorted((row for table in tables for row in table.to_pylist()), key=repr)
+        sides[side] = {"schemas": sorted(schemas), "rows": rows}
+    return {"manifest": json.loads(manifest.read_text()), "sides": sides}
+
+
 def by_each_engine(monkeypatch: pytest.MonkeyPatch, job: data_stages.StageInput) -> tuple[dict, dict]:
     """Each stage's manifest and outputs with the stages run on Spark, then in this process, over the same
-    curated rows."""
+    curated rows; the split of the labeled rows, too."""
     outcomes = []
     for limit in ("0", LOCAL_ROWS):
         monkeypatch.setenv("FLIGHTPLAN_LOCAL_ENGINE_ROWS", limit)
@@ -76,6 +88,7 @@ def by_each_engine(monkeypatch: pytest.MonkeyPatch, job: data_stages.StageInput)
                 "rows": day_contents(layout.dataset(target), part, opened.days),
                 "quarantine": day_contents(layout.quarantine(target), part, opened.days),
             }
+        outcome["split"] = split_contents(data_stages.split(job))
         outcomes.append(outcome)
     spark, local = outcomes
     for target in ("wrangled", "labeled"):
@@ -264,3 +277,68 @@ def test_key_values_are_written_as_sparks_cast_to_string_writes_them(spark) -> N
     for literal in ("DATE '2024-03-01'", "true", "false", "7", str(-(2**40)), "'a b'", "CAST(NULL AS INT)"):
         expected.append(spark.sql(f"SELECT coalesce(CAST({literal} AS STRING), 'null')").first()[0])
     assert [spark_text(value) for value in values] == expected
+
+
+def test_rows_are_hashed_as_sparks_xxhash64_hashes_them(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Every column type a pipeline may have, nulls, NaN, -0.0 and strings of every length XXH64 treats apart
+    (under 4, 8 and 32 bytes, and multi-byte characters) included; alone, chained, and after a literal seed."""
+    import pyarrow as pa
+    from flightplan.data.spark_hash import xxhash64
+    from pyspark.sql import functions as F
+
+    draw = random.Random(5)
+    rows = 200
+
+    def drawn(kind: pa.DataType, *fixed: Any, drawn: Any = lambda: None) -> pa.Array:
+        """``rows`` values of ``kind``: one of ``fixed`` or one ``drawn``, a null now and then."""
+        return pa.array([draw.choice([None, *fixed, drawn()]) for _ in range(rows)], kind)
+
+    start = datetime(2013, 1, 1, tzinfo=UTC)
+    table = pa.table(
+        {
+            "s": drawn(
+                pa.string(), "", "a", "abc", "abcd", "héllo wörld", "ü" * 20, drawn=lambda: "x" * draw.randint(0, 70)
+            ),
+            "i": drawn(pa.int32(), 0, -1, 2**31 - 1, -(2**31), drawn=lambda: draw.randint(-99, 99)),
+            "l": drawn(pa.int64(), 2**63 - 1, -(2**63), drawn=lambda: draw.randint(-(10**15), 10**15)),
+            "x": drawn(pa.float64(), math.nan, -0.0, 0.0, math.inf, drawn=lambda: draw.uniform(-1e9, 1e9)),
+            "f": drawn(pa.float32(), math.nan, -0.0, 1.5, drawn=lambda: draw.uniform(-99, 99)),
+            "flag": drawn(pa.bool_(), True, False),
+            "d": drawn(pa.date32(), drawn=lambda: date(2013, 1, 1) + timedelta(days=draw.randint(-9999, 9999))),
+            "at": drawn(
+                pa.timestamp("us", tz="UTC"), drawn=lambda: start + timedelta(microseconds=draw.randint(0, 10**15))
+            ),
+        }
+    )
+    pq.write_table(table, tmp_path / "rows.parquet")
+    frame = spark.read.parquet(str(tmp_path / "rows.parquet"))
+    local = pq.read_table(tmp_path / "rows.parquet")
+    for names in [[name] for name in table.column_names] + [table.column_names]:
+        for seed in ([], [7]):
+            expected = frame.select(F.xxhash64(*[F.lit(each) for each in seed], *names)).toPandas().iloc[:, 0]
+            found = xxhash64([*seed, *[local.column(name) for name in names]], rows)
+            assert found.tolist() == expected.tolist(), (names, seed)
+
+
+def test_time_cuts_and_ranks_are_sparks(spark) -> None:  # type: ignore[no-untyped-def]
+    """The time split's cuts are Spark's exact quantiles, and the stratified split's ranks its ``percent_rank``,
+    for sizes and fractions where a rank off by one would show, ties and a label of one row included."""
+    import numpy as np
+    import pyarrow as pa
+    from flightplan.data.split import exact_quantile, percent_ranks
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    for size in (1, 2, 3, 7, 10, 101):
+        values = [float(each) for each in range(size)]
+        frame = spark.createDataFrame([(each,) for each in values], "t double")
+        quantiles = [0.0, 0.15, 0.5, 0.7, 0.85, 0.999, 1.0]
+        assert [exact_quantile(np.array(values), q) for q in quantiles] == frame.approxQuantile("t", quantiles, 0.0)
+    draw = random.Random(9)
+    rows = [(draw.choice(["a", "b", None]), draw.randint(0, 30)) for _ in range(120)] + [("alone", 3)]
+    frame = spark.createDataFrame(rows, "label string, o long")
+    ranked = frame.withColumn("r", F.percent_rank().over(Window.partitionBy("label").orderBy("o"))).collect()
+    local = percent_ranks(
+        pa.chunked_array([pa.array([row["label"] for row in ranked])]), np.array([row["o"] for row in ranked])
+    )
+    assert local.tolist() == [row["r"] for row in ranked]

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 from flightplan.config import PipelineConfig, load_pipeline
-from flightplan.data import label, wrangle
+from flightplan.data import label, split, wrangle
 from flightplan.settings import PACKAGE_PIPELINES_DIR
 
 
@@ -23,6 +23,18 @@ def flights(tmp_path: Path, change: Any) -> PipelineConfig:
 def test_the_demo_pipeline_runs_locally(tmp_path: Path) -> None:
     config = flights(tmp_path, lambda _pipeline: None)
     assert wrangle.local_refusal(config) is None and label.local_refusal(config, []) is None
+    assert split.local_refusal(config) is None
+
+
+def test_a_time_split_on_a_column_of_days_stays_on_spark(tmp_path: Path) -> None:
+    """Spark casts the time column to seconds for its cuts: only a timestamp's seconds are done locally."""
+
+    def days_as_time(pipeline: dict[str, Any]) -> None:
+        pipeline["source"]["columns"].append({"name": "day_of_flight", "type": "date"})
+        pipeline["source"]["time_column"] = "day_of_flight"
+
+    refusal = split.local_refusal(flights(tmp_path, days_as_time))
+    assert refusal == "a time split on day_of_flight, a date column"
 
 
 def test_a_double_in_the_key_or_a_median_of_a_timestamp_stays_on_spark(tmp_path: Path) -> None:

@@ -1,17 +1,26 @@
 """Split: reproducible train / validation / test sets with a manifest a person and a DAG can trust.
 
 Time-based by default (the latest rows are the test set, as production will see them); stratified
-random as an option, where a row's side is fixed by a seeded hash of its key, not by partitioning."""
+random as an option, where a row's side is fixed by a seeded hash of its key, not by partitioning. On Spark, or in
+this process on Arrow (the local engine), which draws the same sides and writes the same manifest."""
 
 from __future__ import annotations
 
 import hashlib
+import math
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from flightplan.config import PipelineConfig
 from flightplan.data.partitions import exchange
+from flightplan.data.spark_hash import xxhash64
+from flightplan.data.wrangle import spark_text
+from flightplan.files import write_parquet_atomic
 from flightplan.manifests import Interval, LatestSplit, SplitManifest, SplitSide
 
 if TYPE_CHECKING:
@@ -77,16 +86,21 @@ def describe(frame: DataFrame, config: PipelineConfig) -> dict[str, Any]:
     }
     regression = config.label.task == "regression"
     classes = [] if regression else frame.groupBy("split", config.label.name).count().collect()
+    balances = {side: {str(r[config.label.name]): r["count"] for r in classes if r["split"] == side} for side in SPLITS}
+    return described(sides, balances)
+
+
+def described(sides: dict[str, dict[str, Any]], balances: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """The manifest's sides from each side's rows, time range and hash sum, and its class balance."""
     manifest: dict[str, Any] = {}
     for side in SPLITS:
         stats = sides.get(side, {"rows": 0, "from": None, "to": None, "hash_sum": "0"})
-        balance = {str(r[config.label.name]): r["count"] for r in classes if r["split"] == side}
         fingerprint = hashlib.sha256(f"{stats['rows']}:{stats['hash_sum']}".encode()).hexdigest()[:16]
         manifest[side] = {
             "rows": stats["rows"],
             "from": stats["from"],
             "to": stats["to"],
-            "classes": balance,
+            "classes": balances.get(side, {}),
             "fingerprint": fingerprint,
         }
     return manifest
@@ -101,6 +115,13 @@ def write_splits(
     frame.write.partitionBy("split").parquet(str(data))
     # Described from what was written: recomputing ``frame`` would read and split the whole window again.
     sides = describe(frame.sparkSession.read.parquet(str(data)), config)
+    return publish_split(sides, config, root, split_id, staging, window)
+
+
+def publish_split(
+    sides: dict[str, Any], config: PipelineConfig, root: Path, split_id: str, staging: Path, window: tuple[date, date]
+) -> Path:
+    """The manifest of the sides staged under ``staging/data``, and the staged split moved to ``root/split_id``."""
     fingerprint = hashlib.sha256("".join(sides[s]["fingerprint"] for s in SPLITS).encode()).hexdigest()[:16]
     target = root / split_id
     manifest = SplitManifest(
@@ -125,3 +146,94 @@ def write_splits(
         staging.rename(target)
     LatestSplit(split_id=split_id, manifest=str(target / "manifest.json")).write(root / "latest.json")
     return target / "manifest.json"
+
+
+def local_refusal(config: PipelineConfig) -> str | None:
+    """Why the local engine cannot split the pipeline's rows as Spark does (None: it can)."""
+    time_column = config.source.time_column
+    if time_column and config.split.strategy == "time" and config.column(time_column).type != "timestamp":
+        return f"a time split on {time_column}, a {config.column(time_column).type} column"
+    return None
+
+
+def write_splits_locally(
+    table: pa.Table, config: PipelineConfig, root: Path, split_id: str, staging: Path, window: tuple[date, date]
+) -> Path:
+    """``write_splits`` of an Arrow table (``rewrite.read_days_locally``): each side one file under
+    ``split=<side>``, as Spark's partitioned write lays it out (no folder for a side without rows)."""
+    sides = np.asarray(local_sides(table, config), dtype=object)
+    written: dict[str, pa.Table] = {}
+    for side in SPLITS:
+        rows = table.filter(pa.array(sides == side))
+        if rows.num_rows:
+            write_parquet_atomic(rows, staging / "data" / f"split={side}" / "part-00000.snappy.parquet")
+            written[side] = rows
+    return publish_split(describe_locally(written, config), config, root, split_id, staging, window)
+
+
+def local_sides(table: pa.Table, config: PipelineConfig) -> list[str]:
+    """``assign_split``'s side of each row of an Arrow table."""
+    spec = config.split
+    train_end = spec.fractions.train
+    validation_end = train_end + spec.fractions.validation
+    if config.source.time_column and spec.strategy == "time":
+        micros = table.column(config.source.time_column).cast(pa.timestamp("us")).cast(pa.int64())
+        moment = pc.fill_null(micros, 0).to_numpy().astype(np.float64) / 1e6
+        moment[pc.is_null(micros).to_numpy(zero_copy_only=False)] = np.nan  # a row without a time is tested
+        known = np.sort(moment[~np.isnan(moment)])
+        return _sides(moment, exact_quantile(known, train_end), exact_quantile(known, validation_end))
+    order = xxhash64([spec.seed, *[table.column(key) for key in config.split_key]], table.num_rows)
+    if config.label.task == "regression":
+        return _sides(np.mod(order, HASH_BUCKETS) / HASH_BUCKETS, train_end, validation_end)
+    return _sides(percent_ranks(table.column(config.label.name), order), train_end, validation_end)
+
+
+def exact_quantile(ordered: np.ndarray, quantile: float) -> float:
+    """Spark's ``approxQuantile`` with a relative error of 0: the value at rank ceil(quantile * n) of the sorted
+    values (the first for a quantile of 0 or less, the last for 1 or more)."""
+    if not len(ordered):
+        raise ValueError("no row has a time to split by")
+    if quantile <= 0:
+        return float(ordered[0])
+    rank = min(max(math.ceil(quantile * len(ordered)), 1), len(ordered))
+    return float(ordered[rank - 1])
+
+
+def percent_ranks(labels: pa.ChunkedArray, order: np.ndarray) -> np.ndarray:
+    """Spark's ``percent_rank()`` over rows partitioned by label and ordered by ``order``: (rank - 1) / (n - 1)
+    within the label's rows, tied values sharing the lowest rank; 0 for a label of one row."""
+    encoded = pc.dictionary_encode(labels.combine_chunks(), null_encoding="encode")  # nulls a label of their own
+    groups = encoded.indices.to_numpy(zero_copy_only=False)
+    ranks = np.zeros(len(order), dtype=np.float64)
+    for group in range(len(encoded.dictionary)):
+        rows = np.flatnonzero(groups == group)
+        if len(rows) > 1:
+            values = order[rows]
+            ranks[rows] = np.searchsorted(np.sort(values), values, side="left") / (len(rows) - 1)
+    return ranks
+
+
+def _sides(value: np.ndarray, low: float, high: float) -> list[str]:
+    """``_side``: below ``low`` train, below ``high`` validation, the rest (NaN too, as Spark's null) test."""
+    return np.where(value < low, "train", np.where(value < high, "validation", "test")).tolist()
+
+
+def describe_locally(sides: dict[str, pa.Table], config: PipelineConfig) -> dict[str, Any]:
+    """``describe`` of the rows of each side, as Arrow tables."""
+    columns = [c.name for c in config.all_columns] + [config.label.name]
+    time = config.source.time_column or config.source.partition_column
+    stats: dict[str, dict[str, Any]] = {}
+    balances: dict[str, dict[str, int]] = {}
+    for side, rows in sides.items():
+        row_hash = xxhash64([rows.column(name) for name in columns], rows.num_rows)
+        bounds = pc.min_max(rows.column(time))
+        stats[side] = {
+            "rows": rows.num_rows,
+            "from": None if (first := bounds["min"].as_py()) is None else spark_text(first),
+            "to": None if (last := bounds["max"].as_py()) is None else spark_text(last),
+            "hash_sum": str(sum(int(each) for each in row_hash.tolist())),
+        }
+        if config.label.task != "regression":
+            counts = pc.value_counts(rows.column(config.label.name)).to_pylist()
+            balances[side] = {str(each["values"]): each["counts"] for each in counts}
+    return described(stats, balances)

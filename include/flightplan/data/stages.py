@@ -210,8 +210,8 @@ def split(job: StageInput) -> Path:
     """Split the labeled data of the training window that ends with this interval."""
     import mlflow
 
-    from flightplan.data.split import assign_split, write_splits
-    from flightplan.spark import get_spark
+    from flightplan.data.rewrite import LOCAL, engine_for
+    from flightplan.data.split import local_refusal
 
     job, settings, config, layout = job.open()
     part = config.source.partition_column
@@ -224,21 +224,40 @@ def split(job: StageInput) -> Path:
         known = sorted(date.fromisoformat(p.name.split("=", 1)[1]) for p in root.glob(f"{part}=*") if p.is_dir())
         window_start = min(known[0], job.start) if known else job.start
     with stage_run(settings, config, job.context, data_experiment(config), "split"):
-        spark = get_spark(settings)
-        from flightplan.data.rewrite import read_days
-
-        frame = read_days(spark, layout, "labeled", days_in(window_start, job.end))
+        days, window = days_in(window_start, job.end), (window_start, job.end)
+        engine = engine_for(layout, "labeled", days, local_refusal(config))
+        mlflow.set_tag("flightplan.engine", engine)
         split_id = interval_key(window_start, job.end)
         with staging_area(layout, "split", split_id) as staging:
-            path = write_splits(
-                assign_split(frame, config), config, layout.splits, split_id, staging, (window_start, job.end)
-            )
+            writes = _split_locally if engine == LOCAL else _split_on_spark
+            path = writes(settings, layout, days, split_id, staging, window)
         manifest = SplitManifest.read(path)
         for side, stats in manifest.sides.items():
             mlflow.log_metric(f"{side}_rows", stats.rows)
         mlflow.set_tag("flightplan.data_fingerprint", manifest.fingerprint)
         mlflow.log_artifact(str(path))
     return path
+
+
+def _split_on_spark(
+    settings: Settings, layout: Layout, days: list[date], split_id: str, staging: Path, window: tuple[date, date]
+) -> Path:
+    from flightplan.data.rewrite import read_days
+    from flightplan.data.split import assign_split, write_splits
+    from flightplan.spark import get_spark
+
+    frame = assign_split(read_days(get_spark(settings), layout, "labeled", days), layout.config)
+    return write_splits(frame, layout.config, layout.splits, split_id, staging, window)
+
+
+def _split_locally(
+    _settings: Settings, layout: Layout, days: list[date], split_id: str, staging: Path, window: tuple[date, date]
+) -> Path:
+    from flightplan.data.rewrite import read_days_locally
+    from flightplan.data.split import write_splits_locally
+
+    table = read_days_locally(layout, "labeled", days)
+    return write_splits_locally(table, layout.config, layout.splits, split_id, staging, window)
 
 
 def _label_on_spark(
