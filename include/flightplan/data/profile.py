@@ -1,4 +1,6 @@
-"""Profile: per-column statistics and counts per label class for a batch, as JSON and as a page to read."""
+"""Profile: per-column statistics and counts per label class for a batch, as JSON and as a page to read. On
+Spark, or in this process on Arrow (the local engine): the same statistics, exact where Spark's are approximate
+(distinct counts; quantiles of batches over some ten thousand rows)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,10 @@ import html
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from flightplan.config import ColumnSpec, PipelineConfig
 from flightplan.files import write_json_atomic
@@ -15,6 +21,8 @@ if TYPE_CHECKING:
 
 NUMERIC = ("int", "long", "double")
 TOP_VALUES = 10
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+LABEL_QUANTILES = (0.05, 0.5, 0.95)
 
 
 def label_expression(config: PipelineConfig) -> str:
@@ -62,7 +70,7 @@ def _aggregates(columns: list[ColumnSpec]) -> list[Column]:
                 F.max(c).alias(f"{column.name}__max"),
                 F.mean(c).alias(f"{column.name}__mean"),
                 F.stddev(c).alias(f"{column.name}__stddev"),
-                F.percentile_approx(c, [0.05, 0.25, 0.5, 0.75, 0.95]).alias(f"{column.name}__quantiles"),
+                F.percentile_approx(c, list(QUANTILES)).alias(f"{column.name}__quantiles"),
             ]
         elif column.type in ("date", "timestamp"):
             aggregates += [
@@ -114,9 +122,14 @@ def _label_distribution(frame: DataFrame, label: Column, rows: int) -> dict[str,
         F.min(label).alias("min"),
         F.mean(label).alias("mean"),
         F.max(label).alias("max"),
-        F.percentile_approx(label, [0.05, 0.5, 0.95]).alias("quantiles"),
+        F.percentile_approx(label, list(LABEL_QUANTILES)).alias("quantiles"),
     ).collect()[0]
-    quantiles = found["quantiles"] or [None] * 3
+    return distribution(found.asDict(), rows)
+
+
+def distribution(found: dict[str, Any], rows: int) -> dict[str, Any]:
+    """The label's distribution from its count of known values, min, mean, max and quantiles."""
+    quantiles = found["quantiles"] or [None] * len(LABEL_QUANTILES)
     return {
         "counts": {"known": found["known"], "unknown": rows - found["known"]},
         "distribution": {
@@ -150,6 +163,76 @@ def most_frequent(frame: DataFrame, columns: list[ColumnSpec]) -> dict[str, list
         value = row["value"] if row["column"] not in booleans or row["value"] is None else row["value"] == "true"
         found[row["column"]].append([value, row["count"]])
     return found
+
+
+def profile_table(table: pa.Table, config: PipelineConfig) -> dict[str, Any]:
+    """``profile_frame`` of an Arrow table (``rewrite.read_days_locally``), its label by the local rule evaluator
+    (``label.local_refusal`` says which rules it reads as Spark does)."""
+    totals: dict[str, Any] = {"__rows": table.num_rows}
+    for column in config.all_columns:
+        totals.update(local_aggregates(table.column(column.name), column))
+    texts = [c for c in config.all_columns if c.type in ("string", "boolean")]
+    top_values = {c.name: most_frequent_locally(table.column(c.name), c.type) for c in texts}
+    rows = table.num_rows
+    columns = {column.name: _column_stats(column, totals, rows, top_values) for column in config.all_columns}
+    return {"rows": rows, "label": _local_label_summary(table, config, rows), "columns": columns}
+
+
+def local_aggregates(values: pa.ChunkedArray, column: ColumnSpec) -> dict[str, Any]:
+    """``_aggregates`` of one column: its count, exact distinct count, and range, mean, sample deviation and
+    quantiles (numbers) or range (times)."""
+    from flightplan.data.wrangle import spark_text
+
+    name, count = column.name, len(values) - values.null_count
+    found: dict[str, Any] = {f"{name}__count": count, f"{name}__distinct": pc.count_distinct(values).as_py()}
+    bounds = pc.min_max(values)
+    if column.type in NUMERIC:
+        found[f"{name}__min"], found[f"{name}__max"] = bounds["min"].as_py(), bounds["max"].as_py()
+        found[f"{name}__mean"] = pc.mean(values).as_py()
+        found[f"{name}__stddev"] = pc.stddev(values, ddof=1).as_py() if count > 1 else None
+        found[f"{name}__quantiles"] = exact_quantiles(values, QUANTILES)
+    elif column.type in ("date", "timestamp"):
+        for bound in ("min", "max"):
+            found[f"{name}__{bound}"] = None if (value := bounds[bound].as_py()) is None else spark_text(value)
+    return found
+
+
+def exact_quantiles(values: pa.ChunkedArray, quantiles: tuple[float, ...]) -> list[Any] | None:
+    """The known values at Spark's ranks for ``quantiles`` (``split.exact_quantile``); None without any."""
+    from flightplan.data.split import exact_quantile
+
+    known = np.sort(pc.drop_null(values).to_numpy())
+    return [exact_quantile(known, quantile) for quantile in quantiles] if len(known) else None
+
+
+def most_frequent_locally(values: pa.ChunkedArray, kind: str) -> list[list[Any]]:
+    """``most_frequent`` of one column: its values as text, most frequent first, ties by text (missing first)."""
+    counted = pc.value_counts(values.cast(pa.string())).to_pylist()
+    ranked = sorted(counted, key=lambda each: (-each["counts"], each["values"] is not None, each["values"] or ""))
+    top = ranked[:TOP_VALUES]
+    if kind == "boolean":
+        return [[None if each["values"] is None else each["values"] == "true", each["counts"]] for each in top]
+    return [[each["values"], each["counts"]] for each in top]
+
+
+def _local_label_summary(table: pa.Table, config: PipelineConfig, rows: int) -> dict[str, Any]:
+    """``_label_summary`` of an Arrow table."""
+    from flightplan.data.rules import evaluate
+
+    label = evaluate(label_expression(config), table)
+    summary: dict[str, Any] = {"name": config.label.name, "rule": config.label.rule or label_expression(config)}
+    if config.label.task == "regression":
+        bounds = pc.min_max(label)
+        known = {"known": len(label) - label.null_count, "min": bounds["min"].as_py(), "max": bounds["max"].as_py()}
+        known.update(mean=pc.mean(label).as_py(), quantiles=exact_quantiles(pa.chunked_array([label]), LABEL_QUANTILES))
+        summary.update(distribution(known, rows))
+    else:
+        counted = pc.value_counts(label).to_pylist()
+        ordered = sorted(counted, key=lambda each: (each["values"] is not None, each["values"]))
+        summary["counts"] = {
+            ("unknown" if each["values"] is None else str(each["values"])): each["counts"] for each in ordered
+        }
+    return summary
 
 
 def write_profile(profile: dict[str, Any], folder: Path, title: str) -> tuple[Path, Path]:

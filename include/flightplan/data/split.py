@@ -188,15 +188,13 @@ def local_sides(table: pa.Table, config: PipelineConfig) -> list[str]:
     return _sides(percent_ranks(table.column(config.label.name), order), train_end, validation_end)
 
 
-def exact_quantile(ordered: np.ndarray, quantile: float) -> float:
+def exact_quantile(ordered: np.ndarray, quantile: float) -> Any:
     """Spark's ``approxQuantile`` with a relative error of 0: the value at rank ceil(quantile * n) of the sorted
     values (the first for a quantile of 0 or less, the last for 1 or more)."""
     if not len(ordered):
         raise ValueError("no row has a time to split by")
-    if quantile <= 0:
-        return float(ordered[0])
-    rank = min(max(math.ceil(quantile * len(ordered)), 1), len(ordered))
-    return float(ordered[rank - 1])
+    rank = 1 if quantile <= 0 else min(math.ceil(quantile * len(ordered)), len(ordered))
+    return ordered[max(rank, 1) - 1].item()
 
 
 def percent_ranks(labels: pa.ChunkedArray, order: np.ndarray) -> np.ndarray:

@@ -77,14 +77,18 @@ def ingest(job: StageInput) -> Path:
 def profile(job: StageInput) -> Path:
     import mlflow
 
-    from flightplan.data.profile import profile_frame, profile_title, write_profile
-    from flightplan.data.rewrite import read_days
-    from flightplan.spark import get_spark
+    from flightplan.data.label import local_refusal
+    from flightplan.data.profile import profile_table, profile_title, write_profile
+    from flightplan.data.rewrite import LOCAL, engine_for, read_days_locally
 
     job, settings, config, layout = job.open()
     with stage_run(settings, config, job.context, data_experiment(config), "profile"):
-        frame = read_days(get_spark(settings), layout, "curated", job.days)
-        stats = profile_frame(frame, config)
+        engine = engine_for(layout, "curated", job.days, local_refusal(config, []))
+        mlflow.set_tag("flightplan.engine", engine)
+        if engine == LOCAL:
+            stats = profile_table(read_days_locally(layout, "curated", job.days), config)
+        else:
+            stats = _profile_on_spark(settings, layout, job.days)
         json_path, html_path = write_profile(
             stats, layout.reports("profile") / job.key, profile_title(config, job.start, job.end)
         )
@@ -237,6 +241,14 @@ def split(job: StageInput) -> Path:
         mlflow.set_tag("flightplan.data_fingerprint", manifest.fingerprint)
         mlflow.log_artifact(str(path))
     return path
+
+
+def _profile_on_spark(settings: Settings, layout: Layout, days: list[date]) -> dict[str, Any]:
+    from flightplan.data.profile import profile_frame
+    from flightplan.data.rewrite import read_days
+    from flightplan.spark import get_spark
+
+    return profile_frame(read_days(get_spark(settings), layout, "curated", days), layout.config)
 
 
 def _split_on_spark(
