@@ -374,3 +374,41 @@ def test_time_cuts_and_ranks_are_sparks(spark) -> None:  # type: ignore[no-untyp
         pa.chunked_array([pa.array([row["label"] for row in ranked])]), np.array([row["o"] for row in ranked])
     )
     assert local.tolist() == [row["r"] for row in ranked]
+
+
+def test_ground_truth_sent_back_is_joined_alike(  # type: ignore[no-untyped-def]
+    spark, layout: Layout, replayed: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Labels sent back for some of the demo's rows (those the rule leaves unknown first), as clients send them:
+    numbers, booleans and padded text, key parts as text with blanks or a sign, a part Spark cannot cast, a part
+    missing, a key that matches nothing, a key sent twice. Filled in and overriding the rule: the same rows, in
+    the same columns, and the same count of rows matched."""
+    import pyarrow.compute as pc
+    from flightplan.data.ingest import ingest
+    from flightplan.data.label import label_frame, label_table, truth_frame
+    from flightplan.data.rewrite import read_days, read_days_locally
+
+    ingest(layout, FIRST_DAY, END_DAY, engine="local")
+    monkeypatch.setenv("FLIGHTPLAN_LOCAL_ENGINE_ROWS", LOCAL_ROWS)
+    data_stages.wrangle(data_stages.StageInput("flights", FIRST_DAY, END_DAY))
+    days = [FIRST_DAY + timedelta(days=n) for n in range((END_DAY - FIRST_DAY).days)]
+    table = read_days_locally(layout, "wrangled", days)
+    config, key = layout.config, layout.config.source.key
+    unknown = table.filter(pc.is_null(table.column("arr_delay"))).select(key).to_pylist()
+    rows = [*unknown[:10], *table.select(key).slice(0, 30).to_pylist()]
+    assert len(unknown) >= 5
+    labels = [1, 0, True, False, " 1 ", "0", 1, 0]
+    truth = [{**row, "label": labels[n % len(labels)]} for n, row in enumerate(rows)]
+    truth[1]["year"], truth[2]["flight"] = " 2013", f"+{truth[2]['flight']}"
+    truth[3]["month"], truth[4]["carrier"] = "1.0", None
+    truth.append({**rows[0], "flight": 99999, "label": 1})
+    frame = read_days(spark, layout, "wrangled", days)
+    for feedback in ("fill", "override"):
+        setting = config.model_copy(update={"label": config.label.model_copy(update={"feedback": feedback})})
+        typed = truth_frame(frame, setting, truth)
+        expected = label_frame(frame, setting, typed).toArrow()
+        found, matched = label_table(table, setting, truth)
+        assert found.column_names == expected.column_names, feedback
+        assert sorted(map(repr, found.to_pylist())) == sorted(map(repr, expected.to_pylist())), feedback
+        assert matched == frame.join(typed, on=key, how="left_semi").count() >= 30, feedback
+        assert found.filter(pc.is_valid(found.column("quarantine_reason"))).num_rows < len(unknown), feedback

@@ -51,10 +51,21 @@ def test_a_double_in_the_key_or_a_median_of_a_timestamp_stays_on_spark(tmp_path:
     assert refusal is not None and "['time_hour']" in refusal
 
 
-def test_ground_truth_to_join_or_a_rule_beyond_the_evaluator_stays_on_spark(tmp_path: Path) -> None:
+def test_ground_truth_spark_casts_its_own_way_or_a_rule_beyond_the_evaluator_stays_on_spark(tmp_path: Path) -> None:
+    """Key parts and labels sent back as integers, booleans or plain text are cast locally as Spark casts them; a
+    time in the key is left to Spark."""
     config = flights(tmp_path, lambda _pipeline: None)
-    refusal = label.local_refusal(config, [{"year": "2013", "label": 1}])
-    assert refusal == "1 label(s) sent back to join"
+    key = {"year": 2013, "month": 1, "day": 1, "carrier": "UA", "flight": 1545, "origin": "EWR", "sched_dep_time": 515}
+    sent = [{**key, "label": 1}, {**key, "year": " 2013", "label": True}, {**key, "month": "1.0", "label": "0"}]
+    assert label.local_refusal(config, sent) is None
+
+    def time_in_key(pipeline: dict[str, Any]) -> None:
+        pipeline["source"]["key"].append("time_hour")
+
+    refusal = label.local_refusal(
+        flights(tmp_path, time_in_key), [{**key, "time_hour": "2013-01-01 05:00:00", "label": 1}]
+    )
+    assert refusal is not None and refusal.startswith("a label sent back: '2013-01-01 05:00:00' as timestamp")
 
     def function_rule(pipeline: dict[str, Any]) -> None:
         pipeline["label"]["rule"] = "abs(arr_delay) > 15"

@@ -5,6 +5,7 @@ are kept in quarantine."""
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -18,7 +19,16 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
 TRUTH = "__ground_truth"
+# What Spark's TRY_CAST reads as a boolean (after trimming, in any case); other text is null.
+TRUE_TEXTS, FALSE_TEXTS = frozenset({"t", "true", "y", "yes", "1"}), frozenset({"f", "false", "n", "no", "0"})
+INTEGER_TEXT = re.compile(r"[+-]?[0-9]+")
+DECIMAL_TEXT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+SPARK_BLANKS = "".join(map(chr, range(33)))  # what Spark trims from text it casts
 log = logging.getLogger(__name__)
+
+
+class SparkReadsItsOwnWay(ValueError):
+    """Text whose TRY_CAST the local engine does not mirror (a double in another notation, a date)."""
 
 
 def truth_frame(frame: DataFrame, config: PipelineConfig, truth: list[dict[str, Any]]) -> DataFrame:
@@ -81,29 +91,90 @@ def label_frame(frame: DataFrame, config: PipelineConfig, truth: DataFrame | Non
 
 
 def local_refusal(config: PipelineConfig, truth: list[dict[str, Any]]) -> str | None:
-    """Why the local engine cannot label the pipeline's rows as Spark does (None: it can): ground truth to join,
-    or a rule the local evaluator does not read as Spark does."""
+    """Why the local engine cannot label the pipeline's rows as Spark does (None: it can): a rule the local
+    evaluator does not read as Spark does, or ground truth sent back as text Spark casts its own way."""
     from flightplan.data.rules import Unsupported, evaluate
     from flightplan.spark import ARROW_TYPES
 
-    if truth:
-        return f"{len(truth)} label(s) sent back to join"
     empty = pa.schema([(c.name, ARROW_TYPES[c.type]) for c in config.all_columns]).empty_table()
     try:
-        evaluate(label_expression(config), empty)
+        label_type = evaluate(label_expression(config), empty).type
     except Unsupported as err:
         return f"the label rule: {err}"
+    if truth and not config.source.key:
+        return "ground truth sent back for a source without a key"
+    try:
+        truth_table(empty, config, truth, label_type)
+    except SparkReadsItsOwnWay as err:
+        return f"a label sent back: {err}"
     return None
 
 
-def label_table(table: pa.Table, config: PipelineConfig) -> pa.Table:
-    """``label_frame`` on an Arrow table, without ground truth (``local_refusal``): the label column set (or
-    replaced) by the rule, the rows it leaves unknown marked for quarantine."""
+def label_table(table: pa.Table, config: PipelineConfig, truth: list[dict[str, Any]]) -> tuple[pa.Table, int]:
+    """``label_frame`` on an Arrow table, with the ground truth sent back (``local_refusal`` says which it reads
+    as Spark does): the label column set (or replaced) by the rule, then filled or overridden by the truth of its
+    key (the key columns first, as Spark's join puts them), the rows left unknown marked for quarantine; and how
+    many rows the truth matched."""
     from flightplan.data.rules import evaluate
 
     values = evaluate(label_expression(config), table)
     name = config.label.name
     place = table.schema.get_field_index(name)
     labeled = table.set_column(place, name, values) if place >= 0 else table.append_column(name, values)
-    reasons = pc.if_else(pc.is_null(values), pa.scalar(unknown_label(config)), pa.scalar(None, pa.string()))
-    return labeled.append_column(REASON, reasons)
+    reason, matched = unknown_label(config), 0
+    if truth and config.label.feedback != "ignore":
+        labeled, matched = _with_truth(labeled, config, truth_table(labeled, config, truth, values.type))
+        reason += " and no ground truth was sent back"
+    unknown = pc.is_null(labeled.column(name))
+    return labeled.append_column(REASON, pc.if_else(unknown, pa.scalar(reason), pa.scalar(None, pa.string()))), matched
+
+
+def _with_truth(labeled: pa.Table, config: PipelineConfig, truth: pa.Table) -> tuple[pa.Table, int]:
+    key, name = config.source.key, config.label.name
+    joined = labeled.join(truth, keys=key, join_type="left outer")
+    known = [joined.column(name), joined.column(TRUTH)]
+    value = pc.coalesce(*(known if config.label.feedback == "fill" else reversed(known)))
+    joined = joined.set_column(joined.schema.get_field_index(name), name, value)
+    matched = labeled.join(truth, keys=key, join_type="left semi").num_rows  # a row matched twice counts once
+    order = [*key, *(column for column in labeled.column_names if column not in key)]
+    return joined.select(order), matched
+
+
+def truth_table(
+    table: pa.Table, config: PipelineConfig, truth: list[dict[str, Any]], label_type: pa.DataType
+) -> pa.Table:
+    """``truth_frame`` in Arrow: the key parts and the label sent back, as text cast to ``table``'s key types and
+    the label's type as Spark's TRY_CAST casts it; rows with a part or the label unread are dropped (no row of
+    ``table`` could join them)."""
+    columns = {}
+    for name in config.source.key:
+        kind = table.schema.field(name).type
+        columns[name] = pa.array([spark_try_cast(_key_text(row[name]), kind) for row in truth], kind)
+    columns[TRUTH] = pa.array([spark_try_cast(_text(row["label"]), label_type) for row in truth], label_type)
+    typed = pa.table(columns, schema=pa.schema([(name, array.type) for name, array in columns.items()]))
+    complete = pc.is_valid(typed.column(TRUTH))
+    for name in config.source.key:
+        complete = pc.and_(complete, pc.is_valid(typed.column(name)))
+    return typed.filter(complete)
+
+
+def _key_text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def spark_try_cast(text: str | None, kind: pa.DataType) -> Any:
+    """``TRY_CAST(text AS kind)`` as Spark gives it for a string, an integer, a boolean or a decimal number in
+    plain notation; other text raises ``SparkReadsItsOwnWay``."""
+    if text is None or pa.types.is_string(kind):
+        return text
+    trimmed = text.strip(SPARK_BLANKS)
+    if pa.types.is_integer(kind):
+        limit = 2 ** (kind.bit_width - 1)
+        value = int(trimmed) if INTEGER_TEXT.fullmatch(trimmed) else None
+        return value if value is not None and -limit <= value < limit else None
+    if pa.types.is_boolean(kind):
+        lowered = trimmed.lower()
+        return True if lowered in TRUE_TEXTS else False if lowered in FALSE_TEXTS else None
+    if pa.types.is_float64(kind) and DECIMAL_TEXT.fullmatch(trimmed):
+        return float(trimmed)
+    raise SparkReadsItsOwnWay(f"{text!r} as {kind}, which Spark casts its own way")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -178,8 +177,8 @@ def wrangle(job: StageInput) -> Path:
 def label(job: StageInput) -> Path:
     import mlflow
 
-    from flightplan.data.label import label_table, local_refusal, usable_labels
-    from flightplan.data.rewrite import LOCAL, engine_for, rewrite_days_locally
+    from flightplan.data.label import local_refusal, usable_labels
+    from flightplan.data.rewrite import LOCAL, engine_for
     from flightplan.prediction_log import ground_truth, key_schema
 
     job, settings, config, layout = job.open()
@@ -193,8 +192,7 @@ def label(job: StageInput) -> Path:
         engine = engine_for(layout, "wrangled", job.days, local_refusal(config, truth_rows))
         mlflow.set_tag("flightplan.engine", engine)
         if engine == LOCAL:
-            mark = partial(label_table, config=config)
-            counts, matched = rewrite_days_locally(layout, "wrangled", "labeled", job.days, job.key, mark), 0
+            counts, matched = _label_locally(layout, job, truth_rows)
         else:
             counts, matched = _label_on_spark(settings, layout, job, truth_rows)
         manifest = LabelManifest(
@@ -270,6 +268,20 @@ def _split_locally(
 
     table = read_days_locally(layout, "labeled", days)
     return write_splits_locally(table, layout.config, layout.splits, split_id, staging, window)
+
+
+def _label_locally(layout: Layout, job: StageInput, truth_rows: list[dict[str, Any]]) -> tuple[PartitionCounts, int]:
+    """The labeled days written in this process, with the ground truth sent back joined; how many rows it matched."""
+    from flightplan.data.label import label_table
+    from flightplan.data.rewrite import rewrite_days_locally
+
+    matched = [0]
+
+    def mark(table: Any) -> Any:
+        labeled, matched[0] = label_table(table, layout.config, truth_rows)
+        return labeled
+
+    return rewrite_days_locally(layout, "wrangled", "labeled", job.days, job.key, mark), matched[0]
 
 
 def _label_on_spark(
