@@ -46,17 +46,18 @@ def read_days(spark: SparkSession, layout: Layout, stage: str, days: list[date])
     return spark.read.option("basePath", str(layout.dataset(stage))).parquet(*map(str, folders))
 
 
-def engine_for(layout: Layout, stage: str, days: list[date], refusal: str | None) -> str:
+def engine_for(layout: Layout, stage: str, days: list[date], refusal: Callable[[], str | None]) -> str:
     """``LOCAL`` when the stage's rows of ``days`` number at most the settings' ``local_engine_rows`` and the local
-    engine does the work as Spark does (``refusal`` says why not), ``SPARK`` otherwise."""
+    engine does the work as Spark does (``refusal`` says why not; asked only then, as it may read every label sent
+    back), ``SPARK`` otherwise."""
     limit = layout.settings.local_engine_rows
     if not limit:
         return SPARK
     rows = sum(count_rows(layout.dataset(stage), layout.config.source.partition_column, days).values())
     if rows > limit:
         return SPARK
-    if refusal is not None:
-        log.info("%d %s rows, on Spark rather than in this process: %s", rows, stage, refusal)
+    if (reason := refusal()) is not None:
+        log.info("%d %s rows, on Spark rather than in this process: %s", rows, stage, reason)
         return SPARK
     return LOCAL
 

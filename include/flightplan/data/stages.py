@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ def profile(job: StageInput) -> Path:
 
     job, settings, config, layout = job.open()
     with stage_run(settings, config, job.context, data_experiment(config), "profile"):
-        engine = engine_for(layout, "curated", job.days, local_refusal(config, []))
+        engine = engine_for(layout, "curated", job.days, partial(local_refusal, config, []))
         mlflow.set_tag("flightplan.engine", engine)
         if engine == LOCAL:
             stats = profile_table(read_days_locally(layout, "curated", job.days), config)
@@ -152,7 +153,7 @@ def wrangle(job: StageInput) -> Path:
     job, settings, config, layout = job.open()
     with stage_run(settings, config, job.context, data_experiment(config), "wrangle"):
         used: dict[str, Any] = {}
-        engine = engine_for(layout, "curated", job.days, local_refusal(config))
+        engine = engine_for(layout, "curated", job.days, partial(local_refusal, config))
         mlflow.set_tag("flightplan.engine", engine)
         wrangled = wrangle_table if engine == LOCAL else wrangle_frame
 
@@ -189,7 +190,7 @@ def label(job: StageInput) -> Path:
             else ground_truth(settings.predictions_db_url, config.name, key_schema(config))
         )
         truth_rows, set_aside = usable_labels(config.label.task, truth_rows)
-        engine = engine_for(layout, "wrangled", job.days, local_refusal(config, truth_rows))
+        engine = engine_for(layout, "wrangled", job.days, partial(local_refusal, config, truth_rows))
         mlflow.set_tag("flightplan.engine", engine)
         if engine == LOCAL:
             counts, matched = _label_locally(layout, job, truth_rows)
@@ -227,7 +228,7 @@ def split(job: StageInput) -> Path:
         window_start = min(known[0], job.start) if known else job.start
     with stage_run(settings, config, job.context, data_experiment(config), "split"):
         days, window = days_in(window_start, job.end), (window_start, job.end)
-        engine = engine_for(layout, "labeled", days, local_refusal(config))
+        engine = engine_for(layout, "labeled", days, partial(local_refusal, config))
         mlflow.set_tag("flightplan.engine", engine)
         split_id = interval_key(window_start, job.end)
         with staging_area(layout, "split", split_id) as staging:
