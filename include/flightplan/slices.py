@@ -75,12 +75,18 @@ class ShadowClock:
         self._lock = threading.Lock()
         self._one_slice = threading.Lock()
         self._spent = 0.0  # by the slices that have ended
-        self._running: dict[int, float] = {}  # by thread: its CPU time when its slice began
+        self._running: tuple[int, float] | None = None  # the slice's thread, and its CPU time when the slice began
 
     def now(self) -> float:
         with self._lock:
-            running = sum(self._cpu_seconds(thread) - began for thread, began in self._running.items())
-            return self._spent + running
+            return self._spent_so_far()
+
+    def _spent_so_far(self) -> float:
+        """By the slices that have ended and the one running; the caller holds the lock."""
+        if self._running is None:
+            return self._spent
+        thread, began = self._running
+        return self._spent + self._cpu_seconds(thread) - began
 
     @contextmanager
     def working(self, room: Callable[[], bool] = lambda: True) -> Iterator[bool]:
@@ -93,12 +99,12 @@ class ShadowClock:
                 return
             thread = threading.get_ident()
             with self._lock:
-                self._running[thread] = self._cpu_seconds(thread)
+                self._running = (thread, self._cpu_seconds(thread))
             try:
                 yield True
             finally:
                 with self._lock:
-                    self._spent += self._cpu_seconds(thread) - self._running.pop(thread)
+                    self._spent, self._running = self._spent_so_far(), None
 
 
 def thread_cpu_seconds(thread: int) -> float:

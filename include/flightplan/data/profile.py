@@ -181,19 +181,19 @@ def profile_table(table: pa.Table, config: PipelineConfig) -> dict[str, Any]:
 def local_aggregates(values: pa.ChunkedArray, column: ColumnSpec) -> dict[str, Any]:
     """``_aggregates`` of one column: its count, exact distinct count, and range, mean, sample deviation and
     quantiles (numbers) or range (times)."""
-    from flightplan.data.wrangle import spark_text
+    from flightplan.data.wrangle import spark_text_of
 
     name, count = column.name, len(values) - values.null_count
     found: dict[str, Any] = {f"{name}__count": count, f"{name}__distinct": pc.count_distinct(values).as_py()}
-    bounds = pc.min_max(values)
     if column.type in NUMERIC:
+        bounds = pc.min_max(values)
         found[f"{name}__min"], found[f"{name}__max"] = bounds["min"].as_py(), bounds["max"].as_py()
         found[f"{name}__mean"] = pc.mean(values).as_py()
         found[f"{name}__stddev"] = pc.stddev(values, ddof=1).as_py() if count > 1 else None
         found[f"{name}__quantiles"] = exact_quantiles(values, QUANTILES)
     elif column.type in ("date", "timestamp"):
-        for bound in ("min", "max"):
-            found[f"{name}__{bound}"] = None if (value := bounds[bound].as_py()) is None else spark_text(value)
+        bounds = pc.min_max(values)
+        found[f"{name}__min"], found[f"{name}__max"] = spark_text_of(bounds["min"]), spark_text_of(bounds["max"])
     return found
 
 

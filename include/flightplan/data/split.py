@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from flightplan.config import PipelineConfig
 from flightplan.data.partitions import exchange
 from flightplan.data.spark_hash import xxhash64
-from flightplan.data.wrangle import spark_text
+from flightplan.data.wrangle import spark_text_of
 from flightplan.files import write_parquet_atomic
 from flightplan.manifests import Interval, LatestSplit, SplitManifest, SplitSide
 
@@ -161,7 +161,7 @@ def write_splits_locally(
 ) -> Path:
     """``write_splits`` of an Arrow table (``rewrite.read_days_locally``): each side one file under
     ``split=<side>``, as Spark's partitioned write lays it out (no folder for a side without rows)."""
-    sides = np.asarray(local_sides(table, config), dtype=object)
+    sides = local_sides(table, config)
     written: dict[str, pa.Table] = {}
     for side in SPLITS:
         rows = table.filter(pa.array(sides == side))
@@ -171,7 +171,7 @@ def write_splits_locally(
     return publish_split(describe_locally(written, config), config, root, split_id, staging, window)
 
 
-def local_sides(table: pa.Table, config: PipelineConfig) -> list[str]:
+def local_sides(table: pa.Table, config: PipelineConfig) -> np.ndarray:
     """``assign_split``'s side of each row of an Arrow table."""
     spec = config.split
     train_end = spec.fractions.train
@@ -194,7 +194,7 @@ def exact_quantile(ordered: np.ndarray, quantile: float) -> Any:
     if not len(ordered):
         raise ValueError("no row has a time to split by")
     rank = 1 if quantile <= 0 else min(math.ceil(quantile * len(ordered)), len(ordered))
-    return ordered[max(rank, 1) - 1].item()
+    return ordered[rank - 1].item()
 
 
 def percent_ranks(labels: pa.ChunkedArray, order: np.ndarray) -> np.ndarray:
@@ -211,9 +211,9 @@ def percent_ranks(labels: pa.ChunkedArray, order: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def _sides(value: np.ndarray, low: float, high: float) -> list[str]:
+def _sides(value: np.ndarray, low: float, high: float) -> np.ndarray:
     """``_side``: below ``low`` train, below ``high`` validation, the rest (NaN too, as Spark's null) test."""
-    return np.where(value < low, "train", np.where(value < high, "validation", "test")).tolist()
+    return np.where(value < low, "train", np.where(value < high, "validation", "test"))
 
 
 def describe_locally(sides: dict[str, pa.Table], config: PipelineConfig) -> dict[str, Any]:
@@ -227,8 +227,8 @@ def describe_locally(sides: dict[str, pa.Table], config: PipelineConfig) -> dict
         bounds = pc.min_max(rows.column(time))
         stats[side] = {
             "rows": rows.num_rows,
-            "from": None if (first := bounds["min"].as_py()) is None else spark_text(first),
-            "to": None if (last := bounds["max"].as_py()) is None else spark_text(last),
+            "from": spark_text_of(bounds["min"]),
+            "to": spark_text_of(bounds["max"]),
             "hash_sum": str(sum(int(each) for each in row_hash.tolist())),
         }
         if config.label.task != "regression":

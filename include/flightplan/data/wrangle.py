@@ -165,6 +165,12 @@ def spark_text(value: Any) -> str:
     return str(value)
 
 
+def spark_text_of(value: pa.Scalar) -> str | None:
+    """An aggregate's value as ``spark_text`` writes it; None where it has none (no values to aggregate)."""
+    found = value.as_py()
+    return None if found is None else spark_text(found)
+
+
 def imputed_values(kept: pa.Table, config: PipelineConfig) -> dict[str, Any]:
     """``imputation_values`` on an Arrow table: the median is the lower middle value (the value at rank
     ceil(n / 2) of the n known), as Spark's ``percentile_approx`` gives for the batches this engine takes."""
