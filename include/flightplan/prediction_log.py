@@ -167,14 +167,14 @@ class AnsweredRequest:
     probabilities: list[float | None]
     columns: pa.Table | None = None
 
-    def shadow_rows(self, created_at: datetime) -> list[dict[str, Any]]:
-        """The rows of answers given in shadow (``submit_shadow``: ``ids`` are the served answers', no inputs)."""
+    def shadow_rows(self, created_at: Any) -> list[tuple[Any, ...]]:
+        """The rows of answers given in shadow (``submit_shadow``: ``ids`` are the served answers', no inputs), in
+        the column order of the shadow_answers table."""
         answers = zip(self.ids, self.predictions, self.probabilities, strict=True)
         return [
-            {"id": i, "model_version": self.model_version, "pipeline": self.pipeline, "created_at": created_at,
-             "prediction": prediction, "probability": probability}
+            (i, self.model_version, self.pipeline, created_at, prediction, probability)
             for i, prediction, probability in answers
-        ]  # fmt: skip
+        ]
 
     def rows(self, created_at: Any, segment: int) -> Iterator[tuple[Any, ...]]:
         """Rows in the column order of the predictions table."""
@@ -475,6 +475,31 @@ def copy_statement(engine: sa.Engine) -> str | None:
     return f"COPY {predictions.name} ({', '.join(column.name for column in predictions.columns)}) FROM STDIN"
 
 
+@dataclass(frozen=True)
+class DriverInsert:
+    """An INSERT of every column of a table, run by the driver itself: rows come as tuples in the table's column
+    order, already in the columns' form, and become dicts only where the driver's parameters are named.
+    SQLAlchemy's processing of each row's parameters cost more than the insert (bench/log_bench.py)."""
+
+    statement: str
+    names: list[str] | None  # the columns, where the driver's parameters are named
+
+    @classmethod
+    def of(cls, table: sa.Table, dialect: sa.Dialect) -> DriverInsert:
+        columns = [column.name for column in table.columns]
+        compiled = table.insert().compile(dialect=dialect, column_keys=columns)
+        if compiled.positional and list(compiled.positiontup or []) != columns:
+            raise RuntimeError(f"unexpected parameter order {compiled.positiontup} in {compiled}")
+        return cls(str(compiled), None if compiled.positional else columns)
+
+    def run(self, connection: sa.Connection, rows: list[tuple[Any, ...]]) -> None:
+        """The rows into the table, in the connection's transaction (not committed)."""
+        names = self.names
+        connection.exec_driver_sql(
+            self.statement, rows if names is None else [dict(zip(names, row, strict=True)) for row in rows]
+        )
+
+
 def sqlite_synchronous(connection: sa.Connection, level: str) -> None:
     """SQLite's flush at commit, set on the driver's connection: outside a transaction (the level cannot change
     inside one), which the driver begins only at the next insert."""
@@ -487,7 +512,7 @@ class WaitingShadows:
     """Rows of answers given in shadow waiting to be committed, from ``start`` on, and the budget they were
     given."""
 
-    rows: list[dict[str, Any]]
+    rows: list[tuple[Any, ...]]
     budget_seconds: float
     start: int = 0
     came: float = dataclasses.field(default_factory=time.monotonic)
@@ -517,14 +542,10 @@ class PredictionLog:
         shadow work yet; the service calls ``wake_for_shadows`` as it goes quiet."""
         self.engine = engine
         self.max_batch_rows = max_batch_rows
-        columns = [column.name for column in predictions.columns]
-        compiled = predictions.insert().compile(dialect=engine.dialect, column_keys=columns)
-        self._insert = str(compiled)
+        self._insert = DriverInsert.of(predictions, engine.dialect)
+        self._shadow_insert = DriverInsert.of(shadow_answers, engine.dialect)
         self._copy = copy_statement(engine)
-        # Named parameters of an INSERT: rows become dicts (COPY takes them as they are).
-        self._columns = None if compiled.positional or self._copy else columns
-        if compiled.positional and list(compiled.positiontup or []) != columns:
-            raise RuntimeError(f"unexpected parameter order {compiled.positiontup} in {self._insert}")
+        # The type of both tables' created_at.
         time_type = predictions.c.created_at.type.dialect_impl(engine.dialect)
         self._time_value = time_type.bind_processor(engine.dialect) or (lambda moment: moment)
         self._connection: sa.Connection | None = None
@@ -564,7 +585,7 @@ class PredictionLog:
         sized to take half of ``budget_seconds`` (the longest a served request may wait for the shadow): they
         never fail a served answer's commit, and delay it by one slice at most. False when the log is closed
         (they are dropped)."""
-        rows = answered.shadow_rows(datetime.now(UTC))
+        rows = answered.shadow_rows(self._time_value(datetime.now(UTC)))
         with self._closing:
             if self._closed:
                 return False
@@ -711,10 +732,10 @@ class PredictionLog:
             came = self._shadows[0].came if self._shadows else math.inf
         return time.monotonic() - max(came, self._last_shadow_commit) >= SHADOW_LONGEST_WAIT_SECONDS
 
-    def _shadow_slice(self, everything: bool) -> list[dict[str, Any]]:
+    def _shadow_slice(self, everything: bool) -> list[tuple[Any, ...]]:
         """The next rows given in shadow, as many as half the smallest budget among them holds (all of them with
         ``everything``; none when none wait)."""
-        taken: list[dict[str, Any]] = []
+        taken: list[tuple[Any, ...]] = []
         budget = math.inf
         with self._closing:
             while self._shadows:
@@ -735,7 +756,7 @@ class PredictionLog:
         """Commits the rows; returns the segment of each pipeline they went to."""
         return self._committed(lambda connection: self._write(connection, answered))
 
-    def _insert_shadow_rows(self, rows: list[dict[str, Any]]) -> None:
+    def _insert_shadow_rows(self, rows: list[tuple[Any, ...]]) -> None:
         """The rows committed without waiting for the disk: no caller holds these answers, and a power cut that lost
         the last ones would cost the live comparison a few rows, while a durable commit costs a served request that
         arrives meanwhile the disk's flush (most of the shadow's slices over its budget, docs/performance.md). The
@@ -748,7 +769,7 @@ class PredictionLog:
                 connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
             elif dialect == "sqlite":
                 sqlite_synchronous(connection, "NORMAL")  # in WAL mode: no flush at each commit
-            connection.execute(shadow_answers.insert(), rows)
+            self._shadow_insert.run(connection, rows)
 
         try:
             self._committed(write)
@@ -793,9 +814,7 @@ class PredictionLog:
         for pipeline in {each.pipeline for each in as_text} - opened.keys():
             opened[pipeline] = open_segment(connection, pipeline, now)
         created_at = self._time_value(now)
-        rows: list[Any] = [row for each in as_text for row in each.rows(created_at, opened[each.pipeline])]
-        if self._columns is not None:
-            rows = [dict(zip(self._columns, row, strict=True)) for row in rows]
+        rows = [row for each in as_text for row in each.rows(created_at, opened[each.pipeline])]
         whole = [request_segment(each, now) for each in answered if each.columns is not None]  # before any lock
         if rows:
             self._send(connection, rows)
@@ -803,10 +822,10 @@ class PredictionLog:
             connection.execute(segments.insert(), whole)
         return opened
 
-    def _send(self, connection: sa.Connection, rows: list[Any]) -> None:
+    def _send(self, connection: sa.Connection, rows: list[tuple[Any, ...]]) -> None:
         """The rows into the table, in the connection's transaction (not committed)."""
         if self._copy is None:
-            connection.exec_driver_sql(self._insert, rows)
+            self._insert.run(connection, rows)
             return
         if not connection.in_transaction():
             connection.begin()

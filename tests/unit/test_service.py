@@ -148,6 +148,29 @@ def test_a_large_batch_is_logged_as_columns_and_read_back_as_sent(
     assert answer.status_code == 200 and answer.json()["unknown"] == [label["id"] for label in odd], answer.text
 
 
+def test_moments_read_as_pydantic_reads_them_hold_nothing_the_collector_tracks(config: PipelineConfig) -> None:
+    """The records of a 1000-row request stay alive while it is served and while the shadow waits to answer them:
+    their moments must not each hold an object the cyclic collector walks at every full collection."""
+    from datetime import datetime
+
+    from flightplan.serving.inputs import python_type
+    from pydantic import TypeAdapter, ValidationError
+
+    moment_type: Any = python_type("timestamp", config)
+    ours: TypeAdapter[list[datetime]] = TypeAdapter(list[moment_type])
+    pydantics = TypeAdapter(list[datetime])
+    texts = ["2024-03-05T06:30:00+00:00", "2024-03-05T01:30:00.25-05:00", "2024-03-05 06:30:00Z", "2024-03-05T06:30"]
+    sent = [*texts, "2024-03-05", "1709620200", 1709620200, "20240305"]
+    read = ours.validate_python(sent)
+    assert [(moment, moment.utcoffset()) for moment in read] == [
+        (moment, moment.utcoffset()) for moment in pydantics.validate_python(sent)
+    ]
+    assert not any(gc.is_tracked(moment.tzinfo) for moment in read[: len(texts)])
+    for refused in ("2024-13-05T06:30:00", "2024-03-05T25:00", " 2024-03-05", "2024-W10-2", "soon"):
+        with pytest.raises(ValidationError, match="datetime"):
+            ours.validate_python([refused])
+
+
 def test_a_large_batch_whose_values_do_not_fit_columns_is_logged_as_text(
     api: TestClient, settings: Settings, config: PipelineConfig
 ) -> None:

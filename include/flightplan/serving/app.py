@@ -478,11 +478,15 @@ class Service:
         request_id = uuid.uuid4().hex
         ids = [f"{request_id}-{row}" for row in range(len(records))]
         logged = logged_rows(pipeline, model.version, request_id, ids, records, answers, self.record_schema(pipeline))
+        bodies = answer_bodies(ids, answers)
+        # Only plain values, which the cyclic collector does not track, wait for the commit: a thousand answers
+        # kept alive meanwhile are walked by every collection that other requests' allocations set off.
+        del answers
         await self.commit(pipeline, [logged])
         elapsed = time.perf_counter() - started
-        self.metrics.observe_predictions(pipeline, model.task, answers, elapsed, requests=1, calls=[len(answers)])
+        self.metrics.observe_predictions(pipeline, model.task, bodies, elapsed, requests=1, calls=[len(bodies)])
         self.answered(pipeline, route, ids, records)
-        return request_id, model.version, answer_bodies(ids, answers)
+        return request_id, model.version, bodies
 
     def answered(self, pipeline: str, route: Route, ids: list[str], records: list[dict[str, Any]]) -> None:
         """Once the callers have their answers: counted by the alias that gave them, and shadowed."""
@@ -521,25 +525,20 @@ class Service:
         served = [
             (place, uuid.uuid4().hex, answer) for place, answer in enumerate(answers) if isinstance(answer, Answer)
         ]
+        bodies = answer_bodies([rid for _, rid, _ in served], [answer for _, _, answer in served])
         if served:
             logged = [
                 logged_rows(pipeline, model.version, rid, [rid], [records[place]], [answer])
                 for place, rid, answer in served
             ]
             await self.commit(pipeline, logged)
-            kept = [answer for _, _, answer in served]
             elapsed = time.perf_counter() - started
             # A refused record made ``predicted_each`` call the model once per record.
-            calls = [len(kept)] if len(kept) == len(records) else [1] * len(kept)
-            self.metrics.observe_predictions(pipeline, model.task, kept, elapsed, requests=len(served), calls=calls)
+            calls = [len(bodies)] if len(bodies) == len(records) else [1] * len(bodies)
+            self.metrics.observe_predictions(pipeline, model.task, bodies, elapsed, requests=len(served), calls=calls)
             self.answered(pipeline, route, [rid for _, rid, _ in served], [records[place] for place, _, _ in served])
-        request_ids = {place: rid for place, rid, _ in served}
-        return [
-            answer
-            if isinstance(answer, Exception)
-            else (request_ids[place], model.version, answer_bodies([request_ids[place]], [answer])[0])
-            for place, answer in enumerate(answers)
-        ]
+        replies = {place: (rid, model.version, body) for (place, rid, _), body in zip(served, bodies, strict=True)}
+        return [answer if isinstance(answer, Exception) else replies[place] for place, answer in enumerate(answers)]
 
     async def commit(self, pipeline: str, answered: list[AnsweredRequest]) -> None:
         """Waits until the rows are committed to the log; refuses (503) when they cannot be."""

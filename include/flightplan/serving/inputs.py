@@ -9,6 +9,7 @@ training encoder's matrix bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
-from pydantic import ConfigDict, StringConstraints
+from pydantic import BeforeValidator, ConfigDict, StringConstraints
 from typing_extensions import TypedDict
 
 from flightplan.config import ColumnType, PipelineConfig
@@ -58,10 +59,25 @@ def _fits_float(value: int) -> bool:
 
 
 def python_type(kind: ColumnType, config: PipelineConfig) -> Any:
-    """The type a request field of ``kind`` is validated as: text no longer than the pipeline allows."""
+    """The type a request field of ``kind`` is validated as: text no longer than the pipeline allows; a moment
+    read by ``iso_moment`` first."""
     if kind == "string":
         return Annotated[str, StringConstraints(max_length=config.deployment.max_string_length)]
+    if kind == "timestamp":
+        return Annotated[datetime, BeforeValidator(iso_moment)]
     return PYTHON_TYPES[kind]
+
+
+def iso_moment(value: Any) -> Any:
+    """A text that starts with an ISO 8601 calendar date (YYYY-MM-DD) as Python reads it, with a
+    ``datetime.timezone`` for its offset; any other value as it came, for pydantic to read or refuse (digits alone
+    are seconds since the epoch to pydantic, a date to Python). pydantic gives each moment a zone object of its own
+    that the cyclic collector tracks: at 1000-row requests, those of the requests in flight and of the shadow's
+    backlog were two thirds of what each full collection walked (docs/performance.md)."""
+    if type(value) is str and value[4:5] == "-" and value[7:8] == "-":
+        with contextlib.suppress(ValueError):
+            return datetime.fromisoformat(value)
+    return value
 
 
 def request_fields(config: PipelineConfig) -> dict[str, ColumnType]:

@@ -14,8 +14,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-from flightplan.serving.models import Answer
-
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 PROBABILITY_BUCKETS = tuple(i / 10 for i in range(1, 11))
 FEW_VALUES = 32
@@ -135,11 +133,11 @@ class ServiceMetrics:
         )
 
     def observe_predictions(
-        self, pipeline: str, task: str, answers: list[Answer], seconds: float, requests: int, calls: list[int]
+        self, pipeline: str, task: str, bodies: list[dict[str, Any]], seconds: float, requests: int, calls: list[int]
     ) -> None:
-        """The answers of ``requests`` requests that each took ``seconds``, given by model calls of ``calls``
-        rows each."""
-        self.rows.labels(pipeline).inc(len(answers))
+        """The answers (as their callers get them) of ``requests`` requests that each took ``seconds``, given by model
+        calls of ``calls`` rows each."""
+        self.rows.labels(pipeline).inc(len(bodies))
         call_rows = self.model_call_rows.labels(pipeline)
         for rows in calls:
             call_rows.observe(rows)
@@ -147,9 +145,9 @@ class ServiceMetrics:
         for _ in range(requests):
             predict_seconds.observe(seconds)
         if task == "regression":
-            self.value.observe(pipeline, [answer.prediction for answer in answers])
+            self.value.observe(pipeline, [body["prediction"] for body in bodies])
         else:
-            self.probability.observe(pipeline, [answer.probability or 0.0 for answer in answers])
+            self.probability.observe(pipeline, [body["probability"] or 0.0 for body in bodies])
 
     def observe_reload(self, result: dict[str, Any]) -> None:
         pipeline, alias = result["pipeline"], result["alias"]
