@@ -70,7 +70,8 @@ def bench_training(rounds: int, repeats: int, with_spark: bool = True) -> tuple[
     from flightplan.spark import get_spark
     from flightplan.tracking import RunContext
 
-    job = stages.ModelJob(PIPELINE, RunContext(dag_id="bench", run_id=f"train-bench-{int(time.time())}"))
+    # fresh: every repeat trains, not reuses an earlier run's booster (flightplan.model.cache)
+    job = stages.ModelJob(PIPELINE, RunContext(dag_id="bench", run_id=f"train-bench-{int(time.time())}"), fresh=True)
     run_id = stages.features(job)
     work = stages.open_run(job, run_id)
     fixed = BestTrial(params=PARAMS, rounds=rounds, metric=work.config.primary_metric, score=None, trial=0)

@@ -6,21 +6,34 @@ Turns a pipeline's landing files into validated, labeled, reproducible splits:
 **wait_for_landing** (a scheduled run waits, deferred, for its day's folder) →
 **ingest** (Spark: typed Parquet per day, bad rows to quarantine with file, line and reason) →
 **profile** (statistics page), beside **validate** (Great Expectations; a failure stops the run) →
-**wrangle** (tidy, deduplicate, impute) → **label** → **split** (train / validation / test + manifest).
+**wrangle** (tidy, deduplicate, impute) → **label** → **split** (train / validation / test + manifest, over the
+whole history up to the newest labeled day, whatever interval the run re-ran).
 
 One DAG per pipeline (`<pipeline>.data_engineering`). Scheduled runs follow the pipeline's `schedule.data` cron
 and cover the interval that just ended; to (re)ingest a range, trigger it with a `start` and an `end` date (end
 excluded) or backfill it. A snapshot needs no dates; a daily-drop run with neither dates nor a data interval
-works on the newest landed day. Re-running an interval replaces its partitions: no duplicates.
+works on the newest landed day. Re-running an interval replaces its partitions: no duplicates; a day whose
+landing files are gone keeps its rows, and the ingest manifest says so.
 The split task updates the pipeline's `<pipeline>.splits` asset, with the manifest path in the event's extra,
-which schedules that pipeline's model engineering.
+which schedules that pipeline's model engineering. A run with later runs of this DAG queued (a backfill's days
+still to come) skips its split: the last one splits and starts one retraining.
 """
 
 from __future__ import annotations
 
 from airflow.sdk import dag, get_current_context, task
 from flightplan.config import PipelineConfig
-from shared import PIPELINES, LandingSensor, asset, dag_options, fail_for_good, interval_params, stage_input, timetable
+from shared import (
+    PIPELINES,
+    LandingSensor,
+    asset,
+    dag_options,
+    fail_for_good,
+    interval_params,
+    stage_input,
+    timetable,
+    waiting,
+)
 
 
 def build(config: PipelineConfig) -> None:
@@ -70,8 +83,13 @@ def build(config: PipelineConfig) -> None:
 
         @task(outlets=[splits])
         def split(_labeled: str) -> str:
+            from airflow.sdk.exceptions import AirflowSkipException
+            from flightplan import orchestration
             from flightplan.data import stages
 
+            left = orchestration.split_left_to_later_runs(waiting(pipeline))
+            if left:
+                raise AirflowSkipException(left)  # a skipped task updates no asset: no retraining
             manifest = stages.split(stage_input(pipeline))
             get_current_context()["outlet_events"][splits].extra = {"pipeline": pipeline, "manifest": str(manifest)}
             return str(manifest)

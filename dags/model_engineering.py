@@ -4,7 +4,9 @@
 From the newest splits of a pipeline to a registered, tested, packaged model:
 
 **features** (from config; selection on gain) → **tune** (Optuna, each trial a nested MLflow run) →
-**train** (XGBoost, per-round metrics live in MLflow) → **evaluate** (metrics, slices, plots, model card) →
+**train** (XGBoost, per-round metrics live in MLflow; tune and train reuse the outputs of an earlier run whose
+split, effective config and code were the same, and say so in the log and the run's `flightplan.cache_reused`
+tag; the `fresh` Param does the work anyway) → **evaluate** (metrics, slices, plots, model card) →
 **accept** (thresholds + the champion on the same test set; a rejected model fails this task with its
 reasons and is not registered) → **package** (ONNX, parity on the whole test set) → **register**
 (new version, alias `challenger`).
@@ -49,6 +51,11 @@ def build(config: PipelineConfig) -> None:
             ),
             "reason": Param(
                 None, type=["null", "string"], description="Why this run (kept in MLflow and the registry); optional"
+            ),
+            "fresh": Param(
+                False,
+                type="boolean",
+                description="Tune and train even when an earlier run had the same data, config and code",
             ),
         },
     )

@@ -11,7 +11,9 @@ the pipeline's `<pipeline>.model_engineering` with the reason and the training w
 then goes through the acceptance gate and the deployment DAG as any other).
 
 A decision needs `monitoring.min_rows` answered rows; performance needs `monitoring.min_labeled_rows` rows
-with ground truth; a retraining is asked for at most once per `monitoring.cooldown_hours`. One DAG per
+with ground truth. No retraining is asked for while one is queued or running, nor within
+`monitoring.cooldown_hours` of the last one that gave a new model (a failed one lets the next check ask again),
+nor by a run with later runs of this DAG queued (a backfill asks once, from its last day). One DAG per
 pipeline (`<pipeline>.monitoring`), on its `schedule.monitoring` cron (the data cron unless set). Trigger it by
 hand to check another window (`start`/`end`; without them and without a logical date, the last
 `window_hours`) or with other thresholds.
@@ -26,7 +28,7 @@ from airflow.sdk import Param, dag, task
 from flightplan import orchestration
 from flightplan.config import PipelineConfig
 from flightplan.orchestration import dag_id
-from shared import PIPELINES, dag_options, job, timetable
+from shared import PIPELINES, dag_options, job, timetable, waiting
 
 
 def build(config: PipelineConfig) -> None:
@@ -73,7 +75,8 @@ def build(config: PipelineConfig) -> None:
             from flightplan.monitoring import stages
 
             config = open_pipeline(pipeline)[1]
-            window = job(pipeline, lambda facts: orchestration.monitor_job(facts, config, datetime.now(UTC)))
+            now, queued = datetime.now(UTC), waiting(pipeline)
+            window = job(pipeline, lambda facts: orchestration.monitor_job(facts, config, now, queued))
             return stages.outcome(*stages.check(window))
 
         @task.short_circuit

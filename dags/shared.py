@@ -90,6 +90,17 @@ def stage_input(pipeline: str) -> Any:
     return job(pipeline, lambda facts: orchestration.stage_input(facts, config, layout.landing))
 
 
+def waiting(pipeline: str) -> orchestration.Waiting:
+    """The later runs of this task's DAG that are queued, and the pipeline's retrainings queued or running, as
+    Airflow's metadata has them (through the task's API: tasks do not reach the database)."""
+    context = get_current_context()
+    count = context["ti"].get_dr_count
+    return orchestration.Waiting(
+        later_runs=count(dag_id=context["dag"].dag_id, states=["queued"]),
+        retrainings=count(dag_id=dag_id(pipeline, "model_engineering"), states=["queued", "running"]),
+    )
+
+
 def fail_for_good(error: Exception) -> AirflowFailException:
     """A failure that retrying the same run cannot mend: the task fails at once, naming why."""
     return AirflowFailException(f"{type(error).__name__}: {error}")

@@ -109,6 +109,11 @@ def summary(args: argparse.Namespace) -> int:
     print(f"\n{layout.name}: {args.start} to {args.end} (end excluded)")
     files, quarantined = len(ingest.files), ingest.quarantined_total
     print(f"  ingested      {ingest.rows_total:>9,} rows from {files} files, {quarantined:,} quarantined")
+    if ingest.days_kept:
+        print(
+            f"  kept          {len(ingest.days_kept)} day(s) without landing files as they were: "
+            + ", ".join(map(str, ingest.days_kept))
+        )
     print(f"  validated     {'passed' if validation.success else 'FAILED'}")
     unlabeled = labeled.quarantined_total
     print(f"  labeled       {labeled.rows_total:>9,} rows, {unlabeled:,} without a label (quarantined)")

@@ -394,7 +394,9 @@ class MonitoringSpec(Strict):
         description="retrain when the primary metric on ground truth is worse than the champion's test score by more",
     )
     cooldown_hours: Annotated[float, Field(ge=0)] = Field(
-        default=24, description="after a retraining trigger, no other one for this pipeline for N hours"
+        default=24,
+        description="no retraining asked for within N hours of the last one that gave a new model (a failed "
+        "retraining does not count)",
     )
     retrain_window_days: Annotated[int, Field(ge=1)] | None = Field(
         default=None, description="model_engineering trains on the last N days of its split; all when unset"

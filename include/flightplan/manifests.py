@@ -74,7 +74,8 @@ class IngestManifest(PartitionCounts):
     pipeline: str
     stage: Literal["ingest"] = "ingest"
     interval: Interval
-    days_without_landing: list[date]
+    days_without_landing: list[date]  # none of their rows were replaced
+    days_kept: list[date] = []  # of those, the days that held rows, kept as they were
     files: list[LandingFile]
     quarantine_reasons: dict[str, int]
     dimensions: dict[str, dict[str, Any]]

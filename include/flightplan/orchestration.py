@@ -146,14 +146,14 @@ def stage_input(facts: RunFacts, config: PipelineConfig, landing: Path) -> Stage
 
 def model_job(facts: RunFacts) -> ModelJob:
     """The run's Params as config overrides, the split its splits event names (the newest split when it was
-    started otherwise), and why it runs."""
+    started otherwise), why it runs, and whether it must tune and train afresh."""
     from flightplan.model.stages import ModelJob
 
     overrides = {key: facts.params[name] for name, key in MODEL_PARAMS.items() if facts.params.get(name) is not None}
     event = facts.event()
     manifest = event.get("manifest") if event else None
     reason = facts.params.get("reason") or ("new splits" if event else "manual")
-    return ModelJob(facts.pipeline, facts.context, overrides, manifest, reason)
+    return ModelJob(facts.pipeline, facts.context, overrides, manifest, reason, bool(facts.params.get("fresh")))
 
 
 def deploy_job(facts: RunFacts) -> DeployJob:
@@ -172,9 +172,10 @@ def rollback_job(facts: RunFacts) -> DeployJob:
     return DeployJob(facts.pipeline, facts.context, reason=_reason(facts, "manual rollback"))
 
 
-def monitor_job(facts: RunFacts, config: PipelineConfig, now: datetime) -> MonitorJob:
+def monitor_job(facts: RunFacts, config: PipelineConfig, now: datetime, waiting: Waiting | None = None) -> MonitorJob:
     """The window: the ``start``/``end`` Params, else the run's data interval (any run that has one), else the
-    pipeline's last ``monitoring.window_hours`` before ``now``; the run's thresholds as config overrides."""
+    pipeline's last ``monitoring.window_hours`` before ``now``; the run's thresholds as config overrides; what
+    waits in Airflow, for the retrain decision."""
     from flightplan.monitoring.stages import MonitorJob
 
     overrides = {
@@ -192,7 +193,31 @@ def monitor_job(facts: RunFacts, config: PipelineConfig, now: datetime) -> Monit
         window = (now - timedelta(hours=hours), now)
     if window[0] >= window[1]:
         raise JobError(f"{facts.dag_id}: the window's start ({window[0]}) must come before its end ({window[1]})")
-    return MonitorJob(facts.pipeline, window[0], window[1], facts.context, overrides)
+    waiting = waiting or Waiting()
+    return MonitorJob(
+        facts.pipeline, window[0], window[1], facts.context, overrides, waiting.retrainings > 0, waiting.later_runs
+    )
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """What waits in Airflow when a task decides: later runs of its own DAG queued (a backfill's days still to
+    come), and the pipeline's retrainings queued or running."""
+
+    later_runs: int = 0
+    retrainings: int = 0
+
+
+def split_left_to_later_runs(waiting: Waiting) -> str | None:
+    """Why a data_engineering run leaves its split to a later run, or None when it splits: each split covers the
+    whole history up to the newest labeled day and starts a retraining, so of a backfill's days only the last
+    need split (and no retraining is started on history cut at an older day)."""
+    if not waiting.later_runs:
+        return None
+    return (
+        f"{waiting.later_runs} later run(s) of this DAG are queued (a backfill, or runs triggered together): the "
+        "last one splits the whole history and starts one retraining"
+    )
 
 
 def _utc(moment: datetime) -> datetime:

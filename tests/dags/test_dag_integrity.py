@@ -81,7 +81,8 @@ def test_model_engineering_shape(dagbag) -> None:  # type: ignore[no-untyped-def
     assert dag.get_task("accept").retries == 0 and dag.get_task("package").retries == 0
     assert [o.name for o in dag.get_task("register").outlets] == ["flights.challenger"]
     assert [a.name for a in dag.timetable.asset_condition.objects] == ["flights.splits"]
-    assert {"trials", "timeout_minutes", "window_days", "engine", "reason"} <= set(dag.params.keys())
+    assert {"trials", "timeout_minutes", "window_days", "engine", "reason", "fresh"} <= set(dag.params.keys())
+    assert dag.params["fresh"] is False
     assert set(dag.params.get_param("engine").schema["enum"]) == {None, "local", "spark"}
     assert type(dag.timetable).__name__ == "AssetTriggeredTimetable"
 

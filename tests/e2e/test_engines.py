@@ -276,7 +276,8 @@ def test_two_celery_workers_run_data_and_model_engineering_at_once(
         ):
             api = airflow_api(base, env)
             data_run = api.trigger("flights.data_engineering", {**CONF, "start": str(later), "end": str(later_end)})
-            model_run = api.trigger("flights.model_engineering", {"trials": 2, "reason": "celery"})
+            conf = {"trials": 2, "reason": "celery", "fresh": True}  # trains on the workers, as the first run did
+            model_run = api.trigger("flights.model_engineering", conf)
             for dag_id, run in (("flights.data_engineering", data_run), ("flights.model_engineering", model_run)):
                 state = api.wait_for_run(dag_id, run["dag_run_id"])
                 assert state == "success", api.task_states(dag_id, run["dag_run_id"])

@@ -234,10 +234,11 @@ def test_a_killed_training_and_a_tracking_outage_leave_one_finished_run_and_one_
     test metrics, one finished MLflow run with one search's trials, one registered version."""
     api = faults.api
     api.set_paused("flights.model_engineering", False)
-    clean = api.trigger("flights.model_engineering", {"reason": "clean"})["dag_run_id"]
+    # fresh: both runs tune and train, however alike their inputs (flightplan.model.cache would reuse)
+    clean = api.trigger("flights.model_engineering", {"reason": "clean", "fresh": True})["dag_run_id"]
     wait_succeeded(api, "flights.model_engineering", clean)
 
-    faulted = api.trigger("flights.model_engineering", {"reason": "faults"})["dag_run_id"]
+    faulted = api.trigger("flights.model_engineering", {"reason": "faults", "fresh": True})["dag_run_id"]
     rounds_at_kill: list[int] = []
     live_log: list[str] = []
 

@@ -4,7 +4,8 @@ Great Expectations and MLflow (no Airflow here)."""
 from __future__ import annotations
 
 import json
-from datetime import date
+import shutil
+from datetime import date, timedelta
 from pathlib import Path
 
 import pyarrow.dataset as pads
@@ -113,6 +114,42 @@ def test_missing_column_fails_validation_clearly(bad_day_ingest: dict) -> None:
     assert "b-missing-column.csv lacks column(s) ['dep_delay']" in message
     assert "expect_table_row_count_to_be_between(min_value=100" in message
     assert "Data Docs:" in message
+
+
+def test_a_day_whose_landing_files_are_gone_keeps_its_rows(
+    layout: Layout, good_days: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Re-running a range in which one day's files were removed (its folder emptied) or its folder deleted
+    replaces the days that landed and leaves the others as they were, saying which."""
+    from flightplan.data.ingest import ingest
+
+    second, third = FIRST_DAY + timedelta(days=1), FIRST_DAY + timedelta(days=2)
+    kept = {day: dataset_rows(layout.dataset("curated"), day) for day in (FIRST_DAY, second)}
+    emptied, removed = layout.landing / FIRST_DAY.isoformat(), layout.landing / second.isoformat()
+    shutil.copytree(emptied, tmp_path / "emptied")
+    removed.rename(tmp_path / "removed")
+    for file in emptied.iterdir():
+        file.unlink()
+    try:
+        with caplog.at_level("WARNING", logger="flightplan.data.ingest"):
+            manifest = json.loads(ingest(layout, FIRST_DAY, END_DAY, engine="local").read_text())
+    finally:
+        shutil.rmtree(emptied)
+        shutil.copytree(tmp_path / "emptied", emptied)
+        (tmp_path / "removed").rename(removed)
+    assert manifest["days_without_landing"] == manifest["days_kept"] == [str(FIRST_DAY), str(second)]
+    assert {day: dataset_rows(layout.dataset("curated"), day) for day in kept} == kept
+    assert manifest["rows"] == good_days["ingest"]["rows"]  # the kept days counted with what they hold
+    assert dataset_rows(layout.dataset("curated"), third)
+    assert f"no landing files for {FIRST_DAY}, {second}: their curated rows are kept" in caplog.text
+
+
+def test_a_rerun_of_an_old_day_splits_up_to_the_newest_labeled_day(layout: Layout, good_days: dict) -> None:
+    newest = data_stages.StageInput("flights", FIRST_DAY, END_DAY)
+    old = data_stages.StageInput("flights", FIRST_DAY, FIRST_DAY + timedelta(days=1))
+    window = data_stages.training_window(newest, layout.config, layout)
+    assert window[1] == END_DAY
+    assert data_stages.training_window(old, layout.config, layout) == window
 
 
 def test_no_landing_files_is_a_clear_error() -> None:

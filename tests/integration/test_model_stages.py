@@ -116,6 +116,45 @@ def test_the_champions_own_search_run_again_is_accepted(challenger: tuple[str, d
     assert compared["value"] == compared["bound"], compared
 
 
+def test_a_run_with_the_same_data_config_and_code_reuses_tuning_and_training(
+    challenger: tuple[str, dict[str, str]], layout: Layout
+) -> None:
+    """Tune and train are skipped (no trial, the earlier booster copied, the reuse in the run's tags) when the
+    inputs are the same; ``fresh`` or one config value changed makes the run do the work."""
+    from flightplan.model.cache import REUSED_TAG
+    from flightplan.tracking import client
+
+    mlflow_client = client(layout.settings)
+    earlier, _ = challenger
+    split = mlflow_client.get_run(earlier).data.tags["flightplan.split_manifest"]
+
+    def tuned_and_trained(run_id: str, overrides: dict, fresh: bool = False) -> tuple[str, dict[str, str]]:
+        job = stages.ModelJob("flights", RunContext("model_engineering", run_id), overrides, split, fresh=fresh)
+        mlflow_run = stages.features(job)
+        stages.tune(job, mlflow_run)
+        stages.train(job, mlflow_run)
+        return mlflow_run, mlflow_client.get_run(mlflow_run).data.tags
+
+    def trials(mlflow_run: str) -> int:
+        experiment = mlflow_client.get_run(mlflow_run).info.experiment_id
+        query = f"tags.mlflow.parentRunId = '{mlflow_run}' and tags.`flightplan.role` = 'trial'"
+        return len(mlflow_client.search_runs([experiment], filter_string=query))
+
+    def booster(mlflow_run: str) -> bytes:
+        return (layout.model_run(mlflow_run) / "booster.ubj").read_bytes()
+
+    again, tags = tuned_and_trained("it-cached", QUICK)
+    reused = tags[REUSED_TAG].splitlines()  # the newest run with these inputs: the module's, or one that reused it
+    source = reused[0].removeprefix("tune: run ")
+    assert reused == [f"tune: run {source}", f"train: run {source}"] and source != again
+    assert trials(again) == 0 and "train_seconds" not in mlflow_client.get_run(again).data.metrics
+    assert booster(again) == booster(source) == booster(earlier)
+    forced, tags = tuned_and_trained("it-fresh", QUICK, fresh=True)
+    assert REUSED_TAG not in tags and trials(forced) == QUICK["model.tuning.trials"]
+    changed, tags = tuned_and_trained("it-changed", {**QUICK, "model.tuning.seed": 8})
+    assert REUSED_TAG not in tags and trials(changed) == QUICK["model.tuning.trials"]
+
+
 def test_spark_engine_trains_a_booster_that_packages_with_parity(
     challenger: tuple[str, dict[str, str]], layout: Layout, spark
 ) -> None:  # type: ignore[no-untyped-def]

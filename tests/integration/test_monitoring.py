@@ -1,6 +1,7 @@
 """The monitoring check on traffic answered by the real inference API (test client, SQLite prediction log)
 against the champion's training split found through the registry: unshifted traffic holds, shifted traffic
-with bad ground truth asks for a retraining once, then the cooldown holds; a thin window does not decide."""
+with bad ground truth asks for a retraining, none while one runs, again after one failed, none within the cooldown
+of a new model; a thin window does not decide."""
 
 from __future__ import annotations
 
@@ -87,28 +88,27 @@ def shifted(frame: pd.DataFrame, layout: Layout) -> pd.DataFrame:
     return moved
 
 
-def check(start: datetime, end: datetime, /, **overrides: Any) -> dict[str, Any]:
-    """A check of the window: its summary as the file holds it, and where the file is (``summary``)."""
+def check(
+    start: datetime, end: datetime, /, overrides: dict[str, Any] | None = None, in_flight: bool = False
+) -> dict[str, Any]:
+    """A check of the window with ``overrides`` of the config (``in_flight``: as if a retraining were queued or
+    running): its summary as the file holds it, and where the file is (``summary``)."""
     from flightplan.monitoring.stages import MonitorJob, check
     from flightplan.tracking import RunContext
 
-    _, path = check(MonitorJob("flights", start, end, RunContext("monitoring", "it"), {**SMALL, **overrides}))
+    job = MonitorJob("flights", start, end, RunContext("monitoring", "it"), {**SMALL, **(overrides or {})}, in_flight)
+    _, path = check(job)
     return {**json.loads(path.read_text()), "summary": str(path)}
 
 
 def test_unshifted_traffic_holds_shifted_traffic_retrains_once(
-    api: Any, layout: Layout, settings: Settings, training_rows: pd.DataFrame
+    api: Any, layout: Layout, settings: Settings, training_rows: pd.DataFrame, champion: str
 ) -> None:
-    from flightplan.monitoring.stages import monitoring_experiment
+    from flightplan.model.registry import REASON_TAG
+    from flightplan.monitoring.stages import RETRAIN_REASON, monitoring_experiment
     from flightplan.tracking import client, experiment_id
 
-    started = datetime.now(UTC)
-
-    def cooldown_of_this_test() -> dict[str, float]:
-        """A cooldown reaching back to this test's start only: the module's earlier checks may have asked for a
-        retraining before it."""
-        return {"monitoring.cooldown_hours": (datetime.now(UTC) - started).total_seconds() / 3600}
-
+    mlflow_client = client(settings)
     label = layout.config.label.name
     same = training_rows.sample(n=min(len(training_rows), 1000), random_state=1)
     calm = check(*send(api, layout, same, same[label]))
@@ -119,7 +119,7 @@ def test_unshifted_traffic_holds_shifted_traffic_retrains_once(
 
     moved = shifted(same, layout)
     window = send(api, layout, moved, 1 - moved[label])
-    stormy = check(*window, **cooldown_of_this_test())
+    stormy = check(*window)
     verdicts = {c["column"]: c["drifted"] for c in stormy["columns"]}
     moved_features = {*SHIFTED, "dep_hour", "carrier", "origin"} & set(verdicts)
     assert moved_features and all(verdicts[c] for c in moved_features), verdicts
@@ -140,9 +140,20 @@ def test_unshifted_traffic_holds_shifted_traffic_retrains_once(
     written = Path(stormy["summary"])
     assert outcome(MonitoringSummary.read(written), written)["decision"] == stormy["decision"]
 
-    again = check(*window, **cooldown_of_this_test())
-    assert again["decision"]["outcome"] == "hold" and "cooldown" in again["decision"]["reason"]
-    mlflow_client = client(settings)
+    running = check(*window, in_flight=True)
+    assert running["decision"]["outcome"] == "hold" and "already queued or running" in running["decision"]["reason"]
+    # The retraining asked for failed (no new model, none running): the next check asks again.
+    assert check(*window)["decision"]["outcome"] == "retrain"
+    # The cooldown counts from the newest version a retraining asked for by a check registered: none yet (the
+    # module's champion was trained for another reason), then the champion, as if it had been.
+    assert check(*window, {"monitoring.cooldown_hours": 10_000})["decision"]["outcome"] == "retrain"
+    name, version = layout.config.registered_model, champion
+    mlflow_client.set_model_version_tag(name, version, REASON_TAG, f"{RETRAIN_REASON}{window[0]} to {window[1]}")
+    try:
+        again = check(*window, {"monitoring.cooldown_hours": 10_000})
+    finally:
+        mlflow_client.set_model_version_tag(name, version, REASON_TAG, "manual")
+    assert again["decision"]["outcome"] == "hold" and "cooldown of 10000 h" in again["decision"]["reason"]
     runs = mlflow_client.search_runs(
         [experiment_id(mlflow_client, settings, monitoring_experiment(layout.config))],
         filter_string=f"tags.`flightplan.window` = '{window[0]:%Y%m%dT%H%M%S}-{window[1]:%Y%m%dT%H%M%S}'",
@@ -151,7 +162,7 @@ def test_unshifted_traffic_holds_shifted_traffic_retrains_once(
     assert runs[0].data.metrics["drift_share"] == pytest.approx(stormy["drift_share"])
     assert np.isfinite(runs[0].data.metrics["live_roc_auc"])
 
-    later = check(*window, **{"monitoring.cooldown_hours": 0})
+    later = check(*window, {"monitoring.cooldown_hours": 0})
     assert later["decision"]["outcome"] == "retrain"
 
 

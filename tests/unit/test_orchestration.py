@@ -129,6 +129,18 @@ def test_monitoring_window_is_the_data_interval_of_any_run_that_has_one(flights:
     assert (given.start, given.end) == (interval[0], datetime(2013, 7, 1, 6, tzinfo=UTC))
 
 
+def test_what_waits_in_airflow_reaches_the_retrain_decision_and_the_split(flights: PipelineConfig) -> None:
+    now = datetime(2026, 1, 2, 12, tzinfo=UTC)
+    backfilled = facts(run_type="backfill", data_interval=(datetime(2013, 7, 1, tzinfo=UTC), now))
+    job = orchestration.monitor_job(backfilled, flights, now, orchestration.Waiting(later_runs=3, retrainings=1))
+    assert (job.checks_queued, job.retraining_in_flight) == (3, True)
+    alone = orchestration.monitor_job(backfilled, flights, now)
+    assert (alone.checks_queued, alone.retraining_in_flight) == (0, False)
+    assert orchestration.split_left_to_later_runs(orchestration.Waiting(retrainings=2)) is None
+    left = orchestration.split_left_to_later_runs(orchestration.Waiting(later_runs=29))
+    assert left is not None and left.startswith("29 later run(s) of this DAG are queued")
+
+
 def test_scan_keeps_the_good_pipelines_and_names_the_broken_key(tmp_path: Path) -> None:
     (tmp_path / "flights.yaml").write_text((PACKAGE_PIPELINES_DIR / "flights.yaml").read_text())
     broken = (PACKAGE_PIPELINES_DIR / "flights.yaml").read_text().replace("strategy: time", "strategy: sideways")

@@ -12,6 +12,7 @@ overwrites its output instead of duplicating it, and each day's partition is swa
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +49,7 @@ CHUNK_BYTES = 64 << 20
 MAX_HEADER_BYTES = 1 << 20  # ten thousand columns of long names fit in a fifth of it
 STAGE = "curated"
 ENGINES = ("spark", "local")
+log = logging.getLogger(__name__)
 
 
 class NoLandingData(FileNotFoundError):
@@ -65,24 +67,31 @@ def ingest(
         raise ValueError(f"ingest engine '{engine}' is not one of {ENGINES}")
     days = days_in(start, end)
     plan = plan_chunks(layout, days)
-    if not plan["chunks"] and not plan["files"]:
+    without_landing = [date.fromisoformat(day) for day in plan["missing_days"]]
+    # A day whose files are gone keeps what it held: re-running a range never deletes data by absence.
+    part = config.source.partition_column
+    kept = [day for day in without_landing if partition_files(layout.dataset(STAGE), part, [day])]
+    if not plan["chunks"] and not plan["files"] and not kept:
         where = (
             f"the snapshot {layout.snapshot} has no data files"
             if layout.snapshot
             else f"no landing files for {start}..{end} under {layout.landing} (one YYYY-MM-DD folder per day)"
         )
         raise NoLandingData(where)
+    if kept:
+        log.warning("no landing files for %s: their %s rows are kept as they were", ", ".join(map(str, kept)), STAGE)
     key = interval_key(start, end)
     dimensions = {d.name: load_dimension(layout, d) for d in config.dimensions}
     with staging_area(layout, STAGE, key) as staging:
         task = _chunk_task(layout, [prepared for prepared, _ in dimensions.values()], staging)
         _run_tasks(task, plan["chunks"], engine, spark, layout)
-        published = _publish(layout, staging, days)
+        published = _publish(layout, staging, [day for day in days if day not in without_landing], days)
     manifest = IngestManifest(
         pipeline=config.name,
         engine=engine,
         interval=Interval(start=start, end=end),
-        days_without_landing=plan["missing_days"],
+        days_without_landing=without_landing,
+        days_kept=kept,
         files=plan["files"],
         **published,
         dimensions={name: notes for name, (_, notes) in dimensions.items()},
@@ -116,12 +125,12 @@ def _run_tasks(task: ChunkTask, chunks: list[Chunk], engine: str, spark: SparkSe
             list(pool.map(task, chunks))
 
 
-def _publish(layout: Layout, staging: Path, days: list[date]) -> dict[str, Any]:
-    """Swap the staged days into the dataset and the quarantine, and count what each now holds per day (with
-    the most frequent quarantine reasons)."""
+def _publish(layout: Layout, staging: Path, landed: list[date], days: list[date]) -> dict[str, Any]:
+    """Swap the staged days that landed into the dataset and the quarantine, and count what each day of the
+    interval now holds (with the most frequent quarantine reasons)."""
     part = layout.config.source.partition_column
-    replace_partitions(staging / "rows", layout.dataset(STAGE), part, days)
-    replace_partitions(staging / "quarantine", layout.quarantine("ingest"), part, days)
+    replace_partitions(staging / "rows", layout.dataset(STAGE), part, landed)
+    replace_partitions(staging / "quarantine", layout.quarantine("ingest"), part, landed)
     rows = count_rows(layout.dataset(STAGE), part, days)
     quarantined = count_rows(layout.quarantine("ingest"), part, days)
     return {
@@ -140,7 +149,7 @@ def plan_chunks(layout: Layout, days: list[date]) -> dict[str, Any]:
     files: list[dict[str, Any]] = []
     missing_days = []
     for day, paths in data_files(layout, days):
-        if paths is None:
+        if not paths:
             missing_days.append(day.isoformat())
             continue
         for path in paths:

@@ -69,7 +69,9 @@ def ingest(job: StageInput) -> Path:
         path = ingest_interval(layout, job.start, job.end)
         manifest = IngestManifest.read(path)
         _log_counts("ingest", manifest)
-        mlflow.log_metric("landing_files", len(manifest.files))
+        mlflow.log_metrics({"landing_files": len(manifest.files), "days_kept": len(manifest.days_kept)})
+        if manifest.days_kept:
+            mlflow.set_tag("flightplan.days_kept", ", ".join(map(str, manifest.days_kept)))
         mlflow.log_artifact(str(path))
     return path
 
@@ -209,28 +211,34 @@ def label(job: StageInput) -> Path:
     return path
 
 
+def training_window(job: StageInput, config: PipelineConfig, layout: Layout) -> tuple[date, date]:
+    """The days a split covers: up to the newest labeled day (an old interval's re-run never publishes a set
+    narrower than the newest), back ``split.window_days`` or to the first labeled day (a snapshot: its day)."""
+    if config.source.snapshot:
+        return job.start, job.end
+    part = config.source.partition_column
+    root = layout.dataset("labeled")
+    known = sorted(date.fromisoformat(p.name.split("=", 1)[1]) for p in root.glob(f"{part}=*") if p.is_dir())
+    end = max(job.end, known[-1] + timedelta(days=1)) if known else job.end
+    if config.split.window_days:
+        return end - timedelta(days=config.split.window_days), end
+    return (min(known[0], job.start) if known else job.start), end
+
+
 def split(job: StageInput) -> Path:
-    """Split the labeled data of the training window that ends with this interval."""
+    """Split the labeled data of the training window (:func:`training_window`)."""
     import mlflow
 
     from flightplan.data.rewrite import LOCAL, engine_for
     from flightplan.data.split import local_refusal
 
     job, settings, config, layout = job.open()
-    part = config.source.partition_column
-    root = layout.dataset("labeled")
-    if config.split.window_days:
-        window_start = job.end - timedelta(days=config.split.window_days)
-    elif config.source.snapshot:
-        window_start = job.start
-    else:
-        known = sorted(date.fromisoformat(p.name.split("=", 1)[1]) for p in root.glob(f"{part}=*") if p.is_dir())
-        window_start = min(known[0], job.start) if known else job.start
+    window_start, window_end = training_window(job, config, layout)
     with stage_run(settings, config, job.context, data_experiment(config), "split"):
-        days, window = days_in(window_start, job.end), (window_start, job.end)
+        days, window = days_in(window_start, window_end), (window_start, window_end)
         engine = engine_for(layout, "labeled", days, partial(local_refusal, config))
         mlflow.set_tag("flightplan.engine", engine)
-        split_id = interval_key(window_start, job.end)
+        split_id = interval_key(window_start, window_end)
         with staging_area(layout, "split", split_id) as staging:
             writes = _split_locally if engine == LOCAL else _split_on_spark
             path = writes(settings, layout, days, split_id, staging, window)

@@ -8,7 +8,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable, Collection
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +38,13 @@ class RetryingTransport(httpx.HTTPTransport):
 
 
 def log_line(message: str | dict[str, Any]) -> str:
-    """One message of a task log as text: its event, and each exception it carries as `type: value` (Airflow keeps
-    a traceback as structured frames beside the event)."""
+    """One message of a task log as text: its event with the reason it gives (a skipped task's), and each
+    exception it carries as `type: value` (Airflow keeps a traceback as structured frames beside the event)."""
     if isinstance(message, str):
         return message
+    event = " ".join(str(message[key]) for key in ("event", "reason") if message.get(key))
     errors = message.get("error_detail") or []
-    return "\n".join([str(message.get("event", "")), *(f"{e.get('exc_type')}: {e.get('exc_value')}" for e in errors)])
+    return "\n".join([event, *(f"{e.get('exc_type')}: {e.get('exc_value')}" for e in errors)])
 
 
 def admin_password(airflow_home: Path, user: str = ADMIN) -> str:
@@ -89,6 +90,44 @@ class AirflowApi:
             return self.run(dag_id, run_id)
         started.raise_for_status()
         return dict(started.json())
+
+    def runs(self, dag_id: str, run_type: str | None = None) -> list[dict[str, Any]]:
+        """The DAG's runs (only those of ``run_type`` when given: manual, scheduled, backfill, asset_triggered),
+        oldest logical date first."""
+        params: dict[str, str | int] = {"order_by": "logical_date", "limit": 1000}
+        if run_type:
+            params["run_type"] = run_type
+        found = self.http.get(f"/dags/{dag_id}/dagRuns", params=params)
+        found.raise_for_status()
+        return list(found.json()["dag_runs"])
+
+    def backfill(
+        self, dag_id: str, first: date, last: date, reprocess: str, max_active_runs: int = 1
+    ) -> dict[str, Any]:
+        """Starts Airflow's backfill of the runs whose logical dates fall in [first, last] (midnights, UTC);
+        ``reprocess`` says which existing runs it runs again: none, failed or completed. Returns the backfill."""
+        body = {
+            "dag_id": dag_id,
+            "from_date": f"{first.isoformat()}T00:00:00Z",
+            "to_date": f"{last.isoformat()}T00:00:00Z",
+            "reprocess_behavior": reprocess,
+            "max_active_runs": max_active_runs,
+        }
+        started = self.http.post("/backfills", json=body)
+        if started.status_code == 409:  # an earlier attempt of this very request was committed: that backfill runs
+            active = self.http.get("/backfills", params={"dag_id": dag_id, "order_by": "-id", "limit": 1})
+            return dict(active.json()["backfills"][0])
+        started.raise_for_status()
+        return dict(started.json())
+
+    def wait_for_backfill(self, backfill_id: int, timeout: float = 1800) -> dict[str, Any]:
+        """The backfill once the scheduler has marked it complete (every run it created has finished)."""
+        deadline = time.monotonic() + timeout
+        while (found := self.http.get(f"/backfills/{backfill_id}").json())["completed_at"] is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"backfill {backfill_id} of {found['dag_id']} did not complete in {timeout:g} s")
+            time.sleep(3)
+        return dict(found)
 
     def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
         found = self.http.get(f"/dags/{dag_id}/dagRuns/{run_id}")

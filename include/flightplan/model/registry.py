@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from flightplan.features import FeatureMap
@@ -12,6 +13,7 @@ from flightplan.settings import Settings
 from flightplan.tracking import client
 
 CHALLENGER, CHAMPION, PREVIOUS = "challenger", "champion", "previous"
+REASON_TAG = "flightplan.reason"  # on a version: why its model was trained
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,14 @@ def register(settings: Settings, name: str, model_uri: str, tags: dict[str, str]
     version = mlflow.register_model(model_uri, name, tags=tags)
     mlflow_client.set_registered_model_alias(name, CHALLENGER, version.version)
     return str(version.version)
+
+
+def newest_version_time(settings: Settings, name: str, reason_prefix: str) -> datetime | None:
+    """When the newest version of ``name`` trained for a reason that starts with ``reason_prefix`` was
+    registered (None: no such version)."""
+    versions = client(settings).search_model_versions(f"name = '{name}'")
+    stamps = [v.creation_timestamp for v in versions if v.tags.get(REASON_TAG, "").startswith(reason_prefix)]
+    return datetime.fromtimestamp(max(stamps) / 1000, UTC) if stamps else None
 
 
 def load_alias(settings: Settings, name: str, alias: str) -> RegisteredModel | None:

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 SIDES = ("train", "validation", "test")
+BOOSTER_FILE = "booster.ubj"
 RunFileT = TypeVar("RunFileT", bound=RunFile)
 
 
@@ -71,6 +72,7 @@ class ModelJob:
     overrides: dict[str, Any] | None = None
     split_manifest: str | None = None  # from the splits asset event; the latest split when None
     reason: str = "manual"
+    fresh: bool = False  # tune and train even when an earlier run had the same data, config and code
 
     def open(self) -> tuple[Settings, PipelineConfig, Layout]:
         return open_pipeline(self.pipeline, self.overrides)
@@ -111,7 +113,7 @@ class Workspace:
     def booster(self) -> Any:
         import xgboost as xgb
 
-        return xgb.Booster(model_file=str(self.run_dir / "booster.ubj"))
+        return xgb.Booster(model_file=str(self.run_dir / BOOSTER_FILE))
 
 
 def open_run(job: ModelJob, run_id: str) -> Workspace:
@@ -247,10 +249,22 @@ def keep_best(result: TuningResult, run_dir: Path) -> Path:
     return path
 
 
+def earlier_output(job: ModelJob, work: Workspace, run_id: str, file: str) -> tuple[str, str | None]:
+    """The key of this run's inputs, and the newest earlier run with the same key that still has ``file`` (None
+    when there is none or the job asks for fresh work)."""
+    from flightplan.model import cache
+
+    manifest, _ = job.split(work.layout)
+    key = cache.cache_key(manifest.fingerprint, work.config)
+    return key, None if job.fresh else cache.trained_run(work.settings, work.layout, key, run_id, file)
+
+
 def tune(job: ModelJob, run_id: str) -> str:
-    """Optuna search, each trial a nested MLflow run; returns the path of best.json."""
+    """Optuna search, each trial a nested MLflow run; returns the path of best.json (an earlier run's when it
+    had the same inputs: :mod:`flightplan.model.cache`)."""
     from mlflow.entities import Metric, Param, RunTag
 
+    from flightplan.model.cache import reuse
     from flightplan.model.train import matrices, stopping_metric
     from flightplan.model.tune import tune as search
     from flightplan.tracking import client
@@ -261,6 +275,9 @@ def tune(job: ModelJob, run_id: str) -> str:
     mlflow_client = client(settings)
     search_metric = stopping_metric(frames.feature_map.task)
     with model_run(settings, config, job.context) as run:
+        _, earlier = earlier_output(job, work, run_id, BestTrial.FILE)
+        if earlier:
+            return str(reuse(work.layout, "tune", earlier, run_id, BestTrial.FILE))
         experiment = run.info.experiment_id
         forget_earlier_trials(mlflow_client, experiment, run_id)
         dtrain, dval = matrices(frames.feature_map, frames.matrix("train"), frames.matrix("validation"))
@@ -289,47 +306,65 @@ def tune(job: ModelJob, run_id: str) -> str:
     return str(path)
 
 
-def train(job: ModelJob, run_id: str) -> str:
-    """The final booster with the best parameters, its per-round metrics streamed to MLflow; returns its path."""
+def fit_booster(work: Workspace, params: dict[str, Any], rounds: int, run_id: str) -> Path:
+    """Trains the booster on the run's frames, its per-round metrics streamed to MLflow; returns its file."""
     import mlflow
 
-    from flightplan.model.train import RoundReporter, booster_params, fit, matrices
-    from flightplan.tracking import MetricSink, log_dataset
+    from flightplan.model.train import RoundReporter, fit, matrices
+    from flightplan.tracking import MetricSink
+
+    settings, spec, frames = work.settings, work.config.model, work.frames
+    sink = MetricSink(settings.mlflow_tracking_uri, run_id)
+    started = time.perf_counter()
+    if spec.engine == "spark":
+        from flightplan.model.spark_train import fit_on_spark
+        from flightplan.spark import get_spark
+
+        booster = fit_on_spark(
+            get_spark(settings, classic=True),  # xgboost.spark needs the JVM's objects: not Spark Connect
+            work.run_dir / "frames",
+            frames.feature_map,
+            params,
+            rounds,
+            spec.spark_workers,
+            [RoundReporter(sink)],
+        )
+    else:
+        dtrain, dval = matrices(frames.feature_map, frames.matrix("train"), frames.matrix("validation"))
+        booster = fit(params, dtrain, dval, rounds, callbacks=[RoundReporter(sink)])
+    mlflow.log_metric("train_seconds", time.perf_counter() - started)
+    path = work.run_dir / BOOSTER_FILE
+    booster.save_model(path)
+    return path
+
+
+def train(job: ModelJob, run_id: str) -> str:
+    """The final booster with the best parameters (an earlier run's when it had the same inputs:
+    :mod:`flightplan.model.cache`); returns its path."""
+    import mlflow
+
+    from flightplan.model.cache import KEY_TAG, reuse
+    from flightplan.model.train import booster_params
+    from flightplan.tracking import log_dataset
 
     work = open_run(job, run_id)
-    settings, config, layout, run_dir, frames = work.settings, work.config, work.layout, work.run_dir, work.frames
+    config, frames = work.config, work.frames
     best = work.read(BestTrial)
-    spec = config.model
-    params = booster_params(frames.feature_map, spec.tuning.fixed, best.params, spec.tuning.seed)
-    sink = MetricSink(settings.mlflow_tracking_uri, run_id)
-    with model_run(settings, config, job.context):
-        started = time.perf_counter()
-        if spec.engine == "spark":
-            from flightplan.model.spark_train import fit_on_spark
-            from flightplan.spark import get_spark
-
-            booster = fit_on_spark(
-                get_spark(settings, classic=True),  # xgboost.spark needs the JVM's objects: not Spark Connect
-                run_dir / "frames",
-                frames.feature_map,
-                params,
-                best.rounds,
-                spec.spark_workers,
-                [RoundReporter(sink)],
-            )
+    params = booster_params(frames.feature_map, config.model.tuning.fixed, best.params, config.model.tuning.seed)
+    with model_run(work.settings, config, job.context):
+        key, earlier = earlier_output(job, work, run_id, BOOSTER_FILE)
+        if earlier:
+            path = reuse(work.layout, "train", earlier, run_id, BOOSTER_FILE)
         else:
-            dtrain, dval = matrices(frames.feature_map, frames.matrix("train"), frames.matrix("validation"))
-            booster = fit(params, dtrain, dval, best.rounds, callbacks=[RoundReporter(sink)])
-        mlflow.log_metric("train_seconds", time.perf_counter() - started)
-        path = run_dir / "booster.ubj"
-        booster.save_model(path)
+            path = fit_booster(work, params, best.rounds, run_id)
         mlflow.log_params(
             {**{k: v for k, v in params.items() if k not in ("nthread", "eval_metric")}, "rounds": best.rounds}
         )
-        manifest, _ = job.split(layout)
+        manifest, _ = job.split(work.layout)
         fingerprint = manifest.sides["train"].fingerprint
         log_dataset(frames.sides["train"], manifest.paths["train"], "train", fingerprint, "training")
         mlflow.log_artifact(str(path), "booster")
+        mlflow.set_tag(KEY_TAG, key)  # last: a later run with these inputs may now reuse this one's outputs
     return str(path)
 
 
@@ -523,7 +558,7 @@ def register(job: ModelJob, run_id: str, model_uri: str) -> dict[str, str]:
     """A new registry version with the `challenger` alias and lineage tags."""
     import mlflow
 
-    from flightplan.model.registry import CHALLENGER
+    from flightplan.model.registry import CHALLENGER, REASON_TAG
     from flightplan.model.registry import register as register_version
 
     settings, config, layout = job.open()
@@ -533,7 +568,7 @@ def register(job: ModelJob, run_id: str, model_uri: str) -> dict[str, str]:
         "flightplan.run_id": run_id,
         "flightplan.split_manifest": str(manifest_path),
         "flightplan.data_fingerprint": manifest.fingerprint,
-        "flightplan.reason": job.reason,
+        REASON_TAG: job.reason,
     }
     version = register_version(settings, config.registered_model, model_uri, tags)
     with model_run(settings, config, job.context):

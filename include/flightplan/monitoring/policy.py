@@ -1,5 +1,5 @@
-"""The retrain decision: from what a monitoring run measured, the pipeline's thresholds and the time of the
-last retraining it asked for, whether to ask for another one, and why (in words a person reads)."""
+"""The retrain decision: from what a monitoring run measured, the pipeline's thresholds and what is known of
+its retrainings, whether to ask for another one, and why (in words a person reads)."""
 
 from __future__ import annotations
 
@@ -60,7 +60,20 @@ def triggers(evidence: Evidence, spec: MonitoringSpec) -> list[str]:
     return found
 
 
-def decide(evidence: Evidence, spec: MonitoringSpec, last_retrain: datetime | None, now: datetime) -> Decision:
+@dataclass(frozen=True)
+class Retraining:
+    """What a check knows of the pipeline's retrainings."""
+
+    last_success: datetime | None = None  # when a retraining a check asked for last registered a version
+    in_flight: bool = False  # a retraining queued or running (Airflow's model_engineering runs)
+    checks_queued: int = 0  # later runs of this check waiting to start (a backfill's days): the last one asks
+
+
+def decide(evidence: Evidence, spec: MonitoringSpec, retraining: Retraining, now: datetime) -> Decision:
+    """Retrain when the evidence calls for it, unless a retraining is already on its way, a later check is
+    queued (a backfill asks once, from its last day), or a retraining succeeded within ``cooldown_hours``: the
+    cooldown counts from a new model, so a retraining that failed (or that the acceptance gate refused) lets the
+    next check ask again."""
     if evidence.rows < spec.min_rows:
         judged = f"only {evidence.rows} rows in the window answered by the version judged"
         return Decision(UNDECIDED, f"{judged}, fewer than {spec.min_rows}")
@@ -72,11 +85,19 @@ def decide(evidence: Evidence, spec: MonitoringSpec, last_retrain: datetime | No
             else f"{evidence.labeled_rows} rows with ground truth, fewer than {spec.min_labeled_rows}: not judged"
         )
         return Decision(HOLD, f"{evidence.drift_share:.0%} of the features and the model's output drift; {performance}")
-    cooldown = timedelta(hours=spec.cooldown_hours)
-    if last_retrain is not None and now - last_retrain < cooldown:
+    if retraining.in_flight:
+        return Decision(HOLD, "; ".join(reasons) + "; but a retraining is already queued or running")
+    if retraining.checks_queued:
         return Decision(
             HOLD,
-            "; ".join(reasons) + f"; but a retraining was asked for at {last_retrain.isoformat(timespec='seconds')}, "
+            "; ".join(reasons) + f"; but {retraining.checks_queued} later check(s) are queued (a backfill): "
+            "the last one judges its own window and asks",
+        )
+    last = retraining.last_success
+    if last is not None and now - last < timedelta(hours=spec.cooldown_hours):
+        return Decision(
+            HOLD,
+            "; ".join(reasons) + f"; but a retraining gave a new model at {last.isoformat(timespec='seconds')}, "
             f"within the cooldown of {spec.cooldown_hours:g} h",
         )
     return Decision(RETRAIN, "; ".join(reasons))

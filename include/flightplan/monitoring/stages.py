@@ -35,7 +35,9 @@ from flightplan.tracking import RunContext
 if TYPE_CHECKING:
     from flightplan.monitoring.report import ReportJob
 
-WINDOW_TAG, DECISION_TAG, DECIDED_AT_TAG = "flightplan.window", "flightplan.decision", "flightplan.decided_at"
+WINDOW_TAG, DECISION_TAG = "flightplan.window", "flightplan.decision"
+# How the reason of a retraining a check asks for starts (model_engineering's `reason`, on the version it registers).
+RETRAIN_REASON = "monitoring "
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,8 @@ class MonitorJob:
     end: datetime  # UTC, exclusive
     context: RunContext = field(default_factory=RunContext)
     overrides: dict[str, Any] | None = None  # thresholds from a run's Params, as config overrides
+    retraining_in_flight: bool = False  # a retraining of the pipeline is queued or running (Airflow's word)
+    checks_queued: int = 0  # later runs of this check waiting to start (Airflow's word)
 
     def open(self) -> tuple[Settings, PipelineConfig, Layout]:
         return open_pipeline(self.pipeline, self.overrides)
@@ -121,19 +125,13 @@ def live_metrics(
     return compute_metrics(feature_map.task, encode_label(labeled, feature_map), answered, reference.threshold)
 
 
-def last_retrain(settings: Settings, config: PipelineConfig) -> datetime | None:
-    """When a monitoring run of this pipeline last asked for a retraining."""
-    from flightplan.tracking import client, experiment_id
+def retraining(settings: Settings, config: PipelineConfig, job: MonitorJob) -> policy.Retraining:
+    """The pipeline's last successful retraining (the newest version registered by a retraining that a check
+    asked for), whether one is on its way, and the checks still to come."""
+    from flightplan.model.registry import newest_version_time
 
-    mlflow_client = client(settings)
-    found = mlflow_client.search_runs(
-        [experiment_id(mlflow_client, settings, monitoring_experiment(config))],
-        filter_string=f"tags.`{DECIDED_AT_TAG}` LIKE '%'",  # kept when a re-run of the window holds
-    )
-    moments = [
-        datetime.fromisoformat(run.data.tags[DECIDED_AT_TAG]) for run in found if DECIDED_AT_TAG in run.data.tags
-    ]
-    return max(moments, default=None)
+    last = newest_version_time(settings, config.registered_model, RETRAIN_REASON)
+    return policy.Retraining(last, job.retraining_in_flight, job.checks_queued)
 
 
 def window_run(settings: Settings, config: PipelineConfig, job: MonitorJob) -> str:
@@ -223,10 +221,11 @@ class Conclusion:
     live: dict[str, float]  # empty when the window's labels cannot judge the model
     evidence: policy.Evidence
     decision: policy.Decision
-    decided_at: datetime
 
 
-def conclude(settings: Settings, config: PipelineConfig, reference: Reference, comparison: Comparison) -> Conclusion:
+def conclude(
+    settings: Settings, config: PipelineConfig, job: MonitorJob, reference: Reference, comparison: Comparison
+) -> Conclusion:
     """Judges the drift of each column and the live performance against the model's test score, then decides."""
     from flightplan.model.registry import training_run_id
     from flightplan.tracking import client
@@ -244,9 +243,9 @@ def conclude(settings: Settings, config: PipelineConfig, reference: Reference, c
         live_score=live.get(config.primary_metric),
         champion_score=training_run.data.metrics.get(f"test_{config.primary_metric}"),
     )
-    now = datetime.now(UTC)
-    decision = policy.decide(evidence, config.monitoring, last_retrain(settings, config), now)
-    return Conclusion(verdicts, output_drift, live, evidence, decision, now)
+    known = retraining(settings, config, job)
+    decision = policy.decide(evidence, config.monitoring, known, datetime.now(UTC))
+    return Conclusion(verdicts, output_drift, live, evidence, decision)
 
 
 def summarize(
@@ -303,12 +302,9 @@ def log_window(
     with mlflow.start_run(run_id=window_run(settings, config, job)):
         for name, value in metrics.items():
             mlflow.log_metric(name, value, timestamp=stamp)
-        tags = {
-            DECISION_TAG: decision.outcome,
-            "flightplan.reason": decision.reason,
-            "flightplan.model_version": version,
-        }
-        mlflow.set_tags({**tags, **({DECIDED_AT_TAG: conclusion.decided_at.isoformat()} if decision.retrain else {})})
+        mlflow.set_tags(
+            {DECISION_TAG: decision.outcome, "flightplan.reason": decision.reason, "flightplan.model_version": version}
+        )
         mlflow.log_artifacts(str(folder), artifact_path="monitoring")
 
 
@@ -332,7 +328,7 @@ def check(job: MonitorJob) -> tuple[MonitoringSummary, Path]:
         comparison = compare(config, reference, current)
         folder = fresh_dir(layout.reports("monitoring") / job.key)
         drawer.draw(reports_to_draw(config, reference, comparison), folder, config.monitoring.report_rows)
-        conclusion = conclude(settings, config, reference, comparison)
+        conclusion = conclude(settings, config, job, reference, comparison)
         drawn = drawer.wait()
     summary = summarize(job, config, reference, comparison, conclusion, drawn)
     path = summary.write(folder / summary.FILE)
@@ -346,7 +342,7 @@ def outcome(summary: MonitoringSummary, path: Path) -> dict[str, Any]:
     _, config, _ = open_pipeline(summary.pipeline)
     window, decision = summary.window, summary.decision
     conf = {
-        "reason": f"monitoring {window.start.isoformat()} to {window.end.isoformat()}: {decision.reason}",
+        "reason": f"{RETRAIN_REASON}{window.start.isoformat()} to {window.end.isoformat()}: {decision.reason}",
         "window_days": config.monitoring.retrain_window_days,
     }
     found = MonitoringOutcome(
