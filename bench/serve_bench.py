@@ -175,14 +175,17 @@ class Contender:
         text = httpx.get(f"{self.url}/metrics", timeout=30).text
         within = f'le="{budget}"'
         slices, taken = "flightplan_shadow_slice_seconds", "flightplan_request_shadow_cpu_seconds"
+        answer, commit = 'work="answer"', 'work="commit"'  # the slice histogram's label
         return ShadowState(
             served=metric_sum(text, "flightplan_routed_rows_total"),
             skipped=metric_sum(text, 'flightplan_shadow_rows_total{outcome="skipped"'),
             done=metric_sum(text, "flightplan_shadow_rows_total"),
-            slices=metric_sum(text, f"{slices}_count"),
-            slices_within=metric_sum(text, f"{slices}_bucket", containing=within),
+            answer_slices=metric_sum(text, f"{slices}_count", answer),
+            answer_slices_within=metric_sum(text, f"{slices}_bucket", within, answer),
+            commit_slices=metric_sum(text, f"{slices}_count", commit),
+            commit_slices_within=metric_sum(text, f"{slices}_bucket", within, commit),
             requests=metric_sum(text, f"{taken}_count"),
-            requests_within=metric_sum(text, f"{taken}_bucket", containing=within),
+            requests_within=metric_sum(text, f"{taken}_bucket", within),
         )
 
     @property
@@ -193,15 +196,17 @@ class Contender:
 @dataclass(frozen=True)
 class ShadowState:
     """Counters of a service with a shadow: rows served, rows the shadow skipped (the service too busy to answer
-    them in its budget), rows it is done with (skipped, answered, refused or failed); slices of shadow work
-    (answered or committed) and those within the default budget; API requests, and those during which shadow work
-    took no more CPU time than the budget (the most it could have taken from them)."""
+    them in its budget), rows it is done with (skipped, answered, refused or failed); slices of shadow work that
+    answered rows and that committed them, and those of each kind within the default budget; API requests, and
+    those during which shadow work took no more CPU time than the budget (the most it could have taken from them)."""
 
     served: float
     skipped: float
     done: float
-    slices: float
-    slices_within: float
+    answer_slices: float
+    answer_slices_within: float
+    commit_slices: float
+    commit_slices_within: float
     requests: float
     requests_within: float
 
@@ -296,7 +301,11 @@ def measured_run(
     if before is not None:
         run = contender.shadow_state() - before
         figures["shadowed"] = 1 - run.skipped / run.served if run.served else 0.0
-        figures["shadow_slices"], figures["shadow_slices_over_budget"] = run.slices, run.slices - run.slices_within
+        for kind, slices, within in (
+            ("answer", run.answer_slices, run.answer_slices_within),
+            ("commit", run.commit_slices, run.commit_slices_within),
+        ):
+            figures[f"{kind}_slices"], figures[f"{kind}_slices_over_budget"] = slices, slices - within
         figures["requests_over_budget"] = 1 - run.requests_within / run.requests if run.requests else 0.0
         # The shadow's backlog is answered now that the service is quiet: before the next contender's run.
         deadline = time.monotonic() + SHADOW_DRAIN_SECONDS
@@ -306,10 +315,10 @@ def measured_run(
     return figures
 
 
-def metric_sum(text: str, prefix: str, containing: str = "") -> float:
+def metric_sum(text: str, prefix: str, *containing: str) -> float:
     """The sum of the Prometheus samples whose line starts with ``prefix`` (a name, or a name and labels) and
-    holds ``containing``."""
-    lines = (line for line in text.splitlines() if line.startswith(prefix) and containing in line)
+    holds each of ``containing``."""
+    lines = (line for line in text.splitlines() if line.startswith(prefix) and all(part in line for part in containing))
     return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
 
 
@@ -359,7 +368,8 @@ def print_shadow_cost(results: list[dict[str, Any]]) -> None:
     1% (their p99) in every round. Beside it, the served p99 against the same service without shadow, round by
     round (the two take turns within a round): where a request takes tens of milliseconds or queues, that
     difference is mostly the noise of either instance. Then the share of the rows served that the shadow answered
-    rather than skipped, and the slices of shadow work longer than the budget."""
+    rather than skipped, and the slices of shadow work longer than the budget, those that answered rows and those
+    that committed them."""
     from flightplan.config import DeploymentSpec
 
     budget = DeploymentSpec().shadow_budget_ms
@@ -367,8 +377,9 @@ def print_shadow_cost(results: list[dict[str, Any]]) -> None:
     print(f"\nshadow budget: {budget:g} ms of p99")
     columns = "p99 ms, no shadow | p99 ms, challenger in shadow | added p99 ms by round"
     waited = "requests with shadow CPU > budget, by round | p99 within budget"
-    print(f"\n| rows/request | connections | {columns} | {waited} | rows shadowed | slices over budget | req/s ratio |")
-    print("|---:|---:|---:|---:|---|---|---|---:|---:|---:|")
+    slices = "answer slices over budget | commit slices over budget"
+    print(f"\n| rows/request | connections | {columns} | {waited} | rows shadowed | {slices} | req/s ratio |")
+    print("|---:|---:|---:|---:|---|---|---|---:|---:|---:|---:|")
     for (name, rows, connections), shadowed in by_cell.items():
         if name == "flightplan, challenger in shadow":
             alone = by_cell[("flightplan", rows, connections)]
@@ -380,7 +391,8 @@ def print_shadow_cost(results: list[dict[str, Any]]) -> None:
                 f"| {rows} | {connections} | {alone['p99_ms']:.2f} | {shadowed['p99_ms']:.2f} "
                 f"| {' '.join(f'{each:+.1f}' for each in added)} | {' '.join(f'{each:.2%}' for each in over)} "
                 f"| {verdict} | {shadowed['shadowed']:.0%} "
-                f"| {shadowed['shadow_slices_over_budget']:,.0f} of {shadowed['shadow_slices']:,.0f} | {ratio} |"
+                f"| {shadowed['answer_slices_over_budget']:,.0f} of {shadowed['answer_slices']:,.0f} "
+                f"| {shadowed['commit_slices_over_budget']:,.0f} of {shadowed['commit_slices']:,.0f} | {ratio} |"
             )
 
 

@@ -51,8 +51,7 @@ def prepare_split(home: Path) -> None:
     print(f"preparing the {START:%Y} split under {home} (once)", flush=True)
     replay(layout, START, END)
     job = data_stages.StageInput(PIPELINE, START, END)
-    for stage in data_stages.IN_ORDER:
-        stage(job)
+    data_stages.run_in_order(job)
 
 
 def timed(action: Any) -> float:

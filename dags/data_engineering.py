@@ -16,12 +16,14 @@ works on the newest landed day. Re-running an interval replaces its partitions: 
 landing files are gone keeps its rows, and the ingest manifest says so.
 The split task updates the pipeline's `<pipeline>.splits` asset, with the manifest path in the event's extra,
 which schedules that pipeline's model engineering. A run with later runs of this DAG queued (a backfill's days
-still to come) skips its split: the last one splits and starts one retraining.
+still to come) skips its split: the last one splits and starts one retraining. A split whose labeled data,
+window, config and code are those of the newest split skips too, saying so ("cache hit"): nothing changed, so
+nothing is retrained; the `fresh` Param splits anyway.
 """
 
 from __future__ import annotations
 
-from airflow.sdk import dag, get_current_context, task
+from airflow.sdk import Param, dag, get_current_context, task
 from flightplan.config import PipelineConfig
 from shared import (
     PIPELINES,
@@ -30,10 +32,26 @@ from shared import (
     dag_options,
     fail_for_good,
     interval_params,
+    later_runs_queued,
     stage_input,
     timetable,
-    waiting,
 )
+
+
+def split_unless_skipped(pipeline: str) -> str:
+    """The new split's manifest; the task is skipped (a skipped task updates no asset: no retraining) when later
+    runs of this DAG will split, or when the newest split was made of the same inputs."""
+    from airflow.sdk.exceptions import AirflowSkipException
+    from flightplan import orchestration
+    from flightplan.data import stages
+
+    left = orchestration.split_left_to_later_runs(later_runs_queued())
+    if left:
+        raise AirflowSkipException(left)
+    made = stages.split(stage_input(pipeline))
+    if made.unchanged:
+        raise AirflowSkipException(made.unchanged)
+    return str(made.manifest)
 
 
 def build(config: PipelineConfig) -> None:
@@ -44,7 +62,14 @@ def build(config: PipelineConfig) -> None:
         schedule=timetable(config, "data"),
         doc_md=__doc__,
         **dag_options(config, "data_engineering", retries=2),
-        params=interval_params("(re)ingest"),
+        params={
+            **interval_params("(re)ingest"),
+            "fresh": Param(
+                False,
+                type="boolean",
+                description="Split even when the newest split was made of the same labeled data, config and code",
+            ),
+        },
     )
     def data_engineering() -> None:
         @task
@@ -83,16 +108,9 @@ def build(config: PipelineConfig) -> None:
 
         @task(outlets=[splits])
         def split(_labeled: str) -> str:
-            from airflow.sdk.exceptions import AirflowSkipException
-            from flightplan import orchestration
-            from flightplan.data import stages
-
-            left = orchestration.split_left_to_later_runs(waiting(pipeline))
-            if left:
-                raise AirflowSkipException(left)  # a skipped task updates no asset: no retraining
-            manifest = stages.split(stage_input(pipeline))
-            get_current_context()["outlet_events"][splits].extra = {"pipeline": pipeline, "manifest": str(manifest)}
-            return str(manifest)
+            manifest = split_unless_skipped(pipeline)
+            get_current_context()["outlet_events"][splits].extra = {"pipeline": pipeline, "manifest": manifest}
+            return manifest
 
         landed = LandingSensor(task_id="wait_for_landing", pipeline=pipeline, retries=0)
         ingested = ingest()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pendulum
 from airflow.sdk import Asset, BaseOperator, CronDataIntervalTimetable, Param, get_current_context
@@ -15,6 +15,9 @@ from flightplan import orchestration
 from flightplan.config import PipelineConfig, scan_pipelines
 from flightplan.orchestration import JobError, RunFacts, asset_name, asset_uri, dag_id
 from flightplan.settings import load_settings
+
+if TYPE_CHECKING:
+    from flightplan.monitoring.policy import Waiting
 
 Job = TypeVar("Job")
 SETTINGS = load_settings()
@@ -90,15 +93,21 @@ def stage_input(pipeline: str) -> Any:
     return job(pipeline, lambda facts: orchestration.stage_input(facts, config, layout.landing))
 
 
-def waiting(pipeline: str) -> orchestration.Waiting:
-    """The later runs of this task's DAG that are queued, and the pipeline's retrainings queued or running, as
-    Airflow's metadata has them (through the task's API: tasks do not reach the database)."""
+def later_runs_queued() -> int:
+    """The later runs of this task's DAG that are queued, as Airflow's metadata has them (through the task's API:
+    tasks do not reach the database)."""
     context = get_current_context()
-    count = context["ti"].get_dr_count
-    return orchestration.Waiting(
-        later_runs=count(dag_id=context["dag"].dag_id, states=["queued"]),
-        retrainings=count(dag_id=dag_id(pipeline, "model_engineering"), states=["queued", "running"]),
+    return int(context["ti"].get_dr_count(dag_id=context["dag"].dag_id, states=["queued"]))
+
+
+def waiting(pipeline: str) -> Waiting:
+    """The later runs of this task's DAG that are queued, and the pipeline's retrainings queued or running."""
+    from flightplan.monitoring.policy import Waiting
+
+    retrainings = get_current_context()["ti"].get_dr_count(
+        dag_id=dag_id(pipeline, "model_engineering"), states=["queued", "running"]
     )
+    return Waiting(later_checks=later_runs_queued(), retrainings=int(retrainings))
 
 
 def fail_for_good(error: Exception) -> AirflowFailException:

@@ -121,6 +121,9 @@ class SplitManifest(Manifest):
     paths: dict[str, str]
     fingerprint: str
     config_hash: str
+    # What the split was made of (the labeled days' contents, the window, the config, the code): a later split
+    # whose inputs have this key writes nothing (flightplan.data.stages.split). None: written before keys were kept.
+    input_key: str | None = None
 
 
 class LatestSplit(Manifest):

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from flightplan.data.stages import StageInput
     from flightplan.deployment.stages import DeployJob
     from flightplan.model.stages import ModelJob
+    from flightplan.monitoring.policy import Waiting
     from flightplan.monitoring.stages import MonitorJob
     from flightplan.tracking import RunContext
 
@@ -141,7 +142,8 @@ def stage_input(facts: RunFacts, config: PipelineConfig, landing: Path) -> Stage
     from flightplan.data.stages import StageInput
 
     start, end = data_interval(facts, config, landing)
-    return StageInput(pipeline=facts.pipeline, start=start, end=end, context=facts.context)
+    fresh = bool(facts.params.get("fresh"))
+    return StageInput(pipeline=facts.pipeline, start=start, end=end, context=facts.context, fresh=fresh)
 
 
 def model_job(facts: RunFacts) -> ModelJob:
@@ -176,6 +178,7 @@ def monitor_job(facts: RunFacts, config: PipelineConfig, now: datetime, waiting:
     """The window: the ``start``/``end`` Params, else the run's data interval (any run that has one), else the
     pipeline's last ``monitoring.window_hours`` before ``now``; the run's thresholds as config overrides; what
     waits in Airflow, for the retrain decision."""
+    from flightplan.monitoring import policy
     from flightplan.monitoring.stages import MonitorJob
 
     overrides = {
@@ -193,29 +196,18 @@ def monitor_job(facts: RunFacts, config: PipelineConfig, now: datetime, waiting:
         window = (now - timedelta(hours=hours), now)
     if window[0] >= window[1]:
         raise JobError(f"{facts.dag_id}: the window's start ({window[0]}) must come before its end ({window[1]})")
-    waiting = waiting or Waiting()
-    return MonitorJob(
-        facts.pipeline, window[0], window[1], facts.context, overrides, waiting.retrainings > 0, waiting.later_runs
-    )
+    return MonitorJob(facts.pipeline, window[0], window[1], facts.context, overrides, waiting or policy.Waiting())
 
 
-@dataclass(frozen=True)
-class Waiting:
-    """What waits in Airflow when a task decides: later runs of its own DAG queued (a backfill's days still to
-    come), and the pipeline's retrainings queued or running."""
-
-    later_runs: int = 0
-    retrainings: int = 0
-
-
-def split_left_to_later_runs(waiting: Waiting) -> str | None:
+def split_left_to_later_runs(later_runs: int) -> str | None:
     """Why a data_engineering run leaves its split to a later run, or None when it splits: each split covers the
     whole history up to the newest labeled day and starts a retraining, so of a backfill's days only the last
-    need split (and no retraining is started on history cut at an older day)."""
-    if not waiting.later_runs:
+    need split (and no retraining is started on history cut at an older day). ``later_runs``: later runs of its
+    DAG queued."""
+    if not later_runs:
         return None
     return (
-        f"{waiting.later_runs} later run(s) of this DAG are queued (a backfill, or runs triggered together): the "
+        f"{later_runs} later run(s) of this DAG are queued (a backfill, or runs triggered together): the "
         "last one splits the whole history and starts one retraining"
     )
 

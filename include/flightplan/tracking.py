@@ -3,12 +3,14 @@ per (dag_id, run_id), so the MLflow UI shows a DAG run as one expandable row, ta
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -75,6 +77,22 @@ def git_commit() -> str:
         ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, check=False
     )
     return result.stdout.strip() if result.returncode == 0 else "unknown"
+
+
+# On a run a stage of which reused an earlier output: "<stage>: <what it reused>", one line per stage.
+REUSED_TAG = "flightplan.cache_reused"
+
+
+@cache
+def code_version() -> str:
+    """A hash of the library's source: a change to any module, committed or not, is new code (a cached output's
+    key holds it)."""
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def lineage_tags(config: PipelineConfig, context: RunContext) -> dict[str, str]:

@@ -69,7 +69,7 @@ def test_data_engineering_shape(dagbag) -> None:  # type: ignore[no-untyped-def]
     assert dag.get_task("profile").downstream_task_ids == set()
     assert dag.get_task("validate").upstream_task_ids == {"ingest"}
     assert [o.name for o in dag.get_task("split").outlets] == ["flights.splits"]
-    assert {"start", "end"} <= set(dag.params.keys())
+    assert {"start", "end", "fresh"} <= set(dag.params.keys()) and dag.params["fresh"] is False
 
 
 def test_model_engineering_shape(dagbag) -> None:  # type: ignore[no-untyped-def]

@@ -1,10 +1,12 @@
 """Airflow's own backfills through a live scheduler and API server, as a data engineer starts them: `airflow
 backfill create` for a month of data_engineering and of monitoring, the REST API's `/backfills` to run again only
-the day that failed, and `airflow dags trigger` to re-run a range from which a day's landing files were removed.
+the day that failed, REST triggers of a day whose files did not change, and `airflow dags trigger` to re-run a
+range from which a day's landing files were removed.
 
 A month's backfill runs one run per day, each on its own day; only its last run splits, over the whole history,
 and starts the one retraining; a monitoring month checks each day's window; the day that failed validation is
-the only one the `failed` reprocess behaviour runs again; a day without landing files keeps its rows."""
+the only one the `failed` reprocess behaviour runs again; a day run again unchanged reuses the newest split; a
+day without landing files keeps its rows."""
 
 from __future__ import annotations
 
@@ -184,6 +186,26 @@ def test_the_failed_reprocess_behaviour_runs_again_only_the_day_that_failed(
     assert rerun == {BROKEN}
     assert after[BROKEN]["state"] == "success"
     assert api.task_states(DATA, after[BROKEN]["dag_run_id"])["split"] == "success"  # no run queued after it
+
+
+def test_a_rerun_of_unchanged_days_reuses_the_newest_split_and_fresh_splits_again(
+    api: AirflowApi, layout: Layout
+) -> None:
+    """Over the REST API (``logical_date: null``), the last day again with its landing files unchanged: its
+    labeled rows are those the newest split was made of, so the split is skipped as a cache hit, with no splits
+    event (no retraining); the ``fresh`` Param splits."""
+    latest = (layout.splits / "latest.json").read_text()
+    conf = {"start": str(LAST), "end": str(LAST + timedelta(1))}
+    again = api.trigger(DATA, conf)["dag_run_id"]
+    assert api.wait_for_run(DATA, again) == "success", api.task_states(DATA, again)
+    assert api.task_states(DATA, again)["split"] == "skipped"
+    assert any("cache hit:" in line and "no retraining" in line for line in api.task_log(DATA, again, "split"))
+    events = api.http.get("/assets/events", params={"source_dag_id": DATA, "source_run_id": again})
+    assert events.json()["asset_events"] == []
+    assert (layout.splits / "latest.json").read_text() == latest
+    fresh = api.trigger(DATA, {**conf, "fresh": True})["dag_run_id"]
+    assert api.wait_for_run(DATA, fresh) == "success", api.task_states(DATA, fresh)
+    assert api.task_states(DATA, fresh)["split"] == "success"
 
 
 def test_a_rerun_range_keeps_the_rows_of_a_day_whose_landing_files_were_removed(

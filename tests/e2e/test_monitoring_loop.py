@@ -1,7 +1,9 @@
 """The loop closed through a real Airflow (scheduler, dag-processor, API server) and a real service process:
 three days of July traffic with their true labels reach the champion trained on January, the monitoring DAG finds the
-season's drift and triggers model_engineering, whose challenger goes through the acceptance gate and the
-asset-scheduled deployment DAG, and the service ends up serving the promoted version."""
+season's drift and triggers model_engineering. A person stops that retraining (marks it failed), which starts no
+cooldown: the next check asks again, and that challenger goes through the acceptance gate and the
+asset-scheduled deployment DAG; the service ends up serving the promoted version, and a check of the same window
+after it is held by the cooldown."""
 
 from __future__ import annotations
 
@@ -81,11 +83,11 @@ def test_drifted_traffic_retrains_and_the_gates_promote(
         ):  # monitoring's scheduled run last
             api.wait_until_parsed(dag_id)
             api.set_paused(dag_id, False)
-        monitoring_run = api.trigger("flights.monitoring", {})
-        assert api.wait_for_run("flights.monitoring", monitoring_run["dag_run_id"]) == "success"
-        assert api.task_states("flights.monitoring", monitoring_run["dag_run_id"])["retrain"] == "success"
+        failed = retraining_asked_for(api)
+        api.mark("flights.model_engineering", failed["dag_run_id"], "failed")  # as a person would stop it
+        assert api.wait_for_run("flights.model_engineering", failed["dag_run_id"]) == "failed"
 
-        training = api.wait_for_new_run("flights.model_engineering", monitoring_run["run_after"])
+        training = retraining_asked_for(api)  # the failed retraining gave no model: no cooldown holds this one
         assert training["conf"]["reason"].startswith("monitoring ")
         assert api.wait_for_run("flights.model_engineering", training["dag_run_id"]) == "success", api.task_states(
             "flights.model_engineering", training["dag_run_id"]
@@ -95,8 +97,24 @@ def test_drifted_traffic_retrains_and_the_gates_promote(
             "flights.deployment", deployment["dag_run_id"]
         )
 
+        # The same drifted window checked again: the retraining that gave the new model starts the cooldown.
+        held = api.trigger("flights.monitoring", {})
+        assert api.wait_for_run("flights.monitoring", held["dag_run_id"]) == "success"
+        assert api.task_states("flights.monitoring", held["dag_run_id"])["retrain"] == "skipped"
+        decision = api.returned("flights.monitoring", held["dag_run_id"], "check")["decision"]
+        assert not decision["retrain"] and "within the cooldown" in decision["reason"], decision
+
     from flightplan.model.registry import CHAMPION, alias_version
 
     champion = alias_version(settings, layout.config.registered_model, CHAMPION)
     assert champion != served
     assert httpx.get(f"{service}/ready").json()["pipelines"]["flights"]["version"] == champion
+
+
+def retraining_asked_for(api: Any) -> dict[str, Any]:
+    """A monitoring run triggered now, which must ask for a retraining: the model_engineering run it started."""
+    monitoring_run = api.trigger("flights.monitoring", {})
+    assert api.wait_for_run("flights.monitoring", monitoring_run["dag_run_id"]) == "success"
+    states = api.task_states("flights.monitoring", monitoring_run["dag_run_id"])
+    assert states["retrain"] == "success", api.returned("flights.monitoring", monitoring_run["dag_run_id"], "check")
+    return dict(api.wait_for_new_run("flights.model_engineering", monitoring_run["run_after"]))

@@ -52,7 +52,8 @@ def test_the_ingestion_benchmark_runs(tmp_path: Path) -> None:
 
 def test_the_pipeline_benchmark_runs(tmp_path: Path) -> None:
     """Each engine's stack starts, runs both pipelines' data_engineering through Airflow (Connect's also the wide
-    table's data_engineering and the model_engineering its splits start), and stops."""
+    table's data_engineering and the model_engineering its splits start, then a second one that the cache
+    serves), and stops."""
     wide = ("--wide-rows", "2000", "--categories", "50", "--trials", "2")
     printed = run_bench("pipeline_bench.py", "--home", str(tmp_path), "--snapshot-rows", "2000", *wide, timeout=2400)
     for pipeline in ("snapshot, 2,000 rows", f"flights, {SMOKE_DAYS} days of drops"):
@@ -62,6 +63,8 @@ def test_the_pipeline_benchmark_runs(tmp_path: Path) -> None:
     for stage in ("data_engineering", "model_engineering"):
         assert re.search(rf"\| {stage} \| \*\*whole run\*\* \| [\d.]+ \|", printed), printed[-2000:]
     assert re.search(r"\| model_engineering \| package \| [\d.]+ \|", printed), printed[-2000:]
+    cached = r"\| model_engineering, cached \| \*\*whole run\*\* \| [\d.]+ \| [\d.]+x \|"
+    assert re.search(cached, printed), printed[-2000:]
 
 
 def test_the_packaging_benchmark_runs() -> None:
@@ -86,6 +89,8 @@ def test_the_serving_benchmark_runs(served_home: tuple[Path, str]) -> None:
     assert "| typed records, challenger in shadow | 1 | 8 |" in printed, printed[-2000:]
     columns = "| p99 ms, no shadow | p99 ms, challenger in shadow | added p99 ms by round |"
     assert columns + " requests with shadow CPU > budget, by round | p99 within budget |" in printed
+    assert "| rows shadowed | answer slices over budget | commit slices over budget | req/s ratio |" in printed
+    assert re.search(r"\| \d[\d,]* of [1-9][\d,]* \| \d[\d,]* of \d[\d,]* \| [\d.]+ \|", printed), printed[-2000:]
     cell = (
         r"\| 1 \| 1 \| [\d.]+ \| [\d.]+ \| [-+][\d.]+ [-+][\d.]+ \| [\d.]+% [\d.]+% "
         r"\| (yes|no|rounds disagree) \| \d+% \|"

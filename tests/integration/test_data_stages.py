@@ -3,10 +3,12 @@ Great Expectations and MLflow (no Airflow here)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import pyarrow.dataset as pads
 import pytest
@@ -195,14 +197,59 @@ def test_the_profile_lists_the_most_frequent_values_of_each_text_column(good_day
 
 
 def test_split_is_reproducible(good_days: dict) -> None:
-    again = json.loads(data_stages.split(data_stages.StageInput("flights", FIRST_DAY, END_DAY)).read_text())
+    job = data_stages.StageInput("flights", FIRST_DAY, END_DAY, fresh=True)
+    again = json.loads(data_stages.split(job).manifest.read_text())
     assert again["fingerprint"] == good_days["split"]["fingerprint"]
     assert again["sides"] == good_days["split"]["sides"]
 
 
+def test_a_split_of_the_same_rows_config_and_code_writes_nothing(
+    layout: Layout, good_days: dict, tmp_path: Path
+) -> None:
+    """The newest split stands while its labeled rows, window, config and code are unchanged, in whatever order
+    the rows were written again: nothing is written, and the stage's MLflow run names the split reused. One
+    day's rows changed, a config value changed or ``fresh``: a new split."""
+    import pyarrow.parquet as pq
+    from flightplan.tracking import REUSED_TAG, RunContext, client, data_experiment
+
+    def split(run_id: str, **changes: Any) -> data_stages.SplitOutcome:
+        job = data_stages.StageInput("flights", FIRST_DAY, END_DAY, RunContext("data_engineering", run_id))
+        return data_stages.split(dataclasses.replace(job, **changes))
+
+    made = split("it-split-first", fresh=True)
+    assert made.unchanged is None
+    written = made.manifest.stat().st_mtime_ns
+    day = layout.dataset("labeled") / f"ds={FIRST_DAY.isoformat()}"
+    files = sorted(day.glob("*.parquet"))
+    shutil.copytree(day, tmp_path / "day")
+    rows = pq.read_table(day)
+    for file in files:
+        file.unlink()
+    try:
+        pq.write_table(rows.take(list(reversed(range(rows.num_rows)))), day / "reversed.parquet")
+        again = split("it-split-again")
+        assert again.manifest == made.manifest and made.manifest.stat().st_mtime_ns == written
+        assert again.unchanged is not None and again.unchanged.startswith(f"cache hit: {made.manifest} was made of")
+        pq.write_table(rows.slice(1), day / "reversed.parquet")  # a day that lost a row
+        assert split("it-split-changed-day").unchanged is None
+    finally:
+        shutil.rmtree(day)
+        shutil.copytree(tmp_path / "day", day)
+    assert split("it-split-restored").unchanged is None  # the restored rows are not the changed day's split
+    assert split("it-split-seed", overrides={"split.seed": 7}).unchanged is None
+    assert split("it-split-fresh", overrides={"split.seed": 7}, fresh=True).unchanged is None
+    assert split("it-split-back").unchanged is None  # back to the config's seed
+    mlflow_client = client(layout.settings)
+    experiment = mlflow_client.get_experiment_by_name(data_experiment(layout.config))
+    assert experiment is not None
+    query = "tags.`airflow.run_id` = 'it-split-again' and tags.`flightplan.stage` = 'split'"
+    (cached_run,) = mlflow_client.search_runs([experiment.experiment_id], filter_string=query)
+    assert cached_run.data.tags[REUSED_TAG] == f"split: {made.manifest}"
+
+
 def test_stratified_split_keeps_class_balance(good_days: dict) -> None:
     job = data_stages.StageInput("flights", FIRST_DAY, END_DAY, overrides={"split.strategy": "stratified"})
-    manifest = json.loads(data_stages.split(job).read_text())
+    manifest = json.loads(data_stages.split(job).manifest.read_text())
     shares = {side: stats["classes"]["1"] / stats["rows"] for side, stats in manifest["sides"].items()}
     assert max(shares.values()) - min(shares.values()) < 0.01
     assert abs(manifest["sides"]["train"]["rows"] / sum(s["rows"] for s in manifest["sides"].values()) - 0.7) < 0.01

@@ -93,10 +93,12 @@ def check(
 ) -> dict[str, Any]:
     """A check of the window with ``overrides`` of the config (``in_flight``: as if a retraining were queued or
     running): its summary as the file holds it, and where the file is (``summary``)."""
+    from flightplan.monitoring.policy import Waiting
     from flightplan.monitoring.stages import MonitorJob, check
     from flightplan.tracking import RunContext
 
-    job = MonitorJob("flights", start, end, RunContext("monitoring", "it"), {**SMALL, **(overrides or {})}, in_flight)
+    waiting = Waiting(retrainings=int(in_flight))
+    job = MonitorJob("flights", start, end, RunContext("monitoring", "it"), {**SMALL, **(overrides or {})}, waiting)
     _, path = check(job)
     return {**json.loads(path.read_text()), "summary": str(path)}
 

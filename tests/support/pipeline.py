@@ -67,12 +67,11 @@ def run_data_engineering(start: date, end: date) -> dict[str, dict]:
     each stage's manifest, or the path of the report it wrote."""
     from flightplan.data import stages as data_stages
 
-    job = data_stages.StageInput("flights", start, end)
-    manifests = {}
-    for stage in data_stages.IN_ORDER:
-        path = stage(job)
-        manifests[stage.__name__] = json.loads(path.read_text()) if path.suffix == ".json" else {"path": str(path)}
-    return manifests
+    written = data_stages.run_in_order(data_stages.StageInput("flights", start, end))
+    return {
+        stage: json.loads(path.read_text()) if path.suffix == ".json" else {"path": str(path)}
+        for stage, path in written.items()
+    }
 
 
 # A module's registry may already hold a champion: a quick model is accepted whatever it is.

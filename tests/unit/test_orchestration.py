@@ -132,12 +132,13 @@ def test_monitoring_window_is_the_data_interval_of_any_run_that_has_one(flights:
 def test_what_waits_in_airflow_reaches_the_retrain_decision_and_the_split(flights: PipelineConfig) -> None:
     now = datetime(2026, 1, 2, 12, tzinfo=UTC)
     backfilled = facts(run_type="backfill", data_interval=(datetime(2013, 7, 1, tzinfo=UTC), now))
-    job = orchestration.monitor_job(backfilled, flights, now, orchestration.Waiting(later_runs=3, retrainings=1))
-    assert (job.checks_queued, job.retraining_in_flight) == (3, True)
-    alone = orchestration.monitor_job(backfilled, flights, now)
-    assert (alone.checks_queued, alone.retraining_in_flight) == (0, False)
-    assert orchestration.split_left_to_later_runs(orchestration.Waiting(retrainings=2)) is None
-    left = orchestration.split_left_to_later_runs(orchestration.Waiting(later_runs=29))
+    from flightplan.monitoring.policy import Waiting
+
+    queued = Waiting(later_checks=3, retrainings=1)
+    assert orchestration.monitor_job(backfilled, flights, now, queued).waiting == queued
+    assert orchestration.monitor_job(backfilled, flights, now).waiting == Waiting(0, 0)
+    assert orchestration.split_left_to_later_runs(0) is None
+    left = orchestration.split_left_to_later_runs(29)
     assert left is not None and left.startswith("29 later run(s) of this DAG are queued")
 
 

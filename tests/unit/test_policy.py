@@ -7,7 +7,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from flightplan.config import MonitoringSpec
-from flightplan.monitoring.policy import Evidence, Retraining, decide
+from flightplan.monitoring.policy import Evidence, Retraining, Waiting, decide
 
 NOW = datetime(2026, 11, 22, 12, tzinfo=UTC)
 SPEC = MonitoringSpec(min_rows=1000, min_labeled_rows=200, drift_share=0.5, max_metric_drop=0.05, cooldown_hours=24)
@@ -57,12 +57,12 @@ def test_the_cooldown_counts_from_the_last_new_model_and_a_running_retraining_is
         held.outcome == "hold" and "cooldown of 24 h" in held.reason and "new model at 2026-11-21T13:00" in held.reason
     )
     assert decide(drifting, SPEC, Retraining(last_success=NOW - timedelta(hours=25)), NOW).retrain
-    running = decide(drifting, SPEC, Retraining(last_success=NOW - timedelta(hours=25), in_flight=True), NOW)
+    running = decide(drifting, SPEC, Retraining(NOW - timedelta(hours=25), Waiting(retrainings=1)), NOW)
     assert running.outcome == "hold" and "already queued or running" in running.reason
 
 
 def test_a_backfill_asks_once_from_its_last_check() -> None:
     drifting = replace(CALM, drift_share=0.9)
-    queued = decide(drifting, SPEC, Retraining(checks_queued=4), NOW)
+    queued = decide(drifting, SPEC, Retraining(waiting=Waiting(later_checks=4)), NOW)
     assert queued.outcome == "hold" and "4 later check(s) are queued (a backfill)" in queued.reason
-    assert decide(drifting, SPEC, Retraining(checks_queued=0), NOW).retrain
+    assert decide(drifting, SPEC, Retraining(waiting=Waiting(later_checks=0)), NOW).retrain

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flightplan.config import PipelineConfig
-from flightplan.data.partitions import exchange
+from flightplan.data.partitions import exchange, partition_files
 from flightplan.data.spark_hash import xxhash64
 from flightplan.data.wrangle import spark_text_of
 from flightplan.files import write_parquet_atomic
@@ -106,24 +107,33 @@ def described(sides: dict[str, dict[str, Any]], balances: dict[str, dict[str, in
     return manifest
 
 
-def write_splits(
-    frame: DataFrame, config: PipelineConfig, root: Path, split_id: str, staging: Path, window: tuple[date, date]
-) -> Path:
-    """Write the three sides and the manifest under ``root/split_id``, replacing an earlier run whole; ``staging`` is
-    an empty folder on the same file system, which this consumes (``partitions.staging_area``)."""
-    data = staging / "data"
+@dataclass(frozen=True)
+class SplitTarget:
+    """Where a split goes (``root/split_id``, staged first in ``staging``: an empty folder on the same file system,
+    which the write consumes, ``partitions.staging_area``), the window it covers and the key of its inputs."""
+
+    root: Path
+    split_id: str
+    staging: Path
+    window: tuple[date, date]
+    input_key: str | None = None
+
+
+def write_splits(frame: DataFrame, config: PipelineConfig, target: SplitTarget) -> Path:
+    """Write the three sides and the manifest under ``root/split_id``, replacing an earlier run whole."""
+    data = target.staging / "data"
     frame.write.partitionBy("split").parquet(str(data))
     # Described from what was written: recomputing ``frame`` would read and split the whole window again.
     sides = describe(frame.sparkSession.read.parquet(str(data)), config)
-    return publish_split(sides, config, root, split_id, staging, window)
+    return publish_split(sides, config, target)
 
 
-def publish_split(
-    sides: dict[str, Any], config: PipelineConfig, root: Path, split_id: str, staging: Path, window: tuple[date, date]
-) -> Path:
-    """The manifest of the sides staged under ``staging/data``, and the staged split moved to ``root/split_id``."""
+def publish_split(sides: dict[str, Any], config: PipelineConfig, target: SplitTarget) -> Path:
+    """The manifest of the sides staged under ``staging/data`` (with the key of what they were made of), and the
+    staged split moved to ``root/split_id``."""
+    root, split_id, staging, window = target.root, target.split_id, target.staging, target.window
     fingerprint = hashlib.sha256("".join(sides[s]["fingerprint"] for s in SPLITS).encode()).hexdigest()[:16]
-    target = root / split_id
+    published = root / split_id
     manifest = SplitManifest(
         pipeline=config.name,
         split_id=split_id,
@@ -134,18 +144,19 @@ def publish_split(
         label=config.label.name,
         time_column=config.source.time_column,
         sides={side: SplitSide.model_validate(stats) for side, stats in sides.items()},
-        paths={s: str(target / "data" / f"split={s}") for s in SPLITS},
+        paths={s: str(published / "data" / f"split={s}") for s in SPLITS},
         fingerprint=fingerprint,
         config_hash=config.fingerprint(),
+        input_key=target.input_key,
     )
     manifest.write(staging / "manifest.json")
-    if target.exists():
-        exchange(staging, target)  # the earlier split is now in staging, which its owner removes
+    if published.exists():
+        exchange(staging, published)  # the earlier split is now in staging, which its owner removes
     else:
         root.mkdir(parents=True, exist_ok=True)
-        staging.rename(target)
-    LatestSplit(split_id=split_id, manifest=str(target / "manifest.json")).write(root / "latest.json")
-    return target / "manifest.json"
+        staging.rename(published)
+    LatestSplit(split_id=split_id, manifest=str(published / "manifest.json")).write(root / "latest.json")
+    return published / "manifest.json"
 
 
 def local_refusal(config: PipelineConfig) -> str | None:
@@ -156,9 +167,7 @@ def local_refusal(config: PipelineConfig) -> str | None:
     return None
 
 
-def write_splits_locally(
-    table: pa.Table, config: PipelineConfig, root: Path, split_id: str, staging: Path, window: tuple[date, date]
-) -> Path:
+def write_splits_locally(table: pa.Table, config: PipelineConfig, target: SplitTarget) -> Path:
     """``write_splits`` of an Arrow table (``rewrite.read_days_locally``): each side one file under
     ``split=<side>``, as Spark's partitioned write lays it out (no folder for a side without rows)."""
     sides = local_sides(table, config)
@@ -166,9 +175,9 @@ def write_splits_locally(
     for side in SPLITS:
         rows = table.filter(pa.array(sides == side))
         if rows.num_rows:
-            write_parquet_atomic(rows, staging / "data" / f"split={side}" / "part-00000.snappy.parquet")
+            write_parquet_atomic(rows, target.staging / "data" / f"split={side}" / "part-00000.snappy.parquet")
             written[side] = rows
-    return publish_split(describe_locally(written, config), config, root, split_id, staging, window)
+    return publish_split(describe_locally(written, config), config, target)
 
 
 def local_sides(table: pa.Table, config: PipelineConfig) -> np.ndarray:
@@ -216,20 +225,41 @@ def _sides(value: np.ndarray, low: float, high: float) -> np.ndarray:
     return np.where(value < low, "train", np.where(value < high, "validation", "test"))
 
 
+def hash_sum(rows: pa.Table, config: PipelineConfig) -> int:
+    """The sum of each row's xxhash64 over the split's columns, as ``describe`` sums them: the same rows in any
+    order give the same sum."""
+    columns = [c.name for c in config.all_columns] + [config.label.name]
+    return sum(int(each) for each in xxhash64([rows.column(name) for name in columns], rows.num_rows).tolist())
+
+
+def rows_digest(root: Path, config: PipelineConfig, days: list[date]) -> str:
+    """An order-independent hash of the rows of a dataset's days (each day's count and :func:`hash_sum`): the same
+    rows give the same digest whichever engine wrote them, in whatever order and files. Read a day at a time."""
+    from flightplan.data.batches import read_partitions
+
+    part = config.source.partition_column
+    digest = hashlib.sha256()
+    for day in days:
+        held = "absent"
+        if partition_files(root, part, [day]):
+            rows = read_partitions(root, part, [day])
+            held = f"{rows.num_rows}:{hash_sum(rows, config)}"
+        digest.update(f"{day.isoformat()}:{held};".encode())
+    return digest.hexdigest()[:16]
+
+
 def describe_locally(sides: dict[str, pa.Table], config: PipelineConfig) -> dict[str, Any]:
     """``describe`` of the rows of each side, as Arrow tables."""
-    columns = [c.name for c in config.all_columns] + [config.label.name]
     time = config.source.time_column or config.source.partition_column
     stats: dict[str, dict[str, Any]] = {}
     balances: dict[str, dict[str, int]] = {}
     for side, rows in sides.items():
-        row_hash = xxhash64([rows.column(name) for name in columns], rows.num_rows)
         bounds = pc.min_max(rows.column(time))
         stats[side] = {
             "rows": rows.num_rows,
             "from": spark_text_of(bounds["min"]),
             "to": spark_text_of(bounds["max"]),
-            "hash_sum": str(sum(int(each) for each in row_hash.tolist())),
+            "hash_sum": str(hash_sum(rows, config)),
         }
         if config.label.task != "regression":
             counts = pc.value_counts(rows.column(config.label.name)).to_pylist()

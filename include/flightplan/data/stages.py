@@ -4,11 +4,13 @@ the manifest it wrote, which is all that travels between tasks."""
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flightplan.config import PipelineConfig
 from flightplan.data.partitions import days_in, interval_key, staging_area
@@ -16,6 +18,7 @@ from flightplan.layout import Layout, open_pipeline
 from flightplan.manifests import (
     IngestManifest,
     LabelManifest,
+    LatestSplit,
     PartitionCounts,
     SplitManifest,
     ValidationManifest,
@@ -23,6 +26,11 @@ from flightplan.manifests import (
 )
 from flightplan.settings import Settings
 from flightplan.tracking import RunContext, data_experiment, stage_run
+
+if TYPE_CHECKING:
+    from flightplan.data.split import SplitTarget
+
+log = logging.getLogger(__name__)
 
 
 class ValidationFailed(RuntimeError):
@@ -36,6 +44,7 @@ class StageInput:
     end: date
     context: RunContext = field(default_factory=RunContext)
     overrides: dict[str, Any] | None = None
+    fresh: bool = False  # split even when the newest split was made of the same data, config and code
 
     def open(self) -> tuple[StageInput, Settings, PipelineConfig, Layout]:
         """This job over the days its pipeline says (a snapshot has its own day), and what it runs with."""
@@ -225,29 +234,68 @@ def training_window(job: StageInput, config: PipelineConfig, layout: Layout) -> 
     return (min(known[0], job.start) if known else job.start), end
 
 
-def split(job: StageInput) -> Path:
-    """Split the labeled data of the training window (:func:`training_window`)."""
+@dataclass(frozen=True)
+class SplitOutcome:
+    manifest: Path
+    unchanged: str | None = None  # why nothing was written: the newest split had the same inputs (no retraining)
+
+
+def split_input_key(layout: Layout, config: PipelineConfig, window: tuple[date, date]) -> str:
+    """What a split is made of: the labeled days' rows, the window, the effective config and the code."""
+    from flightplan.data.split import rows_digest
+    from flightplan.tracking import code_version
+
+    labeled = rows_digest(layout.dataset("labeled"), config, days_in(*window))
+    inputs = f"{labeled}|{interval_key(*window)}|{config.fingerprint()}|{code_version()}"
+    return hashlib.sha256(inputs.encode()).hexdigest()[:16]
+
+
+def unchanged_split(layout: Layout, input_key: str) -> Path | None:
+    """The newest split's manifest when that split was made of inputs of ``input_key`` and each of its sides
+    with rows is still there; else None."""
+    latest = layout.splits / "latest.json"
+    if not latest.exists():
+        return None
+    path = Path(LatestSplit.read(latest).manifest)
+    newest = SplitManifest.read(path) if path.exists() else None
+    if newest is None or newest.input_key != input_key:
+        return None
+    kept = all(Path(newest.paths[side]).is_dir() for side, stats in newest.sides.items() if stats.rows)
+    return path if kept else None
+
+
+def split(job: StageInput) -> SplitOutcome:
+    """Split the labeled data of the training window (:func:`training_window`), unless the newest split was made
+    of the same labeled data, window, config and code (the job's ``fresh`` splits anyway)."""
     import mlflow
 
     from flightplan.data.rewrite import LOCAL, engine_for
-    from flightplan.data.split import local_refusal
+    from flightplan.data.split import SplitTarget, local_refusal
+    from flightplan.tracking import REUSED_TAG
 
     job, settings, config, layout = job.open()
-    window_start, window_end = training_window(job, config, layout)
+    window = training_window(job, config, layout)
     with stage_run(settings, config, job.context, data_experiment(config), "split"):
-        days, window = days_in(window_start, window_end), (window_start, window_end)
+        input_key = split_input_key(layout, config, window)
+        earlier = None if job.fresh else unchanged_split(layout, input_key)
+        if earlier:
+            mlflow.set_tag(REUSED_TAG, f"split: {earlier}")
+            unchanged = f"cache hit: {earlier} was made of the same data, config and code; no new split, no retraining"
+            log.info("split: %s (Param fresh: split anyway)", unchanged)
+            return SplitOutcome(earlier, unchanged)
+        days = days_in(*window)
         engine = engine_for(layout, "labeled", days, partial(local_refusal, config))
         mlflow.set_tag("flightplan.engine", engine)
-        split_id = interval_key(window_start, window_end)
+        split_id = interval_key(*window)
         with staging_area(layout, "split", split_id) as staging:
             writes = _split_locally if engine == LOCAL else _split_on_spark
-            path = writes(settings, layout, days, split_id, staging, window)
+            path = writes(settings, layout, days, SplitTarget(layout.splits, split_id, staging, window, input_key))
         manifest = SplitManifest.read(path)
         for side, stats in manifest.sides.items():
             mlflow.log_metric(f"{side}_rows", stats.rows)
         mlflow.set_tag("flightplan.data_fingerprint", manifest.fingerprint)
         mlflow.log_artifact(str(path))
-    return path
+    return SplitOutcome(path)
 
 
 def _profile_on_spark(settings: Settings, layout: Layout, days: list[date]) -> dict[str, Any]:
@@ -258,25 +306,21 @@ def _profile_on_spark(settings: Settings, layout: Layout, days: list[date]) -> d
     return profile_frame(read_days(get_spark(settings), layout, "curated", days), layout.config)
 
 
-def _split_on_spark(
-    settings: Settings, layout: Layout, days: list[date], split_id: str, staging: Path, window: tuple[date, date]
-) -> Path:
+def _split_on_spark(settings: Settings, layout: Layout, days: list[date], target: SplitTarget) -> Path:
     from flightplan.data.rewrite import read_days
     from flightplan.data.split import assign_split, write_splits
     from flightplan.spark import get_spark
 
     frame = assign_split(read_days(get_spark(settings), layout, "labeled", days), layout.config)
-    return write_splits(frame, layout.config, layout.splits, split_id, staging, window)
+    return write_splits(frame, layout.config, target)
 
 
-def _split_locally(
-    _settings: Settings, layout: Layout, days: list[date], split_id: str, staging: Path, window: tuple[date, date]
-) -> Path:
+def _split_locally(_settings: Settings, layout: Layout, days: list[date], target: SplitTarget) -> Path:
     from flightplan.data.rewrite import read_days_locally
     from flightplan.data.split import write_splits_locally
 
     table = read_days_locally(layout, "labeled", days)
-    return write_splits_locally(table, layout.config, layout.splits, split_id, staging, window)
+    return write_splits_locally(table, layout.config, target)
 
 
 def _label_locally(layout: Layout, job: StageInput, truth_rows: list[dict[str, Any]]) -> tuple[PartitionCounts, int]:
@@ -315,5 +359,9 @@ def _label_on_spark(
     return counts, matched
 
 
-# The stages in the order data_engineering runs them, for a caller that runs the chain without Airflow.
-IN_ORDER = (ingest, profile, validate, wrangle, label, split)
+def run_in_order(job: StageInput) -> dict[str, Path]:
+    """The stages in the order data_engineering runs them, for a caller that runs the chain without Airflow: what
+    each wrote, by stage (the split's manifest, or the newest one when it had the same inputs)."""
+    written: dict[str, Path] = {stage.__name__: stage(job) for stage in (ingest, profile, validate, wrangle, label)}
+    written["split"] = split(job).manifest
+    return written

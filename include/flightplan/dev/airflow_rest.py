@@ -134,6 +134,16 @@ class AirflowApi:
         found.raise_for_status()
         return dict(found.json())
 
+    def mark(self, dag_id: str, run_id: str, state: str) -> None:
+        """Sets a run's state, as the UI's "Mark run as" does: ``failed`` stops what it is running."""
+        self.http.patch(f"/dags/{dag_id}/dagRuns/{run_id}", json={"state": state}).raise_for_status()
+
+    def returned(self, dag_id: str, run_id: str, task_id: str) -> Any:
+        """What a task of the run returned (its ``return_value`` XCom), as the value it stored."""
+        found = self.http.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value")
+        found.raise_for_status()
+        return found.json()["value"]
+
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         """The run's task instances: each one's id, state, start, end and duration."""
         found = self.http.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")

@@ -1,47 +1,37 @@
 """Step caching for model engineering: tuning and training whose inputs (the split's data fingerprint, the
 effective config's hash, the library's code) equal those of an earlier run that trained reuse that run's
-outputs instead of doing the work again, and say so in the task log and in MLflow."""
+outputs instead of doing the work again, and say so in the task log and in MLflow. Tuning decides for the run:
+training reuses the booster of the run whose tuning was reused, and trains when tuning did the work."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import shutil
-from functools import cache
 from pathlib import Path
 
 from flightplan.config import PipelineConfig
 from flightplan.layout import Layout
 from flightplan.settings import Settings
+from flightplan.tracking import REUSED_TAG
 
 log = logging.getLogger(__name__)
 
 # On a run whose train stage finished: the key of its inputs, which a later run looks for.
 KEY_TAG = "flightplan.cache_key"
-# On a run that reused an earlier one's outputs: "<stage>: run <id>", one line per stage.
-REUSED_TAG = "flightplan.cache_reused"
-
-
-@cache
-def code_version() -> str:
-    """A hash of the library's source: a change to any module, committed or not, is new code."""
-    package = Path(__file__).resolve().parent.parent
-    digest = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
-        digest.update(path.relative_to(package).as_posix().encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def cache_key(data_fingerprint: str, config: PipelineConfig) -> str:
     """What a run's tuning and training depend on: its data, its effective config (Params included) and code."""
+    from flightplan.tracking import code_version
+
     inputs = f"{data_fingerprint}|{config.fingerprint()}|{code_version()}"
     return hashlib.sha256(inputs.encode()).hexdigest()[:16]
 
 
-def trained_run(settings: Settings, layout: Layout, key: str, run_id: str, wanted: str) -> str | None:
-    """The newest other run of the pipeline that trained with inputs of ``key`` and still has ``wanted`` (a
-    file of its run folder); None when there is none."""
+def trained_run(settings: Settings, layout: Layout, key: str, run_id: str, wanted: tuple[str, ...]) -> str | None:
+    """The newest other run of the pipeline that trained with inputs of ``key`` and still has every file of
+    ``wanted`` in its run folder; None when there is none."""
     from flightplan.tracking import client, experiment_id, model_experiment
 
     mlflow_client = client(settings)
@@ -53,9 +43,19 @@ def trained_run(settings: Settings, layout: Layout, key: str, run_id: str, wante
     )
     for run in found:
         earlier = run.info.run_id
-        if earlier != run_id and (layout.model_run(earlier) / wanted).is_file():
+        if earlier != run_id and all((layout.model_run(earlier) / file).is_file() for file in wanted):
             return str(earlier)
     return None
+
+
+def reused_run(stage: str) -> str | None:
+    """The earlier run whose output ``stage`` of MLflow's active run reused; None when it did the work."""
+    import mlflow
+
+    active = mlflow.active_run()
+    lines = active.data.tags.get(REUSED_TAG, "").splitlines() if active else []
+    prefix = f"{stage}: run "
+    return next((line.removeprefix(prefix) for line in lines if line.startswith(prefix)), None)
 
 
 def reuse(layout: Layout, stage: str, earlier: str, run_id: str, file: str) -> Path:

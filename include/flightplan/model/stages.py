@@ -249,14 +249,16 @@ def keep_best(result: TuningResult, run_dir: Path) -> Path:
     return path
 
 
-def earlier_output(job: ModelJob, work: Workspace, run_id: str, file: str) -> tuple[str, str | None]:
-    """The key of this run's inputs, and the newest earlier run with the same key that still has ``file`` (None
-    when there is none or the job asks for fresh work)."""
+def tuned_run(job: ModelJob, work: Workspace, run_id: str) -> str | None:
+    """The newest earlier run whose split, effective config and code were this run's and which still has its
+    best trial and booster; None when there is none or the job asks for fresh work."""
     from flightplan.model import cache
 
+    if job.fresh:
+        return None
     manifest, _ = job.split(work.layout)
     key = cache.cache_key(manifest.fingerprint, work.config)
-    return key, None if job.fresh else cache.trained_run(work.settings, work.layout, key, run_id, file)
+    return cache.trained_run(work.settings, work.layout, key, run_id, (BestTrial.FILE, BOOSTER_FILE))
 
 
 def tune(job: ModelJob, run_id: str) -> str:
@@ -275,7 +277,7 @@ def tune(job: ModelJob, run_id: str) -> str:
     mlflow_client = client(settings)
     search_metric = stopping_metric(frames.feature_map.task)
     with model_run(settings, config, job.context) as run:
-        _, earlier = earlier_output(job, work, run_id, BestTrial.FILE)
+        earlier = tuned_run(job, work, run_id)
         if earlier:
             return str(reuse(work.layout, "tune", earlier, run_id, BestTrial.FILE))
         experiment = run.info.experiment_id
@@ -343,7 +345,7 @@ def train(job: ModelJob, run_id: str) -> str:
     :mod:`flightplan.model.cache`); returns its path."""
     import mlflow
 
-    from flightplan.model.cache import KEY_TAG, reuse
+    from flightplan.model.cache import KEY_TAG, cache_key, reuse, reused_run
     from flightplan.model.train import booster_params
     from flightplan.tracking import log_dataset
 
@@ -351,8 +353,9 @@ def train(job: ModelJob, run_id: str) -> str:
     config, frames = work.config, work.frames
     best = work.read(BestTrial)
     params = booster_params(frames.feature_map, config.model.tuning.fixed, best.params, config.model.tuning.seed)
+    manifest, _ = job.split(work.layout)
     with model_run(work.settings, config, job.context):
-        key, earlier = earlier_output(job, work, run_id, BOOSTER_FILE)
+        earlier = reused_run("tune")  # the run whose best trial this one's is: its booster is the one to reuse
         if earlier:
             path = reuse(work.layout, "train", earlier, run_id, BOOSTER_FILE)
         else:
@@ -360,11 +363,11 @@ def train(job: ModelJob, run_id: str) -> str:
         mlflow.log_params(
             {**{k: v for k, v in params.items() if k not in ("nthread", "eval_metric")}, "rounds": best.rounds}
         )
-        manifest, _ = job.split(work.layout)
         fingerprint = manifest.sides["train"].fingerprint
         log_dataset(frames.sides["train"], manifest.paths["train"], "train", fingerprint, "training")
         mlflow.log_artifact(str(path), "booster")
-        mlflow.set_tag(KEY_TAG, key)  # last: a later run with these inputs may now reuse this one's outputs
+        # Last: from now on, a later run with these inputs may reuse this one's outputs.
+        mlflow.set_tag(KEY_TAG, cache_key(manifest.fingerprint, config))
     return str(path)
 
 

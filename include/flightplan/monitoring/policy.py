@@ -3,7 +3,7 @@ its retrainings, whether to ask for another one, and why (in words a person read
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -61,12 +61,19 @@ def triggers(evidence: Evidence, spec: MonitoringSpec) -> list[str]:
 
 
 @dataclass(frozen=True)
+class Waiting:
+    """What waits in Airflow when a check decides."""
+
+    later_checks: int = 0  # later runs of the check queued (a backfill's days still to come): the last one asks
+    retrainings: int = 0  # the pipeline's model_engineering runs queued or running
+
+
+@dataclass(frozen=True)
 class Retraining:
     """What a check knows of the pipeline's retrainings."""
 
     last_success: datetime | None = None  # when a retraining a check asked for last registered a version
-    in_flight: bool = False  # a retraining queued or running (Airflow's model_engineering runs)
-    checks_queued: int = 0  # later runs of this check waiting to start (a backfill's days): the last one asks
+    waiting: Waiting = field(default_factory=Waiting)
 
 
 def decide(evidence: Evidence, spec: MonitoringSpec, retraining: Retraining, now: datetime) -> Decision:
@@ -85,12 +92,12 @@ def decide(evidence: Evidence, spec: MonitoringSpec, retraining: Retraining, now
             else f"{evidence.labeled_rows} rows with ground truth, fewer than {spec.min_labeled_rows}: not judged"
         )
         return Decision(HOLD, f"{evidence.drift_share:.0%} of the features and the model's output drift; {performance}")
-    if retraining.in_flight:
+    if retraining.waiting.retrainings:
         return Decision(HOLD, "; ".join(reasons) + "; but a retraining is already queued or running")
-    if retraining.checks_queued:
+    if retraining.waiting.later_checks:
         return Decision(
             HOLD,
-            "; ".join(reasons) + f"; but {retraining.checks_queued} later check(s) are queued (a backfill): "
+            "; ".join(reasons) + f"; but {retraining.waiting.later_checks} later check(s) are queued (a backfill): "
             "the last one judges its own window and asks",
         )
     last = retraining.last_success

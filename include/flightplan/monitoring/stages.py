@@ -47,8 +47,7 @@ class MonitorJob:
     end: datetime  # UTC, exclusive
     context: RunContext = field(default_factory=RunContext)
     overrides: dict[str, Any] | None = None  # thresholds from a run's Params, as config overrides
-    retraining_in_flight: bool = False  # a retraining of the pipeline is queued or running (Airflow's word)
-    checks_queued: int = 0  # later runs of this check waiting to start (Airflow's word)
+    waiting: policy.Waiting = field(default_factory=policy.Waiting)  # later checks, retrainings, in Airflow
 
     def open(self) -> tuple[Settings, PipelineConfig, Layout]:
         return open_pipeline(self.pipeline, self.overrides)
@@ -131,7 +130,7 @@ def retraining(settings: Settings, config: PipelineConfig, job: MonitorJob) -> p
     from flightplan.model.registry import newest_version_time
 
     last = newest_version_time(settings, config.registered_model, RETRAIN_REASON)
-    return policy.Retraining(last, job.retraining_in_flight, job.checks_queued)
+    return policy.Retraining(last, job.waiting)
 
 
 def window_run(settings: Settings, config: PipelineConfig, job: MonitorJob) -> str:
