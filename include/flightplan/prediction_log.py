@@ -36,6 +36,7 @@ import json
 import logging
 import math
 import queue
+import struct
 import threading
 import time
 from collections import Counter
@@ -53,7 +54,7 @@ import sqlalchemy as sa
 
 from flightplan.config import ColumnType, PipelineConfig
 from flightplan.features import input_columns
-from flightplan.slices import SHADOW_LONGEST_WAIT_SECONDS, NoServedRequests, ServedRequests, ShadowClock, SliceSizer
+from flightplan.slices import SHADOW_LONGEST_WAIT_SECONDS, NoServedRequests, ServedRequests, SliceSizer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -67,6 +68,12 @@ QUIET_SECONDS, SEAL_DELAY_SECONDS = 0.25, 300.0
 # sealer looks for such segments when it starts and then every SEAL_SECONDS.
 ORPHAN_SECONDS = 10 * SEAL_SECONDS
 SHADOW_COMMITS = "shadow commits"  # the key the writer sizes its slices of answers given in shadow by
+# SQLite copies its write-ahead log back into the database (a checkpoint) inside the commit that takes the log past
+# 1,000 pages: about 4 ms of CPU at that size, which the commit's callers wait for, and which put a shadow slice
+# sized to 1 ms over its budget (docs/performance.md). The writer checkpoints once that many pages wait, between
+# its commits, when no served answer waits to be committed, or anyway once twice as many wait.
+CHECKPOINT_PAGES = 1000
+WAL_INDEX_HEADER_BYTES = 136  # two copies of the index's header, then the checkpoint's (its copied frames at 96)
 # The columns a segment holds besides the record's fields (a field name cannot hold a dot).
 LOG_ID, LOG_TIME, LOG_VERSION = "log.id", "log.created_at", "log.model_version"
 LOG_PREDICTION, LOG_PROBABILITY, LOG_LABEL = "log.prediction", "log.probability", "log.label"
@@ -241,6 +248,49 @@ def _apply(engine: sa.Engine, change: Callable[[sa.Connection], object]) -> None
 
 def no_schemas(_pipeline: str) -> None:
     """A writer that knows no pipeline's schema: its segments are left for another to seal."""
+
+
+@dataclass(frozen=True)
+class WriteAheadLog:
+    """The write-ahead log of a SQLite database, checkpointed by the prediction log's writer on its own connection
+    (``adopt``) rather than by SQLite in a commit."""
+
+    index: Path  # the log's shared-memory index (``-shm``), whose header tells the frames written and copied
+
+    @classmethod
+    def of(cls, engine: sa.Engine) -> WriteAheadLog | None:
+        """That of the engine's database; None when it has none (PostgreSQL, SQLite in memory)."""
+        database = engine.url.database
+        if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+            return None
+        return cls(Path(f"{database}-shm"))
+
+    @staticmethod
+    def adopt(connection: sa.Connection) -> None:
+        """The connection's commits no longer checkpoint. The log is not truncated as it starts over: the first
+        commit after a checkpoint would pay the truncation (about 1 ms of CPU at 1,000 pages)."""
+        driver: Any = connection.connection.driver_connection
+        driver.execute("PRAGMA wal_autocheckpoint=0")
+
+    def pages(self) -> int:
+        """The pages written to the log and not yet copied into the database: the last frame's number less the
+        frames copied, read from the index's header (SQLite's documented WAL-index format, in the machine's
+        byte order). A read torn by a concurrent commit only moves a checkpoint by one commit."""
+        try:
+            with self.index.open("rb") as index:
+                header = index.read(WAL_INDEX_HEADER_BYTES)
+        except FileNotFoundError:
+            return 0
+        if len(header) < WAL_INDEX_HEADER_BYTES:
+            return 0
+        (last_frame,), (copied,) = struct.unpack_from("=I", header, 16), struct.unpack_from("=I", header, 96)
+        return max(0, last_frame - copied)
+
+    @staticmethod
+    def checkpoint(connection: sa.Connection) -> None:
+        """Copies what it can into the database without waiting for readers or holding up writers."""
+        driver: Any = connection.connection.driver_connection
+        driver.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()  # read to its end: no statement left open
 
 
 @dataclass
@@ -532,11 +582,10 @@ class PredictionLog:
         schemas: RecordSchemas | None = None,
         max_batch_rows: int = 50_000,
         shadow_slice_timer: Callable[[float], None] | None = None,
-        shadow_clock: ShadowClock | None = None,
         served: ServedRequests | None = None,
     ) -> None:
-        """``shadow_slice_timer`` is given the seconds of each slice of shadow answers committed while the log
-        serves (those committed at its stop, all at once, are not timed); ``shadow_clock`` counts their CPU time.
+        """``shadow_slice_timer`` is given the CPU time of each slice of shadow answers committed while the log
+        serves (those committed at its stop, all at once, are not timed), which ``served.clock`` counts too.
         ``served`` are the service's requests in flight: the slices are committed only while there are none (a
         request on its way to the log would wait for one), or once they are overdue and none in flight has seen
         shadow work yet; the service calls ``wake_for_shadows`` as it goes quiet."""
@@ -549,6 +598,7 @@ class PredictionLog:
         time_type = predictions.c.created_at.type.dialect_impl(engine.dialect)
         self._time_value = time_type.bind_processor(engine.dialect) or (lambda moment: moment)
         self._connection: sa.Connection | None = None
+        self._wal = WriteAheadLog.of(engine)
         self._open: dict[str, OpenSegment] = {}  # by pipeline: the segment its next rows go to
         self._last_commit = 0.0  # time.monotonic() of the last commit
         self._sealer = Sealer(engine, schemas or no_schemas, self._busy)
@@ -560,8 +610,8 @@ class PredictionLog:
         self._last_shadow_commit = 0.0  # time.monotonic() of the last slice committed
         self._shadow_sizer = SliceSizer()
         self._shadow_slice_timer = shadow_slice_timer or (lambda _seconds: None)
-        self._shadow_clock = shadow_clock or ShadowClock()
         self._served = served or NoServedRequests()
+        self._shadow_clock = self._served.clock
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
@@ -619,6 +669,8 @@ class PredictionLog:
             if batch:
                 self._commit(batch)
             self._commit_shadows(everything=stop)
+            if not stop:  # the engine's last connection checkpoints as it closes
+                self._checkpoint_when_due()
             self._hand_over_segments(everything=stop)
             if stop:
                 self._disconnect()
@@ -695,7 +747,7 @@ class PredictionLog:
         answers."""
         while True:
             with self._shadow_clock.working(partial(self._may_commit_shadows, everything)) as working:
-                started = time.perf_counter()
+                started, cpu_started = time.perf_counter(), time.thread_time()
                 if not working or not (rows := self._shadow_slice(everything)):
                     return
                 try:
@@ -705,10 +757,11 @@ class PredictionLog:
                     return
                 finally:
                     self._last_commit = self._last_shadow_commit = time.monotonic()
-            took = time.perf_counter() - started
-            self._shadow_sizer.measured(SHADOW_COMMITS, len(rows), took)
+                cpu = time.thread_time() - cpu_started
+            # Sized by the wall time: a served answer queued meanwhile waits for the whole commit on this thread.
+            self._shadow_sizer.measured(SHADOW_COMMITS, len(rows), time.perf_counter() - started)
             if not everything:
-                self._shadow_slice_timer(took)
+                self._shadow_slice_timer(cpu)
 
     def _drop_shadows(self, failed: int, err: Exception) -> None:
         with self._closing:
@@ -790,7 +843,7 @@ class PredictionLog:
         """``write`` on the writer's connection, committed; what it returns."""
         kept = self._connection is not None
         if self._connection is None:
-            self._connection = self.engine.connect()
+            self._connection = self._connect()
         try:
             written = write(self._connection)
         except sa.exc.DBAPIError as err:
@@ -799,10 +852,32 @@ class PredictionLog:
             # The connection kept from an earlier batch was closed while idle (the database restarted, a proxy
             # or a failover dropped it): nothing was committed, so the write goes once more on a new connection.
             self._disconnect()
-            self._connection = self.engine.connect()
+            self._connection = self._connect()
             written = write(self._connection)
         self._connection.commit()
         return written
+
+    def _connect(self) -> sa.Connection:
+        connection = self.engine.connect()
+        if self._wal is not None:
+            self._wal.adopt(connection)
+        return connection
+
+    def _checkpoint_when_due(self) -> None:
+        """SQLite's write-ahead log copied into the database once ``CHECKPOINT_PAGES`` wait, after the commits
+        that filled it (their callers have their answers) and while no served answer waits to be committed, or
+        anyway once twice as many wait (a log never idle still gets its checkpoints). A failed checkpoint is tried
+        again after the next commit, on a new connection."""
+        if self._wal is None or self._connection is None:
+            return
+        pages = self._wal.pages()
+        if pages < CHECKPOINT_PAGES or (not self._queue.empty() and pages < 2 * CHECKPOINT_PAGES):
+            return
+        try:
+            self._wal.checkpoint(self._connection)
+        except Exception as err:
+            log.warning("prediction log: the write-ahead log could not be checkpointed: %s", err)
+            self._disconnect()
 
     def _write(self, connection: sa.Connection, answered: list[AnsweredRequest]) -> dict[str, int]:
         """The rows into the table in the connection's transaction, a pipeline without an open segment opening

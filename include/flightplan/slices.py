@@ -42,7 +42,11 @@ class SliceSizer:
 
 
 class ServedRequests(Protocol):
-    """The requests a service is answering, as shadow work asks about them (``serving.traffic.InFlight``)."""
+    """The requests a service is answering, as shadow work asks about them (``serving.traffic.InFlight``), and the
+    clock of the shadow work they share their time with."""
+
+    @property
+    def clock(self) -> ShadowClock: ...
 
     def quiet(self) -> bool:
         """Whether none is in flight."""
@@ -54,7 +58,10 @@ class ServedRequests(Protocol):
 
 
 class NoServedRequests:
-    """A log with no service in front: it is always quiet."""
+    """A log with no service in front: it is always quiet, and its shadow work has a clock of its own."""
+
+    def __init__(self) -> None:
+        self.clock = ShadowClock()
 
     def quiet(self) -> bool:
         return True

@@ -83,6 +83,25 @@ def git_commit() -> str:
 REUSED_TAG = "flightplan.cache_reused"
 
 
+def record_reuse(stage: str, reused: str) -> None:
+    """Says in MLflow's active run that ``stage`` reused ``reused`` (a run, a split) instead of doing its work."""
+    import mlflow
+
+    active = mlflow.active_run()
+    before = active.data.tags.get(REUSED_TAG, "") if active else ""
+    mlflow.set_tag(REUSED_TAG, "\n".join(filter(None, [before, f"{stage}: {reused}"])))
+
+
+def reused_by(stage: str) -> str | None:
+    """What ``stage`` of MLflow's active run reused (``record_reuse``); None when it did its work."""
+    import mlflow
+
+    active = mlflow.active_run()
+    lines = active.data.tags.get(REUSED_TAG, "").splitlines() if active else []
+    prefix = f"{stage}: "
+    return next((line.removeprefix(prefix) for line in lines if line.startswith(prefix)), None)
+
+
 @cache
 def code_version() -> str:
     """A hash of the library's source: a change to any module, committed or not, is new code (a cached output's

@@ -1,10 +1,10 @@
 """Airflow's own backfills through a live scheduler and API server, as a data engineer starts them: `airflow
-backfill create` for a month of data_engineering and of monitoring, the REST API's `/backfills` to run again only
+backfill create` for two weeks of data_engineering and of monitoring, the REST API's `/backfills` to run again only
 the day that failed, REST triggers of a day whose files did not change, and `airflow dags trigger` to re-run a
 range from which a day's landing files were removed.
 
-A month's backfill runs one run per day, each on its own day; only its last run splits, over the whole history,
-and starts the one retraining; a monitoring month checks each day's window; the day that failed validation is
+A backfill of two weeks runs one run per day, each on its own day; only its last run splits, over the whole history,
+and starts the one retraining; a monitoring backfill checks each day's window; the day that failed validation is
 the only one the `failed` reprocess behaviour runs again; a day run again unchanged reuses the newest split; a
 day without landing files keeps its rows."""
 
@@ -29,9 +29,10 @@ from flightplan.settings import Settings
 from tests.support.airflow import AIRFLOW, airflow_api, migrated_airflow, running_airflow
 from tests.support.engines import postgres_database, postgres_problem, require
 
-FIRST, LAST = date(2013, 1, 1), date(2013, 1, 30)  # the backfill's days, both included: 30 runs
-BROKEN = date(2013, 1, 15)  # its landing file lacks a column: validation fails its run
-REMOVED = date(2013, 1, 10)  # its landing files are deleted before a re-run of the range around it
+FIRST, LAST = date(2013, 1, 1), date(2013, 1, 14)  # the backfill's days, both included: a run each
+DAYS = [FIRST + timedelta(days=n) for n in range((LAST - FIRST).days + 1)]
+BROKEN = date(2013, 1, 8)  # its landing file lacks a column: validation fails its run
+REMOVED = date(2013, 1, 5)  # its landing files are deleted before a re-run of the range around it
 DATA, MODEL, MONITORING = "flights.data_engineering", "flights.model_engineering", "flights.monitoring"
 pytestmark = pytest.mark.airflow
 
@@ -50,7 +51,7 @@ def airflow_env(
 @pytest.fixture(scope="module")
 def backfill_env(airflow_env: dict[str, str], settings: Settings, tmp_path_factory: Any) -> dict[str, str]:
     """The flights pipeline with a small search and no absolute acceptance thresholds (set for a year of data),
-    on the local engine below a million rows (a month of flights is a few tens of thousands), with the scheduler
+    on the local engine below a million rows (two weeks of flights are about thirteen thousand), with the scheduler
     creating runs from asset events."""
     pipelines = tmp_path_factory.mktemp("pipelines-backfill")
     config = yaml.safe_load((settings.pipelines_dir / "flights.yaml").read_text())
@@ -69,8 +70,8 @@ def backfill_env(airflow_env: dict[str, str], settings: Settings, tmp_path_facto
 
 
 @pytest.fixture(scope="module")
-def month(layout: Layout) -> dict[str, int]:
-    """The month's landing files, one day's without the dep_delay column."""
+def landed(layout: Layout) -> dict[str, int]:
+    """The landing files of the backfill's days, one day's without the dep_delay column."""
     from flightplan.dev.replay import replay
 
     rows = replay(layout, FIRST, LAST + timedelta(days=1))
@@ -85,7 +86,7 @@ def month(layout: Layout) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def api(backfill_env: dict[str, str], month: dict[str, int]) -> Iterator[AirflowApi]:
+def api(backfill_env: dict[str, str], landed: dict[str, int]) -> Iterator[AirflowApi]:
     with running_airflow(backfill_env) as base:
         client = airflow_api(base, backfill_env)
         for dag_id in (DATA, MODEL, MONITORING):
@@ -100,7 +101,7 @@ def by_day(runs: list[dict[str, Any]]) -> dict[date, dict[str, Any]]:
 
 
 def create_backfill(env: dict[str, str], dag_id: str) -> None:
-    """`airflow backfill create` over the month, one run at a time, as a user types it."""
+    """`airflow backfill create` over the backfill's days, one run at a time, as a user types it."""
     command = [AIRFLOW, "backfill", "create", "--dag-id", dag_id, "--from-date", str(FIRST), "--to-date", str(LAST)]
     done = subprocess.run([*command, "--max-active-runs", "1"], env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -125,19 +126,18 @@ def curated_rows(layout: Layout, day: date) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda row: json.dumps(row, sort_keys=True, default=str))
 
 
-def test_a_month_backfilled_runs_each_day_and_retrains_once_on_the_whole_history(
-    api: AirflowApi, backfill_env: dict[str, str], layout: Layout, month: dict[str, int]
+def test_a_backfill_runs_each_day_and_retrains_once_on_the_whole_history(
+    api: AirflowApi, backfill_env: dict[str, str], layout: Layout, landed: dict[str, int]
 ) -> None:
     create_backfill(backfill_env, DATA)
-    runs = by_day(wait_for_runs(api, DATA, 30))
-    days = [FIRST + timedelta(days=n) for n in range(30)]
-    assert sorted(runs) == days
+    runs = by_day(wait_for_runs(api, DATA, len(DAYS)))
+    assert sorted(runs) == DAYS
     assert {day: run["state"] for day, run in runs.items() if run["state"] != "success"} == {BROKEN: "failed"}
     for day, run in runs.items():
         assert (run["data_interval_start"][:10], run["data_interval_end"][:10]) == (str(day), str(day + timedelta(1)))
         if day != BROKEN:  # each on its own day: its manifest, with the rows its landing files hold
             ingested = json.loads(layout.manifest("ingest", interval_key(day, day + timedelta(1))).read_text())
-            assert ingested["rows"] == {str(day): month[str(day)]}, day
+            assert ingested["rows"] == {str(day): landed[str(day)]}, day
     splits = {day: api.task_states(DATA, run["dag_run_id"])["split"] for day, run in runs.items()}
     assert splits.pop(LAST) == "success" and splits.pop(BROKEN) == "upstream_failed"
     assert set(splits.values()) == {"skipped"}, splits
@@ -173,7 +173,7 @@ def test_a_second_identical_training_reuses_tuning_and_training_and_a_changed_on
 
 
 def test_the_failed_reprocess_behaviour_runs_again_only_the_day_that_failed(
-    api: AirflowApi, layout: Layout, month: dict[str, int]
+    api: AirflowApi, layout: Layout, landed: dict[str, int]
 ) -> None:
     from flightplan.dev.replay import replay
 
@@ -232,7 +232,7 @@ def test_a_rerun_range_keeps_the_rows_of_a_day_whose_landing_files_were_removed(
     assert any("their curated rows are kept" in line for line in api.task_log(DATA, run_id, "ingest"))
 
 
-def test_a_month_of_monitoring_backfilled_checks_each_day(
+def test_a_backfill_of_monitoring_checks_each_day(
     api: AirflowApi, backfill_env: dict[str, str], layout: Layout, settings: Settings
 ) -> None:
     """Each run checks its own day's window (a nightly run's), whatever time it runs at."""
@@ -244,8 +244,8 @@ def test_a_month_of_monitoring_backfilled_checks_each_day(
     assert retrained is not None
     client(settings).set_registered_model_alias(name, CHAMPION, retrained)
     create_backfill(backfill_env, MONITORING)
-    runs = by_day(wait_for_runs(api, MONITORING, 30))
-    assert sorted(runs) == [FIRST + timedelta(days=n) for n in range(30)]
+    runs = by_day(wait_for_runs(api, MONITORING, len(DAYS)))
+    assert sorted(runs) == DAYS
     assert {run["state"] for run in runs.values()} == {"success"}
     for day in runs:
         summary = layout.reports("monitoring") / f"{day:%Y%m%d}T000000-{day + timedelta(1):%Y%m%d}T000000"

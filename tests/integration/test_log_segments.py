@@ -5,8 +5,11 @@ PostgreSQL."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import itertools
 import json
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -308,6 +311,7 @@ class Served:
 
     quiet: Callable[[], bool]
     untouched: Callable[[], bool] = lambda: True
+    clock: ShadowClock = dataclasses.field(default_factory=ShadowClock)
 
 
 def in_shadow(version: str, ids: list[str]) -> AnsweredRequest:
@@ -323,13 +327,15 @@ def test_answers_given_in_shadow_are_committed_in_slices_of_their_budget(url: st
     sa.event.listen(engine, "commit", lambda _connection: commits.append(1))
     timed: list[float] = []
     clock = ShadowClock()
-    log = PredictionLog(engine, lambda _pipeline: SCHEMA, shadow_slice_timer=timed.append, shadow_clock=clock)
+    log = PredictionLog(
+        engine, lambda _pipeline: SCHEMA, shadow_slice_timer=timed.append, served=Served(lambda: True, clock=clock)
+    )
     assert log.submit_shadow(in_shadow("2", [f"q0-{row}" for row in range(5)]), budget_seconds=1e-9)
     deadline = datetime.now(UTC) + timedelta(seconds=30)
     while len(timed) < 5 and datetime.now(UTC) < deadline:
         time.sleep(0.01)
     assert len(commits) == 5 == len(timed)  # a budget no row fits: a row per commit, each slice timed
-    assert 0 < clock.now() <= sum(timed)  # the shadow's clock ran while each slice was committed
+    assert 0 < sum(timed) <= clock.now()  # each slice's CPU time, which the shadow's clock counted around it
     assert log.submit_shadow(in_shadow("2", [f"q1-{row}" for row in range(5)]), budget_seconds=60)
     log.close()
     assert len(commits) == 6  # all five fit half a minute
@@ -372,6 +378,42 @@ def test_a_served_request_that_comes_while_shadows_are_committed_waits_for_one_s
     log.close()
     engine.dispose()
     assert seen[:4] == ["shadow", "shadow", "shadow", "served"], seen
+
+
+def test_sqlite_checkpoints_its_write_ahead_log_after_commits_not_in_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No commit copies the write-ahead log back into the database (SQLite would, in the commit that fills 1,000
+    pages); the writer does once ``CHECKPOINT_PAGES`` wait, and the log starts over from there."""
+    database = tmp_path / "log.db"
+    engine = create_store_engine(f"sqlite:///{database}")
+    log = PredictionLog(engine, lambda _pipeline: SCHEMA)
+    wal = Path(f"{database}-wal")
+
+    def frames() -> int:
+        return wal.stat().st_size // (4096 + 24)
+
+    monkeypatch.setattr(prediction_log, "SEAL_ROWS", 10**9)  # no seal reading the log meanwhile
+    monkeypatch.setattr(prediction_log, "CHECKPOINT_PAGES", 1_000_000)
+    requests = itertools.count()
+    for _ in range(100):
+        if frames() > 1_200:
+            break
+        log.submit_all([answered(next(requests), 100, SCHEMA.names) for _ in range(10)]).result(timeout=30)
+    # Past SQLite's own threshold: had a commit checkpointed there, the log would have started over in its file.
+    assert frames() > 1_200
+    assert prediction_log.WriteAheadLog(Path(f"{database}-shm")).pages() == frames()
+    monkeypatch.setattr(prediction_log, "CHECKPOINT_PAGES", 100)
+    for _ in range(2):  # the first is followed by a checkpoint, the second starts the log over
+        log.submit(answered(next(requests), 5, SCHEMA.names)).result(timeout=30)
+    with contextlib.closing(sqlite3.connect(database)) as reader:  # its own checkpoint: what the writer left
+        ((_busy, last_frame, _copied),) = reader.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    assert 0 < last_frame < 100
+    log.close()
+    with engine.connect() as connection:
+        count = connection.execute(sa.select(sa.func.count()).select_from(predictions)).scalar_one()
+    engine.dispose()
+    assert count == 100 * (next(requests) - 2) + 2 * 5
 
 
 def test_answers_given_in_shadow_are_committed_without_waiting_for_the_disk_and_served_ones_with(url: str) -> None:

@@ -121,8 +121,7 @@ def test_a_run_with_the_same_data_config_and_code_reuses_tuning_and_training(
 ) -> None:
     """Tune and train are skipped (no trial, the earlier booster copied, the reuse in the run's tags) when the
     inputs are the same; ``fresh`` or one config value changed makes the run do the work."""
-    from flightplan.model.cache import REUSED_TAG
-    from flightplan.tracking import client
+    from flightplan.tracking import REUSED_TAG, client
 
     mlflow_client = client(layout.settings)
     earlier, _ = challenger

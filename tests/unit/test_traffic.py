@@ -456,26 +456,35 @@ def test_a_request_in_flight_is_touched_once_shadow_work_has_run_since_it_came()
     waiter.join()
 
 
-def test_a_shadow_never_given_quiet_answers_one_slice_per_request_at_most(
+def never_quiet_runner(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Requests overlapping one another, so that the service is never quiet: after its longest wait the shadow
-    answers a slice, then waits for the requests that saw it to leave, however long they last."""
+) -> tuple[ServedModel, list[int], dict[str, Any], InFlight, ShadowRunner]:
+    """A runner whose longest wait for quiet is 50 ms; version 2's double, which notes the rows of each call it
+    scores; a record it takes; the requests in flight the runner waits for."""
     monkeypatch.setattr(traffic, "SHADOW_LONGEST_WAIT_SECONDS", 0.05)
     _, config = serving(tmp_path)
-    in_flight, log, slices = InFlight(), HeldLog(), []
+    in_flight, slices = InFlight(), []
     double = model_double(config, "2")
 
     def scores(matrix: Any) -> Any:
         slices.append(len(matrix))
         return double.scores(matrix)
 
+    runner = ShadowRunner(HeldLog(), ServiceMetrics(), in_flight, cpu_idle=always_idle)
     record = validated(config, full_record(config))
-    runner = ShadowRunner(log, ServiceMetrics(), in_flight, cpu_idle=always_idle)
+    return dataclasses.replace(double, scores=scores), slices, record, in_flight, runner
+
+
+def test_a_shadow_never_given_quiet_answers_one_slice_per_request_at_most(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests overlapping one another, so that the service is never quiet: after its longest wait the shadow
+    answers a slice, then waits for the requests that saw it to leave, however long they last."""
+    model, slices, record, in_flight, runner = never_quiet_runner(tmp_path, monkeypatch)
     first = in_flight.serving()
     first.__enter__()
     ids = [f"r{n}" for n in range(5)]
-    runner.submit(ShadowJob("flights", dataclasses.replace(double, scores=scores), ids, [record] * 5, 1e-9))
+    runner.submit(ShadowJob("flights", model, ids, [record] * 5, 1e-9))
     time.sleep(0.5)
     assert slices == [1]  # one slice, after the longest wait; the first request saw it
     second = in_flight.serving()
@@ -486,3 +495,28 @@ def test_a_shadow_never_given_quiet_answers_one_slice_per_request_at_most(
     second.__exit__(None, None, None)  # quiet
     runner.close()
     assert slices == [1] * 5
+
+
+def test_a_slice_given_while_requests_are_served_is_sized_by_such_slices_not_by_quiet_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After slices of a quiet service have timed the version, the first slice given to a service never quiet is
+    one row again, to time what a slice takes on its busy CPUs; the next is sized by that."""
+    model, slices, record, in_flight, runner = never_quiet_runner(tmp_path, monkeypatch)
+    runner.submit(ShadowJob("flights", model, [f"q{n}" for n in range(100)], [record] * 100, 60.0))
+    deadline = time.monotonic() + 10
+    while len(slices) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert slices == [1, 99]  # quiet: the first row timed, then the rest at once
+    first = in_flight.serving()
+    first.__enter__()
+    runner.submit(ShadowJob("flights", model, [f"b{n}" for n in range(5)], [record] * 5, 60.0))
+    time.sleep(0.5)
+    assert slices == [1, 99, 1]  # after the longest wait, with a request in flight: one row, to time it
+    second = in_flight.serving()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    time.sleep(0.5)
+    assert slices == [1, 99, 1, 4]  # the second request had seen none: the rest, sized by the busy slice
+    second.__exit__(None, None, None)
+    runner.close()

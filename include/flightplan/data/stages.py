@@ -271,7 +271,7 @@ def split(job: StageInput) -> SplitOutcome:
 
     from flightplan.data.rewrite import LOCAL, engine_for
     from flightplan.data.split import SplitTarget, local_refusal
-    from flightplan.tracking import REUSED_TAG
+    from flightplan.tracking import record_reuse
 
     job, settings, config, layout = job.open()
     window = training_window(job, config, layout)
@@ -279,7 +279,7 @@ def split(job: StageInput) -> SplitOutcome:
         input_key = split_input_key(layout, config, window)
         earlier = None if job.fresh else unchanged_split(layout, input_key)
         if earlier:
-            mlflow.set_tag(REUSED_TAG, f"split: {earlier}")
+            record_reuse("split", str(earlier))
             unchanged = f"cache hit: {earlier} was made of the same data, config and code; no new split, no retraining"
             log.info("split: %s (Param fresh: split anyway)", unchanged)
             return SplitOutcome(earlier, unchanged)

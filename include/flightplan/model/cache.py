@@ -13,7 +13,7 @@ from pathlib import Path
 from flightplan.config import PipelineConfig
 from flightplan.layout import Layout
 from flightplan.settings import Settings
-from flightplan.tracking import REUSED_TAG
+from flightplan.tracking import code_version, record_reuse, reused_by
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +23,6 @@ KEY_TAG = "flightplan.cache_key"
 
 def cache_key(data_fingerprint: str, config: PipelineConfig) -> str:
     """What a run's tuning and training depend on: its data, its effective config (Params included) and code."""
-    from flightplan.tracking import code_version
-
     inputs = f"{data_fingerprint}|{config.fingerprint()}|{code_version()}"
     return hashlib.sha256(inputs.encode()).hexdigest()[:16]
 
@@ -50,24 +48,16 @@ def trained_run(settings: Settings, layout: Layout, key: str, run_id: str, wante
 
 def reused_run(stage: str) -> str | None:
     """The earlier run whose output ``stage`` of MLflow's active run reused; None when it did the work."""
-    import mlflow
-
-    active = mlflow.active_run()
-    lines = active.data.tags.get(REUSED_TAG, "").splitlines() if active else []
-    prefix = f"{stage}: run "
-    return next((line.removeprefix(prefix) for line in lines if line.startswith(prefix)), None)
+    reused = reused_by(stage)
+    return reused.removeprefix("run ") if reused else None
 
 
 def reuse(layout: Layout, stage: str, earlier: str, run_id: str, file: str) -> Path:
     """Copies ``file`` of the earlier run's folder into this run's, and records the reuse in MLflow's active
     run and the task log; returns the copy."""
-    import mlflow
-
     copy = layout.model_run(run_id) / file
     shutil.copyfile(layout.model_run(earlier) / file, copy)
-    active = mlflow.active_run()
-    before = active.data.tags.get(REUSED_TAG, "") if active else ""
-    mlflow.set_tag(REUSED_TAG, "\n".join(filter(None, [before, f"{stage}: run {earlier}"])))
+    record_reuse(stage, f"run {earlier}")
     log.info(
         "%s: cache hit: run %s had the same data, config and code; its %s is reused (Param fresh: do the work)",
         stage,

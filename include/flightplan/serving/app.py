@@ -356,7 +356,6 @@ class Service:
             self.engine,
             self.record_schema,
             shadow_slice_timer=committed,
-            shadow_clock=self.in_flight.clock,
             served=self.in_flight,
         )
         self.in_flight.on_quiet = self.log.wake_for_shadows

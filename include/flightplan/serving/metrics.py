@@ -118,8 +118,8 @@ class ServiceMetrics:
         )  # fmt: skip
         self.shadow_slice_seconds = Histogram(
             "flightplan_shadow_slice_seconds",
-            "Time of one slice of shadow work, which a served request arriving meanwhile may wait for: the CPU "
-            "time of answering it and handing it to the log, or the time of committing it",
+            "CPU time of one slice of shadow work, which a served request arriving meanwhile may wait for: of "
+            "answering rows and handing them to the log, or of committing them",
             ["work"],
             buckets=SHADOW_SLICE_BUCKETS,
             registry=r,

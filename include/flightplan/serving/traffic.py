@@ -18,7 +18,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -326,7 +326,7 @@ class ShadowRunner:
         self._backlog = 0  # rows waiting to be answered
         self._lock = threading.Lock()
         self._jobs: queue.SimpleQueue[ShadowJob | None] = queue.SimpleQueue()
-        self._sizer = SliceSizer()  # by pipeline and version
+        self._sizer = SliceSizer()  # by pipeline, version, and whether the service was quiet
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name="shadow", daemon=True)
         self._thread.start()
@@ -378,13 +378,14 @@ class ShadowRunner:
         done = 0  # rows answered and handed over: the log counts them as waiting from then on
         try:
             while done < len(job.ids):
-                self._wait_for_room()
-                rows = self._sizer.rows((job.pipeline, job.model.version), job.budget_seconds)
-                rows = min(rows, len(job.ids) - done, SHADOW_MAX_SLICE_ROWS)
+                # A slice given while requests are served runs on busy CPUs, whose caches they filled: sized by
+                # what such slices took, not by those of a quiet service.
+                kind = (job.pipeline, job.model.version, self._wait_for_room())
+                rows = min(self._sizer.rows(kind, job.budget_seconds), len(job.ids) - done, SHADOW_MAX_SLICE_ROWS)
                 with self._clock.working(self._has_room) as working:
                     if not working:
                         continue
-                    self._answer_slice(job, done, rows)
+                    self._answer_slice(job, done, rows, kind)
                 done += rows
                 with self._lock:
                     self._backlog -= rows
@@ -395,33 +396,33 @@ class ShadowRunner:
             with self._lock:
                 self._backlog -= left
 
-    def _wait_for_room(self) -> None:
+    def _wait_for_room(self) -> bool:
         """Returns once no request is in flight and the CPUs have idle time, when the service stops, or after
         ``SHADOW_LONGEST_WAIT_SECONDS`` once no request in flight has seen shadow work: a service never quiet then
         gets a slice as the requests that saw the last one have left, each request sharing its time with one slice
-        at most, however long it lasts."""
+        at most, however long it lasts. Whether it found the service quiet (or stopping)."""
         deadline = time.monotonic() + SHADOW_LONGEST_WAIT_SECONDS
         while (left := deadline - time.monotonic()) > 0 and not self._closing.is_set():
             self._in_flight.wait_until_quiet(self._closing, longest=left)
             if self._in_flight.quiet() and self._cpu_idle() >= SHADOW_MIN_IDLE_SHARE:
-                return
+                return True
             self._closing.wait(min(left, IDLE_SAMPLE_SECONDS))
         self._in_flight.wait_until_untouched(self._closing)
+        return self._closing.is_set()
 
     def _has_room(self) -> bool:
         """Whether a slice may begin now that no other runs: at the stop, or while no request in flight has seen
         shadow work."""
         return self._closing.is_set() or self._in_flight.untouched()
 
-    def _answer_slice(self, job: ShadowJob, start: int, rows: int) -> None:
+    def _answer_slice(self, job: ShadowJob, start: int, rows: int, kind: Hashable) -> None:
         """Answers ``rows`` of the job's records from ``start`` and hands them to the log; a record the shadow's
-        version cannot take is left out."""
+        version cannot take is left out. The slice's time sizes the next of its ``kind``."""
         ids, records = job.ids[start : start + rows], job.records[start : start + rows]
         # The thread's CPU time: a served request waits for what the slice holds the CPU and the interpreter's lock
         # for, not for the time the slice itself waited for them while served requests ran.
         started = time.thread_time()
         answered = answers_each(job.model, records)
-        self._sizer.measured((job.pipeline, job.model.version), rows, time.thread_time() - started)
         kept = [(i, answer) for i, answer in zip(ids, answered, strict=True) if isinstance(answer, Answer)]
         if kept and not self._log.submit_shadow(
             shadow_request(job.pipeline, job.model.version, kept), job.budget_seconds
@@ -429,7 +430,9 @@ class ShadowRunner:
             raise RuntimeError("the prediction log is closed")
         self._metrics.shadow_rows.labels(job.pipeline, "answered").inc(len(kept))
         self._metrics.shadow_rows.labels(job.pipeline, "refused").inc(rows - len(kept))
-        self._metrics.shadow_slice_seconds.labels("answer").observe(time.thread_time() - started)
+        took = time.thread_time() - started
+        self._sizer.measured(kind, rows, took)
+        self._metrics.shadow_slice_seconds.labels("answer").observe(took)
 
 
 def merged(jobs: list[ShadowJob]) -> list[ShadowJob]:
